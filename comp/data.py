@@ -1,0 +1,181 @@
+"""Reading the competition CSVs, the class list, images as RGB, and the Dataset.
+
+Bad input (missing column, duplicate ids, NaN labels, a missing or unreadable image, a path that
+escapes the image folder) raises ``CompError`` naming the file, row or key and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from comp.errors import CompError
+
+RESERVED_COLUMNS = ("fold", "target")
+
+
+def read_csv(path: str | Path, what: str) -> pd.DataFrame:
+    """Read a CSV as strings; fail clearly if it is missing or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompError(f"{what} {path} not found; set the right path in the config's data block")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise CompError(f"{what} {path} is empty; it needs a header row and at least one data row") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CompError(f"{what} {path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    if df.empty:
+        raise CompError(f"{what} {path} has a header but no rows; add data rows")
+    return df
+
+
+def require_columns(df: pd.DataFrame, columns, path, key_hint: str = "") -> None:
+    """Fail if any of ``columns`` is missing from ``df``."""
+    for col in columns:
+        if col not in df.columns:
+            hint = f" (set {key_hint})" if key_hint else ""
+            raise CompError(f"{path}: column '{col}' not found; columns are {', '.join(df.columns)}{hint}")
+
+
+def check_ids(df: pd.DataFrame, id_col: str, path) -> None:
+    """Fail on empty or duplicate ids, naming the first offending row (1-based, header excluded)."""
+    missing = df[id_col].isna()
+    if missing.any():
+        row = int(np.flatnonzero(missing.to_numpy())[0]) + 2
+        raise CompError(f"{path} line {row}: empty id in column '{id_col}'; every row needs an id")
+    dup = df[id_col].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise CompError(f"{path} line {i + 2}: duplicate id {df[id_col].iloc[i]!r} in column '{id_col}'; ids must be unique")
+
+
+@dataclass
+class TrainTable:
+    """The training table after validation: ids, string labels, integer targets, groups, paths."""
+
+    df: pd.DataFrame
+    classes: list[str]
+    targets: np.ndarray
+    groups: np.ndarray | None
+    paths: list[Path]
+
+
+def load_train_table(data_cfg: dict, check_images: bool = True) -> TrainTable:
+    """Read and validate ``data.train_csv``; resolve each row's image path."""
+    path = data_cfg["train_csv"]
+    df = read_csv(path, "train CSV")
+    id_col, label_col, group_col = data_cfg["id_column"], data_cfg["label_column"], data_cfg["group_column"]
+    require_columns(df, [id_col], path, "data.id_column")
+    require_columns(df, [label_col], path, "data.label_column")
+    if group_col:
+        require_columns(df, [group_col], path, "data.group_column")
+    check_ids(df, id_col, path)
+    nan = df[label_col].isna()
+    if nan.any():
+        row = int(np.flatnonzero(nan.to_numpy())[0]) + 2
+        raise CompError(f"{path} line {row}: empty label in column '{label_col}'; fill or drop the row")
+    if group_col and df[group_col].isna().any():
+        row = int(np.flatnonzero(df[group_col].isna().to_numpy())[0]) + 2
+        raise CompError(f"{path} line {row}: empty group in column '{group_col}'; fill it or unset data.group_column")
+    classes = class_list(df[label_col], data_cfg.get("classes"), path)
+    for name in classes:
+        if name in RESERVED_COLUMNS or name == id_col:
+            raise CompError(f"{path}: class name {name!r} clashes with a column comp writes; rename the class")
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = ~df[label_col].isin(index)
+    if unknown.any():
+        i = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise CompError(f"{path} line {i + 2}: label {df[label_col].iloc[i]!r} is not in data.classes; add it there")
+    targets = df[label_col].map(index).to_numpy(np.int64)
+    groups = df[group_col].to_numpy() if group_col else None
+    paths = image_paths(df, data_cfg["image_dir"], data_cfg, path, check=check_images)
+    return TrainTable(df.reset_index(drop=True), classes, targets, groups, paths)
+
+
+def class_list(labels: pd.Series, declared, path) -> list[str]:
+    """Declared class order if given, else sorted unique labels (numerically when all are integers)."""
+    if declared:
+        names = [str(c) for c in declared]
+        if len(set(names)) != len(names):
+            raise CompError("config key 'data.classes' lists a class twice; each class once")
+        return names
+    uniq = list(pd.unique(labels))
+    if len(uniq) < 2:
+        raise CompError(f"{path}: only one class ({uniq[0]!r}) in the label column; classification needs two or more")
+    try:
+        return sorted(uniq, key=lambda s: (float(s), s))
+    except ValueError:
+        return sorted(uniq)
+
+
+def image_paths(df: pd.DataFrame, image_dir, data_cfg: dict, csv_path, check: bool = True) -> list[Path]:
+    """Resolve each row's image file under ``image_dir`` from ``path_template`` or ``id + image_ext``."""
+    root = Path(image_dir).resolve()
+    if check and not root.is_dir():
+        raise CompError(f"image folder {root} not found; set data.image_dir (or data.test_image_dir) to the folder of images")
+    template = data_cfg.get("path_template")
+    id_col = data_cfg["id_column"]
+    out = []
+    records = df.to_dict("records")
+    for i, rec in enumerate(records):
+        try:
+            rel = template.format(**rec) if template else f"{rec[id_col]}{data_cfg['image_ext']}"
+        except KeyError as exc:
+            raise CompError(f"data.path_template {template!r} names column {exc} which {csv_path} lacks") from None
+        p = (root / rel).resolve()
+        if not p.is_relative_to(root):
+            raise CompError(f"{csv_path} line {i + 2}: image path {rel!r} escapes the image folder {root}; use paths inside it")
+        out.append(p)
+    if check:
+        for i, p in enumerate(out):
+            if not p.is_file():
+                raise CompError(
+                    f"{csv_path} line {i + 2}: image {p} not found; check data.image_dir, data.image_ext or data.path_template"
+                )
+    return out
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read any image as an RGB uint8 array (H, W, 3): grayscale, palette, RGBA, CMYK and 16-bit alike."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise CompError(f"image {path} is unreadable ({type(exc).__name__}: {exc}); replace or remove the file") from None
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any mode to RGB uint8, scaling high-bit-depth data instead of clipping it."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))  # transparent pixels become white, not black
+        im = Image.alpha_composite(bg, im)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_test_table(data_cfg: dict, check_images: bool = True) -> tuple[pd.DataFrame, list[Path]]:
+    """Ids to predict: ``data.test_csv`` if set, else the sample submission's id column."""
+    path = data_cfg.get("test_csv") or data_cfg.get("sample_submission")
+    if not path:
+        raise CompError("no test ids: set data.test_csv or data.sample_submission in the config")
+    df = read_csv(path, "test CSV")
+    require_columns(df, [data_cfg["id_column"]], path, "data.id_column")
+    check_ids(df, data_cfg["id_column"], path)
+    paths = image_paths(df, data_cfg["test_image_dir"], data_cfg, path, check=check_images)
+    return df.reset_index(drop=True), paths
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not a gray image to train on

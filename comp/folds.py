@@ -1,0 +1,68 @@
+"""Pure fold assignment: arrays in, fold ids out (wraps sklearn's stratified splitters)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from comp.errors import CompError
+
+
+def assign_folds(targets: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int) -> np.ndarray:
+    """Return a fold id in ``[0, n_splits)`` for every row; no group ever lands in two folds."""
+    targets = np.asarray(targets)
+    n = len(targets)
+    if groups is not None:
+        n_groups = len(np.unique(groups))
+        if n_groups < n_splits:
+            raise CompError(f"folds.n_splits={n_splits} but the group column has only {n_groups} groups; lower folds.n_splits")
+        _warn_thin_classes(targets, groups, n_splits)
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(n), targets, groups)
+    else:
+        counts = np.bincount(targets)
+        if n < n_splits:
+            raise CompError(f"folds.n_splits={n_splits} but train.csv has only {n} rows; lower folds.n_splits")
+        _warn_thin_classes(targets, np.arange(n), n_splits)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # we warn in our own words above
+            splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), targets)
+            splits = list(splits)
+        del counts
+    folds = np.full(n, -1, dtype=np.int64)
+    for k, (_, valid_idx) in enumerate(splits):
+        folds[valid_idx] = k
+    assert (folds >= 0).all(), "every row must be assigned a fold"
+    return folds
+
+
+def thin_classes(targets: np.ndarray, groups: np.ndarray, n_splits: int) -> dict[int, int]:
+    """Classes with fewer distinct groups than folds: class index -> number of groups."""
+    out = {}
+    for c in np.unique(targets):
+        g = len(np.unique(groups[targets == c]))
+        if g < n_splits:
+            out[int(c)] = g
+    return out
+
+
+def _warn_thin_classes(targets, groups, n_splits) -> None:
+    thin = thin_classes(targets, groups, n_splits)
+    if thin:
+        desc = ", ".join(f"class {c}: {g}" for c, g in sorted(thin.items()))
+        warnings.warn(
+            f"some classes have fewer groups than folds.n_splits={n_splits} ({desc}); "
+            "those folds will validate without them and their per-fold scores will be noisy",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def check_no_leak(folds: np.ndarray, groups: np.ndarray) -> None:
+    """Raise if any group sits in more than one fold."""
+    per_group = {}
+    for f, g in zip(folds, groups):
+        if per_group.setdefault(g, f) != f:
+            raise AssertionError(f"group {g!r} appears in folds {per_group[g]} and {f}")
