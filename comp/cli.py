@@ -46,5 +46,49 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
                           help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
 
 
+def default_run_dir(config_path: Path) -> Path:
+    """runs/<config file stem> under the current folder."""
+    return Path("runs") / config_path.stem
+
+
+@main.command("train-folds")
+@config_option
+@set_option
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/<config stem>].")
+@click.option("--folds", "folds_text", metavar="0,2", help="Train only these folds (spread folds over machines).")
+@click.option("--resume", is_flag=True, help="Continue a killed run from its last finished epoch.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_folds_cmd(config_path, overrides, run_dir, folds_text, resume, quiet):
+    """Stratified-group k-fold training of every model in the config; writes checkpoints, OOF and metrics.
+
+    Example: comp train-folds --config configs/demo.yaml --set train.epochs=3
+    """
+    from comp.config import load_config
+    from comp.train import summary_table, train_folds
+
+    cfg = load_config(config_path, overrides)
+    run_dir = run_dir or default_run_dir(config_path)
+    summary = train_folds(cfg, run_dir, parse_folds(folds_text), resume=resume, progress=not quiet)
+    click.echo(summary_table(summary, cfg["metric"]))
+    click.echo(f"run folder: {run_dir}")
+
+
+@main.command("demo")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_data"),
+              help="Where to build the demo competition folder.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of configs/demo.yaml.")
+@click.option("--fresh", is_flag=True, help="Delete an earlier demo run folder first.")
+def demo_cmd(out_dir, run_dir, overrides, fresh):
+    """Build a small real competition from scikit-learn's digits and run the whole pipeline on it.
+
+    Example: comp demo
+    """
+    from comp.demo import run_demo
+
+    for line in run_demo(out_dir, run_dir, overrides, fresh=fresh):
+        click.echo(line)
+
+
 if __name__ == "__main__":
     main()

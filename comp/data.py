@@ -179,3 +179,25 @@ def load_test_table(data_cfg: dict, check_images: bool = True) -> tuple[pd.DataF
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not a gray image to train on
+
+
+class ImageDataset:
+    """(image tensor, target) pairs: reads each file as RGB and applies an albumentations pipeline.
+
+    ``reader`` maps a path to an RGB uint8 array; the decoded-image cache plugs in here.
+    """
+
+    def __init__(self, paths, targets=None, transform=None, reader=None):
+        self.paths = [Path(p) for p in paths]
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+        self.reader = reader or load_image
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        img = self.reader(self.paths[i])
+        if self.transform is not None:
+            img = self.transform(image=img)["image"]
+        return img, (-1 if self.targets is None else int(self.targets[i]))

@@ -66,12 +66,13 @@ def _labels(probs: np.ndarray) -> np.ndarray:
 
 @register("macro_f1")
 def macro_f1(y_true, probs):
-    return skm.f1_score(y_true, probs.argmax(1), average="macro", labels=_labels(probs), zero_division=0)
+    # labels=None: classes absent from both truth and prediction (e.g. in one fold) do not count as F1=0
+    return skm.f1_score(y_true, probs.argmax(1), average="macro", zero_division=0)
 
 
 @register("weighted_f1")
 def weighted_f1(y_true, probs):
-    return skm.f1_score(y_true, probs.argmax(1), average="weighted", labels=_labels(probs), zero_division=0)
+    return skm.f1_score(y_true, probs.argmax(1), average="weighted", zero_division=0)
 
 
 @register("accuracy")

@@ -1,0 +1,117 @@
+"""albumentations pipelines from config, and CutMix/MixUp batch ops (timm's Mixup) with soft targets.
+
+A pipeline is a list of ``{name: <albumentations class>, **kwargs}``. Transforms that take an output size
+(``size`` or ``height``/``width``) get the model's image size unless the entry gives one; when no entry
+sets the size, a Resize to the model's size comes first. Normalisation (the model's mean/std) and the
+tensor conversion are always appended, so checkpoints carry the whole eval transform.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import albumentations as A
+import torch
+from albumentations.pytorch import ToTensorV2
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
+
+from comp.errors import CompError, closest
+
+
+def _transform_class(name: str, where: str):
+    cls = getattr(A, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform | A.BaseCompose)):
+        valid = [n for n in dir(A) if inspect.isclass(getattr(A, n)) and issubclass(getattr(A, n), A.BasicTransform)]
+        raise CompError(f"{where}: unknown albumentations transform '{name}'{closest(name, valid)}")
+    return cls
+
+
+def _sets_size(params) -> bool:
+    return "size" in params or ("height" in params and "width" in params)
+
+
+def build_transform(entry: dict, hw: tuple[int, int], where: str):
+    """One albumentations transform from ``{name: ..., **kwargs}``, filling in the output size if it takes one."""
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise CompError(f"{where} must be a mapping with a 'name', e.g. {{name: HorizontalFlip, p: 0.5}}, got {entry!r}")
+    kwargs = {k: v for k, v in entry.items() if k != "name"}
+    cls = _transform_class(entry["name"], where)
+    params = inspect.signature(cls.__init__).parameters
+    if "size" in params and "size" not in kwargs:
+        kwargs["size"] = tuple(hw)
+    if "height" in params and "width" in params:
+        kwargs.setdefault("height", hw[0])
+        kwargs.setdefault("width", hw[1])
+    for key in ("size", "scale", "ratio"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CompError(f"{where} ({entry['name']}): {msg}") from None
+
+
+def build_pipeline(entries: list, hw: tuple[int, int], mean, std, where: str) -> A.Compose:
+    """Compose the configured transforms, resizing to ``hw`` unless they already set the size, then normalise."""
+    transforms = [build_transform(e, hw, f"{where}[{i}]") for i, e in enumerate(entries)]
+    if not any(_sets_size(inspect.signature(type(t).__init__).parameters) for t in transforms):
+        transforms.insert(0, A.Resize(*hw))
+    transforms += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
+    return A.Compose(transforms)
+
+
+def eval_pipeline(hw, mean, std) -> A.Compose:
+    """The deterministic transform used for validation, test and export: resize, normalise, to tensor."""
+    return A.Compose([A.Resize(*hw), A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()])
+
+
+def pipelines(aug_cfg: dict, hw, mean, std) -> tuple[A.Compose, A.Compose]:
+    """(train, valid) pipelines from the config's ``augment`` block."""
+    train = build_pipeline(aug_cfg["train"], hw, mean, std, "augment.train")
+    valid = build_pipeline(aug_cfg["valid"], hw, mean, std, "augment.valid") if aug_cfg["valid"] else eval_pipeline(hw, mean, std)
+    return train, valid
+
+
+def to_dict(pipeline: A.Compose) -> dict:
+    """A JSON/``weights_only``-safe description of a pipeline."""
+    return A.to_dict(pipeline)
+
+
+def from_dict(desc: dict) -> A.Compose:
+    """Rebuild a pipeline saved with :func:`to_dict`."""
+    return A.from_dict(desc)
+
+
+class BatchMixer:
+    """Turns integer targets into soft targets: CutMix/MixUp (timm's Mixup) plus label smoothing.
+
+    Mixing stops at ``off_epoch``; smoothing stays. Odd-sized batches are smoothed but not mixed,
+    because pairing needs an even batch.
+    """
+
+    def __init__(self, mix_cfg: dict, num_classes: int, smoothing: float):
+        self.num_classes = num_classes
+        self.smoothing = smoothing
+        self.off_epoch = mix_cfg.get("off_epoch")
+        self.enabled = (mix_cfg["mixup_alpha"] > 0 or mix_cfg["cutmix_alpha"] > 0) and mix_cfg["prob"] > 0
+        self.mixup = None
+        if self.enabled:
+            self.mixup = Mixup(
+                mixup_alpha=mix_cfg["mixup_alpha"],
+                cutmix_alpha=mix_cfg["cutmix_alpha"],
+                prob=mix_cfg["prob"],
+                switch_prob=mix_cfg["switch_prob"],
+                mode=mix_cfg["mode"],
+                label_smoothing=smoothing,
+                num_classes=num_classes,
+            )
+
+    def active(self, epoch: int) -> bool:
+        return self.enabled and (self.off_epoch is None or epoch < self.off_epoch)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.active(epoch) and len(x) % 2 == 0 and len(x) > 1:
+            return self.mixup(x, y)
+        return x, mixup_target(y, self.num_classes, lam=1.0, smoothing=self.smoothing)

@@ -1,0 +1,113 @@
+"""Train one epoch / evaluate: loops only, no files, no CLI."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from comp.errors import CompError
+
+
+@dataclass
+class StepConfig:
+    """What one optimisation step needs besides the model and batch."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    grad_clip: float | None = None
+    max_steps: int | None = None
+    scaler: torch.amp.GradScaler | None = None
+    ema: object | None = None
+    scheduler: object | None = None
+    progress: object | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CompError("config key 'device' is 'cuda' but no CUDA device is visible; use device: auto or cpu")
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """'auto' -> bf16 on CUDA when supported, fp16 on older CUDA, off on CPU; explicit values are honoured."""
+    if amp == "none":
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _to_device(x: torch.Tensor, sc: StepConfig) -> torch.Tensor:
+    x = x.to(sc.device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if sc.channels_last else x
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, mixer, epoch: int, sc: StepConfig, step0: int = 0) -> dict:
+    """One pass over ``loader``; returns mean loss, images/s and the number of optimizer steps taken."""
+    model.train()
+    total, n_seen, steps = 0.0, 0, 0
+    t0 = time.perf_counter()
+    for x, y in loader:
+        x, y = _to_device(x, sc), y.to(sc.device, non_blocking=True)
+        x, soft = mixer(x, y, epoch)
+        with autocast(sc.device, sc.amp_dtype):
+            logits = model(x)
+        loss = loss_fn(logits.float(), soft)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {steps}; lower train.lr or enable train.grad_clip")
+        optimizer.zero_grad(set_to_none=True)
+        if sc.scaler is not None:
+            sc.scaler.scale(loss).backward()
+            sc.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if sc.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
+        if sc.scaler is not None:
+            sc.scaler.step(optimizer)
+            sc.scaler.update()
+        else:
+            optimizer.step()
+        steps += 1
+        if sc.scheduler is not None:
+            sc.scheduler.step_update(step0 + steps)
+        if sc.ema is not None:
+            sc.ema.update(model, step=step0 + steps)
+        total += loss.item() * len(x)
+        n_seen += len(x)
+        if sc.progress is not None:
+            sc.progress.update(1)
+            sc.progress.set_postfix(loss=f"{total / n_seen:.4f}", ips=f"{n_seen / (time.perf_counter() - t0):.0f}")
+        if sc.max_steps and steps >= sc.max_steps:
+            break
+    dt = time.perf_counter() - t0
+    return {"loss": total / max(n_seen, 1), "images_per_s": n_seen / dt if dt > 0 else math.nan, "steps": steps}
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, loader, sc: StepConfig) -> np.ndarray:
+    """Softmax probabilities (float32, N x C) over ``loader`` in order."""
+    model.eval()
+    out = []
+    for x, _ in loader:
+        with autocast(sc.device, sc.amp_dtype):
+            logits = model(_to_device(x, sc))
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)

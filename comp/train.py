@@ -1,0 +1,385 @@
+"""``train_folds(cfg)``: fold assignment, per-model per-fold training, OOF assembly, metrics and resume.
+
+Every epoch re-seeds torch, numpy, python and the augmentations from (seed, model, fold, epoch), so a run
+resumed from its last finished epoch is identical to one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import sys
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from comp import artifacts
+from comp import config as C
+from comp.augment import BatchMixer, pipelines, to_dict
+from comp.data import ImageDataset, TrainTable, load_train_table
+from comp.engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
+from comp.errors import CompError
+from comp.folds import assign_folds
+from comp.losses import build_loss
+from comp.metrics import get_metric
+from comp.models import create_model, make_checkpoint, normalization, set_backbone_frozen
+from comp.report import format_table
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    seed = int(seed) % (2**31)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _derive_seed(*parts) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode()) % (2**31)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Each loader worker seeds numpy, random and its albumentations pipeline from torch's per-worker seed."""
+    seed = torch.initial_seed() % (2**31)
+    np.random.seed(seed)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    ds = info.dataset.dataset if isinstance(info.dataset, Subset) else info.dataset
+    if getattr(ds, "transform", None) is not None:
+        ds.transform.set_random_seed(seed)
+
+
+# ---------------------------------------------------------------- run folder
+
+
+def _diff_keys(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in dict.fromkeys([*a, *b]):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def prepare_run(cfg: dict, run: artifacts.RunDir) -> None:
+    """Save the resolved config, or check that an existing run folder was made with the same one."""
+    if run.config.is_file():
+        saved = run.load_config()
+        diff = _diff_keys(saved, cfg)
+        if diff:
+            raise CompError(
+                f"run folder {run.root} was made with a different config (keys differ: {', '.join(diff[:5])}); "
+                "use the same config to continue it, or pass another --run-dir"
+            )
+        return
+    artifacts.write_text(run.config, C.dump(cfg))
+
+
+def ensure_folds(cfg: dict, run: artifacts.RunDir, table: TrainTable) -> np.ndarray:
+    """Fold of every training row: read ``folds.csv`` if it exists (checking it fits), else assign and write it."""
+    id_col = cfg["data"]["id_column"]
+    ids = table.df[id_col].to_numpy()
+    if run.folds.is_file():
+        saved = pd.read_csv(run.folds, dtype={id_col: str})
+        if len(saved) != len(ids) or set(saved[id_col]) != set(ids):
+            raise CompError(f"{run.folds} does not match {cfg['data']['train_csv']} (ids differ); use a fresh --run-dir")
+        return saved.set_index(id_col).loc[ids, "fold"].to_numpy(np.int64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folds = assign_folds(table.targets, table.groups, cfg["folds"]["n_splits"], cfg["folds"]["seed"])
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    artifacts.write_csv(run.folds, pd.DataFrame({id_col: ids, "fold": folds}))
+    return folds
+
+
+# ---------------------------------------------------------------- one fold
+
+
+@dataclass
+class FoldContext:
+    cfg: dict
+    entry: dict
+    table: TrainTable
+    folds: np.ndarray
+    fold: int
+    run: artifacts.RunDir
+    progress: bool = True
+
+    @property
+    def model_id(self) -> str:
+        return C.model_id(self.entry)
+
+
+def _loader(ds, idx, batch_size, shuffle, seed, num_workers, drop_last, device) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        Subset(ds, idx), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+        generator=gen, worker_init_fn=_seed_worker if num_workers else None, pin_memory=device.type == "cuda",
+    )
+
+
+def _scheduler(optimizer, tcfg: dict, steps_per_epoch: int):
+    if tcfg["scheduler"] == "none":
+        return None
+    ft_steps = max(1, (tcfg["epochs"] - tcfg["freeze_epochs"]) * steps_per_epoch)
+    warm = int(round(tcfg["warmup_epochs"] * steps_per_epoch))
+    return CosineLRScheduler(
+        optimizer, t_initial=ft_steps, lr_min=tcfg["lr"] * tcfg["min_lr_ratio"], warmup_t=warm,
+        warmup_lr_init=tcfg["lr"] * tcfg["min_lr_ratio"], warmup_prefix=True, t_in_epochs=False,
+    )
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+class FoldTrainer:
+    """Trains one model on one fold, resumable at epoch boundaries."""
+
+    def __init__(self, ctx: FoldContext):
+        self.ctx = ctx
+        cfg, entry = ctx.cfg, ctx.entry
+        self.tcfg = C.model_train_cfg(cfg, entry)
+        self.device = resolve_device(cfg["device"])
+        self.metric = get_metric(cfg["metric"])
+        self.seed = _derive_seed(cfg["seed"], ctx.model_id, ctx.fold)
+        self.num_classes = len(ctx.table.classes)
+        seed_everything(self.seed)
+        self.model = create_model(entry, self.num_classes, self.tcfg).to(self.device)
+        if self.tcfg["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.hw = C.image_hw(entry)
+        self.mean, self.std = normalization(self.model)
+        train_tf, self.valid_tf = pipelines(cfg["augment"], self.hw, self.mean, self.std)
+        self.train_idx = np.flatnonzero(ctx.folds != ctx.fold)
+        self.valid_idx = np.flatnonzero(ctx.folds == ctx.fold)
+        self.train_ds = ImageDataset(ctx.table.paths, ctx.table.targets, train_tf, reader=self._reader())
+        self.valid_ds = ImageDataset(ctx.table.paths, ctx.table.targets, self.valid_tf, reader=self.train_ds.reader)
+        self.mixer = BatchMixer(cfg["augment"]["mixup"], self.num_classes, cfg["loss"]["label_smoothing"])
+        self.loss_fn = build_loss(cfg["loss"], ctx.table.targets[self.train_idx], self.num_classes).to(self.device)
+        self.optimizer = create_optimizer_v2(
+            self.model, opt=self.tcfg["optimizer"], lr=self.tcfg["lr"], weight_decay=self.tcfg["weight_decay"],
+            **({"momentum": self.tcfg["momentum"]} if self.tcfg["optimizer"] == "sgd" else {}),
+        )
+        bs = self.tcfg["batch_size"]
+        self.drop_last = self.mixer.enabled and len(self.train_idx) > bs
+        n_batches = len(self.train_idx) // bs if self.drop_last else -(-len(self.train_idx) // bs)
+        self.steps_per_epoch = min(n_batches, self.tcfg["max_steps_per_epoch"] or n_batches)
+        self.scheduler = _scheduler(self.optimizer, self.tcfg, self.steps_per_epoch)
+        self.amp_dtype = resolve_amp(self.tcfg["amp"], self.device)
+        use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
+        self.ema = ModelEmaV3(self.model, decay=self.tcfg["ema_decay"]) if self.tcfg["ema"] else None
+        self.state = {"epoch": -1, "best_score": None, "best_epoch": -1, "bad_epochs": 0, "history": [],
+                      "best_state": None, "best_probs": None}
+
+    def _reader(self):
+        from comp.data import load_image
+
+        cache = self.ctx.cfg["data"].get("cache", "none")
+        if cache == "none":
+            return load_image
+        from comp.cache import make_reader  # the decoded-image cache (comp bench-data)
+
+        return make_reader(self.ctx.cfg["data"], self.hw)
+
+    # -- state ---------------------------------------------------------------------
+    def save_state(self) -> None:
+        s = {
+            **self.state,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "ema": self.ema.module.state_dict() if self.ema else None,
+        }
+        artifacts.torch_save(self.ctx.run.state(self.ctx.model_id, self.ctx.fold), s)
+
+    def load_state(self, path: Path) -> None:
+        s = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(s.pop("model"))
+        self.optimizer.load_state_dict(s.pop("optimizer"))
+        scaler, ema = s.pop("scaler"), s.pop("ema")
+        if self.scaler and scaler:
+            self.scaler.load_state_dict(scaler)
+        if self.ema and ema:
+            self.ema.module.load_state_dict(ema)
+        self.state.update(s)
+
+    # -- loop ----------------------------------------------------------------------
+    def _frozen(self, epoch: int) -> bool:
+        return epoch < self.tcfg["freeze_epochs"]
+
+    def run_epoch(self, epoch: int) -> dict:
+        seed_everything(_derive_seed(self.seed, epoch))
+        self.train_ds.transform.set_random_seed(_derive_seed(self.seed, epoch, "aug"))
+        frozen = self._frozen(epoch)
+        set_backbone_frozen(self.model, frozen) if self.tcfg["freeze_epochs"] else None
+        step0 = (epoch - self.tcfg["freeze_epochs"]) * self.steps_per_epoch
+        if frozen:
+            _set_lr(self.optimizer, self.tcfg["freeze_lr"] or self.tcfg["lr"])
+        elif self.scheduler is not None:
+            self.scheduler.step_update(step0)
+        else:
+            _set_lr(self.optimizer, self.tcfg["lr"])
+        bar = tqdm(total=self.steps_per_epoch, desc=f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg['epochs']}",
+                   disable=not self.ctx.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+        sc = StepConfig(
+            device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg["channels_last"],
+            grad_clip=self.tcfg["grad_clip"], max_steps=self.tcfg["max_steps_per_epoch"], scaler=self.scaler,
+            ema=self.ema, scheduler=None if frozen else self.scheduler, progress=bar,
+        )
+        loader = _loader(self.train_ds, self.train_idx, self.tcfg["batch_size"], True, _derive_seed(self.seed, epoch, "order"),
+                         self.ctx.cfg["data"]["num_workers"], self.drop_last, self.device)
+        stats = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn, self.mixer, epoch, sc, step0=max(step0, 0))
+        bar.close()
+        probs = self.evaluate()
+        score = self.metric(self.ctx.table.targets[self.valid_idx], probs)
+        return {"epoch": epoch, "loss": stats["loss"], "score": score, "images_per_s": stats["images_per_s"],
+                "lr": self.optimizer.param_groups[0]["lr"], "frozen": frozen, "probs": probs}
+
+    def eval_model(self):
+        return self.ema.module if self.ema else self.model
+
+    def evaluate(self) -> np.ndarray:
+        bs = self.tcfg["eval_batch_size"] or self.tcfg["batch_size"] * 2
+        loader = _loader(self.valid_ds, self.valid_idx, bs, False, 0, self.ctx.cfg["data"]["num_workers"], False, self.device)
+        sc = StepConfig(device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg["channels_last"])
+        return predict_probs(self.eval_model(), loader, sc)
+
+    def fit(self) -> dict:
+        """Train the remaining epochs (after a resume) and return the fold summary."""
+        patience = self.tcfg["early_stopping"]
+        for epoch in range(self.state["epoch"] + 1, self.tcfg["epochs"]):
+            row = self.run_epoch(epoch)
+            probs = row.pop("probs")
+            improved = self.state["best_state"] is None or self.metric.better(row["score"], self.state["best_score"])
+            if improved:
+                self.state.update(best_score=row["score"], best_epoch=epoch, bad_epochs=0, best_probs=torch.from_numpy(probs),
+                                  best_state=copy.deepcopy({k: v.cpu() for k, v in self.eval_model().state_dict().items()}))
+            else:
+                self.state["bad_epochs"] += 1
+            self.state["history"].append(row)
+            self.state["epoch"] = epoch
+            if self.ctx.progress:
+                mark = " *" if improved else ""
+                print(f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg['epochs']}: loss {row['loss']:.4f} "
+                      f"{self.metric.name} {row['score']:.4f} {row['images_per_s']:.0f} img/s{mark}", file=sys.stderr)
+            stop = patience and self.state["bad_epochs"] >= patience
+            if stop or epoch == self.tcfg["epochs"] - 1:
+                break
+            self.save_state()
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Write the fold's OOF part, history and self-describing checkpoint; drop the resumable state."""
+        ctx, run = self.ctx, self.ctx.run
+        model = self.eval_model()
+        model.load_state_dict(self.state["best_state"])
+        meta = {
+            "model_name": ctx.entry["name"], "model_id": ctx.model_id, "classes": list(ctx.table.classes),
+            "image_size": list(self.hw), "in_chans": ctx.entry.get("in_chans", 3), "mean": self.mean, "std": self.std,
+            "eval_transform": to_dict(self.valid_tf), "config": ctx.cfg, "entry": ctx.entry, "fold": ctx.fold,
+            "epoch": self.state["best_epoch"], "score": self.state["best_score"], "metric": self.metric.name,
+        }
+        hist = pd.DataFrame(self.state["history"])
+        artifacts.write_csv(run.history(ctx.model_id, ctx.fold), hist)
+        artifacts.write_csv(run.oof_part(ctx.model_id, ctx.fold), oof_frame(ctx, self.valid_idx, self.state["best_probs"].numpy()))
+        artifacts.torch_save(run.checkpoint(ctx.model_id, ctx.fold), make_checkpoint(model, meta))
+        run.state(ctx.model_id, ctx.fold).unlink(missing_ok=True)
+        return {"score": self.state["best_score"], "best_epoch": self.state["best_epoch"] + 1,
+                "epochs": len(hist), "images_per_s": float(hist["images_per_s"].mean())}
+
+
+def oof_frame(ctx: FoldContext, idx: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    """Rows ``idx`` of the training table as OOF records: id, fold, target (class name), one column per class."""
+    id_col = ctx.cfg["data"]["id_column"]
+    df = pd.DataFrame({id_col: ctx.table.df[id_col].to_numpy()[idx], "fold": ctx.folds[idx],
+                       "target": np.asarray(ctx.table.classes, dtype=object)[ctx.table.targets[idx]]})
+    return pd.concat([df, pd.DataFrame(probs, columns=ctx.table.classes)], axis=1)
+
+
+def train_fold(ctx: FoldContext, resume: bool) -> dict:
+    """Train (or resume) one fold of one model."""
+    state_path = ctx.run.state(ctx.model_id, ctx.fold)
+    trainer = FoldTrainer(ctx)
+    if state_path.is_file():
+        if not resume:
+            raise CompError(f"{state_path} holds a partly trained fold; pass --resume to continue it or delete the file")
+        trainer.load_state(state_path)
+        print(f"resuming {ctx.model_id} fold {ctx.fold} after epoch {trainer.state['epoch'] + 1}", file=sys.stderr)
+    return trainer.fit()
+
+
+# ---------------------------------------------------------------- all models, all folds
+
+
+def assemble_model(cfg: dict, run: artifacts.RunDir, model_id: str, table: TrainTable) -> dict | None:
+    """Once every fold of a model is done: write ``oof.csv`` (training-table order) and ``metrics.json``."""
+    n = cfg["folds"]["n_splits"]
+    parts = [run.oof_part(model_id, k) for k in range(n)]
+    if not all(p.is_file() and run.checkpoint(model_id, k).is_file() for k, p in enumerate(parts)):
+        return None
+    id_col = cfg["data"]["id_column"]
+    oof = pd.concat([pd.read_csv(p, dtype={id_col: str, "target": str}) for p in parts], ignore_index=True)
+    oof = oof.set_index(id_col).loc[table.df[id_col]].reset_index()
+    metric = get_metric(cfg["metric"])
+    probs = oof[table.classes].to_numpy(np.float64)
+    fold_scores = [metric(table.targets[oof["fold"].to_numpy() == k], probs[oof["fold"].to_numpy() == k]) for k in range(n)]
+    result = {"metric": metric.name, "cv": metric(table.targets, probs), "folds": fold_scores,
+              "fold_mean": float(np.mean(fold_scores)), "fold_std": float(np.std(fold_scores)),
+              "greater_is_better": metric.greater_is_better}
+    artifacts.write_csv(run.oof(model_id), oof)
+    artifacts.write_json(run.metrics(model_id), result)
+    return result
+
+
+def train_folds(cfg: dict, run_dir: str | Path, folds: list[int] | None = None, resume: bool = False,
+                progress: bool = True) -> dict:
+    """Train every model entry on the chosen folds; returns {model_id: {"folds": {k: summary}, "cv": ...}}."""
+    run = artifacts.RunDir(run_dir)
+    table = load_train_table(cfg["data"])
+    n = cfg["folds"]["n_splits"]
+    if folds is not None and any(not 0 <= k < n for k in folds):
+        raise CompError(f"--folds {','.join(map(str, folds))}: folds are numbered 0..{n - 1} (folds.n_splits={n})")
+    prepare_run(cfg, run)
+    fold_ids = ensure_folds(cfg, run, table)
+    if cfg["train"]["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    summary: dict = {}
+    for entry in cfg["models"]:
+        mid = C.model_id(entry)
+        summary[mid] = {"folds": {}}
+        for k in folds if folds is not None else range(n):
+            if run.checkpoint(mid, k).is_file():
+                ck = torch.load(run.checkpoint(mid, k), map_location="cpu", weights_only=True)
+                summary[mid]["folds"][k] = {"score": ck["score"], "best_epoch": ck["epoch"] + 1, "skipped": True}
+                continue
+            ctx = FoldContext(cfg, entry, table, fold_ids, k, run, progress)
+            summary[mid]["folds"][k] = train_fold(ctx, resume)
+        result = assemble_model(cfg, run, mid, table)
+        summary[mid]["cv"] = result["cv"] if result else None
+    return summary
+
+
+def summary_table(summary: dict, metric: str) -> str:
+    """One row per model and fold, then each model's CV over its whole OOF."""
+    rows = []
+    for mid, s in summary.items():
+        for k, f in sorted(s["folds"].items()):
+            rows.append({"model": mid, "fold": str(k), metric: f["score"], "best_epoch": f.get("best_epoch"),
+                         "img/s": f.get("images_per_s"), "note": "done before" if f.get("skipped") else ""})
+        rows.append({"model": mid, "fold": "CV", metric: s["cv"], "note": "" if s["cv"] is not None else "folds missing"})
+    return format_table(rows, ["model", "fold", metric, "best_epoch", "img/s", "note"])
