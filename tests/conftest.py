@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny competition folder written into tmp_path, its config, and a trained run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+N_CLASSES = 3
+
+
+def write_competition(root: Path, n_groups: int = 12, per_group: int = 3, n_test: int = 8, size: int = 24, seed: int = 0) -> Path:
+    """A learnable toy competition: class k images are bright in channel k; groups of near-identical photos."""
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    (root / "test").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for g in range(n_groups):
+        label = g % N_CLASSES
+        base = rng.integers(0, 90, (size, size, 3))
+        base[..., label] += 140
+        for v in range(per_group):
+            img = np.clip(base + rng.integers(-15, 15, base.shape), 0, 255).astype(np.uint8)
+            rid = f"g{g:02d}_{v}"
+            Image.fromarray(img).save(root / "train" / f"{rid}.png")
+            rows.append({"id": rid, "label": f"c{label}", "person": f"p{g:02d}"})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    test = []
+    for t in range(n_test):
+        label = t % N_CLASSES
+        img = rng.integers(0, 90, (size, size, 3))
+        img[..., label] += 140
+        Image.fromarray(img.astype(np.uint8)).save(root / "test" / f"t{t:02d}.png")
+        test.append({"id": f"t{t:02d}", "label": "c0"})
+    pd.DataFrame(test).to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+def tiny_config(root: Path, **overrides) -> dict:
+    """A config for the toy competition: one tiny timm model, 2 folds, 1 epoch, 32 px."""
+    cfg = {
+        "seed": 0,
+        "metric": "accuracy",
+        "data": {"train_csv": "train.csv", "image_dir": "train", "group_column": "person", "image_ext": ".png",
+                 "test_image_dir": "test", "sample_submission": "sample_submission.csv"},
+        "folds": {"n_splits": 2, "seed": 0},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 0.01, "warmup_epochs": 0},
+        "augment": {"train": [{"name": "HorizontalFlip", "p": 0.5}]},
+        "models": [{"name": "test_efficientnet", "id": "eff", "image_size": 32}],
+    }
+    for key, value in overrides.items():
+        node = cfg
+        parts = key.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
+
+
+def write_config(root: Path, cfg: dict, name: str = "exp.yaml") -> Path:
+    path = root / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def comp_dir(tmp_path) -> Path:
+    """A fresh toy competition folder."""
+    return write_competition(tmp_path / "comp")
+
+
+@pytest.fixture
+def config_file(comp_dir) -> Path:
+    """A config file for the toy competition, next to its data."""
+    return write_config(comp_dir, tiny_config(comp_dir))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished 2-fold run of one tiny model (shared by read-only tests: predict, export, explain, ensemble)."""
+    from comp.config import load_config
+    from comp.train import train_folds
+
+    root = write_competition(tmp_path_factory.mktemp("trained") / "comp")
+    cfg = load_config(write_config(root, tiny_config(root, train__epochs=2)))
+    run_dir = root.parent / "run"
+    train_folds(cfg, run_dir, progress=False)
+    return run_dir
