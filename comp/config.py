@@ -317,6 +317,8 @@ def load_config(path: str | Path | None, overrides=(), base_dir: Path | None = N
     cfg = deep_merge(defaults(), raw)
     if "models" in raw:
         cfg["models"] = copy.deepcopy(raw["models"])
+        if isinstance(cfg["models"], list):  # `- resnet18` is shorthand for `- {name: resnet18}`
+            cfg["models"] = [{"name": m} if isinstance(m, str) else m for m in cfg["models"]]
     apply_overrides(cfg, overrides)
     validate(cfg)
     return resolve_paths(cfg, base_dir or Path.cwd())

@@ -10,7 +10,7 @@ class CompError(Exception):
     """A mistake in the user's input (config, CSV, images, run folder) rather than a bug in comp."""
 
 
-def closest(name: str, choices: Iterable[str], n: int = 3) -> str:
+def closest(name: str, choices: Iterable[str], n: int = 1) -> str:
     """Return a ' (did you mean ...?)' hint for ``name`` among ``choices``, or '' when nothing is close."""
     matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=0.5)
     if not matches:
