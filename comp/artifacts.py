@@ -131,4 +131,6 @@ class RunDir:
         import yaml
 
         self.require()
-        return yaml.safe_load(self.config.read_text())
+        from comp.config import yaml_load
+
+        return yaml_load(self.config.read_text())
