@@ -128,9 +128,7 @@ class RunDir:
 
     def load_config(self) -> dict:
         """The resolved config saved by train-folds."""
-        import yaml
-
-        self.require()
         from comp.config import yaml_load
 
+        self.require()
         return yaml_load(self.config.read_text())
