@@ -32,7 +32,7 @@ def _jitter(img8: np.ndarray, rng: np.random.Generator, size: int) -> Image.Imag
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
 
 
-def make_digits_competition(out_dir: str | Path, n_train_groups: int = 360, views: int = 4, n_test: int = 300,
+def make_digits_competition(out_dir: str | Path, n_train_groups: int = 300, views: int = 4, n_test: int = 300,
                             size: int = 32, seed: int = 0) -> Path:
     """Write train.csv (id, label, digit group), train/, test/, sample_submission.csv and test_labels.csv."""
     out = Path(out_dir)
