@@ -44,9 +44,9 @@ def geometric_mean(P: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
 
 
 def rank_mean(P: np.ndarray) -> np.ndarray:
-    """Average each class column's rank over rows (scaled to (0, 1]) across members; rows sum to one."""
+    """Average each class column's rank over rows across members, then scale rows to sum to one."""
     ranks = [pd.DataFrame(p).rank(axis=0).to_numpy() for p in P]  # pandas, not scipy.stats: that import costs a second
-    return normalise(np.mean(ranks, axis=0) / P.shape[1])
+    return normalise(np.mean(ranks, axis=0))
 
 
 def apply_bias(p: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -71,11 +71,9 @@ def scorer(metric: Metric, y: np.ndarray) -> Callable[[np.ndarray], float]:
 
 
 def fit_weights(P: np.ndarray, y: np.ndarray, metric: Metric, steps=(0.5, 0.2, 0.05), max_rounds: int = 30) -> np.ndarray:
-    """Non-negative weights summing to one that optimise ``metric``, by greedy coordinate search.
-
-    Hand-written rather than scipy.optimize: argmax metrics (F1, accuracy) are piecewise constant, so
-    gradient and simplex methods stall on their plateaus; a coarse-to-fine coordinate grid does not.
-    """
+    """Non-negative weights summing to one that optimise ``metric``, by greedy coordinate search."""
+    # Hand-written rather than scipy.optimize: argmax metrics (F1, accuracy) are piecewise constant, so
+    # gradient and simplex methods stall on their plateaus; a coarse-to-fine coordinate grid does not.
     score_of = scorer(metric, y)
     w = np.full(len(P), 1.0 / len(P))
     best = score_of(weighted_mean(P, w))
@@ -176,6 +174,8 @@ class Blender:
 
 @dataclass(frozen=True)
 class Method:
+    """A registered blend method."""
+
     name: str
     fit: Callable[[np.ndarray, np.ndarray, Metric], Blender]
     fitted: bool  # True: fit looks at the targets, so its score needs nested CV
