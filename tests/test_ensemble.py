@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from threadpoolctl import threadpool_limits
 
 from comp.blend import METHODS, geometric_mean, hill_climb, rank_mean
 from comp.cli import main
@@ -25,6 +26,13 @@ N = 150
 def softmax(z):
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    # The stacker's tiny regressions run 10x slower when BLAS threads fight other jobs for two cores.
+    with threadpool_limits(limits=1):
+        yield
 
 
 @pytest.fixture
