@@ -16,6 +16,7 @@ import yaml
 
 from comp.errors import CompError, closest
 
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``; people write ``1e-4``)."""
 

@@ -1,12 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_config, write_config
 from PIL import Image
 
 from comp.config import load_config
 from comp.data import load_image, load_train_table
 from comp.errors import CompError
-from conftest import tiny_config, write_config
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16", "CMYK", "1"])
@@ -14,7 +14,7 @@ def test_any_mode_reads_as_rgb(tmp_path, mode):
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 255, (10, 12), dtype=np.uint8)
     if mode == "I;16":
-        im = Image.fromarray((gray.astype(np.uint16) * 257))
+        im = Image.fromarray(gray.astype(np.uint16) * 257)
         assert im.mode.startswith("I;16")
     else:
         im = Image.fromarray(gray, "L").convert(mode)

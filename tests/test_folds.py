@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from comp.folds import assign_folds, check_no_leak
 from comp.errors import CompError
+from comp.folds import assign_folds, check_no_leak
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

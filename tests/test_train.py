@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import tiny_config, write_config
 
 from comp.cli import main
 from comp.config import load_config
 from comp.errors import CompError
 from comp.folds import check_no_leak
-from comp.models import load_checkpoint, model_from_checkpoint
+from comp.models import model_from_checkpoint
 from comp.train import FoldTrainer, train_folds
-from conftest import tiny_config, write_config
 
 
 def _train(comp_dir, run_dir, **kw):
