@@ -65,7 +65,8 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("comp") / "configs" / DEMO_CONFIG))
 
 
-def run_demo(out_dir: Path, run_dir: Path, overrides=(), fresh: bool = False) -> Iterator[str]:
+def run_demo(out_dir: Path, run_dir: Path, overrides=(), fresh: bool = False,
+             submission: Path = Path("submissions/demo.csv")) -> Iterator[str]:
     """Build the demo data (once) and run every pipeline stage that exists; yields report lines."""
     from comp.config import load_config
     from comp.train import summary_table, train_folds
@@ -80,3 +81,27 @@ def run_demo(out_dir: Path, run_dir: Path, overrides=(), fresh: bool = False) ->
     summary = train_folds(cfg, run_dir, resume=True)
     yield summary_table(summary, cfg["metric"])
     yield f"run folder: {run_dir}"
+    yield from _after_training(run_dir, cfg, submission)
+
+
+def _after_training(run_dir: Path, cfg: dict, submission: Path) -> Iterator[str]:
+    """Predict the test set with every model, blend them honestly, and write the submission."""
+    from comp.artifacts import RunDir
+    from comp.ensemble import result_rows, run_ensemble
+    from comp.report import format_table
+
+    run = RunDir(run_dir)
+    try:
+        from comp.predict import predict_run
+    except ImportError:  # predict not built yet: the blend carries OOF only
+        predict_run = None
+    if predict_run is not None:
+        predict_run(run_dir, engine="torch", out=None)
+        yield "test predictions: " + ", ".join(str(run.test_pred(m)) for m in run.model_ids())
+    model_dirs = [run.model_dir(m) for m in run.model_ids()]
+    if len(model_dirs) > 1:
+        has_test = all(run.test_pred(m).is_file() for m in run.model_ids())
+        result = run_ensemble(model_dirs, method="hill_climb", name="demo-blend", out=submission if has_test else None)
+        yield format_table(result_rows(result))
+        if result.get("submission"):
+            yield f"submission: {result['submission']}"

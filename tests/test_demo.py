@@ -1,0 +1,39 @@
+"""The demo end to end at a reduced size (the full-size run is marked slow)."""
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from comp.cli import main
+from comp.demo import make_digits_competition
+
+
+def test_demo_competition_has_groups_and_grayscale(tmp_path):
+    from PIL import Image
+
+    root = make_digits_competition(tmp_path / "d", n_train_groups=20, views=3, n_test=10)
+    train = pd.read_csv(root / "train.csv", dtype=str)
+    assert len(train) == 60 and train["digit"].nunique() == 20
+    assert train.groupby("digit")["label"].nunique().max() == 1  # a group is one digit
+    assert Image.open(root / "train" / f"{train['id'][0]}.png").mode == "L"
+    sample = pd.read_csv(root / "sample_submission.csv")
+    assert list(sample.columns) == ["id", "label"] and len(sample) == 10
+
+
+@pytest.mark.parametrize("size", ["small"])
+def test_demo_cli_runs_pipeline(tmp_path, monkeypatch, size):
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--set", "train.epochs=1", "--set", "folds.n_splits=2", "--set", "train.max_steps_per_epoch=2"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "runs/demo/models/byobnet/oof.csv").is_file()
+    assert (tmp_path / "runs/demo/models/effnet/oof.csv").is_file()
+    assert "demo-blend" in res.output
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["demo"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "submissions/demo.csv").is_file()
