@@ -204,7 +204,19 @@ def test_cli_bad_csv_leaves_nothing(comp_dir, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("command", [[], ["train-folds"], ["demo"]])
+@pytest.mark.parametrize("command", [[], *([c] for c in main.commands)])
 def test_help(command):
+    """Every registered command (new ones included for free) has help with an example."""
     res = CliRunner().invoke(main, [*command, "--help"])
     assert res.exit_code == 0 and "Usage" in res.output
+    if command:
+        assert "Example" in res.output or "comp " in res.output
+
+
+@pytest.mark.gpu
+def test_cuda_amp_fp16_and_bf16(comp_dir, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    for amp in ("fp16", "bf16"):
+        _, s = _train(comp_dir, tmp_path / amp, device="cuda", train__amp=amp, train__channels_last=True)
+        assert np.isfinite(s["eff"]["cv"])
