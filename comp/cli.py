@@ -100,7 +100,10 @@ def demo_cmd(out_dir, run_dir, overrides, fresh):
               help="Submission CSV; default submissions/<name>.csv when test predictions exist.")
 @click.option("--tta", is_flag=True, help="Use oof_tta.csv where a member has one.")
 def ensemble(model_dirs, method, bias, metric, name, out, tta):
-    """Blend model folders (RUN/models/<id>) and score the blend with nested CV over their folds."""
+    """Blend model folders (RUN/models/<id>) and score the blend with nested CV over their folds.
+
+    Example: comp ensemble runs/demo/models/byobnet runs/demo/models/effnet --method hill_climb --bias
+    """
     from comp.ensemble import result_rows, run_ensemble  # late: keeps `comp --help` fast
     from comp.report import format_table
 
