@@ -90,5 +90,32 @@ def demo_cmd(out_dir, run_dir, overrides, fresh):
         click.echo(line)
 
 
+@main.command()
+@click.argument("model_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--method", default="hill_climb",
+              help="Blend method: mean, weighted, rank, geometric, hill_climb or stacking.")
+@click.option("--bias/--no-bias", default=False, help="Fit per-class log-probability offsets on OOF (argmax metrics).")
+@click.option("--metric", default=None, help="Metric to fit and report; default: the first member run's config metric.")
+@click.option("--name", default=None, help="Name of the blend's run and model folder; default blend-<method>.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Submission CSV; default submissions/<name>.csv when test predictions exist.")
+@click.option("--tta", is_flag=True, help="Use oof_tta.csv where a member has one.")
+def ensemble(model_dirs, method, bias, metric, name, out, tta):
+    """Blend model folders (RUN/models/<id>) and score the blend with nested CV over their folds."""
+    from comp.ensemble import result_rows, run_ensemble  # late: keeps `comp --help` fast
+    from comp.report import format_table
+
+    result = run_ensemble(list(model_dirs), method=method, metric=metric, bias=bias, name=name, out=out, tta=tta)
+    click.echo(f"metric: {result['metric']} ({result['direction']}); cv = nested CV, cv_in_sample = fitted and scored on all OOF")
+    click.echo(format_table(result_rows(result), ["model", "weight", "cv", "cv_in_sample"]))
+    if result["bias"]:
+        click.echo("class bias: " + ", ".join(f"{c}={v:+.2f}" for c, v in result["bias"].items()))
+    for note in result["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"blend: {result['model_dir']}")
+    if result["submission"]:
+        click.echo(f"submission: {result['submission']}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,260 @@
+"""Blend methods: plain numpy functions on member probabilities (M, n, C) and a registry of methods.
+
+Each method's ``fit(P, y, metric)`` returns a ``Blender`` that maps member probabilities to blended ones;
+``nested_oof`` scores any fitted method honestly by refitting it without each fold in turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+from comp.errors import CompError, closest
+from comp.metrics import Metric
+
+EPS = 1e-12
+STACK_EPS = 1e-6  # floor for stacking features: log(1e-12) outliers would dominate the regression
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def normalise(p: np.ndarray) -> np.ndarray:
+    """Clip negatives and scale rows to sum to one (all-zero rows become uniform)."""
+    p = np.clip(p, 0.0, None)
+    s = p.sum(axis=-1, keepdims=True)
+    return np.divide(p, s, out=np.full_like(p, 1.0 / p.shape[-1]), where=s > 0)
+
+
+def weighted_mean(P: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted arithmetic mean of member probabilities ``P`` (M, n, C) -> (n, C)."""
+    return normalise(np.tensordot(np.asarray(w, dtype=np.float64), P, axes=1))
+
+
+def geometric_mean(P: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Weighted geometric mean of member probabilities, renormalised per row."""
+    w = np.full(len(P), 1.0 / len(P)) if w is None else np.asarray(w, dtype=np.float64) / np.sum(w)
+    logp = np.tensordot(w, np.log(np.clip(P, EPS, 1.0)), axes=1)
+    return normalise(np.exp(logp - logp.max(axis=1, keepdims=True)))
+
+
+def rank_mean(P: np.ndarray) -> np.ndarray:
+    """Average each class column's rank over rows across members, then scale rows to sum to one."""
+    ranks = [pd.DataFrame(p).rank(axis=0).to_numpy() for p in P]  # pandas, not scipy.stats: that import costs a second
+    return normalise(np.mean(ranks, axis=0))
+
+
+def apply_bias(p: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Add per-class log-probability offsets ``b`` and renormalise."""
+    logits = np.log(np.clip(p, EPS, 1.0)) + b
+    return normalise(np.exp(logits - logits.max(axis=1, keepdims=True)))
+
+
+def scorer(metric: Metric, y: np.ndarray) -> Callable[[np.ndarray], float]:
+    """``probs -> score`` for one fit; argmax metrics are cached by predicted labels, which searches revisit."""
+    if metric.needs_proba:
+        return lambda p: metric(y, p)
+    cache: dict[bytes, float] = {}
+
+    def score(p: np.ndarray) -> float:
+        key = hashlib.blake2b(p.argmax(1).tobytes(), digest_size=16).digest()
+        if key not in cache:
+            cache[key] = metric(y, p)
+        return cache[key]
+
+    return score
+
+
+def fit_weights(P: np.ndarray, y: np.ndarray, metric: Metric, steps=(0.5, 0.2, 0.05), max_rounds: int = 30) -> np.ndarray:
+    """Non-negative weights summing to one that optimise ``metric``, by greedy coordinate search."""
+    # Hand-written rather than scipy.optimize: argmax metrics (F1, accuracy) are piecewise constant, so
+    # gradient and simplex methods stall on their plateaus; a coarse-to-fine coordinate grid does not.
+    score_of = scorer(metric, y)
+    w = np.full(len(P), 1.0 / len(P))
+    best = score_of(weighted_mean(P, w))
+    for _ in range(max_rounds):
+        step = None
+        for j in range(len(P)):
+            for delta in [s for d in steps for s in (d, -d)]:
+                v = w.copy()
+                v[j] = max(0.0, v[j] + delta)
+                if v.sum() <= 0:
+                    continue
+                v /= v.sum()
+                score = score_of(weighted_mean(P, v))
+                if metric.better(score, best):
+                    best, step = score, v
+        if step is None:
+            break
+        w = step
+    return w
+
+
+def hill_climb(P: np.ndarray, y: np.ndarray, metric: Metric, max_iter: int = 50) -> np.ndarray:
+    """Ensemble selection with replacement (Caruana et al. 2004); returns member weights summing to one."""
+    score_of = scorer(metric, y)
+    scores = [score_of(p) for p in P]
+    first = _best_index(scores, metric)
+    counts = np.zeros(len(P))
+    counts[first] = 1
+    total, best = P[first].copy(), scores[first]
+    for _ in range(max_iter):
+        k = counts.sum() + 1
+        trial = [score_of((total + p) / k) for p in P]
+        m = _best_index(trial, metric)
+        if not metric.better(trial[m], best):
+            break
+        counts[m] += 1
+        total += P[m]
+        best = trial[m]
+    return counts / counts.sum()
+
+
+def _best_index(scores: list[float], metric: Metric) -> int:
+    best = 0
+    for i, s in enumerate(scores):
+        if metric.better(s, scores[best]):
+            best = i
+    return best
+
+
+def stack_features(P: np.ndarray) -> np.ndarray:
+    """Members' log-probabilities side by side: (M, n, C) -> (n, M * C)."""
+    return np.log(np.clip(P, STACK_EPS, 1.0)).transpose(1, 0, 2).reshape(P.shape[1], -1)
+
+
+def fit_stack(P: np.ndarray, y: np.ndarray, C: float = 1.0) -> LogisticRegression:
+    """L2-regularised multinomial logistic regression on the members' OOF log-probabilities."""
+    if len(np.unique(y)) < 2:
+        raise CompError("stacking needs at least two classes among the rows it is fitted on; use --method mean")
+    return LogisticRegression(C=C, max_iter=2000).fit(stack_features(P), y)
+
+
+def stack_predict(model: LogisticRegression, P: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class probabilities from a fitted stacker; classes it never saw get zero."""
+    out = np.zeros((P.shape[1], n_classes))
+    out[:, model.classes_] = model.predict_proba(stack_features(P))
+    return out
+
+
+def fit_bias(p: np.ndarray, y: np.ndarray, metric: Metric, steps=(1.0, 0.4, 0.1), max_rounds: int = 10) -> np.ndarray:
+    """Per-class log-probability offsets that optimise ``metric``, by coordinate search."""
+    score_of = scorer(metric, y)
+    b = np.zeros(p.shape[1])
+    best = score_of(apply_bias(p, b))
+    for _ in range(max_rounds):
+        improved = False
+        for c in range(len(b)):
+            for delta in [s for d in steps for s in (d, -d)]:
+                v = b.copy()
+                v[c] += delta
+                score = score_of(apply_bias(p, v))
+                if metric.better(score, best):
+                    best, b, improved = score, v, True
+        if not improved:
+            break
+    return b - b.mean()
+
+
+# ---------------------------------------------------------------- method registry
+
+
+@dataclass(frozen=True)
+class Blender:
+    """A blend ready to apply: member probabilities (M, n, C) -> blended probabilities (n, C)."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    weights: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered blend method."""
+
+    name: str
+    fit: Callable[[np.ndarray, np.ndarray, Metric], Blender]
+    fitted: bool  # True: fit looks at the targets, so its score needs nested CV
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, fitted: bool):
+    """Decorator: add ``fit(P, y, metric) -> Blender`` to the blend registry under ``name``."""
+
+    def deco(fn):
+        METHODS[name] = Method(name, fn, fitted)
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> Method:
+    """Look up a blend method; unknown names list the valid ones."""
+    if name not in METHODS:
+        raise CompError(f"unknown blend method '{name}'; choose from {', '.join(METHODS)}{closest(name, METHODS)}")
+    return METHODS[name]
+
+
+def _equal(P: np.ndarray) -> np.ndarray:
+    return np.full(len(P), 1.0 / len(P))
+
+
+@register("mean", fitted=False)
+def _mean(P, y, metric):
+    w = _equal(P)
+    return Blender(lambda Q: weighted_mean(Q, w), w)
+
+
+@register("weighted", fitted=True)
+def _weighted(P, y, metric):
+    w = fit_weights(P, y, metric)
+    return Blender(lambda Q: weighted_mean(Q, w), w)
+
+
+@register("rank", fitted=False)
+def _rank(P, y, metric):
+    return Blender(rank_mean, _equal(P))
+
+
+@register("geometric", fitted=False)
+def _geometric(P, y, metric):
+    return Blender(geometric_mean, _equal(P))
+
+
+@register("hill_climb", fitted=True)
+def _hill_climb(P, y, metric):
+    w = hill_climb(P, y, metric)
+    return Blender(lambda Q: weighted_mean(Q, w), w)
+
+
+@register("stacking", fitted=True)
+def _stacking(P, y, metric):
+    model, n_classes = fit_stack(P, y), P.shape[2]
+    return Blender(lambda Q: stack_predict(model, Q, n_classes), None)
+
+
+def fit_blend(method: Method, P: np.ndarray, y: np.ndarray, metric: Metric, bias: bool) -> tuple[Blender, np.ndarray | None]:
+    """Fit a method (and optional per-class biases on its output) on OOF rows."""
+    blender = method.fit(P, y, metric)
+    if not bias:
+        return blender, None
+    b = fit_bias(blender.predict(P), y, metric)
+    return Blender(lambda Q: apply_bias(blender.predict(Q), b), blender.weights), b
+
+
+def nested_oof(method: Method, P: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, bias: bool) -> np.ndarray:
+    """Out-of-fold blend: for each fold, fit on the other folds' OOF rows and predict this fold's rows."""
+    if len(np.unique(folds)) < 2:
+        raise CompError("nested CV needs at least two folds in oof.csv; retrain with folds.n_splits >= 2")
+    out = np.empty(P.shape[1:])
+    for k in np.unique(folds):
+        train = folds != k
+        blender, _ = fit_blend(method, P[:, train], y[train], metric, bias)
+        out[~train] = blender.predict(P[:, ~train])
+    return out

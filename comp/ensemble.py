@@ -1,0 +1,259 @@
+"""Blend model folders' out-of-fold probabilities, score the blend honestly and save it as a run.
+
+Members are aligned by id (same ids, folds, targets and classes, or a fixable error). Anything fitted
+on OOF rows (weights, a stacker, per-class biases) is scored with nested CV over the folds, so the
+reported ``cv`` never saw the rows it scores. The blend is saved as a run folder of its own, so it can
+be inspected, blended again, or turned into a submission. The numbers live in ``comp.blend``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from comp.artifacts import RunDir, write_csv, write_json, write_text
+from comp.blend import fit_blend, get_method, nested_oof
+from comp.data import check_ids, read_csv, require_columns
+from comp.errors import CompError
+from comp.metrics import get_metric
+from comp.submission import make_submission, validate_submission, write_submission
+
+# ---------------------------------------------------------------- loading and alignment
+
+
+@dataclass
+class Member:
+    """One model folder's OOF (and test) probabilities as read from disk."""
+
+    path: Path
+    name: str
+    run: Path
+    config: dict
+    id_column: str
+    frame: pd.DataFrame  # id, fold, target as strings
+    classes: list[str]
+    oof: np.ndarray
+    test_ids: pd.Index | None
+    test: np.ndarray | None
+
+
+def _floats(df: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
+    values = df[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        r, c = (int(x[0]) for x in np.nonzero(bad))
+        raise CompError(f"{path} line {r + 2}: column '{columns[c]}' holds {df[columns[c]].iloc[r]!r}, not a probability; regenerate the file")
+    return values
+
+
+def _read_test(path: Path, id_col: str, classes: list[str]) -> tuple[pd.Index, np.ndarray]:
+    df = read_csv(path, "test predictions")
+    require_columns(df, [id_col] + classes, path, "data.id_column in RUN/config.yaml")
+    check_ids(df, id_col, path)
+    return pd.Index(df[id_col]), _floats(df, classes, path)
+
+
+def load_member(model_dir: str | Path, tta: bool = False) -> Member:
+    """Read ``RUN/models/<id>/oof.csv`` (``oof_tta.csv`` when ``tta`` and present) and ``test.csv`` if any."""
+    path = Path(model_dir).resolve()
+    oof_path = path / ("oof_tta.csv" if tta and (path / "oof_tta.csv").is_file() else "oof.csv")
+    if not oof_path.is_file():
+        if (path / "models").is_dir():
+            inner = ", ".join(str(d) for d in sorted((path / "models").iterdir()) if d.is_dir())
+            raise CompError(f"{path} is a run folder, not a model folder; pass model folders such as {inner or path / 'models/<id>'}")
+        raise CompError(f"{oof_path} not found; pass model folders RUN/models/<id> whose training finished")
+    run = path.parent.parent
+    if not (run / "config.yaml").is_file():
+        raise CompError(f"{path} is not inside a run folder (no {run / 'config.yaml'}); pass RUN/models/<id>")
+    config = RunDir(run).load_config() or {}
+    id_col = (config.get("data") or {}).get("id_column") or "id"
+    df = read_csv(oof_path, "OOF file")
+    require_columns(df, [id_col, "fold", "target"], oof_path, "data.id_column in RUN/config.yaml")
+    check_ids(df, id_col, oof_path)
+    classes = [c for c in df.columns if c not in (id_col, "fold", "target")]
+    if len(classes) < 2:
+        raise CompError(f"{oof_path} has {len(classes)} probability columns after 'target'; it needs one per class")
+    folds = pd.to_numeric(df["fold"], errors="coerce")
+    unknown = ~df["target"].isin(classes)
+    for bad, what in ((folds.isna() | (folds % 1 != 0), "fold is not an integer"), (unknown, "target is not one of the class columns")):
+        if bad.any():
+            r = int(np.flatnonzero(bad.to_numpy())[0])
+            raise CompError(f"{oof_path} line {r + 2}: {what} ({df.iloc[r][['fold', 'target']].tolist()}); regenerate it with comp train-folds")
+    frame = pd.DataFrame({"id": df[id_col].to_numpy(), "fold": folds.astype(np.int64).to_numpy(), "target": df["target"].to_numpy()})
+    test_ids, test = _read_test(path / "test.csv", id_col, classes) if (path / "test.csv").is_file() else (None, None)
+    return Member(path, f"{run.name}/{path.name}", run, config, id_col, frame, classes, _floats(df, classes, oof_path), test_ids, test)
+
+
+@dataclass
+class Aligned:
+    """Members' probabilities on common rows and classes: ``oof`` (M, n, C), ``test`` (M, n_test, C)."""
+
+    ids: np.ndarray
+    folds: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    oof: np.ndarray
+    test_ids: np.ndarray | None
+    test: np.ndarray | None
+    notes: list[str]
+
+
+def _same_ids(ref: pd.Index, other: pd.Index, a: str, b: str, what: str) -> None:
+    missing, extra = ref.difference(other, sort=False), other.difference(ref, sort=False)
+    if len(missing) or len(extra):
+        first = missing[0] if len(missing) else extra[0]
+        raise CompError(
+            f"{what} of model {b} lack {len(missing)} and add {len(extra)} ids compared with model {a} (first: {first!r}); "
+            "blend models predicted on the same rows"
+        )
+
+
+def align(members: list[Member]) -> Aligned:
+    """Check that members share ids, folds, targets and classes; reorder rows and columns to the first's."""
+    ref = members[0]
+    ids = pd.Index(ref.frame["id"])
+    P, T, notes = [], [], []
+    for m in members:
+        if set(m.classes) != set(ref.classes):
+            raise CompError(f"model {m.name} has classes {m.classes} but model {ref.name} has {ref.classes}; blend models of one competition")
+        cols = [m.classes.index(c) for c in ref.classes]
+        _same_ids(ids, pd.Index(m.frame["id"]), ref.name, m.name, "OOF rows")
+        frame = m.frame.set_index("id").loc[ids]
+        for col, hint in (("fold", "retrain with the same folds.csv"), ("target", "blend models trained on the same train.csv")):
+            diff = np.flatnonzero(frame[col].to_numpy() != ref.frame[col].to_numpy())
+            if len(diff):
+                i, why = diff[0], " (blending them leaks validation rows into training)" if col == "fold" else ""
+                raise CompError(
+                    f"model {m.name} puts id {ids[i]!r} in {col} {frame[col].iloc[i]} but model {ref.name} in {col} "
+                    f"{ref.frame[col].iloc[i]}{why}; {hint}"
+                )
+        P.append(m.oof[pd.Index(m.frame["id"]).get_indexer(ids)][:, cols])
+        if m.test is not None and ref.test is not None:
+            _same_ids(ref.test_ids, m.test_ids, ref.name, m.name, "test.csv rows")
+            T.append(m.test[m.test_ids.get_indexer(ref.test_ids)][:, cols])
+        elif m.test is None:
+            notes.append(f"{m.path / 'test.csv'} not found: no test predictions for the blend (run comp predict first)")
+    y = pd.Index(ref.classes).get_indexer(ref.frame["target"])
+    has_test = len(T) == len(members)
+    return Aligned(
+        ids.to_numpy(), ref.frame["fold"].to_numpy(), y, list(ref.classes), np.stack(P),
+        ref.test_ids.to_numpy() if has_test else None, np.stack(T) if has_test else None, notes,
+    )
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def _members(model_dirs, tta: bool) -> list[Member]:
+    if not model_dirs:
+        raise CompError("no model folders given; pass one or more RUN/models/<id>")
+    seen: set[Path] = set()
+    for d in model_dirs:
+        if Path(d).resolve() in seen:
+            raise CompError(f"model folder {d} is listed twice; list each member once (fitted methods weight them)")
+        seen.add(Path(d).resolve())
+    return [load_member(d, tta) for d in model_dirs]
+
+
+def _frame(id_col: str, ids, classes: list[str], probs: np.ndarray, **extra) -> pd.DataFrame:
+    df = pd.DataFrame({id_col: ids, **extra})
+    return pd.concat([df, pd.DataFrame(probs, columns=classes)], axis=1)
+
+
+@dataclass
+class PendingSubmission:
+    """A validated submission frame waiting to be written once the blend folder is saved."""
+
+    df: pd.DataFrame
+    path: Path
+    sample: str
+
+
+def _prepare_submission(data: Aligned, probs, first: Member, name: str, out) -> tuple[PendingSubmission | None, str]:
+    """Build and validate (not write) the submission; returns it, or None and a note saying why not."""
+    sample = (first.config.get("data") or {}).get("sample_submission")
+    if probs is None or not sample or not Path(sample).is_file():
+        why = "no test predictions" if probs is None else f"sample submission {sample!r} not found"
+        if out is not None:
+            raise CompError(f"--out {out} given but {why}; run comp predict on every member / set data.sample_submission")
+        return None, "" if probs is None else f"no submission written: {why}"  # align() already noted missing test.csv
+    df = make_submission(data.test_ids, probs, data.classes, sample, first.id_column)
+    validate_submission(df, sample, data.classes, first.id_column)
+    path = Path(out) if out is not None else Path("submissions") / f"{name}.csv"
+    return PendingSubmission(df, path.resolve(), sample), ""
+
+
+def _blend_name(name: str | None, method: str, members: list[Member]) -> tuple[str, Path]:
+    """The blend's name and run folder (beside the first member's run), refusing to overwrite a member."""
+    name = name or f"blend-{method}"
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise CompError(f"--name must be a plain folder name, got {name!r}")
+    run_root = members[0].run.parent / name
+    if any(m.run == run_root for m in members):
+        raise CompError(f"--name {name} would overwrite the run folder {run_root} of a member; choose another --name")
+    return name, run_root
+
+
+def run_ensemble(model_dirs, method: str = "hill_climb", metric: str | None = None, bias: bool = False,
+                 name: str | None = None, out=None, tta: bool = False) -> dict:
+    """Blend model folders, score the blend with nested CV, save it as a run folder and a submission."""
+    blend = get_method(method)
+    members = _members(model_dirs, tta)
+    data, first = align(members), members[0]
+    scorer = get_metric(metric or first.config.get("metric") or "macro_f1")
+    name, run_root = _blend_name(name, method, members)
+    final, b = fit_blend(blend, data.oof, data.y, scorer, bias)
+    in_sample = final.predict(data.oof)
+    honest = nested_oof(blend, data.oof, data.y, data.folds, scorer, bias) if blend.fitted or bias else in_sample
+    test = final.predict(data.test) if data.test is not None else None
+    pending, note = _prepare_submission(data, test, first, name, out)
+    weights = None if final.weights is None else [float(w) for w in final.weights]
+    result = {
+        "name": name, "method": method, "metric": scorer.name, "direction": scorer.direction,
+        "cv": scorer(data.y, honest), "cv_in_sample": scorer(data.y, in_sample),
+        "folds": [scorer(data.y[data.folds == k], honest[data.folds == k]) for k in np.unique(data.folds)],
+        "members": [
+            {"name": m.name, "path": str(m.path), "cv": scorer(data.y, p), "weight": None if weights is None else weights[i]}
+            for i, (m, p) in enumerate(zip(members, data.oof))
+        ],
+        "weights": weights,
+        "bias": None if b is None else {c: round(float(v), 6) for c, v in zip(data.classes, b)},
+        "notes": data.notes + ([note] if note else []),
+    }
+    model_dir = _write_run(run_root, name, data, first, honest, test, result)
+    result.update(run_dir=str(run_root), model_dir=str(model_dir), submission=None)
+    if pending is not None:
+        path = write_submission(pending.df, pending.path, pending.sample, data.classes, first.id_column)
+        result["submission"] = str(path)
+    return result
+
+
+def _write_run(run_root: Path, name: str, data: Aligned, first: Member, honest, test, result: dict) -> Path:
+    """Save the blend as ``run_root/models/<name>`` plus the run's config.yaml and folds.csv."""
+    run = RunDir(run_root)
+    labels = np.asarray(data.classes, dtype=object)[data.y]
+    write_csv(run.oof(name), _frame(first.id_column, data.ids, data.classes, honest, fold=data.folds, target=labels))
+    if test is not None:
+        write_csv(run.test_pred(name), _frame(first.id_column, data.test_ids, data.classes, test))
+    else:
+        run.test_pred(name).unlink(missing_ok=True)  # a stale test.csv from an earlier blend of this name would lie
+    keys = ("metric", "cv", "cv_in_sample", "folds", "method", "weights", "bias")
+    write_json(run.metrics(name), {**{k: result[k] for k in keys}, "members": [m["path"] for m in result["members"]],
+                                   "member_cv": [m["cv"] for m in result["members"]]})
+    write_text(run.config, (first.run / "config.yaml").read_text())
+    folds_csv = first.run / "folds.csv"
+    if folds_csv.is_file():
+        write_text(run.folds, folds_csv.read_text())
+    else:
+        write_csv(run.folds, pd.DataFrame({first.id_column: data.ids, "fold": data.folds}))
+    return run.model_dir(name)
+
+
+def result_rows(result: dict) -> list[dict]:
+    """Rows for the terminal table: every member, then the blend (in-sample and nested CV)."""
+    rows = [{"model": m["name"], "weight": m["weight"], "cv": m["cv"], "cv_in_sample": None} for m in result["members"]]
+    rows.append({"model": f"{result['name']} (blend)", "weight": None, "cv": result["cv"], "cv_in_sample": result["cv_in_sample"]})
+    return rows
