@@ -185,7 +185,7 @@ def resolve_options(cfg: dict, engine, tta, tta_merge, batch_size) -> tuple[str,
     engine = engine or p["engine"]
     if engine not in ("onnx", "torch"):
         raise CompError(f"--engine must be onnx or torch, got {engine!r}")
-    batch_size = batch_size or p["batch_size"]
+    batch_size = p["batch_size"] if batch_size is None else batch_size
     if batch_size < 1:
         raise CompError(f"--batch-size must be >= 1, got {batch_size}")
     return engine, parse_tta(p["tta"] if tta is None else tta), check_merge(tta_merge or p["tta_merge"]), batch_size
