@@ -16,7 +16,7 @@ import numpy as np
 import timm
 import torch
 
-from comp.export import FusedModel, ProbModel, _export
+from comp.export import FusedModel, ProbModel, export_graph
 from comp.predict import OrtRunner, TorchRunner
 from comp.report import format_table
 from comp.tta import merge_probs, views
@@ -62,8 +62,8 @@ def main() -> None:
         paths = []
         for k, m in enumerate(models):
             paths.append(Path(tmp) / f"fold{k}.onnx")
-            _export(ProbModel(m), x[:1], paths[-1], 17, {}, fp16=False)
-        _export(FusedModel(models), x[:1], Path(tmp) / "fused.onnx", 17, {}, fp16=False)
+            export_graph(ProbModel(m), x[:1], paths[-1], 17, {}, fp16=False)
+        export_graph(FusedModel(models), x[:1], Path(tmp) / "fused.onnx", 17, {}, fp16=False)
         ort_folds = [OrtRunner(p, args.threads) for p in paths]
         fused = OrtRunner(Path(tmp) / "fused.onnx", args.threads)
         torch_folds = [TorchRunner(m, torch.device("cpu")) for m in models]

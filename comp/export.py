@@ -72,7 +72,7 @@ def read_metadata(path: str | Path) -> dict:
     return {p.key: json.loads(p.value) for p in model.metadata_props}
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path, opset: int, meta: dict[str, str], fp16: bool) -> None:
+def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: int, meta: dict[str, str], fp16: bool) -> None:
     """Trace ``module`` to ONNX at ``path`` (dynamic batch), optionally convert to fp16, attach metadata."""
     module.eval()  # the exporter restores the wrapper's mode afterwards, so it must already be eval
     with warnings.catch_warnings():
@@ -128,7 +128,7 @@ def write_checked(module: nn.Module, reference: np.ndarray, batch: torch.Tensor,
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _export(module, batch[:1], tmp, opset, meta, fp16)
+        export_graph(module, batch[:1], tmp, opset, meta, fp16)
         got = _session(tmp).run([OUTPUT], {INPUT: batch.numpy()})[0]
         diff = float(np.abs(got.astype(np.float64) - reference).max())
         if not diff <= TOLERANCE[precision]:
