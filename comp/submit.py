@@ -18,6 +18,14 @@ def _classes_from_run(run: artifacts.RunDir) -> list[str]:
     raise CompError(f"{run.root} has no models/<id>/oof.csv to read the classes from; pass --sample instead")
 
 
+def _classes_from_sample(sample_path: Path, df) -> list[str]:
+    """Without a run: the sample's class columns, or (one label column) the labels the file uses, unchecked."""
+    targets = list(read_csv(sample_path, "sample submission").columns)[1:]
+    if len(targets) != 1 or targets[0] not in df.columns:
+        return targets
+    return sorted(df[targets[0]].dropna().astype(str).unique())
+
+
 def resolve_sample(sample: str | Path | None, run_dir: str | Path | None) -> tuple[Path, list[str] | None, str | None]:
     """(sample path, classes or None, id column or None) from --sample or the run's config."""
     if run_dir is not None:
@@ -37,10 +45,8 @@ def check_file(path: str | Path, sample: str | Path | None = None, run_dir: str 
     path = Path(path)
     df = read_csv(path, "submission")
     sample_path, classes, id_col = resolve_sample(sample, run_dir)
-    if classes is None:  # without a run, the classes are the sample's columns (probabilities) or the file's labels
-        cols = list(read_csv(sample_path, "sample submission").columns)
-        targets = cols[1:]
-        classes = targets if len(targets) > 1 else sorted(df[targets[0]].dropna().astype(str).unique()) if targets[0] in df else []
+    if classes is None:
+        classes = _classes_from_sample(sample_path, df)
     validate_submission(df, sample_path, classes, id_col)
     return path
 
