@@ -89,6 +89,7 @@ def demo_cmd(out_dir, run_dir, overrides, fresh):
     for line in run_demo(out_dir, run_dir, overrides, fresh=fresh):
         click.echo(line)
 
+
 @main.command()
 @click.argument("model_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--method", default="hill_climb",
@@ -117,6 +118,77 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
     click.echo(f"blend: {result['model_dir']}")
     if result["submission"]:
         click.echo(f"submission: {result['submission']}")
+
+
+run_arg = click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+model_option = click.option("--model", "model_ids", multiple=True, metavar="ID", help="Only this model id (repeatable) [default: all].")
+
+
+@main.command("export")
+@run_arg
+@model_option
+@click.option("--fp16", is_flag=True, help="Convert the graphs to float16 (inputs and outputs stay float32).")
+@click.option("--fuse", is_flag=True, help="Also write fused.onnx: all folds (and --tta views) averaged in one graph.")
+@click.option("--opset", default=17, type=int, help="ONNX opset version.")
+@click.option("--tta", default="", metavar="hflip,...", help="TTA views inside fused.onnx (only with --fuse).")
+@click.option("--tta-merge", default="mean", type=click.Choice(["mean", "geometric"]), help="How fused.onnx merges views.")
+def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge):
+    """Export every fold checkpoint to ONNX (probabilities out), checked against PyTorch before it is kept.
+
+    Example: comp export runs/exp --fuse --tta hflip
+    """
+    from comp.export import export_run
+
+    if tta and not fuse:
+        raise CompError("--tta only applies to the fused graph; add --fuse (per-fold graphs take TTA at predict time)")
+    reports = export_run(run_dir, list(model_ids), fp16=fp16, fuse=fuse, opset=opset, tta=tta, tta_merge=tta_merge, log=click.echo)
+    for mid in reports:
+        click.echo(f"export report: {Path(run_dir) / 'models' / mid / 'export.json'}")
+
+
+@main.command("predict")
+@run_arg
+@model_option
+@click.option("--engine", type=click.Choice(["onnx", "torch"]), default=None, help="[default: config predict.engine]")
+@click.option("--tta", default=None, metavar="hflip,vflip", help="TTA views [default: config predict.tta].")
+@click.option("--tta-merge", type=click.Choice(["mean", "geometric"]), default=None, help="[default: config predict.tta_merge]")
+@set_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Submission CSV [default: submissions/<run>.csv].")
+@click.option("--oof", is_flag=True, help="Also apply the TTA to each fold's validation rows and print CV before/after.")
+@click.option("--batch-size", type=int, default=None, help="[default: config predict.batch_size]")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def predict_cmd(run_dir, model_ids, engine, tta, tta_merge, overrides, out, oof, batch_size, quiet):
+    """Predict the test set with every fold of each model; writes models/<id>/test.csv and a submission.
+
+    Example: comp predict runs/exp --tta hflip --oof --set data.test_csv=test.csv
+    """
+    from comp.predict import predict_run, result_rows
+    from comp.report import format_table
+
+    result = predict_run(run_dir, list(model_ids), engine, tta, tta_merge, overrides, out, oof, batch_size,
+                         progress=not quiet, log=click.echo)
+    click.echo(format_table(result_rows(result), ["model", "folds", "engine", "tta", "cv", "cv_tta"]))
+    for info in result["models"].values():
+        click.echo(f"test predictions: {info['test']}" + (f"  oof with TTA: {info['oof_tta']}" if oof else ""))
+    if result["submission"]:
+        click.echo(f"submission: {result['submission']}")
+
+
+@main.command("submit")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--competition", required=True, help="Kaggle competition slug (from its URL).")
+@click.option("--message", required=True, help="Submission description.")
+@click.option("--sample", type=click.Path(dir_okay=False, path_type=Path), help="sample_submission.csv to validate against.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), help="Run folder: its sample and classes.")
+def submit_cmd(file, competition, message, sample, run_dir):
+    """Validate a submission against the sample, then upload it with the kaggle package.
+
+    Example: comp submit submissions/exp.csv --competition digit-recognizer --message "5 folds, hflip" --run runs/exp
+    """
+    from comp.submit import submit
+
+    path = submit(file, competition, message, sample, run_dir)
+    click.echo(f"submitted {path} to {competition}")
 
 
 if __name__ == "__main__":

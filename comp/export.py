@@ -1,0 +1,201 @@
+"""``comp export``: fold checkpoints -> ONNX graphs that output probabilities, checked against PyTorch.
+
+Each graph carries its preprocessing in the ONNX metadata (mean, std, image size, classes, timm name, eval
+transform), so inference needs only the file. A graph that misses the parity tolerance is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import torch
+from torch import nn
+
+from comp import artifacts
+from comp.augment import from_dict
+from comp.data import ImageDataset, load_test_table, load_train_table
+from comp.errors import CompError
+from comp.models import load_checkpoint, model_from_checkpoint
+from comp.tta import TTA_OPS, merge_torch, parse_tta
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+PARITY_IMAGES = 16
+INPUT, OUTPUT = "input", "probs"
+
+
+class ProbModel(nn.Module):
+    """A classifier whose output is softmax probabilities."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x).float(), dim=1)
+
+
+class FusedModel(nn.Module):
+    """Every fold (and TTA view) in one graph: per fold merge the views, then average the folds."""
+
+    def __init__(self, models: list[nn.Module], tta: list[str] = (), merge: str = "mean"):
+        super().__init__()
+        self.folds = nn.ModuleList(ProbModel(m) for m in models)
+        self.tta, self.merge = list(tta), merge
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs = [x] + [TTA_OPS[n](x) for n in self.tta]
+        per_fold = [merge_torch([m(v) for v in xs], self.merge) for m in self.folds]
+        return torch.stack(per_fold).mean(0)
+
+
+def metadata(ckpt: dict, **extra) -> dict[str, str]:
+    """The preprocessing and provenance a consumer of the graph needs, as ONNX metadata strings."""
+    meta = {
+        "comp.format": "comp.onnx/1", "model_name": ckpt["model_name"], "model_id": ckpt["model_id"],
+        "classes": ckpt["classes"], "image_size": ckpt["image_size"], "in_chans": ckpt.get("in_chans", 3),
+        "mean": ckpt["mean"], "std": ckpt["std"], "eval_transform": ckpt["eval_transform"], "input": INPUT, "output": OUTPUT,
+        **extra,
+    }
+    return {k: json.dumps(v) for k, v in meta.items()}
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON-decoded metadata_props of a comp ONNX file."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in model.metadata_props}
+
+
+def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: int, meta: dict[str, str], fp16: bool) -> None:
+    """Trace ``module`` to ONNX at ``path`` (dynamic batch), optionally convert to fp16, attach metadata."""
+    module.eval()  # the exporter restores the wrapper's mode afterwards, so it must already be eval
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter warns that it is legacy; it needs no onnxscript
+        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset)
+    model = onnx.load(str(path))
+    if fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=True)
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def parity_batch(cfg: dict, ckpt: dict, run: artifacts.RunDir, n: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
+    """Up to ``n`` preprocessed validation images of the checkpoint's fold (test images when those are gone)."""
+    transform = from_dict(ckpt["eval_transform"])
+    data = cfg["data"]
+    paths, source = [], ""
+    try:
+        table = load_train_table(data)
+        folds = pd.read_csv(run.folds, dtype={data["id_column"]: str}).set_index(data["id_column"])["fold"]
+        fold_of = folds.reindex(table.df[data["id_column"]]).to_numpy()
+        paths = [p for p, f in zip(table.paths, fold_of) if f == ckpt.get("fold")][:n]
+        source = f"fold {ckpt.get('fold')} validation images"
+    except (CompError, OSError, KeyError):
+        paths = []
+    if not paths:
+        try:
+            paths, source = load_test_table(data)[1][:n], "test images"
+        except CompError as exc:
+            raise CompError(f"no images to check ONNX parity on (train and test both unusable: {exc})") from None
+    ds = ImageDataset(paths, transform=transform)
+    return torch.stack([ds[i][0] for i in range(len(ds))]).float(), source
+
+
+def write_checked(module: nn.Module, reference: np.ndarray, batch: torch.Tensor, path: Path, opset: int,
+                  meta: dict[str, str], fp16: bool) -> float:
+    """Export to a temp name, compare with ``reference`` on ``batch``, and rename into place only on pass."""
+    precision = "fp16" if fp16 else "fp32"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        export_graph(module, batch[:1], tmp, opset, meta, fp16)
+        got = _session(tmp).run([OUTPUT], {INPUT: batch.numpy()})[0]
+        diff = float(np.abs(got.astype(np.float64) - reference).max())
+        if not diff <= TOLERANCE[precision]:
+            raise CompError(f"{path.name}: ONNX ({precision}) differs from PyTorch by {diff:.2e} > {TOLERANCE[precision]:.0e}; "
+                            "nothing written (try another --opset, or drop --fp16)")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return diff
+
+
+def _torch_probs(module: nn.Module, batch: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return module.eval()(batch).double().numpy()
+
+
+def export_model(run: artifacts.RunDir, model_id: str, cfg: dict, fp16: bool = False, fuse: bool = False, opset: int = 17,
+                 tta: list[str] | str = (), tta_merge: str = "mean", log=print) -> dict:
+    """Export every fold of one model (and optionally the fused graph); write and return ``export.json``."""
+    ckpt_paths = run.checkpoints(model_id)
+    if not ckpt_paths:
+        raise CompError(f"{run.model_dir(model_id)} has no fold checkpoints; run `comp train-folds` first")
+    tta = parse_tta(tta)
+    precision = "fp16" if fp16 else "fp32"
+    files, models, batches = [], [], []
+    for path in ckpt_paths:
+        model, ckpt = model_from_checkpoint(load_checkpoint(path))
+        batch, source = parity_batch(cfg, ckpt, run)
+        module = ProbModel(model)
+        out = run.model_dir(model_id) / f"fold{ckpt['fold']}.onnx"
+        diff = write_checked(module, _torch_probs(module, batch), batch, out, opset,
+                             metadata(ckpt, fold=ckpt["fold"], precision=precision, tta=[], tta_merge="mean"), fp16)
+        log(f"{out}: max |onnx - torch| = {diff:.2e} on {len(batch)} {source} ({precision})")
+        files.append({"file": out.name, "fold": ckpt["fold"], "max_abs_diff": diff, "images": len(batch), "checked_on": source})
+        models.append(model)
+        batches.append(batch)
+    if fuse:
+        batch = torch.cat(batches)[:PARITY_IMAGES]
+        fused = FusedModel(models, tta, tta_merge)
+        out = run.model_dir(model_id) / "fused.onnx"
+        folds = [f["fold"] for f in files]
+        diff = write_checked(fused, _torch_probs(fused, batch), batch, out, opset,
+                             metadata(ckpt, folds=folds, precision=precision, tta=tta, tta_merge=tta_merge), fp16)
+        log(f"{out}: max |onnx - mean of torch folds| = {diff:.2e} on {len(batch)} images ({precision}, tta {tta or 'none'})")
+        files.append({"file": out.name, "folds": folds, "tta": tta, "tta_merge": tta_merge, "max_abs_diff": diff,
+                      "images": len(batch)})
+    report = {"model_id": model_id, "precision": precision, "opset": opset, "tolerance": TOLERANCE[precision], "files": files}
+    artifacts.write_json(run.model_dir(model_id) / "export.json", report)
+    return report
+
+
+def select_models(run: artifacts.RunDir, model_ids: list[str] | tuple[str, ...] | None) -> list[str]:
+    """The requested model ids (all trained ones when none), failing on unknown or untrained ids."""
+    run.require()
+    have = run.model_ids()
+    if not have:
+        raise CompError(f"{run.root} holds no fold checkpoints under models/; run `comp train-folds` first")
+    for mid in model_ids or ():
+        if mid not in have:
+            raise CompError(f"--model {mid}: no checkpoints in {run.model_dir(mid)}; trained models are {', '.join(have)}")
+    return list(model_ids) if model_ids else have
+
+
+def export_run(run_dir: str | Path, model_ids=None, fp16: bool = False, fuse: bool = False, opset: int = 17,
+               tta: list[str] | str = (), tta_merge: str = "mean", log=print) -> dict[str, dict]:
+    """Export the chosen models of a run folder; returns {model_id: export report}."""
+    run = artifacts.RunDir(run_dir)
+    mids = select_models(run, model_ids)
+    cfg = run.load_config()
+    return {mid: export_model(run, mid, cfg, fp16, fuse, opset, tta, tta_merge, log) for mid in mids}

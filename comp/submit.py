@@ -1,0 +1,78 @@
+"""``comp submit``: validate a submission file against the sample, then upload it with the kaggle package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from comp import artifacts
+from comp.data import read_csv
+from comp.errors import CompError
+from comp.submission import validate_submission
+
+
+def _classes_from_run(run: artifacts.RunDir) -> list[str]:
+    for mid in run.model_ids():
+        oof = run.oof(mid)
+        if oof.is_file():
+            return [c for c in read_csv(oof, "OOF file").columns[3:]]
+    raise CompError(f"{run.root} has no models/<id>/oof.csv to read the classes from; pass --sample instead")
+
+
+def _classes_from_sample(sample_path: Path, df) -> list[str]:
+    """Without a run: the sample's class columns, or (one label column) the labels the file uses, unchecked."""
+    targets = list(read_csv(sample_path, "sample submission").columns)[1:]
+    if len(targets) != 1 or targets[0] not in df.columns:
+        return targets
+    return sorted(df[targets[0]].dropna().astype(str).unique())
+
+
+def resolve_sample(sample: str | Path | None, run_dir: str | Path | None) -> tuple[Path, list[str] | None, str | None]:
+    """(sample path, classes or None, id column or None) from --sample or the run's config."""
+    if run_dir is not None:
+        run = artifacts.RunDir(run_dir)
+        data = run.load_config()["data"]
+        path = sample or data.get("sample_submission")
+        if not path:
+            raise CompError(f"{run.config} sets no data.sample_submission; pass --sample PATH")
+        return Path(path), _classes_from_run(run), data["id_column"]
+    if sample is None:
+        raise CompError("comp submit needs --sample PATH or --run RUN_DIR to validate the file against")
+    return Path(sample), None, None
+
+
+def check_file(path: str | Path, sample: str | Path | None = None, run_dir: str | Path | None = None) -> Path:
+    """Validate a submission CSV against the sample submission (classes from the run when given)."""
+    path = Path(path)
+    df = read_csv(path, "submission")
+    sample_path, classes, id_col = resolve_sample(sample, run_dir)
+    if classes is None:
+        classes = _classes_from_sample(sample_path, df)
+    validate_submission(df, sample_path, classes, id_col)
+    return path
+
+
+def kaggle_api():
+    """The authenticated ``kaggle.api``, or a CompError saying what to install or configure."""
+    try:
+        import kaggle
+    except ImportError:
+        raise CompError("the kaggle package is not installed; `pip install kaggle`, then put your API token in "
+                        "~/.kaggle/kaggle.json (or set KAGGLE_USERNAME and KAGGLE_KEY)") from None
+    except Exception as exc:  # noqa: BLE001 - kaggle authenticates on import and raises whatever the config lacks
+        raise CompError(f"the kaggle package is not configured ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                        "put your API token in ~/.kaggle/kaggle.json or set KAGGLE_USERNAME and KAGGLE_KEY") from None
+    return kaggle.api
+
+
+def submit(path: str | Path, competition: str, message: str, sample: str | Path | None = None,
+           run_dir: str | Path | None = None) -> Path:
+    """Validate ``path`` and upload it to ``competition`` with ``message``."""
+    if not competition:
+        raise CompError("--competition is empty; pass the competition's slug from its Kaggle URL")
+    path = check_file(path, sample, run_dir)
+    api = kaggle_api()
+    try:
+        api.competition_submit(str(path), message, competition)
+    except Exception as exc:  # noqa: BLE001 - network/HTTP failures are reported as one line, not a traceback
+        raise CompError(f"kaggle rejected the upload of {path} to '{competition}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return path
