@@ -96,7 +96,8 @@ def _after_training(run_dir: Path, cfg: dict, submission: Path) -> Iterator[str]
     except ImportError:  # predict not built yet: the blend carries OOF only
         predict_run = None
     if predict_run is not None:
-        predict_run(run_dir, engine="torch", out=None)
+        mean_sub = submission.with_name(submission.stem + "-mean.csv")
+        predict_run(run_dir, engine="torch", out=mean_sub, progress=False, log=lambda *a, **k: None)
         yield "test predictions: " + ", ".join(str(run.test_pred(m)) for m in run.model_ids())
     model_dirs = [run.model_dir(m) for m in run.model_ids()]
     if len(model_dirs) > 1:

@@ -29,6 +29,10 @@ def test_demo_cli_runs_pipeline(tmp_path, monkeypatch, size):
     assert (tmp_path / "runs/demo/models/byobnet/oof.csv").is_file()
     assert (tmp_path / "runs/demo/models/effnet/oof.csv").is_file()
     assert "demo-blend" in res.output
+    sub = pd.read_csv(tmp_path / "submissions/demo.csv", dtype=str)
+    sample = pd.read_csv(tmp_path / "demo_data/sample_submission.csv", dtype=str)
+    assert list(sub["id"]) == list(sample["id"]) and set(sub["label"]) <= {str(d) for d in range(10)}
+    assert (tmp_path / "runs/demo/models/byobnet/test.csv").is_file()
 
 
 @pytest.mark.slow
