@@ -191,5 +191,39 @@ def submit_cmd(file, competition, message, sample, run_dir):
     click.echo(f"submitted {path} to {competition}")
 
 
+@main.command("tune")
+@config_option
+@set_option
+@click.option("--n-trials", type=int, help="Total trials the study should hold [default: tune.n_trials or 20].")
+@click.option("--timeout", type=float, help="Stop starting new trials after this many seconds.")
+@click.option("--storage", metavar="URL", help="sqlite:///x.db, postgresql://..., or journal:PATH [default: OUT/study.db].")
+@click.option("--study-name", default=None, help="Study name inside the storage [default: comp].")
+@click.option("--folds", "folds_text", metavar="0,1", help="Tune on these folds only (cheaper).")
+@click.option("--epochs", type=int, help="Epochs per trial (overrides train.epochs and every model's epochs).")
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "wilcoxon", "none"]), default=None,
+              help="[default: tune.pruner or median]")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Tuning folder [default: runs/tune-<config stem>].")
+@click.option("--keep-trials", is_flag=True, help="Keep every trial's checkpoints (large).")
+def tune_cmd(config_path, overrides, n_trials, timeout, storage, study_name, folds_text, epochs, pruner, out_dir, keep_trials):
+    """Optuna search over the config's tune.space with fold-aware pruning; resumable and shareable studies.
+
+    Example: comp tune --config configs/demo.yaml --n-trials 20 --folds 0,1 --epochs 3
+    """
+    from comp.config import load_config
+    from comp.tune import summary_rows, tune
+
+    cfg = load_config(config_path, overrides)
+    out_dir = out_dir or Path("runs") / f"tune-{config_path.stem}"
+    result = tune(cfg, out_dir, n_trials, timeout, storage, study_name, parse_folds(folds_text), epochs, pruner,
+                  keep_trials=keep_trials)
+    click.echo(summary_rows(result, out_dir))
+    click.echo("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in result["states"].items()))
+    if result["best_config"]:
+        click.echo(f"best {cfg['metric']}: {result['best_value']:.4f}  best config: {result['best_config']}")
+    for p in result["plots"]:
+        click.echo(f"plot: {p}")
+    click.echo(f"trials table: {out_dir / 'trials.csv'}")
+
+
 if __name__ == "__main__":
     main()

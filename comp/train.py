@@ -115,6 +115,7 @@ class FoldContext:
     fold: int
     run: artifacts.RunDir
     progress: bool = True
+    on_epoch: object = None  # callable(event: dict); may raise (e.g. optuna.TrialPruned) to stop the run
 
     @property
     def model_id(self) -> str:
@@ -272,6 +273,7 @@ class FoldTrainer:
                 self.state["bad_epochs"] += 1
             self.state["history"].append(row)
             self.state["epoch"] = epoch
+            self._notify(epoch=epoch, score=row["score"], fold_done=False)
             if self.ctx.progress:
                 mark = " *" if improved else ""
                 print(f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg['epochs']}: loss {row['loss']:.4f} "
@@ -281,6 +283,11 @@ class FoldTrainer:
                 break
             self.save_state()
         return self.finish()
+
+    def _notify(self, **event) -> None:
+        if self.ctx.on_epoch is not None:
+            self.ctx.on_epoch({"model_id": self.ctx.model_id, "fold": self.ctx.fold, "epochs": self.tcfg["epochs"],
+                               "best_score": self.state["best_score"], **event})
 
     def finish(self) -> dict:
         """Write the fold's OOF part, history and self-describing checkpoint; drop the resumable state."""
@@ -298,6 +305,7 @@ class FoldTrainer:
         artifacts.write_csv(run.oof_part(ctx.model_id, ctx.fold), oof_frame(ctx, self.valid_idx, self.state["best_probs"].numpy()))
         artifacts.torch_save(run.checkpoint(ctx.model_id, ctx.fold), make_checkpoint(model, meta))
         run.state(ctx.model_id, ctx.fold).unlink(missing_ok=True)
+        self._notify(epoch=self.state["epoch"], score=self.state["best_score"], fold_done=True)
         return {"score": self.state["best_score"], "best_epoch": self.state["best_epoch"] + 1,
                 "epochs": len(hist), "images_per_s": float(hist["images_per_s"].mean())}
 
@@ -346,8 +354,12 @@ def assemble_model(cfg: dict, run: artifacts.RunDir, model_id: str, table: Train
 
 
 def train_folds(cfg: dict, run_dir: str | Path, folds: list[int] | None = None, resume: bool = False,
-                progress: bool = True) -> dict:
-    """Train every model entry on the chosen folds; returns {model_id: {"folds": {k: summary}, "cv": ...}}."""
+                progress: bool = True, on_epoch=None) -> dict:
+    """Train every model entry on the chosen folds; returns {model_id: {"folds": {k: summary}, "cv": ...}}.
+
+    ``on_epoch(event)`` is called after every epoch's validation and once more when a fold finishes
+    (``event["fold_done"]``); ``comp tune`` reports to its pruner through it.
+    """
     run = artifacts.RunDir(run_dir)
     table = load_train_table(cfg["data"])
     n = cfg["folds"]["n_splits"]
@@ -367,7 +379,7 @@ def train_folds(cfg: dict, run_dir: str | Path, folds: list[int] | None = None, 
                 ck = torch.load(run.checkpoint(mid, k), map_location="cpu", weights_only=True)
                 summary[mid]["folds"][k] = {"score": ck["score"], "best_epoch": ck["epoch"] + 1, "skipped": True}
                 continue
-            ctx = FoldContext(cfg, entry, table, fold_ids, k, run, progress)
+            ctx = FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch)
             summary[mid]["folds"][k] = train_fold(ctx, resume)
         result = assemble_model(cfg, run, mid, table)
         summary[mid]["cv"] = result["cv"] if result else None

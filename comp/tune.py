@@ -1,0 +1,371 @@
+"""``comp tune``: Optuna search over the training config, through exactly the code path of train-folds.
+
+Every trial is ``train_folds`` on a sampled config in its own run folder under the tuning folder, so the
+best config reproduces its score. Studies live in a storage (SQLite file by default, PostgreSQL or a
+journal file to share one study between workers), so a killed study resumes without losing a trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from comp import artifacts
+from comp import config as C
+from comp.errors import CompError, closest
+from comp.metrics import get_metric
+from comp.report import format_table
+
+SPACE_TYPES = ("float", "int", "categorical")
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
+PRUNERS = ("median", "hyperband", "wilcoxon", "none")
+
+
+# ---------------------------------------------------------------- the search space
+
+
+def _key_exists(cfg: dict, dotted: str) -> None:
+    parts = dotted.split(".")
+    if parts[0] == "models":
+        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(cfg["models"]):
+            raise CompError(f"tune.space key '{dotted}': model entries are searched as models.<index>.<key>, "
+                            f"index below {len(cfg['models'])}")
+        allowed = {**C.MODEL_KEYS, **C.SCHEMA["train"]}
+        if parts[2] not in allowed:
+            raise CompError(f"tune.space key '{dotted}': unknown model key '{parts[2]}'{closest(parts[2], allowed)}")
+        return
+    node = C.SCHEMA
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(parts[:i]) or "the config"
+            options = node.keys() if isinstance(node, dict) else []
+            raise CompError(f"tune.space key '{dotted}': '{part}' is not a key of {where}{closest(part, options)}")
+        node = node[part]
+    if isinstance(node, dict):
+        raise CompError(f"tune.space key '{dotted}' is a section; search one of its keys")
+
+
+def parse_space(cfg: dict) -> dict[str, dict]:
+    """Validate ``tune.space`` before the first trial; return {dotted key: spec}."""
+    block = cfg.get("tune") or {}
+    space = block.get("space")
+    if not isinstance(space, dict) or not space:
+        raise CompError("config key 'tune.space' must map config keys to ranges, e.g. "
+                        "tune: {space: {train.lr: {type: float, low: 1e-4, high: 1e-2, log: true}}}")
+    unknown = set(block) - {"space", "n_trials", "direction", "timeout", "pruner", "epochs", "folds"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise CompError(f"unknown config key 'tune.{key}'{closest(key, ['space', 'n_trials', 'direction', 'timeout', 'pruner'])}")
+    for key, spec in space.items():
+        _key_exists(cfg, key)
+        if not isinstance(spec, dict) or spec.get("type") not in SPACE_TYPES:
+            got = spec.get("type") if isinstance(spec, dict) else spec
+            raise CompError(f"tune.space.{key}: type must be one of {', '.join(SPACE_TYPES)}, got {got!r}")
+        if spec["type"] == "categorical":
+            if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+                raise CompError(f"tune.space.{key}: categorical needs a non-empty 'choices' list")
+            continue
+        low, high = spec.get("low"), spec.get("high")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+            raise CompError(f"tune.space.{key}: {spec['type']} needs numeric 'low' and 'high', got low={low!r} high={high!r}")
+        if low > high:
+            raise CompError(f"tune.space.{key}: low ({low}) is above high ({high}); swap them")
+        if spec.get("log") and low <= 0:
+            raise CompError(f"tune.space.{key}: log scale needs low > 0, got {low}")
+        if spec["type"] == "int" and not (float(low).is_integer() and float(high).is_integer()):
+            raise CompError(f"tune.space.{key}: int needs whole-number low and high, got {low} and {high}")
+    for corner in ("low", "high"):  # a config at each corner of the space must pass validation
+        C.validate(apply_params(cfg, {k: _corner(s, corner) for k, s in space.items()}))
+    return space
+
+
+def _corner(spec: dict, which: str):
+    if spec["type"] == "categorical":
+        return spec["choices"][0 if which == "low" else -1]
+    return int(spec[which]) if spec["type"] == "int" else float(spec[which])
+
+
+def apply_params(cfg: dict, params: dict) -> dict:
+    """A copy of ``cfg`` with each dotted key set to its value (model entries as models.<i>.<key>)."""
+    out = copy.deepcopy(cfg)
+    for key, value in params.items():
+        parts = key.split(".")
+        if parts[0] == "models":
+            out["models"][int(parts[1])][parts[2]] = value
+        else:
+            C.set_key(out, key, value)
+    return out
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    """Sample one value per searched key."""
+    params = {}
+    for key, spec in space.items():
+        if spec["type"] == "categorical":
+            params[key] = trial.suggest_categorical(key, spec["choices"])
+        elif spec["type"] == "int":
+            params[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)),
+                                            log=bool(spec.get("log")))
+        else:
+            params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
+                                              log=bool(spec.get("log")))
+    return params
+
+
+# ---------------------------------------------------------------- pruning across folds
+
+
+class FoldReporter:
+    """Reports a trial's progress to its pruner in a way that stays comparable across folds.
+
+    Median/Hyperband: one global step per epoch, ``step = (model, fold position) * epochs + epoch``, and the
+    value is the mean over the folds seen so far of each fold's best score up to now: a trial is compared
+    with others at the same fold and epoch, never with a restarted per-fold curve.
+    Wilcoxon (built for k-fold): each finished fold's score is reported at step = its position, and the
+    pruner tests whether this trial's per-fold scores are worse than the best trial's.
+    """
+
+    def __init__(self, trial: optuna.Trial, fold_order: list[int], wilcoxon: bool, greater_is_better: bool):
+        self.trial, self.fold_order, self.wilcoxon = trial, fold_order, wilcoxon
+        self.sign = 1.0 if greater_is_better else -1.0
+        self.finished: dict[tuple[str, int], float] = {}
+        self.models: list[str] = []
+
+    def __call__(self, ev: dict) -> None:
+        if ev["model_id"] not in self.models:
+            self.models.append(ev["model_id"])
+        pos = self.models.index(ev["model_id"]) * len(self.fold_order) + self.fold_order.index(ev["fold"])
+        current = ev["best_score"] if ev["best_score"] is not None else ev["score"]
+        if ev["fold_done"]:
+            self.finished[(ev["model_id"], ev["fold"])] = current
+        if self.wilcoxon:
+            if ev["fold_done"]:
+                self._report(current, pos)
+            return
+        if ev["fold_done"]:
+            return
+        seen = [v for k, v in self.finished.items() if k != (ev["model_id"], ev["fold"])] + [current]
+        self._report(float(np.mean(seen)), pos * ev["epochs"] + ev["epoch"])
+
+    def _report(self, value: float, step: int) -> None:
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} with value {value:.4f}")
+
+
+def make_pruner(name: str, total_steps: int) -> optuna.pruners.BasePruner:
+    """The pruner called ``name``; unknown names list the valid ones."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(total_steps, 1), reduction_factor=3)
+    if name == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise CompError(f"unknown pruner '{name}'; choose from {', '.join(PRUNERS)}{closest(name, PRUNERS)}")
+
+
+def make_storage(url: str | None, out_dir: Path):
+    """SQLite file in the tuning folder by default; ``journal:PATH`` for a journal file; any RDB URL otherwise."""
+    if url is None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal:"):]).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return url
+
+
+# ---------------------------------------------------------------- the objective
+
+
+def trial_score(cfg: dict, run_dir: Path, folds: list[int]) -> float:
+    """Mean over models of the metric on the concatenated OOF rows of ``folds``."""
+    from comp.data import load_train_table
+
+    metric = get_metric(cfg["metric"])
+    run = artifacts.RunDir(run_dir)
+    table = load_train_table(cfg["data"], check_images=False)
+    index = {c: i for i, c in enumerate(table.classes)}
+    scores = []
+    for entry in cfg["models"]:
+        mid = C.model_id(entry)
+        parts = pd.concat([pd.read_csv(run.oof_part(mid, k), dtype={"target": str}) for k in folds])
+        scores.append(metric(parts["target"].map(index).to_numpy(), parts[table.classes].to_numpy(np.float64)))
+    return float(np.mean(scores))
+
+
+def _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep):
+    from comp.train import train_folds
+
+    params = suggest(trial, space)
+    cfg = C.validate(apply_params(base_cfg, params))
+    run_dir = out_dir / "trials" / f"trial_{trial.number:04d}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a retried number: start clean
+    metric = get_metric(cfg["metric"])
+    reporter = FoldReporter(trial, folds, pruner_name == "wilcoxon", metric.greater_is_better)
+    try:
+        train_folds(cfg, run_dir, folds=folds, progress=False, on_epoch=reporter)
+        return trial_score(cfg, run_dir, folds)
+    finally:
+        if not keep:
+            shutil.rmtree(run_dir / "models", ignore_errors=True)  # checkpoints of every trial would fill the disk
+
+
+def _fail(study, trial, reason: str) -> None:
+    trial.set_user_attr("fail_reason", reason[:500])
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def run_one(study, base_cfg, space, out_dir, folds, pruner_name, n_trials, keep=False) -> bool:
+    """Ask for a trial and run it; False once the study already holds ``n_trials`` (this one is dropped)."""
+    trial = study.ask()
+    ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.state in COUNTED
+             and t.user_attrs.get("fail_reason") != "surplus"]
+    if len(ahead) >= n_trials:
+        _fail(study, trial, "surplus")  # another worker took the last slot between our count and our ask
+        return False
+    try:
+        value = _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except KeyboardInterrupt:
+        _fail(study, trial, "interrupted")
+        raise
+    except (CompError, RuntimeError, FloatingPointError, ValueError, MemoryError, OSError) as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        print(f"trial {trial.number} failed: {reason}", file=sys.stderr)
+        _fail(study, trial, reason)
+    else:
+        study.tell(trial, value)
+    return True
+
+
+def _counted(study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False, states=COUNTED) if t.user_attrs.get("fail_reason") != "surplus")
+
+
+def _fail_interrupted(study) -> None:
+    """A single-worker SQLite study resumed after a kill: its RUNNING trials can never finish."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+
+
+def tune(cfg: dict, out_dir: str | Path, n_trials: int | None = None, timeout: float | None = None,
+         storage: str | None = None, study_name: str | None = None, folds: list[int] | None = None,
+         epochs: int | None = None, pruner: str | None = None, seed: int | None = None, keep_trials: bool = False) -> dict:
+    """Run (or resume) a study until it holds ``n_trials`` trials; write the best config, trials.csv and plots."""
+    out_dir = Path(out_dir)
+    space = parse_space(cfg)
+    block = cfg.get("tune") or {}
+    n_trials = int(n_trials or block.get("n_trials") or 20)
+    pruner = pruner or block.get("pruner") or "median"
+    folds = folds if folds is not None else block.get("folds") or list(range(cfg["folds"]["n_splits"]))
+    if any(not 0 <= k < cfg["folds"]["n_splits"] for k in folds):
+        raise CompError(f"--folds: folds are numbered 0..{cfg['folds']['n_splits'] - 1}")
+    base = copy.deepcopy(cfg)
+    epochs = epochs or block.get("epochs")
+    if epochs:
+        base["train"]["epochs"] = int(epochs)
+        for entry in base["models"]:
+            entry.pop("epochs", None)
+    metric = get_metric(cfg["metric"])
+    direction = block.get("direction") or metric.direction
+    max_epochs = max(C.model_train_cfg(base, e)["epochs"] for e in base["models"])
+    study = optuna.create_study(
+        study_name=study_name or "comp", storage=make_storage(storage, out_dir), load_if_exists=True,
+        direction=direction, sampler=optuna.samplers.TPESampler(seed=cfg["seed"] if seed is None else seed),
+        pruner=make_pruner(pruner, len(folds) * len(base["models"]) * max_epochs),
+    )
+    if storage is None:
+        _fail_interrupted(study)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    t0 = time.monotonic()
+    while _counted(study) < n_trials and (timeout is None or time.monotonic() - t0 < timeout):
+        if not run_one(study, base, space, out_dir, folds, pruner, n_trials, keep_trials):
+            break
+    return write_outputs(study, cfg, space, out_dir)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def trials_frame(study) -> pd.DataFrame:
+    """One row per trial: number, state, value, duration, fail reason, one column per parameter."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "duration_s": dur,
+                     "last_step": t.last_step, "fail_reason": t.user_attrs.get("fail_reason", ""), **t.params})
+    return pd.DataFrame(rows)
+
+
+def _save_plot(fig_fn, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        ax = fig_fn()
+    except (ValueError, RuntimeError, ZeroDivisionError):
+        return None  # e.g. importances need two finished trials with two or more parameters
+    fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+    fig.set_size_inches(8, 5)
+    artifacts._atomic(path, lambda p: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def write_outputs(study, cfg: dict, space: dict, out_dir: Path) -> dict:
+    """best_config.yaml, trials.csv, history.png, importances.png; returns a summary."""
+    import warnings
+
+    from optuna.visualization import matplotlib as ovm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials = trials_frame(study)
+    artifacts.write_csv(out_dir / "trials.csv", trials)
+    complete = trials[trials["state"] == "COMPLETE"] if len(trials) else trials
+    result = {"n_trials": len(trials), "states": trials["state"].value_counts().to_dict() if len(trials) else {},
+              "best_value": None, "best_params": None, "best_config": None, "out_dir": str(out_dir)}
+    if len(complete):
+        best = study.best_trial
+        best_cfg = apply_params(cfg, best.params)
+        artifacts.write_text(out_dir / "best_config.yaml", f"# comp tune: best of {len(trials)} trials, "
+                             f"{cfg['metric']} = {best.value:.6f} (trial {best.number})\n" + C.dump(best_cfg))
+        result.update(best_value=best.value, best_params=best.params, best_config=str(out_dir / "best_config.yaml"),
+                      best_number=best.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+        result["plots"] = [str(p) for p in (
+            _save_plot(lambda: ovm.plot_optimization_history(study), out_dir / "history.png"),
+            _save_plot(lambda: ovm.plot_param_importances(study), out_dir / "importances.png") if len(space) > 1 else None,
+        ) if p]
+    return result
+
+
+def summary_rows(result: dict, out_dir: Path) -> str:
+    """The terminal table: the five best finished trials and the state counts."""
+    trials = pd.read_csv(Path(out_dir) / "trials.csv")
+    done = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=False).head(5)
+    cols = [c for c in trials.columns if c not in ("duration_s", "last_step", "fail_reason")]
+    return format_table(done[cols].to_dict("records")) if len(done) else "no finished trial yet"
