@@ -193,3 +193,27 @@ def submit_cmd(file, competition, message, sample, run_dir):
 
 if __name__ == "__main__":
     main()
+
+
+@main.command("bench-data")
+@config_option
+@set_option
+@click.option("--workers", default="0,2", help="DataLoader worker counts to try (comma-separated).")
+@click.option("--batch-sizes", default="32", help="Batch sizes to try (comma-separated).")
+@click.option("--batches", default=5, type=int, help="Batches per timed pass.")
+@click.option("--cache", "caches", default="none,disk,memory", help="Cache modes to try: none, disk, memory.")
+def bench_data_cmd(config_path, overrides, workers, batch_sizes, batches, caches):
+    """Images/s of the input pipeline per cache/workers/batch size against the model's own training speed.
+
+    Example: comp bench-data --config configs/demo.yaml --workers 0,2,4 --batch-sizes 32,64
+    """
+    from comp.config import load_config
+    from comp.diagnostics.bench_data import bench_data
+    from comp.report import format_table
+
+    cfg = load_config(config_path, overrides)
+    result = bench_data(cfg, workers, batch_sizes, batches, caches)
+    click.echo(f"model {result['model_name']} on {result['device']}; data images/s timed on the second pass")
+    click.echo(format_table(result["rows"], floatfmt=".0f"))
+    for line in result["verdict"]:
+        click.echo(line)

@@ -73,3 +73,18 @@ def test_train_folds_with_cache(comp_dir, tmp_path, mode):
     assert (tmp_path / f"run_{mode}" / "models" / "eff" / "oof.csv").is_file()
     if mode == "disk":
         assert list((comp_dir / ".comp_cache" / "32x32").rglob("*.npy"))
+
+
+# -- bench-data ----------------------------------------------------------------------
+def test_bench_data_cli(config_file):
+    from click.testing import CliRunner
+
+    from comp.cli import main
+
+    res = CliRunner().invoke(main, ["bench-data", "--config", str(config_file), "--workers", "0", "--batch-sizes", "4",
+                                    "--batches", "2", "--cache", "none,disk,memory"])
+    assert res.exit_code == 0, res.output
+    assert "bottleneck:" in res.output and "use: --set data.cache=" in res.output
+    assert res.output.count("\n") >= 6
+    bad = CliRunner().invoke(main, ["bench-data", "--config", str(config_file), "--cache", "ram"])
+    assert bad.exit_code == 2 and "--cache" in bad.output
