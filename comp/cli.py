@@ -217,3 +217,25 @@ def bench_data_cmd(config_path, overrides, workers, batch_sizes, batches, caches
     click.echo(format_table(result["rows"], floatfmt=".0f"))
     for line in result["verdict"]:
         click.echo(line)
+
+
+@main.command("eda")
+@config_option
+@set_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder [default: runs/eda-<config stem>].")
+@click.option("--threshold", default=5, type=int, help="Near-duplicate dHash Hamming distance (of 64 bits).")
+def eda_cmd(config_path, overrides, out_dir, threshold):
+    """Class/group balance, image sizes, channels, colour, unreadable files and duplicate/leak check as HTML.
+
+    Example: comp eda --config configs/demo.yaml --out runs/eda-demo
+    """
+    from comp.config import load_config
+    from comp.diagnostics.eda import run_eda
+
+    cfg = load_config(config_path, overrides)
+    out_dir = out_dir or Path("runs") / f"eda-{config_path.stem}"
+    result = run_eda(cfg, out_dir, threshold)
+    for line in result["summary"]:
+        click.echo(line)
+    click.echo(f"report: {result['html']}")

@@ -88,3 +88,57 @@ def test_bench_data_cli(config_file):
     assert res.output.count("\n") >= 6
     bad = CliRunner().invoke(main, ["bench-data", "--config", str(config_file), "--cache", "ram"])
     assert bad.exit_code == 2 and "--cache" in bad.output
+
+
+# -- eda -----------------------------------------------------------------------------
+def test_eda_cli(comp_dir, config_file, tmp_path):
+    import re
+    import shutil
+
+    import pandas as pd
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from comp.cli import main
+
+    tr = comp_dir / "train"
+    shutil.copyfile(tr / "g00_0.png", tr / "g05_1.png")  # across groups p00 / p05: a leak
+    shutil.copyfile(tr / "g02_0.png", tr / "g02_1.png")  # within group p02: not a leak
+    data = (tr / "g03_0.png").read_bytes()
+    (tr / "g03_0.png").write_bytes(data[: len(data) // 2])  # truncated
+    gray = np.random.default_rng(1).integers(0, 255, (24, 24), dtype=np.uint8)
+    Image.fromarray(np.stack([gray] * 3, -1)).save(tr / "g04_0.png")
+    out = tmp_path / "eda"
+    res = CliRunner().invoke(main, ["eda", "--config", str(config_file), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    dups = pd.read_csv(out / "duplicates.csv", dtype=str)
+    pair = lambda a, b: dups[((dups.id_a == a) & (dups.id_b == b)) | ((dups.id_a == b) & (dups.id_b == a))]  # noqa: E731
+    leak = pair("g00_0", "g05_1")
+    assert len(leak) == 1 and leak.iloc[0]["leak"] == "True" and leak.iloc[0]["kind"] == "exact"
+    inside = pair("g02_0", "g02_1")
+    assert len(inside) == 1 and inside.iloc[0]["leak"] == "False"
+    bad = pd.read_csv(out / "unreadable.csv")
+    assert list(bad["path"].map(lambda p: p.rsplit("/", 1)[-1])) == ["g03_0.png"]
+    assert "1 grayscale stored as RGB" in res.output and "1 unreadable" in res.output and "1 across groups" in res.output
+    page = (out / "eda.html").read_text()
+    imgs = re.findall(r'<img src="([^"]+)"', page)
+    assert "class_counts.png" in imgs and "group_sizes.png" in imgs and "image_sizes.png" in imgs
+    assert all((out / name).is_file() for name in imgs)
+
+
+def test_eda_joint_labels_and_dhash(tmp_path):
+    from comp.diagnostics.eda import dhash, hamming, run_eda
+    from tests.conftest import write_competition
+
+    root = write_competition(tmp_path / "c")
+    import pandas as pd
+    df = pd.read_csv(root / "train.csv")
+    df["label"] = df["label"] + "_" + np.where(np.arange(len(df)) % 2, "a", "b")
+    df.to_csv(root / "train.csv", index=False)
+    cfg = load_config(write_config(root, tiny_config(root)))
+    res = run_eda(cfg, tmp_path / "out")
+    assert "label_joint.png" in res["plots"] and (tmp_path / "out" / "label_joint.png").is_file()
+    img = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    h = np.array([dhash(img), dhash(255 - img)], dtype=np.uint64)
+    d = hamming(h, h)
+    assert d[0, 0] == 0 and d[0, 1] > 20
