@@ -239,3 +239,25 @@ def eda_cmd(config_path, overrides, out_dir, threshold):
     for line in result["summary"]:
         click.echo(line)
     click.echo(f"report: {result['html']}")
+
+
+@main.command("explain")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model_id", default=None, help="Model id in the run [default: the only one].")
+@click.option("--top", default=12, type=int, help="How many confident mistakes to show (and Grad-CAM by default).")
+@click.option("--gradcam-ids", default=None, metavar="a,b", help="Grad-CAM these ids instead of the worst mistakes.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: RUN/models/<id>/explain].")
+def explain_cmd(run_dir, model_id, top, gradcam_ids, out_dir):
+    """Confusion matrix, per-class P/R/F1, confident mistakes, likely mislabels and Grad-CAM from OOF predictions.
+
+    Example: comp explain runs/demo --model effnet --top 8 --gradcam-ids 17,42
+    """
+    from comp.diagnostics.explain import explain_run
+    from comp.report import format_table
+
+    ids = [s.strip() for s in gradcam_ids.split(",") if s.strip()] if gradcam_ids else None
+    result = explain_run(run_dir, model_id, top, ids, out_dir)
+    click.echo(format_table(result["scores"].to_dict("records")))
+    click.echo(f"{result['mistakes']} OOF mistakes; likeliest label errors in {result['out'] / 'mislabeled.csv'}")
+    click.echo(f"report folder: {result['out']}")

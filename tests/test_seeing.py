@@ -142,3 +142,75 @@ def test_eda_joint_labels_and_dhash(tmp_path):
     h = np.array([dhash(img), dhash(255 - img)], dtype=np.uint64)
     d = hamming(h, h)
     assert d[0, 0] == 0 and d[0, 1] > 20
+
+
+# -- explain -------------------------------------------------------------------------
+def test_mislabel_ranking_and_confusion():
+    import pandas as pd
+
+    from comp.diagnostics.explain import confusion, mislabel_ranking
+
+    classes = ["a", "b", "c"]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 30)
+    probs = np.full((30, 3), 0.05)
+    probs[np.arange(30), labels] = 0.9
+    targets = labels.copy()
+    planted = {3: (0.02, 0.95), 11: (0.01, 0.97), 20: (0.04, 0.9)}
+    for i, (pl, pp) in planted.items():
+        targets[i] = (labels[i] + 1) % 3  # the label is wrong; the model confidently says labels[i]
+        probs[i] = 0.0
+        probs[i, targets[i]] = pl
+        probs[i, labels[i]] = pp
+        probs[i, 3 - targets[i] - labels[i]] = 1 - pl - pp
+    oof = pd.DataFrame({"id": [f"r{i}" for i in range(30)], "fold": np.arange(30) % 2,
+                        "target": np.array(classes)[targets]})
+    oof[classes] = probs
+    ranked = mislabel_ranking(oof, classes, "id")
+    assert list(ranked["id"][:3]) == ["r11", "r3", "r20"]
+    assert np.isclose(ranked.loc[0, "margin"], 0.97 - 0.01)
+    cm = confusion(oof, classes)
+    expected = pd.crosstab(oof["target"], np.array(classes)[probs.argmax(1)]).reindex(index=classes, columns=classes,
+                                                                                     fill_value=0)
+    np.testing.assert_array_equal(cm, expected.to_numpy())
+    assert cm.sum() == 30 and np.trace(cm) == 27
+
+
+def test_explain_cli_gradcam(trained_run, tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from comp.cli import main
+    from comp.diagnostics.explain import explain_run
+
+    out = tmp_path / "explain"
+    res = CliRunner().invoke(main, ["explain", str(trained_run), "--top", "3", "--gradcam-ids", "g00_0,g01_1",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "precision" in res.output
+    oof = pd.read_csv(trained_run / "models" / "eff" / "oof.csv", dtype={"id": str})
+    cm = pd.read_csv(out / "confusion.csv").set_index("label")
+    pred = oof[["c0", "c1", "c2"]].to_numpy().argmax(1)
+    for (lab, p), n in pd.Series(1, index=pd.MultiIndex.from_arrays([oof["target"], pred])).groupby(level=[0, 1]).sum().items():
+        assert cm.loc[lab, f"c{p}"] == n
+    for name in ("confusion.png", "per_class.csv", "mislabeled.csv", "gradcam.png"):
+        assert (out / name).is_file()
+    result = explain_run(trained_run, "eff", top=2, gradcam_ids=["g02_0"], out_dir=tmp_path / "e2")
+    cam = result["cams"]["g02_0"]
+    size = Image.open(trained_run.parent / "comp" / "train" / "g02_0.png").size
+    assert cam.shape == (size[1], size[0]) and cam.shape != (32, 32)
+    assert 0 <= cam.min() and cam.max() <= 1
+    bad = CliRunner().invoke(main, ["explain", str(trained_run), "--gradcam-ids", "nope", "--out", str(tmp_path / "e3")])
+    assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_gradcam_vit_clear_error():
+    import timm
+    import torch
+
+    from comp.diagnostics.explain import gradcam
+
+    vit = timm.create_model("test_vit", num_classes=3)
+    with pytest.raises(CompError, match="has no spatial feature map; Grad-CAM needs a CNN"):
+        gradcam(vit, torch.randn(1, 3, *vit.default_cfg["input_size"][1:]), name="test_vit")
