@@ -1,8 +1,8 @@
 """Benchmark: epoch-2 input-pipeline images/s with no cache, the disk cache and the memory cache.
 
 Writes ~1500 Fashion-MNIST images upscaled to 128 px as JPEGs into a temp folder, then for each reader
-runs two passes (epoch 1 fills the cache) of decode -> resize -> train augmentation -> collated batch
-and reports the second pass, with ratios against decoding every epoch. num_workers=0 (the memory cache
+runs three passes (epoch 1 fills the cache) of decode -> resize -> train augmentation -> collated batch
+and reports the best of passes 2-3 (shared CPUs are noisy), with ratios against decoding every epoch. num_workers=0 (the memory cache
 is per process; workers restart each epoch).
 
 Usage: python benchmarks/bench_data.py [--n 1500] [--size 128] [--batch-size 32]
@@ -56,15 +56,15 @@ def main() -> None:
         aug = {"train": [{"name": "HorizontalFlip", "p": 0.5}], "valid": []}
         train_tf, _ = pipelines(aug, hw, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         print(f"{len(paths)} JPEGs {args.size}x{args.size}, batch {args.batch_size}, num_workers=0, "
-              f"train aug HorizontalFlip+Normalize; epoch-2 images/s")
+              f"train aug HorizontalFlip+Normalize; epoch-2+ images/s (best of 2 passes)")
         results = {}
         for mode in ("none", "disk", "memory"):
             reader = make_reader({"cache": mode, "image_dir": str(img_dir), "cache_dir": f"{tmp}/cache"}, hw)
             ds = ImageDataset(paths, targets, train_tf, reader=reader)
             t0 = time.perf_counter()
-            results[mode] = loader_images_per_s(ds, range(len(paths)), args.batch_size, 0)
+            results[mode] = loader_images_per_s(ds, range(len(paths)), args.batch_size, 0, passes=3)
             print(f"  {mode:<7} {results[mode]:8.0f} img/s   x{results[mode] / results.get('none', results[mode]):.2f} "
-                  f"vs decode every epoch   (both epochs {time.perf_counter() - t0:.1f} s)")
+                  f"vs decode every epoch   (all passes {time.perf_counter() - t0:.1f} s)")
 
 
 if __name__ == "__main__":

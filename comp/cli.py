@@ -191,9 +191,6 @@ def submit_cmd(file, competition, message, sample, run_dir):
     click.echo(f"submitted {path} to {competition}")
 
 
-if __name__ == "__main__":
-    main()
-
 
 @main.command("bench-data")
 @config_option
@@ -261,3 +258,7 @@ def explain_cmd(run_dir, model_id, top, gradcam_ids, out_dir):
     click.echo(format_table(result["scores"].to_dict("records")))
     click.echo(f"{result['mistakes']} OOF mistakes; likeliest label errors in {result['out'] / 'mislabeled.csv'}")
     click.echo(f"report folder: {result['out']}")
+
+
+if __name__ == "__main__":
+    main()
