@@ -225,5 +225,73 @@ def tune_cmd(config_path, overrides, n_trials, timeout, storage, study_name, fol
     click.echo(f"trials table: {out_dir / 'trials.csv'}")
 
 
+@main.command("bench-data")
+@config_option
+@set_option
+@click.option("--workers", default="0,2", help="DataLoader worker counts to try (comma-separated).")
+@click.option("--batch-sizes", default="32", help="Batch sizes to try (comma-separated).")
+@click.option("--batches", default=5, type=int, help="Batches per timed pass.")
+@click.option("--cache", "caches", default="none,disk,memory", help="Cache modes to try: none, disk, memory.")
+def bench_data_cmd(config_path, overrides, workers, batch_sizes, batches, caches):
+    """Images/s of the input pipeline per cache/workers/batch size against the model's own training speed.
+
+    Example: comp bench-data --config configs/demo.yaml --workers 0,2,4 --batch-sizes 32,64
+    """
+    from comp.config import load_config
+    from comp.diagnostics.bench_data import bench_data
+    from comp.report import format_table
+
+    cfg = load_config(config_path, overrides)
+    result = bench_data(cfg, workers, batch_sizes, batches, caches)
+    click.echo(f"model {result['model_name']} on {result['device']}; data images/s timed on the second pass")
+    click.echo(format_table(result["rows"], floatfmt=".0f"))
+    for line in result["verdict"]:
+        click.echo(line)
+
+
+@main.command("eda")
+@config_option
+@set_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder [default: runs/eda-<config stem>].")
+@click.option("--threshold", default=5, type=int, help="Near-duplicate dHash Hamming distance (of 64 bits).")
+def eda_cmd(config_path, overrides, out_dir, threshold):
+    """Class/group balance, image sizes, channels, colour, unreadable files and duplicate/leak check as HTML.
+
+    Example: comp eda --config configs/demo.yaml --out runs/eda-demo
+    """
+    from comp.config import load_config
+    from comp.diagnostics.eda import run_eda
+
+    cfg = load_config(config_path, overrides)
+    out_dir = out_dir or Path("runs") / f"eda-{config_path.stem}"
+    result = run_eda(cfg, out_dir, threshold)
+    for line in result["summary"]:
+        click.echo(line)
+    click.echo(f"report: {result['html']}")
+
+
+@main.command("explain")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model_id", default=None, help="Model id in the run [default: the only one].")
+@click.option("--top", default=12, type=int, help="How many confident mistakes to show (and Grad-CAM by default).")
+@click.option("--gradcam-ids", default=None, metavar="a,b", help="Grad-CAM these ids instead of the worst mistakes.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: RUN/models/<id>/explain].")
+def explain_cmd(run_dir, model_id, top, gradcam_ids, out_dir):
+    """Confusion matrix, per-class P/R/F1, confident mistakes, likely mislabels and Grad-CAM from OOF predictions.
+
+    Example: comp explain runs/demo --model effnet --top 8 --gradcam-ids 17,42
+    """
+    from comp.diagnostics.explain import explain_run
+    from comp.report import format_table
+
+    ids = [s.strip() for s in gradcam_ids.split(",") if s.strip()] if gradcam_ids else None
+    result = explain_run(run_dir, model_id, top, ids, out_dir)
+    click.echo(format_table(result["scores"].to_dict("records")))
+    click.echo(f"{result['mistakes']} OOF mistakes; likeliest label errors in {result['out'] / 'mislabeled.csv'}")
+    click.echo(f"report folder: {result['out']}")
+
+
 if __name__ == "__main__":
     main()

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import tiny_config, write_config
 
 from comp.cli import main
 from comp.config import load_config
 from comp.errors import CompError
 from comp.train import train_folds
 from comp.tune import parse_space, tune
-from conftest import tiny_config, write_config
 
 FAST = {"train__max_steps_per_epoch": 2}
 

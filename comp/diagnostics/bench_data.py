@@ -1,0 +1,128 @@
+"""How fast can the input pipeline feed the model? (``comp bench-data``)
+
+For each (cache, workers, batch size) setting: images/s from reading the file through the train
+augmentation to a collated batch, timed on the second pass over the same images (the first pass fills
+the cache, as epoch 1 of training does). Next to it the model's own training images/s (forward and
+backward on random tensors of that batch shape). Whichever is slower is the bottleneck.
+
+DataLoader workers are recreated each epoch (training does not keep them), so the memory cache only
+helps with ``num_workers=0``: the table shows that directly.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from comp import config as C
+from comp.augment import pipelines
+from comp.cache import make_reader
+from comp.data import ImageDataset, load_train_table
+from comp.engine import resolve_device
+from comp.errors import CompError
+from comp.models import create_model, normalization
+
+CACHES = ("none", "disk", "memory")
+
+
+def loader_images_per_s(ds, indices, batch_size: int, workers: int, passes: int = 2) -> float:
+    """Iterate ``indices`` ``passes`` times in fixed order; best images/s after the first pass (which fills caches)."""
+    loader = DataLoader(Subset(ds, list(indices)), batch_size=batch_size, shuffle=False, num_workers=workers)
+    rates = []
+    for _ in range(max(2, passes)):
+        t0 = time.perf_counter()
+        n = 0
+        for x, _y in loader:
+            n += len(x)
+        rates.append(n / max(time.perf_counter() - t0, 1e-9))
+    return max(rates[1:])
+
+
+def model_images_per_s(model, batch_size: int, hw, num_classes: int, device, steps: int = 3) -> float:
+    """Training throughput of the model alone: SGD steps on random inputs (one untimed warm-up step)."""
+    model = model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(batch_size, 3, *hw, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch_size * steps / max(time.perf_counter() - t0, 1e-9)
+
+
+def _parse_list(text, what: str, cast=int, choices=None) -> list:
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise CompError(f"{what} needs at least one value")
+    try:
+        out = [cast(s) for s in items]
+    except ValueError:
+        raise CompError(f"{what} expects comma-separated values such as 0,2, got {text!r}") from None
+    if choices is not None:
+        bad = [s for s in out if s not in choices]
+        if bad:
+            raise CompError(f"{what}: {bad[0]!r} is not one of {', '.join(choices)}")
+    elif any(v < 0 for v in out):
+        raise CompError(f"{what} values must be >= 0, got {text!r}")
+    return out
+
+
+def bench_data(cfg: dict, workers="0,2", batch_sizes="32", batches: int = 5, caches="none,disk,memory",
+               model_steps: int = 3) -> dict:
+    """Measure every setting; returns {'rows': [...], 'model': {bs: images/s}, 'verdict': [lines]}."""
+    workers = _parse_list(workers, "--workers")
+    batch_sizes = _parse_list(batch_sizes, "--batch-sizes")
+    caches = _parse_list(caches, "--cache", str, CACHES)
+    if batches < 1 or any(b < 1 for b in batch_sizes):
+        raise CompError("--batches and --batch-sizes must be >= 1")
+    table = load_train_table(cfg["data"])
+    entry = cfg["models"][0]
+    hw = C.image_hw(entry)
+    model = create_model(entry, len(table.classes))
+    mean, std = normalization(model)
+    train_tf, _ = pipelines(cfg["augment"], hw, mean, std)
+    device = resolve_device(cfg["device"])
+    model_rate = {bs: model_images_per_s(model, bs, hw, len(table.classes), device, model_steps) for bs in batch_sizes}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="comp-bench-cache-") as tmp:
+        for cache in caches:
+            for bs in batch_sizes:
+                idx = np.resize(np.arange(len(table.paths)), min(bs * batches, max(len(table.paths), bs * batches)))
+                for w in workers:
+                    data_cfg = {**cfg["data"], "cache": cache, "cache_dir": f"{tmp}/{cache}-{bs}-{w}"}
+                    reader = make_reader(data_cfg, hw)
+                    ds = ImageDataset(table.paths, table.targets, train_tf, reader=reader)
+                    rate = loader_images_per_s(ds, idx, bs, w)
+                    rows.append({"cache": cache, "workers": w, "batch_size": bs, "data_img_s": rate,
+                                 "model_img_s": model_rate[bs], "bottleneck": "data" if rate < model_rate[bs] else "model"})
+    best = max(rows, key=lambda r: r["data_img_s"])
+    verdict = []
+    if best["data_img_s"] < best["model_img_s"]:
+        verdict.append(f"bottleneck: data loading ({best['data_img_s']:.0f} img/s at best vs the model's "
+                       f"{best['model_img_s']:.0f} img/s); more workers, a cache or smaller source images would help")
+        pick = best
+    else:
+        enough = [r for r in rows if r["data_img_s"] >= r["model_img_s"]]
+        pick = min(enough, key=lambda r: (r["workers"], CACHES.index(r["cache"]), -r["data_img_s"]))
+        verdict.append(f"bottleneck: the model ({pick['model_img_s']:.0f} img/s); the data pipeline keeps up")
+    verdict.append(f"use: --set data.cache={pick['cache']} --set data.num_workers={pick['workers']} "
+                   f"(batch size {pick['batch_size']}, {pick['data_img_s']:.0f} img/s)")
+    if "memory" in caches and any(w > 0 for w in workers):
+        verdict.append("note: the memory cache is per process and workers restart each epoch, so it only helps with num_workers=0")
+    return {"rows": rows, "model": model_rate, "verdict": verdict, "device": str(device), "model_name": entry["name"]}

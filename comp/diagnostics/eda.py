@@ -1,0 +1,225 @@
+"""Look at the data before training (``comp eda``): classes, groups, image sizes, channels, colour,
+unreadable files and duplicates, as ``eda.html`` with PNG plots, ``duplicates.csv`` and a short summary.
+
+Duplicates: exact (same file bytes) and near (dHash: 9x8 grayscale, 64 bits; Hamming distance <= threshold)
+within train and between train and test. A train pair whose two images sit in different groups is a
+leak: group k-fold puts them in different folds, so validation sees a copy of a training image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from comp import artifacts
+from comp.data import load_image, load_test_table, load_train_table
+from comp.errors import CompError
+
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def dhash(img: np.ndarray) -> np.uint64:
+    """64-bit difference hash: grayscale, resize to 9x8, bit = left pixel brighter than its right neighbour."""
+    gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+    small = cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
+    bits = (small[:, :-1] > small[:, 1:]).ravel()
+    return np.uint64(int("".join("1" if b else "0" for b in bits), 2))
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise Hamming distances between two uint64 hash vectors -> (len(a), len(b))."""
+    x = np.bitwise_xor(a[:, None], b[None, :])
+    return POPCOUNT[x.view(np.uint8)].reshape(len(a), len(b), 8).sum(-1)
+
+
+def near_pairs(a: np.ndarray, b: np.ndarray, threshold: int, same: bool, chunk: int = 512):
+    """(i, j, distance) with distance <= threshold; ``same`` keeps only i < j (a and b are one set)."""
+    out = []
+    for s in range(0, len(a), chunk):
+        d = hamming(a[s:s + chunk], b)
+        ii, jj = np.nonzero(d <= threshold)
+        for i, j in zip(ii + s, jj):
+            if not same or i < j:
+                out.append((int(i), int(j), int(d[i - s, j])))
+    return out
+
+
+def scan(paths) -> dict:
+    """Per-file facts: bytes hash, size, dHash, gray-as-RGB, channel sums; unreadable files listed."""
+    rows, bad = [], []
+    for p in paths:
+        p = Path(p)
+        rec = {"path": p, "ok": False}
+        try:
+            rec["sha1"] = hashlib.sha1(p.read_bytes()).hexdigest()
+            img = load_image(p)
+        except (CompError, OSError) as exc:
+            bad.append({"path": str(p), "error": str(exc)})
+            rows.append(rec)
+            continue
+        px = img.reshape(-1, 3).astype(np.float64)
+        rec.update(ok=True, height=img.shape[0], width=img.shape[1], dhash=dhash(img),
+                   gray=bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()),
+                   n=len(px), sum=px.sum(0), sumsq=(px ** 2).sum(0))
+        rows.append(rec)
+    return {"rows": rows, "bad": bad}
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    artifacts._atomic(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _plots(out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    counts = labels.value_counts().reindex(classes).fillna(0)
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(classes)), 3))
+    ax.bar([str(c) for c in classes], counts.to_numpy())
+    ax.set_title("images per class")
+    ax.tick_params(axis="x", rotation=90)
+    made.append(("class counts", _save(fig, out / "class_counts.png").name))
+    parts = labels.astype(str).str.split("_")
+    nparts = parts.map(len)
+    if nparts.nunique() == 1 and nparts.iloc[0] >= 2:
+        first = parts.map(lambda p: p[0])
+        rest = parts.map(lambda p: "_".join(p[1:]))
+        joint = pd.crosstab(first, rest)
+        fig, ax = plt.subplots(figsize=(max(4, 0.5 * joint.shape[1]), max(3, 0.4 * joint.shape[0])))
+        im = ax.imshow(joint.to_numpy(), cmap="viridis")
+        ax.set_xticks(range(joint.shape[1]), joint.columns, rotation=90)
+        ax.set_yticks(range(joint.shape[0]), joint.index)
+        fig.colorbar(im, ax=ax)
+        ax.set_title("joint label distribution (first part vs rest)")
+        made.append(("joint label distribution", _save(fig, out / "label_joint.png").name))
+    if groups is not None:
+        sizes = pd.Series(groups).value_counts()
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.hist(sizes.to_numpy(), bins=min(30, max(1, sizes.nunique())))
+        ax.set_title("images per group")
+        made.append(("group sizes", _save(fig, out / "group_sizes.png").name))
+    ok = info[info["ok"]]
+    if len(ok):
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+        axes[0].scatter(ok["width"], ok["height"], s=6, alpha=0.5)
+        axes[0].set_xlabel("width")
+        axes[0].set_ylabel("height")
+        axes[0].set_title("image sizes")
+        axes[1].hist((ok["width"] / ok["height"]).to_numpy(), bins=30)
+        axes[1].set_title("aspect ratio (w/h)")
+        made.append(("image sizes and aspect ratios", _save(fig, out / "image_sizes.png").name))
+    return made
+
+
+def run_eda(cfg: dict, out_dir, threshold: int = 5) -> dict:
+    """Write the report into ``out_dir``; returns {'summary': [lines], 'html': path, 'duplicates': DataFrame}."""
+    if not 0 <= threshold <= 64:
+        raise CompError("--threshold is a Hamming distance between 0 and 64")
+    out = Path(out_dir)
+    data = cfg["data"]
+    table = load_train_table(data, check_images=False)
+    id_col, label_col = data["id_column"], data["label_column"]
+    ids = table.df[id_col].astype(str).to_numpy()
+    labels = table.df[label_col].astype(str)
+    train = scan(table.paths)
+    info = pd.DataFrame([{k: r.get(k) for k in ("ok", "height", "width", "gray", "sha1")} for r in train["rows"]])
+    test_ids, test = np.array([], dtype=str), {"rows": [], "bad": []}
+    if data.get("test_csv") or data.get("sample_submission"):
+        try:
+            tdf, tpaths = load_test_table(data, check_images=False)
+            test_ids, test = tdf[id_col].astype(str).to_numpy(), scan(tpaths)
+        except CompError:
+            pass  # no test set described: train-only report
+
+    # duplicates
+    def hashes(rows):
+        keep = [i for i, r in enumerate(rows) if r["ok"]]
+        return np.array(keep, dtype=np.int64), np.array([rows[i]["dhash"] for i in keep], dtype=np.uint64)
+
+    tr_idx, tr_hash = hashes(train["rows"])
+    te_idx, te_hash = hashes(test["rows"])
+    groups = table.groups
+    dup_rows = []
+    for i, j, d in near_pairs(tr_hash, tr_hash, threshold, same=True):
+        a, b = train["rows"][tr_idx[i]], train["rows"][tr_idx[j]]
+        ga = None if groups is None else str(groups[tr_idx[i]])
+        gb = None if groups is None else str(groups[tr_idx[j]])
+        dup_rows.append({"set": "train", "id_a": ids[tr_idx[i]], "id_b": ids[tr_idx[j]],
+                         "kind": "exact" if a["sha1"] == b["sha1"] else "near", "distance": d,
+                         "label_a": labels.iloc[tr_idx[i]], "label_b": labels.iloc[tr_idx[j]],
+                         "group_a": ga, "group_b": gb, "leak": groups is not None and ga != gb})
+    for i, j, d in near_pairs(tr_hash, te_hash, threshold, same=False):
+        a, b = train["rows"][tr_idx[i]], test["rows"][te_idx[j]]
+        dup_rows.append({"set": "train-test", "id_a": ids[tr_idx[i]], "id_b": test_ids[te_idx[j]],
+                         "kind": "exact" if a["sha1"] == b["sha1"] else "near", "distance": d,
+                         "label_a": labels.iloc[tr_idx[i]], "label_b": None,
+                         "group_a": None if groups is None else str(groups[tr_idx[i]]), "group_b": None, "leak": False})
+    cols = ["set", "id_a", "id_b", "kind", "distance", "label_a", "label_b", "group_a", "group_b", "leak"]
+    dups = pd.DataFrame(dup_rows, columns=cols)
+    artifacts.write_csv(out / "duplicates.csv", dups)
+
+    # per-class colour statistics
+    color_rows = []
+    for c in table.classes:
+        rs = [r for r, lab in zip(train["rows"], labels) if lab == c and r["ok"]]
+        if not rs:
+            continue
+        n = sum(r["n"] for r in rs)
+        s = sum(r["sum"] for r in rs)
+        sq = sum(r["sumsq"] for r in rs)
+        mean = s / n
+        std = np.sqrt(np.maximum(sq / n - mean ** 2, 0))
+        color_rows.append({"class": c, "images": len(rs), **{f"mean_{ch}": mean[k] for k, ch in enumerate("RGB")},
+                           **{f"std_{ch}": std[k] for k, ch in enumerate("RGB")}})
+    colors = pd.DataFrame(color_rows)
+    artifacts.write_csv(out / "class_colour.csv", colors)
+    bad = pd.DataFrame(train["bad"] + test["bad"], columns=["path", "error"])
+    if len(bad):
+        artifacts.write_csv(out / "unreadable.csv", bad)
+
+    counts = Counter(labels)
+    imbalance = max(counts.values()) / max(1, min(counts.values()))
+    ok = info[info["ok"]]
+    n_gray = int(ok["gray"].sum()) if len(ok) else 0
+    plots = _plots(out, labels, table.classes, groups, info)
+    leaks = dups[dups["leak"]]
+    summary = [
+        f"{len(ids)} train images, {len(table.classes)} classes, imbalance ratio {imbalance:.2f} (largest/smallest class)",
+        (f"{len(set(groups))} groups, {pd.Series(groups).value_counts().min()}-{pd.Series(groups).value_counts().max()} "
+         "images per group") if groups is not None else "no group column",
+        (f"sizes: {ok['width'].min()}-{ok['width'].max()} wide, {ok['height'].min()}-{ok['height'].max()} high; "
+         f"{n_gray} grayscale stored as RGB") if len(ok) else "no readable images",
+        f"{len(bad)} unreadable or truncated files" + (f" (see {out / 'unreadable.csv'})" if len(bad) else ""),
+        f"duplicates: {int((dups['set'] == 'train').sum())} within train, {int((dups['set'] == 'train-test').sum())} "
+        f"train-test, {len(leaks)} across groups (leaks)" + (f" e.g. {leaks.iloc[0]['id_a']} ~ {leaks.iloc[0]['id_b']}"
+                                                             if len(leaks) else ""),
+    ]
+    esc = html.escape
+    body = [f"<h1>EDA: {esc(str(data['train_csv']))}</h1>", "<ul>"] + [f"<li>{esc(s)}</li>" for s in summary] + ["</ul>"]
+    for title, name in plots:
+        body.append(f"<h2>{esc(title)}</h2><img src=\"{esc(name)}\" alt=\"{esc(title)}\">")
+    body.append("<h2>per-class RGB mean/std (0-255)</h2>" + colors.to_html(index=False, float_format="%.1f"))
+    body.append("<h2>class counts</h2>" + pd.DataFrame({"class": list(counts), "images": list(counts.values())})
+                .to_html(index=False))
+    body.append("<h2>unreadable / truncated files</h2>" + (bad.to_html(index=False) if len(bad) else "<p>none</p>"))
+    body.append("<h2>duplicates (first 200; all in duplicates.csv)</h2>"
+                + (dups.head(200).to_html(index=False) if len(dups) else "<p>none</p>"))
+    page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>comp eda</title><style>body{font-family:sans-serif}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
+            + "\n".join(body) + "</body></html>\n")
+    html_path = artifacts.write_text(out / "eda.html", page)
+    return {"summary": summary, "html": html_path, "duplicates": dups, "unreadable": bad, "gray": n_gray,
+            "plots": [name for _, name in plots]}

@@ -1,0 +1,201 @@
+"""What did a trained model get wrong, and where did it look? (``comp explain``)
+
+From a run's out-of-fold predictions: confusion matrix (PNG + CSV), per-class precision/recall/F1,
+a grid of the most confident mistakes, ``mislabeled.csv`` (rows ranked by ascending OOF p(label):
+the likeliest label errors first, with margin p(pred) - p(label)), and Grad-CAM heatmaps computed
+with each image's own fold checkpoint (the model that never trained on it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from comp import artifacts
+from comp.errors import CompError
+
+
+def read_oof(run: artifacts.RunDir, model_id: str, id_col: str) -> tuple[pd.DataFrame, list[str]]:
+    path = run.oof(model_id)
+    if not path.is_file():
+        raise CompError(f"{path} not found; finish `comp train-folds` for model {model_id!r} first")
+    df = pd.read_csv(path, dtype={id_col: str, "target": str})
+    classes = [c for c in df.columns if c not in (id_col, "fold", "target")]
+    unknown = set(df["target"]) - set(classes)
+    if unknown:
+        raise CompError(f"{path}: target {sorted(unknown)[0]!r} has no probability column")
+    return df, classes
+
+
+def mislabel_ranking(oof: pd.DataFrame, classes: list[str], id_col: str) -> pd.DataFrame:
+    """Every row, sorted so the OOF disagrees most with the label first (ascending p(label))."""
+    probs = oof[classes].to_numpy(np.float64)
+    y = oof["target"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    pred = probs.argmax(1)
+    p_label = probs[np.arange(len(y)), y]
+    p_pred = probs[np.arange(len(y)), pred]
+    out = pd.DataFrame({id_col: oof[id_col].to_numpy(), "fold": oof["fold"].to_numpy(), "label": oof["target"].to_numpy(),
+                        "pred": np.asarray(classes, dtype=object)[pred], "p_label": p_label, "p_pred": p_pred,
+                        "margin": p_pred - p_label})
+    return out.sort_values(["p_label", "margin"], ascending=[True, False], kind="mergesort").reset_index(drop=True)
+
+
+def confusion(oof: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """counts[i, j] = rows labelled classes[i] predicted classes[j]."""
+    y = oof["target"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    pred = oof[classes].to_numpy().argmax(1)
+    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    return cm
+
+
+def per_class_scores(cm: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    tp = np.diag(cm).astype(np.float64)
+    prec = np.divide(tp, cm.sum(0), out=np.zeros_like(tp), where=cm.sum(0) > 0)
+    rec = np.divide(tp, cm.sum(1), out=np.zeros_like(tp), where=cm.sum(1) > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+    return pd.DataFrame({"class": classes, "support": cm.sum(1), "precision": prec, "recall": rec, "f1": f1})
+
+
+def gradcam(model: torch.nn.Module, x: torch.Tensor, class_idx: int | None = None, name: str = "") -> tuple[np.ndarray, int]:
+    """Grad-CAM on the output of ``model.forward_features`` (the last feature map): (h, w) map in [0, 1], class.
+
+    The feature map is kept from the forward pass; a tensor hook on it catches its gradient in the backward pass.
+    """
+    if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
+        raise CompError(f"model {name or type(model).__name__} has no forward_features/forward_head; Grad-CAM needs a timm CNN")
+    store: dict = {}
+    model.eval()
+    feats = model.forward_features(x.clone().requires_grad_(True))  # the last feature map
+    if feats.ndim != 4:
+        raise CompError(f"model {name or type(model).__name__} has no spatial feature map; Grad-CAM needs a CNN "
+                        f"(its features are {feats.ndim}-D)")
+    store["act"] = feats
+    feats.register_hook(lambda g: store.__setitem__("grad", g))  # backward hook: the gradient of the feature map
+    logits = model.forward_head(feats)
+    cls = int(logits.argmax(1)[0]) if class_idx is None else int(class_idx)
+    model.zero_grad(set_to_none=True)
+    logits[0, cls].backward()
+    act, grad = store["act"].detach()[0], store["grad"].detach()[0]
+    weights = grad.mean(dim=(1, 2))
+    cam = torch.relu((weights[:, None, None] * act).sum(0)).numpy()
+    cam = cam / cam.max() if cam.max() > 0 else cam
+    return cam.astype(np.float32), cls
+
+
+def _overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    heat = cv2.applyColorMap((cam * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    return (0.55 * img + 0.45 * heat).astype(np.uint8)
+
+
+def _grid(path: Path, items: list[tuple[np.ndarray, str]], cols: int = 4) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, -(-len(items) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (img, title) in zip(axes.ravel(), items):
+        ax.imshow(img)
+        ax.set_title(title, fontsize=8)
+    artifacts._atomic(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _confusion_png(path: Path, cm: np.ndarray, classes: list[str]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(classes)), max(3.5, 0.45 * len(classes))))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("label")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    artifacts._atomic(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids: list[str] | None = None,
+                out_dir=None) -> dict:
+    """Write the explain report; returns {'out', 'scores', 'mislabeled', 'confusion', 'cams': {id: map}}."""
+    from comp.augment import from_dict
+    from comp.data import load_image, load_train_table
+    from comp.models import model_from_checkpoint
+
+    run = artifacts.RunDir(run_dir).require()
+    ids = run.model_ids()
+    if model_id is None:
+        if len(ids) != 1:
+            raise CompError(f"{run.root} has models {', '.join(ids) or 'none'}; pick one with --model")
+        model_id = ids[0]
+    elif model_id not in ids:
+        raise CompError(f"model {model_id!r} not in {run.root}; models: {', '.join(ids) or 'none'}")
+    if top < 1:
+        raise CompError("--top must be >= 1")
+    cfg = run.load_config()
+    id_col = cfg["data"]["id_column"]
+    out = Path(out_dir) if out_dir else run.model_dir(model_id) / "explain"
+    oof, classes = read_oof(run, model_id, id_col)
+
+    cm = confusion(oof, classes)
+    artifacts.write_csv(out / "confusion.csv", pd.DataFrame(cm, index=classes, columns=classes)
+                        .rename_axis("label").reset_index())
+    _confusion_png(out / "confusion.png", cm, classes)
+    scores = per_class_scores(cm, classes)
+    artifacts.write_csv(out / "per_class.csv", scores)
+    ranked = mislabel_ranking(oof, classes, id_col)
+    artifacts.write_csv(out / "mislabeled.csv", ranked)
+
+    table = load_train_table(cfg["data"], check_images=False)
+    path_of = dict(zip(table.df[id_col].astype(str), table.paths))
+    mistakes = ranked[ranked["label"] != ranked["pred"]].sort_values("p_pred", ascending=False, kind="mergesort")
+    worst = mistakes.head(top)
+    items = []
+    for rec in worst.itertuples(index=False):
+        rid = getattr(rec, id_col) if id_col.isidentifier() else rec[0]
+        try:
+            items.append((load_image(path_of[str(rid)]), f"{rid}\nlabel {rec.label} pred {rec.pred} ({rec.p_pred:.2f})"))
+        except (CompError, KeyError):
+            continue
+    if items:
+        _grid(out / "mistakes.png", items)
+
+    targets = [str(i) for i in gradcam_ids] if gradcam_ids else [str(v) for v in worst[id_col]]
+    fold_of = dict(zip(oof[id_col].astype(str), oof["fold"].astype(int)))
+    label_of = dict(zip(oof[id_col].astype(str), oof["target"]))
+    missing = [i for i in targets if i not in fold_of]
+    if missing:
+        raise CompError(f"--gradcam-ids: id {missing[0]!r} is not in {run.oof(model_id)}")
+    cams, cam_items, models = {}, [], {}
+    for rid in targets:
+        fold = fold_of[rid]
+        if fold not in models:
+            model, ckpt = model_from_checkpoint(run.checkpoint(model_id, fold))
+            models[fold] = (model, from_dict(ckpt["eval_transform"]), ckpt)
+        model, tf, ckpt = models[fold]
+        img = load_image(path_of[rid])
+        x = tf(image=img)["image"][None].float()
+        cam, cls = gradcam(model, x, name=ckpt.get("model_name", model_id))
+        cam = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+        cams[rid] = cam
+        cam_items += [(img, f"{rid} label {label_of[rid]}"), (_overlay(img, cam), f"fold {fold} CAM for {classes[cls]}")]
+    if cam_items:
+        _grid(out / "gradcam.png", cam_items)
+    return {"out": out, "model_id": model_id, "scores": scores, "mislabeled": ranked, "confusion": cm, "cams": cams,
+            "mistakes": len(mistakes)}

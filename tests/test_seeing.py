@@ -1,0 +1,216 @@
+"""Decoded-image cache, bench-data, eda and explain."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from comp.cache import DiskReader, MemoryReader, decode_resized, make_reader
+from comp.config import load_config
+from comp.data import load_image
+from comp.errors import CompError
+from tests.conftest import tiny_config, write_config
+
+
+# -- cache ---------------------------------------------------------------------------
+def test_disk_cache_matches_decode_and_hits(comp_dir, tmp_path):
+    src = comp_dir / "train" / "g00_0.png"
+    expected = decode_resized(src, (16, 20))
+    assert expected.shape == (16, 20, 3) and expected.dtype == np.uint8
+    reader = make_reader({"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": str(comp_dir / "train")}, (16, 20))
+    assert isinstance(reader, DiskReader)
+    reader = pickle.loads(pickle.dumps(reader))
+    first = reader(src)
+    np.testing.assert_array_equal(first, expected)
+    entry = reader.entry(src)
+    assert entry.is_file()
+    # a hit reads the .npy, not the image: corrupt the source bytes but keep mtime and size
+    import os
+    st = os.stat(src)
+    data = src.read_bytes()
+    src.write_bytes(b"\0" * len(data))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    np.testing.assert_array_equal(reader(src), expected)
+    with pytest.raises(CompError):
+        load_image(src)
+
+
+def test_disk_cache_default_dir(comp_dir):
+    reader = make_reader({"cache": "disk", "image_dir": str(comp_dir / "train")}, (8, 8))
+    assert reader.cache_dir == comp_dir / ".comp_cache" / "8x8"
+
+
+def test_memory_cache_decodes_once(comp_dir, monkeypatch):
+    import comp.cache as cache
+
+    calls = []
+    real = cache.load_image
+    monkeypatch.setattr(cache, "load_image", lambda p: calls.append(p) or real(p))
+    reader = make_reader({"cache": "memory", "image_dir": str(comp_dir / "train")}, (12, 12))
+    assert isinstance(reader, MemoryReader)
+    src = comp_dir / "train" / "g01_0.png"
+    a = reader(src)
+    b = reader(src)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, decode_resized(src, (12, 12)))
+    assert pickle.loads(pickle.dumps(reader)).store == {}
+
+
+def test_bad_cache_mode():
+    with pytest.raises(CompError, match="data.cache"):
+        make_reader({"cache": "ram", "image_dir": "x"}, (8, 8))
+
+
+@pytest.mark.parametrize("mode", ["disk", "memory"])
+def test_train_folds_with_cache(comp_dir, tmp_path, mode):
+    from comp.train import train_folds
+
+    cfg = load_config(write_config(comp_dir, tiny_config(comp_dir, data__cache=mode, train__max_steps_per_epoch=1)))
+    train_folds(cfg, tmp_path / f"run_{mode}", progress=False)
+    assert (tmp_path / f"run_{mode}" / "models" / "eff" / "oof.csv").is_file()
+    if mode == "disk":
+        assert list((comp_dir / ".comp_cache" / "32x32").rglob("*.npy"))
+
+
+# -- bench-data ----------------------------------------------------------------------
+def test_bench_data_cli(config_file):
+    from click.testing import CliRunner
+
+    from comp.cli import main
+
+    res = CliRunner().invoke(main, ["bench-data", "--config", str(config_file), "--workers", "0", "--batch-sizes", "4",
+                                    "--batches", "2", "--cache", "none,disk,memory"])
+    assert res.exit_code == 0, res.output
+    assert "bottleneck:" in res.output and "use: --set data.cache=" in res.output
+    assert res.output.count("\n") >= 6
+    bad = CliRunner().invoke(main, ["bench-data", "--config", str(config_file), "--cache", "ram"])
+    assert bad.exit_code == 2 and "--cache" in bad.output
+
+
+# -- eda -----------------------------------------------------------------------------
+def test_eda_cli(comp_dir, config_file, tmp_path):
+    import re
+    import shutil
+
+    import pandas as pd
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from comp.cli import main
+
+    tr = comp_dir / "train"
+    shutil.copyfile(tr / "g00_0.png", tr / "g05_1.png")  # across groups p00 / p05: a leak
+    shutil.copyfile(tr / "g02_0.png", tr / "g02_1.png")  # within group p02: not a leak
+    data = (tr / "g03_0.png").read_bytes()
+    (tr / "g03_0.png").write_bytes(data[: len(data) // 2])  # truncated
+    gray = np.random.default_rng(1).integers(0, 255, (24, 24), dtype=np.uint8)
+    Image.fromarray(np.stack([gray] * 3, -1)).save(tr / "g04_0.png")
+    out = tmp_path / "eda"
+    res = CliRunner().invoke(main, ["eda", "--config", str(config_file), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    dups = pd.read_csv(out / "duplicates.csv", dtype=str)
+    pair = lambda a, b: dups[((dups.id_a == a) & (dups.id_b == b)) | ((dups.id_a == b) & (dups.id_b == a))]  # noqa: E731
+    leak = pair("g00_0", "g05_1")
+    assert len(leak) == 1 and leak.iloc[0]["leak"] == "True" and leak.iloc[0]["kind"] == "exact"
+    inside = pair("g02_0", "g02_1")
+    assert len(inside) == 1 and inside.iloc[0]["leak"] == "False"
+    bad = pd.read_csv(out / "unreadable.csv")
+    assert list(bad["path"].map(lambda p: p.rsplit("/", 1)[-1])) == ["g03_0.png"]
+    assert "1 grayscale stored as RGB" in res.output and "1 unreadable" in res.output and "1 across groups" in res.output
+    page = (out / "eda.html").read_text()
+    imgs = re.findall(r'<img src="([^"]+)"', page)
+    assert "class_counts.png" in imgs and "group_sizes.png" in imgs and "image_sizes.png" in imgs
+    assert all((out / name).is_file() for name in imgs)
+
+
+def test_eda_joint_labels_and_dhash(tmp_path):
+    from comp.diagnostics.eda import dhash, hamming, run_eda
+    from tests.conftest import write_competition
+
+    root = write_competition(tmp_path / "c")
+    import pandas as pd
+    df = pd.read_csv(root / "train.csv")
+    df["label"] = df["label"] + "_" + np.where(np.arange(len(df)) % 2, "a", "b")
+    df.to_csv(root / "train.csv", index=False)
+    cfg = load_config(write_config(root, tiny_config(root)))
+    res = run_eda(cfg, tmp_path / "out")
+    assert "label_joint.png" in res["plots"] and (tmp_path / "out" / "label_joint.png").is_file()
+    img = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    h = np.array([dhash(img), dhash(255 - img)], dtype=np.uint64)
+    d = hamming(h, h)
+    assert d[0, 0] == 0 and d[0, 1] > 20
+
+
+# -- explain -------------------------------------------------------------------------
+def test_mislabel_ranking_and_confusion():
+    import pandas as pd
+
+    from comp.diagnostics.explain import confusion, mislabel_ranking
+
+    classes = ["a", "b", "c"]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 30)
+    probs = np.full((30, 3), 0.05)
+    probs[np.arange(30), labels] = 0.9
+    targets = labels.copy()
+    planted = {3: (0.02, 0.95), 11: (0.01, 0.97), 20: (0.04, 0.9)}
+    for i, (pl, pp) in planted.items():
+        targets[i] = (labels[i] + 1) % 3  # the label is wrong; the model confidently says labels[i]
+        probs[i] = 0.0
+        probs[i, targets[i]] = pl
+        probs[i, labels[i]] = pp
+        probs[i, 3 - targets[i] - labels[i]] = 1 - pl - pp
+    oof = pd.DataFrame({"id": [f"r{i}" for i in range(30)], "fold": np.arange(30) % 2,
+                        "target": np.array(classes)[targets]})
+    oof[classes] = probs
+    ranked = mislabel_ranking(oof, classes, "id")
+    assert list(ranked["id"][:3]) == ["r11", "r3", "r20"]
+    assert np.isclose(ranked.loc[0, "margin"], 0.97 - 0.01)
+    cm = confusion(oof, classes)
+    expected = pd.crosstab(oof["target"], np.array(classes)[probs.argmax(1)]).reindex(index=classes, columns=classes,
+                                                                                     fill_value=0)
+    np.testing.assert_array_equal(cm, expected.to_numpy())
+    assert cm.sum() == 30 and np.trace(cm) == 27
+
+
+def test_explain_cli_gradcam(trained_run, tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from comp.cli import main
+    from comp.diagnostics.explain import explain_run
+
+    out = tmp_path / "explain"
+    res = CliRunner().invoke(main, ["explain", str(trained_run), "--top", "3", "--gradcam-ids", "g00_0,g01_1",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "precision" in res.output
+    oof = pd.read_csv(trained_run / "models" / "eff" / "oof.csv", dtype={"id": str})
+    cm = pd.read_csv(out / "confusion.csv").set_index("label")
+    pred = oof[["c0", "c1", "c2"]].to_numpy().argmax(1)
+    for (lab, p), n in pd.Series(1, index=pd.MultiIndex.from_arrays([oof["target"], pred])).groupby(level=[0, 1]).sum().items():
+        assert cm.loc[lab, f"c{p}"] == n
+    for name in ("confusion.png", "per_class.csv", "mislabeled.csv", "gradcam.png"):
+        assert (out / name).is_file()
+    result = explain_run(trained_run, "eff", top=2, gradcam_ids=["g02_0"], out_dir=tmp_path / "e2")
+    cam = result["cams"]["g02_0"]
+    size = Image.open(trained_run.parent / "comp" / "train" / "g02_0.png").size
+    assert cam.shape == (size[1], size[0]) and cam.shape != (32, 32)
+    assert 0 <= cam.min() and cam.max() <= 1
+    bad = CliRunner().invoke(main, ["explain", str(trained_run), "--gradcam-ids", "nope", "--out", str(tmp_path / "e3")])
+    assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_gradcam_vit_clear_error():
+    import timm
+    import torch
+
+    from comp.diagnostics.explain import gradcam
+
+    vit = timm.create_model("test_vit", num_classes=3)
+    with pytest.raises(CompError, match="has no spatial feature map; Grad-CAM needs a CNN"):
+        gradcam(vit, torch.randn(1, 3, *vit.default_cfg["input_size"][1:]), name="test_vit")
