@@ -269,6 +269,21 @@ def _fail_interrupted(study) -> None:
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
+def _open_study(**kwargs) -> optuna.Study:
+    """create_study(load_if_exists=True), retried: workers starting together on an empty database race to
+    create its tables and one of them loses with a duplicate-object error."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(6):
+        try:
+            return optuna.create_study(**kwargs)
+        except SQLAlchemyError:
+            if attempt == 5:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def tune(cfg: dict, out_dir: str | Path, n_trials: int | None = None, timeout: float | None = None,
          storage: str | None = None, study_name: str | None = None, folds: list[int] | None = None,
          epochs: int | None = None, pruner: str | None = None, seed: int | None = None, keep_trials: bool = False) -> dict:
@@ -290,7 +305,7 @@ def tune(cfg: dict, out_dir: str | Path, n_trials: int | None = None, timeout: f
     metric = get_metric(cfg["metric"])
     direction = block.get("direction") or metric.direction
     max_epochs = max(C.model_train_cfg(base, e)["epochs"] for e in base["models"])
-    study = optuna.create_study(
+    study = _open_study(
         study_name=study_name or "comp", storage=make_storage(storage, out_dir), load_if_exists=True,
         direction=direction, sampler=optuna.samplers.TPESampler(seed=cfg["seed"] if seed is None else seed),
         pruner=make_pruner(pruner, len(folds) * len(base["models"]) * max_epochs),
