@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shutil
 import sys
 import time
@@ -307,9 +308,11 @@ def tune(cfg: dict, out_dir: str | Path, n_trials: int | None = None, timeout: f
     max_epochs = max(C.model_train_cfg(base, e)["epochs"] for e in base["models"])
     study = _open_study(
         study_name=study_name or "comp", storage=make_storage(storage, out_dir), load_if_exists=True,
-        direction=direction, sampler=optuna.samplers.TPESampler(seed=cfg["seed"] if seed is None else seed),
-        pruner=make_pruner(pruner, len(folds) * len(base["models"]) * max_epochs),
+        direction=direction, pruner=make_pruner(pruner, len(folds) * len(base["models"]) * max_epochs),
     )
+    # a resumed study or a second worker must not replay the first samples of the seeded sampler
+    offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if storage is not None else 0)
+    study.sampler = optuna.samplers.TPESampler(seed=((cfg["seed"] if seed is None else seed) + offset) % 2**31)
     if storage is None:
         _fail_interrupted(study)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

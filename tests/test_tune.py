@@ -210,3 +210,11 @@ def test_tune_help_and_bad_folds(comp_dir, tmp_path):
     with pytest.raises(CompError, match="tune.space"):
         parse_space(load_config(write_config(comp_dir, tiny_config(comp_dir))))
     assert yaml  # noqa
+
+
+def test_resumed_study_does_not_replay_samples(comp_dir, tmp_path):
+    cfg = load_config(_cfg(comp_dir, LR))
+    tune(cfg, tmp_path / "t", n_trials=1, pruner="none")
+    tune(cfg, tmp_path / "t", n_trials=2, pruner="none")
+    lrs = pd.read_csv(tmp_path / "t/trials.csv")["train.lr"]
+    assert lrs[0] != lrs[1]
