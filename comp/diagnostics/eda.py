@@ -35,6 +35,8 @@ def dhash(img: np.ndarray) -> np.uint64:
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise Hamming distances between two uint64 hash vectors -> (len(a), len(b))."""
     x = np.bitwise_xor(a[:, None], b[None, :])
+    if hasattr(np, "bitwise_count"):  # numpy >= 2: a hardware popcount, ~10x the lookup table below
+        return np.bitwise_count(x).astype(np.int64)
     return POPCOUNT[x.view(np.uint8)].reshape(len(a), len(b), 8).sum(-1)
 
 

@@ -81,10 +81,18 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, class_idx: int | None = Non
     model.zero_grad(set_to_none=True)
     logits[0, cls].backward()
     act, grad = store["act"].detach()[0], store["grad"].detach()[0]
+    if _channels_last_features(model, feats):  # e.g. Swin, MaxViT: (H, W, C) maps
+        act, grad = act.permute(2, 0, 1), grad.permute(2, 0, 1)
     weights = grad.mean(dim=(1, 2))
     cam = torch.relu((weights[:, None, None] * act).sum(0)).numpy()
     cam = cam / cam.max() if cam.max() > 0 else cam
     return cam.astype(np.float32), cls
+
+
+def _channels_last_features(model, feats: torch.Tensor) -> bool:
+    """timm's NHWC families (Swin, MaxViT, ...) return (B, H, W, C) from forward_features; C is num_features."""
+    c = getattr(model, "num_features", None)
+    return c is not None and feats.shape[-1] == c and feats.shape[1] != c
 
 
 def _overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
