@@ -152,7 +152,7 @@ def main() -> None:
         Image.open(p).convert("RGB").resize((128, 128)).save(q, quality=90)
         jpgs.append(q)
     mean, std = normalization(model0)
-    train_tf, _ = pipelines(cfg["augment"], hw, mean, std)
+    train_tf, _ = pipelines(cfg["augment"], hw, mean, std, normalize=False)  # as train-folds loads
     model_rate = len(x) / bare
     lrows = []
     for workers in (0, 2):

@@ -1,18 +1,30 @@
-"""Decoded-image cache: decode once, resize to the model's input size, reuse the uint8 array.
+"""Decoded-image cache: decode each training image once, resized to the model's input size, and reuse it.
 
-``make_reader(data_cfg, hw)`` returns a picklable reader (a path -> RGB uint8 array of size ``hw``)
-that ``ImageDataset`` calls instead of ``load_image``:
+``make_reader(data_cfg, hw, paths)`` returns a picklable reader (path -> RGB uint8 array of shape
+``(h, w, 3)``) that ``ImageDataset`` calls instead of ``load_image``.
 
-- ``disk``: one ``.npy`` per image under ``data.cache_dir`` (default ``<image_dir parent>/.comp_cache/<h>x<w>``),
-  keyed by a hash of the path, its mtime and size and ``hw`` (an edited image gets a new entry). Files are
-  written through a temporary name and ``os.replace`` so concurrent DataLoader workers never read a half file.
-- ``memory``: a dict inside the process. DataLoader workers are recreated every epoch, so with
-  ``data.num_workers > 0`` each worker's dict is thrown away at the end of the epoch and nothing is reused;
-  the memory cache pays off only with ``num_workers=0`` (use ``disk`` with workers).
+Both modes keep one *slab* per (image list, size): ``len(paths)`` rows of ``h*w*3`` bytes plus one
+"filled" byte per row, memory-mapped ``MAP_SHARED``. A row is written before its flag is set, so a
+process killed mid-row leaves the row unflagged and it is simply decoded again.
+
+- ``disk``: the slab is a file under ``data.cache_dir`` (default ``<image_dir parent>/.comp_cache``)
+  named by a hash of the size and every image's resolved path, mtime and size: an edited, added or
+  removed image gives a new slab. It outlives the run, so later folds, models of the same size and
+  later runs start warm; the OS page cache keeps hot rows in RAM.
+- ``memory``: the slab lives in ``/dev/shm`` (RAM) for the life of the process and is deleted at exit
+  (slabs left by killed processes are removed the next time one is created). Folds and models of the
+  same size in one process share it.
+
+Either way the slab is shared with DataLoader workers (a forked worker inherits the mapping, a
+spawned one re-opens it by path), so a row decoded by any worker in epoch 1 is read by every process
+afterwards. The space is reserved up front with ``posix_fallocate``: a full disk or a small
+``/dev/shm`` (Docker's default is 64 MB) is a clear error at start, never a crash mid-epoch.
+Paths outside the list (e.g. test images) are decoded and resized without caching.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import tempfile
@@ -24,6 +36,10 @@ import numpy as np
 from comp.data import load_image
 from comp.errors import CompError
 
+MODES = ("none", "memory", "disk")
+_ALIGN = 4096  # rows start on a page boundary after the flag bytes
+_OWNED: dict[Path, int] = {}  # memory slabs this process created (path -> pid), deleted at its exit
+
 
 def decode_resized(path, hw: tuple[int, int]) -> np.ndarray:
     """``load_image`` then resize to ``hw`` (height, width) with INTER_AREA; RGB uint8."""
@@ -34,81 +50,6 @@ def decode_resized(path, hw: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(img, dtype=np.uint8)
 
 
-class MemoryReader:
-    """Decode + resize once per process; keep the array in a dict (see module docstring for workers)."""
-
-    def __init__(self, hw):
-        self.hw = (int(hw[0]), int(hw[1]))
-        self.store: dict[str, np.ndarray] = {}
-
-    def __call__(self, path) -> np.ndarray:
-        key = str(path)
-        img = self.store.get(key)
-        if img is None:
-            img = decode_resized(path, self.hw)
-            self.store[key] = img
-        return img
-
-    def __getstate__(self):
-        return {"hw": self.hw, "store": {}}  # workers start empty rather than copying the parent's arrays
-
-
-class DiskReader:
-    """Decode + resize once; keep one ``.npy`` per image under ``cache_dir``, shared by processes and runs."""
-
-    def __init__(self, cache_dir, hw):
-        self.hw = (int(hw[0]), int(hw[1]))
-        self.cache_dir = Path(cache_dir)
-
-    def key(self, path) -> str:
-        st = os.stat(path)
-        text = f"{Path(path).resolve()}|{st.st_mtime_ns}|{st.st_size}|{self.hw[0]}x{self.hw[1]}"
-        return hashlib.sha1(text.encode()).hexdigest()
-
-    def entry(self, path) -> Path:
-        k = self.key(path)
-        return self.cache_dir / k[:2] / f"{k}.npy"
-
-    def __call__(self, path) -> np.ndarray:
-        try:
-            target = self.entry(path)
-        except FileNotFoundError:
-            raise CompError(f"image {path} not found; check data.image_dir") from None
-        if target.is_file():
-            try:
-                return np.load(target, allow_pickle=False)
-            except (OSError, ValueError):
-                pass  # a damaged entry is rewritten below
-        img = decode_resized(path, self.hw)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, img, allow_pickle=False)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return img
-
-
-def default_cache_dir(data_cfg: dict, hw) -> Path:
-    return Path(data_cfg["image_dir"]).resolve().parent / ".comp_cache" / f"{int(hw[0])}x{int(hw[1])}"
-
-
-def make_reader(data_cfg: dict, hw):
-    """The reader for ``data.cache`` ('memory' or 'disk'); 'none' gives a plain decode + resize reader."""
-    mode = data_cfg.get("cache", "none")
-    if mode == "memory":
-        return MemoryReader(hw)
-    if mode == "disk":
-        cache_dir = Path(data_cfg["cache_dir"]) if data_cfg.get("cache_dir") else default_cache_dir(data_cfg, hw)
-        return DiskReader(cache_dir, hw)
-    if mode == "none":
-        return ResizeReader(hw)
-    raise CompError(f"config key 'data.cache' must be one of none, memory, disk, got {mode!r}")
-
-
 class ResizeReader:
     """No cache: decode and resize every call (the baseline the benchmark compares against)."""
 
@@ -117,3 +58,169 @@ class ResizeReader:
 
     def __call__(self, path) -> np.ndarray:
         return decode_resized(path, self.hw)
+
+
+def slab_key(paths, hw) -> str:
+    """Hash of the size and every image's resolved path, mtime and size (a missing image is a CompError)."""
+    h = hashlib.sha1(f"comp-slab/1|{int(hw[0])}x{int(hw[1])}|{len(paths)}".encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise CompError(f"image {p} not found; check data.image_dir and the ids in data.train_csv") from None
+        h.update(f"|{Path(p).resolve()}|{st.st_mtime_ns}|{st.st_size}".encode())
+    return h.hexdigest()[:20]
+
+
+def human_bytes(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if nbytes < 1024 or unit == "TB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    return ""
+
+
+def slab_bytes(n: int, hw) -> int:
+    """Size of a slab of ``n`` images at ``hw``: the flag bytes (page-aligned) then the rows."""
+    return -(-n // _ALIGN) * _ALIGN + n * int(hw[0]) * int(hw[1]) * 3
+
+
+class SlabReader:
+    """Reader backed by a shared memory-mapped slab (see the module docstring)."""
+
+    def __init__(self, file, paths, hw, mode: str):
+        self.file = Path(file)
+        self.hw = (int(hw[0]), int(hw[1]))
+        self.paths = [str(p) for p in paths]
+        self.mode = mode
+        self.index = {p: i for i, p in enumerate(self.paths)}
+        self.offset = -(-len(self.paths) // _ALIGN) * _ALIGN
+        self.nbytes = slab_bytes(len(self.paths), self.hw)
+        self._views = None
+        self._create()
+
+    # -- the slab file ---------------------------------------------------------------
+    def _create(self) -> None:
+        """Make the slab file at full size, atomically, unless a complete one is already there."""
+        if self.file.is_file() and self.file.stat().st_size == self.nbytes:
+            return
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.file.name}.", suffix=".tmp", dir=self.file.parent)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, self.nbytes)
+            except OSError as e:
+                free = human_bytes(_free_bytes(self.file.parent))
+                fix = ("use data.cache=disk, or give the machine more shared memory (docker run --shm-size=...)"
+                       if self.mode == "memory" else "free some space or point data.cache_dir at a larger disk")
+                raise CompError(f"data.cache={self.mode} needs {human_bytes(self.nbytes)} in {self.file.parent} "
+                                f"but only {free} is free ({e.strerror}); {fix}") from None
+            os.close(fd)
+            fd = -1
+            if self.mode == "memory":
+                _OWNED[self.file] = os.getpid()
+            try:
+                os.link(tmp, self.file)  # atomic; another process may have won the race, which is fine
+            except FileExistsError:
+                if self.file.stat().st_size != self.nbytes:  # a damaged slab: replace it
+                    os.replace(tmp, self.file)
+                    tmp = None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+    def views(self):
+        """(flags, rows): uint8 ``(n,)`` and ``(n, h, w, 3)`` views of the mapped slab, mapped on first use."""
+        if self._views is None:
+            if not self.file.is_file():  # e.g. /dev/shm cleared under us: start the slab again
+                self._create()
+            mm = np.memmap(self.file, dtype=np.uint8, mode="r+", shape=(self.nbytes,))
+            n = len(self.paths)
+            self._views = (mm[:n], mm[self.offset:].reshape(n, self.hw[0], self.hw[1], 3))
+        return self._views
+
+    def filled(self) -> int:
+        """How many rows are cached."""
+        return int(np.count_nonzero(self.views()[0]))
+
+    def __call__(self, path) -> np.ndarray:
+        i = self.index.get(str(path))
+        if i is None:
+            return decode_resized(path, self.hw)
+        flags, rows = self.views()
+        if flags[i]:
+            return np.array(rows[i])  # a copy: augmentations must never write into the cache
+        img = decode_resized(path, self.hw)
+        rows[i] = img
+        flags[i] = 1
+        return img
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_views"] = None  # a spawned worker re-maps the slab by path
+        return state
+
+
+def _free_bytes(folder) -> int:
+    try:
+        st = os.statvfs(folder)
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return 0
+
+
+def _shm_dir() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_memory_slabs(folder: Path) -> None:
+    """Delete memory slabs whose creating process is gone (killed runs cannot clean up after themselves)."""
+    for f in folder.glob("comp-slab-*-*.u8"):
+        try:
+            pid = int(f.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            f.unlink(missing_ok=True)
+
+
+@atexit.register
+def _remove_owned() -> None:
+    for f, pid in list(_OWNED.items()):
+        if pid == os.getpid():  # never from a forked child that inherited the table
+            f.unlink(missing_ok=True)
+    _OWNED.clear()
+
+
+def default_cache_dir(data_cfg: dict) -> Path:
+    return Path(data_cfg["image_dir"]).resolve().parent / ".comp_cache"
+
+
+def make_reader(data_cfg: dict, hw, paths=()):
+    """The reader for ``data.cache`` ('memory' or 'disk') over ``paths``; 'none' decodes and resizes every call."""
+    mode = data_cfg.get("cache", "none")
+    if mode not in MODES:
+        raise CompError(f"config key 'data.cache' must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "none":
+        return ResizeReader(hw)
+    key = slab_key(paths, hw)
+    name = f"{int(hw[0])}x{int(hw[1])}-{key}.u8"
+    if mode == "memory":
+        folder = _shm_dir()
+        _remove_stale_memory_slabs(folder)
+        return SlabReader(folder / f"comp-slab-{os.getpid()}-{name}", paths, hw, mode)
+    folder = Path(data_cfg["cache_dir"]) if data_cfg.get("cache_dir") else default_cache_dir(data_cfg)
+    return SlabReader(folder / name, paths, hw, mode)

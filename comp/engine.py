@@ -27,6 +27,7 @@ class StepConfig:
     ema: object | None = None
     scheduler: object | None = None
     progress: object | None = None
+    normalize: object | None = None  # e.g. augment.DeviceNormalize, for loaders that yield uint8 batches
     extra: dict = field(default_factory=dict)
 
 
@@ -56,6 +57,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def _to_device(x: torch.Tensor, sc: StepConfig) -> torch.Tensor:
     x = x.to(sc.device, non_blocking=True)
+    if sc.normalize is not None:
+        x = sc.normalize(x)
     return x.contiguous(memory_format=torch.channels_last) if sc.channels_last else x
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from comp import artifacts
 from comp import config as C
-from comp.augment import BatchMixer, pipelines, to_dict
+from comp.augment import BatchMixer, DeviceNormalize, pipelines, to_dict
 from comp.data import ImageDataset, TrainTable, load_train_table
 from comp.engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
 from comp.errors import CompError
@@ -163,11 +163,14 @@ class FoldTrainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.hw = C.image_hw(entry)
         self.mean, self.std = normalization(self.model)
-        train_tf, self.valid_tf = pipelines(cfg["augment"], self.hw, self.mean, self.std)
+        _, self.valid_tf = pipelines(cfg["augment"], self.hw, self.mean, self.std)  # saved in the checkpoint
+        # the loaders yield uint8 tensors, normalised on the device (4x fewer bytes through workers and to the GPU)
+        train_tf, valid_u8 = pipelines(cfg["augment"], self.hw, self.mean, self.std, normalize=False)
+        self.normalize = DeviceNormalize(self.mean, self.std, self.device)
         self.train_idx = np.flatnonzero(ctx.folds != ctx.fold)
         self.valid_idx = np.flatnonzero(ctx.folds == ctx.fold)
         self.train_ds = ImageDataset(ctx.table.paths, ctx.table.targets, train_tf, reader=self._reader())
-        self.valid_ds = ImageDataset(ctx.table.paths, ctx.table.targets, self.valid_tf, reader=self.train_ds.reader)
+        self.valid_ds = ImageDataset(ctx.table.paths, ctx.table.targets, valid_u8, reader=self.train_ds.reader)
         self.mixer = BatchMixer(cfg["augment"]["mixup"], self.num_classes, cfg["loss"]["label_smoothing"])
         self.loss_fn = build_loss(cfg["loss"], ctx.table.targets[self.train_idx], self.num_classes).to(self.device)
         self.optimizer = create_optimizer_v2(
@@ -194,7 +197,7 @@ class FoldTrainer:
             return load_image
         from comp.cache import make_reader  # the decoded-image cache (comp bench-data)
 
-        return make_reader(self.ctx.cfg["data"], self.hw)
+        return make_reader(self.ctx.cfg["data"], self.hw, self.ctx.table.paths)
 
     # -- state ---------------------------------------------------------------------
     def save_state(self) -> None:
@@ -239,7 +242,7 @@ class FoldTrainer:
         sc = StepConfig(
             device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg["channels_last"],
             grad_clip=self.tcfg["grad_clip"], max_steps=self.tcfg["max_steps_per_epoch"], scaler=self.scaler,
-            ema=self.ema, scheduler=None if frozen else self.scheduler, progress=bar,
+            ema=self.ema, scheduler=None if frozen else self.scheduler, progress=bar, normalize=self.normalize,
         )
         loader = _loader(self.train_ds, self.train_idx, self.tcfg["batch_size"], True, _derive_seed(self.seed, epoch, "order"),
                          self.ctx.cfg["data"]["num_workers"], self.drop_last, self.device)
@@ -256,7 +259,8 @@ class FoldTrainer:
     def evaluate(self) -> np.ndarray:
         bs = self.tcfg["eval_batch_size"] or self.tcfg["batch_size"] * 2
         loader = _loader(self.valid_ds, self.valid_idx, bs, False, 0, self.ctx.cfg["data"]["num_workers"], False, self.device)
-        sc = StepConfig(device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg["channels_last"])
+        sc = StepConfig(device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg["channels_last"],
+                        normalize=self.normalize)
         return predict_probs(self.eval_model(), loader, sc)
 
     def fit(self) -> dict:

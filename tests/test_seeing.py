@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from comp.cache import DiskReader, MemoryReader, decode_resized, make_reader
+from comp.cache import SlabReader, decode_resized, make_reader, slab_bytes
 from comp.config import load_config
 from comp.data import load_image
 from comp.errors import CompError
@@ -15,48 +16,132 @@ from tests.conftest import tiny_config, write_config
 
 
 # -- cache ---------------------------------------------------------------------------
+def _train_paths(comp_dir):
+    return sorted((comp_dir / "train").glob("*.png"))
+
+
 def test_disk_cache_matches_decode_and_hits(comp_dir, tmp_path):
-    src = comp_dir / "train" / "g00_0.png"
+    import os
+
+    paths = _train_paths(comp_dir)
+    src = paths[0]
     expected = decode_resized(src, (16, 20))
     assert expected.shape == (16, 20, 3) and expected.dtype == np.uint8
-    reader = make_reader({"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": str(comp_dir / "train")}, (16, 20))
-    assert isinstance(reader, DiskReader)
-    reader = pickle.loads(pickle.dumps(reader))
-    first = reader(src)
-    np.testing.assert_array_equal(first, expected)
-    entry = reader.entry(src)
-    assert entry.is_file()
-    # a hit reads the .npy, not the image: corrupt the source bytes but keep mtime and size
-    import os
+    reader = make_reader({"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": str(comp_dir / "train")},
+                         (16, 20), paths)
+    assert isinstance(reader, SlabReader) and reader.file.parent == tmp_path / "c"
+    assert reader.file.name.startswith("16x20-") and reader.file.stat().st_size == slab_bytes(len(paths), (16, 20))
+    reader = pickle.loads(pickle.dumps(reader))  # as a spawned DataLoader worker gets it
+    np.testing.assert_array_equal(reader(src), expected)
+    assert reader.filled() == 1
+    # a hit reads the slab, not the image: corrupt the source bytes but keep mtime and size
     st = os.stat(src)
     data = src.read_bytes()
     src.write_bytes(b"\0" * len(data))
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = reader(src)
+    np.testing.assert_array_equal(again, expected)
+    again[:] = 0  # callers get a copy: writing into it must not touch the cache
     np.testing.assert_array_equal(reader(src), expected)
     with pytest.raises(CompError):
         load_image(src)
+    # a second reader over the same images (the next fold, the next run) starts warm
+    warm = make_reader({"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": "x"}, (16, 20), paths)
+    assert warm.file == reader.file and warm.filled() == 1
+
+
+def test_disk_cache_new_slab_when_an_image_changes(comp_dir, tmp_path):
+    import os
+
+    paths = _train_paths(comp_dir)
+    cfg = {"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": str(comp_dir / "train")}
+    a = make_reader(cfg, (8, 8), paths)
+    st = os.stat(paths[3])
+    os.utime(paths[3], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    b = make_reader(cfg, (8, 8), paths)
+    c = make_reader(cfg, (8, 9), paths)
+    assert len({a.file, b.file, c.file}) == 3
 
 
 def test_disk_cache_default_dir(comp_dir):
-    reader = make_reader({"cache": "disk", "image_dir": str(comp_dir / "train")}, (8, 8))
-    assert reader.cache_dir == comp_dir / ".comp_cache" / "8x8"
+    reader = make_reader({"cache": "disk", "image_dir": str(comp_dir / "train")}, (8, 8), _train_paths(comp_dir))
+    assert reader.file.parent == comp_dir / ".comp_cache"
 
 
-def test_memory_cache_decodes_once(comp_dir, monkeypatch):
+def test_cache_unflagged_row_is_decoded_again(comp_dir, tmp_path):
+    """A process killed between writing a row and setting its flag leaves garbage that is never served."""
+    paths = _train_paths(comp_dir)
+    reader = make_reader({"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}, (8, 8), paths)
+    flags, rows = reader.views()
+    rows[2] = 255
+    np.testing.assert_array_equal(reader(paths[2]), decode_resized(paths[2], (8, 8)))
+    assert flags[2] == 1
+
+
+def test_cache_passes_through_other_paths_and_names_missing_images(comp_dir, tmp_path):
+    paths = _train_paths(comp_dir)
+    reader = make_reader({"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}, (8, 8), paths[:3])
+    np.testing.assert_array_equal(reader(paths[5]), decode_resized(paths[5], (8, 8)))  # e.g. a test image
+    assert reader.filled() == 0
+    with pytest.raises(CompError, match="nope.png not found"):
+        make_reader({"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}, (8, 8), [comp_dir / "nope.png"])
+
+
+def test_memory_cache_decodes_once_and_is_shared_with_workers(comp_dir, monkeypatch):
+    from torch.utils.data import DataLoader
+
     import comp.cache as cache
+    from comp.data import ImageDataset
 
+    paths = _train_paths(comp_dir)
+    reader = make_reader({"cache": "memory", "image_dir": str(comp_dir / "train")}, (12, 12), paths)
+    assert reader.file.parent == cache._shm_dir() and reader.file in cache._OWNED
+    ds = ImageDataset(paths, np.zeros(len(paths), dtype=np.int64), None, reader=reader)
+    # epoch 1 in two worker processes fills the slab the parent sees
+    assert sum(len(b[0]) for b in DataLoader(ds, batch_size=4, num_workers=2)) == len(paths)
+    assert reader.filled() == len(paths)
+    expected = [decode_resized(p, (12, 12)) for p in paths]
     calls = []
     real = cache.load_image
     monkeypatch.setattr(cache, "load_image", lambda p: calls.append(p) or real(p))
-    reader = make_reader({"cache": "memory", "image_dir": str(comp_dir / "train")}, (12, 12))
-    assert isinstance(reader, MemoryReader)
-    src = comp_dir / "train" / "g01_0.png"
-    a = reader(src)
-    b = reader(src)
-    assert len(calls) == 1
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, decode_resized(src, (12, 12)))
-    assert pickle.loads(pickle.dumps(reader)).store == {}
+    for p, e in zip(paths, expected):
+        np.testing.assert_array_equal(reader(p), e)
+    assert calls == []  # epoch 2 decodes nothing
+
+
+def test_memory_slab_removed_at_exit_and_stale_ones_cleaned(comp_dir, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import comp.cache as cache
+
+    code = ("import sys; from pathlib import Path; from comp.cache import make_reader; "
+            "r = make_reader({'cache': 'memory', 'image_dir': 'x'}, (8, 8), sorted(Path(sys.argv[1]).glob('*.png'))); "
+            "r(r.paths[0]); print(r.file)")
+    out = subprocess.run([sys.executable, "-c", code, str(comp_dir / "train")], capture_output=True, text=True, check=True)
+    slab = Path(out.stdout.strip())
+    assert slab.name.startswith("comp-slab-") and not slab.exists()
+    monkeypatch.setattr(cache, "_shm_dir", lambda: tmp_path)
+    stale = tmp_path / "comp-slab-999999999-8x8-abc.u8"  # from a killed process
+    stale.write_bytes(b"x")
+    make_reader({"cache": "memory", "image_dir": "x"}, (8, 8), _train_paths(comp_dir))
+    assert not stale.exists()
+
+
+def test_cache_without_space_is_a_clear_error(comp_dir, tmp_path, monkeypatch):
+    import errno
+
+    import comp.cache as cache
+
+    def full(fd, off, n):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "posix_fallocate", full)
+    with pytest.raises(CompError, match=r"data.cache=memory needs .*shm-size"):
+        make_reader({"cache": "memory", "image_dir": "x"}, (8, 8), _train_paths(comp_dir))
+    with pytest.raises(CompError, match=r"data.cache=disk needs .* data.cache_dir"):
+        make_reader({"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": "x"}, (8, 8), _train_paths(comp_dir))
+    assert list((tmp_path / "c").iterdir()) == []  # nothing half-made left behind
 
 
 def test_bad_cache_mode():
@@ -72,7 +157,8 @@ def test_train_folds_with_cache(comp_dir, tmp_path, mode):
     train_folds(cfg, tmp_path / f"run_{mode}", progress=False)
     assert (tmp_path / f"run_{mode}" / "models" / "eff" / "oof.csv").is_file()
     if mode == "disk":
-        assert list((comp_dir / ".comp_cache" / "32x32").rglob("*.npy"))
+        slabs = list((comp_dir / ".comp_cache").glob("32x32-*.u8"))
+        assert len(slabs) == 1  # every fold and both models of that size shared one slab
 
 
 # -- bench-data ----------------------------------------------------------------------
@@ -214,3 +300,29 @@ def test_gradcam_vit_clear_error():
     vit = timm.create_model("test_vit", num_classes=3)
     with pytest.raises(CompError, match="has no spatial feature map; Grad-CAM needs a CNN"):
         gradcam(vit, torch.randn(1, 3, *vit.default_cfg["input_size"][1:]), name="test_vit")
+
+
+def test_gradcam_channels_last_features():
+    """Swin-style models return (B, H, W, C) features; the map must be (H, W), not (W, C)."""
+    import timm
+    import torch
+
+    from comp.diagnostics.explain import gradcam
+
+    torch.manual_seed(0)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=3, embed_dim=16, depths=(1, 1, 1, 1),
+                             num_heads=(1, 1, 1, 1), img_size=128, window_size=2)
+    x = torch.randn(1, 3, 128, 128)
+    assert swin.forward_features(x).shape == (1, 4, 4, swin.num_features)
+    cam, cls = gradcam(swin, x)
+    assert cam.shape == (4, 4) and 0 <= cls < 3 and cam.max() <= 1
+
+
+def test_hamming_matches_bit_count():
+    from comp.diagnostics.eda import hamming
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2**63, 50, dtype=np.uint64)
+    b = rng.integers(0, 2**63, 40, dtype=np.uint64)
+    ref = np.array([[bin(int(x) ^ int(y)).count("1") for y in b] for x in a])
+    np.testing.assert_array_equal(hamming(a, b), ref)

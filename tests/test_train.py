@@ -220,3 +220,19 @@ def test_cuda_amp_fp16_and_bf16(comp_dir, tmp_path):
     for amp in ("fp16", "bf16"):
         _, s = _train(comp_dir, tmp_path / amp, device="cuda", train__amp=amp, train__channels_last=True)
         assert np.isfinite(s["eff"]["cv"])
+
+
+def test_device_normalize_matches_albumentations():
+    """Loaders yield uint8; DeviceNormalize on the batch must equal A.Normalize in the worker."""
+    import torch
+
+    from comp.augment import DeviceNormalize, eval_pipeline
+
+    img = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = eval_pipeline((16, 16), mean, std)(image=img)["image"]
+    u8 = eval_pipeline((16, 16), mean, std, normalize=False)(image=img)["image"]
+    assert u8.dtype == torch.uint8 and ref.dtype == torch.float32
+    out = DeviceNormalize(mean, std, torch.device("cpu"))(u8[None])
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out[0], ref, atol=1e-5, rtol=1e-5)

@@ -5,8 +5,7 @@ augmentation to a collated batch, timed on the second pass over the same images 
 the cache, as epoch 1 of training does). Next to it the model's own training images/s (forward and
 backward on random tensors of that batch shape). Whichever is slower is the bottleneck.
 
-DataLoader workers are recreated each epoch (training does not keep them), so the memory cache only
-helps with ``num_workers=0``: the table shows that directly.
+Both caches are shared with DataLoader workers (see ``comp.cache``), so they help at every worker count.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 from comp import config as C
 from comp.augment import pipelines
-from comp.cache import make_reader
+from comp.cache import human_bytes, make_reader, slab_bytes
 from comp.data import ImageDataset, load_train_table
 from comp.engine import resolve_device
 from comp.errors import CompError
@@ -96,18 +95,20 @@ def bench_data(cfg: dict, workers="0,2", batch_sizes="32", batches: int = 5, cac
     hw = C.image_hw(entry)
     model = create_model(entry, len(table.classes))
     mean, std = normalization(model)
-    train_tf, _ = pipelines(cfg["augment"], hw, mean, std)
+    train_tf, _ = pipelines(cfg["augment"], hw, mean, std, normalize=False)  # as train-folds loads
     device = resolve_device(cfg["device"])
     model_rate = {bs: model_images_per_s(model, bs, hw, len(table.classes), device, model_steps) for bs in batch_sizes}
     rows = []
     with tempfile.TemporaryDirectory(prefix="comp-bench-cache-") as tmp:
         for cache in caches:
             for bs in batch_sizes:
-                idx = np.resize(np.arange(len(table.paths)), min(bs * batches, max(len(table.paths), bs * batches)))
+                k = min(len(table.paths), bs * batches)  # cache only the images measured, not the whole set
+                paths, targets = table.paths[:k], table.targets[:k]
+                idx = np.resize(np.arange(k), bs * batches)
                 for w in workers:
                     data_cfg = {**cfg["data"], "cache": cache, "cache_dir": f"{tmp}/{cache}-{bs}-{w}"}
-                    reader = make_reader(data_cfg, hw)
-                    ds = ImageDataset(table.paths, table.targets, train_tf, reader=reader)
+                    reader = make_reader(data_cfg, hw, paths)
+                    ds = ImageDataset(paths, targets, train_tf, reader=reader)
                     rate = loader_images_per_s(ds, idx, bs, w)
                     rows.append({"cache": cache, "workers": w, "batch_size": bs, "data_img_s": rate,
                                  "model_img_s": model_rate[bs], "bottleneck": "data" if rate < model_rate[bs] else "model"})
@@ -123,6 +124,7 @@ def bench_data(cfg: dict, workers="0,2", batch_sizes="32", batches: int = 5, cac
         verdict.append(f"bottleneck: the model ({pick['model_img_s']:.0f} img/s); the data pipeline keeps up")
     verdict.append(f"use: --set data.cache={pick['cache']} --set data.num_workers={pick['workers']} "
                    f"(batch size {pick['batch_size']}, {pick['data_img_s']:.0f} img/s)")
-    if "memory" in caches and any(w > 0 for w in workers):
-        verdict.append("note: the memory cache is per process and workers restart each epoch, so it only helps with num_workers=0")
+    size = slab_bytes(len(table.paths), hw)
+    verdict.append(f"a cache of all {len(table.paths)} training images at {hw[0]}x{hw[1]} takes {human_bytes(size)} "
+                   "(RAM in /dev/shm for memory, disk under data.cache_dir for disk)")
     return {"rows": rows, "model": model_rate, "verdict": verdict, "device": str(device), "model_name": entry["name"]}
