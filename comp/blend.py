@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 
 from comp.errors import CompError, closest
 from comp.metrics import Metric
 
 EPS = 1e-12
 STACK_EPS = 1e-6  # floor for stacking features: log(1e-12) outliers would dominate the regression
+STACK_L2 = 1e-3  # penalty on the stacker's per-class member trust (see Stacker)
 
 
 # ---------------------------------------------------------------- numbers
@@ -124,22 +124,62 @@ def _best_index(scores: list[float], metric: Metric) -> int:
 
 
 def stack_features(P: np.ndarray) -> np.ndarray:
-    """Members' log-probabilities side by side: (M, n, C) -> (n, M * C)."""
-    return np.log(np.clip(P, STACK_EPS, 1.0)).transpose(1, 0, 2).reshape(P.shape[1], -1)
+    """Members' clipped log-probabilities, (M, n, C)."""
+    return np.log(np.clip(P, STACK_EPS, 1.0))
 
 
-def fit_stack(P: np.ndarray, y: np.ndarray, C: float = 1.0) -> LogisticRegression:
-    """L2-regularised multinomial logistic regression on the members' OOF log-probabilities."""
+@dataclass(frozen=True)
+class Stacker:
+    """``logits[n, c] = sum_m (a[m] + d[m, c]) * log P[m, n, c] + b[c]``, softmaxed.
+
+    A weighted geometric mean with a temperature (``a``), per-class offsets (``b``) and per-class
+    member trust (``d``, pulled towards zero by the L2 penalty). M + C + M*C parameters instead of a
+    free multinomial regression's (M*C + 1) * C: on a few thousand OOF rows the free one memorises
+    (in-sample 0.985, nested 0.888 on the digits demo) where this one cannot.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    d: np.ndarray
+
+    def logits(self, L: np.ndarray) -> np.ndarray:
+        return np.einsum("mnc,mc->nc", L, self.a[:, None] + self.d) + self.b
+
+    def predict(self, P: np.ndarray) -> np.ndarray:
+        z = self.logits(stack_features(P))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_stack(P: np.ndarray, y: np.ndarray, l2: float = STACK_L2) -> Stacker:
+    """Fit a ``Stacker`` by L-BFGS on the mean cross-entropy + ``l2 * |d|^2`` (+ a tiny ridge on a, b)."""
+    from scipy.optimize import minimize  # scipy comes with scikit-learn; imported here: it costs ~0.3 s
+
     if len(np.unique(y)) < 2:
         raise CompError("stacking needs at least two classes among the rows it is fitted on; use --method mean")
-    return LogisticRegression(C=C, max_iter=2000).fit(stack_features(P), y)
+    L = stack_features(P)
+    M, n, C = L.shape
+    onehot = np.zeros((n, C))
+    onehot[np.arange(n), y] = 1.0
+    ridge = 1e-6
 
+    def unpack(theta):
+        return theta[:M], theta[M:M + C], theta[M + C:].reshape(M, C)
 
-def stack_predict(model: LogisticRegression, P: np.ndarray, n_classes: int) -> np.ndarray:
-    """Class probabilities from a fitted stacker; classes it never saw get zero."""
-    out = np.zeros((P.shape[1], n_classes))
-    out[:, model.classes_] = model.predict_proba(stack_features(P))
-    return out
+    def loss_grad(theta):
+        a, b, d = unpack(theta)
+        z = np.einsum("mnc,mc->nc", L, a[:, None] + d) + b
+        z -= z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        G = (np.exp(logp) - onehot) / n  # d loss / d logits
+        gd = np.einsum("nc,mnc->mc", G, L)
+        loss = -(onehot * logp).sum() / n + l2 * (d ** 2).sum() + ridge * ((a ** 2).sum() + (b ** 2).sum())
+        grad = np.concatenate([gd.sum(axis=1) + 2 * ridge * a, G.sum(axis=0) + 2 * ridge * b, (gd + 2 * l2 * d).ravel()])
+        return loss, grad
+
+    theta0 = np.concatenate([np.full(M, 1.0 / M), np.zeros(C), np.zeros(M * C)])  # start at the geometric mean
+    res = minimize(loss_grad, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    return Stacker(*unpack(res.x))
 
 
 def fit_bias(p: np.ndarray, y: np.ndarray, metric: Metric, steps=(1.0, 0.4, 0.1), max_rounds: int = 10) -> np.ndarray:
@@ -235,8 +275,7 @@ def _hill_climb(P, y, metric):
 
 @register("stacking", fitted=True)
 def _stacking(P, y, metric):
-    model, n_classes = fit_stack(P, y), P.shape[2]
-    return Blender(lambda Q: stack_predict(model, Q, n_classes), None)
+    return Blender(fit_stack(P, y).predict, None)
 
 
 def fit_blend(method: Method, P: np.ndarray, y: np.ndarray, metric: Metric, bias: bool) -> tuple[Blender, np.ndarray | None]:

@@ -163,7 +163,7 @@ def to_rgb(im: Image.Image) -> np.ndarray:
         im = Image.alpha_composite(bg, im)
     if im.mode != "RGB":
         im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only; torch warns on it)
 
 
 def load_test_table(data_cfg: dict, check_images: bool = True) -> tuple[pd.DataFrame, list[Path]]:

@@ -186,9 +186,9 @@ def _prepare_submission(data: Aligned, probs, first: Member, name: str, out) -> 
     return PendingSubmission(df, path.resolve(), sample), ""
 
 
-def _blend_name(name: str | None, method: str, members: list[Member]) -> tuple[str, Path]:
+def _blend_name(name: str | None, method: str, bias: bool, members: list[Member]) -> tuple[str, Path]:
     """The blend's name and run folder (beside the first member's run), refusing to overwrite a member."""
-    name = name or f"blend-{method}"
+    name = name or f"blend-{method}{'-bias' if bias else ''}"  # with and without --bias never overwrite each other
     if "/" in name or "\\" in name or name in (".", ".."):
         raise CompError(f"--name must be a plain folder name, got {name!r}")
     run_root = members[0].run.parent / name
@@ -204,7 +204,7 @@ def run_ensemble(model_dirs, method: str = "hill_climb", metric: str | None = No
     members = _members(model_dirs, tta)
     data, first = align(members), members[0]
     scorer = get_metric(metric or first.config.get("metric") or "macro_f1")
-    name, run_root = _blend_name(name, method, members)
+    name, run_root = _blend_name(name, method, bias, members)
     final, b = fit_blend(blend, data.oof, data.y, scorer, bias)
     in_sample = final.predict(data.oof)
     honest = nested_oof(blend, data.oof, data.y, data.folds, scorer, bias) if blend.fitted or bias else in_sample

@@ -254,3 +254,35 @@ def test_wrong_model_folder_arguments(tmp_path, data, which, message):
     dirs = [tmp_path / "r1"] if which == "run" else [a, a]
     with pytest.raises(CompError, match=message):
         run_ensemble(dirs)
+
+
+def test_stacking_learns_which_member_to_trust_per_class():
+    """Member 0 knows classes 0-1, member 1 knows 2-3: per-class trust beats any single weight per member."""
+    from comp.blend import fit_stack, nested_oof
+
+    rng = np.random.default_rng(0)
+    n, c = 900, 4
+    y = rng.integers(0, c, n)
+    folds = rng.permutation(np.arange(n) % 3)
+
+    def member(knows):
+        z = rng.normal(0, 1, (n, c))
+        m = np.isin(y, knows)
+        z[np.flatnonzero(m), y[m]] += 3.0
+        return softmax(z)
+
+    P = np.stack([member([0, 1]), member([2, 3])])
+    acc = get_metric("accuracy")
+    honest = {name: acc(y, nested_oof(METHODS[name], P, y, folds, acc, False)) for name in ("weighted", "stacking")}
+    assert honest["stacking"] > honest["weighted"] + 0.01 > max(acc(y, p) for p in P)
+    s = fit_stack(P, y)
+    assert s.d[0, :2].mean() > s.d[0, 2:].mean() and s.d[1, 2:].mean() > s.d[1, :2].mean()  # trust where each knows
+    np.testing.assert_allclose(s.predict(P).sum(1), 1.0)
+
+
+def test_blends_with_and_without_bias_get_their_own_folders(tmp_path, data):
+    dirs = write_run(tmp_path, "r1", {"a": informative(data), "b": informative(data, 1.0)}, data)
+    plain = run_ensemble(dirs, method="mean")
+    biased = run_ensemble(dirs, method="mean", bias=True)
+    assert plain["name"] == "blend-mean" and biased["name"] == "blend-mean-bias"
+    assert (tmp_path / "blend-mean").is_dir() and (tmp_path / "blend-mean-bias").is_dir()
