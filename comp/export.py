@@ -175,6 +175,9 @@ def export_model(run: artifacts.RunDir, model_id: str, cfg: dict, fp16: bool = F
         log(f"{out}: max |onnx - mean of torch folds| = {diff:.2e} on {len(batch)} images ({precision}, tta {tta or 'none'})")
         files.append({"file": out.name, "folds": folds, "tta": tta, "tta_merge": tta_merge, "max_abs_diff": diff,
                       "images": len(batch)})
+    elif (stale := run.model_dir(model_id) / "fused.onnx").is_file():
+        stale.unlink()  # built from the previous graphs: predict must not pick it up
+        log(f"{stale}: removed (built from the previous export; pass --fuse to rebuild it)")
     report = {"model_id": model_id, "precision": precision, "opset": opset, "tolerance": TOLERANCE[precision], "files": files}
     artifacts.write_json(run.model_dir(model_id) / "export.json", report)
     return report

@@ -116,6 +116,24 @@ def load_folds(run: artifacts.RunDir, model_id: str, cfg: dict, engine: str, log
     return out
 
 
+def usable_fused(run: artifacts.RunDir, model_id: str, folds: list[Fold], tta: list[str], merge: str) -> Path | None:
+    """``fused.onnx`` when it was built from exactly these checkpoints (same folds, newer than each) with
+    the requested TTA views and merge; otherwise None and the per-fold graphs are used."""
+    from comp.export import read_metadata
+
+    path = run.model_dir(model_id) / "fused.onnx"
+    ckpts = run.checkpoints(model_id)
+    if not path.is_file() or any(_onnx_stale(path, c) for c in ckpts):
+        return None
+    try:
+        meta = read_metadata(path)
+    except Exception:  # noqa: BLE001 - an unreadable fused graph is simply not used
+        return None
+    same = (meta.get("folds") == [f.fold for f in folds] and list(meta.get("tta", [])) == list(tta)
+            and (meta.get("tta_merge", "mean") == merge or not tta))
+    return path if same else None
+
+
 def run_views(runners: list, paths: list[Path], transform, tta: list[str], merge: str, batch_size: int,
               num_workers: int = 0, desc: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(plain, merged-TTA) probabilities, each (runners, N, C), decoding every image once for all runners."""
@@ -210,11 +228,17 @@ def predict_run(run_dir: str | Path, model_ids=None, engine: str | None = None, 
         if classes is not None and ck["classes"] != classes:
             raise CompError(f"{mid} predicts classes {ck['classes']} but {mids[0]} predicts {classes}; predict them separately")
         classes = ck["classes"]
-        _, merged = run_views([f.runner for f in folds], paths, from_dict(ck["eval_transform"]), tta, merge, bs,
+        fused = usable_fused(run, mid, folds, tta, merge) if engine == "onnx" else None
+        if fused is not None:  # one session call per batch does every fold and TTA view
+            log(f"{mid}: using {fused} (folds {[f.fold for f in folds]}, tta {','.join(tta) or 'none'})")
+            runners, views_tta = [OrtRunner(fused)], []
+        else:
+            runners, views_tta = [f.runner for f in folds], tta
+        _, merged = run_views(runners, paths, from_dict(ck["eval_transform"]), views_tta, merge, bs,
                               data["num_workers"], f"{mid} test" if progress else "")
         probs = merged.mean(0)
         test_path = artifacts.write_csv(run.test_pred(mid), prob_frame(data["id_column"], test_df[data["id_column"]], classes, probs))
-        info = {"folds": len(folds), "test": str(test_path)}
+        info = {"folds": len(folds), "test": str(test_path), "fused": fused is not None}
         if oof:
             info.update(oof_tta(run, mid, cfg, folds, tta, merge, bs, progress),
                         oof_tta=str(run.model_dir(mid) / "oof_tta.csv"))

@@ -340,3 +340,23 @@ def test_cuda_io_binding_matches_cpu(base_run, tmp_path):
     assert runner.cuda
     x = _batch(dst)
     np.testing.assert_allclose(runner(x.numpy()), _ort(path, x), atol=1e-4)
+
+
+def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path):
+    from comp.predict import predict_run
+
+    run = RunDir(run_dir)
+    quiet = dict(progress=False, log=lambda s: None)
+    per_fold = predict_run(run_dir, ["eff"], "torch", "hflip", "mean", out=tmp_path / "t.csv", **quiet)
+    assert per_fold["models"]["eff"]["fused"] is False
+    reference = pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy()
+    E.export_run(run_dir, ["eff"], fuse=True, tta="hflip", log=lambda s: None)
+    fused = predict_run(run_dir, ["eff"], "onnx", "hflip", "mean", out=tmp_path / "f.csv", **quiet)
+    assert fused["models"]["eff"]["fused"] is True
+    np.testing.assert_allclose(pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy(), reference, atol=1e-4)
+    # other TTA than the graph was built with: the per-fold graphs are used
+    assert predict_run(run_dir, ["eff"], "onnx", "vflip", "mean", out=tmp_path / "v.csv", **quiet)["models"]["eff"]["fused"] is False
+    # re-exporting without --fuse removes the fused graph built from the previous export
+    E.export_run(run_dir, ["eff"], log=lambda s: None)
+    assert not (run.model_dir("eff") / "fused.onnx").exists()
+    assert predict_run(run_dir, ["eff"], "onnx", "hflip", "mean", out=tmp_path / "s.csv", **quiet)["models"]["eff"]["fused"] is False
