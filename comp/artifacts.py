@@ -6,6 +6,7 @@ RUN/
   folds.csv                        id, fold
   models/<model_id>/fold<k>.pt     self-describing checkpoint of the best epoch
   models/<model_id>/fold<k>.state.pt   resumable training state (deleted when the fold finishes)
+  models/<model_id>/fold<k>.lock       host, pid and start time of the process training that fold (while it runs)
   models/<model_id>/fold<k>.oof.csv    that fold's validation probabilities
   models/<model_id>/oof.csv        id, fold, target, one probability column per class
   models/<model_id>/metrics.json   {"metric", "cv", "folds": [...]}
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +65,66 @@ def torch_save(path, obj) -> Path:
     import torch
 
     return _atomic(path, lambda p: torch.save(obj, p))
+
+
+def pid_alive(pid) -> bool:
+    """Whether a process with this id exists on this machine (another user's process counts)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def exclusive(path, what: str) -> Iterator[None]:
+    """Hold ``path`` as a lock file (O_EXCL create) while the block runs: two processes or machines sharing
+    a run folder never train the same fold. A lock left by a dead process on this host is taken over; one
+    held by a live process, or by another host (whose processes cannot be checked), is a CompError naming it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = _holder(path)
+            if held.get("host") == me["host"] and not pid_alive(held.get("pid")):
+                # stale: move it aside, and only drop it if what we moved is still that dead holder's lock
+                aside = path.with_name(f".{path.name}.{os.getpid()}.stale")
+                try:
+                    os.replace(path, aside)
+                except FileNotFoundError:
+                    continue
+                if _holder(aside).get("pid") != held.get("pid"):
+                    os.replace(aside, path)  # a live process took it meanwhile: put its lock back
+                else:
+                    aside.unlink(missing_ok=True)
+                continue
+            who = f"pid {held.get('pid', '?')} on {held.get('host', '?')} since {held.get('since', '?')}"
+            raise CompError(f"{what} is being trained by {who} (lock {path}); train other --folds, "
+                            f"or delete {path} if that run is dead") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(me))
+        break
+    else:
+        raise CompError(f"could not take the lock {path} for {what}; delete it if no run is training that fold")
+    try:
+        yield
+    finally:
+        if _holder(path).get("pid") == me["pid"]:
+            path.unlink(missing_ok=True)
 
 
 def read_json(path):

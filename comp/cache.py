@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from comp.artifacts import pid_alive
 from comp.data import load_image
 from comp.errors import CompError
 
@@ -176,16 +177,6 @@ def _shm_dir() -> Path:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_memory_slabs(folder: Path) -> None:
     """Delete memory slabs whose creating process is gone (killed runs cannot clean up after themselves)."""
     for f in folder.glob("comp-slab-*-*.u8"):
@@ -193,7 +184,7 @@ def _remove_stale_memory_slabs(folder: Path) -> None:
             pid = int(f.name.split("-")[2])
         except (IndexError, ValueError):
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             f.unlink(missing_ok=True)
 
 
@@ -214,7 +205,7 @@ def make_reader(data_cfg: dict, hw, paths=()):
     mode = data_cfg.get("cache", "none")
     if mode not in MODES:
         raise CompError(f"config key 'data.cache' must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "none":
+    if mode == "none" or len(paths) == 0:
         return ResizeReader(hw)
     key = slab_key(paths, hw)
     name = f"{int(hw[0])}x{int(hw[1])}-{key}.u8"

@@ -357,6 +357,11 @@ def assemble_model(cfg: dict, run: artifacts.RunDir, model_id: str, table: Train
     return result
 
 
+def _done_before(run: artifacts.RunDir, model_id: str, fold: int) -> dict:
+    ck = torch.load(run.checkpoint(model_id, fold), map_location="cpu", weights_only=True)
+    return {"score": ck["score"], "best_epoch": ck["epoch"] + 1, "skipped": True}
+
+
 def train_folds(cfg: dict, run_dir: str | Path, folds: list[int] | None = None, resume: bool = False,
                 progress: bool = True, on_epoch=None) -> dict:
     """Train every model entry on the chosen folds; returns {model_id: {"folds": {k: summary}, "cv": ...}}.
@@ -380,11 +385,14 @@ def train_folds(cfg: dict, run_dir: str | Path, folds: list[int] | None = None, 
         summary[mid] = {"folds": {}}
         for k in folds if folds is not None else range(n):
             if run.checkpoint(mid, k).is_file():
-                ck = torch.load(run.checkpoint(mid, k), map_location="cpu", weights_only=True)
-                summary[mid]["folds"][k] = {"score": ck["score"], "best_epoch": ck["epoch"] + 1, "skipped": True}
+                summary[mid]["folds"][k] = _done_before(run, mid, k)
                 continue
-            ctx = FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch)
-            summary[mid]["folds"][k] = train_fold(ctx, resume)
+            with artifacts.exclusive(run.model_dir(mid) / f"fold{k}.lock", f"{mid} fold {k}"):
+                if run.checkpoint(mid, k).is_file():  # another process finished it just before we took the lock
+                    summary[mid]["folds"][k] = _done_before(run, mid, k)
+                    continue
+                ctx = FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch)
+                summary[mid]["folds"][k] = train_fold(ctx, resume)
         result = assemble_model(cfg, run, mid, table)
         summary[mid]["cv"] = result["cv"] if result else None
     return summary

@@ -236,3 +236,36 @@ def test_device_normalize_matches_albumentations():
     out = DeviceNormalize(mean, std, torch.device("cpu"))(u8[None])
     assert out.dtype == torch.float32
     torch.testing.assert_close(out[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fold_lock_keeps_two_processes_off_one_fold(comp_dir, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from comp.artifacts import RunDir
+    from comp.train import train_folds
+
+    cfg = load_config(write_config(comp_dir, tiny_config(comp_dir, train__max_steps_per_epoch=1, train__epochs=1)))
+    run_dir = tmp_path / "run"
+    lock = RunDir(run_dir).model_dir("eff") / "fold0.lock"
+    lock.parent.mkdir(parents=True)
+    host = socket.gethostname()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"host": host, "pid": sleeper.pid, "since": "2026-01-01 00:00:00"}))
+        with pytest.raises(CompError, match=rf"eff fold 0 is being trained by pid {sleeper.pid} on {host}.*fold0.lock"):
+            train_folds(cfg, run_dir, folds=[0], progress=False)
+        assert not RunDir(run_dir).checkpoint("eff", 0).exists()
+        lock.write_text(json.dumps({"host": "elsewhere", "pid": os.getpid()}))  # another machine: cannot be checked
+        with pytest.raises(CompError, match="delete .*fold0.lock if that run is dead"):
+            train_folds(cfg, run_dir, folds=[0], progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the same lock left by a process that has died (killed run) is taken over
+    lock.write_text(json.dumps({"host": host, "pid": sleeper.pid, "since": "2026-01-01 00:00:00"}))
+    train_folds(cfg, run_dir, folds=[0], progress=False)
+    assert RunDir(run_dir).checkpoint("eff", 0).is_file()
+    assert not list(lock.parent.glob("*.lock")) and not list(lock.parent.glob(".*stale"))
