@@ -54,14 +54,16 @@ def build_transform(entry: dict, hw: tuple[int, int], where: str):
 
 
 def _tail(mean, std, normalize: bool) -> list:
-    return ([A.Normalize(mean=tuple(mean), std=tuple(std))] if normalize else []) + [ToTensorV2()]
+    # normalize=False stops at the HWC uint8 array: the loader stacks contiguous arrays (a plain memcpy,
+    # where CHW tensor views cost a strided copy per image) and DeviceNormalize permutes on the device
+    return [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()] if normalize else []
 
 
 def build_pipeline(entries: list, hw: tuple[int, int], mean, std, where: str, normalize: bool = True) -> A.Compose:
     """Compose the configured transforms, resizing to ``hw`` unless they already set the size, then normalise.
 
-    ``normalize=False`` stops at the uint8 tensor: training normalises on the device instead (see
-    ``DeviceNormalize``), which moves 4x fewer bytes from DataLoader workers and to the GPU.
+    ``normalize=False`` stops at the augmented HWC uint8 array: training normalises on the device instead
+    (see ``DeviceNormalize``), which moves 4x fewer bytes from DataLoader workers and to the GPU.
     """
     transforms = [build_transform(e, hw, f"{where}[{i}]") for i, e in enumerate(entries)]
     if not any(_sets_size(inspect.signature(type(t).__init__).parameters) for t in transforms):
@@ -83,13 +85,20 @@ def pipelines(aug_cfg: dict, hw, mean, std, normalize: bool = True) -> tuple[A.C
 
 
 class DeviceNormalize:
-    """``A.Normalize`` (max_pixel_value 255) applied to a batch on its device: ``(x - 255 mean) / (255 std)``."""
+    """The loader's (B, H, W, C) uint8 batch -> normalised float (B, C, H, W) on its device.
+
+    Same numbers as ``A.Normalize`` (max_pixel_value 255) + ``ToTensorV2``: ``(x - 255 mean) / (255 std)``.
+    The result has channels-last strides; ``engine`` makes it contiguous unless the model runs channels-last.
+    """
 
     def __init__(self, mean, std, device):
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:  # grayscale arrays (B, H, W): one channel
+            x = x[..., None]
+        x = x.permute(0, 3, 1, 2)
         return x.float().sub_(self.mean).div_(self.std) if x.dtype != torch.float32 else (x - self.mean) / self.std
 
 

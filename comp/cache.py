@@ -43,11 +43,16 @@ _OWNED: dict[Path, int] = {}  # memory slabs this process created (path -> pid),
 
 
 def decode_resized(path, hw: tuple[int, int]) -> np.ndarray:
-    """``load_image`` then resize to ``hw`` (height, width) with INTER_AREA; RGB uint8."""
+    """``load_image`` then resize to ``hw`` (height, width); RGB uint8.
+
+    INTER_LINEAR, exactly what the eval pipeline's ``A.Resize`` does to the original: validation images
+    read from the cache are bit-identical to the ones predict and export see, so OOF and test
+    predictions come from the same pixels (INTER_AREA would look nicer and shift them).
+    """
     img = load_image(path)
     h, w = int(hw[0]), int(hw[1])
     if img.shape[:2] != (h, w):
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(img, dtype=np.uint8)
 
 
@@ -63,7 +68,7 @@ class ResizeReader:
 
 def slab_key(paths, hw) -> str:
     """Hash of the size and every image's resolved path, mtime and size (a missing image is a CompError)."""
-    h = hashlib.sha1(f"comp-slab/1|{int(hw[0])}x{int(hw[1])}|{len(paths)}".encode())
+    h = hashlib.sha1(f"comp-slab/2|{int(hw[0])}x{int(hw[1])}|{len(paths)}".encode())
     for p in paths:
         try:
             st = os.stat(p)

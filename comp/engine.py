@@ -59,7 +59,7 @@ def _to_device(x: torch.Tensor, sc: StepConfig) -> torch.Tensor:
     x = x.to(sc.device, non_blocking=True)
     if sc.normalize is not None:
         x = sc.normalize(x)
-    return x.contiguous(memory_format=torch.channels_last) if sc.channels_last else x
+    return x.contiguous(memory_format=torch.channels_last if sc.channels_last else torch.contiguous_format)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, mixer, epoch: int, sc: StepConfig, step0: int = 0) -> dict:

@@ -326,3 +326,23 @@ def test_hamming_matches_bit_count():
     b = rng.integers(0, 2**63, 40, dtype=np.uint64)
     ref = np.array([[bin(int(x) ^ int(y)).count("1") for y in b] for x in a])
     np.testing.assert_array_equal(hamming(a, b), ref)
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_cached_validation_images_equal_the_eval_pipeline_on_originals(comp_dir, tmp_path, mode):
+    """OOF (from the cache) and test predictions (eval pipeline on the file) must see the same pixels."""
+    from PIL import Image
+
+    from comp.augment import eval_pipeline
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, shape in enumerate([(50, 70, 3), (20, 10, 3), (32, 32, 3)]):  # down, up, same size
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(p)
+        paths.append(p)
+    tf = eval_pipeline((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    reader = make_reader({"cache": mode, "cache_dir": str(tmp_path / "c"), "image_dir": "x"}, (32, 32), paths)
+    for p in paths:
+        for _ in range(2):  # the decoding read and the cached read
+            np.testing.assert_array_equal(tf(image=reader(p))["image"].numpy(), tf(image=load_image(p))["image"].numpy())

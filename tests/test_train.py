@@ -232,10 +232,11 @@ def test_device_normalize_matches_albumentations():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     ref = eval_pipeline((16, 16), mean, std)(image=img)["image"]
     u8 = eval_pipeline((16, 16), mean, std, normalize=False)(image=img)["image"]
-    assert u8.dtype == torch.uint8 and ref.dtype == torch.float32
-    out = DeviceNormalize(mean, std, torch.device("cpu"))(u8[None])
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out[0], ref, atol=1e-5, rtol=1e-5)
+    assert u8.dtype == np.uint8 and u8.shape == (16, 16, 3) and ref.dtype == torch.float32
+    batch = torch.utils.data.default_collate([u8, u8])  # what the loader hands over: (B, H, W, C) uint8
+    out = DeviceNormalize(mean, std, torch.device("cpu"))(batch)
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(out[1], ref, atol=1e-5, rtol=1e-5)
 
 
 def test_fold_lock_keeps_two_processes_off_one_fold(comp_dir, tmp_path):
