@@ -273,7 +273,7 @@ def eda_cmd(config_path, overrides, out_dir, threshold):
 
 @main.command("explain")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--model", "model_id", default=None, help="Model id in the run [default: the only one].")
+@click.option("--model", "model_id", default=None, help="Model id in the run [default: the one with the best CV].")
 @click.option("--top", default=12, type=int, help="How many confident mistakes to show (and Grad-CAM by default).")
 @click.option("--gradcam-ids", default=None, metavar="a,b", help="Grad-CAM these ids instead of the worst mistakes.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -288,6 +288,7 @@ def explain_cmd(run_dir, model_id, top, gradcam_ids, out_dir):
 
     ids = [s.strip() for s in gradcam_ids.split(",") if s.strip()] if gradcam_ids else None
     result = explain_run(run_dir, model_id, top, ids, out_dir)
+    click.echo(f"model {result['model_id']}" + ("" if model_id else " (best CV; choose another with --model)"))
     click.echo(format_table(result["scores"].to_dict("records")))
     click.echo(f"{result['mistakes']} OOF mistakes; likeliest label errors in {result['out'] / 'mislabeled.csv'}")
     click.echo(f"report folder: {result['out']}")

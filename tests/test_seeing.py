@@ -346,3 +346,21 @@ def test_cached_validation_images_equal_the_eval_pipeline_on_originals(comp_dir,
     for p in paths:
         for _ in range(2):  # the decoding read and the cached read
             np.testing.assert_array_equal(tf(image=reader(p))["image"].numpy(), tf(image=load_image(p))["image"].numpy())
+
+
+def test_explain_defaults_to_the_best_cv_model(tmp_path):
+    import json
+
+    from comp.artifacts import RunDir
+    from comp.diagnostics.explain import best_model
+
+    run = RunDir(tmp_path)
+    for mid, cv, greater in (("a", 0.7, True), ("b", 0.9, True), ("c", None, True)):
+        run.model_dir(mid).mkdir(parents=True)
+        run.metrics(mid).write_text(json.dumps({"cv": cv, "greater_is_better": greater}))
+    assert best_model(run, ["a", "b", "c"]) == "b"
+    run.metrics("a").write_text(json.dumps({"cv": 0.2, "greater_is_better": False}))
+    run.metrics("b").write_text(json.dumps({"cv": 0.5, "greater_is_better": False}))
+    assert best_model(run, ["a", "b"]) == "a"  # log loss: lower is better
+    with pytest.raises(CompError, match="no model with all folds trained"):
+        best_model(run, ["c"])

@@ -139,9 +139,25 @@ def _confusion_png(path: Path, cm: np.ndarray, classes: list[str]) -> Path:
     return path
 
 
+def best_model(run: artifacts.RunDir, ids: list[str]) -> str:
+    """The finished model with the best CV (metrics.json), for ``explain`` without ``--model``."""
+    scored = []
+    for mid in ids:
+        path = run.metrics(mid)
+        if path.is_file():
+            m = artifacts.read_json(path)
+            if m.get("cv") is not None:
+                scored.append((m["cv"] if m.get("greater_is_better", True) else -m["cv"], mid))
+    if not scored:
+        raise CompError(f"{run.root} has no model with all folds trained ({', '.join(ids) or 'none'}); "
+                        "finish train-folds or pick one with --model")
+    return max(scored)[1]
+
+
 def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids: list[str] | None = None,
                 out_dir=None) -> dict:
-    """Write the explain report; returns {'out', 'scores', 'mislabeled', 'confusion', 'cams': {id: map}}."""
+    """Write the explain report (for ``model_id``, default the best-CV model); returns {'model_id', 'out',
+    'scores', 'mislabeled', 'confusion', 'cams': {id: map}}."""
     from comp.augment import from_dict
     from comp.data import load_image, load_train_table
     from comp.models import model_from_checkpoint
@@ -149,9 +165,7 @@ def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids
     run = artifacts.RunDir(run_dir).require()
     ids = run.model_ids()
     if model_id is None:
-        if len(ids) != 1:
-            raise CompError(f"{run.root} has models {', '.join(ids) or 'none'}; pick one with --model")
-        model_id = ids[0]
+        model_id = best_model(run, ids)
     elif model_id not in ids:
         raise CompError(f"model {model_id!r} not in {run.root}; models: {', '.join(ids) or 'none'}")
     if top < 1:
