@@ -364,3 +364,21 @@ def test_explain_defaults_to_the_best_cv_model(tmp_path):
     assert best_model(run, ["a", "b"]) == "a"  # log loss: lower is better
     with pytest.raises(CompError, match="no model with all folds trained"):
         best_model(run, ["c"])
+
+
+def test_gradcam_uses_a_stage_with_resolution_on_small_inputs():
+    """At 32 px the last map of a stride-32 CNN is 1x1, a flat heatmap; a 4x4 stage is used instead."""
+    import timm
+    import torch
+
+    from comp.diagnostics.explain import cam_layer, gradcam
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_byobnet", num_classes=3)
+    assert cam_layer(model, (32, 32))["module"] == "stages.1"  # reduction 8 -> 4x4
+    assert cam_layer(model, (224, 224)) is None  # 7x7 final map: the usual Grad-CAM
+    x = torch.randn(1, 3, 32, 32)
+    cam, _ = gradcam(model, x)
+    assert cam.shape == (4, 4) and cam.max() == 1 and cam.min() < 1  # not flat
+    last, _ = gradcam(model, x, layer=None)
+    assert last.shape == (1, 1)

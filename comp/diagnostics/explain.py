@@ -61,27 +61,57 @@ def per_class_scores(cm: np.ndarray, classes: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"class": classes, "support": cm.sum(1), "precision": prec, "recall": rec, "f1": f1})
 
 
-def gradcam(model: torch.nn.Module, x: torch.Tensor, class_idx: int | None = None, name: str = "") -> tuple[np.ndarray, int]:
-    """Grad-CAM on the output of ``model.forward_features`` (the last feature map): (h, w) map in [0, 1], class.
+MIN_CAM_SIDE = 4  # a 1x1 or 2x2 final map (small inputs) gives a flat, useless heatmap
 
-    The feature map is kept from the forward pass; a tensor hook on it catches its gradient in the backward pass.
+
+def cam_layer(model: torch.nn.Module, hw) -> dict | None:
+    """The deepest of timm's ``feature_info`` stages whose map is at least MIN_CAM_SIDE on its short side;
+    None when that is the last stage (or the model lists none): then Grad-CAM uses ``forward_features``."""
+    info = list(getattr(model, "feature_info", None) or [])
+    deep_enough = [f for f in info if min(hw) / f.get("reduction", 1) >= MIN_CAM_SIDE]
+    if not info or not deep_enough or deep_enough[-1] is info[-1]:
+        return None
+    return deep_enough[-1]
+
+
+def gradcam(model: torch.nn.Module, x: torch.Tensor, class_idx: int | None = None, name: str = "",
+            layer: dict | str | None = "auto") -> tuple[np.ndarray, int]:
+    """Grad-CAM for one image ``x`` (1, C, H, W): (h, w) map in [0, 1] and the class it explains.
+
+    The map is the last feature map (``forward_features``), or with ``layer`` (a ``feature_info`` entry;
+    "auto" = ``cam_layer``) that stage's output, so small inputs still get a map with some resolution.
+    Activations are kept from the forward pass; a tensor hook catches their gradient in the backward pass.
     """
+    label = name or type(model).__name__
     if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
-        raise CompError(f"model {name or type(model).__name__} has no forward_features/forward_head; Grad-CAM needs a timm CNN")
-    store: dict = {}
+        raise CompError(f"model {label} has no forward_features/forward_head; Grad-CAM needs a timm CNN")
+    if layer == "auto":
+        layer = cam_layer(model, x.shape[-2:])
     model.eval()
-    feats = model.forward_features(x.clone().requires_grad_(True))  # the last feature map
+    store: dict = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        store["act"] = t
+        t.register_hook(lambda g: store.__setitem__("grad", g))  # the gradient of that map, in backward
+        return t
+
+    if layer is None:
+        feats = keep(model.forward_features(x.clone().requires_grad_(True)))
+        logits, channels = model.forward_head(feats), getattr(model, "num_features", None)
+    else:
+        hook = model.get_submodule(layer["module"]).register_forward_hook(lambda m, i, out: keep(out))
+        try:
+            logits = model(x.clone().requires_grad_(True))
+        finally:
+            hook.remove()
+        feats, channels = store["act"], layer.get("num_chs")
     if feats.ndim != 4:
-        raise CompError(f"model {name or type(model).__name__} has no spatial feature map; Grad-CAM needs a CNN "
-                        f"(its features are {feats.ndim}-D)")
-    store["act"] = feats
-    feats.register_hook(lambda g: store.__setitem__("grad", g))  # backward hook: the gradient of the feature map
-    logits = model.forward_head(feats)
+        raise CompError(f"model {label} has no spatial feature map; Grad-CAM needs a CNN (its features are {feats.ndim}-D)")
     cls = int(logits.argmax(1)[0]) if class_idx is None else int(class_idx)
     model.zero_grad(set_to_none=True)
     logits[0, cls].backward()
     act, grad = store["act"].detach()[0], store["grad"].detach()[0]
-    if _channels_last_features(model, feats):  # e.g. Swin, MaxViT: (H, W, C) maps
+    if _channels_last(channels, feats):  # e.g. Swin, MaxViT: (H, W, C) maps
         act, grad = act.permute(2, 0, 1), grad.permute(2, 0, 1)
     weights = grad.mean(dim=(1, 2))
     cam = torch.relu((weights[:, None, None] * act).sum(0)).numpy()
@@ -89,10 +119,9 @@ def gradcam(model: torch.nn.Module, x: torch.Tensor, class_idx: int | None = Non
     return cam.astype(np.float32), cls
 
 
-def _channels_last_features(model, feats: torch.Tensor) -> bool:
-    """timm's NHWC families (Swin, MaxViT, ...) return (B, H, W, C) from forward_features; C is num_features."""
-    c = getattr(model, "num_features", None)
-    return c is not None and feats.shape[-1] == c and feats.shape[1] != c
+def _channels_last(channels: int | None, feats: torch.Tensor) -> bool:
+    """timm's NHWC families (Swin, MaxViT, ...) return (B, H, W, C) maps; C is the stage's channel count."""
+    return channels is not None and feats.shape[-1] == channels and feats.shape[1] != channels
 
 
 def _overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
