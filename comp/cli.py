@@ -92,11 +92,12 @@ def demo_cmd(out_dir, run_dir, overrides, fresh):
 
 @main.command()
 @click.argument("model_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--method", default="hill_climb",
-              help="Blend method: mean, weighted, rank, geometric, hill_climb or stacking.")
+@click.option("--method", default="hill_climb", metavar="NAME[,NAME...]|all",
+              help="Blend method(s): mean, weighted, rank, geometric, hill_climb, stacking; several (or all) "
+                   "are compared and the submission comes from the best honest CV.")
 @click.option("--bias/--no-bias", default=False, help="Fit per-class log-probability offsets on OOF (argmax metrics).")
 @click.option("--metric", default=None, help="Metric to fit and report; default: the first member run's config metric.")
-@click.option("--name", default=None, help="Name of the blend's run and model folder; default blend-<method>.")
+@click.option("--name", default=None, help="Name of the blend's run and model folder; default blend-<method>[-bias].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Submission CSV; default submissions/<name>.csv when test predictions exist.")
 @click.option("--tta", is_flag=True, help="Use oof_tta.csv where a member has one.")
@@ -105,10 +106,20 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
 
     Example: comp ensemble runs/demo/models/byobnet runs/demo/models/effnet --method hill_climb --bias
     """
-    from comp.ensemble import result_rows, run_ensemble  # late: keeps `comp --help` fast
+    from comp.ensemble import compare_methods, parse_methods, result_rows, run_ensemble  # late: keeps `comp --help` fast
     from comp.report import format_table
 
-    result = run_ensemble(list(model_dirs), method=method, metric=metric, bias=bias, name=name, out=out, tta=tta)
+    methods = parse_methods(method)
+    if len(methods) > 1:
+        if name:
+            raise CompError("--name names one blend; with several --method values each is saved as blend-<method>")
+        compared = compare_methods(list(model_dirs), methods, metric=metric, bias=bias, out=out, tta=tta)
+        result = compared["best"]
+        click.echo(format_table([{"method": r["method"], "cv": r["cv"], "cv_in_sample": r["cv_in_sample"],
+                                  "blend": r["model_dir"]} for r in compared["results"]]))
+        click.echo(f"best honest CV: {result['method']} (best of {len(methods)} methods, so slightly optimistic)")
+    else:
+        result = run_ensemble(list(model_dirs), method=methods[0], metric=metric, bias=bias, name=name, out=out, tta=tta)
     click.echo(f"metric: {result['metric']} ({result['direction']}); cv = nested CV, cv_in_sample = fitted and scored on all OOF")
     click.echo(format_table(result_rows(result), ["model", "weight", "cv", "cv_in_sample"]))
     if result["bias"]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from comp.artifacts import RunDir, write_csv, write_json, write_text
-from comp.blend import fit_blend, get_method, nested_oof
+from comp.blend import METHODS, fit_blend, get_method, nested_oof
 from comp.data import check_ids, read_csv, require_columns
 from comp.errors import CompError
 from comp.metrics import get_metric
@@ -198,8 +198,8 @@ def _blend_name(name: str | None, method: str, bias: bool, members: list[Member]
 
 
 def run_ensemble(model_dirs, method: str = "hill_climb", metric: str | None = None, bias: bool = False,
-                 name: str | None = None, out=None, tta: bool = False) -> dict:
-    """Blend model folders, score the blend with nested CV, save it as a run folder and a submission."""
+                 name: str | None = None, out=None, tta: bool = False, submit: bool = True) -> dict:
+    """Blend model folders, score the blend with nested CV, save it as a run folder and (``submit``) a submission."""
     blend = get_method(method)
     members = _members(model_dirs, tta)
     data, first = align(members), members[0]
@@ -209,7 +209,7 @@ def run_ensemble(model_dirs, method: str = "hill_climb", metric: str | None = No
     in_sample = final.predict(data.oof)
     honest = nested_oof(blend, data.oof, data.y, data.folds, scorer, bias) if blend.fitted or bias else in_sample
     test = final.predict(data.test) if data.test is not None else None
-    pending, note = _prepare_submission(data, test, first, name, out)
+    pending, note = _prepare_submission(data, test, first, name, out) if submit else (None, "")
     weights = None if final.weights is None else [float(w) for w in final.weights]
     result = {
         "name": name, "method": method, "metric": scorer.name, "direction": scorer.direction,
@@ -229,6 +229,30 @@ def run_ensemble(model_dirs, method: str = "hill_climb", metric: str | None = No
         path = write_submission(pending.df, pending.path, pending.sample, data.classes, first.id_column)
         result["submission"] = str(path)
     return result
+
+
+def parse_methods(text: str) -> list[str]:
+    """``--method`` value: one name, a comma-separated list, or ``all`` (every registered method)."""
+    names = list(METHODS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise CompError("--method needs a method name, a comma-separated list, or all")
+    for n in names:
+        get_method(n)  # unknown names list the valid ones
+    return list(dict.fromkeys(names))
+
+
+def compare_methods(model_dirs, methods: list[str], metric: str | None = None, bias: bool = False, out=None,
+                    tta: bool = False) -> dict:
+    """Run several blend methods on the same members (each saved as blend-<method>); the submission comes
+    from the one with the best honest (nested) CV. Choosing among a few methods by that score is itself
+    a mild selection, so its CV is reported as the best of len(methods)."""
+    results = [run_ensemble(model_dirs, m, metric, bias, tta=tta, submit=False) for m in methods]
+    better = get_metric(results[0]["metric"]).better
+    best = results[0]
+    for r in results[1:]:
+        best = r if better(r["cv"], best["cv"]) else best
+    chosen = run_ensemble(model_dirs, best["method"], metric, bias, out=out, tta=tta)  # the same blend, now with its submission
+    return {"results": results, "best": chosen}
 
 
 def _write_run(run_root: Path, name: str, data: Aligned, first: Member, honest, test, result: dict) -> Path:

@@ -286,3 +286,24 @@ def test_blends_with_and_without_bias_get_their_own_folders(tmp_path, data):
     biased = run_ensemble(dirs, method="mean", bias=True)
     assert plain["name"] == "blend-mean" and biased["name"] == "blend-mean-bias"
     assert (tmp_path / "blend-mean").is_dir() and (tmp_path / "blend-mean-bias").is_dir()
+
+
+def test_several_methods_are_compared_and_the_best_honest_cv_submits(tmp_path, data, monkeypatch):
+    test_ids = np.array([f"t{i:02d}" for i in range(20)])
+    sample = tmp_path / "sample_submission.csv"
+    pd.DataFrame({ID: test_ids, "label": "cat"}).to_csv(sample, index=False)
+    tests = {"ids": test_ids, "good": noise(data, 20), "noise": noise(data, 20)}
+    dirs = write_run(tmp_path, "r1", {"good": informative(data), "noise": noise(data)}, data, tests=tests, sample=str(sample))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["ensemble", *map(str, dirs), "--method", "mean,hill_climb"])
+    assert res.exit_code == 0, res.output
+    assert "best honest CV: hill_climb (best of 2 methods" in res.output  # the mean drags in the noise member
+    assert (tmp_path / "blend-mean").is_dir() and (tmp_path / "blend-hill_climb").is_dir()
+    assert sorted(p.name for p in (tmp_path / "submissions").iterdir()) == ["blend-hill_climb.csv"]
+    res = CliRunner().invoke(main, ["ensemble", *map(str, dirs), "--method", "all"])
+    assert res.exit_code == 0 and all(f"blend-{m}" in res.output for m in METHODS), res.output
+    for args, fragment in ((["--method", "mean,nope"], "unknown blend method 'nope'"),
+                           (["--method", "mean,rank", "--name", "x"], "--name names one blend"),
+                           (["--method", " , "], "--method needs")):
+        bad = CliRunner().invoke(main, ["ensemble", *map(str, dirs), *args])
+        assert bad.exit_code == 2 and fragment in bad.output, bad.output
