@@ -106,7 +106,12 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
 
     Example: comp ensemble runs/demo/models/byobnet runs/demo/models/effnet --method hill_climb --bias
     """
-    from comp.ensemble import compare_methods, parse_methods, result_rows, run_ensemble  # late: keeps `comp --help` fast
+    from comp.ensemble import (  # late: keeps `comp --help` fast
+        compare_methods,
+        parse_methods,
+        result_rows,
+        run_ensemble,
+    )
     from comp.report import format_table
 
     methods = parse_methods(method)
