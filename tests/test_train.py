@@ -237,6 +237,9 @@ def test_device_normalize_matches_albumentations():
     out = DeviceNormalize(mean, std, torch.device("cpu"))(batch)
     assert out.dtype == torch.float32 and out.shape == (2, 3, 16, 16)
     torch.testing.assert_close(out[1], ref, atol=1e-5, rtol=1e-5)
+    assert out.is_contiguous()
+    cl = DeviceNormalize(mean, std, torch.device("cpu"), channels_last=True)(batch)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, out)
 
 
 def test_fold_lock_keeps_two_processes_off_one_fold(comp_dir, tmp_path):
