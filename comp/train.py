@@ -164,7 +164,7 @@ class FoldTrainer:
         self.hw = C.image_hw(entry)
         self.mean, self.std = normalization(self.model)
         _, self.valid_tf = pipelines(cfg["augment"], self.hw, self.mean, self.std)  # saved in the checkpoint
-        # the loaders yield uint8 tensors, normalised on the device (4x fewer bytes through workers and to the GPU)
+        # the loaders yield HWC uint8 arrays, normalised on the device (4x fewer bytes through workers and to the GPU)
         train_tf, valid_u8 = pipelines(cfg["augment"], self.hw, self.mean, self.std, normalize=False)
         self.normalize = DeviceNormalize(self.mean, self.std, self.device, self.tcfg["channels_last"])
         self.train_idx = np.flatnonzero(ctx.folds != ctx.fold)
