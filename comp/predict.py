@@ -85,6 +85,18 @@ class TorchRunner:
         return self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)).cpu().numpy()
 
 
+class _Lazy:
+    """Opens its onnxruntime session on first use: when predict runs fused.onnx, the per-fold sessions never open."""
+
+    def __init__(self, make):
+        self.make, self.runner = make, None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.runner is None:
+            self.runner = self.make()
+        return self.runner(x)
+
+
 @dataclass
 class Fold:
     """One fold's model, ready to run."""
@@ -108,7 +120,7 @@ def load_folds(run: artifacts.RunDir, model_id: str, cfg: dict, engine: str, log
     out = []
     for p in paths:
         model, ckpt = model_from_checkpoint(load_checkpoint(p))
-        runner = OrtRunner(p.with_suffix(".onnx")) if engine == "onnx" else TorchRunner(model, device)
+        runner = _Lazy(lambda p=p: OrtRunner(p.with_suffix(".onnx"))) if engine == "onnx" else TorchRunner(model, device)
         out.append(Fold(ckpt["fold"], ckpt, runner))
     sizes = {(tuple(f.ckpt["image_size"]), tuple(f.ckpt["classes"])) for f in out}
     if len(sizes) > 1:

@@ -342,7 +342,7 @@ def test_cuda_io_binding_matches_cpu(base_run, tmp_path):
     np.testing.assert_allclose(runner(x.numpy()), _ort(path, x), atol=1e-4)
 
 
-def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path):
+def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path, monkeypatch):
     from comp.predict import predict_run
 
     run = RunDir(run_dir)
@@ -351,8 +351,13 @@ def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path):
     assert per_fold["models"]["eff"]["fused"] is False
     reference = pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy()
     E.export_run(run_dir, ["eff"], fuse=True, tta="hflip", log=lambda s: None)
+    import comp.predict as P
+
+    opened = []
+    real = P.OrtRunner
+    monkeypatch.setattr(P, "OrtRunner", lambda path, *a: opened.append(path.name) or real(path, *a))
     fused = predict_run(run_dir, ["eff"], "onnx", "hflip", "mean", out=tmp_path / "f.csv", **quiet)
-    assert fused["models"]["eff"]["fused"] is True
+    assert fused["models"]["eff"]["fused"] is True and opened == ["fused.onnx"]  # no per-fold sessions
     np.testing.assert_allclose(pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy(), reference, atol=1e-4)
     # other TTA than the graph was built with: the per-fold graphs are used
     assert predict_run(run_dir, ["eff"], "onnx", "vflip", "mean", out=tmp_path / "v.csv", **quiet)["models"]["eff"]["fused"] is False
