@@ -13,7 +13,8 @@ process killed mid-row leaves the row unflagged and it is simply decoded again.
   later runs start warm; the OS page cache keeps hot rows in RAM.
 - ``memory``: the slab lives in ``/dev/shm`` (RAM) for the life of the process and is deleted at exit
   (slabs left by killed processes are removed the next time one is created). Folds and models of the
-  same size in one process share it.
+  same size in one process share it; when ``/dev/shm`` is full, this process's slabs for other sizes
+  (e.g. earlier ``comp tune`` trials) are deleted to make room before giving up.
 
 Either way the slab is shared with DataLoader workers (a forked worker inherits the mapping, a
 spawned one re-opens it by path), so a row decoded by any worker in epoch 1 is read by every process
@@ -114,7 +115,12 @@ class SlabReader:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.file.name}.", suffix=".tmp", dir=self.file.parent)
         try:
             try:
-                os.posix_fallocate(fd, 0, self.nbytes)
+                try:
+                    os.posix_fallocate(fd, 0, self.nbytes)
+                except OSError:
+                    if self.mode != "memory" or not _evict_owned(keep=self.file):
+                        raise
+                    os.posix_fallocate(fd, 0, self.nbytes)  # again, with this process's older slabs gone
             except OSError as e:
                 free = human_bytes(_free_bytes(self.file.parent))
                 fix = ("use data.cache=disk, or give the machine more shared memory (docker run --shm-size=...)"
@@ -191,6 +197,16 @@ def _remove_stale_memory_slabs(folder: Path) -> None:
             continue
         if pid != os.getpid() and not pid_alive(pid):
             f.unlink(missing_ok=True)
+
+
+def _evict_owned(keep: Path) -> bool:
+    """Delete this process's other memory slabs (earlier image sizes, e.g. earlier tune trials) to make room;
+    a reader still mapping one keeps its pages until it is dropped. True when something was deleted."""
+    gone = [f for f, pid in _OWNED.items() if pid == os.getpid() and f != keep and f.exists()]
+    for f in gone:
+        f.unlink(missing_ok=True)
+        del _OWNED[f]
+    return bool(gone)
 
 
 @atexit.register

@@ -382,3 +382,25 @@ def test_gradcam_uses_a_stage_with_resolution_on_small_inputs():
     assert cam.shape == (4, 4) and cam.max() == 1 and cam.min() < 1  # not flat
     last, _ = gradcam(model, x, layer=None)
     assert last.shape == (1, 1)
+
+
+def test_memory_cache_evicts_its_older_slabs_when_shm_is_full(comp_dir, tmp_path, monkeypatch):
+    """comp tune over image sizes: each trial's size gets a slab; a full /dev/shm drops the earlier ones."""
+    import errno
+
+    import comp.cache as cache
+
+    monkeypatch.setattr(cache, "_shm_dir", lambda: tmp_path)
+    paths = _train_paths(comp_dir)
+    old = make_reader({"cache": "memory", "image_dir": "x"}, (8, 8), paths)
+    real = cache.os.posix_fallocate
+
+    def full_while_old_exists(fd, off, n):
+        if old.file.exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, off, n)
+
+    monkeypatch.setattr(cache.os, "posix_fallocate", full_while_old_exists)
+    new = make_reader({"cache": "memory", "image_dir": "x"}, (12, 12), paths)
+    assert new.file.exists() and not old.file.exists() and old.file not in cache._OWNED
+    np.testing.assert_array_equal(new(paths[0]), decode_resized(paths[0], (12, 12)))
