@@ -76,12 +76,17 @@ def eval_pipeline(hw, mean, std, normalize: bool = True) -> A.Compose:
     return A.Compose([A.Resize(*hw)] + _tail(mean, std, normalize))
 
 
+def valid_pipeline(aug_cfg: dict, hw, mean, std, normalize: bool = True) -> A.Compose:
+    """The validation pipeline: ``augment.valid`` when set, else ``eval_pipeline``."""
+    if aug_cfg["valid"]:
+        return build_pipeline(aug_cfg["valid"], hw, mean, std, "augment.valid", normalize)
+    return eval_pipeline(hw, mean, std, normalize)
+
+
 def pipelines(aug_cfg: dict, hw, mean, std, normalize: bool = True) -> tuple[A.Compose, A.Compose]:
     """(train, valid) pipelines from the config's ``augment`` block."""
     train = build_pipeline(aug_cfg["train"], hw, mean, std, "augment.train", normalize)
-    valid = (build_pipeline(aug_cfg["valid"], hw, mean, std, "augment.valid", normalize) if aug_cfg["valid"]
-             else eval_pipeline(hw, mean, std, normalize))
-    return train, valid
+    return train, valid_pipeline(aug_cfg, hw, mean, std, normalize)
 
 
 class DeviceNormalize:

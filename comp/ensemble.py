@@ -251,8 +251,19 @@ def compare_methods(model_dirs, methods: list[str], metric: str | None = None, b
     best = results[0]
     for r in results[1:]:
         best = r if better(r["cv"], best["cv"]) else best
-    chosen = run_ensemble(model_dirs, best["method"], metric, bias, out=out, tta=tta)  # the same blend, now with its submission
-    return {"results": results, "best": chosen}
+    best["submission"] = submit_blend(best["model_dir"], out)
+    return {"results": results, "best": best}
+
+
+def submit_blend(model_dir, out=None) -> str | None:
+    """Write the validated submission of a saved blend from its ``test.csv`` (None when it has none)."""
+    blend = load_member(model_dir)
+    data = align([blend])
+    test = None if data.test is None else data.test[0]
+    pending, _ = _prepare_submission(data, test, blend, blend.path.name, out)
+    if pending is None:
+        return None
+    return str(write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column))
 
 
 def _write_run(run_root: Path, name: str, data: Aligned, first: Member, honest, test, result: dict) -> Path:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from comp import artifacts
 from comp import config as C
-from comp.augment import BatchMixer, DeviceNormalize, pipelines, to_dict
+from comp.augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
 from comp.data import ImageDataset, TrainTable, load_train_table
 from comp.engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
 from comp.errors import CompError
@@ -163,7 +163,7 @@ class FoldTrainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.hw = C.image_hw(entry)
         self.mean, self.std = normalization(self.model)
-        _, self.valid_tf = pipelines(cfg["augment"], self.hw, self.mean, self.std)  # saved in the checkpoint
+        self.valid_tf = valid_pipeline(cfg["augment"], self.hw, self.mean, self.std)  # saved in the checkpoint
         # the loaders yield HWC uint8 arrays, normalised on the device (4x fewer bytes through workers and to the GPU)
         train_tf, valid_u8 = pipelines(cfg["augment"], self.hw, self.mean, self.std, normalize=False)
         self.normalize = DeviceNormalize(self.mean, self.std, self.device, self.tcfg["channels_last"])
