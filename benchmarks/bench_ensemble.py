@@ -32,17 +32,17 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
-from comp import artifacts
-from comp.augment import from_dict
-from comp.blend import fit_blend, get_method
-from comp.config import dump, load_config
-from comp.data import ImageDataset, load_test_table
+from comp.run import _rundir as artifacts
+from comp.data._augment import from_dict
+from comp.ensembling._blend import fit_blend, get_method
+from comp.config._schema import dump, load_config
+from comp.data._table import ImageDataset, load_test_table
 from comp.demo import demo_config_path, make_digits_competition
-from comp.ensemble import align, load_member, run_ensemble
+from comp.ensembling._ensemble import align, load_member, run_ensemble
 from comp.metrics import get_metric
-from comp.models import model_from_checkpoint
-from comp.report import format_table
-from comp.train import train_folds
+from comp.training._models import model_from_checkpoint
+from comp._tables import format_table
+from comp.training._trainer import train_folds
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]

@@ -16,10 +16,10 @@ import numpy as np
 import timm
 import torch
 
-from comp.export import FusedModel, ProbModel, export_graph
-from comp.predict import OrtRunner, TorchRunner
-from comp.report import format_table
-from comp.tta import merge_probs, views
+from comp.inference._export import FusedModel, ProbModel, export_graph
+from comp.inference._predict import OrtRunner, TorchRunner
+from comp._tables import format_table
+from comp.inference._tta import merge_probs, views
 
 
 def images_per_s(fn, x: torch.Tensor, min_time: float) -> float:

@@ -2,7 +2,7 @@
 
 Measured side by side in one run on the digits demo competition:
   1. bare loop      - a hand-written PyTorch loop over in-memory tensors (same model, batch, optimizer)
-  2. comp engine    - comp.engine.train_one_epoch on the same tensors (soft-target loss, mixer, scheduler,
+  2. comp engine    - comp.training._engine.train_one_epoch on the same tensors (soft-target loss, mixer, scheduler,
                       progress bar: everything train-folds runs per step)
   3. train-folds    - one full FoldTrainer epoch from the PNG files (decode + augment + train + validate)
   4. loader only    - decode + augment + collate from JPEG copies, per num_workers, against the model's step rate
@@ -29,16 +29,16 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp.artifacts import RunDir  # noqa: E402
-from comp.augment import BatchMixer, eval_pipeline, pipelines  # noqa: E402
-from comp.config import defaults, load_config  # noqa: E402
-from comp.data import ImageDataset, load_image, load_train_table  # noqa: E402
+from comp.run._rundir import RunDir  # noqa: E402
+from comp.data._augment import BatchMixer, eval_pipeline, pipelines  # noqa: E402
+from comp.config._schema import defaults, load_config  # noqa: E402
+from comp.data._table import ImageDataset, load_image, load_train_table  # noqa: E402
 from comp.demo import demo_config_path, make_digits_competition  # noqa: E402
-from comp.engine import StepConfig, train_one_epoch  # noqa: E402
-from comp.losses import build_loss  # noqa: E402
-from comp.models import create_model, normalization  # noqa: E402
-from comp.report import format_table  # noqa: E402
-from comp.train import FoldContext, FoldTrainer, ensure_folds, prepare_run, seed_everything  # noqa: E402
+from comp.training._engine import StepConfig, train_one_epoch  # noqa: E402
+from comp.training._losses import build_loss  # noqa: E402
+from comp.training._models import create_model, normalization  # noqa: E402
+from comp._tables import format_table  # noqa: E402
+from comp.training._trainer import FoldContext, FoldTrainer, ensure_folds, prepare_run, seed_everything  # noqa: E402
 
 
 def tensors(paths, targets, model, hw):

@@ -1,7 +1,7 @@
 """Benchmark: trial-epochs a tuning budget costs with pruning against without, and the best score each finds.
 
 Measured side by side in one run on the digits demo competition: the same space, sampler seed and trial budget
-through ``comp.tune.tune`` (the code path of ``comp tune``), once per pruner. A trial-epoch is one epoch of one
+through ``comp.tuning._tune.tune`` (the code path of ``comp tune``), once per pruner. A trial-epoch is one epoch of one
 fold of one trial; the first TPE trials are random and seeded, so every arm starts from the same samples.
 
 Usage: python benchmarks/bench_tune.py [--trials 10] [--folds 0] [--epochs 4] [--pruners none,median,hyperband]
@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp.config import load_config  # noqa: E402
+from comp.config._schema import load_config  # noqa: E402
 from comp.demo import demo_config_path, make_digits_competition  # noqa: E402
-from comp.report import format_table  # noqa: E402
-from comp.tune import tune  # noqa: E402
+from comp._tables import format_table  # noqa: E402
+from comp.tuning._tune import tune  # noqa: E402
 
 SPACE = {
     "train.lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},

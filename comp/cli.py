@@ -63,8 +63,8 @@ def train_folds_cmd(config_path, overrides, run_dir, folds_text, resume, quiet):
 
     Example: comp train-folds --config configs/demo.yaml --set train.epochs=3
     """
-    from comp.config import load_config
-    from comp.train import summary_table, train_folds
+    from comp.config._schema import load_config
+    from comp.training._trainer import summary_table, train_folds
 
     cfg = load_config(config_path, overrides)
     run_dir = run_dir or default_run_dir(config_path)
@@ -106,13 +106,13 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
 
     Example: comp ensemble runs/demo/models/byobnet runs/demo/models/effnet --method hill_climb --bias
     """
-    from comp.ensemble import (  # late: keeps `comp --help` fast
+    from comp.ensembling._ensemble import (  # late: keeps `comp --help` fast
         compare_methods,
         parse_methods,
         result_rows,
         run_ensemble,
     )
-    from comp.report import format_table
+    from comp._tables import format_table
 
     methods = parse_methods(method)
     if len(methods) > 1:
@@ -153,7 +153,7 @@ def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge):
 
     Example: comp export runs/exp --fuse --tta hflip
     """
-    from comp.export import export_run
+    from comp.inference._export import export_run
 
     if tta and not fuse:
         raise CompError("--tta only applies to the fused graph; add --fuse (per-fold graphs take TTA at predict time)")
@@ -178,8 +178,8 @@ def predict_cmd(run_dir, model_ids, engine, tta, tta_merge, overrides, out, oof,
 
     Example: comp predict runs/exp --tta hflip --oof --set data.test_csv=test.csv
     """
-    from comp.predict import predict_run, result_rows
-    from comp.report import format_table
+    from comp.inference._predict import predict_run, result_rows
+    from comp._tables import format_table
 
     result = predict_run(run_dir, list(model_ids), engine, tta, tta_merge, overrides, out, oof, batch_size,
                          progress=not quiet, log=click.echo)
@@ -201,7 +201,7 @@ def submit_cmd(file, competition, message, sample, run_dir):
 
     Example: comp submit submissions/exp.csv --competition digit-recognizer --message "5 folds, hflip" --run runs/exp
     """
-    from comp.submit import submit
+    from comp.submission._kaggle import submit
 
     path = submit(file, competition, message, sample, run_dir)
     click.echo(f"submitted {path} to {competition}")
@@ -225,8 +225,8 @@ def tune_cmd(config_path, overrides, n_trials, timeout, storage, study_name, fol
 
     Example: comp tune --config configs/demo.yaml --n-trials 20 --folds 0,1 --epochs 3
     """
-    from comp.config import load_config
-    from comp.tune import summary_rows, tune
+    from comp.config._schema import load_config
+    from comp.tuning._tune import summary_rows, tune
 
     cfg = load_config(config_path, overrides)
     out_dir = out_dir or Path("runs") / f"tune-{config_path.stem}"
@@ -253,9 +253,9 @@ def bench_data_cmd(config_path, overrides, workers, batch_sizes, batches, caches
 
     Example: comp bench-data --config configs/demo.yaml --workers 0,2,4 --batch-sizes 32,64
     """
-    from comp.config import load_config
-    from comp.diagnostics.bench_data import bench_data
-    from comp.report import format_table
+    from comp.config._schema import load_config
+    from comp.diagnostics._bench_data import bench_data
+    from comp._tables import format_table
 
     cfg = load_config(config_path, overrides)
     result = bench_data(cfg, workers, batch_sizes, batches, caches)
@@ -276,8 +276,8 @@ def eda_cmd(config_path, overrides, out_dir, threshold):
 
     Example: comp eda --config configs/demo.yaml --out runs/eda-demo
     """
-    from comp.config import load_config
-    from comp.diagnostics.eda import run_eda
+    from comp.config._schema import load_config
+    from comp.diagnostics._eda import run_eda
 
     cfg = load_config(config_path, overrides)
     out_dir = out_dir or Path("runs") / f"eda-{config_path.stem}"
@@ -299,8 +299,8 @@ def explain_cmd(run_dir, model_id, top, gradcam_ids, out_dir):
 
     Example: comp explain runs/demo --model effnet --top 8 --gradcam-ids 17,42
     """
-    from comp.diagnostics.explain import explain_run
-    from comp.report import format_table
+    from comp.diagnostics._explain import explain_run
+    from comp._tables import format_table
 
     ids = [s.strip() for s in gradcam_ids.split(",") if s.strip()] if gradcam_ids else None
     result = explain_run(run_dir, model_id, top, ids, out_dir)

@@ -16,7 +16,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from comp import artifacts
+from comp.run import _rundir as artifacts
 
 DEMO_CONFIG = "demo.yaml"
 
@@ -68,8 +68,8 @@ def demo_config_path() -> Path:
 def run_demo(out_dir: Path, run_dir: Path, overrides=(), fresh: bool = False,
              submission: Path = Path("submissions/demo.csv")) -> Iterator[str]:
     """Build the demo data (once) and run every pipeline stage that exists; yields report lines."""
-    from comp.config import load_config
-    from comp.train import summary_table, train_folds
+    from comp.config._schema import load_config
+    from comp.training._trainer import summary_table, train_folds
 
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     if fresh and run_dir.exists():
@@ -86,13 +86,13 @@ def run_demo(out_dir: Path, run_dir: Path, overrides=(), fresh: bool = False,
 
 def _after_training(run_dir: Path, cfg: dict, submission: Path) -> Iterator[str]:
     """Predict the test set with every model, blend them honestly, and write the submission."""
-    from comp.artifacts import RunDir
-    from comp.ensemble import result_rows, run_ensemble
-    from comp.report import format_table
+    from comp.run._rundir import RunDir
+    from comp.ensembling._ensemble import result_rows, run_ensemble
+    from comp._tables import format_table
 
     run = RunDir(run_dir)
     try:
-        from comp.predict import predict_run
+        from comp.inference._predict import predict_run
     except ImportError:  # predict not built yet: the blend carries OOF only
         predict_run = None
     if predict_run is not None:

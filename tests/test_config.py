@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from comp.config import apply_overrides, defaults, load_config, model_train_cfg
+from comp.config._schema import apply_overrides, defaults, load_config, model_train_cfg
 from comp.errors import CompError
 
 

@@ -4,8 +4,8 @@ import pytest
 from conftest import tiny_config, write_config
 from PIL import Image
 
-from comp.config import load_config
-from comp.data import load_image, load_train_table
+from comp.config._schema import load_config
+from comp.data._table import load_image, load_train_table
 from comp.errors import CompError
 
 

@@ -11,12 +11,12 @@ import yaml
 from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
-from comp.blend import METHODS, geometric_mean, hill_climb, rank_mean
+from comp.ensembling._blend import METHODS, geometric_mean, hill_climb, rank_mean
 from comp.cli import main
-from comp.ensemble import run_ensemble
+from comp.ensembling._ensemble import run_ensemble
 from comp.errors import CompError
 from comp.metrics import get_metric
-from comp.report import format_table
+from comp._tables import format_table
 
 CLASSES = ["cat", "dog", "fox"]
 ID = "image_id"
@@ -258,7 +258,7 @@ def test_wrong_model_folder_arguments(tmp_path, data, which, message):
 
 def test_stacking_learns_which_member_to_trust_per_class():
     """Member 0 knows classes 0-1, member 1 knows 2-3: per-class trust beats any single weight per member."""
-    from comp.blend import fit_stack, nested_oof
+    from comp.ensembling._blend import fit_stack, nested_oof
 
     rng = np.random.default_rng(0)
     n, c = 900, 4

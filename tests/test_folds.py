@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from comp.errors import CompError
-from comp.folds import assign_folds, check_no_leak
+from comp.data._folds import assign_folds, check_no_leak
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from comp.errors import CompError
-from comp.losses import LOSSES, SoftCrossEntropy, SoftFocal, class_weights
+from comp.training._losses import LOSSES, SoftCrossEntropy, SoftFocal, class_weights
 
 
 def test_soft_ce_matches_torch_on_hard_targets():

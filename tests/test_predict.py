@@ -14,13 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from comp import export as E
-from comp.artifacts import RunDir
+from comp.inference import _export as E
+from comp.run._rundir import RunDir
 from comp.cli import main
 from comp.errors import CompError
-from comp.models import load_checkpoint, make_checkpoint, model_from_checkpoint
-from comp.submission import validate_submission
-from comp.tta import MERGES, TTA_OPS, merge_probs, parse_tta
+from comp.training._models import load_checkpoint, make_checkpoint, model_from_checkpoint
+from comp.submission._format import validate_submission
+from comp.inference._tta import MERGES, TTA_OPS, merge_probs, parse_tta
 
 # ---------------------------------------------------------------- fixtures
 
@@ -183,7 +183,7 @@ def test_failed_parity_writes_nothing(run_dir, monkeypatch):
 
 
 def test_engines_agree_with_tta(run_dir, tmp_path):
-    from comp.predict import predict_run
+    from comp.inference._predict import predict_run
 
     run = RunDir(run_dir)
     out = {}
@@ -330,7 +330,7 @@ def test_help(cmd):
 def test_cuda_io_binding_matches_cpu(base_run, tmp_path):
     if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs a CUDA device and onnxruntime-gpu")
-    from comp.predict import OrtRunner
+    from comp.inference._predict import OrtRunner
 
     dst = tmp_path / "run"
     shutil.copytree(base_run, dst)
@@ -343,7 +343,7 @@ def test_cuda_io_binding_matches_cpu(base_run, tmp_path):
 
 
 def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path, monkeypatch):
-    from comp.predict import predict_run
+    from comp.inference._predict import predict_run
 
     run = RunDir(run_dir)
     quiet = dict(progress=False, log=lambda s: None)
@@ -351,7 +351,7 @@ def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path, monkeypatch
     assert per_fold["models"]["eff"]["fused"] is False
     reference = pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy()
     E.export_run(run_dir, ["eff"], fuse=True, tta="hflip", log=lambda s: None)
-    import comp.predict as P
+    import comp.inference._predict as P
 
     opened = []
     real = P.OrtRunner

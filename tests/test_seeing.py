@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comp.cache import SlabReader, decode_resized, make_reader, slab_bytes
-from comp.config import load_config
-from comp.data import load_image
+from comp.data._cache import SlabReader, decode_resized, make_reader, slab_bytes
+from comp.config._schema import load_config
+from comp.data._table import load_image
 from comp.errors import CompError
 from tests.conftest import tiny_config, write_config
 
@@ -90,8 +90,8 @@ def test_cache_passes_through_other_paths_and_names_missing_images(comp_dir, tmp
 def test_memory_cache_decodes_once_and_is_shared_with_workers(comp_dir, monkeypatch):
     from torch.utils.data import DataLoader
 
-    import comp.cache as cache
-    from comp.data import ImageDataset
+    import comp.data._cache as cache
+    from comp.data._table import ImageDataset
 
     paths = _train_paths(comp_dir)
     reader = make_reader({"cache": "memory", "image_dir": str(comp_dir / "train")}, (12, 12), paths)
@@ -113,9 +113,9 @@ def test_memory_slab_removed_at_exit_and_stale_ones_cleaned(comp_dir, tmp_path, 
     import subprocess
     import sys
 
-    import comp.cache as cache
+    import comp.data._cache as cache
 
-    code = ("import sys; from pathlib import Path; from comp.cache import make_reader; "
+    code = ("import sys; from pathlib import Path; from comp.data._cache import make_reader; "
             "r = make_reader({'cache': 'memory', 'image_dir': 'x'}, (8, 8), sorted(Path(sys.argv[1]).glob('*.png'))); "
             "r(r.paths[0]); print(r.file)")
     out = subprocess.run([sys.executable, "-c", code, str(comp_dir / "train")], capture_output=True, text=True, check=True)
@@ -131,7 +131,7 @@ def test_memory_slab_removed_at_exit_and_stale_ones_cleaned(comp_dir, tmp_path, 
 def test_cache_without_space_is_a_clear_error(comp_dir, tmp_path, monkeypatch):
     import errno
 
-    import comp.cache as cache
+    import comp.data._cache as cache
 
     def full(fd, off, n):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -151,7 +151,7 @@ def test_bad_cache_mode():
 
 @pytest.mark.parametrize("mode", ["disk", "memory"])
 def test_train_folds_with_cache(comp_dir, tmp_path, mode):
-    from comp.train import train_folds
+    from comp.training._trainer import train_folds
 
     cfg = load_config(write_config(comp_dir, tiny_config(comp_dir, data__cache=mode, train__max_steps_per_epoch=1)))
     train_folds(cfg, tmp_path / f"run_{mode}", progress=False)
@@ -213,7 +213,7 @@ def test_eda_cli(comp_dir, config_file, tmp_path):
 
 
 def test_eda_joint_labels_and_dhash(tmp_path):
-    from comp.diagnostics.eda import dhash, hamming, run_eda
+    from comp.diagnostics._eda import dhash, hamming, run_eda
     from tests.conftest import write_competition
 
     root = write_competition(tmp_path / "c")
@@ -234,7 +234,7 @@ def test_eda_joint_labels_and_dhash(tmp_path):
 def test_mislabel_ranking_and_confusion():
     import pandas as pd
 
-    from comp.diagnostics.explain import confusion, mislabel_ranking
+    from comp.diagnostics._explain import confusion, mislabel_ranking
 
     classes = ["a", "b", "c"]
     rng = np.random.default_rng(0)
@@ -268,7 +268,7 @@ def test_explain_cli_gradcam(trained_run, tmp_path):
     from PIL import Image
 
     from comp.cli import main
-    from comp.diagnostics.explain import explain_run
+    from comp.diagnostics._explain import explain_run
 
     out = tmp_path / "explain"
     res = CliRunner().invoke(main, ["explain", str(trained_run), "--top", "3", "--gradcam-ids", "g00_0,g01_1",
@@ -295,7 +295,7 @@ def test_gradcam_vit_clear_error():
     import timm
     import torch
 
-    from comp.diagnostics.explain import gradcam
+    from comp.diagnostics._explain import gradcam
 
     vit = timm.create_model("test_vit", num_classes=3)
     with pytest.raises(CompError, match="has no spatial feature map; Grad-CAM needs a CNN"):
@@ -307,7 +307,7 @@ def test_gradcam_channels_last_features():
     import timm
     import torch
 
-    from comp.diagnostics.explain import gradcam
+    from comp.diagnostics._explain import gradcam
 
     torch.manual_seed(0)
     swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=3, embed_dim=16, depths=(1, 1, 1, 1),
@@ -319,7 +319,7 @@ def test_gradcam_channels_last_features():
 
 
 def test_hamming_matches_bit_count():
-    from comp.diagnostics.eda import hamming
+    from comp.diagnostics._eda import hamming
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 2**63, 50, dtype=np.uint64)
@@ -333,7 +333,7 @@ def test_cached_validation_images_equal_the_eval_pipeline_on_originals(comp_dir,
     """OOF (from the cache) and test predictions (eval pipeline on the file) must see the same pixels."""
     from PIL import Image
 
-    from comp.augment import eval_pipeline
+    from comp.data._augment import eval_pipeline
 
     rng = np.random.default_rng(3)
     paths = []
@@ -351,8 +351,8 @@ def test_cached_validation_images_equal_the_eval_pipeline_on_originals(comp_dir,
 def test_explain_defaults_to_the_best_cv_model(tmp_path):
     import json
 
-    from comp.artifacts import RunDir
-    from comp.diagnostics.explain import best_model
+    from comp.run._rundir import RunDir
+    from comp.diagnostics._explain import best_model
 
     run = RunDir(tmp_path)
     for mid, cv, greater in (("a", 0.7, True), ("b", 0.9, True), ("c", None, True)):
@@ -371,7 +371,7 @@ def test_gradcam_uses_a_stage_with_resolution_on_small_inputs():
     import timm
     import torch
 
-    from comp.diagnostics.explain import cam_layer, gradcam
+    from comp.diagnostics._explain import cam_layer, gradcam
 
     torch.manual_seed(0)
     model = timm.create_model("test_byobnet", num_classes=3)
@@ -388,7 +388,7 @@ def test_memory_cache_evicts_its_older_slabs_when_shm_is_full(comp_dir, tmp_path
     """comp tune over image sizes: each trial's size gets a slab; a full /dev/shm drops the earlier ones."""
     import errno
 
-    import comp.cache as cache
+    import comp.data._cache as cache
 
     monkeypatch.setattr(cache, "_shm_dir", lambda: tmp_path)
     paths = _train_paths(comp_dir)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from comp.errors import CompError
-from comp.submission import make_submission, validate_submission, write_submission
+from comp.submission._format import make_submission, validate_submission, write_submission
 
 CLASSES = [str(i) for i in range(10)]
 

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from conftest import tiny_config, write_config
 
 from comp.cli import main
-from comp.config import load_config
+from comp.config._schema import load_config
 from comp.errors import CompError
-from comp.folds import check_no_leak
-from comp.models import model_from_checkpoint
-from comp.train import FoldTrainer, train_folds
+from comp.data._folds import check_no_leak
+from comp.training._models import model_from_checkpoint
+from comp.training._trainer import FoldTrainer, train_folds
 
 
 def _train(comp_dir, run_dir, **kw):
@@ -49,8 +49,8 @@ def test_checkpoint_describes_itself(trained_run):
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
     # the saved OOF probabilities come from exactly these weights and this eval transform
-    from comp.augment import from_dict
-    from comp.data import load_image
+    from comp.data._augment import from_dict
+    from comp.data._table import load_image
 
     oof = pd.read_csv(trained_run / "models/eff/oof.csv", dtype={"id": str}).query("fold == 0").head(4)
     tf = from_dict(ckpt["eval_transform"])
@@ -166,7 +166,7 @@ def test_local_pretrained_weights_file(comp_dir, tmp_path):
 
     donor = timm.create_model("test_efficientnet", num_classes=10)
     torch.save(donor.state_dict(), tmp_path / "w.pth")
-    from comp.models import create_model
+    from comp.training._models import create_model
 
     model = create_model({"name": "test_efficientnet", "pretrained": str(tmp_path / "w.pth")}, num_classes=3)
     assert torch.equal(model.state_dict()["conv_stem.weight"], donor.state_dict()["conv_stem.weight"])
@@ -174,7 +174,7 @@ def test_local_pretrained_weights_file(comp_dir, tmp_path):
 
 
 def test_unknown_model_suggests_closest():
-    from comp.models import create_model
+    from comp.training._models import create_model
 
     with pytest.raises(CompError, match="did you mean 'resnet18'"):
         create_model({"name": "resnet18x"}, 3)
@@ -226,7 +226,7 @@ def test_device_normalize_matches_albumentations():
     """Loaders yield uint8; DeviceNormalize on the batch must equal A.Normalize in the worker."""
     import torch
 
-    from comp.augment import DeviceNormalize, eval_pipeline
+    from comp.data._augment import DeviceNormalize, eval_pipeline
 
     img = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -248,8 +248,8 @@ def test_fold_lock_keeps_two_processes_off_one_fold(comp_dir, tmp_path):
     import subprocess
     import sys
 
-    from comp.artifacts import RunDir
-    from comp.train import train_folds
+    from comp.run._rundir import RunDir
+    from comp.training._trainer import train_folds
 
     cfg = load_config(write_config(comp_dir, tiny_config(comp_dir, train__max_steps_per_epoch=1, train__epochs=1)))
     run_dir = tmp_path / "run"

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from conftest import tiny_config, write_config
 
 from comp.cli import main
-from comp.config import load_config
+from comp.config._schema import load_config
 from comp.errors import CompError
-from comp.train import train_folds
-from comp.tune import parse_space, tune
+from comp.training._trainer import train_folds
+from comp.tuning._tune import parse_space, tune
 
 FAST = {"train__max_steps_per_epoch": 2}
 
@@ -78,7 +78,7 @@ def test_resume_keeps_finished_trials_and_best_config_trains(comp_dir, tmp_path)
 
 def test_killed_study_resumes_without_a_stuck_trial(comp_dir, tmp_path, monkeypatch):
     cfg = load_config(_cfg(comp_dir, LR))
-    import comp.tune as T
+    import comp.tuning._tune as T
 
     real = T._run_trial
     calls = {"n": 0}

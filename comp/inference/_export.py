@@ -18,12 +18,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from comp import artifacts
-from comp.augment import from_dict
-from comp.data import ImageDataset, load_test_table, load_train_table
+from comp.run import _rundir as artifacts
+from comp.data._augment import from_dict
+from comp.data._table import ImageDataset, load_test_table, load_train_table
 from comp.errors import CompError
-from comp.models import load_checkpoint, model_from_checkpoint
-from comp.tta import TTA_OPS, merge_torch, parse_tta
+from comp.training._models import load_checkpoint, model_from_checkpoint
+from comp.inference._tta import TTA_OPS, merge_torch, parse_tta
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 PARITY_IMAGES = 16

@@ -251,7 +251,7 @@ def validate(cfg: dict) -> dict:
     _validate_section(cfg, SCHEMA, "")
     _validate_models(cfg["models"])
     _validate_ranges(cfg)
-    from comp.losses import LOSSES  # late: registries import torch
+    from comp.training._losses import LOSSES  # late: registries import torch
     from comp.metrics import METRICS
 
     if cfg["metric"] not in METRICS:

@@ -34,8 +34,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from comp.artifacts import pid_alive
-from comp.data import load_image
+from comp.run._rundir import pid_alive
+from comp.data._table import load_image
 from comp.errors import CompError
 
 MODES = ("none", "memory", "disk")

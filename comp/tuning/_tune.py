@@ -20,11 +20,11 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from comp import artifacts
-from comp import config as C
+from comp.run import _rundir as artifacts
+from comp.config import _schema as C
 from comp.errors import CompError, closest
 from comp.metrics import get_metric
-from comp.report import format_table
+from comp._tables import format_table
 
 SPACE_TYPES = ("float", "int", "categorical")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
@@ -198,7 +198,7 @@ def make_storage(url: str | None, out_dir: Path):
 
 def trial_score(cfg: dict, run_dir: Path, folds: list[int]) -> float:
     """Mean over models of the metric on the concatenated OOF rows of ``folds``."""
-    from comp.data import load_train_table
+    from comp.data._table import load_train_table
 
     metric = get_metric(cfg["metric"])
     run = artifacts.RunDir(run_dir)
@@ -213,7 +213,7 @@ def trial_score(cfg: dict, run_dir: Path, folds: list[int]) -> float:
 
 
 def _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep):
-    from comp.train import train_folds
+    from comp.training._trainer import train_folds
 
     params = suggest(trial, space)
     cfg = C.validate(apply_params(base_cfg, params))

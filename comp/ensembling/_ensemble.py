@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from comp.artifacts import RunDir, write_csv, write_json, write_text
-from comp.blend import METHODS, fit_blend, get_method, nested_oof
-from comp.data import check_ids, read_csv, require_columns
+from comp.run._rundir import RunDir, write_csv, write_json, write_text
+from comp.ensembling._blend import METHODS, fit_blend, get_method, nested_oof
+from comp.data._table import check_ids, read_csv, require_columns
 from comp.errors import CompError
 from comp.metrics import get_metric
-from comp.submission import make_submission, validate_submission, write_submission
+from comp.submission._format import make_submission, validate_submission, write_submission
 
 # ---------------------------------------------------------------- loading and alignment
 

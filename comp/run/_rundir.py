@@ -192,7 +192,7 @@ class RunDir:
 
     def load_config(self) -> dict:
         """The resolved config saved by train-folds."""
-        from comp.config import yaml_load
+        from comp.config._schema import yaml_load
 
         self.require()
         return yaml_load(self.config.read_text())

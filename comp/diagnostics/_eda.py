@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from comp import artifacts
-from comp.data import load_image, load_test_table, load_train_table
+from comp.run import _rundir as artifacts
+from comp.data._table import load_image, load_test_table, load_train_table
 from comp.errors import CompError
 
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)

@@ -15,17 +15,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from comp import artifacts
-from comp import config as C
-from comp.augment import from_dict
-from comp.data import ImageDataset, load_test_table, load_train_table, read_csv
-from comp.engine import resolve_device
+from comp.run import _rundir as artifacts
+from comp.config import _schema as C
+from comp.data._augment import from_dict
+from comp.data._table import ImageDataset, load_test_table, load_train_table, read_csv
+from comp.training._engine import resolve_device
 from comp.errors import CompError
-from comp.export import INPUT, OUTPUT, ProbModel, export_model, select_models
+from comp.inference._export import INPUT, OUTPUT, ProbModel, export_model, select_models
 from comp.metrics import get_metric
-from comp.models import load_checkpoint, model_from_checkpoint
-from comp.submission import make_submission, write_submission
-from comp.tta import check_merge, merge_probs, parse_tta, views
+from comp.training._models import load_checkpoint, model_from_checkpoint
+from comp.submission._format import make_submission, write_submission
+from comp.inference._tta import check_merge, merge_probs, parse_tta, views
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -131,7 +131,7 @@ def load_folds(run: artifacts.RunDir, model_id: str, cfg: dict, engine: str, log
 def usable_fused(run: artifacts.RunDir, model_id: str, folds: list[Fold], tta: list[str], merge: str) -> Path | None:
     """``fused.onnx`` when it was built from exactly these checkpoints (same folds, newer than each) with
     the requested TTA views and merge; otherwise None and the per-fold graphs are used."""
-    from comp.export import read_metadata
+    from comp.inference._export import read_metadata
 
     path = run.model_dir(model_id) / "fused.onnx"
     ckpts = run.checkpoints(model_id)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from comp import artifacts
+from comp.run import _rundir as artifacts
 from comp.errors import CompError
 
 
@@ -187,9 +187,9 @@ def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids
                 out_dir=None) -> dict:
     """Write the explain report (for ``model_id``, default the best-CV model); returns {'model_id', 'out',
     'scores', 'mislabeled', 'confusion', 'cams': {id: map}}."""
-    from comp.augment import from_dict
-    from comp.data import load_image, load_train_table
-    from comp.models import model_from_checkpoint
+    from comp.data._augment import from_dict
+    from comp.data._table import load_image, load_train_table
+    from comp.training._models import model_from_checkpoint
 
     run = artifacts.RunDir(run_dir).require()
     ids = run.model_ids()

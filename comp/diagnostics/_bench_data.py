@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from comp import config as C
-from comp.augment import pipelines
-from comp.cache import human_bytes, make_reader, slab_bytes
-from comp.data import ImageDataset, load_train_table
-from comp.engine import resolve_device
+from comp.config import _schema as C
+from comp.data._augment import pipelines
+from comp.data._cache import human_bytes, make_reader, slab_bytes
+from comp.data._table import ImageDataset, load_train_table
+from comp.training._engine import resolve_device
 from comp.errors import CompError
-from comp.models import create_model, normalization
+from comp.training._models import create_model, normalization
 
 CACHES = ("none", "disk", "memory")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from comp.artifacts import write_csv
-from comp.data import read_csv
+from comp.run._rundir import write_csv
+from comp.data._table import read_csv
 from comp.errors import CompError
 
 

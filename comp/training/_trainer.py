@@ -23,17 +23,17 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from comp import artifacts
-from comp import config as C
-from comp.augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
-from comp.data import ImageDataset, TrainTable, load_train_table
-from comp.engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
+from comp.run import _rundir as artifacts
+from comp.config import _schema as C
+from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
+from comp.data._table import ImageDataset, TrainTable, load_train_table
+from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
 from comp.errors import CompError
-from comp.folds import assign_folds
-from comp.losses import build_loss
+from comp.data._folds import assign_folds
+from comp.training._losses import build_loss
 from comp.metrics import get_metric
-from comp.models import create_model, make_checkpoint, normalization, set_backbone_frozen
-from comp.report import format_table
+from comp.training._models import create_model, make_checkpoint, normalization, set_backbone_frozen
+from comp._tables import format_table
 
 
 def seed_everything(seed: int) -> None:
@@ -190,12 +190,12 @@ class FoldTrainer:
                       "best_state": None, "best_probs": None}
 
     def _reader(self):
-        from comp.data import load_image
+        from comp.data._table import load_image
 
         cache = self.ctx.cfg["data"].get("cache", "none")
         if cache == "none":
             return load_image
-        from comp.cache import make_reader  # the decoded-image cache (comp bench-data)
+        from comp.data._cache import make_reader  # the decoded-image cache (comp bench-data)
 
         return make_reader(self.ctx.cfg["data"], self.hw, self.ctx.table.paths)
 

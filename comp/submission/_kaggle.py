@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comp import artifacts
-from comp.data import read_csv
+from comp.run import _rundir as artifacts
+from comp.data._table import read_csv
 from comp.errors import CompError
-from comp.submission import validate_submission
+from comp.submission._format import validate_submission
 
 
 def _classes_from_run(run: artifacts.RunDir) -> list[str]:
