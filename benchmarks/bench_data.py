@@ -29,11 +29,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from comp._tables import format_table  # noqa: E402
 from comp.data._augment import pipelines  # noqa: E402
 from comp.data._cache import make_reader  # noqa: E402
 from comp.data._table import ImageDataset  # noqa: E402
 from comp.diagnostics._bench_data import loader_images_per_s  # noqa: E402
-from comp._tables import format_table  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 AUG = [

@@ -28,20 +28,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from comp.config._schema import dump, load_config
 from PIL import Image
 from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
-from comp.run import _rundir as artifacts
+from comp._tables import format_table
 from comp.data._augment import from_dict
-from comp.ensembling._blend import fit_blend, get_method
-from comp.config._schema import dump, load_config
 from comp.data._table import ImageDataset, load_test_table
 from comp.demo import demo_config_path, make_digits_competition
+from comp.ensembling._blend import fit_blend, get_method
 from comp.ensembling._ensemble import align, load_member, run_ensemble
 from comp.metrics import get_metric
+from comp.run import _rundir as artifacts
 from comp.training._models import model_from_checkpoint
-from comp._tables import format_table
 from comp.training._trainer import train_folds
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

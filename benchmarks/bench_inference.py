@@ -16,9 +16,9 @@ import numpy as np
 import timm
 import torch
 
+from comp._tables import format_table
 from comp.inference._export import FusedModel, ProbModel, export_graph
 from comp.inference._predict import OrtRunner, TorchRunner
-from comp._tables import format_table
 from comp.inference._tta import merge_probs, views
 
 

@@ -29,15 +29,16 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp.run._rundir import RunDir  # noqa: E402
-from comp.data._augment import BatchMixer, eval_pipeline, pipelines  # noqa: E402
 from comp.config._schema import defaults, load_config  # noqa: E402
+
+from comp._tables import format_table  # noqa: E402
+from comp.data._augment import BatchMixer, eval_pipeline, pipelines  # noqa: E402
 from comp.data._table import ImageDataset, load_image, load_train_table  # noqa: E402
 from comp.demo import demo_config_path, make_digits_competition  # noqa: E402
+from comp.run._rundir import RunDir  # noqa: E402
 from comp.training._engine import StepConfig, train_one_epoch  # noqa: E402
 from comp.training._losses import build_loss  # noqa: E402
 from comp.training._models import create_model, normalization  # noqa: E402
-from comp._tables import format_table  # noqa: E402
 from comp.training._trainer import FoldContext, FoldTrainer, ensure_folds, prepare_run, seed_everything  # noqa: E402
 
 

@@ -23,8 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from comp.config._schema import load_config  # noqa: E402
-from comp.demo import demo_config_path, make_digits_competition  # noqa: E402
+
 from comp._tables import format_table  # noqa: E402
+from comp.demo import demo_config_path, make_digits_competition  # noqa: E402
 from comp.tuning._tune import tune  # noqa: E402
 
 SPACE = {

@@ -1,0 +1,115 @@
+"""comp: Kaggle-style image classification from a notebook or the shell.
+
+The pipeline, one function per stage, each reading and writing one run folder::
+
+    import comp
+
+    cfg = comp.load_config("configs/demo.yaml", overrides=["train.epochs=3"])   # or a dict, or keyword sections
+    result = comp.train_folds(cfg, "runs/exp")          # folds.csv, checkpoints, oof.csv, metrics.json
+    result.oof("byobnet")                                # the OOF probabilities as a DataFrame
+    comp.predict("runs/exp", tta=["hflip"])              # test.csv per model and a validated submission
+    comp.blend(["runs/exp/models/byobnet", "runs/exp/models/effnet"], method="hill_climb")
+
+Nothing here changes the caller's session: no matplotlib backend, logging or library setting is touched
+(figures are drawn on Figure objects of their own; Optuna's verbosity and PIL's flags are restored).
+Log lines go to the ``comp`` logger, which is silent until you configure logging.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("comp")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+logging.getLogger("comp").addHandler(logging.NullHandler())
+
+# name -> (module, attribute): imported on first use, so `import comp` and `comp --help` stay fast
+_EXPORTS: dict[str, tuple[str, str]] = {
+    # config
+    "Config": ("comp.config", "Config"),
+    "DataConfig": ("comp.config", "DataConfig"),
+    "FoldsConfig": ("comp.config", "FoldsConfig"),
+    "TrainConfig": ("comp.config", "TrainConfig"),
+    "AugmentConfig": ("comp.config", "AugmentConfig"),
+    "MixupConfig": ("comp.config", "MixupConfig"),
+    "LossConfig": ("comp.config", "LossConfig"),
+    "ModelConfig": ("comp.config", "ModelConfig"),
+    "PredictConfig": ("comp.config", "PredictConfig"),
+    "TuneConfig": ("comp.config", "TuneConfig"),
+    "load_config": ("comp.config", "load_config"),
+    # the run folder
+    "RunDir": ("comp.run", "RunDir"),
+    "Predictions": ("comp.run", "Predictions"),
+    "Metrics": ("comp.run", "Metrics"),
+    "atomic_write": ("comp.run", "atomic_write"),
+    # stages
+    "train_folds": ("comp.training", "train_folds"),
+    "TrainResult": ("comp.training", "TrainResult"),
+    "EpochEvent": ("comp.training", "EpochEvent"),
+    "predict": ("comp.inference", "predict_run"),
+    "PredictResult": ("comp.inference", "PredictResult"),
+    "export": ("comp.inference", "export_run"),
+    "blend": ("comp.ensembling", "run_ensemble"),
+    "compare_blends": ("comp.ensembling", "compare_blends"),
+    "tune": ("comp.tuning", "tune"),
+    "TuneResult": ("comp.tuning", "TuneResult"),
+    "make_submission": ("comp.submission", "make_submission"),
+    "validate_submission": ("comp.submission", "validate_submission"),
+    "write_submission": ("comp.submission", "write_submission"),
+    # registries
+    "METRICS": ("comp.metrics", "METRICS"),
+    "get_metric": ("comp.metrics", "get_metric"),
+    # errors
+    "CompError": ("comp.errors", "CompError"),
+    "ConfigError": ("comp.errors", "ConfigError"),
+    "DataError": ("comp.errors", "DataError"),
+    "RunFolderError": ("comp.errors", "RunFolderError"),
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'comp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from comp.config import (
+        AugmentConfig,
+        Config,
+        DataConfig,
+        FoldsConfig,
+        LossConfig,
+        MixupConfig,
+        ModelConfig,
+        PredictConfig,
+        TrainConfig,
+        TuneConfig,
+        load_config,
+    )
+    from comp.ensembling import compare_blends
+    from comp.ensembling import run_ensemble as blend
+    from comp.errors import CompError, ConfigError, DataError, RunFolderError
+    from comp.inference import PredictResult
+    from comp.inference import export_run as export
+    from comp.inference import predict_run as predict
+    from comp.metrics import METRICS, get_metric
+    from comp.run import Metrics, Predictions, RunDir, atomic_write
+    from comp.submission import make_submission, validate_submission, write_submission
+    from comp.training import EpochEvent, TrainResult, train_folds
+    from comp.tuning import TuneResult, tune

@@ -1,12 +1,15 @@
 """The click group: each command parses options, calls one library function, prints where output went.
 
 User errors (``CompError``, bad options) exit 2 with one line and no traceback; bugs keep theirs.
+Logging goes to stderr (``--quiet`` keeps warnings only); results go to stdout.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,60 +19,103 @@ from comp.errors import CompError
 class CompGroup(click.Group):
     """A group that turns ``CompError`` into one line on stderr and exit code 2."""
 
-    def invoke(self, ctx):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CompError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(exc.exit_code)
+
+
+class CommaList(click.ParamType):
+    """A comma-separated option value (``0,2`` or ``hflip,vflip``) -> a list of ``item`` values."""
+
+    name = "list"
+
+    def __init__(self, item: type = str, *, choices: list[str] | None = None, allow_all: bool = False):
+        self.item, self.choices, self.allow_all = item, choices, allow_all
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        text = str(value).strip()
+        if self.allow_all and text == "all":
+            return "all"
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            items = [self.item(p) for p in parts]
+        except ValueError:
+            self.fail(f"expects comma-separated {self.item.__name__} values such as "
+                      f"{'0,2' if self.item is int else 'a,b'}, got {value!r}", param, ctx)
+        if self.choices is not None:
+            from comp.errors import closest
+
+            for it in items:
+                if it not in self.choices:
+                    self.fail(f"{it!r} is not one of {', '.join(self.choices)}{closest(str(it), self.choices)}", param, ctx)
+        if len(set(items)) != len(items):
+            self.fail(f"lists a value twice: {value!r}", param, ctx)
+        return items
+
+
+INTS = CommaList(int)
+
+
+def _setup_logging(quiet: bool) -> None:
+    """comp's log lines on stderr as plain text: INFO by default, WARNING with --quiet."""
+    logger = logging.getLogger("comp")
+    for h in list(logger.handlers):
+        if getattr(h, "_comp_cli", False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._comp_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logging.captureWarnings(True)  # library warnings (thin classes, ...) as one plain line
+    warn_logger = logging.getLogger("py.warnings")
+    warn_logger.handlers = [handler]
+    warn_logger.propagate = False
 
 
 @click.group(cls=CompGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="comp")
-def main():
+def main() -> None:
     """comp: group k-fold training, tuning, TTA/ONNX inference and honest ensembles for image competitions."""
-
-
-def parse_folds(text: str | None) -> list[int] | None:
-    """'0,2' -> [0, 2]; None stays None."""
-    if text is None or text == "":
-        return None
-    try:
-        return sorted({int(x) for x in text.split(",") if x.strip() != ""})
-    except ValueError:
-        raise CompError(f"--folds expects comma-separated fold numbers such as 0,2, got {text!r}") from None
 
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
                              help="YAML experiment file.")
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress and no per-epoch lines; warnings and results only.")
 
 
-def default_run_dir(config_path: Path) -> Path:
-    """runs/<config file stem> under the current folder."""
-    return Path("runs") / config_path.stem
+def _load(config_path: Path, overrides: tuple[str, ...]):
+    from comp.config import load_config
+
+    return load_config(config_path, overrides=overrides)
 
 
 @main.command("train-folds")
 @config_option
 @set_option
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/<config stem>].")
-@click.option("--folds", "folds_text", metavar="0,2", help="Train only these folds (spread folds over machines).")
+@click.option("--folds", "folds", type=INTS, metavar="0,2", help="Train only these folds (spread folds over machines).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last finished epoch.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_folds_cmd(config_path, overrides, run_dir, folds_text, resume, quiet):
+@quiet_option
+def train_folds_cmd(config_path, overrides, run_dir, folds, resume, quiet):
     """Stratified-group k-fold training of every model in the config; writes checkpoints, OOF and metrics.
 
     Example: comp train-folds --config configs/demo.yaml --set train.epochs=3
     """
-    from comp.config._schema import load_config
-    from comp.training._trainer import summary_table, train_folds
+    from comp.training import train_folds
 
-    cfg = load_config(config_path, overrides)
-    run_dir = run_dir or default_run_dir(config_path)
-    summary = train_folds(cfg, run_dir, parse_folds(folds_text), resume=resume, progress=not quiet)
-    click.echo(summary_table(summary, cfg["metric"]))
+    _setup_logging(quiet)
+    cfg = _load(config_path, overrides)
+    run_dir = run_dir or Path("runs") / config_path.stem
+    result = train_folds(cfg, run_dir, folds=folds, resume=resume, progress=not quiet)
+    click.echo(result.table())
     click.echo(f"run folder: {run_dir}")
 
 
@@ -78,21 +124,23 @@ def train_folds_cmd(config_path, overrides, run_dir, folds_text, resume, quiet):
               help="Where to build the demo competition folder.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of configs/demo.yaml.")
-@click.option("--fresh", is_flag=True, help="Delete an earlier demo run folder first.")
-def demo_cmd(out_dir, run_dir, overrides, fresh):
+@click.option("--fresh", is_flag=True, help="Delete an earlier demo run folder first (only a demo run folder).")
+@quiet_option
+def demo_cmd(out_dir, run_dir, overrides, fresh, quiet):
     """Build a small real competition from scikit-learn's digits and run the whole pipeline on it.
 
     Example: comp demo
     """
     from comp.demo import run_demo
 
+    _setup_logging(quiet)
     for line in run_demo(out_dir, run_dir, overrides, fresh=fresh):
         click.echo(line)
 
 
 @main.command()
 @click.argument("model_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--method", default="hill_climb", metavar="NAME[,NAME...]|all",
+@click.option("--method", default="hill_climb", type=CommaList(allow_all=True), metavar="NAME[,NAME...]|all",
               help="Blend method(s): mean, weighted, rank, geometric, hill_climb, stacking; several (or all) "
                    "are compared and the submission comes from the best honest CV.")
 @click.option("--bias/--no-bias", default=False, help="Fit per-class log-probability offsets on OOF (argmax metrics).")
@@ -106,23 +154,20 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
 
     Example: comp ensemble runs/demo/models/byobnet runs/demo/models/effnet --method hill_climb --bias
     """
-    from comp.ensembling._ensemble import (  # late: keeps `comp --help` fast
-        compare_methods,
-        parse_methods,
-        result_rows,
-        run_ensemble,
-    )
     from comp._tables import format_table
+    from comp.ensembling import compare_blends, result_rows, run_ensemble
 
-    methods = parse_methods(method)
-    if len(methods) > 1:
-        if name:
-            raise CompError("--name names one blend; with several --method values each is saved as blend-<method>")
-        compared = compare_methods(list(model_dirs), methods, metric=metric, bias=bias, out=out, tta=tta)
+    _setup_logging(False)
+    if isinstance(method, list) and not method:
+        raise CompError("--method needs a method name, a comma-separated list, or all")
+    methods = method if isinstance(method, list) else []
+    if method == "all" or len(methods) > 1:
+        compared = compare_blends(list(model_dirs), methods=None if method == "all" else methods, metric=metric,
+                                  bias=bias, name=name, out=out, tta=tta)
         result = compared["best"]
         click.echo(format_table([{"method": r["method"], "cv": r["cv"], "cv_in_sample": r["cv_in_sample"],
                                   "blend": r["model_dir"]} for r in compared["results"]]))
-        click.echo(f"best honest CV: {result['method']} (best of {len(methods)} methods, so slightly optimistic)")
+        click.echo(f"best honest CV: {result['method']} (best of {len(compared['results'])} methods, so slightly optimistic)")
     else:
         result = run_ensemble(list(model_dirs), method=methods[0], metric=metric, bias=bias, name=name, out=out, tta=tta)
     click.echo(f"metric: {result['metric']} ({result['direction']}); cv = nested CV, cv_in_sample = fitted and scored on all OOF")
@@ -146,18 +191,19 @@ model_option = click.option("--model", "model_ids", multiple=True, metavar="ID",
 @click.option("--fp16", is_flag=True, help="Convert the graphs to float16 (inputs and outputs stay float32).")
 @click.option("--fuse", is_flag=True, help="Also write fused.onnx: all folds (and --tta views) averaged in one graph.")
 @click.option("--opset", default=17, type=int, help="ONNX opset version.")
-@click.option("--tta", default="", metavar="hflip,...", help="TTA views inside fused.onnx (only with --fuse).")
+@click.option("--tta", default=None, type=CommaList(), metavar="hflip,...", help="TTA views inside fused.onnx (only with --fuse).")
 @click.option("--tta-merge", default="mean", type=click.Choice(["mean", "geometric"]), help="How fused.onnx merges views.")
-def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge):
+@quiet_option
+def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge, quiet):
     """Export every fold checkpoint to ONNX (probabilities out), checked against PyTorch before it is kept.
 
-    Example: comp export runs/exp --fuse --tta hflip
+    Example: comp export runs/demo --fuse --tta hflip
     """
-    from comp.inference._export import export_run
+    from comp.inference import export_run
 
-    if tta and not fuse:
-        raise CompError("--tta only applies to the fused graph; add --fuse (per-fold graphs take TTA at predict time)")
-    reports = export_run(run_dir, list(model_ids), fp16=fp16, fuse=fuse, opset=opset, tta=tta, tta_merge=tta_merge, log=click.echo)
+    _setup_logging(quiet)
+    reports = export_run(run_dir, models=list(model_ids) or None, fp16=fp16, fuse=fuse, opset=opset, tta=tta or [],
+                         tta_merge=tta_merge)
     for mid in reports:
         click.echo(f"export report: {Path(run_dir) / 'models' / mid / 'export.json'}")
 
@@ -166,28 +212,30 @@ def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge):
 @run_arg
 @model_option
 @click.option("--engine", type=click.Choice(["onnx", "torch"]), default=None, help="[default: config predict.engine]")
-@click.option("--tta", default=None, metavar="hflip,vflip", help="TTA views [default: config predict.tta].")
+@click.option("--tta", default=None, type=CommaList(), metavar="hflip,vflip", help="TTA views [default: config predict.tta].")
 @click.option("--tta-merge", type=click.Choice(["mean", "geometric"]), default=None, help="[default: config predict.tta_merge]")
 @set_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Submission CSV [default: submissions/<run>.csv].")
 @click.option("--oof", is_flag=True, help="Also apply the TTA to each fold's validation rows and print CV before/after.")
 @click.option("--batch-size", type=int, default=None, help="[default: config predict.batch_size]")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def predict_cmd(run_dir, model_ids, engine, tta, tta_merge, overrides, out, oof, batch_size, quiet):
+@click.option("--allow-missing-folds", is_flag=True, help="Predict with the folds that are trained when some are not.")
+@quiet_option
+def predict_cmd(run_dir, model_ids, engine, tta, tta_merge, overrides, out, oof, batch_size, allow_missing_folds, quiet):
     """Predict the test set with every fold of each model; writes models/<id>/test.csv and a submission.
 
-    Example: comp predict runs/exp --tta hflip --oof --set data.test_csv=test.csv
+    Example: comp predict runs/demo --tta hflip --oof
     """
-    from comp.inference._predict import predict_run, result_rows
-    from comp._tables import format_table
+    from comp.inference import predict_run
 
-    result = predict_run(run_dir, list(model_ids), engine, tta, tta_merge, overrides, out, oof, batch_size,
-                         progress=not quiet, log=click.echo)
-    click.echo(format_table(result_rows(result), ["model", "folds", "engine", "tta", "cv", "cv_tta"]))
-    for info in result["models"].values():
-        click.echo(f"test predictions: {info['test']}" + (f"  oof with TTA: {info['oof_tta']}" if oof else ""))
-    if result["submission"]:
-        click.echo(f"submission: {result['submission']}")
+    _setup_logging(quiet)
+    result = predict_run(run_dir, models=list(model_ids) or None, engine=engine, tta=tta, tta_merge=tta_merge,
+                         overrides=overrides, out=out, oof=oof, batch_size=batch_size,
+                         allow_missing_folds=allow_missing_folds, progress=not quiet)
+    click.echo(result.table())
+    for info in result.models.values():
+        click.echo(f"test predictions: {info.test}" + (f"  oof with TTA: {info.oof_tta}" if oof else ""))
+    if result.submission:
+        click.echo(f"submission: {result.submission}")
 
 
 @main.command("submit")
@@ -199,9 +247,9 @@ def predict_cmd(run_dir, model_ids, engine, tta, tta_merge, overrides, out, oof,
 def submit_cmd(file, competition, message, sample, run_dir):
     """Validate a submission against the sample, then upload it with the kaggle package.
 
-    Example: comp submit submissions/exp.csv --competition digit-recognizer --message "5 folds, hflip" --run runs/exp
+    Example: comp submit submissions/demo.csv --competition digit-recognizer --message "5 folds, hflip" --run runs/demo
     """
-    from comp.submission._kaggle import submit
+    from comp.submission import submit
 
     path = submit(file, competition, message, sample, run_dir)
     click.echo(f"submitted {path} to {competition}")
@@ -214,29 +262,30 @@ def submit_cmd(file, competition, message, sample, run_dir):
 @click.option("--timeout", type=float, help="Stop starting new trials after this many seconds.")
 @click.option("--storage", metavar="URL", help="sqlite:///x.db, postgresql://..., or journal:PATH [default: OUT/study.db].")
 @click.option("--study-name", default=None, help="Study name inside the storage [default: comp].")
-@click.option("--folds", "folds_text", metavar="0,1", help="Tune on these folds only (cheaper).")
+@click.option("--folds", "folds", type=INTS, metavar="0,1", help="Tune on these folds only (cheaper).")
 @click.option("--epochs", type=int, help="Epochs per trial (overrides train.epochs and every model's epochs).")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "wilcoxon", "none"]), default=None,
               help="[default: tune.pruner or median]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Tuning folder [default: runs/tune-<config stem>].")
 @click.option("--keep-trials", is_flag=True, help="Keep every trial's checkpoints (large).")
-def tune_cmd(config_path, overrides, n_trials, timeout, storage, study_name, folds_text, epochs, pruner, out_dir, keep_trials):
+@quiet_option
+def tune_cmd(config_path, overrides, n_trials, timeout, storage, study_name, folds, epochs, pruner, out_dir, keep_trials, quiet):
     """Optuna search over the config's tune.space with fold-aware pruning; resumable and shareable studies.
 
-    Example: comp tune --config configs/demo.yaml --n-trials 20 --folds 0,1 --epochs 3
+    Example: comp tune --config configs/demo.yaml --n-trials 4 --folds 0,1 --epochs 2
     """
-    from comp.config._schema import load_config
-    from comp.tuning._tune import summary_rows, tune
+    from comp.tuning import tune
 
-    cfg = load_config(config_path, overrides)
+    _setup_logging(quiet)
+    cfg = _load(config_path, overrides)
     out_dir = out_dir or Path("runs") / f"tune-{config_path.stem}"
-    result = tune(cfg, out_dir, n_trials, timeout, storage, study_name, parse_folds(folds_text), epochs, pruner,
-                  keep_trials=keep_trials)
-    click.echo(summary_rows(result, out_dir))
-    click.echo("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in result["states"].items()))
-    if result["best_config"]:
-        click.echo(f"best {cfg['metric']}: {result['best_value']:.4f}  best config: {result['best_config']}")
-    for p in result["plots"]:
+    result = tune(cfg, out_dir, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name, folds=folds,
+                  epochs=epochs, pruner=pruner, keep_trials=keep_trials)
+    click.echo(result.table())
+    click.echo("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in result.states.items()))
+    if result.best_config:
+        click.echo(f"best {cfg.metric}: {result.best_value:.4f}  best config: {result.best_config}")
+    for p in result.plots:
         click.echo(f"plot: {p}")
     click.echo(f"trials table: {out_dir / 'trials.csv'}")
 
@@ -244,21 +293,22 @@ def tune_cmd(config_path, overrides, n_trials, timeout, storage, study_name, fol
 @main.command("bench-data")
 @config_option
 @set_option
-@click.option("--workers", default="0,2", help="DataLoader worker counts to try (comma-separated).")
-@click.option("--batch-sizes", default="32", help="Batch sizes to try (comma-separated).")
+@click.option("--workers", default="0,2", type=INTS, help="DataLoader worker counts to try (comma-separated).")
+@click.option("--batch-sizes", default="32", type=INTS, help="Batch sizes to try (comma-separated).")
 @click.option("--batches", default=5, type=int, help="Batches per timed pass.")
-@click.option("--cache", "caches", default="none,disk,memory", help="Cache modes to try: none, disk, memory.")
+@click.option("--cache", "caches", default="none,disk,memory", type=CommaList(choices=["none", "disk", "memory"]),
+              help="Cache modes to try: none, disk, memory.")
 def bench_data_cmd(config_path, overrides, workers, batch_sizes, batches, caches):
     """Images/s of the input pipeline per cache/workers/batch size against the model's own training speed.
 
-    Example: comp bench-data --config configs/demo.yaml --workers 0,2,4 --batch-sizes 32,64
+    Example: comp bench-data --config configs/demo.yaml --workers 0,2 --batch-sizes 32,64
     """
-    from comp.config._schema import load_config
-    from comp.diagnostics._bench_data import bench_data
     from comp._tables import format_table
+    from comp.diagnostics import bench_data
 
-    cfg = load_config(config_path, overrides)
-    result = bench_data(cfg, workers, batch_sizes, batches, caches)
+    _setup_logging(False)
+    cfg = _load(config_path, overrides)
+    result = bench_data(cfg, workers=workers, batch_sizes=batch_sizes, batches=batches, caches=caches)
     click.echo(f"model {result['model_name']} on {result['device']}; data images/s timed on the second pass")
     click.echo(format_table(result["rows"], floatfmt=".0f"))
     for line in result["verdict"]:
@@ -276,10 +326,10 @@ def eda_cmd(config_path, overrides, out_dir, threshold):
 
     Example: comp eda --config configs/demo.yaml --out runs/eda-demo
     """
-    from comp.config._schema import load_config
-    from comp.diagnostics._eda import run_eda
+    from comp.diagnostics import run_eda
 
-    cfg = load_config(config_path, overrides)
+    _setup_logging(False)
+    cfg = _load(config_path, overrides)
     out_dir = out_dir or Path("runs") / f"eda-{config_path.stem}"
     result = run_eda(cfg, out_dir, threshold)
     for line in result["summary"]:
@@ -291,19 +341,19 @@ def eda_cmd(config_path, overrides, out_dir, threshold):
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--model", "model_id", default=None, help="Model id in the run [default: the one with the best CV].")
 @click.option("--top", default=12, type=int, help="How many confident mistakes to show (and Grad-CAM by default).")
-@click.option("--gradcam-ids", default=None, metavar="a,b", help="Grad-CAM these ids instead of the worst mistakes.")
+@click.option("--gradcam-ids", default=None, type=CommaList(), metavar="a,b", help="Grad-CAM these ids instead of the worst mistakes.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder [default: RUN/models/<id>/explain].")
 def explain_cmd(run_dir, model_id, top, gradcam_ids, out_dir):
     """Confusion matrix, per-class P/R/F1, confident mistakes, likely mislabels and Grad-CAM from OOF predictions.
 
-    Example: comp explain runs/demo --model effnet --top 8 --gradcam-ids 17,42
+    Example: comp explain runs/demo --model effnet --top 8
     """
-    from comp.diagnostics._explain import explain_run
     from comp._tables import format_table
+    from comp.diagnostics import explain_run
 
-    ids = [s.strip() for s in gradcam_ids.split(",") if s.strip()] if gradcam_ids else None
-    result = explain_run(run_dir, model_id, top, ids, out_dir)
+    _setup_logging(False)
+    result = explain_run(run_dir, model_id, top, gradcam_ids, out_dir)
     click.echo(f"model {result['model_id']}" + ("" if model_id else " (best CV; choose another with --model)"))
     click.echo(format_table(result["scores"].to_dict("records")))
     click.echo(f"{result['mistakes']} OOF mistakes; likeliest label errors in {result['out'] / 'mislabeled.csv'}")

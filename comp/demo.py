@@ -16,7 +16,9 @@ import pandas as pd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from comp.run import _rundir as artifacts
+from comp.config import load_config
+from comp.errors import CompError
+from comp.run import write_csv
 
 DEMO_CONFIG = "demo.yaml"
 
@@ -53,10 +55,10 @@ def make_digits_competition(out_dir: str | Path, n_train_groups: int = 300, view
         rid = f"t{src:04d}"
         _jitter(digits.images[src], rng, size).save(out / "test" / f"{rid}.png")
         test_rows.append({"id": rid, "label": int(digits.target[src])})
-    artifacts.write_csv(out / "train.csv", pd.DataFrame(rows))
+    write_csv(out / "train.csv", pd.DataFrame(rows))
     test = pd.DataFrame(test_rows)
-    artifacts.write_csv(out / "test_labels.csv", test)
-    artifacts.write_csv(out / "sample_submission.csv", test.assign(label=0))
+    write_csv(out / "test_labels.csv", test)
+    write_csv(out / "sample_submission.csv", test.assign(label=0))
     return out
 
 
@@ -65,44 +67,54 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("comp") / "configs" / DEMO_CONFIG))
 
 
+def _is_demo_run(run_dir: Path) -> bool:
+    """A folder ``--fresh`` may delete: a run folder whose saved config is the demo's (digits, byobnet/effnet)."""
+    from comp.run import RunDir
+
+    try:
+        saved = RunDir(run_dir).config_dict()
+    except CompError:
+        return False
+    demo = load_config(demo_config_path(), base_dir=run_dir).to_dict()
+    return ([m.get("id") for m in saved.get("models", []) if isinstance(m, dict)] == [m.get("id") for m in demo["models"]]
+            and (saved.get("data") or {}).get("group_column") == demo["data"]["group_column"])
+
+
 def run_demo(out_dir: Path, run_dir: Path, overrides=(), fresh: bool = False,
              submission: Path = Path("submissions/demo.csv")) -> Iterator[str]:
-    """Build the demo data (once) and run every pipeline stage that exists; yields report lines."""
-    from comp.config._schema import load_config
-    from comp.training._trainer import summary_table, train_folds
+    """Build the demo data (once) and run every pipeline stage; yields report lines."""
+    from comp.training._trainer import train_folds
 
     out_dir, run_dir = Path(out_dir), Path(run_dir)
+    cfg = load_config(demo_config_path(), overrides=overrides, base_dir=out_dir.resolve())  # a typo fails before any delete
     if fresh and run_dir.exists():
+        if not _is_demo_run(run_dir):
+            raise CompError(f"--fresh would delete {run_dir}, which is not a demo run folder; pass another --run-dir "
+                            "or delete it yourself")
         shutil.rmtree(run_dir)
     if not (out_dir / "train.csv").is_file():
         make_digits_competition(out_dir)
         yield f"demo competition written to {out_dir}"
-    cfg = load_config(demo_config_path(), overrides, base_dir=out_dir.resolve())
-    summary = train_folds(cfg, run_dir, resume=True)
-    yield summary_table(summary, cfg["metric"])
+    result = train_folds(cfg, run_dir, resume=True)
+    yield result.table()
     yield f"run folder: {run_dir}"
-    yield from _after_training(run_dir, cfg, submission)
+    yield from _after_training(run_dir, submission)
 
 
-def _after_training(run_dir: Path, cfg: dict, submission: Path) -> Iterator[str]:
+def _after_training(run_dir: Path, submission: Path) -> Iterator[str]:
     """Predict the test set with every model, blend them honestly, and write the submission."""
-    from comp.run._rundir import RunDir
-    from comp.ensembling._ensemble import result_rows, run_ensemble
     from comp._tables import format_table
+    from comp.ensembling._ensemble import result_rows, run_ensemble
+    from comp.inference._predict import predict_run
+    from comp.run import RunDir
 
     run = RunDir(run_dir)
-    try:
-        from comp.inference._predict import predict_run
-    except ImportError:  # predict not built yet: the blend carries OOF only
-        predict_run = None
-    if predict_run is not None:
-        mean_sub = submission.with_name(submission.stem + "-mean.csv")
-        predict_run(run_dir, engine="torch", out=mean_sub, progress=False, log=lambda *a, **k: None)
-        yield "test predictions: " + ", ".join(str(run.test_pred(m)) for m in run.model_ids())
+    mean_sub = submission.with_name(submission.stem + "-mean.csv")
+    predict_run(run_dir, engine="torch", out=mean_sub, progress=False)
+    yield "test predictions: " + ", ".join(str(run.test_pred(m)) for m in run.model_ids())
     model_dirs = [run.model_dir(m) for m in run.model_ids()]
     if len(model_dirs) > 1:
-        has_test = all(run.test_pred(m).is_file() for m in run.model_ids())
-        result = run_ensemble(model_dirs, method="hill_climb", name="demo-blend", out=submission if has_test else None)
+        result = run_ensemble(model_dirs, method="hill_climb", name="demo-blend", out=submission)
         yield format_table(result_rows(result))
         if result.get("submission"):
             yield f"submission: {result['submission']}"

@@ -1,4 +1,7 @@
-"""User-facing errors: one line, names the file/row/key and the fix; the CLI turns them into exit code 2."""
+"""User-facing errors: one line that names the file, row or key and the fix; the CLI exits 2 on them.
+
+Anything else that escapes a command is a bug in comp and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,20 @@ from collections.abc import Iterable
 
 class CompError(Exception):
     """A mistake in the user's input (config, CSV, images, run folder) rather than a bug in comp."""
+
+    exit_code = 2
+
+
+class ConfigError(CompError):
+    """A config key, type, value or search space that cannot work."""
+
+
+class DataError(CompError):
+    """A training/test table, image or sample submission that cannot be read as the config says."""
+
+
+class RunFolderError(CompError):
+    """A run folder or artifact that is missing, incomplete, from another run, or not comp's."""
 
 
 def closest(name: str, choices: Iterable[str], n: int = 1) -> str:

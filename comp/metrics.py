@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn import metrics as skm
 
-from comp.errors import CompError, closest
+from comp._registry import Registry
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,14 @@ class Metric:
         return "maximize" if self.greater_is_better else "minimize"
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric")
 
 
 def register(name: str, greater_is_better: bool = True, needs_proba: bool = False):
     """Decorator: add ``fn(y_true, probs) -> float`` to the registry under ``name``."""
 
     def deco(fn):
-        METRICS[name] = Metric(name, fn, greater_is_better, needs_proba)
+        METRICS.add(name, Metric(name, fn, greater_is_better, needs_proba))
         return fn
 
     return deco
@@ -55,9 +55,7 @@ def register(name: str, greater_is_better: bool = True, needs_proba: bool = Fals
 
 def get_metric(name: str) -> Metric:
     """Look up a metric by name; unknown names list the valid ones."""
-    if name not in METRICS:
-        raise CompError(f"unknown metric '{name}'; choose from {', '.join(sorted(METRICS))}{closest(name, METRICS)}")
-    return METRICS[name]
+    return METRICS.get(name)
 
 
 def _labels(probs: np.ndarray) -> np.ndarray:

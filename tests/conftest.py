@@ -86,7 +86,7 @@ def config_file(comp_dir) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A finished 2-fold run of one tiny model (shared by read-only tests: predict, export, explain, ensemble)."""
-    from comp.config._schema import load_config
+    from comp.config import load_config
     from comp.training._trainer import train_folds
 
     root = write_competition(tmp_path_factory.mktemp("trained") / "comp")

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from comp.config._schema import apply_overrides, defaults, load_config, model_train_cfg
+from comp.config import Config, apply_overrides, load_config
 from comp.errors import CompError
 
 
@@ -13,7 +13,7 @@ def write(tmp_path, data):
 
 def test_defaults_validate(tmp_path):
     cfg = load_config(write(tmp_path, {}))
-    assert cfg["folds"]["n_splits"] == 5 and cfg["metric"] == "macro_f1"
+    assert cfg.folds.n_splits == 5 and cfg.metric == "macro_f1"
 
 
 @pytest.mark.parametrize(
@@ -50,18 +50,18 @@ def test_yaml_syntax_error_names_line(tmp_path):
 
 def test_overrides_and_model_entry_overrides(tmp_path):
     p = write(tmp_path, {"models": [{"name": "resnet18", "lr": 0.5}, "test_vit"]})
-    cfg = load_config(p, ["train.epochs=3", "train.lr=1e-4", "models.1.image_size=[16, 24]", "data.group_column=person"])
-    assert cfg["train"]["epochs"] == 3 and cfg["data"]["group_column"] == "person"
-    assert model_train_cfg(cfg, cfg["models"][0])["lr"] == 0.5
-    assert model_train_cfg(cfg, cfg["models"][1])["lr"] == 1e-4
-    assert cfg["models"][1]["image_size"] == [16, 24]
+    cfg = load_config(p, overrides=["train.epochs=3", "train.lr=1e-4", "models.1.image_size=[16, 24]", "data.group_column=person"])
+    assert cfg.train.epochs == 3 and cfg.data.group_column == "person"
+    assert cfg.train_for(cfg.models[0]).lr == 0.5
+    assert cfg.train_for(cfg.models[1]).lr == 1e-4
+    assert cfg.models[1].image_size == [16, 24]
 
 
 @pytest.mark.parametrize("item, needle", [("train.epochs", "key=value"), ("trainn.epochs=3", "unknown section 'trainn'"),
                                           ("models.7.lr=1", "not an index")])
 def test_bad_overrides(item, needle):
     with pytest.raises(CompError, match=needle):
-        apply_overrides(defaults(), [item])
+        apply_overrides(Config().to_dict(), [item])
 
 
 def test_relative_paths_resolve_against_config_folder(tmp_path):
@@ -69,5 +69,5 @@ def test_relative_paths_resolve_against_config_folder(tmp_path):
     p = tmp_path / "sub" / "c.yaml"
     p.write_text(yaml.safe_dump({"data": {"train_csv": "d/train.csv", "image_dir": "/abs/img"}}))
     cfg = load_config(p)
-    assert cfg["data"]["train_csv"] == str((tmp_path / "sub" / "d" / "train.csv").resolve())
-    assert cfg["data"]["image_dir"] == "/abs/img"
+    assert cfg.data.train_csv == str((tmp_path / "sub" / "d" / "train.csv").resolve())
+    assert cfg.data.image_dir == "/abs/img"

@@ -4,7 +4,7 @@ import pytest
 from conftest import tiny_config, write_config
 from PIL import Image
 
-from comp.config._schema import load_config
+from comp.config import load_config
 from comp.data._table import load_image, load_train_table
 from comp.errors import CompError
 
@@ -47,7 +47,7 @@ def _cfg(comp_dir, **kw):
 
 
 def test_train_table(comp_dir):
-    t = load_train_table(_cfg(comp_dir)["data"])
+    t = load_train_table(_cfg(comp_dir).data)
     assert t.classes == ["c0", "c1", "c2"] and len(t.paths) == len(t.targets) == 36
     assert t.groups is not None and all(p.is_file() for p in t.paths)
 
@@ -71,19 +71,19 @@ def _edit_csv(comp_dir, fn):
 def test_bad_train_csv(comp_dir, edit, needle):
     _edit_csv(comp_dir, edit)
     with pytest.raises(CompError) as exc:
-        load_train_table(_cfg(comp_dir)["data"])
+        load_train_table(_cfg(comp_dir).data)
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_empty_csv(comp_dir):
     (comp_dir / "train.csv").write_text("")
     with pytest.raises(CompError, match="is empty"):
-        load_train_table(_cfg(comp_dir)["data"])
+        load_train_table(_cfg(comp_dir).data)
 
 
 def test_path_template_with_subfolders(comp_dir):
     (comp_dir / "train" / "sub").mkdir()
     for p in (comp_dir / "train").glob("*.png"):
         p.rename(comp_dir / "train" / "sub" / p.name)
-    t = load_train_table(_cfg(comp_dir, data__path_template="sub/{id}.png")["data"])
+    t = load_train_table(_cfg(comp_dir, data__path_template="sub/{id}.png").data)
     assert all(p.parent.name == "sub" for p in t.paths)

@@ -11,12 +11,12 @@ import yaml
 from click.testing import CliRunner
 from threadpoolctl import threadpool_limits
 
-from comp.ensembling._blend import METHODS, geometric_mean, hill_climb, rank_mean
+from comp._tables import format_table
 from comp.cli import main
+from comp.ensembling._blend import METHODS, geometric_mean, hill_climb, rank_mean
 from comp.ensembling._ensemble import run_ensemble
 from comp.errors import CompError
 from comp.metrics import get_metric
-from comp._tables import format_table
 
 CLASSES = ["cat", "dog", "fox"]
 ID = "image_id"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from comp.errors import CompError
 from comp.data._folds import assign_folds, check_no_leak
+from comp.errors import CompError
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

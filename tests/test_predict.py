@@ -14,13 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from comp.inference import _export as E
-from comp.run._rundir import RunDir
 from comp.cli import main
 from comp.errors import CompError
-from comp.training._models import load_checkpoint, make_checkpoint, model_from_checkpoint
-from comp.submission._format import validate_submission
+from comp.inference import _export as E
 from comp.inference._tta import MERGES, TTA_OPS, merge_probs, parse_tta
+from comp.run import RunDir, load_checkpoint, make_checkpoint
+from comp.submission._format import validate_submission
+from comp.training._models import model_from_checkpoint
 
 # ---------------------------------------------------------------- fixtures
 
@@ -40,7 +40,7 @@ def base_run(trained_run, tmp_path_factory):
         meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "num_classes", "format")}
         meta.update(model_name="test_resnet", model_id="res")
         run.model_dir("res").mkdir(parents=True, exist_ok=True)
-        torch.save(make_checkpoint(model, meta), run.checkpoint("res", ckpt["fold"]))
+        torch.save(make_checkpoint(model.state_dict(), meta), run.checkpoint("res", ckpt["fold"]))
     return dst
 
 
@@ -53,14 +53,14 @@ def run_dir(base_run, tmp_path):
 
 
 def _cfg_data(run_dir):
-    return RunDir(run_dir).load_config()["data"]
+    return RunDir(run_dir).load_config().data
 
 
 def _batch(run_dir, n=6):
     """Preprocessed test images of the run."""
     ckpt = load_checkpoint(RunDir(run_dir).checkpoint("eff", 0))
     cfg = RunDir(run_dir).load_config()
-    x, _ = E.parity_batch({"data": {**cfg["data"], "train_csv": "/nonexistent.csv"}}, ckpt, RunDir(run_dir), n)
+    x, _ = E.parity_batch(cfg.replace(**{"data.train_csv": "/nonexistent.csv"}), ckpt, RunDir(run_dir), n)
     return x
 
 
@@ -126,7 +126,7 @@ def test_flip_views_are_exact():
 
 
 def test_export_two_families_matches_torch_and_documents_preprocessing(run_dir):
-    reports = E.export_run(run_dir, log=lambda s: None)
+    reports = E.export_run(run_dir)
     assert set(reports) == {"eff", "res"}
     x = _batch(run_dir)
     run = RunDir(run_dir)
@@ -147,7 +147,7 @@ def test_export_two_families_matches_torch_and_documents_preprocessing(run_dir):
 
 
 def test_fp16_export_is_half_and_within_tolerance(run_dir):
-    report = E.export_run(run_dir, ["eff"], fp16=True, log=lambda s: None)["eff"]
+    report = E.export_run(run_dir, models=["eff"], fp16=True)["eff"]
     assert report["precision"] == "fp16" and all(f["max_abs_diff"] <= 1e-2 for f in report["files"])
     path = RunDir(run_dir).model_dir("eff") / "fold0.onnx"
     graph = onnx.load(str(path)).graph
@@ -161,7 +161,7 @@ def test_fp16_export_is_half_and_within_tolerance(run_dir):
 
 @pytest.mark.parametrize("merge", MERGES)
 def test_fused_graph_equals_merged_views_averaged_over_folds(run_dir, merge):
-    E.export_run(run_dir, ["eff"], fuse=True, tta="hflip,scale1.1", tta_merge=merge, log=lambda s: None)
+    E.export_run(run_dir, models=["eff"], fuse=True, tta=["hflip", "scale1.1"], tta_merge=merge)
     run = RunDir(run_dir)
     x = _batch(run_dir)
     per_fold = []
@@ -175,7 +175,7 @@ def test_fused_graph_equals_merged_views_averaged_over_folds(run_dir, merge):
 def test_failed_parity_writes_nothing(run_dir, monkeypatch):
     monkeypatch.setitem(E.TOLERANCE, "fp32", -1.0)
     with pytest.raises(CompError, match="nothing written"):
-        E.export_run(run_dir, ["eff"], log=lambda s: None)
+        E.export_run(run_dir, models=["eff"])
     assert not [p.name for p in RunDir(run_dir).model_dir("eff").iterdir() if "onnx" in p.name]
 
 
@@ -188,13 +188,13 @@ def test_engines_agree_with_tta(run_dir, tmp_path):
     run = RunDir(run_dir)
     out = {}
     for engine in ("torch", "onnx"):
-        predict_run(run_dir, ["eff"], engine, "hflip,shift", "geometric", out=tmp_path / f"{engine}.csv", progress=False,
-                    log=lambda s: None)
+        predict_run(run_dir, models=["eff"], engine=engine, tta=["hflip", "shift"], tta_merge="geometric", out=tmp_path / f"{engine}.csv", progress=False,
+                    )
         out[engine] = pd.read_csv(run.test_pred("eff"))
     assert list(out["torch"]["id"]) == list(out["onnx"]["id"])
     np.testing.assert_allclose(out["onnx"].iloc[:, 1:].to_numpy(), out["torch"].iloc[:, 1:].to_numpy(), atol=1e-4)
-    plain = predict_run(run_dir, ["eff"], "onnx", "", out=tmp_path / "plain.csv", progress=False, log=lambda s: None)
-    assert plain["tta"] == []
+    plain = predict_run(run_dir, models=["eff"], engine="onnx", tta=[], out=tmp_path / "plain.csv", progress=False)
+    assert plain.tta == []
     assert not np.allclose(pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy(), out["onnx"].iloc[:, 1:].to_numpy())
 
 
@@ -205,7 +205,7 @@ def test_predict_cli_writes_test_csv_oof_tta_and_valid_submission(run_dir, tmp_p
     run, data = RunDir(run_dir), _cfg_data(run_dir)
     sub_path = tmp_path / "submissions" / "run.csv"
     assert f"submission: {sub_path.relative_to(tmp_path)}" in result.output and "cv_tta" in result.output
-    sample = pd.read_csv(data["sample_submission"], dtype=str)
+    sample = pd.read_csv(data.sample_submission, dtype=str)
     for mid in ("eff", "res"):
         oof = pd.read_csv(run.oof(mid), dtype={"id": str}) if run.oof(mid).is_file() else pd.read_csv(run.oof("eff"))
         test = pd.read_csv(run.test_pred(mid), dtype={"id": str})
@@ -218,7 +218,7 @@ def test_predict_cli_writes_test_csv_oof_tta_and_valid_submission(run_dir, tmp_p
         assert list(tta["id"]) == list(ref["id"]) and list(tta["fold"]) == list(ref["fold"])
         assert list(tta["target"]) == list(ref["target"])
     sub = pd.read_csv(sub_path, dtype=str)
-    validate_submission(sub, data["sample_submission"], list(oof.columns[3:]))
+    validate_submission(sub, data.sample_submission, list(oof.columns[3:]))
     eff, res = (pd.read_csv(run.test_pred(m)).set_index("id") for m in ("eff", "res"))
     mean = (eff + res) / 2
     assert list(sub["label"]) == list(mean.loc[sub["id"]].idxmax(axis=1))
@@ -240,7 +240,7 @@ def test_run_without_checkpoints(run_dir, tmp_path):
 
 def test_missing_test_image(run_dir, tmp_path):
     images = tmp_path / "test_images"
-    shutil.copytree(_cfg_data(run_dir)["test_image_dir"], images)
+    shutil.copytree(_cfg_data(run_dir).test_image_dir, images)
     next(iter(sorted(images.iterdir()))).unlink()
     out = tmp_path / "sub.csv"
     _assert_user_error(_invoke("predict", run_dir, "--set", f"data.test_image_dir={images}", "--out", out), "not found")
@@ -249,7 +249,7 @@ def test_missing_test_image(run_dir, tmp_path):
 
 def test_sample_ids_not_matching_test_ids(run_dir, tmp_path):
     data = _cfg_data(run_dir)
-    test = pd.read_csv(data["sample_submission"], dtype=str)
+    test = pd.read_csv(data.sample_submission, dtype=str)
     test.to_csv(tmp_path / "test.csv", index=False)
     bad = test.assign(id=test["id"].str.replace("t00", "x99"))
     bad.to_csv(tmp_path / "sample.csv", index=False)
@@ -283,7 +283,7 @@ def test_export_tta_needs_fuse(base_run):
 def good_submission(base_run, tmp_path):
     data = _cfg_data(base_run)
     path = tmp_path / "sub.csv"
-    pd.read_csv(data["sample_submission"], dtype=str).to_csv(path, index=False)
+    pd.read_csv(data.sample_submission, dtype=str).to_csv(path, index=False)
     return path
 
 
@@ -307,7 +307,7 @@ def test_submit_uploads_only_valid_files(good_submission, base_run, monkeypatch,
     calls = []
     fake = types.SimpleNamespace(api=types.SimpleNamespace(competition_submit=lambda *a: calls.append(a)))
     monkeypatch.setitem(sys.modules, "kaggle", fake)
-    sample = _cfg_data(base_run)["sample_submission"]
+    sample = _cfg_data(base_run).sample_submission
     result = _invoke("submit", good_submission, "--competition", "digits", "--message", "hi", "--sample", sample)
     assert result.exit_code == 0, result.output
     assert calls == [(str(good_submission), "hi", "digits")]
@@ -334,7 +334,7 @@ def test_cuda_io_binding_matches_cpu(base_run, tmp_path):
 
     dst = tmp_path / "run"
     shutil.copytree(base_run, dst)
-    E.export_run(dst, ["eff"], log=lambda s: None)
+    E.export_run(dst, models=["eff"])
     path = RunDir(dst).model_dir("eff") / "fold0.onnx"
     runner = OrtRunner(path)
     assert runner.cuda
@@ -346,22 +346,22 @@ def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path, monkeypatch
     from comp.inference._predict import predict_run
 
     run = RunDir(run_dir)
-    quiet = dict(progress=False, log=lambda s: None)
-    per_fold = predict_run(run_dir, ["eff"], "torch", "hflip", "mean", out=tmp_path / "t.csv", **quiet)
-    assert per_fold["models"]["eff"]["fused"] is False
+    quiet = dict(progress=False)
+    per_fold = predict_run(run_dir, models=["eff"], engine="torch", tta=["hflip"], tta_merge="mean", out=tmp_path / "t.csv", **quiet)
+    assert per_fold.models["eff"].fused is False
     reference = pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy()
-    E.export_run(run_dir, ["eff"], fuse=True, tta="hflip", log=lambda s: None)
+    E.export_run(run_dir, models=["eff"], fuse=True, tta=["hflip"])
     import comp.inference._predict as P
 
     opened = []
     real = P.OrtRunner
     monkeypatch.setattr(P, "OrtRunner", lambda path, *a: opened.append(path.name) or real(path, *a))
-    fused = predict_run(run_dir, ["eff"], "onnx", "hflip", "mean", out=tmp_path / "f.csv", **quiet)
-    assert fused["models"]["eff"]["fused"] is True and opened == ["fused.onnx"]  # no per-fold sessions
+    fused = predict_run(run_dir, models=["eff"], engine="onnx", tta=["hflip"], tta_merge="mean", out=tmp_path / "f.csv", **quiet)
+    assert fused.models["eff"].fused is True and opened == ["fused.onnx"]  # no per-fold sessions
     np.testing.assert_allclose(pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy(), reference, atol=1e-4)
     # other TTA than the graph was built with: the per-fold graphs are used
-    assert predict_run(run_dir, ["eff"], "onnx", "vflip", "mean", out=tmp_path / "v.csv", **quiet)["models"]["eff"]["fused"] is False
+    assert predict_run(run_dir, models=["eff"], engine="onnx", tta=["vflip"], tta_merge="mean", out=tmp_path / "v.csv", **quiet).models["eff"].fused is False
     # re-exporting without --fuse removes the fused graph built from the previous export
-    E.export_run(run_dir, ["eff"], log=lambda s: None)
+    E.export_run(run_dir, models=["eff"])
     assert not (run.model_dir("eff") / "fused.onnx").exists()
-    assert predict_run(run_dir, ["eff"], "onnx", "hflip", "mean", out=tmp_path / "s.csv", **quiet)["models"]["eff"]["fused"] is False
+    assert predict_run(run_dir, models=["eff"], engine="onnx", tta=["hflip"], tta_merge="mean", out=tmp_path / "s.csv", **quiet).models["eff"].fused is False

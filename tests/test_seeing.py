@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from comp.config import DataConfig, load_config
 from comp.data._cache import SlabReader, decode_resized, make_reader, slab_bytes
-from comp.config._schema import load_config
 from comp.data._table import load_image
 from comp.errors import CompError
 from tests.conftest import tiny_config, write_config
@@ -27,7 +27,7 @@ def test_disk_cache_matches_decode_and_hits(comp_dir, tmp_path):
     src = paths[0]
     expected = decode_resized(src, (16, 20))
     assert expected.shape == (16, 20, 3) and expected.dtype == np.uint8
-    reader = make_reader({"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": str(comp_dir / "train")},
+    reader = make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": str(comp_dir / "train")}),
                          (16, 20), paths)
     assert isinstance(reader, SlabReader) and reader.file.parent == tmp_path / "c"
     assert reader.file.name.startswith("16x20-") and reader.file.stat().st_size == slab_bytes(len(paths), (16, 20))
@@ -46,7 +46,7 @@ def test_disk_cache_matches_decode_and_hits(comp_dir, tmp_path):
     with pytest.raises(CompError):
         load_image(src)
     # a second reader over the same images (the next fold, the next run) starts warm
-    warm = make_reader({"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": "x"}, (16, 20), paths)
+    warm = make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": "x"}), (16, 20), paths)
     assert warm.file == reader.file and warm.filled() == 1
 
 
@@ -54,7 +54,7 @@ def test_disk_cache_new_slab_when_an_image_changes(comp_dir, tmp_path):
     import os
 
     paths = _train_paths(comp_dir)
-    cfg = {"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": str(comp_dir / "train")}
+    cfg = DataConfig(cache="disk", cache_dir=str(tmp_path / "c"), image_dir=str(comp_dir / "train"))
     a = make_reader(cfg, (8, 8), paths)
     st = os.stat(paths[3])
     os.utime(paths[3], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
@@ -64,14 +64,14 @@ def test_disk_cache_new_slab_when_an_image_changes(comp_dir, tmp_path):
 
 
 def test_disk_cache_default_dir(comp_dir):
-    reader = make_reader({"cache": "disk", "image_dir": str(comp_dir / "train")}, (8, 8), _train_paths(comp_dir))
+    reader = make_reader(DataConfig(**{"cache": "disk", "image_dir": str(comp_dir / "train")}), (8, 8), _train_paths(comp_dir))
     assert reader.file.parent == comp_dir / ".comp_cache"
 
 
 def test_cache_unflagged_row_is_decoded_again(comp_dir, tmp_path):
     """A process killed between writing a row and setting its flag leaves garbage that is never served."""
     paths = _train_paths(comp_dir)
-    reader = make_reader({"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}, (8, 8), paths)
+    reader = make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}), (8, 8), paths)
     flags, rows = reader.views()
     rows[2] = 255
     np.testing.assert_array_equal(reader(paths[2]), decode_resized(paths[2], (8, 8)))
@@ -80,11 +80,11 @@ def test_cache_unflagged_row_is_decoded_again(comp_dir, tmp_path):
 
 def test_cache_passes_through_other_paths_and_names_missing_images(comp_dir, tmp_path):
     paths = _train_paths(comp_dir)
-    reader = make_reader({"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}, (8, 8), paths[:3])
+    reader = make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}), (8, 8), paths[:3])
     np.testing.assert_array_equal(reader(paths[5]), decode_resized(paths[5], (8, 8)))  # e.g. a test image
     assert reader.filled() == 0
     with pytest.raises(CompError, match="nope.png not found"):
-        make_reader({"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}, (8, 8), [comp_dir / "nope.png"])
+        make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}), (8, 8), [comp_dir / "nope.png"])
 
 
 def test_memory_cache_decodes_once_and_is_shared_with_workers(comp_dir, monkeypatch):
@@ -94,7 +94,7 @@ def test_memory_cache_decodes_once_and_is_shared_with_workers(comp_dir, monkeypa
     from comp.data._table import ImageDataset
 
     paths = _train_paths(comp_dir)
-    reader = make_reader({"cache": "memory", "image_dir": str(comp_dir / "train")}, (12, 12), paths)
+    reader = make_reader(DataConfig(**{"cache": "memory", "image_dir": str(comp_dir / "train")}), (12, 12), paths)
     assert reader.file.parent == cache._shm_dir() and reader.file in cache._OWNED
     ds = ImageDataset(paths, np.zeros(len(paths), dtype=np.int64), None, reader=reader)
     # epoch 1 in two worker processes fills the slab the parent sees
@@ -115,8 +115,8 @@ def test_memory_slab_removed_at_exit_and_stale_ones_cleaned(comp_dir, tmp_path, 
 
     import comp.data._cache as cache
 
-    code = ("import sys; from pathlib import Path; from comp.data._cache import make_reader; "
-            "r = make_reader({'cache': 'memory', 'image_dir': 'x'}, (8, 8), sorted(Path(sys.argv[1]).glob('*.png'))); "
+    code = ("import sys; from pathlib import Path; from comp.data._cache import make_reader; from comp.config import DataConfig; "
+            "r = make_reader(DataConfig(**{'cache': 'memory', 'image_dir': 'x'}), (8, 8), sorted(Path(sys.argv[1]).glob('*.png'))); "
             "r(r.paths[0]); print(r.file)")
     out = subprocess.run([sys.executable, "-c", code, str(comp_dir / "train")], capture_output=True, text=True, check=True)
     slab = Path(out.stdout.strip())
@@ -124,7 +124,7 @@ def test_memory_slab_removed_at_exit_and_stale_ones_cleaned(comp_dir, tmp_path, 
     monkeypatch.setattr(cache, "_shm_dir", lambda: tmp_path)
     stale = tmp_path / "comp-slab-999999999-8x8-abc.u8"  # from a killed process
     stale.write_bytes(b"x")
-    make_reader({"cache": "memory", "image_dir": "x"}, (8, 8), _train_paths(comp_dir))
+    make_reader(DataConfig(**{"cache": "memory", "image_dir": "x"}), (8, 8), _train_paths(comp_dir))
     assert not stale.exists()
 
 
@@ -138,15 +138,15 @@ def test_cache_without_space_is_a_clear_error(comp_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache.os, "posix_fallocate", full)
     with pytest.raises(CompError, match=r"data.cache=memory needs .*shm-size"):
-        make_reader({"cache": "memory", "image_dir": "x"}, (8, 8), _train_paths(comp_dir))
+        make_reader(DataConfig(**{"cache": "memory", "image_dir": "x"}), (8, 8), _train_paths(comp_dir))
     with pytest.raises(CompError, match=r"data.cache=disk needs .* data.cache_dir"):
-        make_reader({"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": "x"}, (8, 8), _train_paths(comp_dir))
+        make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": "x"}), (8, 8), _train_paths(comp_dir))
     assert list((tmp_path / "c").iterdir()) == []  # nothing half-made left behind
 
 
 def test_bad_cache_mode():
     with pytest.raises(CompError, match="data.cache"):
-        make_reader({"cache": "ram", "image_dir": "x"}, (8, 8))
+        make_reader(DataConfig(**{"cache": "ram", "image_dir": "x"}), (8, 8))
 
 
 @pytest.mark.parametrize("mode", ["disk", "memory"])
@@ -342,7 +342,7 @@ def test_cached_validation_images_equal_the_eval_pipeline_on_originals(comp_dir,
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(p)
         paths.append(p)
     tf = eval_pipeline((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    reader = make_reader({"cache": mode, "cache_dir": str(tmp_path / "c"), "image_dir": "x"}, (32, 32), paths)
+    reader = make_reader(DataConfig(**{"cache": mode, "cache_dir": str(tmp_path / "c"), "image_dir": "x"}), (32, 32), paths)
     for p in paths:
         for _ in range(2):  # the decoding read and the cached read
             np.testing.assert_array_equal(tf(image=reader(p))["image"].numpy(), tf(image=load_image(p))["image"].numpy())
@@ -351,16 +351,16 @@ def test_cached_validation_images_equal_the_eval_pipeline_on_originals(comp_dir,
 def test_explain_defaults_to_the_best_cv_model(tmp_path):
     import json
 
-    from comp.run._rundir import RunDir
     from comp.diagnostics._explain import best_model
+    from comp.run import RunDir
 
     run = RunDir(tmp_path)
     for mid, cv, greater in (("a", 0.7, True), ("b", 0.9, True), ("c", None, True)):
         run.model_dir(mid).mkdir(parents=True)
-        run.metrics(mid).write_text(json.dumps({"cv": cv, "greater_is_better": greater}))
+        run.metrics(mid).write_text(json.dumps({"metric": "accuracy", "cv": cv, "greater_is_better": greater}))
     assert best_model(run, ["a", "b", "c"]) == "b"
-    run.metrics("a").write_text(json.dumps({"cv": 0.2, "greater_is_better": False}))
-    run.metrics("b").write_text(json.dumps({"cv": 0.5, "greater_is_better": False}))
+    run.metrics("a").write_text(json.dumps({"metric": "log_loss", "cv": 0.2, "greater_is_better": False}))
+    run.metrics("b").write_text(json.dumps({"metric": "log_loss", "cv": 0.5, "greater_is_better": False}))
     assert best_model(run, ["a", "b"]) == "a"  # log loss: lower is better
     with pytest.raises(CompError, match="no model with all folds trained"):
         best_model(run, ["c"])
@@ -392,7 +392,7 @@ def test_memory_cache_evicts_its_older_slabs_when_shm_is_full(comp_dir, tmp_path
 
     monkeypatch.setattr(cache, "_shm_dir", lambda: tmp_path)
     paths = _train_paths(comp_dir)
-    old = make_reader({"cache": "memory", "image_dir": "x"}, (8, 8), paths)
+    old = make_reader(DataConfig(**{"cache": "memory", "image_dir": "x"}), (8, 8), paths)
     real = cache.os.posix_fallocate
 
     def full_while_old_exists(fd, off, n):
@@ -401,6 +401,6 @@ def test_memory_cache_evicts_its_older_slabs_when_shm_is_full(comp_dir, tmp_path
         return real(fd, off, n)
 
     monkeypatch.setattr(cache.os, "posix_fallocate", full_while_old_exists)
-    new = make_reader({"cache": "memory", "image_dir": "x"}, (12, 12), paths)
+    new = make_reader(DataConfig(**{"cache": "memory", "image_dir": "x"}), (12, 12), paths)
     assert new.file.exists() and not old.file.exists() and old.file not in cache._OWNED
     np.testing.assert_array_equal(new(paths[0]), decode_resized(paths[0], (12, 12)))

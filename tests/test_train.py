@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from conftest import tiny_config, write_config
 
 from comp.cli import main
-from comp.config._schema import load_config
-from comp.errors import CompError
+from comp.config import ModelConfig, load_config
 from comp.data._folds import check_no_leak
+from comp.errors import CompError
 from comp.training._models import model_from_checkpoint
 from comp.training._trainer import FoldTrainer, train_folds
 
@@ -62,7 +62,7 @@ def test_checkpoint_describes_itself(trained_run):
 
 def test_learns_the_toy_task(comp_dir, tmp_path):
     _, summary = _train(comp_dir, tmp_path / "run", train__epochs=3)
-    assert summary["eff"]["cv"] > 0.6  # chance is 1/3
+    assert summary.models["eff"].cv > 0.6  # chance is 1/3
 
 
 def test_resume_equals_uninterrupted(comp_dir, tmp_path, monkeypatch):
@@ -96,10 +96,10 @@ def test_resume_equals_uninterrupted(comp_dir, tmp_path, monkeypatch):
 def test_folds_subset_then_rest_never_retrains(comp_dir, tmp_path):
     cfg = load_config(write_config(comp_dir, tiny_config(comp_dir)))
     s = train_folds(cfg, tmp_path / "run", folds=[1], progress=False)
-    assert s["eff"]["cv"] is None and not (tmp_path / "run/models/eff/oof.csv").exists()
+    assert s.models["eff"].cv is None and not (tmp_path / "run/models/eff/oof.csv").exists()
     before = (tmp_path / "run/models/eff/fold1.pt").stat().st_mtime_ns
     s = train_folds(cfg, tmp_path / "run", folds=[0, 1], progress=False)
-    assert s["eff"]["folds"][1].get("skipped") and s["eff"]["cv"] is not None
+    assert s.models["eff"].folds[1].skipped and s.models["eff"].cv is not None
     assert (tmp_path / "run/models/eff/fold1.pt").stat().st_mtime_ns == before
 
 
@@ -125,8 +125,8 @@ OPTIONS = {
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_every_option_trains(comp_dir, tmp_path, name):
     _, summary = _train(comp_dir, tmp_path / "run", **OPTIONS[name])
-    (mid,) = summary
-    assert np.isfinite(summary[mid]["cv"])
+    (mid,) = summary.models
+    assert np.isfinite(summary.models[mid].cv)
     hist = pd.read_csv(tmp_path / f"run/models/{mid}/fold0.history.csv")
     assert np.isfinite(hist["loss"]).all()
 
@@ -168,7 +168,7 @@ def test_local_pretrained_weights_file(comp_dir, tmp_path):
     torch.save(donor.state_dict(), tmp_path / "w.pth")
     from comp.training._models import create_model
 
-    model = create_model({"name": "test_efficientnet", "pretrained": str(tmp_path / "w.pth")}, num_classes=3)
+    model = create_model(ModelConfig("test_efficientnet", pretrained=str(tmp_path / "w.pth")), num_classes=3)
     assert torch.equal(model.state_dict()["conv_stem.weight"], donor.state_dict()["conv_stem.weight"])
     assert model.get_classifier().out_features == 3
 
@@ -177,7 +177,7 @@ def test_unknown_model_suggests_closest():
     from comp.training._models import create_model
 
     with pytest.raises(CompError, match="did you mean 'resnet18'"):
-        create_model({"name": "resnet18x"}, 3)
+        create_model(ModelConfig("resnet18x"), 3)
 
 
 # ------------------------------------------------------------------ CLI
@@ -219,7 +219,7 @@ def test_cuda_amp_fp16_and_bf16(comp_dir, tmp_path):
         pytest.skip("needs a CUDA device")
     for amp in ("fp16", "bf16"):
         _, s = _train(comp_dir, tmp_path / amp, device="cuda", train__amp=amp, train__channels_last=True)
-        assert np.isfinite(s["eff"]["cv"])
+        assert np.isfinite(s.models["eff"].cv)
 
 
 def test_device_normalize_matches_albumentations():
@@ -248,7 +248,7 @@ def test_fold_lock_keeps_two_processes_off_one_fold(comp_dir, tmp_path):
     import subprocess
     import sys
 
-    from comp.run._rundir import RunDir
+    from comp.run import RunDir
     from comp.training._trainer import train_folds
 
     cfg = load_config(write_config(comp_dir, tiny_config(comp_dir, train__max_steps_per_epoch=1, train__epochs=1)))

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import tiny_config, write_config
 
 from comp.cli import main
-from comp.config._schema import load_config
+from comp.config import load_config
 from comp.errors import CompError
 from comp.training._trainer import train_folds
 from comp.tuning._tune import parse_space, tune
@@ -64,16 +64,16 @@ def test_resume_keeps_finished_trials_and_best_config_trains(comp_dir, tmp_path)
     out = tmp_path / "t"
     r1 = tune(cfg, out, n_trials=2, pruner="none")
     first = pd.read_csv(out / "trials.csv")
-    assert r1["n_trials"] == 2 and (out / "study.db").is_file()
+    assert r1.n_trials == 2 and (out / "study.db").is_file()
     r2 = tune(cfg, out, n_trials=3, pruner="none")
     after = pd.read_csv(out / "trials.csv")
-    assert r2["n_trials"] == 3 and list(after["number"]) == [0, 1, 2]
+    assert r2.n_trials == 3 and list(after["number"]) == [0, 1, 2]
     pd.testing.assert_frame_equal(first[["number", "value", "train.lr"]], after.head(2)[["number", "value", "train.lr"]])
     assert (out / "history.png").is_file() and (out / "importances.png").is_file()
     best = load_config(out / "best_config.yaml")
-    assert best["train"]["lr"] == pytest.approx(r2["best_params"]["train.lr"])
+    assert best.train.lr == pytest.approx(r2.best_params["train.lr"])
     summary = train_folds(best, tmp_path / "from_best", progress=False)
-    assert summary["eff"]["cv"] is not None
+    assert summary.models["eff"].cv is not None
 
 
 def test_killed_study_resumes_without_a_stuck_trial(comp_dir, tmp_path, monkeypatch):
@@ -95,7 +95,7 @@ def test_killed_study_resumes_without_a_stuck_trial(comp_dir, tmp_path, monkeypa
     monkeypatch.setattr(T, "_run_trial", real)
     r = tune(cfg, tmp_path / "t", n_trials=3, pruner="none")
     trials = pd.read_csv(tmp_path / "t/trials.csv")
-    assert (trials["state"] == "COMPLETE").sum() == 2 and r["states"].get("FAIL") == 1
+    assert (trials["state"] == "COMPLETE").sum() == 2 and r.states.get("FAIL") == 1
     assert trials.loc[trials["state"] == "FAIL", "fail_reason"].item() == "interrupted"
 
 
@@ -114,7 +114,7 @@ def test_median_pruning_stops_a_bad_trial(comp_dir, tmp_path):
     _enqueue(out, [{"train.lr": 0.02}] * 3 + [{"train.lr": 1e-9}])
     r = tune(cfg, out, n_trials=4, pruner="median")
     trials = pd.read_csv(out / "trials.csv")
-    assert trials.loc[3, "state"] == "PRUNED" and r["states"]["COMPLETE"] == 3
+    assert trials.loc[3, "state"] == "PRUNED" and r.states["COMPLETE"] == 3
     assert trials.loc[3, "last_step"] < 5  # stopped before its last epoch of its last fold
 
 
@@ -127,14 +127,14 @@ def test_failed_trial_is_recorded_and_study_goes_on(comp_dir, tmp_path):
     trials = pd.read_csv(out / "trials.csv")
     assert list(trials["state"]) == ["FAIL", "COMPLETE"]
     assert "unknown timm model 'no_such_net'" in trials.loc[0, "fail_reason"]
-    assert r["best_params"] == {"models.0.name": "test_efficientnet"}
+    assert r.best_params == {"models.0.name": "test_efficientnet"}
 
 
 def test_wilcoxon_and_hyperband_run(comp_dir, tmp_path):
     cfg = load_config(_cfg(comp_dir, LR))
     for pruner in ("wilcoxon", "hyperband"):
         r = tune(cfg, tmp_path / pruner, n_trials=2, pruner=pruner)
-        assert r["n_trials"] == 2 and r["best_config"]
+        assert r.n_trials == 2 and r.best_config
 
 
 def _workers(cfg_path, storage, out, n):

@@ -16,6 +16,7 @@ from albumentations.pytorch import ToTensorV2
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 
+from comp.config import AugmentConfig, MixupConfig
 from comp.errors import CompError, closest
 
 
@@ -76,16 +77,16 @@ def eval_pipeline(hw, mean, std, normalize: bool = True) -> A.Compose:
     return A.Compose([A.Resize(*hw)] + _tail(mean, std, normalize))
 
 
-def valid_pipeline(aug_cfg: dict, hw, mean, std, normalize: bool = True) -> A.Compose:
+def valid_pipeline(aug_cfg: AugmentConfig, hw, mean, std, normalize: bool = True) -> A.Compose:
     """The validation pipeline: ``augment.valid`` when set, else ``eval_pipeline``."""
-    if aug_cfg["valid"]:
-        return build_pipeline(aug_cfg["valid"], hw, mean, std, "augment.valid", normalize)
+    if aug_cfg.valid:
+        return build_pipeline(aug_cfg.valid, hw, mean, std, "augment.valid", normalize)
     return eval_pipeline(hw, mean, std, normalize)
 
 
-def pipelines(aug_cfg: dict, hw, mean, std, normalize: bool = True) -> tuple[A.Compose, A.Compose]:
+def pipelines(aug_cfg: AugmentConfig, hw, mean, std, normalize: bool = True) -> tuple[A.Compose, A.Compose]:
     """(train, valid) pipelines from the config's ``augment`` block."""
-    train = build_pipeline(aug_cfg["train"], hw, mean, std, "augment.train", normalize)
+    train = build_pipeline(aug_cfg.train, hw, mean, std, "augment.train", normalize)
     return train, valid_pipeline(aug_cfg, hw, mean, std, normalize)
 
 
@@ -126,19 +127,19 @@ class BatchMixer:
     because pairing needs an even batch.
     """
 
-    def __init__(self, mix_cfg: dict, num_classes: int, smoothing: float):
+    def __init__(self, mix_cfg: MixupConfig, num_classes: int, smoothing: float):
         self.num_classes = num_classes
         self.smoothing = smoothing
-        self.off_epoch = mix_cfg.get("off_epoch")
-        self.enabled = (mix_cfg["mixup_alpha"] > 0 or mix_cfg["cutmix_alpha"] > 0) and mix_cfg["prob"] > 0
+        self.off_epoch = mix_cfg.off_epoch
+        self.enabled = (mix_cfg.mixup_alpha > 0 or mix_cfg.cutmix_alpha > 0) and mix_cfg.prob > 0
         self.mixup = None
         if self.enabled:
             self.mixup = Mixup(
-                mixup_alpha=mix_cfg["mixup_alpha"],
-                cutmix_alpha=mix_cfg["cutmix_alpha"],
-                prob=mix_cfg["prob"],
-                switch_prob=mix_cfg["switch_prob"],
-                mode=mix_cfg["mode"],
+                mixup_alpha=mix_cfg.mixup_alpha,
+                cutmix_alpha=mix_cfg.cutmix_alpha,
+                prob=mix_cfg.prob,
+                switch_prob=mix_cfg.switch_prob,
+                mode=mix_cfg.mode,
                 label_smoothing=smoothing,
                 num_classes=num_classes,
             )

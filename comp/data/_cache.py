@@ -34,9 +34,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from comp.run._rundir import pid_alive
+from comp.config import DataConfig
 from comp.data._table import load_image
 from comp.errors import CompError
+from comp.run._io import pid_alive
 
 MODES = ("none", "memory", "disk")
 _ALIGN = 4096  # rows start on a page boundary after the flag bytes
@@ -217,13 +218,13 @@ def _remove_owned() -> None:
     _OWNED.clear()
 
 
-def default_cache_dir(data_cfg: dict) -> Path:
-    return Path(data_cfg["image_dir"]).resolve().parent / ".comp_cache"
+def default_cache_dir(data_cfg: DataConfig) -> Path:
+    return Path(data_cfg.image_dir).resolve().parent / ".comp_cache"
 
 
-def make_reader(data_cfg: dict, hw, paths=()):
+def make_reader(data_cfg: DataConfig, hw, paths=()):
     """The reader for ``data.cache`` ('memory' or 'disk') over ``paths``; 'none' decodes and resizes every call."""
-    mode = data_cfg.get("cache", "none")
+    mode = data_cfg.cache
     if mode not in MODES:
         raise CompError(f"config key 'data.cache' must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "none" or len(paths) == 0:
@@ -234,5 +235,5 @@ def make_reader(data_cfg: dict, hw, paths=()):
         folder = _shm_dir()
         _remove_stale_memory_slabs(folder)
         return SlabReader(folder / f"comp-slab-{os.getpid()}-{name}", paths, hw, mode)
-    folder = Path(data_cfg["cache_dir"]) if data_cfg.get("cache_dir") else default_cache_dir(data_cfg)
+    folder = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir(data_cfg)
     return SlabReader(folder / name, paths, hw, mode)

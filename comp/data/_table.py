@@ -13,25 +13,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from comp.config import DataConfig
 from comp.errors import CompError
+from comp.run._io import read_table
 
 RESERVED_COLUMNS = ("fold", "target")
 
 
 def read_csv(path: str | Path, what: str) -> pd.DataFrame:
-    """Read a CSV as strings; fail clearly if it is missing or empty."""
-    path = Path(path)
-    if not path.is_file():
-        raise CompError(f"{what} {path} not found; set the right path in the config's data block")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError:
-        raise CompError(f"{what} {path} is empty; it needs a header row and at least one data row") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise CompError(f"{what} {path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
-    if df.empty:
-        raise CompError(f"{what} {path} has a header but no rows; add data rows")
-    return df
+    """Read a competition CSV with every cell as a string; fail clearly if it is missing or empty."""
+    return read_table(path, what)
 
 
 def require_columns(df: pd.DataFrame, columns, path, key_hint: str = "") -> None:
@@ -65,11 +56,11 @@ class TrainTable:
     paths: list[Path]
 
 
-def load_train_table(data_cfg: dict, check_images: bool = True) -> TrainTable:
+def load_train_table(data_cfg: DataConfig, check_images: bool = True) -> TrainTable:
     """Read and validate ``data.train_csv``; resolve each row's image path."""
-    path = data_cfg["train_csv"]
+    path = data_cfg.train_csv
     df = read_csv(path, "train CSV")
-    id_col, label_col, group_col = data_cfg["id_column"], data_cfg["label_column"], data_cfg["group_column"]
+    id_col, label_col, group_col = data_cfg.id_column, data_cfg.label_column, data_cfg.group_column
     require_columns(df, [id_col], path, "data.id_column")
     require_columns(df, [label_col], path, "data.label_column")
     if group_col:
@@ -82,7 +73,7 @@ def load_train_table(data_cfg: dict, check_images: bool = True) -> TrainTable:
     if group_col and df[group_col].isna().any():
         row = int(np.flatnonzero(df[group_col].isna().to_numpy())[0]) + 2
         raise CompError(f"{path} line {row}: empty group in column '{group_col}'; fill it or unset data.group_column")
-    classes = class_list(df[label_col], data_cfg.get("classes"), path)
+    classes = class_list(df[label_col], data_cfg.classes, path)
     for name in classes:
         if name in RESERVED_COLUMNS or name == id_col:
             raise CompError(f"{path}: class name {name!r} clashes with a column comp writes; rename the class")
@@ -93,7 +84,7 @@ def load_train_table(data_cfg: dict, check_images: bool = True) -> TrainTable:
         raise CompError(f"{path} line {i + 2}: label {df[label_col].iloc[i]!r} is not in data.classes; add it there")
     targets = df[label_col].map(index).to_numpy(np.int64)
     groups = df[group_col].to_numpy() if group_col else None
-    paths = image_paths(df, data_cfg["image_dir"], data_cfg, path, check=check_images)
+    paths = image_paths(df, data_cfg.image_dir, data_cfg, path, check=check_images)
     return TrainTable(df.reset_index(drop=True), classes, targets, groups, paths)
 
 
@@ -113,18 +104,18 @@ def class_list(labels: pd.Series, declared, path) -> list[str]:
         return sorted(uniq)
 
 
-def image_paths(df: pd.DataFrame, image_dir, data_cfg: dict, csv_path, check: bool = True) -> list[Path]:
+def image_paths(df: pd.DataFrame, image_dir, data_cfg: DataConfig, csv_path, check: bool = True) -> list[Path]:
     """Resolve each row's image file under ``image_dir`` from ``path_template`` or ``id + image_ext``."""
     root = Path(image_dir).resolve()
     if check and not root.is_dir():
         raise CompError(f"image folder {root} not found; set data.image_dir (or data.test_image_dir) to the folder of images")
-    template = data_cfg.get("path_template")
-    id_col = data_cfg["id_column"]
+    template = data_cfg.path_template
+    id_col = data_cfg.id_column
     out = []
     records = df.to_dict("records")
     for i, rec in enumerate(records):
         try:
-            rel = template.format(**rec) if template else f"{rec[id_col]}{data_cfg['image_ext']}"
+            rel = template.format(**rec) if template else f"{rec[id_col]}{data_cfg.image_ext}"
         except KeyError as exc:
             raise CompError(f"data.path_template {template!r} names column {exc} which {csv_path} lacks") from None
         p = (root / rel).resolve()
@@ -142,12 +133,16 @@ def image_paths(df: pd.DataFrame, image_dir, data_cfg: dict, csv_path, check: bo
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read any image as an RGB uint8 array (H, W, 3): grayscale, palette, RGBA, CMYK and 16-bit alike."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not a gray image to train on
     try:
         with Image.open(path) as im:
             im.load()
             return to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CompError(f"image {path} is unreadable ({type(exc).__name__}: {exc}); replace or remove the file") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:
@@ -166,19 +161,16 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only; torch warns on it)
 
 
-def load_test_table(data_cfg: dict, check_images: bool = True) -> tuple[pd.DataFrame, list[Path]]:
+def load_test_table(data_cfg: DataConfig, check_images: bool = True) -> tuple[pd.DataFrame, list[Path]]:
     """Ids to predict: ``data.test_csv`` if set, else the sample submission's id column."""
-    path = data_cfg.get("test_csv") or data_cfg.get("sample_submission")
+    path = data_cfg.test_csv or data_cfg.sample_submission
     if not path:
         raise CompError("no test ids: set data.test_csv or data.sample_submission in the config")
     df = read_csv(path, "test CSV")
-    require_columns(df, [data_cfg["id_column"]], path, "data.id_column")
-    check_ids(df, data_cfg["id_column"], path)
-    paths = image_paths(df, data_cfg["test_image_dir"], data_cfg, path, check=check_images)
+    require_columns(df, [data_cfg.id_column], path, "data.id_column")
+    check_ids(df, data_cfg.id_column, path)
+    paths = image_paths(df, data_cfg.test_image_dir, data_cfg, path, check=check_images)
     return df.reset_index(drop=True), paths
-
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not a gray image to train on
 
 
 class ImageDataset:

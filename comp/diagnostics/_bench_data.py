@@ -10,19 +10,21 @@ Both caches are shared with DataLoader workers (see ``comp.cache``), so they hel
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from comp.config import _schema as C
+from comp.config import Config
 from comp.data._augment import pipelines
 from comp.data._cache import human_bytes, make_reader, slab_bytes
 from comp.data._table import ImageDataset, load_train_table
-from comp.training._engine import resolve_device
 from comp.errors import CompError
+from comp.training._engine import resolve_device
 from comp.training._models import create_model, normalization
 
 CACHES = ("none", "disk", "memory")
@@ -65,38 +67,26 @@ def model_images_per_s(model, batch_size: int, hw, num_classes: int, device, ste
     return batch_size * steps / max(time.perf_counter() - t0, 1e-9)
 
 
-def _parse_list(text, what: str, cast=int, choices=None) -> list:
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not items:
-        raise CompError(f"{what} needs at least one value")
-    try:
-        out = [cast(s) for s in items]
-    except ValueError:
-        raise CompError(f"{what} expects comma-separated values such as 0,2, got {text!r}") from None
-    if choices is not None:
-        bad = [s for s in out if s not in choices]
-        if bad:
-            raise CompError(f"{what}: {bad[0]!r} is not one of {', '.join(choices)}")
-    elif any(v < 0 for v in out):
-        raise CompError(f"{what} values must be >= 0, got {text!r}")
-    return out
-
-
-def bench_data(cfg: dict, workers="0,2", batch_sizes="32", batches: int = 5, caches="none,disk,memory",
-               model_steps: int = 3) -> dict:
+def bench_data(cfg: Config, *, workers: Sequence[int] = (0, 2), batch_sizes: Sequence[int] = (32,), batches: int = 5,
+               caches: Sequence[str] = ("none", "disk", "memory"), model_steps: int = 3) -> dict:
     """Measure every setting; returns {'rows': [...], 'model': {bs: images/s}, 'verdict': [lines]}."""
-    workers = _parse_list(workers, "--workers")
-    batch_sizes = _parse_list(batch_sizes, "--batch-sizes")
-    caches = _parse_list(caches, "--cache", str, CACHES)
+    workers, batch_sizes, caches = list(workers), list(batch_sizes), list(caches)
+    if not workers or not batch_sizes or not caches:
+        raise CompError("--workers, --batch-sizes and --cache each need at least one value")
+    if any(w < 0 for w in workers):
+        raise CompError(f"--workers values must be >= 0, got {workers}")
+    for c in caches:
+        if c not in CACHES:
+            raise CompError(f"--cache: {c!r} is not one of {', '.join(CACHES)}")
     if batches < 1 or any(b < 1 for b in batch_sizes):
         raise CompError("--batches and --batch-sizes must be >= 1")
-    table = load_train_table(cfg["data"])
-    entry = cfg["models"][0]
-    hw = C.image_hw(entry)
+    table = load_train_table(cfg.data)
+    entry = cfg.models[0]
+    hw = entry.hw
     model = create_model(entry, len(table.classes))
     mean, std = normalization(model)
-    train_tf, _ = pipelines(cfg["augment"], hw, mean, std, normalize=False)  # as train-folds loads
-    device = resolve_device(cfg["device"])
+    train_tf, _ = pipelines(cfg.augment, hw, mean, std, normalize=False)  # as train-folds loads
+    device = resolve_device(cfg.device)
     model_rate = {bs: model_images_per_s(model, bs, hw, len(table.classes), device, model_steps) for bs in batch_sizes}
     rows = []
     with tempfile.TemporaryDirectory(prefix="comp-bench-cache-") as tmp:
@@ -106,7 +96,7 @@ def bench_data(cfg: dict, workers="0,2", batch_sizes="32", batches: int = 5, cac
                 paths, targets = table.paths[:k], table.targets[:k]
                 idx = np.resize(np.arange(k), bs * batches)
                 for w in workers:
-                    data_cfg = {**cfg["data"], "cache": cache, "cache_dir": f"{tmp}/{cache}-{bs}-{w}"}
+                    data_cfg = dataclasses.replace(cfg.data, cache=cache, cache_dir=f"{tmp}/{cache}-{bs}-{w}")
                     reader = make_reader(data_cfg, hw, paths)
                     ds = ImageDataset(paths, targets, train_tf, reader=reader)
                     rate = loader_images_per_s(ds, idx, bs, w)
@@ -127,4 +117,4 @@ def bench_data(cfg: dict, workers="0,2", batch_sizes="32", batches: int = 5, cac
     size = slab_bytes(len(table.paths), hw)
     verdict.append(f"a cache of all {len(table.paths)} training images at {hw[0]}x{hw[1]} takes {human_bytes(size)} "
                    "(RAM in /dev/shm for memory, disk under data.cache_dir for disk)")
-    return {"rows": rows, "model": model_rate, "verdict": verdict, "device": str(device), "model_name": entry["name"]}
+    return {"rows": rows, "model": model_rate, "verdict": verdict, "device": str(device), "model_name": entry.name}

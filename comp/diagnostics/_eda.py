@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from comp.run import _rundir as artifacts
+from comp.config import Config
 from comp.data._table import load_image, load_test_table, load_train_table
 from comp.errors import CompError
+from comp.run import save_figure, write_csv, write_text
 
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -74,22 +75,17 @@ def scan(paths) -> dict:
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    artifacts._atomic(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
-    plt.close(fig)
+    save_figure(path, fig)
     return path
 
 
 def _plots(out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     made = []
     counts = labels.value_counts().reindex(classes).fillna(0)
-    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(classes)), 3))
+    fig = Figure(figsize=(max(4, 0.4 * len(classes)), 3))
+    ax = fig.subplots()
     ax.bar([str(c) for c in classes], counts.to_numpy())
     ax.set_title("images per class")
     ax.tick_params(axis="x", rotation=90)
@@ -100,7 +96,8 @@ def _plots(out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame) ->
         first = parts.map(lambda p: p[0])
         rest = parts.map(lambda p: "_".join(p[1:]))
         joint = pd.crosstab(first, rest)
-        fig, ax = plt.subplots(figsize=(max(4, 0.5 * joint.shape[1]), max(3, 0.4 * joint.shape[0])))
+        fig = Figure(figsize=(max(4, 0.5 * joint.shape[1]), max(3, 0.4 * joint.shape[0])))
+        ax = fig.subplots()
         im = ax.imshow(joint.to_numpy(), cmap="viridis")
         ax.set_xticks(range(joint.shape[1]), joint.columns, rotation=90)
         ax.set_yticks(range(joint.shape[0]), joint.index)
@@ -109,13 +106,15 @@ def _plots(out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame) ->
         made.append(("joint label distribution", _save(fig, out / "label_joint.png").name))
     if groups is not None:
         sizes = pd.Series(groups).value_counts()
-        fig, ax = plt.subplots(figsize=(4, 3))
+        fig = Figure(figsize=(4, 3))
+        ax = fig.subplots()
         ax.hist(sizes.to_numpy(), bins=min(30, max(1, sizes.nunique())))
         ax.set_title("images per group")
         made.append(("group sizes", _save(fig, out / "group_sizes.png").name))
     ok = info[info["ok"]]
     if len(ok):
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+        fig = Figure(figsize=(8, 3))
+        axes = fig.subplots(1, 2)
         axes[0].scatter(ok["width"], ok["height"], s=6, alpha=0.5)
         axes[0].set_xlabel("width")
         axes[0].set_ylabel("height")
@@ -126,20 +125,20 @@ def _plots(out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame) ->
     return made
 
 
-def run_eda(cfg: dict, out_dir, threshold: int = 5) -> dict:
+def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
     """Write the report into ``out_dir``; returns {'summary': [lines], 'html': path, 'duplicates': DataFrame}."""
     if not 0 <= threshold <= 64:
         raise CompError("--threshold is a Hamming distance between 0 and 64")
     out = Path(out_dir)
-    data = cfg["data"]
+    data = cfg.data
     table = load_train_table(data, check_images=False)
-    id_col, label_col = data["id_column"], data["label_column"]
+    id_col, label_col = data.id_column, data.label_column
     ids = table.df[id_col].astype(str).to_numpy()
     labels = table.df[label_col].astype(str)
     train = scan(table.paths)
     info = pd.DataFrame([{k: r.get(k) for k in ("ok", "height", "width", "gray", "sha1")} for r in train["rows"]])
     test_ids, test = np.array([], dtype=str), {"rows": [], "bad": []}
-    if data.get("test_csv") or data.get("sample_submission"):
+    if data.test_csv or data.sample_submission:
         try:
             tdf, tpaths = load_test_table(data, check_images=False)
             test_ids, test = tdf[id_col].astype(str).to_numpy(), scan(tpaths)
@@ -171,7 +170,7 @@ def run_eda(cfg: dict, out_dir, threshold: int = 5) -> dict:
                          "group_a": None if groups is None else str(groups[tr_idx[i]]), "group_b": None, "leak": False})
     cols = ["set", "id_a", "id_b", "kind", "distance", "label_a", "label_b", "group_a", "group_b", "leak"]
     dups = pd.DataFrame(dup_rows, columns=cols)
-    artifacts.write_csv(out / "duplicates.csv", dups)
+    write_csv(out / "duplicates.csv", dups)
 
     # per-class colour statistics
     color_rows = []
@@ -187,10 +186,10 @@ def run_eda(cfg: dict, out_dir, threshold: int = 5) -> dict:
         color_rows.append({"class": c, "images": len(rs), **{f"mean_{ch}": mean[k] for k, ch in enumerate("RGB")},
                            **{f"std_{ch}": std[k] for k, ch in enumerate("RGB")}})
     colors = pd.DataFrame(color_rows)
-    artifacts.write_csv(out / "class_colour.csv", colors)
+    write_csv(out / "class_colour.csv", colors)
     bad = pd.DataFrame(train["bad"] + test["bad"], columns=["path", "error"])
     if len(bad):
-        artifacts.write_csv(out / "unreadable.csv", bad)
+        write_csv(out / "unreadable.csv", bad)
 
     counts = Counter(labels)
     imbalance = max(counts.values()) / max(1, min(counts.values()))
@@ -210,7 +209,7 @@ def run_eda(cfg: dict, out_dir, threshold: int = 5) -> dict:
                                                              if len(leaks) else ""),
     ]
     esc = html.escape
-    body = [f"<h1>EDA: {esc(str(data['train_csv']))}</h1>", "<ul>"] + [f"<li>{esc(s)}</li>" for s in summary] + ["</ul>"]
+    body = [f"<h1>EDA: {esc(str(data.train_csv))}</h1>", "<ul>"] + [f"<li>{esc(s)}</li>" for s in summary] + ["</ul>"]
     for title, name in plots:
         body.append(f"<h2>{esc(title)}</h2><img src=\"{esc(name)}\" alt=\"{esc(title)}\">")
     body.append("<h2>per-class RGB mean/std (0-255)</h2>" + colors.to_html(index=False, float_format="%.1f"))
@@ -222,6 +221,6 @@ def run_eda(cfg: dict, out_dir, threshold: int = 5) -> dict:
     page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>comp eda</title><style>body{font-family:sans-serif}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")
-    html_path = artifacts.write_text(out / "eda.html", page)
+    html_path = write_text(out / "eda.html", page)
     return {"summary": summary, "html": html_path, "duplicates": dups, "unreadable": bad, "gray": n_gray,
             "plots": [name for _, name in plots]}

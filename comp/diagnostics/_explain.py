@@ -15,20 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from comp.run import _rundir as artifacts
 from comp.errors import CompError
+from comp.run import RunDir, save_figure, write_csv
 
 
-def read_oof(run: artifacts.RunDir, model_id: str, id_col: str) -> tuple[pd.DataFrame, list[str]]:
-    path = run.oof(model_id)
-    if not path.is_file():
-        raise CompError(f"{path} not found; finish `comp train-folds` for model {model_id!r} first")
-    df = pd.read_csv(path, dtype={id_col: str, "target": str})
-    classes = [c for c in df.columns if c not in (id_col, "fold", "target")]
-    unknown = set(df["target"]) - set(classes)
-    if unknown:
-        raise CompError(f"{path}: target {sorted(unknown)[0]!r} has no probability column")
-    return df, classes
+def read_oof(run: RunDir, model_id: str, id_col: str) -> tuple[pd.DataFrame, list[str]]:
+    pred = run.read_oof(model_id, id_column=id_col)
+    return pred.frame(), pred.classes
 
 
 def mislabel_ranking(oof: pd.DataFrame, classes: list[str], id_col: str) -> pd.DataFrame:
@@ -130,30 +123,25 @@ def _overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 
 def _grid(path: Path, items: list[tuple[np.ndarray, str]], cols: int = 4) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = max(1, -(-len(items) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(3 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (img, title) in zip(axes.ravel(), items):
         ax.imshow(img)
         ax.set_title(title, fontsize=8)
-    artifacts._atomic(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
-    plt.close(fig)
+    save_figure(path, fig)
     return path
 
 
 def _confusion_png(path: Path, cm: np.ndarray, classes: list[str]) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(classes)), max(3.5, 0.45 * len(classes))))
+    fig = Figure(figsize=(max(4, 0.5 * len(classes)), max(3.5, 0.45 * len(classes))))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=90)
     ax.set_yticks(range(len(classes)), classes)
@@ -163,20 +151,19 @@ def _confusion_png(path: Path, cm: np.ndarray, classes: list[str]) -> Path:
         for j in range(len(classes)):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
-    artifacts._atomic(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
-    plt.close(fig)
+    save_figure(path, fig)
     return path
 
 
-def best_model(run: artifacts.RunDir, ids: list[str]) -> str:
+def best_model(run: RunDir, ids: list[str]) -> str:
     """The finished model with the best CV (metrics.json), for ``explain`` without ``--model``."""
     scored = []
     for mid in ids:
         path = run.metrics(mid)
         if path.is_file():
-            m = artifacts.read_json(path)
-            if m.get("cv") is not None:
-                scored.append((m["cv"] if m.get("greater_is_better", True) else -m["cv"], mid))
+            m = run.read_metrics(mid)
+            if m.cv is not None:
+                scored.append((m.cv if m.greater_is_better else -m.cv, mid))
     if not scored:
         raise CompError(f"{run.root} has no model with all folds trained ({', '.join(ids) or 'none'}); "
                         "finish train-folds or pick one with --model")
@@ -191,7 +178,7 @@ def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids
     from comp.data._table import load_image, load_train_table
     from comp.training._models import model_from_checkpoint
 
-    run = artifacts.RunDir(run_dir).require()
+    run = RunDir(run_dir).require()
     ids = run.model_ids()
     if model_id is None:
         model_id = best_model(run, ids)
@@ -200,20 +187,20 @@ def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids
     if top < 1:
         raise CompError("--top must be >= 1")
     cfg = run.load_config()
-    id_col = cfg["data"]["id_column"]
+    id_col = cfg.data.id_column
     out = Path(out_dir) if out_dir else run.model_dir(model_id) / "explain"
     oof, classes = read_oof(run, model_id, id_col)
 
     cm = confusion(oof, classes)
-    artifacts.write_csv(out / "confusion.csv", pd.DataFrame(cm, index=classes, columns=classes)
+    write_csv(out / "confusion.csv", pd.DataFrame(cm, index=classes, columns=classes)
                         .rename_axis("label").reset_index())
     _confusion_png(out / "confusion.png", cm, classes)
     scores = per_class_scores(cm, classes)
-    artifacts.write_csv(out / "per_class.csv", scores)
+    write_csv(out / "per_class.csv", scores)
     ranked = mislabel_ranking(oof, classes, id_col)
-    artifacts.write_csv(out / "mislabeled.csv", ranked)
+    write_csv(out / "mislabeled.csv", ranked)
 
-    table = load_train_table(cfg["data"], check_images=False)
+    table = load_train_table(cfg.data, check_images=False)
     path_of = dict(zip(table.df[id_col].astype(str), table.paths))
     mistakes = ranked[ranked["label"] != ranked["pred"]].sort_values("p_pred", ascending=False, kind="mergesort")
     worst = mistakes.head(top)

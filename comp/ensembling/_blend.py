@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from comp.errors import CompError, closest
+from comp._registry import Registry
+from comp.errors import CompError
 from comp.metrics import Metric
 
 EPS = 1e-12
@@ -221,14 +222,14 @@ class Method:
     fitted: bool  # True: fit looks at the targets, so its score needs nested CV
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("blend method")
 
 
 def register(name: str, fitted: bool):
     """Decorator: add ``fit(P, y, metric) -> Blender`` to the blend registry under ``name``."""
 
     def deco(fn):
-        METHODS[name] = Method(name, fn, fitted)
+        METHODS.add(name, Method(name, fn, fitted))
         return fn
 
     return deco
@@ -236,9 +237,7 @@ def register(name: str, fitted: bool):
 
 def get_method(name: str) -> Method:
     """Look up a blend method; unknown names list the valid ones."""
-    if name not in METHODS:
-        raise CompError(f"unknown blend method '{name}'; choose from {', '.join(METHODS)}{closest(name, METHODS)}")
-    return METHODS[name]
+    return METHODS.get(name)
 
 
 def _equal(P: np.ndarray) -> np.ndarray:

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from comp.run._rundir import RunDir, write_csv, write_json, write_text
+from comp.config import Config
 from comp.ensembling._blend import METHODS, fit_blend, get_method, nested_oof
-from comp.data._table import check_ids, read_csv, require_columns
 from comp.errors import CompError
 from comp.metrics import get_metric
+from comp.run import Metrics, Predictions, RunDir, write_text
 from comp.submission._format import make_submission, validate_submission, write_submission
 
 # ---------------------------------------------------------------- loading and alignment
@@ -31,7 +31,7 @@ class Member:
     path: Path
     name: str
     run: Path
-    config: dict
+    config: Config
     id_column: str
     frame: pd.DataFrame  # id, fold, target as strings
     classes: list[str]
@@ -40,51 +40,33 @@ class Member:
     test: np.ndarray | None
 
 
-def _floats(df: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
-    values = df[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        r, c = (int(x[0]) for x in np.nonzero(bad))
-        raise CompError(f"{path} line {r + 2}: column '{columns[c]}' holds {df[columns[c]].iloc[r]!r}, not a probability; regenerate the file")
-    return values
-
-
-def _read_test(path: Path, id_col: str, classes: list[str]) -> tuple[pd.Index, np.ndarray]:
-    df = read_csv(path, "test predictions")
-    require_columns(df, [id_col] + classes, path, "data.id_column in RUN/config.yaml")
-    check_ids(df, id_col, path)
-    return pd.Index(df[id_col]), _floats(df, classes, path)
-
-
 def load_member(model_dir: str | Path, tta: bool = False) -> Member:
     """Read ``RUN/models/<id>/oof.csv`` (``oof_tta.csv`` when ``tta`` and present) and ``test.csv`` if any."""
     path = Path(model_dir).resolve()
-    oof_path = path / ("oof_tta.csv" if tta and (path / "oof_tta.csv").is_file() else "oof.csv")
-    if not oof_path.is_file():
+    if not path.is_dir():
+        raise CompError(f"model folder {model_dir} not found; pass model folders RUN/models/<id>")
+    use_tta = tta and (path / "oof_tta.csv").is_file()
+    if not (path / "oof.csv").is_file() and not use_tta:
         if (path / "models").is_dir():
             inner = ", ".join(str(d) for d in sorted((path / "models").iterdir()) if d.is_dir())
             raise CompError(f"{path} is a run folder, not a model folder; pass model folders such as {inner or path / 'models/<id>'}")
-        raise CompError(f"{oof_path} not found; pass model folders RUN/models/<id> whose training finished")
-    run = path.parent.parent
-    if not (run / "config.yaml").is_file():
-        raise CompError(f"{path} is not inside a run folder (no {run / 'config.yaml'}); pass RUN/models/<id>")
-    config = RunDir(run).load_config() or {}
-    id_col = (config.get("data") or {}).get("id_column") or "id"
-    df = read_csv(oof_path, "OOF file")
-    require_columns(df, [id_col, "fold", "target"], oof_path, "data.id_column in RUN/config.yaml")
-    check_ids(df, id_col, oof_path)
-    classes = [c for c in df.columns if c not in (id_col, "fold", "target")]
-    if len(classes) < 2:
-        raise CompError(f"{oof_path} has {len(classes)} probability columns after 'target'; it needs one per class")
-    folds = pd.to_numeric(df["fold"], errors="coerce")
-    unknown = ~df["target"].isin(classes)
-    for bad, what in ((folds.isna() | (folds % 1 != 0), "fold is not an integer"), (unknown, "target is not one of the class columns")):
-        if bad.any():
-            r = int(np.flatnonzero(bad.to_numpy())[0])
-            raise CompError(f"{oof_path} line {r + 2}: {what} ({df.iloc[r][['fold', 'target']].tolist()}); regenerate it with comp train-folds")
-    frame = pd.DataFrame({"id": df[id_col].to_numpy(), "fold": folds.astype(np.int64).to_numpy(), "target": df["target"].to_numpy()})
-    test_ids, test = _read_test(path / "test.csv", id_col, classes) if (path / "test.csv").is_file() else (None, None)
-    return Member(path, f"{run.name}/{path.name}", run, config, id_col, frame, classes, _floats(df, classes, oof_path), test_ids, test)
+        raise CompError(f"{path / 'oof.csv'} not found; pass model folders RUN/models/<id> whose training finished")
+    run = RunDir(path.parent.parent)
+    if not run.config.is_file():
+        raise CompError(f"{path} is not inside a run folder (no {run.config}); pass RUN/models/<id>")
+    config = run.load_config()
+    id_col = config.data.id_column
+    oof = run.read_oof(path.name, tta=use_tta, id_column=id_col)
+    assert oof.folds is not None and oof.targets is not None
+    frame = pd.DataFrame({"id": oof.ids, "fold": oof.folds, "target": oof.targets})
+    test_ids, test = None, None
+    if run.test_pred(path.name).is_file():
+        pred = run.read_test(path.name, id_column=id_col)
+        if sorted(pred.classes) != sorted(oof.classes):
+            raise CompError(f"{run.test_pred(path.name)} has classes {pred.classes} but the OOF file has {oof.classes}; "
+                            "re-run comp predict")
+        test_ids, test = pd.Index(pred.ids), pred.probs[:, [pred.classes.index(c) for c in oof.classes]]
+    return Member(path, f"{run.root.name}/{path.name}", run.root, config, id_col, frame, oof.classes, oof.probs, test_ids, test)
 
 
 @dataclass
@@ -158,11 +140,6 @@ def _members(model_dirs, tta: bool) -> list[Member]:
     return [load_member(d, tta) for d in model_dirs]
 
 
-def _frame(id_col: str, ids, classes: list[str], probs: np.ndarray, **extra) -> pd.DataFrame:
-    df = pd.DataFrame({id_col: ids, **extra})
-    return pd.concat([df, pd.DataFrame(probs, columns=classes)], axis=1)
-
-
 @dataclass
 class PendingSubmission:
     """A validated submission frame waiting to be written once the blend folder is saved."""
@@ -174,7 +151,7 @@ class PendingSubmission:
 
 def _prepare_submission(data: Aligned, probs, first: Member, name: str, out) -> tuple[PendingSubmission | None, str]:
     """Build and validate (not write) the submission; returns it, or None and a note saying why not."""
-    sample = (first.config.get("data") or {}).get("sample_submission")
+    sample = first.config.data.sample_submission
     if probs is None or not sample or not Path(sample).is_file():
         why = "no test predictions" if probs is None else f"sample submission {sample!r} not found"
         if out is not None:
@@ -197,13 +174,13 @@ def _blend_name(name: str | None, method: str, bias: bool, members: list[Member]
     return name, run_root
 
 
-def run_ensemble(model_dirs, method: str = "hill_climb", metric: str | None = None, bias: bool = False,
+def run_ensemble(model_dirs, *, method: str = "hill_climb", metric: str | None = None, bias: bool = False,
                  name: str | None = None, out=None, tta: bool = False, submit: bool = True) -> dict:
     """Blend model folders, score the blend with nested CV, save it as a run folder and (``submit``) a submission."""
     blend = get_method(method)
     members = _members(model_dirs, tta)
     data, first = align(members), members[0]
-    scorer = get_metric(metric or first.config.get("metric") or "macro_f1")
+    scorer = get_metric(metric or first.config.metric)
     name, run_root = _blend_name(name, method, bias, members)
     final, b = fit_blend(blend, data.oof, data.y, scorer, bias)
     in_sample = final.predict(data.oof)
@@ -231,22 +208,19 @@ def run_ensemble(model_dirs, method: str = "hill_climb", metric: str | None = No
     return result
 
 
-def parse_methods(text: str) -> list[str]:
-    """``--method`` value: one name, a comma-separated list, or ``all`` (every registered method)."""
-    names = list(METHODS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
+def compare_blends(model_dirs, *, methods: list[str] | None = None, metric: str | None = None, bias: bool = False,
+                   name: str | None = None, out=None, tta: bool = False) -> dict:
+    """Run several blend methods (default: every registered one) on the same members, each saved as
+    blend-<method>; the submission comes from the one with the best honest (nested) CV. Choosing among a
+    few methods by that score is itself a mild selection, so its CV is reported as the best of len(methods)."""
+    if name:
+        raise CompError("--name names one blend; with several --method values each is saved as blend-<method>")
+    methods = list(METHODS) if methods is None else list(dict.fromkeys(methods))
+    if not methods:
         raise CompError("--method needs a method name, a comma-separated list, or all")
-    for n in names:
-        get_method(n)  # unknown names list the valid ones
-    return list(dict.fromkeys(names))
-
-
-def compare_methods(model_dirs, methods: list[str], metric: str | None = None, bias: bool = False, out=None,
-                    tta: bool = False) -> dict:
-    """Run several blend methods on the same members (each saved as blend-<method>); the submission comes
-    from the one with the best honest (nested) CV. Choosing among a few methods by that score is itself
-    a mild selection, so its CV is reported as the best of len(methods)."""
-    results = [run_ensemble(model_dirs, m, metric, bias, tta=tta, submit=False) for m in methods]
+    for m in methods:
+        get_method(m)  # unknown names list the valid ones, before any blend is fitted
+    results = [run_ensemble(model_dirs, method=m, metric=metric, bias=bias, tta=tta, submit=False) for m in methods]
     better = get_metric(results[0]["metric"]).better
     best = results[0]
     for r in results[1:]:
@@ -270,20 +244,21 @@ def _write_run(run_root: Path, name: str, data: Aligned, first: Member, honest, 
     """Save the blend as ``run_root/models/<name>`` plus the run's config.yaml and folds.csv."""
     run = RunDir(run_root)
     labels = np.asarray(data.classes, dtype=object)[data.y]
-    write_csv(run.oof(name), _frame(first.id_column, data.ids, data.classes, honest, fold=data.folds, target=labels))
+    run.write_oof(name, Predictions(data.ids, data.classes, honest, data.folds, labels, first.id_column))
     if test is not None:
-        write_csv(run.test_pred(name), _frame(first.id_column, data.test_ids, data.classes, test))
+        run.write_test(name, Predictions(data.test_ids, data.classes, test, id_column=first.id_column))
     else:
         run.test_pred(name).unlink(missing_ok=True)  # a stale test.csv from an earlier blend of this name would lie
-    keys = ("metric", "cv", "cv_in_sample", "folds", "method", "weights", "bias")
-    write_json(run.metrics(name), {**{k: result[k] for k in keys}, "members": [m["path"] for m in result["members"]],
-                                   "member_cv": [m["cv"] for m in result["members"]]})
-    write_text(run.config, (first.run / "config.yaml").read_text())
-    folds_csv = first.run / "folds.csv"
-    if folds_csv.is_file():
-        write_text(run.folds, folds_csv.read_text())
+    scorer = get_metric(result["metric"])
+    extra = {k: result[k] for k in ("cv_in_sample", "method", "weights", "bias")}
+    run.write_metrics(name, Metrics(result["metric"], scorer.greater_is_better, result["cv"], result["folds"], extra={
+        **extra, "members": [m["path"] for m in result["members"]], "member_cv": [m["cv"] for m in result["members"]]}))
+    write_text(run.config, RunDir(first.run).config.read_text())
+    source = RunDir(first.run)
+    if source.folds.is_file():
+        write_text(run.folds, source.folds.read_text())
     else:
-        write_csv(run.folds, pd.DataFrame({first.id_column: data.ids, "fold": data.folds}))
+        run.write_folds(data.ids, data.folds, first.id_column)
     return run.model_dir(name)
 
 

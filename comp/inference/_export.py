@@ -6,25 +6,27 @@ transform), so inference needs only the file. A graph that misses the parity tol
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import hashlib
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
-import pandas as pd
 import torch
 from torch import nn
 
-from comp.run import _rundir as artifacts
+from comp.config import Config
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table
 from comp.errors import CompError
-from comp.training._models import load_checkpoint, model_from_checkpoint
-from comp.inference._tta import TTA_OPS, merge_torch, parse_tta
+from comp.inference._tta import TTA_OPS, check_merge, merge_torch, parse_tta
+from comp.run import RunDir, atomic_write, graph_metadata, load_checkpoint, read_graph_metadata, write_json
+from comp.training._models import model_from_checkpoint
 
+read_metadata = read_graph_metadata
+log = logging.getLogger(__name__)
+MIN_OPSET, MAX_OPSET = 9, 20
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 PARITY_IMAGES = 16
 INPUT, OUTPUT = "input", "probs"
@@ -55,21 +57,18 @@ class FusedModel(nn.Module):
         return torch.stack(per_fold).mean(0)
 
 
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file: binds an ONNX graph to the exact checkpoint it was exported from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def metadata(ckpt: dict, **extra) -> dict[str, str]:
     """The preprocessing and provenance a consumer of the graph needs, as ONNX metadata strings."""
-    meta = {
-        "comp.format": "comp.onnx/1", "model_name": ckpt["model_name"], "model_id": ckpt["model_id"],
-        "classes": ckpt["classes"], "image_size": ckpt["image_size"], "in_chans": ckpt.get("in_chans", 3),
-        "mean": ckpt["mean"], "std": ckpt["std"], "eval_transform": ckpt["eval_transform"], "input": INPUT, "output": OUTPUT,
-        **extra,
-    }
-    return {k: json.dumps(v) for k, v in meta.items()}
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The JSON-decoded metadata_props of a comp ONNX file."""
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: json.loads(p.value) for p in model.metadata_props}
+    return graph_metadata(ckpt, input=INPUT, output=OUTPUT, **extra)
 
 
 def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: int, meta: dict[str, str], fp16: bool) -> None:
@@ -97,15 +96,14 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def parity_batch(cfg: dict, ckpt: dict, run: artifacts.RunDir, n: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
+def parity_batch(cfg: Config, ckpt: dict, run: RunDir, n: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
     """Up to ``n`` preprocessed validation images of the checkpoint's fold (test images when those are gone)."""
     transform = from_dict(ckpt["eval_transform"])
-    data = cfg["data"]
+    data = cfg.data
     paths, source = [], ""
     try:
         table = load_train_table(data)
-        folds = pd.read_csv(run.folds, dtype={data["id_column"]: str}).set_index(data["id_column"])["fold"]
-        fold_of = folds.reindex(table.df[data["id_column"]]).to_numpy()
+        fold_of = run.read_folds(data.id_column).reindex(table.df[data.id_column]).to_numpy()
         paths = [p for p, f in zip(table.paths, fold_of) if f == ckpt.get("fold")][:n]
         source = f"fold {ckpt.get('fold')} validation images"
     except (CompError, OSError, KeyError):
@@ -121,23 +119,20 @@ def parity_batch(cfg: dict, ckpt: dict, run: artifacts.RunDir, n: int = PARITY_I
 
 def write_checked(module: nn.Module, reference: np.ndarray, batch: torch.Tensor, path: Path, opset: int,
                   meta: dict[str, str], fp16: bool) -> float:
-    """Export to a temp name, compare with ``reference`` on ``batch``, and rename into place only on pass."""
+    """Export to a temporary file, compare with ``reference`` on ``batch``, and rename into place only on pass."""
     precision = "fp16" if fp16 else "fp32"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    diffs: list[float] = []
+
+    def write(tmp: Path) -> None:
         export_graph(module, batch[:1], tmp, opset, meta, fp16)
         got = _session(tmp).run([OUTPUT], {INPUT: batch.numpy()})[0]
-        diff = float(np.abs(got.astype(np.float64) - reference).max())
-        if not diff <= TOLERANCE[precision]:
-            raise CompError(f"{path.name}: ONNX ({precision}) differs from PyTorch by {diff:.2e} > {TOLERANCE[precision]:.0e}; "
-                            "nothing written (try another --opset, or drop --fp16)")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return diff
+        diffs.append(float(np.abs(got.astype(np.float64) - reference).max()))
+        if not diffs[0] <= TOLERANCE[precision]:
+            raise CompError(f"{path.name}: ONNX ({precision}) differs from PyTorch by {diffs[0]:.2e} > "
+                            f"{TOLERANCE[precision]:.0e}; nothing written (try another --opset, or drop --fp16)")
+
+    atomic_write(path, write)
+    return diffs[0]
 
 
 def _torch_probs(module: nn.Module, batch: torch.Tensor) -> np.ndarray:
@@ -145,24 +140,26 @@ def _torch_probs(module: nn.Module, batch: torch.Tensor) -> np.ndarray:
         return module.eval()(batch).double().numpy()
 
 
-def export_model(run: artifacts.RunDir, model_id: str, cfg: dict, fp16: bool = False, fuse: bool = False, opset: int = 17,
-                 tta: list[str] | str = (), tta_merge: str = "mean", log=print) -> dict:
+def export_model(run: RunDir, model_id: str, cfg: Config, *, fp16: bool = False, fuse: bool = False, opset: int = 17,
+                 tta: list[str] | None = None, tta_merge: str = "mean") -> dict:
     """Export every fold of one model (and optionally the fused graph); write and return ``export.json``."""
     ckpt_paths = run.checkpoints(model_id)
     if not ckpt_paths:
         raise CompError(f"{run.model_dir(model_id)} has no fold checkpoints; run `comp train-folds` first")
     tta = parse_tta(tta)
     precision = "fp16" if fp16 else "fp32"
-    files, models, batches = [], [], []
+    files, models, batches, digests = [], [], [], {}
     for path in ckpt_paths:
         model, ckpt = model_from_checkpoint(load_checkpoint(path))
         batch, source = parity_batch(cfg, ckpt, run)
         module = ProbModel(model)
         out = run.model_dir(model_id) / f"fold{ckpt['fold']}.onnx"
         diff = write_checked(module, _torch_probs(module, batch), batch, out, opset,
-                             metadata(ckpt, fold=ckpt["fold"], precision=precision, tta=[], tta_merge="mean"), fp16)
-        log(f"{out}: max |onnx - torch| = {diff:.2e} on {len(batch)} {source} ({precision})")
+                             metadata(ckpt, fold=ckpt["fold"], precision=precision, tta=[], tta_merge="mean",
+                                      checkpoints={str(ckpt["fold"]): file_digest(path)}), fp16)
+        log.info(f"{out}: max |onnx - torch| = {diff:.2e} on {len(batch)} {source} ({precision})")
         files.append({"file": out.name, "fold": ckpt["fold"], "max_abs_diff": diff, "images": len(batch), "checked_on": source})
+        digests[str(ckpt["fold"])] = file_digest(path)
         models.append(model)
         batches.append(batch)
     if fuse:
@@ -171,19 +168,19 @@ def export_model(run: artifacts.RunDir, model_id: str, cfg: dict, fp16: bool = F
         out = run.model_dir(model_id) / "fused.onnx"
         folds = [f["fold"] for f in files]
         diff = write_checked(fused, _torch_probs(fused, batch), batch, out, opset,
-                             metadata(ckpt, folds=folds, precision=precision, tta=tta, tta_merge=tta_merge), fp16)
-        log(f"{out}: max |onnx - mean of torch folds| = {diff:.2e} on {len(batch)} images ({precision}, tta {tta or 'none'})")
+                             metadata(ckpt, folds=folds, precision=precision, tta=tta, tta_merge=tta_merge, checkpoints=digests), fp16)
+        log.info(f"{out}: max |onnx - mean of torch folds| = {diff:.2e} on {len(batch)} images ({precision}, tta {tta or 'none'})")
         files.append({"file": out.name, "folds": folds, "tta": tta, "tta_merge": tta_merge, "max_abs_diff": diff,
                       "images": len(batch)})
     elif (stale := run.model_dir(model_id) / "fused.onnx").is_file():
         stale.unlink()  # built from the previous graphs: predict must not pick it up
-        log(f"{stale}: removed (built from the previous export; pass --fuse to rebuild it)")
+        log.info(f"{stale}: removed (built from the previous export; pass --fuse to rebuild it)")
     report = {"model_id": model_id, "precision": precision, "opset": opset, "tolerance": TOLERANCE[precision], "files": files}
-    artifacts.write_json(run.model_dir(model_id) / "export.json", report)
+    write_json(run.model_dir(model_id) / "export.json", report)
     return report
 
 
-def select_models(run: artifacts.RunDir, model_ids: list[str] | tuple[str, ...] | None) -> list[str]:
+def select_models(run: RunDir, model_ids: list[str] | tuple[str, ...] | None) -> list[str]:
     """The requested model ids (all trained ones when none), failing on unknown or untrained ids."""
     run.require()
     have = run.model_ids()
@@ -195,10 +192,19 @@ def select_models(run: artifacts.RunDir, model_ids: list[str] | tuple[str, ...] 
     return list(model_ids) if model_ids else have
 
 
-def export_run(run_dir: str | Path, model_ids=None, fp16: bool = False, fuse: bool = False, opset: int = 17,
-               tta: list[str] | str = (), tta_merge: str = "mean", log=print) -> dict[str, dict]:
-    """Export the chosen models of a run folder; returns {model_id: export report}."""
-    run = artifacts.RunDir(run_dir)
-    mids = select_models(run, model_ids)
+def export_run(run_dir: str | Path, *, models: list[str] | None = None, fp16: bool = False, fuse: bool = False,
+               opset: int = 17, tta: list[str] | None = None, tta_merge: str = "mean") -> dict[str, dict]:
+    """Export the chosen models of a run folder (all by default); returns {model_id: export report}.
+
+    ``tta`` views go inside the fused graph, so they need ``fuse=True`` (per-fold graphs take TTA at predict time).
+    """
+    if tta and not fuse:
+        raise CompError("--tta only applies to the fused graph; add --fuse (per-fold graphs take TTA at predict time)")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise CompError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (the range the exporter writes), got {opset}")
+    check_merge(tta_merge)
+    run = RunDir(run_dir)
+    mids = select_models(run, models)
     cfg = run.load_config()
-    return {mid: export_model(run, mid, cfg, fp16, fuse, opset, tta, tta_merge, log) for mid in mids}
+    return {mid: export_model(run, mid, cfg, fp16=fp16, fuse=fuse, opset=opset, tta=tta or [], tta_merge=tta_merge)
+            for mid in mids}

@@ -5,7 +5,7 @@ Images are decoded once per batch and fed to every fold, so k folds cost one pas
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,21 +13,23 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from comp.run import _rundir as artifacts
-from comp.config import _schema as C
+from comp._progress import track
+from comp._tables import format_table
+from comp.config import Config, load_config
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table, read_csv
-from comp.training._engine import resolve_device
 from comp.errors import CompError
-from comp.inference._export import INPUT, OUTPUT, ProbModel, export_model, select_models
-from comp.metrics import get_metric
-from comp.training._models import load_checkpoint, model_from_checkpoint
-from comp.submission._format import make_submission, write_submission
+from comp.inference._export import INPUT, OUTPUT, ProbModel, export_model, file_digest, select_models
 from comp.inference._tta import check_merge, merge_probs, parse_tta, views
+from comp.metrics import get_metric
+from comp.run import Predictions, RunDir, load_checkpoint, read_graph_metadata
+from comp.submission._format import make_submission, write_submission
+from comp.training._engine import resolve_device
+from comp.training._models import model_from_checkpoint
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+log = logging.getLogger(__name__)
 
 
 def providers() -> list[str]:
@@ -106,17 +108,34 @@ class Fold:
     runner: object
 
 
-def _onnx_stale(onnx_path: Path, ckpt_path: Path) -> bool:
-    return not onnx_path.is_file() or onnx_path.stat().st_mtime < ckpt_path.stat().st_mtime
+def graph_matches(onnx_path: Path, digests: dict[str, str]) -> bool:
+    """Whether ``onnx_path`` was exported from exactly these checkpoints ({fold: sha256}), by its metadata.
+
+    Timestamps are not trusted: a same-shaped graph copied from another run would otherwise be used."""
+    if not onnx_path.is_file():
+        return False
+    try:
+        meta = read_graph_metadata(onnx_path)
+    except CompError:
+        return False
+    return meta.get("checkpoints") == digests
 
 
-def load_folds(run: artifacts.RunDir, model_id: str, cfg: dict, engine: str, log=print) -> list[Fold]:
-    """Every fold of a model as a runner; the onnx engine exports (with its parity check) missing or older graphs."""
+def load_folds(run: RunDir, model_id: str, cfg: Config, engine: str, *, expect_folds: int | None = None) -> list[Fold]:
+    """Every fold of a model as a runner; the onnx engine exports (with its parity check) graphs that are
+    missing or were exported from other checkpoints."""
     paths = run.checkpoints(model_id)
-    if engine == "onnx" and any(_onnx_stale(p.with_suffix(".onnx"), p) for p in paths):
-        log(f"{model_id}: no up-to-date ONNX files; exporting them now (same as `comp export`)")
-        export_model(run, model_id, cfg, log=log)
-    device = resolve_device(cfg["device"])
+    if expect_folds is not None and len(paths) != expect_folds:
+        have = sorted(int(p.stem[4:]) for p in paths)
+        missing = sorted(set(range(expect_folds)) - set(have))
+        raise CompError(f"{run.model_dir(model_id)} has checkpoints for folds {have} of {expect_folds}; train the rest "
+                        f"(comp train-folds --folds {','.join(map(str, missing))}) or pass --allow-missing-folds")
+    digests = {int(p.stem[4:]): file_digest(p) for p in paths}
+    if engine == "onnx" and any(not graph_matches(p.with_suffix(".onnx"), {str(k): digests[k]}) for k, p in
+                                zip(digests, paths)):
+        log.info("%s: no ONNX graphs exported from these checkpoints; exporting them now (same as `comp export`)", model_id)
+        export_model(run, model_id, cfg)
+    device = resolve_device(cfg.device)
     out = []
     for p in paths:
         model, ckpt = model_from_checkpoint(load_checkpoint(p))
@@ -128,19 +147,14 @@ def load_folds(run: artifacts.RunDir, model_id: str, cfg: dict, engine: str, log
     return out
 
 
-def usable_fused(run: artifacts.RunDir, model_id: str, folds: list[Fold], tta: list[str], merge: str) -> Path | None:
-    """``fused.onnx`` when it was built from exactly these checkpoints (same folds, newer than each) with
-    the requested TTA views and merge; otherwise None and the per-fold graphs are used."""
-    from comp.inference._export import read_metadata
-
-    path = run.model_dir(model_id) / "fused.onnx"
-    ckpts = run.checkpoints(model_id)
-    if not path.is_file() or any(_onnx_stale(path, c) for c in ckpts):
+def usable_fused(run: RunDir, model_id: str, folds: list[Fold], tta: list[str], merge: str) -> Path | None:
+    """``fused.onnx`` when it was built from exactly these checkpoints (by their sha256) with the requested
+    TTA views and merge; otherwise None and the per-fold graphs are used."""
+    path = run.fused(model_id)
+    digests = {str(int(c.stem[4:])): file_digest(c) for c in run.checkpoints(model_id)}
+    if not graph_matches(path, digests):
         return None
-    try:
-        meta = read_metadata(path)
-    except Exception:  # noqa: BLE001 - an unreadable fused graph is simply not used
-        return None
+    meta = read_graph_metadata(path)
     same = (meta.get("folds") == [f.fold for f in folds] and list(meta.get("tta", [])) == list(tta)
             and (meta.get("tta_merge", "mean") == merge or not tta))
     return path if same else None
@@ -150,8 +164,9 @@ def run_views(runners: list, paths: list[Path], transform, tta: list[str], merge
               num_workers: int = 0, desc: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(plain, merged-TTA) probabilities, each (runners, N, C), decoding every image once for all runners."""
     loader = DataLoader(ImageDataset(paths, transform=transform), batch_size=batch_size, num_workers=num_workers)
-    plain, merged = [[] for _ in runners], [[] for _ in runners]
-    for x, _ in tqdm(loader, desc=desc, leave=False, file=sys.stderr, disable=not desc):
+    plain: list[list[np.ndarray]] = [[] for _ in runners]
+    merged: list[list[np.ndarray]] = [[] for _ in runners]
+    for x, _ in track(loader, desc, enabled=bool(desc)):
         xs = [v.float().numpy() for v in views(x.float(), tta)]
         for i, run in enumerate(runners):
             probs = np.stack([run(v) for v in xs])
@@ -160,13 +175,13 @@ def run_views(runners: list, paths: list[Path], transform, tta: list[str], merge
     return np.stack([np.concatenate(p) for p in plain]), np.stack([np.concatenate(m) for m in merged])
 
 
-def _check_sample(data: dict, test_ids: pd.Series) -> Path | None:
+def _check_sample(data, test_ids: pd.Series) -> Path | None:
     """The sample submission path after checking it lists exactly the test ids (None when the config has none)."""
-    if not data.get("sample_submission"):
+    if not data.sample_submission:
         return None
-    path = Path(data["sample_submission"])
+    path = Path(data.sample_submission)
     sample = read_csv(path, "sample submission")
-    id_col = data["id_column"] if data["id_column"] in sample.columns else sample.columns[0]
+    id_col = data.id_column if data.id_column in sample.columns else sample.columns[0]
     want, got = set(sample[id_col]), set(test_ids)
     if want != got:
         first = next(iter(sorted(want - got) or sorted(got - want)))
@@ -175,100 +190,118 @@ def _check_sample(data: dict, test_ids: pd.Series) -> Path | None:
     return path
 
 
-def prob_frame(id_col: str, ids, classes: list[str], probs: np.ndarray) -> pd.DataFrame:
-    """id column then one probability column per class."""
-    return pd.concat([pd.DataFrame({id_col: np.asarray(ids)}), pd.DataFrame(probs, columns=classes)], axis=1)
-
-
-def oof_tta(run: artifacts.RunDir, model_id: str, cfg: dict, folds: list[Fold], tta: list[str], merge: str,
-            batch_size: int, progress: bool) -> dict:
-    """Each fold's model with TTA on its own validation rows: write ``oof_tta.csv``; return CV without and with TTA."""
-    data = cfg["data"]
+def oof_tta(run: RunDir, model_id: str, cfg: Config, folds: list[Fold], tta: list[str], merge: str,
+            batch_size: int, progress: bool) -> tuple[Predictions, float, float]:
+    """Each fold's model with TTA on its own validation rows: (OOF with TTA, CV without, CV with TTA)."""
+    data = cfg.data
     table = load_train_table(data)
-    id_col = data["id_column"]
-    if not run.folds.is_file():
-        raise CompError(f"{run.folds} not found; --oof needs the fold assignment that train-folds wrote")
-    fold_of = pd.read_csv(run.folds, dtype={id_col: str}).set_index(id_col)["fold"].reindex(table.df[id_col]).to_numpy()
-    if np.isnan(fold_of.astype(float)).any():
-        raise CompError(f"{run.folds} lacks some ids of {data['train_csv']}; the training table changed since train-folds")
+    id_col = data.id_column
+    fold_of = run.read_folds(id_col).reindex(table.df[id_col]).to_numpy()
+    if pd.isna(fold_of).any():
+        raise CompError(f"{run.folds} lacks some ids of {data.train_csv}; the training table changed since train-folds")
     classes = folds[0].ckpt["classes"]
     plain = np.full((len(table.df), len(classes)), np.nan)
     merged = plain.copy()
     for f in folds:
         idx = np.flatnonzero(fold_of == f.fold)
         p, m = run_views([f.runner], [table.paths[i] for i in idx], from_dict(f.ckpt["eval_transform"]), tta, merge,
-                         batch_size, data["num_workers"], f"{model_id} oof fold {f.fold}" if progress else "")
+                         batch_size, data.num_workers, f"{model_id} oof fold {f.fold}" if progress else "")
         plain[idx], merged[idx] = p[0], m[0]
     done = ~np.isnan(merged[:, 0])
-    metric = get_metric(cfg["metric"])
-    out = pd.DataFrame({id_col: table.df[id_col], "fold": fold_of.astype(int),
-                        "target": np.asarray(table.classes, dtype=object)[table.targets]})
-    out = pd.concat([out, pd.DataFrame(merged, columns=classes)], axis=1)[done]
-    artifacts.write_csv(run.model_dir(model_id) / "oof_tta.csv", out)
+    metric = get_metric(cfg.metric)
+    pred = Predictions(table.df[id_col].to_numpy(dtype=object), list(classes), merged, fold_of.astype(np.int64),
+                       np.asarray(table.classes, dtype=object)[table.targets], id_col).take(done)
     y = table.targets[done]
-    return {"cv": float(metric(y, plain[done])), "cv_tta": float(metric(y, merged[done])), "metric": metric.name}
+    return pred, float(metric(y, plain[done])), float(metric(y, merged[done]))
 
 
-def resolve_options(cfg: dict, engine, tta, tta_merge, batch_size) -> tuple[str, list[str], str, int]:
-    """CLI options over the config's ``predict`` block, validated."""
-    p = cfg["predict"]
-    engine = engine or p["engine"]
+def resolve_options(cfg: Config, engine, tta, tta_merge, batch_size) -> tuple[str, list[str], str, int]:
+    """Call options over the config's ``predict`` block, validated."""
+    p = cfg.predict
+    engine = engine or p.engine
     if engine not in ("onnx", "torch"):
         raise CompError(f"--engine must be onnx or torch, got {engine!r}")
-    batch_size = p["batch_size"] if batch_size is None else batch_size
+    batch_size = p.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise CompError(f"--batch-size must be >= 1, got {batch_size}")
-    return engine, parse_tta(p["tta"] if tta is None else tta), check_merge(tta_merge or p["tta_merge"]), batch_size
+    return engine, parse_tta(p.tta if tta is None else tta), check_merge(tta_merge or p.tta_merge), batch_size
 
 
-def predict_run(run_dir: str | Path, model_ids=None, engine: str | None = None, tta=None, tta_merge: str | None = None,
-                overrides=(), out: str | Path | None = None, oof: bool = False, batch_size: int | None = None,
-                progress: bool = True, log=print) -> dict:
+@dataclass
+class ModelPrediction:
+    model_id: str
+    folds: int
+    test: Path
+    fused: bool
+    cv: float | None = None  # with --oof: CV without and with the TTA
+    cv_tta: float | None = None
+    oof_tta: Path | None = None
+
+
+@dataclass
+class PredictResult:
+    """Per-model test predictions (``RUN/models/<id>/test.csv``) and the submission, if one was written."""
+
+    run: RunDir
+    engine: str
+    tta: list[str]
+    tta_merge: str
+    models: dict[str, ModelPrediction]
+    submission: Path | None
+
+    def test(self, model_id: str) -> pd.DataFrame:
+        """A model's test probabilities (id, one column per class)."""
+        return self.run.read_test(model_id).frame()
+
+    def table(self) -> str:
+        rows = [{"model": m.model_id, "folds": m.folds, "engine": self.engine, "tta": ",".join(self.tta) or "none",
+                 "cv": m.cv, "cv_tta": m.cv_tta} for m in self.models.values()]
+        return format_table(rows, ["model", "folds", "engine", "tta", "cv", "cv_tta"])
+
+
+def predict_run(run_dir: str | Path, *, models: list[str] | None = None, engine: str | None = None,
+                tta: list[str] | str | None = None, tta_merge: str | None = None,
+                overrides: list[str] | dict | tuple = (), out: str | Path | None = None, oof: bool = False,
+                batch_size: int | None = None, allow_missing_folds: bool = False, progress: bool = True) -> PredictResult:
     """Predict the test set with every chosen model of a run; write test.csv per model and the submission."""
-    run = artifacts.RunDir(run_dir)
-    mids = select_models(run, model_ids)
-    cfg = C.resolve_paths(C.validate(C.apply_overrides(run.load_config(), overrides)), Path.cwd())
-    engine, tta, merge, bs = resolve_options(cfg, engine, tta, tta_merge, batch_size)
-    data = cfg["data"]
+    run = RunDir(run_dir)
+    mids = select_models(run, models)
+    cfg = load_config(run.load_config(), overrides=overrides)
+    engine, tta_views, merge, bs = resolve_options(cfg, engine, tta, tta_merge, batch_size)
+    data = cfg.data
     test_df, paths = load_test_table(data)
-    sample = _check_sample(data, test_df[data["id_column"]])
-    result: dict = {"models": {}, "engine": engine, "tta": tta, "tta_merge": merge, "submission": None}
+    sample = _check_sample(data, test_df[data.id_column])
+    out_path = Path(out) if out else Path("submissions") / f"{run.root.resolve().name}.csv"
+    results: dict[str, ModelPrediction] = {}
     probs_by_model, classes = [], None
     for mid in mids:
-        folds = load_folds(run, mid, cfg, engine, log)
+        folds = load_folds(run, mid, cfg, engine, expect_folds=None if allow_missing_folds else cfg.folds.n_splits)
         ck = folds[0].ckpt
         if classes is not None and ck["classes"] != classes:
             raise CompError(f"{mid} predicts classes {ck['classes']} but {mids[0]} predicts {classes}; predict them separately")
         classes = ck["classes"]
-        fused = usable_fused(run, mid, folds, tta, merge) if engine == "onnx" else None
+        fused = usable_fused(run, mid, folds, tta_views, merge) if engine == "onnx" else None
         if fused is not None:  # one session call per batch does every fold and TTA view
-            log(f"{mid}: using {fused} (folds {[f.fold for f in folds]}, tta {','.join(tta) or 'none'})")
+            log.info("%s: using %s (folds %s, tta %s)", mid, fused, [f.fold for f in folds], ",".join(tta_views) or "none")
             runners, views_tta = [OrtRunner(fused)], []
         else:
-            runners, views_tta = [f.runner for f in folds], tta
+            runners, views_tta = [f.runner for f in folds], tta_views
         _, merged = run_views(runners, paths, from_dict(ck["eval_transform"]), views_tta, merge, bs,
-                              data["num_workers"], f"{mid} test" if progress else "")
+                              data.num_workers, f"{mid} test" if progress else "")
         probs = merged.mean(0)
-        test_path = artifacts.write_csv(run.test_pred(mid), prob_frame(data["id_column"], test_df[data["id_column"]], classes, probs))
-        info = {"folds": len(folds), "test": str(test_path), "fused": fused is not None}
+        test_pred = Predictions(test_df[data.id_column].to_numpy(dtype=object), list(classes), probs, id_column=data.id_column)
+        info = ModelPrediction(mid, len(folds), run.test_pred(mid), fused is not None)
         if oof:
-            info.update(oof_tta(run, mid, cfg, folds, tta, merge, bs, progress),
-                        oof_tta=str(run.model_dir(mid) / "oof_tta.csv"))
-        result["models"][mid] = info
+            pred, info.cv, info.cv_tta = oof_tta(run, mid, cfg, folds, tta_views, merge, bs, progress)
+            info.oof_tta = run.write_oof(mid, pred, tta=True)
+        run.write_test(mid, test_pred)
+        results[mid] = info
         probs_by_model.append(probs)
+    result = PredictResult(run, engine, tta_views, merge, results, None)
     if sample is None:
-        log("no data.sample_submission in the config: wrote test.csv only (set it with --set data.sample_submission=FILE)")
+        log.warning("no data.sample_submission in the config: wrote test.csv only (set it with --set data.sample_submission=FILE)")
         return result
-    sub = make_submission(test_df[data["id_column"]], np.mean(probs_by_model, axis=0), classes, sample, data["id_column"])
-    out = Path(out) if out else Path("submissions") / f"{run.root.resolve().name}.csv"
-    result["submission"] = str(write_submission(sub, out, sample, classes, data["id_column"]))
+    assert classes is not None
+    sub = make_submission(test_df[data.id_column], np.mean(probs_by_model, axis=0), classes, sample, data.id_column)
+    result.submission = write_submission(sub, out_path, sample, classes, data.id_column)
     return result
-
-
-def result_rows(result: dict) -> list[dict]:
-    """One table row per model: folds, engine, TTA and (with --oof) CV without and with TTA."""
-    rows = []
-    for mid, info in result["models"].items():
-        rows.append({"model": mid, "folds": info["folds"], "engine": result["engine"],
-                     "tta": ",".join(result["tta"]) or "none", "cv": info.get("cv"), "cv_tta": info.get("cv_tta")})
-    return rows

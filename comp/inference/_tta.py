@@ -12,30 +12,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from comp.errors import CompError, closest
+from comp._registry import Registry
+from comp.errors import CompError
 
-TTA_OPS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+TTA_OPS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("TTA view")
 MERGES = ("mean", "geometric")
 _EPS = 1e-7
 
 
-def register(name: str):
-    """Decorator adding a view to the registry under ``name``."""
-
-    def deco(fn: Callable[[torch.Tensor], torch.Tensor]):
-        TTA_OPS[name] = fn
-        return fn
-
-    return deco
-
-
-@register("hflip")
+@TTA_OPS.register("hflip")
 def hflip(x: torch.Tensor) -> torch.Tensor:
     """Mirror left-right."""
     return x.flip(3)
 
 
-@register("vflip")
+@TTA_OPS.register("vflip")
 def vflip(x: torch.Tensor) -> torch.Tensor:
     """Mirror top-bottom."""
     return x.flip(2)
@@ -62,10 +53,10 @@ def rescale(factor: float) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 for _f in (0.9, 1.1):
-    register(f"scale{_f}")(rescale(_f))
+    TTA_OPS.add(f"scale{_f}", rescale(_f))
 
 
-@register("shift")
+@TTA_OPS.register("shift")
 def shift(x: torch.Tensor) -> torch.Tensor:
     """Translate right and down by 1/16 of the size (at least one pixel), padding with zeros."""
     h, w = int(x.shape[2]), int(x.shape[3])
@@ -79,8 +70,7 @@ def parse_tta(spec: str | Iterable[str] | None) -> list[str]:
         return []
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if str(s).strip()]
     for name in names:
-        if name not in TTA_OPS:
-            raise CompError(f"unknown TTA view '{name}'; choose from {', '.join(TTA_OPS)}{closest(name, TTA_OPS)}")
+        TTA_OPS.check(name)
     if len(set(names)) != len(names):
         raise CompError(f"TTA view listed twice in {','.join(names)}; list each once")
     return names

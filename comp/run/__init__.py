@@ -1,0 +1,31 @@
+"""The run folder: the one reader and writer of each artifact, atomic writes, and fold locks."""
+
+from comp.run._artifacts import Metrics, Predictions, parse_predictions
+from comp.run._checkpoint import (
+    CHECKPOINT_FORMAT,
+    ONNX_FORMAT,
+    graph_metadata,
+    load_checkpoint,
+    make_checkpoint,
+    read_graph_metadata,
+)
+from comp.run._io import (
+    atomic_write,
+    clean_temporaries,
+    exclusive,
+    pid_alive,
+    read_json,
+    read_table,
+    save_figure,
+    torch_save,
+    write_csv,
+    write_json,
+    write_text,
+)
+from comp.run._rundir import RunDir
+
+__all__ = [
+    "CHECKPOINT_FORMAT", "ONNX_FORMAT", "Metrics", "Predictions", "RunDir", "atomic_write", "clean_temporaries",
+    "exclusive", "graph_metadata", "load_checkpoint", "make_checkpoint", "parse_predictions", "pid_alive", "read_graph_metadata",
+    "read_json", "read_table", "save_figure", "torch_save", "write_csv", "write_json", "write_text",
+]

@@ -1,5 +1,4 @@
-"""The run folder: where every artifact lives, and atomic writes so a killed run never leaves a
-half-written file that looks complete.
+"""The run folder: where every artifact lives, and the one reader and writer of each format.
 
 RUN/
   config.yaml                      resolved config (the single source of truth later commands read)
@@ -8,135 +7,37 @@ RUN/
   models/<model_id>/fold<k>.state.pt   resumable training state (deleted when the fold finishes)
   models/<model_id>/fold<k>.lock       host, pid and start time of the process training that fold (while it runs)
   models/<model_id>/fold<k>.oof.csv    that fold's validation probabilities
+  models/<model_id>/fold<k>.history.csv  per-epoch loss / score / images per second
   models/<model_id>/oof.csv        id, fold, target, one probability column per class
-  models/<model_id>/metrics.json   {"metric", "cv", "folds": [...]}
-  models/<model_id>/history.csv    per-fold, per-epoch loss / score / images per second
+  models/<model_id>/metrics.json   {"metric", "cv", "folds": [...], ...}
   models/<model_id>/test.csv       id, one probability column per class (comp predict)
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from comp.errors import CompError
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text(path, text: str) -> Path:
-    """Atomically write a text file."""
-    return _atomic(path, lambda p: p.write_text(text))
-
-
-def write_json(path, obj) -> Path:
-    """Atomically write JSON (indented, keys in insertion order)."""
-    return write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def write_csv(path, df: pd.DataFrame) -> Path:
-    """Atomically write a CSV without the index."""
-    return _atomic(path, lambda p: df.to_csv(p, index=False))
-
-
-def torch_save(path, obj) -> Path:
-    """Atomically ``torch.save`` an object."""
-    import torch
-
-    return _atomic(path, lambda p: torch.save(obj, p))
-
-
-def pid_alive(pid) -> bool:
-    """Whether a process with this id exists on this machine (another user's process counts)."""
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (TypeError, ValueError, OverflowError):
-        return False
-    return True
-
-
-def _holder(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return {}
-
-
-@contextmanager
-def exclusive(path, what: str) -> Iterator[None]:
-    """Hold ``path`` as a lock file (O_EXCL create) while the block runs: two processes or machines sharing
-    a run folder never train the same fold. A lock left by a dead process on this host is taken over; one
-    held by a live process, or by another host (whose processes cannot be checked), is a CompError naming it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            held = _holder(path)
-            if held.get("host") == me["host"] and not pid_alive(held.get("pid")):
-                # stale: move it aside, and only drop it if what we moved is still that dead holder's lock
-                aside = path.with_name(f".{path.name}.{os.getpid()}.stale")
-                try:
-                    os.replace(path, aside)
-                except FileNotFoundError:
-                    continue
-                if _holder(aside).get("pid") != held.get("pid"):
-                    os.replace(aside, path)  # a live process took it meanwhile: put its lock back
-                else:
-                    aside.unlink(missing_ok=True)
-                continue
-            who = f"pid {held.get('pid', '?')} on {held.get('host', '?')} since {held.get('since', '?')}"
-            raise CompError(f"{what} is being trained by {who} (lock {path}); train other --folds, "
-                            f"or delete {path} if that run is dead") from None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(me))
-        break
-    else:
-        raise CompError(f"could not take the lock {path} for {what}; delete it if no run is training that fold")
-    try:
-        yield
-    finally:
-        if _holder(path).get("pid") == me["pid"]:
-            path.unlink(missing_ok=True)
-
-
-def read_json(path):
-    return json.loads(Path(path).read_text())
+from comp.config import Config, build_config, dump, read_yaml
+from comp.errors import CompError, RunFolderError
+from comp.run._artifacts import Metrics, Predictions, parse_predictions
+from comp.run._checkpoint import load_checkpoint
+from comp.run._io import read_json, read_table, write_csv, write_json, write_text
 
 
 class RunDir:
-    """Paths inside one run folder; every command reads and writes through this."""
+    """Paths inside one run folder, and typed reads and writes of every artifact in it."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    # -- paths ---------------------------------------------------------------------
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
@@ -158,11 +59,14 @@ class RunDir:
     def state(self, model_id: str, fold: int) -> Path:
         return self.model_dir(model_id) / f"fold{fold}.state.pt"
 
+    def lock(self, model_id: str, fold: int) -> Path:
+        return self.model_dir(model_id) / f"fold{fold}.lock"
+
     def oof_part(self, model_id: str, fold: int) -> Path:
         return self.model_dir(model_id) / f"fold{fold}.oof.csv"
 
-    def oof(self, model_id: str) -> Path:
-        return self.model_dir(model_id) / "oof.csv"
+    def oof(self, model_id: str, tta: bool = False) -> Path:
+        return self.model_dir(model_id) / ("oof_tta.csv" if tta else "oof.csv")
 
     def metrics(self, model_id: str) -> Path:
         return self.model_dir(model_id) / "metrics.json"
@@ -173,26 +77,112 @@ class RunDir:
     def test_pred(self, model_id: str) -> Path:
         return self.model_dir(model_id) / "test.csv"
 
+    def onnx(self, model_id: str, fold: int) -> Path:
+        return self.model_dir(model_id) / f"fold{fold}.onnx"
+
+    def fused(self, model_id: str) -> Path:
+        return self.model_dir(model_id) / "fused.onnx"
+
+    # -- what is there -------------------------------------------------------------
     def model_ids(self) -> list[str]:
         """Model folders that hold at least one finished fold checkpoint, in name order."""
         if not self.models_root.is_dir():
             return []
-        return sorted(d.name for d in self.models_root.iterdir() if d.is_dir() and list(d.glob("fold[0-9]*.pt")))
+        return sorted(d.name for d in self.models_root.iterdir() if d.is_dir() and self.checkpoints(d.name))
 
     def checkpoints(self, model_id: str) -> list[Path]:
         """Finished fold checkpoints of one model, by fold number."""
-        paths = [p for p in self.model_dir(model_id).glob("fold*.pt") if p.stem[4:].isdigit()]
+        folder = self.model_dir(model_id)
+        if not folder.is_dir():
+            return []
+        paths = [p for p in folder.glob("fold*.pt") if p.stem[4:].isdigit()]
         return sorted(paths, key=lambda p: int(p.stem[4:]))
 
     def require(self) -> RunDir:
         """Fail with a fixable message unless this looks like a run folder."""
         if not self.config.is_file():
-            raise CompError(f"{self.root} is not a run folder (no config.yaml); run `comp train-folds` first or pass the right path")
+            raise RunFolderError(f"{self.root} is not a run folder (no config.yaml); run `comp train-folds` first "
+                                 "or pass the right path")
         return self
 
-    def load_config(self) -> dict:
-        """The resolved config saved by train-folds."""
-        from comp.config._schema import yaml_load
-
+    # -- config --------------------------------------------------------------------
+    def load_config(self) -> Config:
+        """The resolved config saved by train-folds, validated."""
         self.require()
-        return yaml_load(self.config.read_text())
+        raw = read_yaml(self.config)
+        try:
+            return build_config(raw if raw is not None else {})
+        except CompError as exc:
+            raise RunFolderError(f"{self.config}: {exc} (the run's saved config; fix or remove it)") from None
+
+    def config_dict(self) -> dict[str, Any]:
+        """The saved config as a plain dict (to compare with another config)."""
+        self.require()
+        raw = read_yaml(self.config)
+        return raw if isinstance(raw, dict) else {}
+
+    def save_config(self, cfg: Config) -> Path:
+        return write_text(self.config, dump(cfg))
+
+    # -- folds ---------------------------------------------------------------------
+    def read_folds(self, id_column: str | None = None) -> pd.Series:
+        """``folds.csv`` as a Series: id (string) -> fold (int)."""
+        id_column = id_column or self.id_column()
+        if not self.folds.is_file():
+            raise RunFolderError(f"{self.folds} not found; run `comp train-folds` first (it assigns the folds)")
+        df = read_table(self.folds, "fold assignment")
+        if id_column not in df.columns or "fold" not in df.columns:
+            raise RunFolderError(f"{self.folds} needs columns '{id_column}' and 'fold' (has {', '.join(df.columns)}); "
+                                 "use a fresh --run-dir")
+        folds = pd.to_numeric(df["fold"], errors="coerce")
+        if folds.isna().any() or (folds % 1 != 0).any() or df[id_column].isna().any() or df[id_column].duplicated().any():
+            raise RunFolderError(f"{self.folds} is damaged (empty or repeated ids, or folds that are not integers); "
+                                 "use a fresh --run-dir")
+        return pd.Series(folds.astype(np.int64).to_numpy(), index=pd.Index(df[id_column].to_numpy(dtype=object)), name="fold")
+
+    def write_folds(self, ids: Any, folds: np.ndarray, id_column: str) -> Path:
+        return write_csv(self.folds, pd.DataFrame({id_column: np.asarray(ids, dtype=object), "fold": np.asarray(folds)}))
+
+    # -- probability tables -----------------------------------------------------------
+    def _read_predictions(self, path: Path, id_column: str, oof: bool, what: str) -> Predictions:
+        if not path.is_file():
+            raise RunFolderError(f"{what} {path} not found; " + ("finish `comp train-folds` for that model first"
+                                 if oof else "run `comp predict` first"))
+        return parse_predictions(read_table(path, what), path, id_column, oof=oof)
+
+    def id_column(self) -> str:
+        """The id column named by the run's saved config."""
+        data = self.config_dict().get("data")
+        col = data.get("id_column") if isinstance(data, dict) else None
+        return col if isinstance(col, str) else "id"
+
+    def read_oof(self, model_id: str, *, tta: bool = False, id_column: str | None = None) -> Predictions:
+        """``oof.csv`` (``oof_tta.csv`` with ``tta``) of one model."""
+        return self._read_predictions(self.oof(model_id, tta), id_column or self.id_column(), True, "OOF file")
+
+    def read_oof_part(self, model_id: str, fold: int, *, id_column: str | None = None) -> Predictions:
+        return self._read_predictions(self.oof_part(model_id, fold), id_column or self.id_column(), True, "OOF file")
+
+    def read_test(self, model_id: str, *, id_column: str | None = None) -> Predictions:
+        """``test.csv`` of one model (written by comp predict)."""
+        return self._read_predictions(self.test_pred(model_id), id_column or self.id_column(), False, "test predictions")
+
+    def write_oof(self, model_id: str, pred: Predictions, tta: bool = False) -> Path:
+        return write_csv(self.oof(model_id, tta), pred.frame())
+
+    def write_oof_part(self, model_id: str, fold: int, pred: Predictions) -> Path:
+        return write_csv(self.oof_part(model_id, fold), pred.frame())
+
+    def write_test(self, model_id: str, pred: Predictions) -> Path:
+        return write_csv(self.test_pred(model_id), pred.frame())
+
+    # -- metrics and checkpoints --------------------------------------------------------
+    def read_metrics(self, model_id: str) -> Metrics:
+        path = self.metrics(model_id)
+        return Metrics.from_json(read_json(path, "metrics file"), path)
+
+    def write_metrics(self, model_id: str, metrics: Metrics) -> Path:
+        return write_json(self.metrics(model_id), metrics.to_json())
+
+    def read_checkpoint(self, model_id: str, fold: int) -> dict[str, Any]:
+        return load_checkpoint(self.checkpoint(model_id, fold))

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comp.run import _rundir as artifacts
 from comp.data._table import read_csv
 from comp.errors import CompError
+from comp.run import RunDir
 from comp.submission._format import validate_submission
 
 
-def _classes_from_run(run: artifacts.RunDir) -> list[str]:
+def _classes_from_run(run: RunDir) -> list[str]:
     for mid in run.model_ids():
         oof = run.oof(mid)
         if oof.is_file():
-            return [c for c in read_csv(oof, "OOF file").columns[3:]]
+            return run.read_oof(mid).classes
     raise CompError(f"{run.root} has no models/<id>/oof.csv to read the classes from; pass --sample instead")
 
 
@@ -29,12 +29,12 @@ def _classes_from_sample(sample_path: Path, df) -> list[str]:
 def resolve_sample(sample: str | Path | None, run_dir: str | Path | None) -> tuple[Path, list[str] | None, str | None]:
     """(sample path, classes or None, id column or None) from --sample or the run's config."""
     if run_dir is not None:
-        run = artifacts.RunDir(run_dir)
-        data = run.load_config()["data"]
-        path = sample or data.get("sample_submission")
+        run = RunDir(run_dir)
+        data = run.load_config().data
+        path = sample or data.sample_submission
         if not path:
             raise CompError(f"{run.config} sets no data.sample_submission; pass --sample PATH")
-        return Path(path), _classes_from_run(run), data["id_column"]
+        return Path(path), _classes_from_run(run), data.id_column
     if sample is None:
         raise CompError("comp submit needs --sample PATH or --run RUN_DIR to validate the file against")
     return Path(sample), None, None

@@ -8,19 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from comp.errors import CompError
+from comp._registry import Registry
+from comp.config import LossConfig
+from comp.errors import ConfigError
 
-LOSSES: dict[str, type[nn.Module]] = {}
-
-
-def register(name: str):
-    """Class decorator: add a loss under ``name``."""
-
-    def deco(cls):
-        LOSSES[name] = cls
-        return cls
-
-    return deco
+LOSSES: Registry[type[_Weighted]] = Registry("loss")
 
 
 class _Weighted(nn.Module):
@@ -37,7 +29,7 @@ class _Weighted(nn.Module):
         return (per_class * w).sum() / (target * w).sum().clamp_min(1e-12)
 
 
-@register("ce")
+@LOSSES.register("ce")
 class SoftCrossEntropy(_Weighted):
     """Cross-entropy against soft targets."""
 
@@ -46,7 +38,7 @@ class SoftCrossEntropy(_Weighted):
         return self._reduce(-target * logp, target)
 
 
-@register("focal")
+@LOSSES.register("focal")
 class SoftFocal(_Weighted):
     """Focal loss (Lin et al. 2017) against soft targets: down-weights easy, confident examples."""
 
@@ -65,11 +57,11 @@ def class_weights(spec, targets: np.ndarray, num_classes: int) -> torch.Tensor |
         w = len(targets) / (num_classes * np.maximum(counts, 1))
         return torch.tensor(w, dtype=torch.float32)
     if len(spec) != num_classes or not all(isinstance(v, int | float) and v >= 0 for v in spec):
-        raise CompError(f"config key 'loss.class_weights' must list {num_classes} non-negative numbers (one per class), got {spec!r}")
+        raise ConfigError(f"config key 'loss.class_weights' must list {num_classes} non-negative numbers (one per class), got {spec!r}")
     return torch.tensor(spec, dtype=torch.float32)
 
 
-def build_loss(loss_cfg: dict, targets: np.ndarray, num_classes: int) -> nn.Module:
+def build_loss(loss_cfg: LossConfig, targets: np.ndarray, num_classes: int) -> nn.Module:
     """The configured loss with its class weights."""
-    cls = LOSSES[loss_cfg["name"]]
-    return cls(class_weights(loss_cfg["class_weights"], targets, num_classes), gamma=loss_cfg["focal_gamma"])
+    cls = LOSSES[loss_cfg.name]
+    return cls(class_weights(loss_cfg.class_weights, targets, num_classes), gamma=loss_cfg.focal_gamma)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import timm
-import torch
 from torch import nn
 
+from comp.config import ModelConfig, TrainConfig
 from comp.errors import CompError, closest
-
-CHECKPOINT_FORMAT = "comp.checkpoint/1"
+from comp.run._checkpoint import load_checkpoint
 
 
 def check_model_name(name: str) -> None:
@@ -20,17 +20,16 @@ def check_model_name(name: str) -> None:
         raise CompError(f"unknown timm model '{name}'{closest(arch, timm.list_models())}; see timm.list_models()")
 
 
-def create_model(entry: dict, num_classes: int, train_cfg: dict | None = None) -> nn.Module:
+def create_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | None = None) -> nn.Module:
     """Create the timm model of a config entry; ``pretrained`` is true (timm's source) or a local weights file."""
-    name = entry["name"]
+    name = entry.name
     check_model_name(name)
-    train_cfg = train_cfg or {}
-    kwargs = {"num_classes": num_classes, "in_chans": entry.get("in_chans", 3)}
-    if train_cfg.get("drop_rate"):
-        kwargs["drop_rate"] = train_cfg["drop_rate"]
-    if train_cfg.get("drop_path_rate") is not None:
-        kwargs["drop_path_rate"] = train_cfg["drop_path_rate"]
-    pretrained = entry.get("pretrained", False)
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": entry.in_chans}
+    if train_cfg is not None and train_cfg.drop_rate:
+        kwargs["drop_rate"] = train_cfg.drop_rate
+    if train_cfg is not None and train_cfg.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = train_cfg.drop_path_rate
+    pretrained = entry.pretrained
     if isinstance(pretrained, str):
         path = Path(pretrained)
         if not path.is_file():
@@ -68,30 +67,6 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
     for p in model.parameters():
         if id(p) not in head:
             p.requires_grad_(not frozen)
-
-
-def make_checkpoint(model: nn.Module, meta: dict) -> dict:
-    """A checkpoint dict that describes itself: timm name, classes, image size, eval transform, config."""
-    required = ("model_name", "model_id", "classes", "image_size", "mean", "std", "eval_transform", "config")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise ValueError(f"checkpoint meta lacks {missing}")
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {"format": CHECKPOINT_FORMAT, **meta, "num_classes": len(meta["classes"]), "state_dict": state}
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a comp checkpoint safely (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CompError(f"checkpoint {path} not found; train it with `comp train-folds` first")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CompError(f"checkpoint {path} is unreadable ({type(exc).__name__}); retrain that fold") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CompError(f"{path} is not a comp checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else None!r})")
-    return ckpt
 
 
 def model_from_checkpoint(ckpt: dict | str | Path) -> tuple[nn.Module, dict]:

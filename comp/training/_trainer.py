@@ -7,12 +7,14 @@ resumed from its last finished epoch is identical to one that was never interrup
 from __future__ import annotations
 
 import copy
+import logging
 import random
-import sys
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,19 +23,21 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
-from comp.run import _rundir as artifacts
-from comp.config import _schema as C
-from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
-from comp.data._table import ImageDataset, TrainTable, load_train_table
-from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
-from comp.errors import CompError
-from comp.data._folds import assign_folds
-from comp.training._losses import build_loss
-from comp.metrics import get_metric
-from comp.training._models import create_model, make_checkpoint, normalization, set_backbone_frozen
+from comp._progress import Progress
 from comp._tables import format_table
+from comp.config import Config, ModelConfig
+from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
+from comp.data._folds import assign_folds
+from comp.data._table import ImageDataset, TrainTable, load_train_table
+from comp.errors import CompError
+from comp.metrics import get_metric
+from comp.run import Metrics, Predictions, RunDir, exclusive, make_checkpoint, torch_save, write_csv
+from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
+from comp.training._losses import build_loss
+from comp.training._models import create_model, normalization, set_backbone_frozen
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -71,35 +75,34 @@ def _diff_keys(a, b, prefix="") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def prepare_run(cfg: dict, run: artifacts.RunDir) -> None:
+def prepare_run(cfg: Config, run: RunDir) -> None:
     """Save the resolved config, or check that an existing run folder was made with the same one."""
     if run.config.is_file():
-        saved = run.load_config()
-        diff = _diff_keys(saved, cfg)
+        diff = _diff_keys(run.config_dict(), cfg.to_dict())
         if diff:
             raise CompError(
                 f"run folder {run.root} was made with a different config (keys differ: {', '.join(diff[:5])}); "
                 "use the same config to continue it, or pass another --run-dir"
             )
         return
-    artifacts.write_text(run.config, C.dump(cfg))
+    run.save_config(cfg)
 
 
-def ensure_folds(cfg: dict, run: artifacts.RunDir, table: TrainTable) -> np.ndarray:
+def ensure_folds(cfg: Config, run: RunDir, table: TrainTable) -> np.ndarray:
     """Fold of every training row: read ``folds.csv`` if it exists (checking it fits), else assign and write it."""
-    id_col = cfg["data"]["id_column"]
+    id_col = cfg.data.id_column
     ids = table.df[id_col].to_numpy()
     if run.folds.is_file():
-        saved = pd.read_csv(run.folds, dtype={id_col: str})
-        if len(saved) != len(ids) or set(saved[id_col]) != set(ids):
-            raise CompError(f"{run.folds} does not match {cfg['data']['train_csv']} (ids differ); use a fresh --run-dir")
-        return saved.set_index(id_col).loc[ids, "fold"].to_numpy(np.int64)
+        saved = run.read_folds(id_col)
+        if len(saved) != len(ids) or set(saved.index) != set(ids):
+            raise CompError(f"{run.folds} does not match {cfg.data.train_csv} (ids differ); use a fresh --run-dir")
+        return saved.loc[ids].to_numpy(np.int64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        folds = assign_folds(table.targets, table.groups, cfg["folds"]["n_splits"], cfg["folds"]["seed"])
+        folds = assign_folds(table.targets, table.groups, cfg.folds.n_splits, cfg.folds.seed)
     for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    artifacts.write_csv(run.folds, pd.DataFrame({id_col: ids, "fold": folds}))
+        warnings.warn(str(w.message), UserWarning, stacklevel=2)
+    run.write_folds(ids, folds, id_col)
     return folds
 
 
@@ -108,18 +111,18 @@ def ensure_folds(cfg: dict, run: artifacts.RunDir, table: TrainTable) -> np.ndar
 
 @dataclass
 class FoldContext:
-    cfg: dict
-    entry: dict
+    cfg: Config
+    entry: ModelConfig
     table: TrainTable
     folds: np.ndarray
     fold: int
-    run: artifacts.RunDir
+    run: RunDir
     progress: bool = True
-    on_epoch: object = None  # callable(event: dict); may raise (e.g. optuna.TrialPruned) to stop the run
+    on_epoch: Callable[[EpochEvent], None] | None = None  # may raise (e.g. optuna.TrialPruned) to stop the run
 
     @property
     def model_id(self) -> str:
-        return C.model_id(self.entry)
+        return self.entry.model_id
 
 
 def _loader(ds, idx, batch_size, shuffle, seed, num_workers, drop_last, device) -> DataLoader:
@@ -131,13 +134,13 @@ def _loader(ds, idx, batch_size, shuffle, seed, num_workers, drop_last, device) 
 
 
 def _scheduler(optimizer, tcfg: dict, steps_per_epoch: int):
-    if tcfg["scheduler"] == "none":
+    if tcfg.scheduler == "none":
         return None
-    ft_steps = max(1, (tcfg["epochs"] - tcfg["freeze_epochs"]) * steps_per_epoch)
-    warm = int(round(tcfg["warmup_epochs"] * steps_per_epoch))
+    ft_steps = max(1, (tcfg.epochs - tcfg.freeze_epochs) * steps_per_epoch)
+    warm = int(round(tcfg.warmup_epochs * steps_per_epoch))
     return CosineLRScheduler(
-        optimizer, t_initial=ft_steps, lr_min=tcfg["lr"] * tcfg["min_lr_ratio"], warmup_t=warm,
-        warmup_lr_init=tcfg["lr"] * tcfg["min_lr_ratio"], warmup_prefix=True, t_in_epochs=False,
+        optimizer, t_initial=ft_steps, lr_min=tcfg.lr * tcfg.min_lr_ratio, warmup_t=warm,
+        warmup_lr_init=tcfg.lr * tcfg.min_lr_ratio, warmup_prefix=True, t_in_epochs=False,
     )
 
 
@@ -152,52 +155,52 @@ class FoldTrainer:
     def __init__(self, ctx: FoldContext):
         self.ctx = ctx
         cfg, entry = ctx.cfg, ctx.entry
-        self.tcfg = C.model_train_cfg(cfg, entry)
-        self.device = resolve_device(cfg["device"])
-        self.metric = get_metric(cfg["metric"])
-        self.seed = _derive_seed(cfg["seed"], ctx.model_id, ctx.fold)
+        self.tcfg = cfg.train_for(entry)
+        self.device = resolve_device(cfg.device)
+        self.metric = get_metric(cfg.metric)
+        self.seed = _derive_seed(cfg.seed, ctx.model_id, ctx.fold)
         self.num_classes = len(ctx.table.classes)
         seed_everything(self.seed)
         self.model = create_model(entry, self.num_classes, self.tcfg).to(self.device)
-        if self.tcfg["channels_last"]:
+        if self.tcfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.hw = C.image_hw(entry)
+        self.hw = entry.hw
         self.mean, self.std = normalization(self.model)
-        self.valid_tf = valid_pipeline(cfg["augment"], self.hw, self.mean, self.std)  # saved in the checkpoint
+        self.valid_tf = valid_pipeline(cfg.augment, self.hw, self.mean, self.std)  # saved in the checkpoint
         # the loaders yield HWC uint8 arrays, normalised on the device (4x fewer bytes through workers and to the GPU)
-        train_tf, valid_u8 = pipelines(cfg["augment"], self.hw, self.mean, self.std, normalize=False)
-        self.normalize = DeviceNormalize(self.mean, self.std, self.device, self.tcfg["channels_last"])
+        train_tf, valid_u8 = pipelines(cfg.augment, self.hw, self.mean, self.std, normalize=False)
+        self.normalize = DeviceNormalize(self.mean, self.std, self.device, self.tcfg.channels_last)
         self.train_idx = np.flatnonzero(ctx.folds != ctx.fold)
         self.valid_idx = np.flatnonzero(ctx.folds == ctx.fold)
         self.train_ds = ImageDataset(ctx.table.paths, ctx.table.targets, train_tf, reader=self._reader())
         self.valid_ds = ImageDataset(ctx.table.paths, ctx.table.targets, valid_u8, reader=self.train_ds.reader)
-        self.mixer = BatchMixer(cfg["augment"]["mixup"], self.num_classes, cfg["loss"]["label_smoothing"])
-        self.loss_fn = build_loss(cfg["loss"], ctx.table.targets[self.train_idx], self.num_classes).to(self.device)
+        self.mixer = BatchMixer(cfg.augment.mixup, self.num_classes, cfg.loss.label_smoothing)
+        self.loss_fn = build_loss(cfg.loss, ctx.table.targets[self.train_idx], self.num_classes).to(self.device)
         self.optimizer = create_optimizer_v2(
-            self.model, opt=self.tcfg["optimizer"], lr=self.tcfg["lr"], weight_decay=self.tcfg["weight_decay"],
-            **({"momentum": self.tcfg["momentum"]} if self.tcfg["optimizer"] == "sgd" else {}),
+            self.model, opt=self.tcfg.optimizer, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay,
+            **({"momentum": self.tcfg.momentum} if self.tcfg.optimizer == "sgd" else {}),
         )
-        bs = self.tcfg["batch_size"]
+        bs = self.tcfg.batch_size
         self.drop_last = self.mixer.enabled and len(self.train_idx) > bs
         n_batches = len(self.train_idx) // bs if self.drop_last else -(-len(self.train_idx) // bs)
-        self.steps_per_epoch = min(n_batches, self.tcfg["max_steps_per_epoch"] or n_batches)
+        self.steps_per_epoch = min(n_batches, self.tcfg.max_steps_per_epoch or n_batches)
         self.scheduler = _scheduler(self.optimizer, self.tcfg, self.steps_per_epoch)
-        self.amp_dtype = resolve_amp(self.tcfg["amp"], self.device)
+        self.amp_dtype = resolve_amp(self.tcfg.amp, self.device)
         use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
-        self.ema = ModelEmaV3(self.model, decay=self.tcfg["ema_decay"]) if self.tcfg["ema"] else None
+        self.ema = ModelEmaV3(self.model, decay=self.tcfg.ema_decay) if self.tcfg.ema else None
         self.state = {"epoch": -1, "best_score": None, "best_epoch": -1, "bad_epochs": 0, "history": [],
                       "best_state": None, "best_probs": None}
 
     def _reader(self):
         from comp.data._table import load_image
 
-        cache = self.ctx.cfg["data"].get("cache", "none")
+        cache = self.ctx.cfg.data.cache
         if cache == "none":
             return load_image
         from comp.data._cache import make_reader  # the decoded-image cache (comp bench-data)
 
-        return make_reader(self.ctx.cfg["data"], self.hw, self.ctx.table.paths)
+        return make_reader(self.ctx.cfg.data, self.hw, self.ctx.table.paths)
 
     # -- state ---------------------------------------------------------------------
     def save_state(self) -> None:
@@ -208,7 +211,7 @@ class FoldTrainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "ema": self.ema.module.state_dict() if self.ema else None,
         }
-        artifacts.torch_save(self.ctx.run.state(self.ctx.model_id, self.ctx.fold), s)
+        torch_save(self.ctx.run.state(self.ctx.model_id, self.ctx.fold), s)
 
     def load_state(self, path: Path) -> None:
         s = torch.load(path, map_location=self.device, weights_only=True)
@@ -223,29 +226,29 @@ class FoldTrainer:
 
     # -- loop ----------------------------------------------------------------------
     def _frozen(self, epoch: int) -> bool:
-        return epoch < self.tcfg["freeze_epochs"]
+        return epoch < self.tcfg.freeze_epochs
 
     def run_epoch(self, epoch: int) -> dict:
         seed_everything(_derive_seed(self.seed, epoch))
         self.train_ds.transform.set_random_seed(_derive_seed(self.seed, epoch, "aug"))
         frozen = self._frozen(epoch)
-        set_backbone_frozen(self.model, frozen) if self.tcfg["freeze_epochs"] else None
-        step0 = (epoch - self.tcfg["freeze_epochs"]) * self.steps_per_epoch
+        set_backbone_frozen(self.model, frozen) if self.tcfg.freeze_epochs else None
+        step0 = (epoch - self.tcfg.freeze_epochs) * self.steps_per_epoch
         if frozen:
-            _set_lr(self.optimizer, self.tcfg["freeze_lr"] or self.tcfg["lr"])
+            _set_lr(self.optimizer, self.tcfg.freeze_lr or self.tcfg.lr)
         elif self.scheduler is not None:
             self.scheduler.step_update(step0)
         else:
-            _set_lr(self.optimizer, self.tcfg["lr"])
-        bar = tqdm(total=self.steps_per_epoch, desc=f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg['epochs']}",
-                   disable=not self.ctx.progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+            _set_lr(self.optimizer, self.tcfg.lr)
+        bar = Progress(self.steps_per_epoch, f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg.epochs}",
+                       enabled=self.ctx.progress)
         sc = StepConfig(
-            device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg["channels_last"],
-            grad_clip=self.tcfg["grad_clip"], max_steps=self.tcfg["max_steps_per_epoch"], scaler=self.scaler,
+            device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg.channels_last,
+            grad_clip=self.tcfg.grad_clip, max_steps=self.tcfg.max_steps_per_epoch, scaler=self.scaler,
             ema=self.ema, scheduler=None if frozen else self.scheduler, progress=bar, normalize=self.normalize,
         )
-        loader = _loader(self.train_ds, self.train_idx, self.tcfg["batch_size"], True, _derive_seed(self.seed, epoch, "order"),
-                         self.ctx.cfg["data"]["num_workers"], self.drop_last, self.device)
+        loader = _loader(self.train_ds, self.train_idx, self.tcfg.batch_size, True, _derive_seed(self.seed, epoch, "order"),
+                         self.ctx.cfg.data.num_workers, self.drop_last, self.device)
         stats = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn, self.mixer, epoch, sc, step0=max(step0, 0))
         bar.close()
         probs = self.evaluate()
@@ -257,16 +260,16 @@ class FoldTrainer:
         return self.ema.module if self.ema else self.model
 
     def evaluate(self) -> np.ndarray:
-        bs = self.tcfg["eval_batch_size"] or self.tcfg["batch_size"] * 2
-        loader = _loader(self.valid_ds, self.valid_idx, bs, False, 0, self.ctx.cfg["data"]["num_workers"], False, self.device)
-        sc = StepConfig(device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg["channels_last"],
+        bs = self.tcfg.eval_batch_size or self.tcfg.batch_size * 2
+        loader = _loader(self.valid_ds, self.valid_idx, bs, False, 0, self.ctx.cfg.data.num_workers, False, self.device)
+        sc = StepConfig(device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg.channels_last,
                         normalize=self.normalize)
         return predict_probs(self.eval_model(), loader, sc)
 
-    def fit(self) -> dict:
+    def fit(self) -> FoldResult:
         """Train the remaining epochs (after a resume) and return the fold summary."""
-        patience = self.tcfg["early_stopping"]
-        for epoch in range(self.state["epoch"] + 1, self.tcfg["epochs"]):
+        patience = self.tcfg.early_stopping
+        for epoch in range(self.state["epoch"] + 1, self.tcfg.epochs):
             row = self.run_epoch(epoch)
             probs = row.pop("probs")
             improved = self.state["best_state"] is None or self.metric.better(row["score"], self.state["best_score"])
@@ -278,51 +281,47 @@ class FoldTrainer:
             self.state["history"].append(row)
             self.state["epoch"] = epoch
             self._notify(epoch=epoch, score=row["score"], fold_done=False)
-            if self.ctx.progress:
-                mark = " *" if improved else ""
-                print(f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg['epochs']}: loss {row['loss']:.4f} "
-                      f"{self.metric.name} {row['score']:.4f} {row['images_per_s']:.0f} img/s{mark}", file=sys.stderr)
+            log.info("%s fold %d epoch %d/%d: loss %.4f %s %.4f %.0f img/s%s", self.ctx.model_id, self.ctx.fold, epoch + 1,
+                     self.tcfg.epochs, row["loss"], self.metric.name, row["score"], row["images_per_s"], " *" if improved else "")
             stop = patience and self.state["bad_epochs"] >= patience
-            if stop or epoch == self.tcfg["epochs"] - 1:
+            if stop or epoch == self.tcfg.epochs - 1:
                 break
             self.save_state()
         return self.finish()
 
-    def _notify(self, **event) -> None:
+    def _notify(self, *, epoch: int, score: float, fold_done: bool) -> None:
         if self.ctx.on_epoch is not None:
-            self.ctx.on_epoch({"model_id": self.ctx.model_id, "fold": self.ctx.fold, "epochs": self.tcfg["epochs"],
-                               "best_score": self.state["best_score"], **event})
+            self.ctx.on_epoch(EpochEvent(self.ctx.model_id, self.ctx.fold, epoch, self.tcfg.epochs, score,
+                                         self.state["best_score"], fold_done))
 
-    def finish(self) -> dict:
+    def finish(self) -> FoldResult:
         """Write the fold's OOF part, history and self-describing checkpoint; drop the resumable state."""
         ctx, run = self.ctx, self.ctx.run
         model = self.eval_model()
         model.load_state_dict(self.state["best_state"])
         meta = {
-            "model_name": ctx.entry["name"], "model_id": ctx.model_id, "classes": list(ctx.table.classes),
-            "image_size": list(self.hw), "in_chans": ctx.entry.get("in_chans", 3), "mean": self.mean, "std": self.std,
-            "eval_transform": to_dict(self.valid_tf), "config": ctx.cfg, "entry": ctx.entry, "fold": ctx.fold,
+            "model_name": ctx.entry.name, "model_id": ctx.model_id, "classes": list(ctx.table.classes),
+            "image_size": list(self.hw), "in_chans": ctx.entry.in_chans, "mean": self.mean, "std": self.std,
+            "eval_transform": to_dict(self.valid_tf), "config": ctx.cfg.to_dict(), "entry": ctx.entry.to_dict(), "fold": ctx.fold,
             "epoch": self.state["best_epoch"], "score": self.state["best_score"], "metric": self.metric.name,
         }
         hist = pd.DataFrame(self.state["history"])
-        artifacts.write_csv(run.history(ctx.model_id, ctx.fold), hist)
-        artifacts.write_csv(run.oof_part(ctx.model_id, ctx.fold), oof_frame(ctx, self.valid_idx, self.state["best_probs"].numpy()))
-        artifacts.torch_save(run.checkpoint(ctx.model_id, ctx.fold), make_checkpoint(model, meta))
+        write_csv(run.history(ctx.model_id, ctx.fold), hist)
+        run.write_oof_part(ctx.model_id, ctx.fold, oof_predictions(ctx, self.valid_idx, self.state["best_probs"].numpy()))
+        torch_save(run.checkpoint(ctx.model_id, ctx.fold), make_checkpoint(model.state_dict(), meta))
         run.state(ctx.model_id, ctx.fold).unlink(missing_ok=True)
         self._notify(epoch=self.state["epoch"], score=self.state["best_score"], fold_done=True)
-        return {"score": self.state["best_score"], "best_epoch": self.state["best_epoch"] + 1,
-                "epochs": len(hist), "images_per_s": float(hist["images_per_s"].mean())}
+        return FoldResult(self.state["best_score"], self.state["best_epoch"] + 1, len(hist), float(hist["images_per_s"].mean()))
 
 
-def oof_frame(ctx: FoldContext, idx: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
-    """Rows ``idx`` of the training table as OOF records: id, fold, target (class name), one column per class."""
-    id_col = ctx.cfg["data"]["id_column"]
-    df = pd.DataFrame({id_col: ctx.table.df[id_col].to_numpy()[idx], "fold": ctx.folds[idx],
-                       "target": np.asarray(ctx.table.classes, dtype=object)[ctx.table.targets[idx]]})
-    return pd.concat([df, pd.DataFrame(probs, columns=ctx.table.classes)], axis=1)
+def oof_predictions(ctx: FoldContext, idx: np.ndarray, probs: np.ndarray) -> Predictions:
+    """Rows ``idx`` of the training table as OOF predictions: id, fold, target (class name), probabilities."""
+    id_col = ctx.cfg.data.id_column
+    return Predictions(ctx.table.df[id_col].to_numpy(dtype=object)[idx], list(ctx.table.classes), probs,
+                       ctx.folds[idx], np.asarray(ctx.table.classes, dtype=object)[ctx.table.targets[idx]], id_col)
 
 
-def train_fold(ctx: FoldContext, resume: bool) -> dict:
+def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:
     """Train (or resume) one fold of one model."""
     state_path = ctx.run.state(ctx.model_id, ctx.fold)
     trainer = FoldTrainer(ctx)
@@ -330,80 +329,121 @@ def train_fold(ctx: FoldContext, resume: bool) -> dict:
         if not resume:
             raise CompError(f"{state_path} holds a partly trained fold; pass --resume to continue it or delete the file")
         trainer.load_state(state_path)
-        print(f"resuming {ctx.model_id} fold {ctx.fold} after epoch {trainer.state['epoch'] + 1}", file=sys.stderr)
+        log.info("resuming %s fold %d after epoch %d", ctx.model_id, ctx.fold, trainer.state["epoch"] + 1)
     return trainer.fit()
 
 
 # ---------------------------------------------------------------- all models, all folds
 
 
-def assemble_model(cfg: dict, run: artifacts.RunDir, model_id: str, table: TrainTable) -> dict | None:
+def assemble_model(cfg: Config, run: RunDir, model_id: str, table: TrainTable) -> Metrics | None:
     """Once every fold of a model is done: write ``oof.csv`` (training-table order) and ``metrics.json``."""
-    n = cfg["folds"]["n_splits"]
-    parts = [run.oof_part(model_id, k) for k in range(n)]
-    if not all(p.is_file() and run.checkpoint(model_id, k).is_file() for k, p in enumerate(parts)):
+    n = cfg.folds.n_splits
+    if not all(run.oof_part(model_id, k).is_file() and run.checkpoint(model_id, k).is_file() for k in range(n)):
         return None
-    id_col = cfg["data"]["id_column"]
-    oof = pd.concat([pd.read_csv(p, dtype={id_col: str, "target": str}) for p in parts], ignore_index=True)
-    oof = oof.set_index(id_col).loc[table.df[id_col]].reset_index()
-    metric = get_metric(cfg["metric"])
-    probs = oof[table.classes].to_numpy(np.float64)
-    fold_scores = [metric(table.targets[oof["fold"].to_numpy() == k], probs[oof["fold"].to_numpy() == k]) for k in range(n)]
-    result = {"metric": metric.name, "cv": metric(table.targets, probs), "folds": fold_scores,
-              "fold_mean": float(np.mean(fold_scores)), "fold_std": float(np.std(fold_scores)),
-              "greater_is_better": metric.greater_is_better}
-    artifacts.write_csv(run.oof(model_id), oof)
-    artifacts.write_json(run.metrics(model_id), result)
+    id_col = cfg.data.id_column
+    parts = [run.read_oof_part(model_id, k, id_column=id_col) for k in range(n)]
+    merged = Predictions(np.concatenate([p.ids for p in parts]), parts[0].classes, np.concatenate([p.probs for p in parts]),
+                         np.concatenate([p.folds for p in parts if p.folds is not None]),
+                         np.concatenate([p.targets for p in parts if p.targets is not None]), id_col)
+    oof = merged.reorder(table.df[id_col].to_numpy(dtype=object))
+    metric = get_metric(cfg.metric)
+    assert oof.folds is not None
+    fold_scores = [metric(table.targets[oof.folds == k], oof.probs[oof.folds == k]) for k in range(n)]
+    result = Metrics(metric.name, metric.greater_is_better, metric(table.targets, oof.probs), fold_scores,
+                     float(np.mean(fold_scores)), float(np.std(fold_scores)))
+    run.write_oof(model_id, oof)
+    run.write_metrics(model_id, result)
     return result
 
 
-def _done_before(run: artifacts.RunDir, model_id: str, fold: int) -> dict:
-    ck = torch.load(run.checkpoint(model_id, fold), map_location="cpu", weights_only=True)
-    return {"score": ck["score"], "best_epoch": ck["epoch"] + 1, "skipped": True}
+@dataclass
+class EpochEvent:
+    """What ``on_epoch`` receives after every epoch's validation, and once more when a fold finishes."""
+
+    model_id: str
+    fold: int
+    epoch: int
+    epochs: int
+    score: float
+    best_score: float | None
+    fold_done: bool
 
 
-def train_folds(cfg: dict, run_dir: str | Path, folds: list[int] | None = None, resume: bool = False,
-                progress: bool = True, on_epoch=None) -> dict:
-    """Train every model entry on the chosen folds; returns {model_id: {"folds": {k: summary}, "cv": ...}}.
+@dataclass
+class FoldResult:
+    score: float
+    best_epoch: int
+    epochs: int | None = None
+    images_per_s: float | None = None
+    skipped: bool = False  # finished by an earlier call
+
+
+@dataclass
+class ModelResult:
+    model_id: str
+    folds: dict[int, FoldResult]
+    cv: float | None  # None until every fold of the model is trained
+
+
+@dataclass
+class TrainResult:
+    """What ``train_folds`` did: per model, per fold scores and the CV; the run folder holds the rest."""
+
+    run: RunDir
+    metric: str
+    models: dict[str, ModelResult]
+
+    def oof(self, model_id: str) -> pd.DataFrame:
+        """The model's out-of-fold probabilities (id, fold, target, one column per class)."""
+        return self.run.read_oof(model_id).frame()
+
+    def table(self) -> str:
+        """One row per model and fold, then each model's CV over its whole OOF."""
+        rows: list[dict[str, Any]] = []
+        for mid, m in self.models.items():
+            for k, f in sorted(m.folds.items()):
+                rows.append({"model": mid, "fold": str(k), self.metric: f.score, "best_epoch": f.best_epoch,
+                             "img/s": f.images_per_s, "note": "done before" if f.skipped else ""})
+            rows.append({"model": mid, "fold": "CV", self.metric: m.cv, "note": "" if m.cv is not None else "folds missing"})
+        return format_table(rows, ["model", "fold", self.metric, "best_epoch", "img/s", "note"])
+
+
+def _done_before(run: RunDir, model_id: str, fold: int) -> FoldResult:
+    ck = run.read_checkpoint(model_id, fold)
+    return FoldResult(ck["score"], ck["epoch"] + 1, skipped=True)
+
+
+def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = None, resume: bool = False,
+                progress: bool = True, on_epoch: Callable[[EpochEvent], None] | None = None) -> TrainResult:
+    """Train every model entry of ``cfg`` on the chosen folds (all by default) into ``run_dir``.
 
     ``on_epoch(event)`` is called after every epoch's validation and once more when a fold finishes
-    (``event["fold_done"]``); ``comp tune`` reports to its pruner through it.
+    (``event.fold_done``); ``comp tune`` reports to its pruner through it and may raise to stop a trial.
     """
-    run = artifacts.RunDir(run_dir)
-    table = load_train_table(cfg["data"])
-    n = cfg["folds"]["n_splits"]
+    run = RunDir(run_dir)
+    table = load_train_table(cfg.data)
+    n = cfg.folds.n_splits
     if folds is not None and any(not 0 <= k < n for k in folds):
         raise CompError(f"--folds {','.join(map(str, folds))}: folds are numbered 0..{n - 1} (folds.n_splits={n})")
     prepare_run(cfg, run)
     fold_ids = ensure_folds(cfg, run, table)
-    if cfg["train"]["deterministic"]:
+    if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    summary: dict = {}
-    for entry in cfg["models"]:
-        mid = C.model_id(entry)
-        summary[mid] = {"folds": {}}
+    models: dict[str, ModelResult] = {}
+    for entry in cfg.models:
+        mid = entry.model_id
+        done: dict[int, FoldResult] = {}
         for k in folds if folds is not None else range(n):
             if run.checkpoint(mid, k).is_file():
-                summary[mid]["folds"][k] = _done_before(run, mid, k)
+                done[k] = _done_before(run, mid, k)
                 continue
-            with artifacts.exclusive(run.model_dir(mid) / f"fold{k}.lock", f"{mid} fold {k}"):
+            with exclusive(run.lock(mid, k), f"{mid} fold {k}"):
                 if run.checkpoint(mid, k).is_file():  # another process finished it just before we took the lock
-                    summary[mid]["folds"][k] = _done_before(run, mid, k)
+                    done[k] = _done_before(run, mid, k)
                     continue
-                ctx = FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch)
-                summary[mid]["folds"][k] = train_fold(ctx, resume)
+                done[k] = train_fold(FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch), resume)
         result = assemble_model(cfg, run, mid, table)
-        summary[mid]["cv"] = result["cv"] if result else None
-    return summary
-
-
-def summary_table(summary: dict, metric: str) -> str:
-    """One row per model and fold, then each model's CV over its whole OOF."""
-    rows = []
-    for mid, s in summary.items():
-        for k, f in sorted(s["folds"].items()):
-            rows.append({"model": mid, "fold": str(k), metric: f["score"], "best_epoch": f.get("best_epoch"),
-                         "img/s": f.get("images_per_s"), "note": "done before" if f.get("skipped") else ""})
-        rows.append({"model": mid, "fold": "CV", metric: s["cv"], "note": "" if s["cv"] is not None else "folds missing"})
-    return format_table(rows, ["model", "fold", metric, "best_epoch", "img/s", "note"])
+        models[mid] = ModelResult(mid, done, result.cv if result else None)
+    return TrainResult(run, cfg.metric, models)

@@ -7,85 +7,100 @@ journal file to share one study between workers), so a killed study resumes with
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import logging
 import math
 import os
 import shutil
-import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from comp.run import _rundir as artifacts
-from comp.config import _schema as C
-from comp.errors import CompError, closest
-from comp.metrics import get_metric
 from comp._tables import format_table
+from comp.config import TRAIN_KEYS, Config, build_config, dump, set_key
+from comp.config._records import _MODEL_FIELDS as MODEL_KEYS
+from comp.errors import CompError, ConfigError, closest
+from comp.metrics import get_metric
+from comp.run import RunDir, read_table, save_figure, write_csv, write_text
+from comp.training._trainer import EpochEvent
 
 SPACE_TYPES = ("float", "int", "categorical")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- the search space
 
 
-def _key_exists(cfg: dict, dotted: str) -> None:
+def _key_exists(cfg: Config, dotted: str) -> None:
     parts = dotted.split(".")
     if parts[0] == "models":
-        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(cfg["models"]):
-            raise CompError(f"tune.space key '{dotted}': model entries are searched as models.<index>.<key>, "
-                            f"index below {len(cfg['models'])}")
-        allowed = {**C.MODEL_KEYS, **C.SCHEMA["train"]}
+        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(cfg.models):
+            raise ConfigError(f"tune.space key '{dotted}': model entries are searched as models.<index>.<key>, "
+                              f"index below {len(cfg.models)}")
+        allowed = [*MODEL_KEYS, *TRAIN_KEYS]
         if parts[2] not in allowed:
-            raise CompError(f"tune.space key '{dotted}': unknown model key '{parts[2]}'{closest(parts[2], allowed)}")
+            raise ConfigError(f"tune.space key '{dotted}': unknown model key '{parts[2]}'{closest(parts[2], allowed)}")
         return
-    node = C.SCHEMA
+    node: Any = cfg
     for i, part in enumerate(parts):
-        if not isinstance(node, dict) or part not in node:
+        options = [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+        if part not in options or part in ("models", "tune"):
             where = ".".join(parts[:i]) or "the config"
-            options = node.keys() if isinstance(node, dict) else []
-            raise CompError(f"tune.space key '{dotted}': '{part}' is not a key of {where}{closest(part, options)}")
-        node = node[part]
-    if isinstance(node, dict):
-        raise CompError(f"tune.space key '{dotted}' is a section; search one of its keys")
+            raise ConfigError(f"tune.space key '{dotted}': '{part}' is not a key of {where}{closest(part, options)}")
+        node = getattr(node, part)
+    if dataclasses.is_dataclass(node):
+        raise ConfigError(f"tune.space key '{dotted}' is a section; search one of its keys")
 
 
-def parse_space(cfg: dict) -> dict[str, dict]:
+def parse_space(cfg: Config) -> dict[str, dict]:
     """Validate ``tune.space`` before the first trial; return {dotted key: spec}."""
-    block = cfg.get("tune") or {}
-    space = block.get("space")
-    if not isinstance(space, dict) or not space:
-        raise CompError("config key 'tune.space' must map config keys to ranges, e.g. "
-                        "tune: {space: {train.lr: {type: float, low: 1e-4, high: 1e-2, log: true}}}")
-    unknown = set(block) - {"space", "n_trials", "direction", "timeout", "pruner", "epochs", "folds"}
-    if unknown:
-        key = sorted(unknown)[0]
-        raise CompError(f"unknown config key 'tune.{key}'{closest(key, ['space', 'n_trials', 'direction', 'timeout', 'pruner'])}")
+    space = cfg.tune.space if cfg.tune is not None else {}
+    if not space:
+        raise ConfigError("config key 'tune.space' must map config keys to ranges, e.g. "
+                          "tune: {space: {train.lr: {type: float, low: 1e-4, high: 1e-2, log: true}}}")
     for key, spec in space.items():
         _key_exists(cfg, key)
         if not isinstance(spec, dict) or spec.get("type") not in SPACE_TYPES:
             got = spec.get("type") if isinstance(spec, dict) else spec
-            raise CompError(f"tune.space.{key}: type must be one of {', '.join(SPACE_TYPES)}, got {got!r}")
+            raise ConfigError(f"tune.space.{key}: type must be one of {', '.join(SPACE_TYPES)}, got {got!r}")
+        allowed = {"categorical": {"type", "choices"}}.get(spec["type"], {"type", "low", "high", "log", "step"})
+        extra = sorted(set(spec) - allowed)
+        if extra:
+            raise ConfigError(f"tune.space.{key}: unknown key '{extra[0]}' for a {spec['type']} range"
+                              f"{closest(extra[0], allowed)}; allowed: {', '.join(sorted(allowed))}")
         if spec["type"] == "categorical":
             if not isinstance(spec.get("choices"), list) or not spec["choices"]:
-                raise CompError(f"tune.space.{key}: categorical needs a non-empty 'choices' list")
+                raise ConfigError(f"tune.space.{key}: categorical needs a non-empty 'choices' list")
             continue
         low, high = spec.get("low"), spec.get("high")
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
-            raise CompError(f"tune.space.{key}: {spec['type']} needs numeric 'low' and 'high', got low={low!r} high={high!r}")
+            raise ConfigError(f"tune.space.{key}: {spec['type']} needs numeric 'low' and 'high', got low={low!r} high={high!r}")
         if low > high:
-            raise CompError(f"tune.space.{key}: low ({low}) is above high ({high}); swap them")
+            raise ConfigError(f"tune.space.{key}: low ({low}) is above high ({high}); swap them")
         if spec.get("log") and low <= 0:
-            raise CompError(f"tune.space.{key}: log scale needs low > 0, got {low}")
+            raise ConfigError(f"tune.space.{key}: log scale needs low > 0, got {low}")
         if spec["type"] == "int" and not (float(low).is_integer() and float(high).is_integer()):
-            raise CompError(f"tune.space.{key}: int needs whole-number low and high, got {low} and {high}")
+            raise ConfigError(f"tune.space.{key}: int needs whole-number low and high, got {low} and {high}")
+        step = spec.get("step")
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, int | float) or step <= 0:
+                raise ConfigError(f"tune.space.{key}: step must be a number > 0, got {step!r}")
+            if spec["type"] == "int" and not float(step).is_integer():
+                raise ConfigError(f"tune.space.{key}: an int range needs a whole-number step, got {step}")
+            if spec.get("log"):
+                raise ConfigError(f"tune.space.{key}: log and step cannot be combined (optuna forbids it); drop one")
     for corner in ("low", "high"):  # a config at each corner of the space must pass validation
-        C.validate(apply_params(cfg, {k: _corner(s, corner) for k, s in space.items()}))
+        apply_params(cfg, {k: _corner(s, corner) for k, s in space.items()})
     return space
 
 
@@ -95,16 +110,12 @@ def _corner(spec: dict, which: str):
     return int(spec[which]) if spec["type"] == "int" else float(spec[which])
 
 
-def apply_params(cfg: dict, params: dict) -> dict:
-    """A copy of ``cfg`` with each dotted key set to its value (model entries as models.<i>.<key>)."""
-    out = copy.deepcopy(cfg)
+def apply_params(cfg: Config, params: dict) -> Config:
+    """A validated copy of ``cfg`` with each dotted key set to its value (model entries as models.<i>.<key>)."""
+    raw = cfg.to_dict()
     for key, value in params.items():
-        parts = key.split(".")
-        if parts[0] == "models":
-            out["models"][int(parts[1])][parts[2]] = value
-        else:
-            C.set_key(out, key, value)
-    return out
+        set_key(raw, key, value)
+    return build_config(raw)
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
@@ -141,21 +152,21 @@ class FoldReporter:
         self.finished: dict[tuple[str, int], float] = {}
         self.models: list[str] = []
 
-    def __call__(self, ev: dict) -> None:
-        if ev["model_id"] not in self.models:
-            self.models.append(ev["model_id"])
-        pos = self.models.index(ev["model_id"]) * len(self.fold_order) + self.fold_order.index(ev["fold"])
-        current = ev["best_score"] if ev["best_score"] is not None else ev["score"]
-        if ev["fold_done"]:
-            self.finished[(ev["model_id"], ev["fold"])] = current
+    def __call__(self, ev: EpochEvent) -> None:
+        if ev.model_id not in self.models:
+            self.models.append(ev.model_id)
+        pos = self.models.index(ev.model_id) * len(self.fold_order) + self.fold_order.index(ev.fold)
+        current = ev.best_score if ev.best_score is not None else ev.score
+        if ev.fold_done:
+            self.finished[(ev.model_id, ev.fold)] = current
         if self.wilcoxon:
-            if ev["fold_done"]:
+            if ev.fold_done:
                 self._report(current, pos)
             return
-        if ev["fold_done"]:
+        if ev.fold_done:
             return
-        seen = [v for k, v in self.finished.items() if k != (ev["model_id"], ev["fold"])] + [current]
-        self._report(float(np.mean(seen)), pos * ev["epochs"] + ev["epoch"])
+        seen = [v for k, v in self.finished.items() if k != (ev.model_id, ev.fold)] + [current]
+        self._report(float(np.mean(seen)), pos * ev.epochs + ev.epoch)
 
     def _report(self, value: float, step: int) -> None:
         if value is None or not math.isfinite(value):
@@ -196,19 +207,15 @@ def make_storage(url: str | None, out_dir: Path):
 # ---------------------------------------------------------------- the objective
 
 
-def trial_score(cfg: dict, run_dir: Path, folds: list[int]) -> float:
+def trial_score(cfg: Config, run_dir: Path, folds: list[int]) -> float:
     """Mean over models of the metric on the concatenated OOF rows of ``folds``."""
-    from comp.data._table import load_train_table
-
-    metric = get_metric(cfg["metric"])
-    run = artifacts.RunDir(run_dir)
-    table = load_train_table(cfg["data"], check_images=False)
-    index = {c: i for i, c in enumerate(table.classes)}
+    metric = get_metric(cfg.metric)
+    run = RunDir(run_dir)
     scores = []
-    for entry in cfg["models"]:
-        mid = C.model_id(entry)
-        parts = pd.concat([pd.read_csv(run.oof_part(mid, k), dtype={"target": str}) for k in folds])
-        scores.append(metric(parts["target"].map(index).to_numpy(), parts[table.classes].to_numpy(np.float64)))
+    for entry in cfg.models:
+        parts = [run.read_oof_part(entry.model_id, k, id_column=cfg.data.id_column) for k in folds]
+        y = np.concatenate([p.y for p in parts])
+        scores.append(metric(y, np.concatenate([p.probs for p in parts])))
     return float(np.mean(scores))
 
 
@@ -216,11 +223,11 @@ def _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep):
     from comp.training._trainer import train_folds
 
     params = suggest(trial, space)
-    cfg = C.validate(apply_params(base_cfg, params))
+    cfg = apply_params(base_cfg, params)
     run_dir = out_dir / "trials" / f"trial_{trial.number:04d}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a retried number: start clean
-    metric = get_metric(cfg["metric"])
+    metric = get_metric(cfg.metric)
     reporter = FoldReporter(trial, folds, pruner_name == "wilcoxon", metric.greater_is_better)
     try:
         train_folds(cfg, run_dir, folds=folds, progress=False, on_epoch=reporter)
@@ -252,7 +259,7 @@ def run_one(study, base_cfg, space, out_dir, folds, pruner_name, n_trials, keep=
         raise
     except (CompError, RuntimeError, FloatingPointError, ValueError, MemoryError, OSError) as exc:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        print(f"trial {trial.number} failed: {reason}", file=sys.stderr)
+        log.warning("trial %d failed: %s", trial.number, reason)
         _fail(study, trial, reason)
     else:
         study.tell(trial, value)
@@ -285,42 +292,63 @@ def _open_study(**kwargs) -> optuna.Study:
     raise AssertionError("unreachable")
 
 
-def tune(cfg: dict, out_dir: str | Path, n_trials: int | None = None, timeout: float | None = None,
+def tune(cfg: Config, out_dir: str | Path, *, n_trials: int | None = None, timeout: float | None = None,
          storage: str | None = None, study_name: str | None = None, folds: list[int] | None = None,
-         epochs: int | None = None, pruner: str | None = None, seed: int | None = None, keep_trials: bool = False) -> dict:
+         epochs: int | None = None, pruner: str | None = None, seed: int | None = None,
+         keep_trials: bool = False) -> TuneResult:
     """Run (or resume) a study until it holds ``n_trials`` trials; write the best config, trials.csv and plots."""
     out_dir = Path(out_dir)
     space = parse_space(cfg)
-    block = cfg.get("tune") or {}
-    n_trials = int(n_trials or block.get("n_trials") or 20)
-    pruner = pruner or block.get("pruner") or "median"
-    folds = folds if folds is not None else block.get("folds") or list(range(cfg["folds"]["n_splits"]))
-    if any(not 0 <= k < cfg["folds"]["n_splits"] for k in folds):
-        raise CompError(f"--folds: folds are numbered 0..{cfg['folds']['n_splits'] - 1}")
-    base = copy.deepcopy(cfg)
-    epochs = epochs or block.get("epochs")
+    block = cfg.tune
+    assert block is not None  # parse_space checked it
+    if n_trials is not None and n_trials < 1:
+        raise ConfigError(f"--n-trials must be >= 1, got {n_trials}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout must be > 0 seconds, got {timeout}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    n_trials = n_trials or block.n_trials or 20
+    pruner = pruner or block.pruner or "median"
+    folds = folds if folds is not None else block.folds or list(range(cfg.folds.n_splits))
+    if not folds or any(not 0 <= k < cfg.folds.n_splits for k in folds):
+        raise ConfigError(f"--folds: folds are numbered 0..{cfg.folds.n_splits - 1}")
+    epochs = epochs or block.epochs
+    base = cfg
     if epochs:
-        base["train"]["epochs"] = int(epochs)
-        for entry in base["models"]:
+        raw = cfg.to_dict()
+        raw["train"]["epochs"] = int(epochs)
+        for entry in raw["models"]:
             entry.pop("epochs", None)
-    metric = get_metric(cfg["metric"])
-    direction = block.get("direction") or metric.direction
-    max_epochs = max(C.model_train_cfg(base, e)["epochs"] for e in base["models"])
-    study = _open_study(
-        study_name=study_name or "comp", storage=make_storage(storage, out_dir), load_if_exists=True,
-        direction=direction, pruner=make_pruner(pruner, len(folds) * len(base["models"]) * max_epochs),
-    )
-    # a resumed study or a second worker must not replay the first samples of the seeded sampler
-    offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if storage is not None else 0)
-    study.sampler = optuna.samplers.TPESampler(seed=((cfg["seed"] if seed is None else seed) + offset) % 2**31)
-    if storage is None:
-        _fail_interrupted(study)
+        base = build_config(raw)
+    metric = get_metric(cfg.metric)
+    direction = block.direction or metric.direction
+    max_epochs = max(base.train_for(e).epochs for e in base.models)
+    with _quiet_optuna():
+        study = _open_study(
+            study_name=study_name or "comp", storage=make_storage(storage, out_dir), load_if_exists=True,
+            direction=direction, pruner=make_pruner(pruner, len(folds) * len(base.models) * max_epochs),
+        )
+        # a resumed study or a second worker must not replay the first samples of the seeded sampler
+        offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if storage is not None else 0)
+        study.sampler = optuna.samplers.TPESampler(seed=((cfg.seed if seed is None else seed) + offset) % 2**31)
+        if storage is None:
+            _fail_interrupted(study)
+        t0 = time.monotonic()
+        while _counted(study) < n_trials and (timeout is None or time.monotonic() - t0 < timeout):
+            if not run_one(study, base, space, out_dir, folds, pruner, n_trials, keep_trials):
+                break
+        return write_outputs(study, cfg, space, out_dir)
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna's per-trial INFO lines off while comp tunes, and the caller's verbosity restored afterwards."""
+    before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    t0 = time.monotonic()
-    while _counted(study) < n_trials and (timeout is None or time.monotonic() - t0 < timeout):
-        if not run_one(study, base, space, out_dir, folds, pruner, n_trials, keep_trials):
-            break
-    return write_outputs(study, cfg, space, out_dir)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 # ---------------------------------------------------------------- outputs
@@ -336,54 +364,88 @@ def trials_frame(study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _save_plot(fig_fn, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _save_plot(draw, path: Path) -> Path | None:
+    """Save the figure an optuna matplotlib plot draws (through pyplot, inside ``_pyplot_scope``) and close it."""
     import matplotlib.pyplot as plt
 
     try:
-        ax = fig_fn()
+        ax = draw()
     except (ValueError, RuntimeError, ZeroDivisionError):
         return None  # e.g. importances need two finished trials with two or more parameters
     fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
     fig.set_size_inches(8, 5)
-    artifacts._atomic(path, lambda p: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(fig)
+    try:
+        save_figure(path, fig, dpi=100)
+    finally:
+        plt.close(fig)
     return path
 
 
-def write_outputs(study, cfg: dict, space: dict, out_dir: Path) -> dict:
+@dataclass
+class TuneResult:
+    """A study's outcome: counts per state, the best trial and where its config and the tables went."""
+
+    out_dir: Path
+    n_trials: int
+    states: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_config: Path | None
+    best_number: int | None
+    plots: list[Path]
+    direction: str
+
+    def trials(self) -> pd.DataFrame:
+        """One row per trial (trials.csv)."""
+        return read_table(self.out_dir / "trials.csv", "trials table", allow_empty=True)
+
+    def table(self, top: int = 5) -> str:
+        """The best finished trials, best first for the study's direction."""
+        trials = self.trials()
+        if not len(trials):
+            return "no finished trial yet"
+        trials["value"] = pd.to_numeric(trials["value"], errors="coerce")
+        done = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=self.direction == "minimize").head(top)
+        cols = [c for c in trials.columns if c not in ("duration_s", "last_step", "fail_reason")]
+        return format_table(done[cols].to_dict("records")) if len(done) else "no finished trial yet"
+
+
+def write_outputs(study, cfg: Config, space: dict, out_dir: Path) -> TuneResult:
     """best_config.yaml, trials.csv, history.png, importances.png; returns a summary."""
     import warnings
 
     from optuna.visualization import matplotlib as ovm
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     trials = trials_frame(study)
-    artifacts.write_csv(out_dir / "trials.csv", trials)
+    write_csv(out_dir / "trials.csv", trials)
     complete = trials[trials["state"] == "COMPLETE"] if len(trials) else trials
-    result = {"n_trials": len(trials), "states": trials["state"].value_counts().to_dict() if len(trials) else {},
-              "best_value": None, "best_params": None, "best_config": None, "out_dir": str(out_dir)}
+    result = TuneResult(out_dir, len(trials), trials["state"].value_counts().to_dict() if len(trials) else {},
+                        None, None, None, None, [], study.direction.name.lower())
     if len(complete):
         best = study.best_trial
         best_cfg = apply_params(cfg, best.params)
-        artifacts.write_text(out_dir / "best_config.yaml", f"# comp tune: best of {len(trials)} trials, "
-                             f"{cfg['metric']} = {best.value:.6f} (trial {best.number})\n" + C.dump(best_cfg))
-        result.update(best_value=best.value, best_params=best.params, best_config=str(out_dir / "best_config.yaml"),
-                      best_number=best.number)
-    with warnings.catch_warnings():
+        write_text(out_dir / "best_config.yaml", f"# comp tune: best of {len(trials)} trials, "
+                   f"{cfg.metric} = {best.value:.6f} (trial {best.number})\n" + dump(best_cfg))
+        result.best_value, result.best_params = best.value, best.params
+        result.best_config, result.best_number = out_dir / "best_config.yaml", best.number
+    with warnings.catch_warnings(), _pyplot_scope():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-        result["plots"] = [str(p) for p in (
-            _save_plot(lambda: ovm.plot_optimization_history(study), out_dir / "history.png"),
-            _save_plot(lambda: ovm.plot_param_importances(study), out_dir / "importances.png") if len(space) > 1 else None,
-        ) if p]
+        plots = [_save_plot(lambda: ovm.plot_optimization_history(study), out_dir / "history.png")]
+        if len(space) > 1:
+            plots.append(_save_plot(lambda: ovm.plot_param_importances(study), out_dir / "importances.png"))
+    result.plots = [p for p in plots if p]
     return result
 
 
-def summary_rows(result: dict, out_dir: Path) -> str:
-    """The terminal table: the five best finished trials and the state counts."""
-    trials = pd.read_csv(Path(out_dir) / "trials.csv")
-    done = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=False).head(5)
-    cols = [c for c in trials.columns if c not in ("duration_s", "last_step", "fail_reason")]
-    return format_table(done[cols].to_dict("records")) if len(done) else "no finished trial yet"
+@contextmanager
+def _pyplot_scope() -> Iterator[None]:
+    """Optuna's plots draw through pyplot: give them the non-interactive Agg backend and restore the caller's."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("Agg")
+    try:
+        yield
+    finally:
+        plt.switch_backend(before)

@@ -1,0 +1,187 @@
+"""YAML reading, ``--set`` overrides, relative paths and :func:`load_config`, the one way to make a Config."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from comp.config._records import Config, DataConfig, build_config
+from comp.errors import ConfigError, closest
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``) and refuses duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str, source: str | Path = "<text>") -> Any:
+    """Parse YAML with the fixes above; a syntax error is a ConfigError naming the file and line."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {source}{where} is not valid YAML: {problem}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read and parse a YAML file, with one-line errors for a missing, unreadable or malformed file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file with --config") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({type(exc).__name__}); check the file") from None
+    return yaml_load(text, path)
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right side of ``--set key=value`` as YAML (numbers, bools, lists, null)."""
+    try:
+        return yaml.load(text, Loader=_Loader) if text != "" else ""  # noqa: S506
+    except yaml.YAMLError:
+        return text
+
+
+def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` (or ``models.0.lr``) in a nested config dict; sections must exist, leaves may be new
+    (validation names an unknown leaf with the closest valid key)."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {dotted}: empty key part; write keys like train.epochs=3")
+    node: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[:i])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {dotted}: '{part}' is not an index of the {len(node)}-entry list '{where}'")
+            if isinstance(node[int(part)], str):  # `- resnet18` shorthand
+                node[int(part)] = {"name": node[int(part)]}
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if node.get(part) is None and part == "tune" and i == 0:
+                node[part] = {}
+            if part not in node or not isinstance(node[part], (dict, list)):
+                raise ConfigError(f"--set {dotted}: unknown section '{'.'.join(parts[: i + 1])}'{closest(part, node.keys())}")
+            node = node[part]
+        else:
+            raise ConfigError(f"--set {dotted}: '{where}' is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {dotted}: '{last}' is not an index of the list")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Apply ``key=value`` strings (or a {dotted key: value} mapping) to a config dict in place."""
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_key(cfg, key, value)
+        return cfg
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set train.epochs=3)")
+        key, value = item.split("=", 1)
+        set_key(cfg, key.strip(), parse_value(value))
+    return cfg
+
+
+def _resolve(value: str, base: Path) -> str:
+    p = Path(os.path.expandvars(value)).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def resolve_paths(cfg: Config, base: str | Path) -> Config:
+    """Make the data block's relative paths and local weights files absolute against ``base`` (in place)."""
+    base = Path(base)
+    data = cfg.data
+    for key in DataConfig.PATH_KEYS:
+        value = getattr(data, key)
+        if value:
+            setattr(data, key, _resolve(value, base))
+    for entry in cfg.models:
+        if isinstance(entry.pretrained, str):
+            entry.pretrained = _resolve(entry.pretrained, base)
+    return cfg
+
+
+def _normalise_raw(raw: dict[str, Any]) -> dict[str, Any]:
+    """Forgiving spellings that the YAML format has always accepted."""
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("classes"), list):
+        data["classes"] = [str(c) if isinstance(c, (int, float, str)) and not isinstance(c, bool) else c
+                           for c in data["classes"]]
+    return raw
+
+
+def load_config(source: str | Path | Mapping[str, Any] | Config | None = None, *,
+                overrides: Iterable[str] | Mapping[str, Any] | None = (), base_dir: str | Path | None = None,
+                **sections: Any) -> Config:
+    """Build a validated :class:`Config` from a YAML path, a dict, a Config or keyword sections.
+
+    ``overrides`` are ``"key=value"`` strings as on the command line (or a {dotted key: value} mapping);
+    keyword ``sections`` replace whole top-level keys (``train={"epochs": 3}``, ``models=["resnet18"]``).
+    Relative data paths resolve against ``base_dir``: by default the YAML file's folder, else the current one.
+
+    Example::
+
+        cfg = comp.load_config(data={"train_csv": "train.csv", "group_column": "person"},
+                               models=[{"name": "resnet18", "image_size": 224}], train={"epochs": 3})
+    """
+    raw: dict[str, Any]
+    if source is None:
+        raw = {}
+    elif isinstance(source, Config):
+        raw = source.to_dict()
+    elif isinstance(source, Mapping):
+        raw = copy.deepcopy(dict(source))
+    else:
+        path = Path(source)
+        loaded = read_yaml(path)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+        raw = loaded
+        base_dir = base_dir if base_dir is not None else path.resolve().parent
+    for key, value in sections.items():
+        raw[key] = copy.deepcopy(value.to_dict() if isinstance(value, Config) else value)
+    full = build_config(_normalise_raw(raw)).to_dict()  # defaults filled in, so overrides find every section
+    apply_overrides(full, overrides)
+    cfg = build_config(_normalise_raw(full))
+    return resolve_paths(cfg, base_dir if base_dir is not None else Path.cwd())
+
+
+def dump(cfg: Config) -> str:
+    """Serialise a config to YAML, keys in schema order."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)

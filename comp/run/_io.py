@@ -1,0 +1,197 @@
+"""Atomic writes, strict CSV reading and lock files: the primitives every artifact writer goes through.
+
+A killed process never leaves a half-written file that looks complete: each write goes to a temporary
+file in the same folder and is renamed over the target. Temporaries of killed writes are named
+``.<name>.<random>.tmp`` and removed by :func:`clean_temporaries`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from comp.errors import CompError, DataError, RunFolderError
+
+TMP_SUFFIX = ".tmp"
+
+
+def _unwritable(path: Path, exc: OSError) -> CompError:
+    why = {13: "permission denied", 30: "read-only file system", 28: "no space left on the device",
+           20: "a parent is a file, not a folder", 21: "it is a folder"}.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    return CompError(f"cannot write {path} ({why}); choose a writable location")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    Every writer of comp goes through this (CSVs, JSON, checkpoints, ONNX graphs, figures), so a reader
+    never sees a partial file. A folder that cannot be created or written is a one-line CompError.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (13, 28, 30):
+            raise _unwritable(path, exc) from None
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Atomically write a text file."""
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically write JSON (indented, keys in insertion order)."""
+    return write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
+    """Atomically write a CSV without the index."""
+    return atomic_write(path, lambda p: df.to_csv(p, index=False))
+
+
+def torch_save(path: str | Path, obj: Any) -> Path:
+    """Atomically ``torch.save`` an object."""
+    import torch
+
+    return atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def save_figure(path: str | Path, fig: Any, dpi: int = 90) -> Path:
+    """Atomically save a matplotlib Figure as PNG and free it."""
+    out = atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi, bbox_inches="tight"))
+    fig.clf()
+    return out
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Read JSON with one-line errors for a missing or corrupt file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{what} {path} not found") from None
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"{what} {path} is unreadable ({type(exc).__name__}); regenerate it") from None
+
+
+def read_table(path: str | Path, what: str, *, allow_empty: bool = False) -> pd.DataFrame:
+    """Read a CSV with every cell as a string: ids and labels such as 'NA', 'null' or 'nan' stay strings
+    (only a truly empty cell is missing), so every reader of every artifact sees the same values."""
+    path = Path(path)
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not found"
+        raise DataError(f"{what} {path} {'is ' + kind if kind == 'a folder' else kind}; set the right path")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{what} {path} is empty; it needs a header row and at least one data row") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{what} {path} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise DataError(f"{what} {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if df.empty and not allow_empty:
+        raise DataError(f"{what} {path} has a header but no rows; add data rows")
+    return df
+
+
+def clean_temporaries(folder: str | Path, older_than_s: float = 3600.0) -> int:
+    """Remove ``.<name>.*.tmp`` files left by killed writes (older than ``older_than_s``); returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    now, n = time.time(), 0
+    for p in folder.rglob(f".*{TMP_SUFFIX}"):
+        try:
+            if p.is_file() and now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
+# ---------------------------------------------------------------- locks
+
+
+def pid_alive(pid: object) -> bool:
+    """Whether a process with this id exists on this machine (another user's process counts)."""
+    try:
+        os.kill(int(pid), 0)  # type: ignore[call-overload]
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _holder(path: Path) -> dict[str, Any]:
+    try:
+        held = json.loads(path.read_text() or "{}")
+        return held if isinstance(held, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def exclusive(path: str | Path, what: str) -> Iterator[None]:
+    """Hold ``path`` as a lock file (O_EXCL create) while the block runs: two processes or machines sharing
+    a run folder never train the same fold. A lock left by a dead process on this host is taken over; one
+    held by a live process, or by another host (whose processes cannot be checked), is a CompError naming it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = _holder(path)
+            if held.get("host") == me["host"] and not pid_alive(held.get("pid")):
+                # stale: move it aside, and only drop it if what we moved is still that dead holder's lock
+                aside = path.with_name(f".{path.name}.{os.getpid()}.stale")
+                try:
+                    os.replace(path, aside)
+                except FileNotFoundError:
+                    continue
+                if _holder(aside).get("pid") != held.get("pid"):
+                    os.replace(aside, path)  # a live process took it meanwhile: put its lock back
+                else:
+                    aside.unlink(missing_ok=True)
+                continue
+            who = f"pid {held.get('pid', '?')} on {held.get('host', '?')} since {held.get('since', '?')}"
+            raise RunFolderError(f"{what} is being trained by {who} (lock {path}); train other --folds, "
+                                 f"or delete {path} if that run is dead") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(me))
+        break
+    else:
+        raise RunFolderError(f"could not take the lock {path} for {what}; delete it if no run is training that fold")
+    try:
+        yield
+    finally:
+        if _holder(path).get("pid") == me["pid"]:
+            path.unlink(missing_ok=True)
