@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ PERSONS = (
 DISAGREEING = "000005_male_Asian_60"
 N_EVAL = 4
 
-LAYOUT = {
+LAYOUT: dict[str, Any] = {
     "csv": "train/train.csv",
     "folder": "train/images/{path}",
     "files": "*",
@@ -39,7 +40,7 @@ LAYOUT = {
 }
 
 MASK_MAP = {f"mask{i}": "wear" for i in range(1, 6)} | {"incorrect_mask": "incorrect", "normal": "not_wear"}
-LABELS = {
+LABELS: dict[str, Any] = {
     "attributes": {
         "mask": {"source": "mask", "map": MASK_MAP, "values": ["wear", "incorrect", "not_wear"]},
         "gender": {"source": "folder_gender", "values": ["male", "female"]},
