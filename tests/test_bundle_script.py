@@ -304,7 +304,9 @@ def test_label_submission_and_probs(world, tmp_path):
 
 @pytest.mark.parametrize("codes", [{"cat": 10, "dog": 20, "fox": 30}, None], ids=["mapped", "index"])
 def test_code_submission(world, tmp_path, codes):
-    bundle = make_bundle(world, "code", kind="code", codes=codes)
+    # path_template wins over image_ext (a wrong one here) when both are set, as in comp
+    paths = {} if codes else {"image_ext": ".jpg", "path_template": "{id}.png"}
+    bundle = make_bundle(world, "code", kind="code", codes=codes, **paths)
     sample = write_sample(tmp_path / "sample.csv", ["id", "code"])
     res = run_predict(bundle, world["images"], sample, tmp_path / "sub.csv", "--quiet")
     assert res.returncode == 0 and res.stderr == "", res.stderr

@@ -681,17 +681,24 @@ class Progress:
         self.total, self.quiet = total, quiet
         self.tty = sys.stderr.isatty()
         self.shown = 0
+        self.open = False  # an in-place line without its newline yet
 
     def update(self, done: int) -> None:
         if self.quiet or not self.total:
             return
         pct = 100 * done // self.total
         if self.tty:
-            end = "\n" if done >= self.total else ""
-            print(f"\rpredict {done}/{self.total} ({pct}%)", end=end, file=sys.stderr, flush=True)
+            print(f"\rpredict {done}/{self.total} ({pct}%)", end="", file=sys.stderr, flush=True)
+            self.open = True
         elif pct // 10 > self.shown // 10 or done >= self.total:
             print(f"predict {done}/{self.total} ({pct}%)", file=sys.stderr, flush=True)
             self.shown = pct
+
+    def close(self) -> None:
+        """End the in-place line, so whatever follows (an error too) starts on a line of its own."""
+        if self.open:
+            print(file=sys.stderr, flush=True)
+            self.open = False
 
 
 def _prepare(path: Path, line: int, sample: Path, sizes: list[tuple[int, int]], resize: Resize) -> dict:
@@ -750,16 +757,19 @@ def predict(
     def work(path: Path, line: int) -> dict:
         return _prepare(path, line, sample.path, sizes, resize)
 
-    for batch in _batches(jobs, args.batch_size, work, workers):
-        inputs: dict[tuple, np.ndarray] = {}
-        for r in runners:
-            g = r.graph
-            key = (g.size, g.mean, g.std)
-            if key not in inputs:
-                inputs[key] = normalize_batch(np.stack([b[g.size] for b in batch]), luts[(g.mean, g.std)])
-            total[done : done + len(batch)] += g.weight * r(inputs[key])
-        done += len(batch)
-        progress.update(done)
+    try:
+        for batch in _batches(jobs, args.batch_size, work, workers):
+            inputs: dict[tuple, np.ndarray] = {}  # graphs that share size and normalisation share the input
+            for r in runners:
+                g = r.graph
+                key = (g.size, g.mean, g.std)
+                if key not in inputs:
+                    inputs[key] = normalize_batch(np.stack([b[g.size] for b in batch]), luts[(g.mean, g.std)])
+                total[done : done + len(batch)] += g.weight * r(inputs[key])
+            done += len(batch)
+            progress.update(done)
+    finally:
+        progress.close()
     probs = total / sum(g.weight for g in m.graphs)
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():
