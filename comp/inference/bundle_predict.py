@@ -547,10 +547,10 @@ class Runner:
 
     def __init__(self, session: Any, graph: Graph, n_classes: int):
         self.session, self.graph, self.n_classes = session, graph, n_classes
-        self.fixed_batch = self._check_io()
+        self.fixed_batch, self.dtype = self._check_io()
 
-    def _check_io(self) -> int | None:
-        """Validate the manifest's names and shapes against the graph; return its fixed batch size, if any."""
+    def _check_io(self) -> tuple[int | None, type]:
+        """Validate the manifest's names and shapes against the graph: (its fixed batch size or None, dtype)."""
         g = self.graph
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
@@ -572,7 +572,12 @@ class Runner:
             raise BundleError(
                 f"graph {g.file} takes shape {shape}, manifest.json says N x {want}; rebuild the bundle"
             )
-        return shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(inputs[g.input].type)
+        if dtype is None:
+            raise BundleError(
+                f"graph {g.file} takes {inputs[g.input].type}, not a float image batch; rebuild the bundle"
+            )
+        return (shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None), dtype
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         step = self.fixed_batch or len(x)
@@ -589,7 +594,8 @@ class Runner:
         if len(x) < step:
             x = np.concatenate([x, np.repeat(x[:1], step - len(x), axis=0)])
         try:
-            return np.asarray(self.session.run([self.graph.output], {self.graph.input: x})[0])
+            feed: dict[str, np.ndarray] = {self.graph.input: x.astype(self.dtype, copy=False)}
+            return np.asarray(self.session.run([self.graph.output], feed)[0])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise BundleError(
                 f"graph {self.graph.file} failed on a batch of {len(x)} images: {_first_line(exc)}"
