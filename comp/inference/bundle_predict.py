@@ -338,6 +338,8 @@ def _parse_graph(g: Any, i: int, bundle: Path) -> Graph:
         raise _bad(where, "an object", g)
     file = _get(g, "file", where, _nonempty_str, "a file name inside the bundle")
     path = bundle / file
+    if not path.resolve().is_relative_to(bundle.resolve()):
+        raise _bad(f"{where}.file", "a path inside the bundle folder", file)
     if not path.is_file():
         raise BundleError(
             f"graph file {path} (manifest.json {where}.file) is missing; copy it into {bundle} or rebuild the bundle"
@@ -603,6 +605,7 @@ class Runner:
 
 
 def _first_line(exc: BaseException) -> str:
+    """An exception's message as one line (onnxruntime's can span many)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -619,6 +622,7 @@ def _import_ort() -> Any:
 
 
 def _session(ort: Any, path: Path, providers: list[str], threads: int | None) -> Any:
+    """An onnxruntime session on ``providers``, quiet below errors, ``threads`` intra-op threads if given."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -668,6 +672,7 @@ def _try_cuda(ort: Any, path: Path, threads: int | None, show_logs: bool) -> tup
 
 
 def _open_cpu(ort: Any, path: Path, threads: int | None) -> Any:
+    """A CPU session; a graph onnxruntime cannot load is a BundleError."""
     try:
         return _session(ort, path, ["CPUExecutionProvider"], threads)
     except Exception as exc:  # noqa: BLE001 - a corrupt or unsupported graph file
