@@ -1,0 +1,923 @@
+#!/usr/bin/env python3
+"""Offline predictor shipped inside a comp bundle as ``predict.py``: images + sample CSV -> submission CSV.
+
+Needs only ``onnxruntime`` (or ``onnxruntime-gpu``), ``numpy`` and ``Pillow``; ``opencv-python(-headless)``
+is used for resizing when present and only when it reproduces the training resize (see below). It reads
+the image folder and the bundle folder and writes nothing beside them.
+
+Usage::
+
+    python predict.py --images DIR --sample sample_submission.csv --out submission.csv
+        [--bundle DIR (default: this file's folder)] [--batch-size 32] [--threads N]
+        [--provider cpu|cuda|auto] [--quiet] [--probs probs.csv]
+
+Errors the user can fix (bad manifest, missing graph or image, unreadable image, a sample that does not
+fit the bundle) print one ``error: ...`` line on stderr and exit with status 2.
+
+manifest.json (``"format": "comp.bundle/1"``), in the bundle folder::
+
+    {
+      "format": "comp.bundle/1",
+      "classes": ["cat", "dog", "fox"],           # class names; probability column j is classes[j]
+      "graphs": [                                  # one or more ONNX graphs, blended by weight
+        {"file": "fused_a.onnx",                   # path relative to the bundle folder
+         "weight": 2.0,                            # > 0; final = sum(w_i * p_i) / sum(w_i)
+         "image_size": [224, 224],                 # [height, width] the graph takes
+         "mean": [0.485, 0.456, 0.406],            # per RGB channel, on the 0..1 scale
+         "std": [0.229, 0.224, 0.225],
+         "input": "input",                         # float32 NCHW normalised batch
+         "output": "probs"}                        # (N, len(classes)) probabilities; folds/TTA fused inside
+      ],
+      "id_column": "id",                           # the sample's id column
+      "image_ext": ".png",                         # image file = id + image_ext ("" when ids carry one) ...
+      "path_template": "{id}.jpg",                 # ... or a str.format template over the sample's columns
+                                                   #     (wins over image_ext when both are set)
+      "submission": {
+        "kind": "label",                           # "label": argmax class name in target_column
+                                                   # "code": integer code of the argmax class in target_column
+                                                   # "proba": one probability column per class
+        "columns": ["id", "label"],                # the sample's header the bundle was built for
+        "target_column": "label",                  # for label and code
+        "codes": null                              # for code: {"cat": 3, ...}, or null = class index
+      },
+      "resize_fingerprint": "9f2c..."              # optional: resize_fingerprint(cv2.resize) at build time
+    }
+
+Preprocessing reproduces comp's evaluation pipeline exactly: Pillow decodes the file (never OpenCV, whose
+JPEG decoder differs), comp's RGB conversion (16-bit and float images scaled, transparency on white), then
+albumentations ``Resize`` = OpenCV ``INTER_LINEAR`` on uint8, then ``Normalize`` (float32 lookup table,
+bit-identical to albumentations), then HWC -> CHW.
+
+``resize_linear`` is a numpy port of OpenCV's uint8 ``INTER_LINEAR`` arithmetic (11-bit fixed-point
+weights; the exact 2x shrink goes through OpenCV's 2x2 box average) and is bit-identical to ``cv2.resize``
+of OpenCV 4.13+/5.x. Older OpenCV builds round the last few values of a row differently, so cv2 is used
+only when it reproduces the manifest's ``resize_fingerprint`` (or, without one, the numpy result) on
+probe images. ``COMP_BUNDLE_NO_CV2=1`` in the environment skips cv2 altogether.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+FORMAT = "comp.bundle/1"
+KINDS = ("label", "code", "proba")
+COEF_BITS = 11  # OpenCV INTER_RESIZE_COEF_BITS: interpolation weights are integers out of 2**11
+DBL_EPSILON = 2.220446049250313e-16
+EXIT_USAGE = 2
+NO_CV2_ENV = "COMP_BUNDLE_NO_CV2"
+CUDA = "CUDAExecutionProvider"
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, as in comp, not a half-grey image
+
+Resize = Callable[[np.ndarray, int, int], np.ndarray]
+
+
+class BundleError(Exception):
+    """A problem the user can fix; ``main`` prints it as one ``error:`` line and exits with status 2."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# decoding
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """Any PIL image -> RGB uint8 (H, W, 3), exactly as comp reads training images."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, im)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.array(im, dtype=np.uint8)
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """Decode one file with Pillow as RGB uint8; OSError & co. propagate to the caller, which names the row."""
+    with Image.open(path) as im:
+        im.load()
+        return to_rgb(im)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenCV INTER_LINEAR for uint8, in numpy
+
+
+def _taps(src: int, dst: int, clamp_weights: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (i0, i1) and integer weights (w0, w1), summing to 2**11, for each output position.
+
+    OpenCV derives the scale as 1 / (dst / src) in double, the position in float32, and rounds weights
+    half-to-even. Along x it pins out-of-range positions to the edge pixel with weights (1, 0); along y it
+    keeps the fractional weights and only clamps the row indices. Blending a row with itself is not a
+    no-op in the vertical pass's truncating arithmetic, so the two edges are reproduced as they are.
+    """
+    scale = 1.0 / (dst / src)
+    pos = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    base = np.floor(pos)
+    frac = (pos - base).astype(np.float32)
+    i0 = base.astype(np.int64)
+    if clamp_weights:
+        edge = (i0 < 0) | (i0 >= src - 1)
+        frac[edge] = 0.0
+        i0 = np.clip(i0, 0, src - 1)
+    one = np.float32(1 << COEF_BITS)
+    w0 = np.rint((np.float32(1.0) - frac) * one).astype(np.int32)
+    w1 = np.rint(frac * one).astype(np.int32)
+    return np.clip(i0, 0, src - 1), np.clip(i0 + 1, 0, src - 1), w0, w1
+
+
+def _is_exact_half(src: int, dst: int) -> bool:
+    """Whether OpenCV sees this axis as an exact 2x shrink (it then averages 2x2 blocks instead)."""
+    return abs(1.0 / (dst / src) - 2.0) < DBL_EPSILON
+
+
+def _half(img: np.ndarray) -> np.ndarray:
+    """OpenCV's INTER_AREA fast path for an exact 2x shrink: rounded mean of each 2x2 block."""
+    a = img.astype(np.int32)
+    total = a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2]
+    return ((total + 2) >> 2).astype(np.uint8)
+
+
+def resize_linear(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)`` for uint8 (H, W, C), bit for bit."""
+    src_h, src_w = img.shape[:2]
+    if (src_h, src_w) == (height, width):
+        return img
+    if _is_exact_half(src_h, height) and _is_exact_half(src_w, width):
+        return _half(img)
+    x0, x1, a0, a1 = _taps(src_w, width, clamp_weights=True)
+    y0, y1, b0, b1 = _taps(src_h, height, clamp_weights=False)
+    rows, where = np.unique(np.concatenate([y0, y1]), return_inverse=True)
+    r = rows[:, None]
+    # horizontal pass: exact integers (values * 2**11), only on the rows the vertical pass reads
+    horiz = img[r, x0].astype(np.int32) * a0[:, None] + img[r, x1].astype(np.int32) * a1[:, None]
+    horiz >>= 4
+    # vertical pass: OpenCV's 16-bit SIMD arithmetic (>>4, high half of the 16x16 product, +2 >>2),
+    # which its scalar tail reproduces too, so every column rounds the same way
+    top, bottom = horiz[where[:height]], horiz[where[height:]]
+    out = ((top * b0[:, None, None]) >> 16) + ((bottom * b1[:, None, None]) >> 16)
+    return ((out + 2) >> 2).astype(np.uint8)
+
+
+PROBES = (((61, 83), (32, 45)), ((61, 83), (97, 131)), ((64, 96), (32, 48)), ((300, 257), (224, 224)))
+
+
+def _probe_image(height: int, width: int) -> np.ndarray:
+    """A deterministic noisy RGB image (integer hash of the coordinates, identical on every platform)."""
+    axes = (np.arange(height, dtype=np.int64), np.arange(width, dtype=np.int64), np.arange(3, dtype=np.int64))
+    y, x, c = np.meshgrid(*axes, indexing="ij")
+    mixed = (x * 7919 + y * 104729 + c * 15485863) * 2654435761
+    return ((mixed >> 13) & 255).astype(np.uint8)
+
+
+def resize_fingerprint(resize: Resize) -> str:
+    """sha256 of ``resize`` applied to fixed probe images: equal fingerprints mean the same resize rounding."""
+    digest = hashlib.sha256()
+    for (src_h, src_w), (dst_h, dst_w) in PROBES:
+        out = np.ascontiguousarray(resize(_probe_image(src_h, src_w), dst_h, dst_w), dtype=np.uint8)
+        digest.update(out.tobytes())
+    return digest.hexdigest()
+
+
+def _cv2_resize() -> tuple[Resize | None, str]:
+    """cv2.resize as a ``Resize`` when cv2 is importable and allowed, else None; plus its version."""
+    if os.environ.get(NO_CV2_ENV, "") not in ("", "0"):
+        return None, f"cv2 off by {NO_CV2_ENV}"
+    try:
+        import cv2
+    except Exception:  # noqa: BLE001 - absent or broken (e.g. missing system libraries): numpy does it
+        return None, "cv2 not importable"
+    cv2.setNumThreads(1)  # images are decoded and resized in parallel already
+
+    def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+        if img.shape[:2] == (height, width):
+            return img
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+
+    return resize, f"cv2 {cv2.__version__}"
+
+
+def choose_resize(fingerprint: str | None) -> tuple[Resize, str, str | None]:
+    """The resize to use, how it was chosen, and a warning when neither implementation matches the bundle.
+
+    cv2 wins when it reproduces the bundle's fingerprint (or, without one, the numpy port); otherwise the
+    numpy port runs, which matches OpenCV 4.13+/5.x.
+    """
+    fn, note = _cv2_resize()
+    mine = resize_fingerprint(resize_linear)
+    want = fingerprint or mine
+    if fn is not None:
+        if resize_fingerprint(fn) == want:
+            return fn, note, None
+        note += " rounds differently"
+    if mine == want:
+        return resize_linear, f"numpy ({note})", None
+    warning = "this resize does not reproduce the bundle's resize_fingerprint; images may differ from training by a grey level"
+    return resize_linear, f"numpy ({note})", warning
+
+
+# ---------------------------------------------------------------------------------------------------------
+# normalisation
+
+
+def normalize_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(3, 256) float32 table: the values albumentations' ``Normalize`` gives each uint8 level, bit for bit."""
+    mean_px = np.asarray(mean, dtype=np.float32) * 255.0
+    inv_std = np.reciprocal(np.asarray(std, dtype=np.float32) * 255.0)
+    levels = np.arange(256, dtype=np.float32)
+    return ((levels - mean_px[:, None]) * inv_std[:, None]).astype(np.float32)
+
+
+def normalize_batch(batch: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 through the per-channel lookup table."""
+    out = np.empty((batch.shape[0], 3, batch.shape[1], batch.shape[2]), dtype=np.float32)
+    for c in range(3):
+        out[:, c] = lut[c][batch[..., c]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# manifest
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One ONNX graph of the bundle and how to feed it."""
+
+    file: str
+    weight: float
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The validated contents of manifest.json."""
+
+    classes: list[str]
+    graphs: list[Graph]
+    id_column: str
+    image_ext: str | None
+    path_template: str | None
+    kind: str
+    columns: list[str]
+    target_column: str | None
+    codes: dict[str, int] | None
+    fingerprint: str | None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bad(key: str, want: str, got: Any) -> BundleError:
+    return BundleError(
+        f"manifest.json {key} must be {want}, got {json.dumps(got)}; fix it or rebuild the bundle"
+    )
+
+
+def _get(d: dict, key: str, where: str, check: Callable[[Any], bool], want: str, default: Any = ...) -> Any:
+    """``d[key]`` after ``check``; a missing key is an error unless a default is given."""
+    name = f"{where}.{key}" if where else key
+    if key not in d:
+        if default is not ...:
+            return default
+        raise BundleError(f"manifest.json lacks {name} ({want}); rebuild the bundle with comp bundle")
+    if not check(d[key]):
+        raise _bad(name, want, d[key])
+    return d[key]
+
+
+def _numbers(n: int, positive: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (
+        isinstance(v, list) and len(v) == n and all(_is_number(x) and (x > 0 or not positive) for x in v)
+    )
+
+
+def _str_list(v: Any) -> bool:
+    return (
+        isinstance(v, list) and bool(v) and all(isinstance(x, str) and x for x in v) and len(set(v)) == len(v)
+    )
+
+
+def _nonempty_str(v: Any) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
+def _rgb(v: list) -> tuple[float, float, float]:
+    return float(v[0]), float(v[1]), float(v[2])
+
+
+def _parse_graph(g: Any, i: int, bundle: Path) -> Graph:
+    """Validate ``graphs[i]`` and check that its file exists."""
+    where = f"graphs[{i}]"
+    if not isinstance(g, dict):
+        raise _bad(where, "an object", g)
+    file = _get(g, "file", where, _nonempty_str, "a file name inside the bundle")
+    path = bundle / file
+    if not path.resolve().is_relative_to(bundle.resolve()):
+        raise _bad(f"{where}.file", "a path inside the bundle folder", file)
+    if not path.is_file():
+        raise BundleError(
+            f"graph file {path} (manifest.json {where}.file) is missing; copy it into {bundle} or rebuild the bundle"
+        )
+    size = _get(
+        g,
+        "image_size",
+        where,
+        lambda v: _numbers(2, True)(v) and all(isinstance(x, int) for x in v),
+        "[height, width] in pixels",
+    )
+    return Graph(
+        file=file,
+        weight=float(_get(g, "weight", where, lambda v: _is_number(v) and v > 0, "a positive number")),
+        size=(int(size[0]), int(size[1])),
+        mean=_rgb(_get(g, "mean", where, _numbers(3), "3 numbers (RGB, 0..1 scale)")),
+        std=_rgb(_get(g, "std", where, _numbers(3, True), "3 positive numbers (RGB, 0..1 scale)")),
+        input=_get(g, "input", where, _nonempty_str, "the graph's input name"),
+        output=_get(g, "output", where, _nonempty_str, "the graph's output name"),
+    )
+
+
+def _parse_submission(
+    s: Any, classes: list[str], id_column: str
+) -> tuple[str, list[str], str | None, dict | None]:
+    """Validate the ``submission`` block against the classes: (kind, columns, target_column, codes)."""
+    if not isinstance(s, dict):
+        raise _bad("submission", "an object", s)
+    kind = _get(s, "kind", "submission", lambda v: v in KINDS, " or ".join(map(json.dumps, KINDS)))
+    columns = _get(s, "columns", "submission", _str_list, "the sample's header (distinct names)")
+    if id_column not in columns:
+        raise _bad("submission.columns", f"a header holding id_column {json.dumps(id_column)}", columns)
+    target = codes = None
+    if kind == "proba":
+        if sorted(columns) != sorted([id_column, *classes]):
+            raise _bad(
+                "submission.columns", "the id column plus one column per class for kind proba", columns
+            )
+    else:
+        target = _get(
+            s,
+            "target_column",
+            "submission",
+            lambda v: v in columns and v != id_column,
+            "a non-id column of submission.columns",
+        )
+    if kind == "code":
+        codes = _get(
+            s, "codes", "submission", lambda v: v is None or isinstance(v, dict), "an object or null", None
+        )
+        if codes is None:
+            codes = {c: i for i, c in enumerate(classes)}
+        elif sorted(codes) != sorted(classes) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in codes.values()
+        ):
+            raise _bad("submission.codes", "an integer code for exactly each class", codes)
+    return kind, columns, target, codes
+
+
+def load_manifest(bundle: Path) -> Manifest:
+    """Read and validate ``bundle/manifest.json``; every graph file must exist."""
+    path = bundle / "manifest.json"
+    if not path.is_file():
+        raise BundleError(
+            f"{path} not found; pass --bundle with the bundle folder (it holds manifest.json and the .onnx files)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); rebuild the bundle") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} must hold a JSON object; rebuild the bundle")
+    fmt = data.get("format")
+    if fmt != FORMAT:
+        raise BundleError(
+            f"manifest.json format is {json.dumps(fmt)}, this predict.py reads {json.dumps(FORMAT)}; use the predict.py of the same bundle"
+        )
+    classes = _get(data, "classes", "", _str_list, "a list of distinct class names")
+    graphs_raw = _get(
+        data, "graphs", "", lambda v: isinstance(v, list) and bool(v), "a non-empty list of graphs"
+    )
+    graphs = [_parse_graph(g, i, bundle) for i, g in enumerate(graphs_raw)]
+    id_column = _get(data, "id_column", "", _nonempty_str, "the sample's id column name")
+    ext = _get(
+        data, "image_ext", "", lambda v: isinstance(v, str), 'a file extension such as ".png" (or "")', None
+    )
+    template = _get(data, "path_template", "", _nonempty_str, 'a format string such as "{id}.jpg"', None)
+    if ext is None and template is None:
+        raise BundleError(
+            'manifest.json sets neither image_ext nor path_template; add one (e.g. "image_ext": ".png")'
+        )
+    kind, columns, target, codes = _parse_submission(data.get("submission"), classes, id_column)
+    fingerprint = _get(data, "resize_fingerprint", "", _nonempty_str, "a sha256 hex string", None)
+    return Manifest(classes, graphs, id_column, ext, template, kind, columns, target, codes, fingerprint)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sample and images
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The sample submission read as strings: header, rows and each row's line number in the file."""
+
+    path: Path
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int]
+
+
+def read_sample(path: Path) -> Sample:
+    """Every cell as the exact string in the file (no NA guessing); blank lines are skipped."""
+    if not path.is_file():
+        raise BundleError(
+            f"sample submission {path} not found; pass --sample with the competition's sample_submission.csv"
+        )
+    header: list[str] | None = None
+    rows, lines = [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if not row:
+                    continue
+                if header is None:
+                    header = row
+                elif len(row) != len(header):
+                    raise BundleError(
+                        f"{path} line {reader.line_num} has {len(row)} fields, the header {len(header)}; fix the CSV"
+                    )
+                else:
+                    rows.append(row)
+                    lines.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BundleError(
+            f"{path} is not a readable UTF-8 CSV ({exc}); pass the competition's sample_submission.csv"
+        ) from None
+    if header is None or not rows:
+        raise BundleError(f"{path} has no data rows; it needs a header and one row per test image")
+    return Sample(path, header, rows, lines)
+
+
+def check_sample(sample: Sample, m: Manifest) -> None:
+    """The sample must have the id column and the columns the bundle was built for."""
+    name, header = sample.path, sample.header
+    if len(set(header)) != len(header):
+        raise BundleError(f"{name} repeats a column name in its header {header}; fix the CSV")
+    if m.id_column not in header:
+        raise BundleError(
+            f"{name} has no id column {m.id_column!r} (its columns: {', '.join(header)}); "
+            "pass the competition's sample_submission.csv or fix id_column in manifest.json"
+        )
+    if sorted(header) != sorted(m.columns):
+        raise BundleError(
+            f"{name} columns {header} differ from the bundle's {m.columns} (manifest.json submission.columns); "
+            "pass the sample the bundle was built for or rebuild the bundle"
+        )
+    col = header.index(m.id_column)
+    for row, line in zip(sample.rows, sample.lines):
+        if not row[col]:
+            raise BundleError(f"{name} line {line} has an empty {m.id_column!r}; every row needs an id")
+
+
+def image_paths(sample: Sample, m: Manifest, images: Path) -> list[Path]:
+    """Each sample row's image file under ``images``; all must exist and stay inside the folder."""
+    if not images.is_dir():
+        raise BundleError(f"image folder {images} not found; pass --images with the folder of test images")
+    root = images.resolve()
+    col = sample.header.index(m.id_column)
+    out = []
+    for row, line in zip(sample.rows, sample.lines):
+        rel = _relative_path(m, dict(zip(sample.header, row)), row[col], sample.path, line)
+        p = (root / rel).resolve()
+        if not p.is_relative_to(root):
+            raise BundleError(f"{sample.path} line {line}: image path {rel!r} leaves the image folder {root}")
+        if not p.is_file():
+            how = "path_template" if m.path_template else "image_ext"
+            raise BundleError(
+                f"{sample.path} line {line} (id {row[col]!r}): image {p} not found; check --images and {how} in manifest.json"
+            )
+        out.append(p)
+    return out
+
+
+def _relative_path(m: Manifest, record: dict[str, str], row_id: str, where: Path, line: int) -> str:
+    """The image's path relative to the image folder, from path_template or id + image_ext."""
+    if not m.path_template:
+        return f"{row_id}{m.image_ext or ''}"
+    try:
+        return m.path_template.format(**record)
+    except KeyError as exc:
+        raise BundleError(
+            f"manifest.json path_template {m.path_template!r} names column {exc} which {where} lacks"
+        ) from None
+    except (IndexError, ValueError) as exc:
+        raise BundleError(
+            f"manifest.json path_template {m.path_template!r} is not a valid template ({exc}) at {where} line {line}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# onnxruntime
+
+
+class Runner:
+    """One graph's onnxruntime session: normalised float32 NCHW batch in, (N, classes) probabilities out."""
+
+    def __init__(self, session: Any, graph: Graph, n_classes: int):
+        self.session, self.graph, self.n_classes = session, graph, n_classes
+        self.fixed_batch, self.dtype = self._check_io()
+
+    def _check_io(self) -> tuple[int | None, type]:
+        """Validate the manifest's names and shapes against the graph: (its fixed batch size or None, dtype)."""
+        g = self.graph
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if g.input not in inputs:
+            raise BundleError(
+                f"graph {g.file} has no input {g.input!r} (it has {', '.join(inputs)}); fix its input in manifest.json"
+            )
+        if g.output not in outputs:
+            raise BundleError(
+                f"graph {g.file} has no output {g.output!r} (it has {', '.join(outputs)}); fix its output in manifest.json"
+            )
+        if len(inputs) > 1:
+            raise BundleError(
+                f"graph {g.file} takes {len(inputs)} inputs; a bundle graph takes one image batch"
+            )
+        shape = list(inputs[g.input].shape)
+        want = [3, g.size[0], g.size[1]]
+        if len(shape) != 4 or any(isinstance(s, int) and s != w for s, w in zip(shape[1:], want)):
+            raise BundleError(
+                f"graph {g.file} takes shape {shape}, manifest.json says N x {want}; rebuild the bundle"
+            )
+        dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(inputs[g.input].type)
+        if dtype is None:
+            raise BundleError(
+                f"graph {g.file} takes {inputs[g.input].type}, not a float image batch; rebuild the bundle"
+            )
+        return (shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None), dtype
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        step = self.fixed_batch or len(x)
+        parts = [self._run(x[i : i + step], step) for i in range(0, len(x), step)]
+        probs = np.concatenate(parts)[: len(x)]
+        if probs.shape != (len(x), self.n_classes):
+            raise BundleError(
+                f"graph {self.graph.file} returned shape {probs.shape}, expected ({len(x)}, {self.n_classes})"
+            )
+        return probs.astype(np.float64)
+
+    def _run(self, x: np.ndarray, step: int) -> np.ndarray:
+        # a graph with a fixed batch size: pad the last chunk with copies of its first image
+        if len(x) < step:
+            x = np.concatenate([x, np.repeat(x[:1], step - len(x), axis=0)])
+        try:
+            feed: dict[str, np.ndarray] = {self.graph.input: x.astype(self.dtype, copy=False)}
+            return np.asarray(self.session.run([self.graph.output], feed)[0])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise BundleError(
+                f"graph {self.graph.file} failed on a batch of {len(x)} images: {_first_line(exc)}"
+            ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message as one line (onnxruntime's can span many)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BundleError(
+            "onnxruntime is not installed; pip install onnxruntime (or onnxruntime-gpu), e.g. from a Kaggle dataset of wheels"
+        ) from None
+    ort.set_default_logger_severity(3)
+    return ort
+
+
+def _session(ort: Any, path: Path, providers: list[str], threads: int | None) -> Any:
+    """An onnxruntime session on ``providers``, quiet below errors, ``threads`` intra-op threads if given."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+def open_runners(bundle: Path, m: Manifest, provider: str, threads: int | None) -> tuple[list[Runner], str]:
+    """A session per graph on the requested provider; ``auto`` falls back to CPU when CUDA cannot start."""
+    ort = _import_ort()
+    available = ort.get_available_providers()
+    if provider == "cuda" and CUDA not in available:
+        raise BundleError(
+            f"--provider cuda: this onnxruntime has no {CUDA} (it has {', '.join(available)}); "
+            "install onnxruntime-gpu or use --provider auto"
+        )
+    use_cuda, note = provider != "cpu" and CUDA in available, ""
+    runners, used = [], []
+    for g in m.graphs:
+        session = None
+        if use_cuda:
+            session, why = _try_cuda(ort, bundle / g.file, threads, show_logs=provider == "cuda")
+            if session is None and provider == "cuda":
+                raise BundleError(f"--provider cuda: {why}; use --provider auto or cpu")
+            if session is None:
+                use_cuda, note = False, f" ({why})"
+        if session is None:
+            session = _open_cpu(ort, bundle / g.file, threads)
+        runners.append(Runner(session, g, len(m.classes)))
+        used.append(session.get_providers()[0])
+    return runners, ", ".join(dict.fromkeys(used)) + note
+
+
+def _try_cuda(ort: Any, path: Path, threads: int | None, show_logs: bool) -> tuple[Any | None, str]:
+    """A CUDA session, or None and why; onnxruntime's own log of the failure shows only when CUDA was asked for."""
+    if not show_logs:
+        ort.set_default_logger_severity(4)
+    try:
+        session = _session(ort, path, [CUDA, "CPUExecutionProvider"], threads)
+    except Exception as exc:  # noqa: BLE001 - any failure to start CUDA means: use the CPU
+        return None, f"CUDA failed to start: {_first_line(exc)}"
+    finally:
+        ort.set_default_logger_severity(3)
+    if session.get_providers()[0] != CUDA:  # onnxruntime may quietly run a CUDA session on the CPU
+        return None, "CUDA failed to start"
+    return session, ""
+
+
+def _open_cpu(ort: Any, path: Path, threads: int | None) -> Any:
+    """A CPU session; a graph onnxruntime cannot load is a BundleError."""
+    try:
+        return _session(ort, path, ["CPUExecutionProvider"], threads)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or unsupported graph file
+        raise BundleError(
+            f"graph {path} cannot be loaded by onnxruntime ({_first_line(exc)}); rebuild the bundle"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# prediction loop
+
+
+class Progress:
+    """In-place progress on a terminal, a line per 10% otherwise, nothing when quiet."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.quiet = total, quiet
+        self.tty = sys.stderr.isatty()
+        self.shown = 0
+        self.open = False  # an in-place line without its newline yet
+
+    def update(self, done: int) -> None:
+        if self.quiet or not self.total:
+            return
+        pct = 100 * done // self.total
+        if self.tty:
+            print(f"\rpredict {done}/{self.total} ({pct}%)", end="", file=sys.stderr, flush=True)
+            self.open = True
+        elif pct // 10 > self.shown // 10 or done >= self.total:
+            print(f"predict {done}/{self.total} ({pct}%)", file=sys.stderr, flush=True)
+            self.shown = pct
+
+    def close(self) -> None:
+        """End the in-place line, so whatever follows (an error too) starts on a line of its own."""
+        if self.open:
+            print(file=sys.stderr, flush=True)
+            self.open = False
+
+
+def _prepare(path: Path, line: int, sample: Path, sizes: list[tuple[int, int]], resize: Resize) -> dict:
+    """Decode one image and resize it to every graph size, naming the sample row when the file is bad."""
+    try:
+        img = load_rgb(path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        kind = "not an image" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+        raise BundleError(
+            f"image {path} ({sample} line {line}) is unreadable ({kind}); replace the file"
+        ) from None
+    return {size: resize(img, size[0], size[1]) for size in sizes}
+
+
+def _batches(
+    jobs: list[tuple[Path, int]], batch_size: int, work: Callable[[Path, int], dict], workers: int
+) -> Iterator[list[dict]]:
+    """Prepared images batch by batch, decoding up to two batches ahead on a thread pool."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    pending: deque[list[Future]] = deque()
+    starts = iter(range(0, len(jobs), batch_size))
+
+    def submit() -> None:
+        start = next(starts, None)
+        if start is not None:
+            pending.append([pool.submit(work, p, line) for p, line in jobs[start : start + batch_size]])
+
+    try:
+        submit()
+        submit()
+        while pending:
+            futures = pending.popleft()
+            submit()
+            yield [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def predict(
+    paths: list[Path],
+    sample: Sample,
+    m: Manifest,
+    runners: list[Runner],
+    resize: Resize,
+    args: argparse.Namespace,
+) -> np.ndarray:
+    """Weighted blend of every graph's probabilities, (rows, classes) float64, in the sample's row order."""
+    sizes = sorted({g.size for g in m.graphs})
+    luts = {(g.mean, g.std): normalize_lut(g.mean, g.std) for g in m.graphs}
+    workers = max(1, min(4, args.threads or os.cpu_count() or 1))
+    jobs = list(zip(paths, sample.lines))
+    total = np.zeros((len(paths), len(m.classes)), dtype=np.float64)
+    progress = Progress(len(paths), args.quiet)
+    done = 0
+
+    def work(path: Path, line: int) -> dict:
+        return _prepare(path, line, sample.path, sizes, resize)
+
+    try:
+        for batch in _batches(jobs, args.batch_size, work, workers):
+            inputs: dict[tuple, np.ndarray] = {}  # graphs that share size and normalisation share the input
+            for r in runners:
+                g = r.graph
+                key = (g.size, g.mean, g.std)
+                if key not in inputs:
+                    inputs[key] = normalize_batch(np.stack([b[g.size] for b in batch]), luts[(g.mean, g.std)])
+                total[done : done + len(batch)] += g.weight * r(inputs[key])
+            done += len(batch)
+            progress.update(done)
+    finally:
+        progress.close()
+    probs = total / sum(g.weight for g in m.graphs)
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise BundleError(
+            f"the graphs gave non-finite probabilities for {sample.path} line {sample.lines[int(np.argmax(bad))]}"
+        )
+    return probs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# output
+
+
+def _cell(p: float) -> str:
+    return repr(float(p))  # shortest text that reads back as the same double, as pandas writes
+
+
+def submission_rows(sample: Sample, m: Manifest, probs: np.ndarray) -> list[list[str]]:
+    """The submission in the sample's column and row order, ids exactly as the sample writes them."""
+    best = probs.argmax(axis=1)
+    out = []
+    for row, p, k in zip(sample.rows, probs, best):
+        record = dict(zip(sample.header, row))
+        if m.kind == "proba":
+            record.update({c: _cell(v) for c, v in zip(m.classes, p)})
+        elif m.kind == "label":
+            record[m.target_column or ""] = m.classes[k]
+        else:
+            record[m.target_column or ""] = str((m.codes or {})[m.classes[k]])
+        out.append([record[c] for c in sample.header])
+    return out
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """Write atomically: a temporary file beside ``path``, then ``os.replace``; nothing is left on failure."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise BundleError(f"cannot write {path}: folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise BundleError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a normal file, not mkstemp's private 0600
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise BundleError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# command line
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; see the module docstring."""
+    ap = argparse.ArgumentParser(
+        prog="predict.py", description="Predict a Kaggle submission offline from a comp bundle."
+    )
+    ap.add_argument("--images", required=True, type=Path, help="folder of test images")
+    ap.add_argument("--sample", required=True, type=Path, help="the competition's sample_submission.csv")
+    ap.add_argument("--out", required=True, type=Path, help="submission CSV to write")
+    ap.add_argument(
+        "--bundle",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="bundle folder (default: this file's)",
+    )
+    ap.add_argument("--batch-size", type=_positive_int, default=32)
+    ap.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="onnxruntime CPU threads (default: its own choice)",
+    )
+    ap.add_argument("--provider", choices=("cpu", "cuda", "auto"), default="auto")
+    ap.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    ap.add_argument(
+        "--probs", type=Path, default=None, help="also write id + one probability column per class"
+    )
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Validate everything cheap first, then load the graphs, predict and write the files."""
+    m = load_manifest(args.bundle)
+    sample = read_sample(args.sample)
+    check_sample(sample, m)
+    paths = image_paths(sample, m, args.images)
+    resize, how, warning = choose_resize(m.fingerprint)
+    if warning and not args.quiet:
+        print(f"warning: {warning}", file=sys.stderr)
+    runners, provider = open_runners(args.bundle, m, args.provider, args.threads)
+    if not args.quiet:
+        print(
+            f"predict.py: {len(paths)} images, {len(runners)} graph(s) on {provider}; resize: {how}",
+            file=sys.stderr,
+        )
+    probs = predict(paths, sample, m, runners, resize, args)
+    write_csv(args.out, sample.header, submission_rows(sample, m, probs))
+    if args.probs is not None:
+        col = sample.header.index(m.id_column)
+        rows = [[row[col], *map(_cell, p)] for row, p in zip(sample.rows, probs)]
+        write_csv(args.probs, [m.id_column, *m.classes], rows)
+    if not args.quiet:
+        print(f"wrote {args.out} ({len(paths)} rows)", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: 0 on success, 2 with one ``error:`` line on a problem the user can fix."""
+    args = parse_args(argv)
+    try:
+        run(args)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
