@@ -30,6 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from comp._tables import format_table  # noqa: E402
+from comp.config import AugmentConfig, DataConfig  # noqa: E402
 from comp.data._augment import pipelines  # noqa: E402
 from comp.data._cache import make_reader  # noqa: E402
 from comp.data._table import ImageDataset  # noqa: E402
@@ -79,7 +80,7 @@ def main() -> None:
             Image.fromarray(img).convert("RGB").resize((src_w, src_h), Image.BICUBIC).save(p, quality=90)
             paths.append(p)
         targets = np.zeros(len(paths), dtype=np.int64)
-        train_tf, _ = pipelines({"train": AUG, "valid": []}, hw, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), normalize=False)
+        train_tf, _ = pipelines(AugmentConfig(train=AUG, valid=[]), hw, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), normalize=False)
         print(f"{len(paths)} Fashion-MNIST JPEGs at {src_w}x{src_h} -> {hw[0]}x{hw[1]}, batch {args.batch_size}; "
               "images/s over epochs 2-3 (best), pass 1 fills the cache")
         rows = []
@@ -87,7 +88,7 @@ def main() -> None:
             for w in workers:
                 base = None
                 for mode in ("none", "disk", "memory"):
-                    reader = make_reader({"cache": mode, "image_dir": str(img_dir), "cache_dir": f"{tmp}/cache-{stage}-{w}"},
+                    reader = make_reader(DataConfig(cache=mode, image_dir=str(img_dir), cache_dir=f"{tmp}/cache-{stage}-{w}"),
                                          hw, paths)
                     cls = LoadOnly if stage == "load" else ImageDataset
                     ds = cls(paths, targets, train_tf, reader=reader)

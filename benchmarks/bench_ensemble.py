@@ -28,19 +28,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from comp.config._schema import dump, load_config
 from PIL import Image
 from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
+from comp import run as artifacts
 from comp._tables import format_table
+from comp.config import Config, dump, load_config
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table
 from comp.demo import demo_config_path, make_digits_competition
 from comp.ensembling._blend import fit_blend, get_method
 from comp.ensembling._ensemble import align, load_member, run_ensemble
 from comp.metrics import get_metric
-from comp.run import _rundir as artifacts
 from comp.training._models import model_from_checkpoint
 from comp.training._trainer import train_folds
 
@@ -108,28 +108,28 @@ MEMBERS = [
 ]
 
 
-def load_cfg(raw: dict | None, data_dir: Path, overrides: list[str]) -> dict:
+def load_cfg(raw: dict | None, data_dir: Path, overrides: list[str]) -> Config:
     """Write the benchmark's config next to the data (so it can be inspected) and load it like the CLI does."""
     if raw is None:
-        cfg = load_config(demo_config_path(), overrides, base_dir=data_dir.resolve())
-        cfg["models"] = [dict(m) for m in MEMBERS]
-        raw = cfg
+        cfg = load_config(demo_config_path(), overrides=overrides, base_dir=data_dir.resolve(), models=[dict(m) for m in MEMBERS])
+    else:
+        cfg = load_config(raw, base_dir=data_dir.resolve())
     path = data_dir / "bench.yaml"
-    artifacts.write_text(path, dump(raw))
-    return load_config(path, overrides, base_dir=data_dir.resolve())
+    artifacts.write_text(path, dump(cfg))
+    return load_config(path, overrides=overrides, base_dir=data_dir.resolve())
 
 
 # ---------------------------------------------------------------- held-out predictions
 
 
 @torch.no_grad()
-def write_test_preds(cfg: dict, run_dir: Path, model_id: str, batch_size: int = 256) -> np.ndarray:
+def write_test_preds(cfg: Config, run_dir: Path, model_id: str, batch_size: int = 256) -> np.ndarray:
     """Average the fold checkpoints' softmax over the test images and write ``RUN/models/<id>/test.csv``
     (id column, then one probability column per class in oof.csv's order). Returns each fold model's
     probabilities, (folds, n_test, C), for the single-model held-out score."""
     run = artifacts.RunDir(run_dir)
-    df, paths = load_test_table(cfg["data"])
-    id_col = cfg["data"]["id_column"]
+    df, paths = load_test_table(cfg.data)
+    id_col = cfg.data.id_column
     classes = [c for c in pd.read_csv(run.oof(model_id), nrows=0).columns if c not in (id_col, "fold", "target")]
     total, per_fold = None, []
     ckpts = run.checkpoints(model_id)
@@ -166,12 +166,12 @@ def bench_dataset(name: str, data_dir: Path, raw_cfg: dict | None, overrides: li
     run_dir = root / name / "run"
     if run_dir.exists() and (run_dir / "config.yaml").is_file() and artifacts.RunDir(run_dir).load_config() != cfg:
         shutil.rmtree(run_dir)  # settings changed (e.g. --quick vs full): start this dataset's run afresh
-    print(f"[{name}] training {len(cfg['models'])} members x {cfg['folds']['n_splits']} folds "
-          f"({cfg['train']['epochs']} epochs)...", file=sys.stderr, flush=True)
-    summary = train_folds(cfg, run_dir, resume=True, progress=False)
+    print(f"[{name}] training {len(cfg.models)} members x {cfg.folds.n_splits} folds "
+          f"({cfg.train.epochs} epochs)...", file=sys.stderr, flush=True)
+    summary = train_folds(cfg, run_dir, resume=True, progress=False).models
     t_train = time.perf_counter() - t0
-    id_col, metric = cfg["data"]["id_column"], cfg["metric"]
-    labels = pd.read_csv(data_dir / "test_labels.csv", dtype=str).set_index(id_col)[cfg["data"]["label_column"]]
+    id_col, metric = cfg.data.id_column, cfg.metric
+    labels = pd.read_csv(data_dir / "test_labels.csv", dtype=str).set_index(id_col)[cfg.data.label_column]
     run = artifacts.RunDir(run_dir)
     fold_test = np.stack([write_test_preds(cfg, run_dir, mid) for mid in summary], axis=1)  # (folds, members, n, C)
     t_pred = time.perf_counter() - t0 - t_train
@@ -187,7 +187,7 @@ def bench_dataset(name: str, data_dir: Path, raw_cfg: dict | None, overrides: li
     rows, blends = [], []
     for method, bias in BLENDS:
         bname = f"blend-{method}{'-bias' if bias else ''}"
-        res = run_ensemble(model_dirs, method, bias=bias, name=bname, out=root / name / "submissions" / f"{bname}.csv")
+        res = run_ensemble(model_dirs, method=method, bias=bias, name=bname, out=root / name / "submissions" / f"{bname}.csv")
         ho = held_out_score(metric, Path(res["model_dir"]) / "test.csv", labels, id_col)
         final, _ = fit_blend(get_method(method), data.oof, data.y, scorer, bias)  # the blend run_ensemble applied to test
         blends.append({"model": f"{bname} (blend)", "cv": res["cv"], "cv_in_sample": res["cv_in_sample"], "held_out": ho,

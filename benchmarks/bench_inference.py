@@ -85,7 +85,7 @@ def main() -> None:
             rows.append({"task": task, "engine": engine, "images/s": ips, "vs first row of task": ips / base[task]})
     print(f"{args.model} @ {size}px, batch {batch}, {args.threads} threads, torch {torch.__version__}, "
           f"{'full' if args.full else 'quick'} sizes, >= {min_time:.0f} s per row")
-    print(format_table(rows, floatfmt=".2f"))
+    print(format_table(rows))
 
 
 if __name__ == "__main__":

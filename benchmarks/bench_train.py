@@ -29,13 +29,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp.config._schema import defaults, load_config  # noqa: E402
-
 from comp._tables import format_table  # noqa: E402
+from comp.config import Config, ModelConfig, load_config  # noqa: E402
 from comp.data._augment import BatchMixer, eval_pipeline, pipelines  # noqa: E402
 from comp.data._table import ImageDataset, load_image, load_train_table  # noqa: E402
 from comp.demo import demo_config_path, make_digits_competition  # noqa: E402
-from comp.run._rundir import RunDir  # noqa: E402
+from comp.run import RunDir  # noqa: E402
 from comp.training._engine import StepConfig, train_one_epoch  # noqa: E402
 from comp.training._losses import build_loss  # noqa: E402
 from comp.training._models import create_model, normalization  # noqa: E402
@@ -67,8 +66,8 @@ def comp_epoch(model, opt, x, y, bs, gen, n_classes, scheduler_steps):
 
     loader = DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True, generator=gen)
     sched = CosineLRScheduler(opt, t_initial=scheduler_steps, t_in_epochs=False)
-    loss_fn = build_loss(defaults()["loss"], y.numpy(), n_classes)
-    mixer = BatchMixer(defaults()["augment"]["mixup"], n_classes, 0.0)
+    loss_fn = build_loss(Config().loss, y.numpy(), n_classes)
+    mixer = BatchMixer(Config().augment.mixup, n_classes, 0.0)
     bar = tqdm(total=len(loader), disable=False, leave=False, file=open("/dev/null", "w"))  # noqa: SIM115
     sc = StepConfig(device=torch.device("cpu"), scheduler=sched, progress=bar)
     t0 = time.perf_counter()
@@ -99,12 +98,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="comp-bench-train-"))
     comp_dir = make_digits_competition(work / "demo")
-    cfg = load_config(demo_config_path(), [f"models=[{{name: {args.model}, image_size: 32}}]", f"train.batch_size={args.batch_size}"],
-                      base_dir=comp_dir)
-    table = load_train_table(cfg["data"])
+    cfg = load_config(demo_config_path(), overrides=[f"models=[{{name: {args.model}, image_size: 32}}]",
+                                                     f"train.batch_size={args.batch_size}"], base_dir=comp_dir)
+    table = load_train_table(cfg.data)
     hw = (32, 32)
     seed_everything(0)
-    model0 = create_model({"name": args.model}, len(table.classes))
+    model0 = create_model(ModelConfig(args.model), len(table.classes))
     x, y = tensors(table.paths, table.targets, model0, hw)
     state0 = {k: v.clone() for k, v in model0.state_dict().items()}
     bs, nc = args.batch_size, len(table.classes)
@@ -125,7 +124,7 @@ def main() -> None:
     run = RunDir(work / "run")
     prepare_run(cfg, run)
     folds = ensure_folds(cfg, run, table)
-    trainer = FoldTrainer(FoldContext(cfg, cfg["models"][0], table, folds, 0, run, progress=False))
+    trainer = FoldTrainer(FoldContext(cfg, cfg.models[0], table, folds, 0, run, progress=False))
     fold_times = []
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
@@ -141,7 +140,7 @@ def main() -> None:
          "vs bare": (full / n_train) / (bare / len(x))},
     ]
     print(f"model {args.model}, batch {bs}, 32 px, {args.threads} threads, median of {args.epochs} epochs")
-    print(format_table(rows, floatfmt=".3f"))
+    print(format_table(rows))
     print(f"comp engine overhead over the bare loop: {100 * (engine / bare - 1):+.1f}% (goal: at most +10%)")
 
     # the loader alone against the model's training rate, from JPEG copies of the same images
@@ -153,14 +152,14 @@ def main() -> None:
         Image.open(p).convert("RGB").resize((128, 128)).save(q, quality=90)
         jpgs.append(q)
     mean, std = normalization(model0)
-    train_tf, _ = pipelines(cfg["augment"], hw, mean, std, normalize=False)  # as train-folds loads
+    train_tf, _ = pipelines(cfg.augment, hw, mean, std, normalize=False)  # as train-folds loads
     model_rate = len(x) / bare
     lrows = []
     for workers in (0, 2):
         rate = loader_rate(jpgs, np.zeros(len(jpgs), int), train_tf, bs, workers, batches=12)
         lrows.append({"loader": f"JPEG 128px -> aug -> batch, workers={workers}", "img/s": rate,
                       "model img/s": model_rate, "loader/model": rate / model_rate})
-    print(format_table(lrows, floatfmt=".2f"))
+    print(format_table(lrows))
     slow = [r for r in lrows if r["loader/model"] < 1]
     print("bottleneck:", "data loading at " + ", ".join(r["loader"].split(", ")[1] for r in slow) if slow else "the model (loader is faster at every setting)")
 

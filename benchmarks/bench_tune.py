@@ -22,9 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp.config._schema import load_config  # noqa: E402
-
 from comp._tables import format_table  # noqa: E402
+from comp.config import load_config  # noqa: E402
 from comp.demo import demo_config_path, make_digits_competition  # noqa: E402
 from comp.tuning._tune import tune  # noqa: E402
 
@@ -39,8 +38,7 @@ def run_arm(data: Path, work: Path, pruner: str, args) -> dict:
     """One tuning run with one pruner; returns its row of the table."""
     overrides = ["models=[{name: test_efficientnet, image_size: 32}]", f"train.max_steps_per_epoch={args.max_steps}",
                  "train.batch_size=32", "augment.mixup.prob=0.0", "train.warmup_epochs=0"]
-    cfg = load_config(demo_config_path(), overrides, base_dir=data)
-    cfg["tune"] = {"space": SPACE}
+    cfg = load_config(demo_config_path(), overrides=overrides, base_dir=data, tune={"space": SPACE})
     folds = [int(k) for k in args.folds.split(",")]
     t0 = time.perf_counter()
     tune(cfg, work / pruner, n_trials=args.trials, folds=folds, epochs=args.epochs, pruner=pruner, seed=args.seed)

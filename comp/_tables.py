@@ -6,18 +6,32 @@ import math
 from numbers import Integral, Real
 
 
-def _cell(value, floatfmt: str) -> str:
+def _cell(value, floatfmt: str | None) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool) or isinstance(value, Integral):
         return str(value)
     if isinstance(value, Real):
-        return "nan" if math.isnan(value) else format(float(value), floatfmt)
+        v = float(value)
+        if math.isnan(v):
+            return "nan"
+        return format(v, floatfmt or readable_format(v))
     return str(value)
 
 
-def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".4f") -> str:
-    """Render dict rows as an aligned text table; numbers right-aligned, None shown as '-'."""
+def readable_format(v: float) -> str:
+    """Digits a person reads: rates like 2230 img/s without decimals, scores like 0.9145 with four."""
+    a = abs(v)
+    if a >= 100:
+        return ".0f"
+    if a >= 10:
+        return ".1f"
+    return ".4f"
+
+
+def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str | None = None) -> str:
+    """Render dict rows as an aligned text table; numbers right-aligned and rounded for reading (or ``floatfmt``),
+    None shown as '-'."""
     if columns is None:
         columns = []
         for row in rows:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from comp.data._table import read_csv
 from comp.errors import CompError
-from comp.run._rundir import write_csv
+from comp.run._io import write_csv
 
 
 def _sample(sample_path, id_column: str | None) -> tuple[pd.DataFrame, str, list[str]]:
