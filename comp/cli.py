@@ -6,6 +6,7 @@ Logging goes to stderr (``--quiet`` keeps warnings only); results go to stdout.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -16,15 +17,39 @@ import click
 from comp.errors import CompError
 
 
+_ERRNO_WHY = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system",
+              errno.ENOSPC: "no space left on the device", errno.ENOTDIR: "a part of the path is a file, not a folder",
+              errno.EISDIR: "it is a folder", errno.ENOENT: "no such file or folder", errno.ENAMETOOLONG: "name too long",
+              errno.EDQUOT: "disk quota exceeded"}
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for a failure the user's input or machine caused, or None for a bug.
+
+    Only failures of the environment the user controls are translated: comp's own CompError, and OS errors
+    about a path (permissions, a read-only or full disk, a missing folder). Anything else keeps its traceback.
+    """
+    if isinstance(exc, CompError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_WHY and exc.filename is not None:
+        return f"cannot use {exc.filename} ({_ERRNO_WHY[exc.errno]}); check the path and its permissions"
+    if isinstance(exc, MemoryError):
+        return "out of memory; lower train.batch_size / predict.batch_size or the image size"
+    return None
+
+
 class CompGroup(click.Group):
-    """A group that turns ``CompError`` into one line on stderr and exit code 2."""
+    """A group that turns user errors into one line on stderr and exit code 2; bugs keep their traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except CompError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+        except (CompError, OSError, MemoryError) as exc:
+            msg = user_error(exc)
+            if msg is None:
+                raise
+            click.echo(f"error: {' '.join(msg.split())}", err=True)
+            sys.exit(2)
 
 
 class CommaList(click.ParamType):

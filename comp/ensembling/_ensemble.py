@@ -18,7 +18,7 @@ from comp.config import Config
 from comp.ensembling._blend import METHODS, fit_blend, get_method, nested_oof
 from comp.errors import CompError
 from comp.metrics import get_metric
-from comp.run import Metrics, Predictions, RunDir, write_text
+from comp.run import FileSet, Metrics, Predictions, RunDir
 from comp.submission._format import make_submission, validate_submission, write_submission
 
 # ---------------------------------------------------------------- loading and alignment
@@ -200,11 +200,8 @@ def run_ensemble(model_dirs, *, method: str = "hill_climb", metric: str | None =
         "bias": None if b is None else {c: round(float(v), 6) for c, v in zip(data.classes, b)},
         "notes": data.notes + ([note] if note else []),
     }
-    model_dir = _write_run(run_root, name, data, first, honest, test, result)
-    result.update(run_dir=str(run_root), model_dir=str(model_dir), submission=None)
-    if pending is not None:
-        path = write_submission(pending.df, pending.path, pending.sample, data.classes, first.id_column)
-        result["submission"] = str(path)
+    model_dir, submission = _write_run(run_root, name, data, first, honest, test, result, pending)
+    result.update(run_dir=str(run_root), model_dir=str(model_dir), submission=str(submission) if submission else None)
     return result
 
 
@@ -240,26 +237,31 @@ def submit_blend(model_dir, out=None) -> str | None:
     return str(write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column))
 
 
-def _write_run(run_root: Path, name: str, data: Aligned, first: Member, honest, test, result: dict) -> Path:
-    """Save the blend as ``run_root/models/<name>`` plus the run's config.yaml and folds.csv."""
+def _write_run(run_root: Path, name: str, data: Aligned, first: Member, honest, test, result: dict,
+               pending: PendingSubmission | None) -> tuple[Path, Path | None]:
+    """Save the blend as ``run_root/models/<name>`` (oof, test, metrics) plus the run's config.yaml and folds.csv,
+    and the submission, all committed as one set: a killed blend never leaves new tables beside old metrics."""
     run = RunDir(run_root)
     labels = np.asarray(data.classes, dtype=object)[data.y]
-    run.write_oof(name, Predictions(data.ids, data.classes, honest, data.folds, labels, first.id_column))
-    if test is not None:
-        run.write_test(name, Predictions(data.test_ids, data.classes, test, id_column=first.id_column))
-    else:
-        run.test_pred(name).unlink(missing_ok=True)  # a stale test.csv from an earlier blend of this name would lie
-    scorer = get_metric(result["metric"])
-    extra = {k: result[k] for k in ("cv_in_sample", "method", "weights", "bias")}
-    run.write_metrics(name, Metrics(result["metric"], scorer.greater_is_better, result["cv"], result["folds"], extra={
-        **extra, "members": [m["path"] for m in result["members"]], "member_cv": [m["cv"] for m in result["members"]]}))
-    write_text(run.config, RunDir(first.run).config.read_text())
     source = RunDir(first.run)
-    if source.folds.is_file():
-        write_text(run.folds, source.folds.read_text())
-    else:
-        run.write_folds(data.ids, data.folds, first.id_column)
-    return run.model_dir(name)
+    with FileSet(run_root) as files:
+        run.write_oof(name, Predictions(data.ids, data.classes, honest, data.folds, labels, first.id_column), into=files)
+        if test is not None:
+            run.write_test(name, Predictions(data.test_ids, data.classes, test, id_column=first.id_column), into=files)
+        scorer = get_metric(result["metric"])
+        extra = {k: result[k] for k in ("cv_in_sample", "method", "weights", "bias")}
+        run.write_metrics(name, Metrics(result["metric"], scorer.greater_is_better, result["cv"], result["folds"], extra={
+            **extra, "members": [m["path"] for m in result["members"]], "member_cv": [m["cv"] for m in result["members"]]}),
+            into=files)
+        files.text(run.config, source.config.read_text())
+        if source.folds.is_file():
+            files.text(run.folds, source.folds.read_text())
+        else:
+            files.csv(run.folds, pd.DataFrame({first.id_column: data.ids, "fold": data.folds}))
+        submission = files.csv(pending.path, pending.df) if pending is not None else None
+    if test is None:
+        run.test_pred(name).unlink(missing_ok=True)  # a stale test.csv from an earlier blend of this name would lie
+    return run.model_dir(name), submission
 
 
 def result_rows(result: dict) -> list[dict]:

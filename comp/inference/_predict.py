@@ -23,8 +23,8 @@ from comp.errors import CompError
 from comp.inference._export import INPUT, OUTPUT, ProbModel, export_model, file_digest, select_models
 from comp.inference._tta import check_merge, merge_probs, parse_tta, views
 from comp.metrics import get_metric
-from comp.run import Predictions, RunDir, load_checkpoint, read_graph_metadata
-from comp.submission._format import make_submission, write_submission
+from comp.run import FileSet, Predictions, RunDir, load_checkpoint, read_graph_metadata
+from comp.submission._format import make_submission, validate_submission
 from comp.training._engine import resolve_device
 from comp.training._models import model_from_checkpoint
 
@@ -274,34 +274,41 @@ def predict_run(run_dir: str | Path, *, models: list[str] | None = None, engine:
     out_path = Path(out) if out else Path("submissions") / f"{run.root.resolve().name}.csv"
     results: dict[str, ModelPrediction] = {}
     probs_by_model, classes = [], None
-    for mid in mids:
-        folds = load_folds(run, mid, cfg, engine, expect_folds=None if allow_missing_folds else cfg.folds.n_splits)
-        ck = folds[0].ckpt
-        if classes is not None and ck["classes"] != classes:
-            raise CompError(f"{mid} predicts classes {ck['classes']} but {mids[0]} predicts {classes}; predict them separately")
-        classes = ck["classes"]
-        fused = usable_fused(run, mid, folds, tta_views, merge) if engine == "onnx" else None
-        if fused is not None:  # one session call per batch does every fold and TTA view
-            log.info("%s: using %s (folds %s, tta %s)", mid, fused, [f.fold for f in folds], ",".join(tta_views) or "none")
-            runners, views_tta = [OrtRunner(fused)], []
+    files = FileSet(run.root)  # every model's test.csv (and oof_tta.csv) and the submission land together
+    try:
+        for mid in mids:
+            folds = load_folds(run, mid, cfg, engine, expect_folds=None if allow_missing_folds else cfg.folds.n_splits)
+            ck = folds[0].ckpt
+            if classes is not None and ck["classes"] != classes:
+                raise CompError(f"{mid} predicts classes {ck['classes']} but {mids[0]} predicts {classes}; predict them separately")
+            classes = ck["classes"]
+            fused = usable_fused(run, mid, folds, tta_views, merge) if engine == "onnx" else None
+            if fused is not None:  # one session call per batch does every fold and TTA view
+                log.info("%s: using %s (folds %s, tta %s)", mid, fused, [f.fold for f in folds], ",".join(tta_views) or "none")
+                runners, views_tta = [OrtRunner(fused)], []
+            else:
+                runners, views_tta = [f.runner for f in folds], tta_views
+            _, merged = run_views(runners, paths, from_dict(ck["eval_transform"]), views_tta, merge, bs,
+                                  data.num_workers, f"{mid} test" if progress else "")
+            probs = merged.mean(0)
+            test_pred = Predictions(test_df[data.id_column].to_numpy(dtype=object), list(classes), probs, id_column=data.id_column)
+            info = ModelPrediction(mid, len(folds), run.test_pred(mid), fused is not None)
+            if oof:
+                pred, info.cv, info.cv_tta = oof_tta(run, mid, cfg, folds, tta_views, merge, bs, progress)
+                info.oof_tta = run.write_oof(mid, pred, tta=True, into=files)
+            run.write_test(mid, test_pred, into=files)
+            results[mid] = info
+            probs_by_model.append(probs)
+        result = PredictResult(run, engine, tta_views, merge, results, None)
+        if sample is None:
+            log.warning("no data.sample_submission in the config: wrote test.csv only (set it with --set data.sample_submission=FILE)")
         else:
-            runners, views_tta = [f.runner for f in folds], tta_views
-        _, merged = run_views(runners, paths, from_dict(ck["eval_transform"]), views_tta, merge, bs,
-                              data.num_workers, f"{mid} test" if progress else "")
-        probs = merged.mean(0)
-        test_pred = Predictions(test_df[data.id_column].to_numpy(dtype=object), list(classes), probs, id_column=data.id_column)
-        info = ModelPrediction(mid, len(folds), run.test_pred(mid), fused is not None)
-        if oof:
-            pred, info.cv, info.cv_tta = oof_tta(run, mid, cfg, folds, tta_views, merge, bs, progress)
-            info.oof_tta = run.write_oof(mid, pred, tta=True)
-        run.write_test(mid, test_pred)
-        results[mid] = info
-        probs_by_model.append(probs)
-    result = PredictResult(run, engine, tta_views, merge, results, None)
-    if sample is None:
-        log.warning("no data.sample_submission in the config: wrote test.csv only (set it with --set data.sample_submission=FILE)")
-        return result
-    assert classes is not None
-    sub = make_submission(test_df[data.id_column], np.mean(probs_by_model, axis=0), classes, sample, data.id_column)
-    result.submission = write_submission(sub, out_path, sample, classes, data.id_column)
+            assert classes is not None
+            sub = make_submission(test_df[data.id_column], np.mean(probs_by_model, axis=0), classes, sample, data.id_column)
+            validate_submission(sub, sample, classes, data.id_column)
+            result.submission = files.csv(out_path, sub)
+    except BaseException:
+        files.discard()  # nothing of this call is committed
+        raise
+    files.commit()
     return result

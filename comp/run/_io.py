@@ -195,3 +195,103 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
     finally:
         if _holder(path).get("pid") == me["pid"]:
             path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- sets of files committed together
+
+JOURNAL_PREFIX = ".commit-"
+
+
+class FileSet:
+    """Files that belong together (a model's test.csv and oof_tta.csv and the submission; a blend's tables and
+    metrics; a report's figures) are committed as one unit.
+
+    Every file is first written completely to a temporary beside its target; nothing is renamed until all
+    of them exist. Then a journal listing the renames is written atomically in ``root``, the renames run,
+    and the journal is deleted. A process killed during the renames leaves the journal behind, and
+    :func:`recover` (called by every reader of a run folder) finishes them, so a reader sees either the
+    whole old set or the whole new one, never a mix. Killed before the journal: only temporaries remain,
+    which :func:`clean_temporaries` removes.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, target)
+
+    def add(self, path: str | Path, write: Callable[[Path], Any]) -> Path:
+        """Write ``path``'s content now, to a temporary; it replaces ``path`` at :meth:`commit`."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
+        os.close(fd)
+        try:
+            write(Path(tmp))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            self.discard()
+            raise
+        self._staged.append((Path(tmp), path))
+        return path
+
+    def csv(self, path: str | Path, df: pd.DataFrame) -> Path:
+        return self.add(path, lambda p: df.to_csv(p, index=False))
+
+    def json(self, path: str | Path, obj: Any) -> Path:
+        return self.add(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+
+    def text(self, path: str | Path, text: str) -> Path:
+        return self.add(path, lambda p: p.write_text(text))
+
+    def discard(self) -> None:
+        """Drop every staged temporary (nothing was committed)."""
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged.clear()
+
+    def commit(self) -> list[Path]:
+        """Rename every staged file into place, as one unit (see the class docstring)."""
+        if not self._staged:
+            return []
+        moves = [[str(t.resolve()), str(p.resolve())] for t, p in self._staged]
+        journal = self.root / f"{JOURNAL_PREFIX}{os.getpid()}-{time.time_ns()}.json"
+        write_json(journal, moves)
+        _apply(moves)
+        journal.unlink(missing_ok=True)
+        done = [p for _, p in self._staged]
+        self._staged.clear()
+        return done
+
+    def __enter__(self) -> FileSet:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def _apply(moves: list[list[str]]) -> None:
+    for tmp, target in moves:
+        if Path(tmp).exists():
+            os.replace(tmp, target)
+
+
+def recover(root: str | Path) -> int:
+    """Finish the renames of any set a killed process left half-committed under ``root``; returns how many."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    n = 0
+    for journal in sorted(root.glob(f"{JOURNAL_PREFIX}*.json")):
+        try:
+            moves = json.loads(journal.read_text())
+        except (OSError, ValueError):
+            continue  # the journal itself was being written: its renames never started
+        _apply(moves)
+        journal.unlink(missing_ok=True)
+        n += 1
+    return n

@@ -25,7 +25,16 @@ from comp.config import Config, build_config, dump, read_yaml
 from comp.errors import CompError, RunFolderError
 from comp.run._artifacts import Metrics, Predictions, parse_predictions
 from comp.run._checkpoint import load_checkpoint
-from comp.run._io import read_json, read_table, write_csv, write_json, write_text
+from comp.run._io import (
+    FileSet,
+    clean_temporaries,
+    read_json,
+    read_table,
+    recover,
+    write_csv,
+    write_json,
+    write_text,
+)
 
 
 class RunDir:
@@ -99,11 +108,22 @@ class RunDir:
         return sorted(paths, key=lambda p: int(p.stem[4:]))
 
     def require(self) -> RunDir:
-        """Fail with a fixable message unless this looks like a run folder."""
+        """Fail with a fixable message unless this looks like a run folder; finish any set of files a killed
+        command left half-committed, so what is read next is a complete set."""
         if not self.config.is_file():
             raise RunFolderError(f"{self.root} is not a run folder (no config.yaml); run `comp train-folds` first "
                                  "or pass the right path")
+        self.recover()
         return self
+
+    def recover(self) -> None:
+        """Roll forward half-committed file sets and drop temporaries of killed writes (older than an hour)."""
+        recover(self.root)
+        if self.models_root.is_dir():
+            for d in self.models_root.iterdir():
+                if d.is_dir():
+                    recover(d)
+        clean_temporaries(self.root)
 
     # -- config --------------------------------------------------------------------
     def load_config(self) -> Config:
@@ -145,6 +165,7 @@ class RunDir:
 
     # -- probability tables -----------------------------------------------------------
     def _read_predictions(self, path: Path, id_column: str, oof: bool, what: str) -> Predictions:
+        recover(self.root)  # a killed command's half-committed set is finished before anything is read
         if not path.is_file():
             raise RunFolderError(f"{what} {path} not found; " + ("finish `comp train-folds` for that model first"
                                  if oof else "run `comp predict` first"))
@@ -167,22 +188,30 @@ class RunDir:
         """``test.csv`` of one model (written by comp predict)."""
         return self._read_predictions(self.test_pred(model_id), id_column or self.id_column(), False, "test predictions")
 
-    def write_oof(self, model_id: str, pred: Predictions, tta: bool = False) -> Path:
-        return write_csv(self.oof(model_id, tta), pred.frame())
+    def write_oof(self, model_id: str, pred: Predictions, tta: bool = False, *, into: FileSet | None = None) -> Path:
+        """Write ``oof.csv`` (``oof_tta.csv``) now, or stage it ``into`` a set committed together."""
+        return _write(self.oof(model_id, tta), pred.frame(), into)
 
     def write_oof_part(self, model_id: str, fold: int, pred: Predictions) -> Path:
         return write_csv(self.oof_part(model_id, fold), pred.frame())
 
-    def write_test(self, model_id: str, pred: Predictions) -> Path:
-        return write_csv(self.test_pred(model_id), pred.frame())
+    def write_test(self, model_id: str, pred: Predictions, *, into: FileSet | None = None) -> Path:
+        return _write(self.test_pred(model_id), pred.frame(), into)
 
     # -- metrics and checkpoints --------------------------------------------------------
     def read_metrics(self, model_id: str) -> Metrics:
+        recover(self.root)
         path = self.metrics(model_id)
         return Metrics.from_json(read_json(path, "metrics file"), path)
 
-    def write_metrics(self, model_id: str, metrics: Metrics) -> Path:
+    def write_metrics(self, model_id: str, metrics: Metrics, *, into: FileSet | None = None) -> Path:
+        if into is not None:
+            return into.json(self.metrics(model_id), metrics.to_json())
         return write_json(self.metrics(model_id), metrics.to_json())
 
     def read_checkpoint(self, model_id: str, fold: int) -> dict[str, Any]:
         return load_checkpoint(self.checkpoint(model_id, fold))
+
+
+def _write(path: Path, df: pd.DataFrame, into: FileSet | None) -> Path:
+    return into.csv(path, df) if into is not None else write_csv(path, df)
