@@ -16,7 +16,6 @@ import click
 
 from comp.errors import CompError
 
-
 _ERRNO_WHY = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system",
               errno.ENOSPC: "no space left on the device", errno.ENOTDIR: "a part of the path is a file, not a folder",
               errno.EISDIR: "it is a folder", errno.ENOENT: "no such file or folder", errno.ENAMETOOLONG: "name too long",
@@ -44,6 +43,10 @@ class CompGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad option: one line too, naming the command and the option
+            where = exc.ctx.command_path if exc.ctx is not None else "comp"
+            click.echo(f"error: {where}: {' '.join(exc.format_message().split())} (see {where} --help)", err=True)
+            sys.exit(2)
         except (CompError, OSError, MemoryError) as exc:
             msg = user_error(exc)
             if msg is None:

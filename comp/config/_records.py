@@ -371,6 +371,9 @@ def build_model(raw: Any, i: int) -> ModelConfig:
     size = entry.image_size
     if isinstance(size, int) and size < 1 or isinstance(size, list) and (len(size) != 2 or not all(s >= 1 for s in size)):
         raise ConfigError(f"config key '{path}.image_size' must be a positive int or [height, width], got {size!r}")
+    if entry.in_chans not in (1, 3):
+        raise ConfigError(f"config key '{path}.in_chans' must be 1 (grayscale) or 3 (RGB), got {entry.in_chans}; "
+                          "images are read as RGB")
     if isinstance(entry.pretrained, str) and not entry.pretrained.strip():
         raise ConfigError(f"config key '{path}.pretrained' is an empty string; give a weights file, true or false")
     return entry

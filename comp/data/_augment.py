@@ -39,6 +39,11 @@ def build_transform(entry: dict, hw: tuple[int, int], where: str):
     kwargs = {k: v for k, v in entry.items() if k != "name"}
     cls = _transform_class(entry["name"], where)
     params = inspect.signature(cls.__init__).parameters
+    named = [n for n, prm in params.items() if n != "self" and prm.kind not in (prm.VAR_KEYWORD, prm.VAR_POSITIONAL)]
+    for key in kwargs:  # albumentations only warns about unknown arguments and then ignores them
+        if key not in named:
+            raise CompError(f"{where} ({entry['name']}): unknown argument '{key}'{closest(key, named)}; "
+                            f"it takes {', '.join(named)}")
     if "size" in params and "size" not in kwargs:
         kwargs["size"] = tuple(hw)
     if "height" in params and "width" in params:
@@ -49,15 +54,35 @@ def build_transform(entry: dict, hw: tuple[int, int], where: str):
             kwargs[key] = tuple(kwargs[key])
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CompError(f"{where} ({entry['name']}): {msg}") from None
+    except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        msg = " ".join(str(exc).split()) if str(exc) else type(exc).__name__
+        raise CompError(f"{where} ({entry['name']}): {msg[:300]}") from None
+
+
+# Validation and test images must give the same pixels every time: only these, always applied (p=1).
+DETERMINISTIC = ("Resize", "CenterCrop", "Crop", "PadIfNeeded", "LongestMaxSize", "SmallestMaxSize", "ToGray",
+                 "Normalize", "ToFloat", "FromFloat", "Equalize", "CLAHE", "InvertImg", "ToSepia", "Downscale")
+_LOADABLE = {*DETERMINISTIC, "Compose", "ToTensorV2"}
+
+
+def check_deterministic(entries: list, where: str) -> None:
+    """``augment.valid`` becomes the checkpoints' eval transform: refuse random or partial transforms there."""
+    for i, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if name not in DETERMINISTIC:
+            raise CompError(f"{where}[{i}] ({name}): validation and test transforms must be deterministic; "
+                            f"use one of {', '.join(DETERMINISTIC)} (random augmentations belong in augment.train)")
+        if float(entry.get("p", 1.0)) != 1.0:
+            raise CompError(f"{where}[{i}] ({name}): p must be 1 in augment.valid (got {entry['p']}); "
+                            "a transform applied to some images only makes predictions random")
 
 
 def _tail(mean, std, normalize: bool) -> list:
     # normalize=False stops at the HWC uint8 array: the loader stacks contiguous arrays (a plain memcpy,
-    # where CHW tensor views cost a strided copy per image) and DeviceNormalize permutes on the device
-    return [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()] if normalize else []
+    # where CHW tensor views cost a strided copy per image) and DeviceNormalize permutes on the device.
+    # A one-value mean means a one-channel model (in_chans: 1): images, read as RGB, become grayscale last.
+    gray = [A.ToGray(num_output_channels=1, p=1.0)] if len(mean) == 1 else []
+    return gray + ([A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()] if normalize else [])
 
 
 def build_pipeline(entries: list, hw: tuple[int, int], mean, std, where: str, normalize: bool = True) -> A.Compose:
@@ -80,6 +105,7 @@ def eval_pipeline(hw, mean, std, normalize: bool = True) -> A.Compose:
 def valid_pipeline(aug_cfg: AugmentConfig, hw, mean, std, normalize: bool = True) -> A.Compose:
     """The validation pipeline: ``augment.valid`` when set, else ``eval_pipeline``."""
     if aug_cfg.valid:
+        check_deterministic(aug_cfg.valid, "augment.valid")
         return build_pipeline(aug_cfg.valid, hw, mean, std, "augment.valid", normalize)
     return eval_pipeline(hw, mean, std, normalize)
 
@@ -115,9 +141,31 @@ def to_dict(pipeline: A.Compose) -> dict:
     return A.to_dict(pipeline)
 
 
-def from_dict(desc: dict) -> A.Compose:
-    """Rebuild a pipeline saved with :func:`to_dict`."""
-    return A.from_dict(desc)
+def from_dict(desc: dict, where: str = "eval_transform") -> A.Compose:
+    """Rebuild a pipeline saved with :func:`to_dict`; only the deterministic transforms comp itself writes are
+    accepted, so a crafted checkpoint cannot name an arbitrary class."""
+    names: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            full = node.get("__class_fullname__")
+            if full is not None:
+                names.append(str(full))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(desc)
+    bad = [n for n in names if n.rsplit(".", 1)[-1] not in _LOADABLE]
+    if bad or not names:
+        raise CompError(f"{where} names {bad[0] if bad else 'no transform'!r}, not a transform comp writes; "
+                        "re-export or retrain the model with comp")
+    try:
+        return A.from_dict(desc)
+    except Exception as exc:  # noqa: BLE001 - any failure to rebuild means a damaged description
+        raise CompError(f"{where} cannot be rebuilt ({type(exc).__name__}); retrain the model with comp") from None
 
 
 class BatchMixer:

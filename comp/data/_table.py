@@ -118,6 +118,9 @@ def image_paths(df: pd.DataFrame, image_dir, data_cfg: DataConfig, csv_path, che
             rel = template.format(**rec) if template else f"{rec[id_col]}{data_cfg.image_ext}"
         except KeyError as exc:
             raise CompError(f"data.path_template {template!r} names column {exc} which {csv_path} lacks") from None
+        except (ValueError, IndexError, AttributeError) as exc:
+            raise CompError(f"data.path_template {template!r} is not a valid template ({exc}); "
+                            "name columns in braces, e.g. '{person}/{id}.jpg'") from None
         p = (root / rel).resolve()
         if not p.is_relative_to(root):
             raise CompError(f"{csv_path} line {i + 2}: image path {rel!r} escapes the image folder {root}; use paths inside it")
@@ -131,6 +134,36 @@ def image_paths(df: pd.DataFrame, image_dir, data_cfg: DataConfig, csv_path, che
     return out
 
 
+def check_image(path: Path) -> str | None:
+    """Why ``path`` cannot be trained on, from what is cheap to see without decoding it (None when it looks
+    fine): not an image, over PIL's decompression-bomb size, a PNG whose chunks fail their checksums, or a
+    JPEG cut short. Full decoding happens in the loaders, which name the file too."""
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            im.verify()
+        if fmt == "JPEG":
+            with open(path, "rb") as fh:
+                fh.seek(max(0, path.stat().st_size - 4096))
+                if b"\xff\xd9" not in fh.read():
+                    return "the JPEG ends before its end-of-image marker (truncated)"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+    return None
+
+
+def check_images(paths: list[Path], csv_path, *, threads: int = 8) -> None:
+    """Fail on the first image (by row) that :func:`check_image` rejects, naming the row and the file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        problems = list(pool.map(check_image, paths))
+    for i, why in enumerate(problems):
+        if why is not None:
+            raise CompError(f"{csv_path} line {i + 2}: image {paths[i]} is unreadable ({why}); replace the file or "
+                            "remove its row")
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read any image as an RGB uint8 array (H, W, 3): grayscale, palette, RGBA, CMYK and 16-bit alike."""
     before = ImageFile.LOAD_TRUNCATED_IMAGES
@@ -139,8 +172,9 @@ def load_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return to_rgb(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CompError(f"image {path} is unreadable ({type(exc).__name__}: {exc}); replace or remove the file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CompError(f"image {path} is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                        "replace or remove the file") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = before
 

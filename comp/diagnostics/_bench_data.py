@@ -84,7 +84,7 @@ def bench_data(cfg: Config, *, workers: Sequence[int] = (0, 2), batch_sizes: Seq
     entry = cfg.models[0]
     hw = entry.hw
     model = create_model(entry, len(table.classes))
-    mean, std = normalization(model)
+    mean, std = normalization(model, entry.in_chans)
     train_tf, _ = pipelines(cfg.augment, hw, mean, std, normalize=False)  # as train-folds loads
     device = resolve_device(cfg.device)
     model_rate = {bs: model_images_per_s(model, bs, hw, len(table.classes), device, model_steps) for bs in batch_sizes}

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from comp.errors import CompError
-from comp.run import RunDir, save_figure, write_csv
+from comp.run import FileSet, RunDir
 
 
 def read_oof(run: RunDir, model_id: str, id_col: str) -> tuple[pd.DataFrame, list[str]]:
@@ -122,7 +122,7 @@ def _overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return (0.55 * img + 0.45 * heat).astype(np.uint8)
 
 
-def _grid(path: Path, items: list[tuple[np.ndarray, str]], cols: int = 4) -> Path:
+def _grid(files: FileSet, path: Path, items: list[tuple[np.ndarray, str]], cols: int = 4) -> Path:
     from matplotlib.figure import Figure
 
     rows = max(1, -(-len(items) // cols))
@@ -133,11 +133,11 @@ def _grid(path: Path, items: list[tuple[np.ndarray, str]], cols: int = 4) -> Pat
     for ax, (img, title) in zip(axes.ravel(), items):
         ax.imshow(img)
         ax.set_title(title, fontsize=8)
-    save_figure(path, fig)
+    files.add(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
     return path
 
 
-def _confusion_png(path: Path, cm: np.ndarray, classes: list[str]) -> Path:
+def _confusion_png(files: FileSet, path: Path, cm: np.ndarray, classes: list[str]) -> Path:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(4, 0.5 * len(classes)), max(3.5, 0.45 * len(classes))))
@@ -151,7 +151,7 @@ def _confusion_png(path: Path, cm: np.ndarray, classes: list[str]) -> Path:
         for j in range(len(classes)):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
-    save_figure(path, fig)
+    files.add(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
     return path
 
 
@@ -191,49 +191,49 @@ def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids
     out = Path(out_dir) if out_dir else run.model_dir(model_id) / "explain"
     oof, classes = read_oof(run, model_id, id_col)
 
-    cm = confusion(oof, classes)
-    write_csv(out / "confusion.csv", pd.DataFrame(cm, index=classes, columns=classes)
-                        .rename_axis("label").reset_index())
-    _confusion_png(out / "confusion.png", cm, classes)
-    scores = per_class_scores(cm, classes)
-    write_csv(out / "per_class.csv", scores)
     ranked = mislabel_ranking(oof, classes, id_col)
-    write_csv(out / "mislabeled.csv", ranked)
-
-    table = load_train_table(cfg.data, check_images=False)
-    path_of = dict(zip(table.df[id_col].astype(str), table.paths))
     mistakes = ranked[ranked["label"] != ranked["pred"]].sort_values("p_pred", ascending=False, kind="mergesort")
     worst = mistakes.head(top)
-    items = []
-    for rec in worst.itertuples(index=False):
-        rid = getattr(rec, id_col) if id_col.isidentifier() else rec[0]
-        try:
-            items.append((load_image(path_of[str(rid)]), f"{rid}\nlabel {rec.label} pred {rec.pred} ({rec.p_pred:.2f})"))
-        except (CompError, KeyError):
-            continue
-    if items:
-        _grid(out / "mistakes.png", items)
-
     targets = [str(i) for i in gradcam_ids] if gradcam_ids else [str(v) for v in worst[id_col]]
     fold_of = dict(zip(oof[id_col].astype(str), oof["fold"].astype(int)))
     label_of = dict(zip(oof[id_col].astype(str), oof["target"]))
     missing = [i for i in targets if i not in fold_of]
     if missing:
         raise CompError(f"--gradcam-ids: id {missing[0]!r} is not in {run.oof(model_id)}")
-    cams, cam_items, models = {}, [], {}
-    for rid in targets:
-        fold = fold_of[rid]
-        if fold not in models:
-            model, ckpt = model_from_checkpoint(run.checkpoint(model_id, fold))
-            models[fold] = (model, from_dict(ckpt["eval_transform"]), ckpt)
-        model, tf, ckpt = models[fold]
-        img = load_image(path_of[rid])
-        x = tf(image=img)["image"][None].float()
-        cam, cls = gradcam(model, x, name=ckpt.get("model_name", model_id))
-        cam = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-        cams[rid] = cam
-        cam_items += [(img, f"{rid} label {label_of[rid]}"), (_overlay(img, cam), f"fold {fold} CAM for {classes[cls]}")]
-    if cam_items:
-        _grid(out / "gradcam.png", cam_items)
+    table = load_train_table(cfg.data, check_images=False)
+    path_of = dict(zip(table.df[id_col].astype(str), table.paths))
+
+    cm = confusion(oof, classes)
+    scores = per_class_scores(cm, classes)
+    # the report's files are staged and committed together: a failure half-way leaves the previous report whole
+    with FileSet(out) as files:
+        files.csv(out / "confusion.csv", pd.DataFrame(cm, index=classes, columns=classes).rename_axis("label").reset_index())
+        _confusion_png(files, out / "confusion.png", cm, classes)
+        files.csv(out / "per_class.csv", scores)
+        files.csv(out / "mislabeled.csv", ranked)
+        items = []
+        for rec in worst.itertuples(index=False):
+            rid = getattr(rec, id_col) if id_col.isidentifier() else rec[0]
+            try:
+                items.append((load_image(path_of[str(rid)]), f"{rid}\nlabel {rec.label} pred {rec.pred} ({rec.p_pred:.2f})"))
+            except (CompError, KeyError):
+                continue
+        if items:
+            _grid(files, out / "mistakes.png", items)
+        cams, cam_items, models = {}, [], {}
+        for rid in targets:
+            fold = fold_of[rid]
+            if fold not in models:
+                model, ckpt = model_from_checkpoint(run.checkpoint(model_id, fold))
+                models[fold] = (model, from_dict(ckpt["eval_transform"]), ckpt)
+            model, tf, ckpt = models[fold]
+            img = load_image(path_of[rid])
+            x = tf(image=img)["image"][None].float()
+            cam, cls = gradcam(model, x, name=ckpt.get("model_name", model_id))
+            cam = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+            cams[rid] = cam
+            cam_items += [(img, f"{rid} label {label_of[rid]}"), (_overlay(img, cam), f"fold {fold} CAM for {classes[cls]}")]
+        if cam_items:
+            _grid(files, out / "gradcam.png", cam_items)
     return {"out": out, "model_id": model_id, "scores": scores, "mislabeled": ranked, "confusion": cm, "cams": cams,
             "mistakes": len(mistakes)}

@@ -21,7 +21,7 @@ from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table
 from comp.errors import CompError
 from comp.inference._tta import TTA_OPS, check_merge, merge_torch, parse_tta
-from comp.run import RunDir, atomic_write, graph_metadata, load_checkpoint, read_graph_metadata, write_json
+from comp.run import RunDir, atomic_write, graph_metadata, read_graph_metadata, write_json
 from comp.training._models import model_from_checkpoint
 
 read_metadata = read_graph_metadata
@@ -150,7 +150,7 @@ def export_model(run: RunDir, model_id: str, cfg: Config, *, fp16: bool = False,
     precision = "fp16" if fp16 else "fp32"
     files, models, batches, digests = [], [], [], {}
     for path in ckpt_paths:
-        model, ckpt = model_from_checkpoint(load_checkpoint(path))
+        model, ckpt = model_from_checkpoint(path)
         batch, source = parity_batch(cfg, ckpt, run)
         module = ProbModel(model)
         out = run.model_dir(model_id) / f"fold{ckpt['fold']}.onnx"

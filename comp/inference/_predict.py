@@ -23,7 +23,7 @@ from comp.errors import CompError
 from comp.inference._export import INPUT, OUTPUT, ProbModel, export_model, file_digest, select_models
 from comp.inference._tta import check_merge, merge_probs, parse_tta, views
 from comp.metrics import get_metric
-from comp.run import FileSet, Predictions, RunDir, load_checkpoint, read_graph_metadata
+from comp.run import FileSet, Predictions, RunDir, read_graph_metadata
 from comp.submission._format import make_submission, validate_submission
 from comp.training._engine import resolve_device
 from comp.training._models import model_from_checkpoint
@@ -138,7 +138,7 @@ def load_folds(run: RunDir, model_id: str, cfg: Config, engine: str, *, expect_f
     device = resolve_device(cfg.device)
     out = []
     for p in paths:
-        model, ckpt = model_from_checkpoint(load_checkpoint(p))
+        model, ckpt = model_from_checkpoint(p)
         runner = _Lazy(lambda p=p: OrtRunner(p.with_suffix(".onnx"))) if engine == "onnx" else TorchRunner(model, device)
         out.append(Fold(ckpt["fold"], ckpt, runner))
     sizes = {(tuple(f.ckpt["image_size"]), tuple(f.ckpt["classes"])) for f in out}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from torch import nn
 
 from comp.config import ModelConfig, TrainConfig
@@ -34,8 +36,14 @@ def create_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | 
         path = Path(pretrained)
         if not path.is_file():
             raise CompError(f"pretrained weights file {path} not found; set models[].pretrained to a file or true/false")
+        _check_weights_file(path, name, kwargs)
         # timm loads a local file through the pretrained config and adapts the classifier to num_classes
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        try:
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        except (RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError, AttributeError) as exc:
+            why = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise CompError(f"pretrained weights file {path} does not fit '{name}' ({why}); give weights of that "
+                            "architecture (a state_dict saved with torch.save) or pretrained: false") from None
     try:
         return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
     except (OSError, RuntimeError) as exc:
@@ -47,10 +55,36 @@ def create_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | 
         raise
 
 
-def normalization(model: nn.Module) -> tuple[list[float], list[float]]:
-    """Mean and std from the model's pretrained config (ImageNet defaults when it has none)."""
+def _check_weights_file(path: Path, name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse a local weights file that is not a state dict of this architecture (timm would load what it can)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not weights
+        raise CompError(f"pretrained weights file {path} is not a torch state dict ({type(exc).__name__}); "
+                        "save weights with torch.save(model.state_dict(), path)") from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state:
+        raise CompError(f"pretrained weights file {path} holds no state dict; save torch.save(model.state_dict(), path)")
+    with torch.device("meta"):
+        want = set(timm.create_model(name, pretrained=False, **kwargs).state_dict())
+    have = {k.removeprefix("module.") for k in state}
+    missing = want - have
+    if len(missing) > max(4, 0.1 * len(want)):  # the classifier may differ (other class count); the backbone may not
+        raise CompError(f"pretrained weights file {path} does not fit '{name}': {len(missing)} of {len(want)} tensors "
+                        f"missing (e.g. {sorted(missing)[0]!r}); give weights of that architecture")
+
+
+def normalization(model: nn.Module, in_chans: int = 3) -> tuple[list[float], list[float]]:
+    """Mean and std from the model's pretrained config (ImageNet defaults when it has none); one value each
+    (their average) for a one-channel model, whose input is the grayscale of the RGB image."""
     cfg = timm.data.resolve_data_config({}, model=model)
-    return [float(x) for x in cfg["mean"]], [float(x) for x in cfg["std"]]
+    mean, std = [float(x) for x in cfg["mean"]], [float(x) for x in cfg["std"]]
+    if in_chans == 1:
+        return [sum(mean) / len(mean)], [sum(std) / len(std)]
+    return mean, std
 
 
 def head_parameters(model: nn.Module) -> set[int]:
@@ -71,9 +105,19 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
 
 def model_from_checkpoint(ckpt: dict | str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model of a checkpoint (no download) and load its weights; returns (model in eval mode, ckpt)."""
+    where = "checkpoint"
     if not isinstance(ckpt, dict):
+        where = str(ckpt)
         ckpt = load_checkpoint(ckpt)
+    name = ckpt["model_name"]
+    if not isinstance(name, str) or ":" in name or not timm.is_model(name.split(".")[0]):
+        # a hub or local-dir name would make timm fetch or read code and weights from elsewhere
+        raise CompError(f"{where}: model_name {name!r} is not a timm architecture; retrain that fold with comp")
     kwargs = {"num_classes": ckpt["num_classes"], "in_chans": ckpt.get("in_chans", 3)}
-    model = timm.create_model(ckpt["model_name"], pretrained=False, **kwargs)
-    model.load_state_dict(ckpt["state_dict"])
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        why = " ".join(str(exc).split())[:160]
+        raise CompError(f"{where}: its weights do not fit {name} ({why}); retrain that fold") from None
     return model.eval(), ckpt

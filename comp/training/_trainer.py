@@ -7,6 +7,7 @@ resumed from its last finished epoch is identical to one that was never interrup
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import random
 import warnings
@@ -75,9 +76,20 @@ def _diff_keys(a, b, prefix="") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def trained_anything(run: RunDir) -> bool:
+    """Whether any fold of any model has a checkpoint or a partly trained state: only then does the run
+    folder hold work that a changed config or training table would invalidate."""
+    if not run.models_root.is_dir():
+        return False
+    return any(run.models_root.glob("*/fold*.pt"))
+
+
 def prepare_run(cfg: Config, run: RunDir) -> None:
-    """Save the resolved config, or check that an existing run folder was made with the same one."""
-    if run.config.is_file():
+    """Save the resolved config, or check that an existing run folder was made with the same one.
+
+    A run that trained nothing yet (e.g. the last attempt stopped on a bad image) takes the new config:
+    the fix of a refused command is never refused itself."""
+    if run.config.is_file() and trained_anything(run):
         diff = _diff_keys(run.config_dict(), cfg.to_dict())
         if diff:
             raise CompError(
@@ -88,22 +100,72 @@ def prepare_run(cfg: Config, run: RunDir) -> None:
     run.save_config(cfg)
 
 
-def ensure_folds(cfg: Config, run: RunDir, table: TrainTable) -> np.ndarray:
-    """Fold of every training row: read ``folds.csv`` if it exists (checking it fits), else assign and write it."""
+def plan_folds(cfg: Config, run: RunDir, table: TrainTable) -> tuple[np.ndarray, bool]:
+    """(fold of every training row, whether folds.csv must be written): the saved assignment when it fits,
+    else a new one. Computed before anything is written, so an impossible split is refused first."""
     id_col = cfg.data.id_column
     ids = table.df[id_col].to_numpy()
     if run.folds.is_file():
-        saved = run.read_folds(id_col)
-        if len(saved) != len(ids) or set(saved.index) != set(ids):
-            raise CompError(f"{run.folds} does not match {cfg.data.train_csv} (ids differ); use a fresh --run-dir")
-        return saved.loc[ids].to_numpy(np.int64)
+        try:
+            saved = run.read_folds(id_col)
+        except CompError:
+            saved = None
+        fits = saved is not None and len(saved) == len(ids) and set(saved.index) == set(ids)
+        if fits:
+            return saved.loc[ids].to_numpy(np.int64), False
+        if trained_anything(run):
+            raise CompError(f"{run.folds} does not match {cfg.data.train_csv} (ids differ) and folds were trained "
+                            "on it; restore the training table or use a fresh --run-dir")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         folds = assign_folds(table.targets, table.groups, cfg.folds.n_splits, cfg.folds.seed)
     for w in caught:
         warnings.warn(str(w.message), UserWarning, stacklevel=2)
-    run.write_folds(ids, folds, id_col)
+    return folds, True
+
+
+def ensure_folds(cfg: Config, run: RunDir, table: TrainTable) -> np.ndarray:
+    """Fold of every training row: read ``folds.csv`` if it fits, else assign and write it."""
+    folds, new = plan_folds(cfg, run, table)
+    if new:
+        run.write_folds(table.df[cfg.data.id_column].to_numpy(), folds, cfg.data.id_column)
     return folds
+
+
+def preflight(cfg: Config, table: TrainTable) -> None:
+    """Everything that can be checked before the first write: the device, every model (timm name, arguments,
+    local weights), every transform and its arguments, the eval transform's serialisation, class weights,
+    and every training image's header. A mistake found here leaves the run folder untouched."""
+    from comp.data._table import check_images
+
+    resolve_device(cfg.device)
+    k = len(table.classes)
+    if isinstance(cfg.loss.class_weights, list) and len(cfg.loss.class_weights) != k:
+        raise CompError(f"config key 'loss.class_weights' must list {k} numbers (one per class: "
+                        f"{', '.join(table.classes[:6])}{'...' if k > 6 else ''}), got {len(cfg.loss.class_weights)}")
+    for i, entry in enumerate(cfg.models):
+        tcfg = cfg.train_for(entry)
+        if isinstance(entry.pretrained, str):
+            model = create_model(entry, k, tcfg)  # loads and checks the local weights file
+        else:
+            with torch.device("meta"):  # architecture and arguments only: no memory, no download
+                model = create_model(dataclasses.replace(entry, pretrained=False), k, tcfg)
+        if tcfg.freeze_epochs:
+            from comp.training._models import head_parameters
+
+            head_parameters(model)
+        mean, std = normalization(model, entry.in_chans)
+        pipelines(cfg.augment, entry.hw, mean, std, normalize=False)
+        valid = valid_pipeline(cfg.augment, entry.hw, mean, std)
+        from comp.data._augment import from_dict
+
+        try:
+            from_dict(to_dict(valid))
+        except Exception as exc:  # noqa: BLE001 - any failure means the checkpoint could not be written later
+            raise CompError(f"augment.valid cannot be saved in a checkpoint ({type(exc).__name__}); "
+                            f"use serialisable albumentations transforms (models[{i}])") from None
+        build_loss(cfg.loss, table.targets, k)
+    check_images(table.paths, cfg.data.train_csv)
 
 
 # ---------------------------------------------------------------- one fold
@@ -165,7 +227,7 @@ class FoldTrainer:
         if self.tcfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.hw = entry.hw
-        self.mean, self.std = normalization(self.model)
+        self.mean, self.std = normalization(self.model, entry.in_chans)
         self.valid_tf = valid_pipeline(cfg.augment, self.hw, self.mean, self.std)  # saved in the checkpoint
         # the loaders yield HWC uint8 arrays, normalised on the device (4x fewer bytes through workers and to the GPU)
         train_tf, valid_u8 = pipelines(cfg.augment, self.hw, self.mean, self.std, normalize=False)
@@ -181,7 +243,8 @@ class FoldTrainer:
             **({"momentum": self.tcfg.momentum} if self.tcfg.optimizer == "sgd" else {}),
         )
         bs = self.tcfg.batch_size
-        self.drop_last = self.mixer.enabled and len(self.train_idx) > bs
+        # pairing needs full batches; and a last batch of one sample breaks BatchNorm's training statistics
+        self.drop_last = len(self.train_idx) > bs and (self.mixer.enabled or len(self.train_idx) % bs == 1)
         n_batches = len(self.train_idx) // bs if self.drop_last else -(-len(self.train_idx) // bs)
         self.steps_per_epoch = min(n_batches, self.tcfg.max_steps_per_epoch or n_batches)
         self.scheduler = _scheduler(self.optimizer, self.tcfg, self.steps_per_epoch)
@@ -426,8 +489,11 @@ def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = N
     n = cfg.folds.n_splits
     if folds is not None and any(not 0 <= k < n for k in folds):
         raise CompError(f"--folds {','.join(map(str, folds))}: folds are numbered 0..{n - 1} (folds.n_splits={n})")
+    preflight(cfg, table)
+    fold_ids, new_folds = plan_folds(cfg, run, table)
     prepare_run(cfg, run)
-    fold_ids = ensure_folds(cfg, run, table)
+    if new_folds:
+        run.write_folds(table.df[cfg.data.id_column].to_numpy(), fold_ids, cfg.data.id_column)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

@@ -35,6 +35,7 @@ from comp.training._trainer import EpochEvent
 SPACE_TYPES = ("float", "int", "categorical")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 log = logging.getLogger(__name__)
 
 
@@ -199,8 +200,20 @@ def make_storage(url: str | None, out_dir: Path):
         from optuna.storages.journal import JournalFileBackend
 
         path = Path(url[len("journal:"):]).expanduser().resolve()
+        if path.is_dir():
+            raise ConfigError(f"--storage {url}: {path} is a folder; name a journal file, e.g. journal:{path / 'study.log'}")
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme.split("+")[0] not in STORAGE_SCHEMES:
+        raise ConfigError(f"--storage {url}: unknown kind of storage; use sqlite:///PATH, postgresql://user@host/db, "
+                          "mysql://user@host/db or journal:PATH")
+    if scheme == "sqlite":
+        db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+        if db is None or not str(db):
+            raise ConfigError(f"--storage {url}: a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        if not db.parent.is_dir():
+            raise ConfigError(f"--storage {url}: folder {db.parent} does not exist; create it or choose another path")
     return url
 
 
@@ -280,15 +293,32 @@ def _fail_interrupted(study) -> None:
 def _open_study(**kwargs) -> optuna.Study:
     """create_study(load_if_exists=True), retried: workers starting together on an empty database race to
     create its tables and one of them loses with a duplicate-object error."""
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import (
+        ArgumentError,
+        IntegrityError,
+        OperationalError,
+        ProgrammingError,
+        SQLAlchemyError,
+    )
 
+    where = kwargs["storage"] if isinstance(kwargs.get("storage"), str) else "the journal file"
     for attempt in range(6):
         try:
             return optuna.create_study(**kwargs)
-        except SQLAlchemyError:
+        except (IntegrityError, ProgrammingError):  # the table-creation race: another worker just made them
             if attempt == 5:
                 raise
             time.sleep(0.5 * (attempt + 1))
+        except OperationalError as exc:
+            if "locked" in str(exc) and attempt < 5:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = " ".join(str(exc.orig if exc.orig is not None else exc).split())[:200]
+            raise ConfigError(f"--storage {where}: cannot open the study ({first}); check the server, "
+                              "its address and credentials") from None
+        except (ArgumentError, ImportError, SQLAlchemyError) as exc:
+            raise ConfigError(f"--storage {where}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]} "
+                              "(is the database driver installed, e.g. psycopg for PostgreSQL?)") from None
     raise AssertionError("unreachable")
 
 

@@ -1,0 +1,464 @@
+"""A catalogue of bad inputs across every command.
+
+Each case must end with exit code 2 and one line ``error: ...`` that names the culprit, no traceback, and
+(for train-folds) nothing written: the run folder does not exist afterwards, so the corrected command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from conftest import tiny_config, write_competition, write_config
+from PIL import Image
+
+from comp.cli import main
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, needle: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and errors[0] == lines[-1], result.output
+    assert "Traceback" not in result.output
+    assert needle.lower() in errors[0].lower(), errors[0]
+    return errors[0]
+
+
+# ---------------------------------------------------------------- train-folds: config and data
+
+
+@dataclass
+class Case:
+    id: str
+    needle: str
+    cfg: dict = field(default_factory=dict)  # tiny_config overrides (section__key=value)
+    raw_yaml: str | None = None  # replaces the config file's text
+    setup: Callable[[Path], None] | None = None  # mutates the competition folder
+    args: tuple = ()
+
+
+def _csv(fn):
+    def setup(root: Path) -> None:
+        df = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+        fn(df, root).to_csv(root / "train.csv", index=False)
+
+    return setup
+
+
+def _write(rel: str, data: bytes):
+    def setup(root: Path) -> None:
+        (root / rel).write_bytes(data)
+
+    return setup
+
+
+def _truncate(root: Path) -> None:
+    p = root / "train" / "g00_0.png"
+    p.write_bytes(p.read_bytes()[:60])
+
+
+def _rm(rel: str):
+    def setup(root: Path) -> None:
+        target = root / rel
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+    return setup
+
+
+def _garbage_weights(root: Path) -> None:
+    (root / "w.pth").write_bytes(b"not a checkpoint at all")
+
+
+def _wrong_weights(root: Path) -> None:
+    torch.save({"something": torch.zeros(3)}, root / "w.pth")
+
+
+TRAIN_CASES = [
+    Case("config-syntax", "not valid YAML", raw_yaml="train:\n  epochs: [1,\n"),
+    Case("config-list", "must hold a mapping", raw_yaml="- a\n- b\n"),
+    Case("config-duplicate-key", "appears twice", raw_yaml="seed: 1\nseed: 2\n"),
+    Case("unknown-top-key", "unknown config key 'trian'", cfg={"trian": {}}),
+    Case("unknown-nested-key", "did you mean 'epochs'", cfg={"train__epoch": 3}),
+    Case("wrong-type", "'train.epochs' must be int", cfg={"train__epochs": "three"}),
+    Case("bool-for-int", "'train.batch_size' must be int", cfg={"train__batch_size": True}),
+    Case("negative-lr", "train.lr", cfg={"train__lr": -0.1}),
+    Case("negative-weight-decay", "train.weight_decay", cfg={"train__weight_decay": -1}),
+    Case("momentum-one", "train.momentum", cfg={"train__momentum": 1.0}),
+    Case("negative-warmup", "train.warmup_epochs", cfg={"train__warmup_epochs": -1}),
+    Case("warmup-over-epochs", "warmup_epochs", cfg={"train__warmup_epochs": 5}),
+    Case("negative-early-stopping", "train.early_stopping", cfg={"train__early_stopping": -1}),
+    Case("zero-max-steps", "train.max_steps_per_epoch", cfg={"train__max_steps_per_epoch": 0}),
+    Case("freeze-over-epochs", "freeze_epochs", cfg={"train__freeze_epochs": 3}),
+    Case("nan-lr", "finite", raw_yaml=None, cfg={"train__lr": float("nan")}),
+    Case("one-split", "folds.n_splits", cfg={"folds__n_splits": 1}),
+    Case("unknown-metric", "unknown metric 'f1'", cfg={"metric": "f1"}),
+    Case("unknown-loss", "unknown loss 'bce'", cfg={"loss__name": "bce"}),
+    Case("bad-choice", "must be one of adamw, sgd", cfg={"train__optimizer": "adam"}),
+    Case("bad-amp", "train.amp", cfg={"train__amp": "fp8"}),
+    Case("bad-device", "config key 'device'", cfg={"device": "gpu"}),
+    Case("cuda-without-gpu", "no CUDA device", cfg={"device": "cuda"}),
+    Case("no-models", "at least one model", cfg={"models": []}),
+    Case("model-without-name", "must be a mapping with a timm 'name'", cfg={"models": [{"id": "x"}]}),
+    Case("duplicate-model-ids", "used twice", cfg={"models": [{"name": "test_efficientnet", "image_size": 32}] * 2}),
+    Case("model-id-slash", "plain folder name", cfg={"models": [{"name": "test_efficientnet", "id": "a/b"}]}),
+    Case("image-size-zero", "image_size", cfg={"models": [{"name": "test_efficientnet", "image_size": 0}]}),
+    Case("image-size-triple", "image_size", cfg={"models": [{"name": "test_efficientnet", "image_size": [8, 8, 8]}]}),
+    Case("unknown-model-key", "models[0].lrr", cfg={"models": [{"name": "test_efficientnet", "lrr": 1}]}),
+    Case("unknown-timm-model", "unknown timm model 'resnet18x'", cfg={"models": [{"name": "resnet18x", "image_size": 32}]}),
+    Case("in-chans-zero", "in_chans", cfg={"models": [{"name": "test_efficientnet", "in_chans": 0}]}),
+    Case("unknown-augmentation", "unknown albumentations transform 'HorizontalFlipp'",
+         cfg={"augment__train": [{"name": "HorizontalFlipp"}]}),
+    Case("unknown-aug-argument", "bogus_arg", cfg={"augment__train": [{"name": "HorizontalFlip", "bogus_arg": 1}]}),
+    Case("typo-aug-argument", "rotat", cfg={"augment__train": [{"name": "Affine", "rotat": 10}]}),
+    Case("aug-not-mapping", "augment.train", cfg={"augment__train": ["HorizontalFlip"]}),
+    Case("aug-bad-value", "augment.train", cfg={"augment__train": [{"name": "HorizontalFlip", "p": 2}]}),
+    Case("random-valid-aug", "augment.valid", cfg={"augment__valid": [{"name": "HorizontalFlip", "p": 0.5}]}),
+    Case("mixup-prob", "augment.mixup.prob", cfg={"augment__mixup": {"prob": 2}}),
+    Case("mixup-mode", "augment.mixup.mode", cfg={"augment__mixup": {"mode": "rows"}}),
+    Case("label-smoothing-one", "loss.label_smoothing", cfg={"loss__label_smoothing": 1.0}),
+    Case("class-weights-word", "loss.class_weights", cfg={"loss__class_weights": "auto"}),
+    Case("class-weights-length", "loss.class_weights", cfg={"loss__class_weights": [1.0, 2.0]}),
+    Case("class-weights-negative", "loss.class_weights", cfg={"loss__class_weights": [1.0, -2.0, 1.0]}),
+    Case("pretrained-missing", "w.pth", cfg={"models": [{"name": "test_efficientnet", "pretrained": "w.pth"}]}),
+    Case("pretrained-garbage", "w.pth", cfg={"models": [{"name": "test_efficientnet", "pretrained": "w.pth"}]},
+         setup=_garbage_weights),
+    Case("pretrained-wrong-keys", "w.pth", cfg={"models": [{"name": "test_efficientnet", "pretrained": "w.pth"}]},
+         setup=_wrong_weights),
+    Case("unknown-tta", "unknown TTA view 'hflipp'", cfg={"predict__tta": ["hflipp"]}),
+    Case("bad-cache", "data.cache", cfg={"data__cache": "ram"}),
+    Case("negative-workers", "data.num_workers", cfg={"data__num_workers": -1}),
+    Case("duplicate-classes", "data.classes", cfg={"data__classes": ["c0", "c0", "c1"]}),
+    Case("set-without-equals", "key=value", args=("--set", "train.epochs")),
+    Case("set-unknown-section", "unknown section 'trainn'", args=("--set", "trainn.epochs=3")),
+    Case("set-bad-index", "not an index", args=("--set", "models.7.lr=1")),
+    Case("set-unknown-leaf", "unknown config key 'train.epoch'", args=("--set", "train.epoch=3")),
+    Case("folds-out-of-range", "folds are numbered 0..1", args=("--folds", "7")),
+    Case("folds-not-numbers", "--folds", args=("--folds", "a,b")),
+    # data
+    Case("train-csv-missing", "train.csv", setup=_rm("train.csv")),
+    Case("train-csv-empty", "is empty", setup=_write("train.csv", b"")),
+    Case("train-csv-header-only", "no rows", setup=_write("train.csv", b"id,label,person\n")),
+    Case("train-csv-binary", "train.csv", setup=_write("train.csv", b"\xff\xfe\x00\x81garbage\x00\n\x00")),
+    Case("id-column-missing", "column 'ident' not found", cfg={"data__id_column": "ident"}),
+    Case("label-column-missing", "column 'target' not found", cfg={"data__label_column": "target"}),
+    Case("group-column-missing", "column 'subject' not found", cfg={"data__group_column": "subject"}),
+    Case("duplicate-id", "duplicate id", setup=_csv(lambda df, r: pd.concat([df, df.head(1)]))),
+    Case("empty-id", "empty id", setup=_csv(lambda df, r: df.assign(id=[""] + list(df["id"][1:])))),
+    Case("empty-label", "empty label", setup=_csv(lambda df, r: df.assign(label=[""] + list(df["label"][1:])))),
+    Case("label-not-declared", "not in data.classes", cfg={"data__classes": ["c0", "c1"]}),
+    Case("single-class", "only one class", setup=_csv(lambda df, r: df.assign(label="c0"))),
+    Case("image-missing", "g00_0.png", setup=_rm("train/g00_0.png")),
+    Case("image-garbage", "g00_0.png", setup=_write("train/g00_0.png", b"this is not a png")),
+    Case("image-truncated", "g00_0.png", setup=_truncate),
+    Case("image-dir-missing", "image folder", setup=_rm("train")),
+    Case("path-escapes", "escapes the image folder",
+         setup=_csv(lambda df, r: df.assign(id=["../../etc/passwd"] + list(df["id"][1:])))),
+    Case("template-unclosed", "data.path_template", cfg={"data__path_template": "{id"}),
+    Case("template-positional", "data.path_template", cfg={"data__path_template": "{0}.png"}),
+    Case("template-unknown-column", "data.path_template", cfg={"data__path_template": "{nope}.png"}),
+    Case("class-clashes", "clashes with a column", setup=_csv(lambda df, r: df.assign(label=df["label"].replace("c0", "fold")))),
+    Case("too-few-groups", "only 12 groups", cfg={"folds__n_splits": 13}),
+    Case("class-named-like-id", "clashes", setup=_csv(lambda df, r: df.assign(label=df["label"].replace("c1", "id")))),
+]
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=[c.id for c in TRAIN_CASES])
+def test_train_folds_bad_input(case: Case, tmp_path):
+    root = write_competition(tmp_path / "comp")
+    cfg = tiny_config(root)
+    for key, value in case.cfg.items():
+        node, parts = cfg, key.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    path = write_config(root, cfg)
+    if case.raw_yaml is not None:
+        path.write_text(case.raw_yaml)
+    if case.setup:
+        case.setup(root)
+    run_dir = tmp_path / "run"
+    result = invoke("train-folds", "--config", path, "--run-dir", run_dir, "--quiet", *case.args)
+    assert_one_line_error(result, case.needle)
+    assert not run_dir.exists() or not any(run_dir.rglob("*")), sorted(run_dir.rglob("*"))  # validated before any write
+
+
+def test_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    root = write_competition(tmp_path / "comp")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # every 24x24 image is now over twice the limit
+    result = invoke("train-folds", "--config", write_config(root, tiny_config(root)), "--run-dir", tmp_path / "run")
+    assert_one_line_error(result, "g00_0.png")
+
+
+def test_unwritable_run_dir(tmp_path):
+    root = write_competition(tmp_path / "comp")
+    (tmp_path / "file").write_text("x")
+    result = invoke("train-folds", "--config", write_config(root, tiny_config(root)), "--run-dir", tmp_path / "file" / "run")
+    assert_one_line_error(result, "file")
+
+
+# ---------------------------------------------------------------- commands on a trained run
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(trained_run, dst)
+    return dst
+
+
+def _ckpt(run: Path) -> Path:
+    return run / "models" / "eff" / "fold0.pt"
+
+
+def _edit_ckpt(fn):
+    def setup(run: Path) -> None:
+        ck = torch.load(_ckpt(run), weights_only=True)
+        fn(ck)
+        torch.save(ck, _ckpt(run))
+
+    return setup
+
+
+RUN_CASES = [
+    # (id, setup(run) or None, argv builder(run, tmp) -> list, needle)
+    ("predict-no-folder", None, lambda r, t: ["predict", t / "nowhere"], "not a run folder"),
+    ("predict-bad-config-yaml", lambda r: (r / "config.yaml").write_text("data: [\n"), lambda r, t: ["predict", r], "not valid YAML"),
+    ("predict-config-bad-key", lambda r: (r / "config.yaml").write_text("trian: {}\n"), lambda r, t: ["predict", r], "trian"),
+    ("predict-missing-fold", lambda r: _ckpt(r).unlink(), lambda r, t: ["predict", r, "--out", t / "s.csv"], "--folds 0"),
+    ("predict-bad-tta", None, lambda r, t: ["predict", r, "--tta", "hflipp"], "hflipp"),
+    ("predict-batch-zero", None, lambda r, t: ["predict", r, "--batch-size", "0"], "--batch-size"),
+    ("predict-unknown-model", None, lambda r, t: ["predict", r, "--model", "nope"], "--model nope"),
+    ("predict-bad-set", None, lambda r, t: ["predict", r, "--set", "data.nope=1"], "data.nope"),
+    ("predict-out-under-file", None, lambda r, t: ["predict", r, "--engine", "torch", "--out", r / "config.yaml" / "s.csv"],
+     "config.yaml"),
+    ("predict-garbage-checkpoint", lambda r: _ckpt(r).write_bytes(b"garbage"), lambda r, t: ["predict", r], "fold0.pt"),
+    ("predict-ckpt-missing-state", _edit_ckpt(lambda ck: ck.pop("state_dict")), lambda r, t: ["predict", r], "state_dict"),
+    ("predict-ckpt-wrong-state", _edit_ckpt(lambda ck: ck["state_dict"].pop(next(iter(ck["state_dict"])))),
+     lambda r, t: ["predict", r, "--engine", "torch"], "fold0.pt"),
+    ("predict-ckpt-local-dir-model", _edit_ckpt(lambda ck: ck.update(model_name="local-dir:/tmp/evil")),
+     lambda r, t: ["predict", r, "--engine", "torch"], "model_name"),
+    ("predict-ckpt-unknown-transform", _edit_ckpt(lambda ck: ck["eval_transform"]["transform"]["transforms"].__setitem__(
+        0, {"__class_fullname__": "os.system", "p": 1.0})), lambda r, t: ["predict", r, "--engine", "torch"], "eval_transform"),
+    ("export-opset-low", None, lambda r, t: ["export", r, "--opset", "1"], "--opset"),
+    ("export-opset-high", None, lambda r, t: ["export", r, "--opset", "99"], "--opset"),
+    ("export-tta-without-fuse", None, lambda r, t: ["export", r, "--tta", "hflip"], "--fuse"),
+    ("export-bad-tta", None, lambda r, t: ["export", r, "--fuse", "--tta", "nope"], "nope"),
+    ("export-garbage-checkpoint", lambda r: _ckpt(r).write_bytes(b"garbage"), lambda r, t: ["export", r], "fold0.pt"),
+    ("ensemble-missing", None, lambda r, t: ["ensemble", t / "nowhere"], "nowhere"),
+    ("ensemble-run-folder", None, lambda r, t: ["ensemble", r], "not a model folder"),
+    ("ensemble-unknown-method", None, lambda r, t: ["ensemble", r / "models/eff", "--method", "stacker"], "stacker"),
+    ("ensemble-twice", None, lambda r, t: ["ensemble", r / "models/eff", r / "models/eff"], "listed twice"),
+    ("ensemble-nan-oof", lambda r: _nan_oof(r), lambda r, t: ["ensemble", r / "models/eff"], "oof.csv line 2"),
+    ("ensemble-no-oof", lambda r: (r / "models/eff/oof.csv").unlink(), lambda r, t: ["ensemble", r / "models/eff"], "oof.csv"),
+    ("explain-unknown-model", None, lambda r, t: ["explain", r, "--model", "nope"], "nope"),
+    ("explain-top-zero", None, lambda r, t: ["explain", r, "--top", "0"], "--top"),
+    ("explain-unknown-id", None, lambda r, t: ["explain", r, "--gradcam-ids", "zzz"], "zzz"),
+    ("submit-missing-file", None, lambda r, t: ["submit", t / "no.csv", "--competition", "c", "--message", "m", "--run", r],
+     "no.csv"),
+    ("submit-no-sample", None, lambda r, t: ["submit", _sub(t), "--competition", "c", "--message", "m"], "--sample"),
+    ("submit-wrong-columns", None, lambda r, t: ["submit", _sub(t, cols=["x", "y"]), "--competition", "c", "--message", "m",
+                                                 "--run", r], "columns"),
+    ("tune-no-space", None, lambda r, t: ["tune", "--config", r / "config.yaml", "--out", t / "t"], "tune.space"),
+]
+
+
+def _nan_oof(run: Path) -> None:
+    p = run / "models/eff/oof.csv"
+    df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    df.iloc[0, 3] = "nan"
+    df.to_csv(p, index=False)
+
+
+def _sub(tmp: Path, cols=("id", "label")) -> Path:
+    p = tmp / "sub.csv"
+    pd.DataFrame({c: ["t00"] for c in cols}).to_csv(p, index=False)
+    return p
+
+
+@pytest.mark.parametrize("cid, setup, argv, needle", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_commands_on_a_run_bad_input(cid, setup, argv, needle, run_copy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if setup:
+        setup(run_copy)
+    before = {p: p.stat().st_mtime_ns for p in run_copy.rglob("*") if p.is_file()}
+    result = invoke(*argv(run_copy, tmp_path))
+    assert_one_line_error(result, needle)
+    after = {p: p.stat().st_mtime_ns for p in run_copy.rglob("*") if p.is_file()}
+    changed = [p for p in after if before.get(p) != after[p] and p.suffix not in (".onnx", ".json")]
+    assert not changed, changed  # a refused command changes nothing that a later command reads
+
+
+# ---------------------------------------------------------------- tune
+
+
+def _tune_config(tmp_path, space=None, **tune) -> Path:
+    root = write_competition(tmp_path / "comp")
+    cfg = tiny_config(root, train__max_steps_per_epoch=1)
+    cfg["tune"] = {"space": space or {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}}, **tune}
+    return write_config(root, cfg)
+
+
+TUNE_CASES = [
+    ("space-bad-type", {"train.lr": {"type": "real", "low": 0.1, "high": 1}}, {}, (), "type must be one of"),
+    ("space-log-and-step", {"train.lr": {"type": "float", "low": 0.1, "high": 1, "log": True, "step": 0.1}}, {}, (),
+     "log and step"),
+    ("space-step-zero", {"train.lr": {"type": "float", "low": 0.1, "high": 1, "step": 0}}, {}, (), "step must be"),
+    ("space-unknown-spec-key", {"train.lr": {"type": "float", "low": 0.1, "high": 1, "lgo": True}}, {}, (), "lgo"),
+    ("space-low-above-high", {"train.lr": {"type": "float", "low": 1, "high": 0.1}}, {}, (), "swap them"),
+    ("space-unknown-key", {"train.lrr": {"type": "float", "low": 0.1, "high": 1}}, {}, (), "did you mean 'lr'"),
+    ("space-corner-invalid", {"train.momentum": {"type": "float", "low": 0.5, "high": 1.5}}, {}, (), "train.momentum"),
+    ("direction-up", None, {"direction": "up"}, (), "tune.direction"),
+    ("n-trials-zero", None, {}, ("--n-trials", "0"), "--n-trials"),
+    ("n-trials-negative", None, {}, ("--n-trials", "-1"), "--n-trials"),
+    ("timeout-zero", None, {}, ("--timeout", "0"), "--timeout"),
+    ("epochs-zero", None, {}, ("--epochs", "0"), "--epochs"),
+    ("folds-out-of-range", None, {}, ("--folds", "5"), "--folds"),
+    ("storage-unknown-scheme", None, {}, ("--storage", "foo://x"), "--storage"),
+    ("storage-sqlite-missing-folder", None, {}, ("--storage", "sqlite:////nonexistent/dir/x.db"), "--storage"),
+    ("storage-journal-folder", None, {}, ("--storage", "journal:{tmp}"), "--storage"),
+    ("storage-postgres-unreachable", None, {}, ("--storage", "postgresql://u@127.0.0.1:1/db"), "--storage"),
+]
+
+
+@pytest.mark.parametrize("cid, space, tune, args, needle", TUNE_CASES, ids=[c[0] for c in TUNE_CASES])
+def test_tune_bad_input(cid, space, tune, args, needle, tmp_path):
+    path = _tune_config(tmp_path, space, **tune)
+    args = tuple(a.format(tmp=tmp_path) for a in args)
+    result = invoke("tune", "--config", path, "--out", tmp_path / "t", "--epochs", "1", *args)
+    assert_one_line_error(result, needle)
+
+
+# ---------------------------------------------------------------- the other commands
+
+
+def test_bench_data_and_eda_bad_options(tmp_path):
+    root = write_competition(tmp_path / "comp")
+    path = write_config(root, tiny_config(root))
+    assert_one_line_error(invoke("bench-data", "--config", path, "--workers", "-1"), "--workers")
+    assert_one_line_error(invoke("bench-data", "--config", path, "--cache", "ram"), "ram")
+    assert_one_line_error(invoke("eda", "--config", path, "--threshold", "99", "--out", tmp_path / "e"), "--threshold")
+
+
+def test_demo_fresh_refuses_a_folder_that_is_not_a_demo_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    assert_one_line_error(invoke("demo", "--fresh", "--run-dir", precious), "not a demo run folder")
+    assert (precious / "thesis.tex").is_file()
+    result = invoke("demo", "--fresh", "--run-dir", precious, "--set", "train.epoch=1")
+    assert_one_line_error(result, "train.epoch")
+    assert (precious / "thesis.tex").is_file()
+
+
+# ---------------------------------------------------------------- a refused run never blocks its own fix
+
+
+def test_fixing_a_refused_config_in_the_same_run_folder_works(tmp_path):
+    root = write_competition(tmp_path / "comp")
+    run_dir = tmp_path / "run"
+    bad = write_config(root, tiny_config(root, models=[{"name": "resnet18x", "image_size": 32}]))
+    assert_one_line_error(invoke("train-folds", "--config", bad, "--run-dir", run_dir), "resnet18x")
+    good = write_config(root, tiny_config(root))
+    result = invoke("train-folds", "--config", good, "--run-dir", run_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def test_removing_a_bad_image_row_as_told_then_rerunning_works(tmp_path):
+    root = write_competition(tmp_path / "comp")
+    run_dir = tmp_path / "run"
+    path = write_config(root, tiny_config(root))
+    (root / "train" / "g03_1.png").write_bytes(b"broken")
+    msg = assert_one_line_error(invoke("train-folds", "--config", path, "--run-dir", run_dir), "g03_1.png")
+    assert "line" in msg
+    df = pd.read_csv(root / "train.csv", dtype=str)
+    df[df["id"] != "g03_1"].to_csv(root / "train.csv", index=False)
+    result = invoke("train-folds", "--config", path, "--run-dir", run_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_run_that_trained_nothing_accepts_a_changed_config(tmp_path):
+    """config.yaml and folds.csv of a run with no finished or partial fold are replaced, not a reason to refuse."""
+    root = write_competition(tmp_path / "comp")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"seed": 99}))
+    (run_dir / "folds.csv").write_text("id,fold\nzzz,0\n")
+    result = invoke("train-folds", "--config", write_config(root, tiny_config(root)), "--run-dir", run_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+# ---------------------------------------------------------------- values that look like missing data
+
+
+def test_ids_and_labels_that_look_like_missing_values_survive_every_reader(tmp_path):
+    root = write_competition(tmp_path / "comp", n_groups=9)
+    df = pd.read_csv(root / "train.csv", dtype=str)
+    rename = {df["id"][0]: "NA", df["id"][1]: "null", df["id"][2]: "nan"}
+    for old, new in rename.items():
+        (root / "train" / f"{old}.png").rename(root / "train" / f"{new}.png")
+    df["id"] = df["id"].replace(rename)
+    df["label"] = df["label"].replace({"c0": "NA", "c1": "NaN"})
+    df.to_csv(root / "train.csv", index=False)
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    sample["label"] = "NA"
+    sample.to_csv(root / "sample_submission.csv", index=False)
+    path = write_config(root, tiny_config(root, models=[{"name": "test_efficientnet", "id": "a", "image_size": 32},
+                                                        {"name": "test_byobnet", "id": "b", "image_size": 32}]))
+    run_dir = tmp_path / "run"
+    assert invoke("train-folds", "--config", path, "--run-dir", run_dir, "--quiet").exit_code == 0
+    oof = pd.read_csv(run_dir / "models/a/oof.csv", dtype=str, keep_default_na=False)
+    assert {"NA", "null", "nan"} <= set(oof["id"]) and {"NA", "NaN"} <= set(oof["target"])
+    for args in (["train-folds", "--config", path, "--run-dir", run_dir, "--resume", "--quiet"],
+                 ["predict", run_dir, "--engine", "torch", "--out", tmp_path / "s.csv", "--quiet"],
+                 ["ensemble", run_dir / "models/a", run_dir / "models/b", "--out", tmp_path / "b.csv"],
+                 ["explain", run_dir, "--top", "2", "--out", tmp_path / "x"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args[0], result.output, result.exception)
+    sub = pd.read_csv(tmp_path / "b.csv", dtype=str, keep_default_na=False)
+    assert set(sub["label"]) <= {"NA", "NaN", "c2"}
+
+
+# ---------------------------------------------------------------- training edge cases that used to crash
+
+
+def test_last_batch_of_one_does_not_crash_batchnorm(tmp_path):
+    root = write_competition(tmp_path / "comp", n_groups=10, per_group=2)  # 20 rows, 2 folds: 10 train rows
+    cfg = tiny_config(root, train__batch_size=9, models=[{"name": "test_resnet", "image_size": 32}])
+    result = invoke("train-folds", "--config", write_config(root, cfg), "--run-dir", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+
+
+def test_in_chans_one_trains_and_predicts(tmp_path):
+    root = write_competition(tmp_path / "comp")
+    cfg = tiny_config(root, models=[{"name": "test_efficientnet", "image_size": 32, "in_chans": 1}])
+    path = write_config(root, cfg)
+    run_dir = tmp_path / "run"
+    result = invoke("train-folds", "--config", path, "--run-dir", run_dir, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    for engine in ("torch", "onnx"):
+        result = invoke("predict", run_dir, "--engine", engine, "--out", tmp_path / f"{engine}.csv", "--quiet")
+        assert result.exit_code == 0, (result.output, result.exception)
+
+
+def test_metrics_json_matches_the_oof(trained_run):
+    metrics = json.loads((trained_run / "models/eff/metrics.json").read_text())
+    oof = pd.read_csv(trained_run / "models/eff/oof.csv", dtype=str, keep_default_na=False)
+    classes = list(oof.columns[3:])
+    y = pd.Index(classes).get_indexer(oof["target"])
+    acc = float((oof[classes].astype(float).to_numpy().argmax(1) == y).mean())
+    assert metrics["cv"] == pytest.approx(acc) and np.isfinite(metrics["cv"])
