@@ -135,7 +135,7 @@ def _load(config_path: Path, overrides: tuple[str, ...]):
 def train_folds_cmd(config_path, overrides, run_dir, folds, resume, quiet):
     """Stratified-group k-fold training of every model in the config; writes checkpoints, OOF and metrics.
 
-    Example: comp train-folds --config configs/demo.yaml --set train.epochs=3
+    Example: comp train-folds --config configs/demo.yaml --set train.epochs=3 --run-dir runs/demo-3ep
     """
     from comp.training import train_folds
 

@@ -41,3 +41,27 @@ def test_full_demo(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, ["demo"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "submissions/demo.csv").is_file()
+
+
+@pytest.mark.slow
+def test_every_help_example_runs_as_written(tmp_path, monkeypatch):
+    """The `Example:` line of every command's --help, run as written after `comp demo` (submit needs Kaggle)."""
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "configs").mkdir()
+    shutil.copy(repo / "configs" / "demo.yaml", tmp_path / "configs" / "demo.yaml")
+    (tmp_path / "comp" / "configs").mkdir(parents=True)
+    shutil.copy(repo / "comp" / "configs" / "demo.yaml", tmp_path / "comp" / "configs" / "demo.yaml")
+    monkeypatch.chdir(tmp_path)
+    order = ["demo", "train-folds", "predict", "export", "ensemble", "explain", "eda", "bench-data", "tune"]
+    assert set(order) | {"submit"} == set(main.commands)
+    for name in order:
+        text = " ".join(CliRunner().invoke(main, [name, "--help"]).output.split())
+        example = text.split("Example: ", 1)[1].split(" Options:", 1)[0]
+        argv = shlex.split(example)
+        assert argv[:2] == ["comp", name], example
+        res = CliRunner().invoke(main, argv[1:])
+        assert res.exit_code == 0, (example, res.output, res.exception)

@@ -210,7 +210,7 @@ def test_help(command):
     res = CliRunner().invoke(main, [*command, "--help"])
     assert res.exit_code == 0 and "Usage" in res.output
     if command:
-        assert "Example" in res.output or "comp " in res.output
+        assert f"Example: comp {command[0]}" in " ".join(res.output.split()), res.output
 
 
 @pytest.mark.gpu

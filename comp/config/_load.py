@@ -144,6 +144,32 @@ def _normalise_raw(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def _read_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a dict; ``base: OTHER.yaml`` (relative to this file) is read first and this file's keys
+    are merged over it, section by section (lists such as ``models`` are replaced whole)."""
+    loaded = read_yaml(path)
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: 'base' must be the path of another config file, got {base!r}")
+    base_path = Path(base) if Path(base).is_absolute() else Path(os.path.abspath(path)).parent / base
+    if base_path.resolve() in seen:
+        raise ConfigError(f"config file {path}: 'base' chain loops back to {base_path}")
+    return _merge(_read_with_base(base_path, (*seen, path.resolve())), loaded)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
 def load_config(source: str | Path | Mapping[str, Any] | Config | None = None, *,
                 overrides: Iterable[str] | Mapping[str, Any] | None = (), base_dir: str | Path | None = None,
                 **sections: Any) -> Config:
@@ -167,13 +193,9 @@ def load_config(source: str | Path | Mapping[str, Any] | Config | None = None, *
         raw = copy.deepcopy(dict(source))
     else:
         path = Path(source)
-        loaded = read_yaml(path)
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
-        raw = loaded
-        base_dir = base_dir if base_dir is not None else path.resolve().parent
+        raw = _read_with_base(path)
+        # the folder the user named, not a symlink's target: relative paths are read from where the file was found
+        base_dir = base_dir if base_dir is not None else Path(os.path.abspath(path)).parent
     for key, value in sections.items():
         raw[key] = copy.deepcopy(value.to_dict() if isinstance(value, Config) else value)
     full = build_config(_normalise_raw(raw)).to_dict()  # defaults filled in, so overrides find every section
