@@ -25,11 +25,11 @@ DEMO_CONFIG = "demo.yaml"
 
 def _jitter(img8: np.ndarray, rng: np.random.Generator, size: int) -> Image.Image:
     """Upsample an 8x8 digit (0..16) to ``size`` px with a random shift, rotation, scale and noise."""
-    base = Image.fromarray((img8 * (255 / 16)).astype(np.uint8), mode="L").resize((size - 8, size - 8), Image.BILINEAR)
+    base = Image.fromarray((img8 * (255 / 16)).astype(np.uint8), mode="L").resize((size - 8, size - 8), Image.Resampling.BILINEAR)
     canvas = Image.new("L", (size, size), 0)
     dx, dy = rng.integers(0, 9, size=2)
     canvas.paste(base, (int(dx), int(dy)))
-    canvas = canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR)
+    canvas = canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BILINEAR)
     arr = np.asarray(canvas, dtype=np.float32) * rng.uniform(0.8, 1.1) + rng.normal(0, 12, (size, size))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
 

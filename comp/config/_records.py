@@ -335,7 +335,7 @@ def build_section(cls: type[T], raw: Any, path: str) -> T:
             continue
         tp, sub = hints[name], f"{path}.{name}" if path else name
         value = raw[name]
-        nested = next((a for a in (get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)), None)
+        nested = next((a for a in (get_args(tp) or (tp,)) if isinstance(a, type) and dataclasses.is_dataclass(a)), None)
         if nested is not None and isinstance(value, dict):
             kwargs[name] = build_section(nested, value, sub)
         else:

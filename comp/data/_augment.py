@@ -196,6 +196,6 @@ class BatchMixer:
         return self.enabled and (self.off_epoch is None or epoch < self.off_epoch)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.active(epoch) and len(x) % 2 == 0 and len(x) > 1:
+        if self.mixup is not None and self.active(epoch) and len(x) % 2 == 0 and len(x) > 1:
             return self.mixup(x, y)
         return x, mixup_target(y, self.num_classes, lam=1.0, smoothing=self.smoothing)

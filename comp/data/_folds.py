@@ -62,7 +62,7 @@ def _warn_thin_classes(targets, groups, n_splits) -> None:
 
 def check_no_leak(folds: np.ndarray, groups: np.ndarray) -> None:
     """Raise if any group sits in more than one fold."""
-    per_group = {}
+    per_group: dict[object, int] = {}
     for f, g in zip(folds, groups):
         if per_group.setdefault(g, f) != f:
             raise AssertionError(f"group {g!r} appears in folds {per_group[g]} and {f}")

@@ -14,6 +14,7 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ def bench_data(cfg: Config, *, workers: Sequence[int] = (0, 2), batch_sizes: Seq
     train_tf, _ = pipelines(cfg.augment, hw, mean, std, normalize=False)  # as train-folds loads
     device = resolve_device(cfg.device)
     model_rate = {bs: model_images_per_s(model, bs, hw, len(table.classes), device, model_steps) for bs in batch_sizes}
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="comp-bench-cache-") as tmp:
         for cache in caches:
             for bs in batch_sizes:
@@ -96,7 +97,7 @@ def bench_data(cfg: Config, *, workers: Sequence[int] = (0, 2), batch_sizes: Seq
                 paths, targets = table.paths[:k], table.targets[:k]
                 idx = np.resize(np.arange(k), bs * batches)
                 for w in workers:
-                    data_cfg = dataclasses.replace(cfg.data, cache=cache, cache_dir=f"{tmp}/{cache}-{bs}-{w}")
+                    data_cfg = dataclasses.replace(cfg.data, cache=cache, cache_dir=f"{tmp}/{cache}-{bs}-{w}")  # type: ignore[arg-type]
                     reader = make_reader(data_cfg, hw, paths)
                     ds = ImageDataset(paths, targets, train_tf, reader=reader)
                     rate = loader_images_per_s(ds, idx, bs, w)

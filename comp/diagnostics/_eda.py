@@ -137,7 +137,8 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
     labels = table.df[label_col].astype(str)
     train = scan(table.paths)
     info = pd.DataFrame([{k: r.get(k) for k in ("ok", "height", "width", "gray", "sha1")} for r in train["rows"]])
-    test_ids, test = np.array([], dtype=str), {"rows": [], "bad": []}
+    test_ids: np.ndarray = np.array([], dtype=str)
+    test: dict[str, list] = {"rows": [], "bad": []}
     if data.test_csv or data.sample_submission:
         try:
             tdf, tpaths = load_test_table(data, check_images=False)

@@ -9,6 +9,7 @@ with each image's own fold checkpoint (the model that never trained on it).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -67,8 +68,8 @@ def cam_layer(model: torch.nn.Module, hw) -> dict | None:
     return deep_enough[-1]
 
 
-def gradcam(model: torch.nn.Module, x: torch.Tensor, class_idx: int | None = None, name: str = "",
-            layer: dict | str | None = "auto") -> tuple[np.ndarray, int]:
+def gradcam(model: Any, x: torch.Tensor, class_idx: int | None = None, name: str = "",
+            layer: Any = "auto") -> tuple[np.ndarray, int]:
     """Grad-CAM for one image ``x`` (1, C, H, W): (h, w) map in [0, 1] and the class it explains.
 
     The map is the last feature map (``forward_features``), or with ``layer`` (a ``feature_info`` entry;

@@ -114,6 +114,7 @@ def align(members: list[Member]) -> Aligned:
                 )
         P.append(m.oof[pd.Index(m.frame["id"]).get_indexer(ids)][:, cols])
         if m.test is not None and ref.test is not None:
+            assert m.test_ids is not None and ref.test_ids is not None
             _same_ids(ref.test_ids, m.test_ids, ref.name, m.name, "test.csv rows")
             T.append(m.test[m.test_ids.get_indexer(ref.test_ids)][:, cols])
         elif m.test is None:
@@ -122,7 +123,7 @@ def align(members: list[Member]) -> Aligned:
     has_test = len(T) == len(members)
     return Aligned(
         ids.to_numpy(), ref.frame["fold"].to_numpy(), y, list(ref.classes), np.stack(P),
-        ref.test_ids.to_numpy() if has_test else None, np.stack(T) if has_test else None, notes,
+        ref.test_ids.to_numpy() if has_test and ref.test_ids is not None else None, np.stack(T) if has_test else None, notes,
     )
 
 
@@ -246,7 +247,7 @@ def _write_run(run_root: Path, name: str, data: Aligned, first: Member, honest, 
     source = RunDir(first.run)
     with FileSet(run_root) as files:
         run.write_oof(name, Predictions(data.ids, data.classes, honest, data.folds, labels, first.id_column), into=files)
-        if test is not None:
+        if test is not None and data.test_ids is not None:
             run.write_test(name, Predictions(data.test_ids, data.classes, test, id_column=first.id_column), into=files)
         scorer = get_metric(result["metric"])
         extra = {k: result[k] for k in ("cv_in_sample", "method", "weights", "bias")}

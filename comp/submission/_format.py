@@ -20,7 +20,7 @@ from comp.run._io import write_csv
 def _sample(sample_path, id_column: str | None) -> tuple[pd.DataFrame, str, list[str]]:
     """Read the sample; return it, its id column and its target columns."""
     sample = read_csv(sample_path, "sample submission")
-    id_col = id_column if id_column in sample.columns else sample.columns[0]
+    id_col = str(id_column if id_column is not None and id_column in sample.columns else sample.columns[0])
     targets = [c for c in sample.columns if c != id_col]
     if not targets:
         raise CompError(f"{sample_path} has only the id column '{id_col}'; it needs a target column or one column per class")

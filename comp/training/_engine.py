@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +26,10 @@ class StepConfig:
     grad_clip: float | None = None
     max_steps: int | None = None
     scaler: torch.amp.GradScaler | None = None
-    ema: object | None = None
-    scheduler: object | None = None
-    progress: object | None = None
-    normalize: object | None = None  # e.g. augment.DeviceNormalize, for loaders that yield uint8 batches
+    ema: Any = None  # timm ModelEmaV3
+    scheduler: Any = None  # timm scheduler (step_update)
+    progress: Any = None  # comp._progress.Progress
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None  # e.g. augment.DeviceNormalize, for loaders that yield uint8 batches
     extra: dict = field(default_factory=dict)
 
 

@@ -24,7 +24,7 @@ class _Weighted(nn.Module):
     def _reduce(self, per_class: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.class_weights is None:
             return per_class.sum(1).mean()
-        w = self.class_weights.to(per_class.dtype)
+        w = torch.as_tensor(self.class_weights).to(per_class.dtype)
         # normalise by the batch's effective weight so the loss scale does not depend on the weights' scale
         return (per_class * w).sum() / (target * w).sum().clamp_min(1e-12)
 
