@@ -247,8 +247,11 @@ def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge, quiet):
 @click.option("--oof", is_flag=True, help="Also apply the TTA to each fold's validation rows and print CV before/after.")
 @click.option("--batch-size", type=int, default=None, help="[default: config predict.batch_size]")
 @click.option("--allow-missing-folds", is_flag=True, help="Predict with the folds that are trained when some are not.")
+@click.option("--compile", "compile_mode", type=click.Choice(["none", "default", "reduce-overhead", "max-autotune"]),
+              default=None, help="torch engine: torch.compile mode [default: config predict.compile]")
 @quiet_option
-def predict_cmd(run_dir, model_ids, engine, tta, tta_merge, overrides, out, oof, batch_size, allow_missing_folds, quiet):
+def predict_cmd(run_dir, model_ids, engine, tta, tta_merge, overrides, out, oof, batch_size, allow_missing_folds,
+                compile_mode, quiet):
     """Predict the test set with every fold of each model; writes models/<id>/test.csv and a submission.
 
     Example: comp predict runs/demo --tta hflip --oof
@@ -256,6 +259,8 @@ def predict_cmd(run_dir, model_ids, engine, tta, tta_merge, overrides, out, oof,
     from comp.inference import predict_run
 
     _setup_logging(quiet)
+    if compile_mode is not None:
+        overrides = (*overrides, f"predict.compile={compile_mode}")
     result = predict_run(run_dir, models=list(model_ids) or None, engine=engine, tta=tta, tta_merge=tta_merge,
                          overrides=overrides, out=out, oof=oof, batch_size=batch_size,
                          allow_missing_folds=allow_missing_folds, progress=not quiet)

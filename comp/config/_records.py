@@ -131,6 +131,11 @@ class PredictConfig:
     tta_merge: Literal["mean", "geometric"] = "mean"
     engine: Literal["onnx", "torch"] = "onnx"
     batch_size: int = _f(64, ge=1)
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"  # torch engine: torch.compile
+    tensorrt: bool = True  # onnx engine on a GPU: try TensorRT first (engine/timing caches under RUN/.trt_cache)
+    trt_fp16: bool = True
+    cudnn_conv_algo_search: Literal["exhaustive", "heuristic"] = "exhaustive"
+    cuda_graph: bool = False  # CUDA provider: replay one captured graph per fixed-size (padded) batch
 
 
 @dataclass

@@ -80,12 +80,25 @@ def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: in
                           dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset)
     model = onnx.load(str(path))
     if fp16:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        model = convert_float_to_float16(model, keep_io_types=True)
+        model = to_fp16(model)
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
+
+
+# Nodes kept in float32 in an fp16 graph: reductions, exponentials and normalisations lose the most precision
+# in half (softmax over logits, layer norms' mean/variance, the fused graph's geometric TTA merge).
+FP32_OPS = ("Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp", "Log",
+            "LayerNormalization", "Erf", "Cast")  # Cast: the converter would leave its target type float32
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """float16 weights and activations with float32 inputs/outputs and the sensitive nodes in float32
+    (onnxconverter-common's converter, the maintained one)."""
+    from onnxconverter_common import float16
+
+    return float16.convert_float_to_float16(model, keep_io_types=True,
+                                            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS])
 
 
 def _session(path: Path):

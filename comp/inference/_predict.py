@@ -41,32 +41,101 @@ def providers() -> list[str]:
     return gpu + ["CPUExecutionProvider"]
 
 
+@dataclass
+class EngineOptions:
+    """How onnxruntime runs a graph; from the config's ``predict`` block (see ``provider_chain``)."""
+
+    tensorrt: bool = True
+    trt_fp16: bool = True
+    cudnn_conv_algo_search: str = "exhaustive"
+    cuda_graph: bool = False
+    batch_size: int = 64
+    cache_dir: Path | None = None  # TensorRT engine and timing caches (under the run folder)
+
+    @classmethod
+    def from_config(cls, cfg: Config, run: RunDir, batch_size: int) -> EngineOptions:
+        p = cfg.predict
+        return cls(p.tensorrt, p.trt_fp16, p.cudnn_conv_algo_search, p.cuda_graph, batch_size, run.root / ".trt_cache")
+
+
+def provider_chain(available: list[str], options: EngineOptions, input_shape: tuple[int, ...]) -> list[tuple[str, dict]]:
+    """onnxruntime providers with their options, best first; the session falls back along the chain.
+
+    CUDA: cuDNN's convolution search is EXHAUSTIVE (benchmark once per shape; right for fixed-size batches) or
+    HEURISTIC, never DEFAULT, which is known to pick algorithms several times slower; the largest workspace.
+    TensorRT: fp16 kernels, engine and timing caches under the run folder (built once, minutes saved on every
+    later predict), and an explicit batch profile 1..batch_size so no engine is rebuilt per batch size."""
+    chain: list[tuple[str, dict]] = []
+    c, h, w = (int(s) if isinstance(s, int) else -1 for s in input_shape[-3:])
+    if options.tensorrt and "TensorrtExecutionProvider" in available and min(c, h, w) > 0:
+        dims = lambda n: f"{INPUT}:{n}x{c}x{h}x{w}"  # noqa: E731
+        trt: dict[str, object] = {"trt_fp16_enable": options.trt_fp16, "trt_profile_min_shapes": dims(1),
+                                  "trt_profile_opt_shapes": dims(options.batch_size),
+                                  "trt_profile_max_shapes": dims(options.batch_size)}
+        if options.cache_dir is not None:
+            cache = str(options.cache_dir)
+            trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=cache, trt_timing_cache_enable=True,
+                       trt_timing_cache_path=cache)
+        chain.append(("TensorrtExecutionProvider", trt))
+    if "CUDAExecutionProvider" in available:
+        cuda: dict[str, object] = {"cudnn_conv_algo_search": options.cudnn_conv_algo_search.upper(),
+                                   "cudnn_conv_use_max_workspace": "1"}
+        if options.cuda_graph:
+            cuda["enable_cuda_graph"] = "1"
+        chain.append(("CUDAExecutionProvider", cuda))
+    chain.append(("CPUExecutionProvider", {}))
+    return chain
+
+
+def fixed_batches(x: np.ndarray, batch: int, run) -> np.ndarray:
+    """Run ``run`` on batches of exactly ``batch`` rows (the last one padded with zeros), as CUDA graphs need
+    one fixed input shape; returns the rows of ``x`` only."""
+    out = []
+    for start in range(0, len(x), batch):
+        part = x[start:start + batch]
+        if len(part) < batch:
+            part = np.concatenate([part, np.zeros((batch - len(part), *part.shape[1:]), part.dtype)])
+        out.append(run(part)[: min(batch, len(x) - start)])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
 class OrtRunner:
     """One onnxruntime session: float32 NCHW batch in, probabilities out (I/O binding on CUDA)."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, options: EngineOptions | None = None):
         import onnxruntime as ort
 
+        self.options = options or EngineOptions()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         # one process per machine is the norm here; torch's thread count already reflects the user's setting
         opts.intra_op_num_threads = threads or torch.get_num_threads()
-        chain, errors = providers(), []
+        available = providers()
+        probe = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]) if len(available) > 1 else None
+        shape = tuple(probe.get_inputs()[0].shape) if probe is not None else ()
+        if self.options.cache_dir is not None and "TensorrtExecutionProvider" in available:
+            self.options.cache_dir.mkdir(parents=True, exist_ok=True)
+        chain, errors = provider_chain(available, self.options, shape), []
         while chain:
             try:
                 self.session = ort.InferenceSession(str(path), opts, providers=chain)
                 break
             except Exception as exc:  # noqa: BLE001 - a GPU provider that cannot start falls back to the next one
-                errors.append(f"{chain[0]}: {type(exc).__name__}")
+                errors.append(f"{chain[0][0]}: {type(exc).__name__}")
                 chain = chain[1:]
         else:
             raise CompError(f"onnxruntime cannot open {path} ({'; '.join(errors)}); re-run `comp export`")
+        self.provider = self.session.get_providers()[0]
         self.cuda = "CUDAExecutionProvider" in self.session.get_providers()
+        self.graph = self.cuda and self.options.cuda_graph and self.provider == "CUDAExecutionProvider"
+        self._bound: tuple | None = None
         shape = self.session.get_inputs()[0].shape
         self(np.zeros((1, *shape[1:]), np.float32))  # warm-up: first run allocates and picks kernels
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.graph:
+            return fixed_batches(x, self.options.batch_size, self._run_graph)
         if self.cuda:
             binding = self.session.io_binding()
             binding.bind_cpu_input(INPUT, x)
@@ -75,12 +144,34 @@ class OrtRunner:
             return binding.copy_outputs_to_cpu()[0]
         return self.session.run([OUTPUT], {INPUT: x})[0]
 
+    def _run_graph(self, x: np.ndarray) -> np.ndarray:
+        """CUDA graph replay: the input and output live in fixed device buffers bound once."""
+        import onnxruntime as ort
+
+        if self._bound is None:
+            x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+            n_out = self.session.get_outputs()[0].shape[-1]
+            y_dev = ort.OrtValue.ortvalue_from_shape_and_type((len(x), int(n_out)), np.float32, "cuda", 0)
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input(INPUT, x_dev)
+            binding.bind_ortvalue_output(OUTPUT, y_dev)
+            self._bound = (binding, x_dev, y_dev)
+        binding, x_dev, y_dev = self._bound
+        x_dev.update_inplace(x)
+        self.session.run_with_iobinding(binding)
+        return y_dev.numpy()
+
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
 
 class TorchRunner:
-    """A PyTorch fold model with softmax: float32 NCHW batch in, probabilities out."""
+    """A PyTorch fold model with softmax: float32 NCHW batch in, probabilities out (optionally torch.compile'd)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device):
+    def __init__(self, model: torch.nn.Module, device: torch.device, compile: str = "none"):
         self.model, self.device = ProbModel(model).eval().to(device), device
+        if compile != "none":
+            self.model = torch.compile(self.model, mode=compile)  # type: ignore[assignment]
 
     @torch.no_grad()
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -121,7 +212,8 @@ def graph_matches(onnx_path: Path, digests: dict[str, str]) -> bool:
     return meta.get("checkpoints") == digests
 
 
-def load_folds(run: RunDir, model_id: str, cfg: Config, engine: str, *, expect_folds: int | None = None) -> list[Fold]:
+def load_folds(run: RunDir, model_id: str, cfg: Config, engine: str, *, expect_folds: int | None = None,
+               batch_size: int | None = None) -> list[Fold]:
     """Every fold of a model as a runner; the onnx engine exports (with its parity check) graphs that are
     missing or were exported from other checkpoints."""
     paths = run.checkpoints(model_id)
@@ -136,10 +228,12 @@ def load_folds(run: RunDir, model_id: str, cfg: Config, engine: str, *, expect_f
         log.info("%s: no ONNX graphs exported from these checkpoints; exporting them now (same as `comp export`)", model_id)
         export_model(run, model_id, cfg)
     device = resolve_device(cfg.device)
+    options = EngineOptions.from_config(cfg, run, batch_size or cfg.predict.batch_size)
     out = []
     for p in paths:
         model, ckpt = model_from_checkpoint(p)
-        runner = _Lazy(lambda p=p: OrtRunner(p.with_suffix(".onnx"))) if engine == "onnx" else TorchRunner(model, device)
+        runner = (_Lazy(lambda p=p: OrtRunner(p.with_suffix(".onnx"), options=options)) if engine == "onnx"
+                  else TorchRunner(model, device, cfg.predict.compile))
         out.append(Fold(ckpt["fold"], ckpt, runner))
     sizes = {(tuple(f.ckpt["image_size"]), tuple(f.ckpt["classes"])) for f in out}
     if len(sizes) > 1:
@@ -277,7 +371,8 @@ def predict_run(run_dir: str | Path, *, models: list[str] | None = None, engine:
     files = FileSet(run.root)  # every model's test.csv (and oof_tta.csv) and the submission land together
     try:
         for mid in mids:
-            folds = load_folds(run, mid, cfg, engine, expect_folds=None if allow_missing_folds else cfg.folds.n_splits)
+            folds = load_folds(run, mid, cfg, engine, expect_folds=None if allow_missing_folds else cfg.folds.n_splits,
+                               batch_size=bs)
             ck = folds[0].ckpt
             if classes is not None and ck["classes"] != classes:
                 raise CompError(f"{mid} predicts classes {ck['classes']} but {mids[0]} predicts {classes}; predict them separately")
@@ -285,7 +380,7 @@ def predict_run(run_dir: str | Path, *, models: list[str] | None = None, engine:
             fused = usable_fused(run, mid, folds, tta_views, merge) if engine == "onnx" else None
             if fused is not None:  # one session call per batch does every fold and TTA view
                 log.info("%s: using %s (folds %s, tta %s)", mid, fused, [f.fold for f in folds], ",".join(tta_views) or "none")
-                runners, views_tta = [OrtRunner(fused)], []
+                runners, views_tta = [OrtRunner(fused, options=EngineOptions.from_config(cfg, run, bs))], []
             else:
                 runners, views_tta = [f.runner for f in folds], tta_views
             _, merged = run_views(runners, paths, from_dict(ck["eval_transform"]), views_tta, merge, bs,
