@@ -40,7 +40,10 @@ class ProbModel(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x).float(), dim=1)
+        logits = self.model(x)
+        if logits.dtype != torch.float32:  # traced statically: an fp32 graph gets no Cast the fp16 converter mishandles
+            logits = logits.float()
+        return torch.softmax(logits, dim=1)
 
 
 class FusedModel(nn.Module):
@@ -89,7 +92,7 @@ def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: in
 # Nodes kept in float32 in an fp16 graph: reductions, exponentials and normalisations lose the most precision
 # in half (softmax over logits, layer norms' mean/variance, the fused graph's geometric TTA merge).
 FP32_OPS = ("Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp", "Log",
-            "LayerNormalization", "Erf", "Cast")  # Cast: the converter would leave its target type float32
+            "LayerNormalization", "Erf")
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -97,8 +100,24 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     (onnxconverter-common's converter, the maintained one)."""
     from onnxconverter_common import float16
 
-    return float16.convert_float_to_float16(model, keep_io_types=True,
+    half = float16.convert_float_to_float16(model, keep_io_types=True,
                                             op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS])
+    return _float32_outputs(half)
+
+
+def _float32_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The converter can leave a graph output in float16 when its producer is in the block list; cast it back,
+    so every graph, fp16 or not, returns float32 probabilities."""
+    for out in model.graph.output:
+        if out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16:
+            continue
+        inner = f"{out.name}_fp16"
+        for node in model.graph.node:
+            node.output[:] = [inner if o == out.name else o for o in node.output]
+            node.input[:] = [inner if i == out.name else i for i in node.input]
+        model.graph.node.append(onnx.helper.make_node("Cast", [inner], [out.name], to=onnx.TensorProto.FLOAT))
+        out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return model
 
 
 def _session(path: Path):
