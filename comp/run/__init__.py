@@ -10,6 +10,7 @@ from comp.run._checkpoint import (
     read_graph_metadata,
 )
 from comp.run._io import (
+    LockHeld,
     atomic_write,
     clean_temporaries,
     exclusive,
@@ -25,7 +26,7 @@ from comp.run._io import (
 from comp.run._rundir import RunDir
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "ONNX_FORMAT", "Metrics", "Predictions", "RunDir", "atomic_write", "clean_temporaries",
+    "CHECKPOINT_FORMAT", "ONNX_FORMAT", "LockHeld", "Metrics", "Predictions", "RunDir", "atomic_write", "clean_temporaries",
     "exclusive", "graph_metadata", "load_checkpoint", "make_checkpoint", "parse_predictions", "pid_alive", "read_graph_metadata",
     "read_json", "read_table", "save_figure", "torch_save", "write_csv", "write_json", "write_text",
 ]
