@@ -352,6 +352,8 @@ def run_one(study, base_cfg, space, out_dir, folds, pruner_name, n_trials, keep=
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)  # we beat ourselves: see _heartbeat
         trial = study.ask()
+    if storage is not None:
+        storage.record_heartbeat(trial._trial_id)  # judged from now on, should this process die before its next beat
     if _counted(study.get_trials(deepcopy=False), before=trial.number) >= n_trials:
         _fail(study, trial, "surplus")  # another worker took the last slot between our count and our ask
         return False
