@@ -6,6 +6,7 @@ The pipeline, one function per stage, each reading and writing one run folder::
 
     cfg = comp.load_config("configs/demo.yaml", overrides=["train.epochs=3"])   # or a dict, or keyword sections
     result = comp.train_folds(cfg, "runs/exp")          # folds.csv, checkpoints, oof.csv, metrics.json
+    comp.train_folds(cfg, "runs/exp", devices="all")    # the same, one worker process per GPU
     result.oof("byobnet")                                # the OOF probabilities as a DataFrame
     comp.predict("runs/exp", tta=["hflip"])              # test.csv per model and a validated submission
     comp.blend(["runs/exp/models/byobnet", "runs/exp/models/effnet"], method="hill_climb")
@@ -70,6 +71,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ConfigError": ("comp.errors", "ConfigError"),
     "DataError": ("comp.errors", "DataError"),
     "RunFolderError": ("comp.errors", "RunFolderError"),
+    "WorkerError": ("comp.training", "WorkerError"),
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -111,5 +113,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from comp.metrics import METRICS, get_metric
     from comp.run import Metrics, Predictions, RunDir, atomic_write
     from comp.submission import make_submission, validate_submission, write_submission
-    from comp.training import EpochEvent, TrainResult, train_folds
+    from comp.training import EpochEvent, TrainResult, WorkerError, train_folds
     from comp.tuning import TuneResult, tune

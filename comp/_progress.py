@@ -14,6 +14,16 @@ from typing import Any, TypeVar
 
 log = logging.getLogger("comp")
 T = TypeVar("T")
+_PLAIN_INTERVAL: float | None = None  # set in worker processes: bars of several processes on one terminal garble
+
+
+def plain_lines(interval: float) -> None:
+    """In this process, show progress as log lines every ``interval`` seconds, never as live bars.
+
+    Worker processes call it: their lines reach the parent's terminal through its logging, prefixed with the worker.
+    """
+    global _PLAIN_INTERVAL
+    _PLAIN_INTERVAL = interval
 
 
 def _in_notebook() -> bool:
@@ -21,6 +31,8 @@ def _in_notebook() -> bool:
 
 
 def _live() -> bool:
+    if _PLAIN_INTERVAL is not None:
+        return False
     try:
         return _in_notebook() or sys.stderr.isatty()
     except (AttributeError, ValueError):
@@ -32,7 +44,7 @@ class Progress:
 
     def __init__(self, total: int | None, desc: str, *, enabled: bool = True, interval: float = 30.0, leave: bool = False):
         self.total, self.desc, self.n = total, desc, 0
-        self.interval, self.postfix = interval, ""
+        self.interval, self.postfix = _PLAIN_INTERVAL or interval, ""
         self.bar: Any = None
         self.enabled = enabled
         self._last = time.monotonic()

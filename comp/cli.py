@@ -51,7 +51,8 @@ class CompGroup(click.Group):
             msg = user_error(exc)
             if msg is None:
                 raise
-            click.echo(f"error: {' '.join(msg.split())}", err=True)
+            rank = _rank()
+            click.echo(f"error{f' (rank {rank})' if rank else ''}: {' '.join(msg.split())}", err=True)
             sys.exit(2)
 
 
@@ -131,20 +132,53 @@ def _load(config_path: Path, overrides: tuple[str, ...]):
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Run folder [default: runs/<config stem>].")
 @click.option("--folds", "folds", type=INTS, metavar="0,2", help="Train only these folds (spread folds over machines).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last finished epoch.")
+@click.option("--devices", default=None, metavar="0,1|all|cpu,cpu",
+              help="One worker process per device, each training the next unfinished fold.")
+@click.option("--ddp", type=int, default=None, metavar="N",
+              help="Train each fold with DistributedDataParallel over N processes (launches torchrun).")
 @quiet_option
-def train_folds_cmd(config_path, overrides, run_dir, folds, resume, quiet):
+def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp, quiet):
     """Stratified-group k-fold training of every model in the config; writes checkpoints, OOF and metrics.
 
-    Example: comp train-folds --config configs/demo.yaml --set train.epochs=3 --run-dir runs/demo-3ep
+    Example: comp train-folds --config configs/demo.yaml --set train.epochs=3 --run-dir runs/demo-3ep --devices cpu,cpu
     """
     from comp.training import train_folds
 
-    _setup_logging(quiet)
-    cfg = _load(config_path, overrides)
+    rank = _rank()
+    _setup_logging(quiet or rank != 0)
+    cfg = _load(config_path, overrides)  # checked here once, before torchrun starts N copies
     run_dir = run_dir or Path("runs") / config_path.stem
-    result = train_folds(cfg, run_dir, folds=folds, resume=resume, progress=not quiet)
-    click.echo(result.table())
-    click.echo(f"run folder: {run_dir}")
+    if ddp is not None:
+        from comp.training import launch_ddp
+
+        if devices is not None:
+            raise CompError("--ddp and --devices are two ways to use several devices; pass one of them")
+        _check_ddp_gpus(cfg.device, ddp)
+        argv = ["train-folds", "--config", str(config_path), "--run-dir", str(run_dir)]
+        argv += [a for o in overrides for a in ("--set", o)]
+        argv += ["--folds", ",".join(map(str, folds))] if folds is not None else []
+        argv += ["--resume"] * resume + ["--quiet"] * quiet
+        sys.exit(launch_ddp(ddp, argv))
+    result = train_folds(cfg, run_dir, folds=folds, resume=resume, progress=not quiet, devices=devices)
+    if rank == 0:
+        click.echo(result.table())
+        click.echo(f"run folder: {run_dir}")
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def _check_ddp_gpus(device: str, nproc: int) -> None:
+    import torch
+
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device != "cpu" and (n_gpu or device.startswith("cuda")) and nproc > n_gpu:
+        raise CompError(f"--ddp {nproc}: only {n_gpu} CUDA devices are visible, one per process is needed; "
+                        f"use --ddp {max(n_gpu, 2)} or --set device=cpu")
 
 
 @main.command("demo")
@@ -301,8 +335,12 @@ def submit_cmd(file, competition, message, sample, run_dir):
               help="[default: tune.pruner or median]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Tuning folder [default: runs/tune-<config stem>].")
 @click.option("--keep-trials", is_flag=True, help="Keep every trial's checkpoints (large).")
+@click.option("--devices", default=None, metavar="0,1|all|cpu,cpu", help="One tuning worker per device on the study.")
+@click.option("--heartbeat", type=click.IntRange(min=1), default=60, metavar="SECONDS",
+              help="Workers beat this often; a trial whose worker is silent for twice that is failed and run again.")
 @quiet_option
-def tune_cmd(config_path, overrides, n_trials, timeout, storage, study_name, folds, epochs, pruner, out_dir, keep_trials, quiet):
+def tune_cmd(config_path, overrides, n_trials, timeout, storage, study_name, folds, epochs, pruner, out_dir, keep_trials,
+             devices, heartbeat, quiet):
     """Optuna search over the config's tune.space with fold-aware pruning; resumable and shareable studies.
 
     Example: comp tune --config configs/demo.yaml --n-trials 4 --folds 0,1 --epochs 2
@@ -313,7 +351,7 @@ def tune_cmd(config_path, overrides, n_trials, timeout, storage, study_name, fol
     cfg = _load(config_path, overrides)
     out_dir = out_dir or Path("runs") / f"tune-{config_path.stem}"
     result = tune(cfg, out_dir, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name, folds=folds,
-                  epochs=epochs, pruner=pruner, keep_trials=keep_trials)
+                  epochs=epochs, pruner=pruner, keep_trials=keep_trials, devices=devices, heartbeat=heartbeat)
     click.echo(result.table())
     click.echo("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in result.states.items()))
     if result.best_config:

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -218,3 +219,136 @@ def test_resumed_study_does_not_replay_samples(comp_dir, tmp_path):
     tune(cfg, tmp_path / "t", n_trials=2, pruner="none")
     lrs = pd.read_csv(tmp_path / "t/trials.csv")["train.lr"]
     assert lrs[0] != lrs[1]
+
+
+# ---------------------------------------------------------------- workers that die, workers that share
+
+
+def _journal(path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _finished(study) -> list:
+    """The trials that count: not surplus, not the dead worker's trial that was run again."""
+    retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in study.trials if t.user_attrs.get("fail_reason") != "surplus" and t.number not in retried]
+
+
+def _kill_a_worker_mid_trial(storage_obj, spare_pid: int, procs, timeout: float = 240) -> int:
+    """SIGKILL the first worker seen running a trial (any but ``spare_pid``); returns the trial's number."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        try:
+            trials = optuna.load_study(study_name="comp", storage=storage_obj).get_trials(deepcopy=False)
+        except KeyError:  # the study is not created yet
+            trials = []
+        for t in trials:
+            host, pid, number = (str(t.user_attrs.get("worker", "")).rsplit(":", 2) + ["", "", ""])[:3]
+            training = t.state == optuna.trial.TrialState.RUNNING and t.params  # sampled: its run has begun
+            if training and number == str(t.number) and int(pid) != spare_pid:
+                os.kill(int(pid), signal.SIGKILL)
+                return t.number
+        time.sleep(0.2)
+    raise AssertionError("no worker was seen running a trial")
+
+
+def _check_retried(study, n: int, killed: int) -> None:
+    finished = _finished(study)
+    assert len(finished) == n and all(t.state == optuna.trial.TrialState.COMPLETE for t in finished), \
+        [(t.number, t.state.name, t.user_attrs) for t in study.trials]
+    dead = study.trials[killed]
+    assert dead.state == optuna.trial.TrialState.FAIL
+    retry = [t for t in study.trials if t.system_attrs.get("retry_history") == [killed]]
+    assert len(retry) == 1 and retry[0].params == dead.params and retry[0] in finished
+
+
+def test_killed_device_worker_on_a_journal_study_is_retried(comp_dir, tmp_path):
+    """comp tune --devices cpu,cpu on a journal: one worker is killed mid-trial; the other fails that trial, runs
+    it again, and the study ends with exactly --n-trials finished trials."""
+    journal = tmp_path / "study.journal"
+    cmd = [sys.executable, "-m", "comp", "tune", "--config", str(_cfg(comp_dir, LR)), "--storage", f"journal:{journal}",
+           "--n-trials", "3", "--out", str(tmp_path / "t"), "--pruner", "none", "--folds", "0", "--epochs", "1",
+           "--devices", "cpu,cpu", "--heartbeat", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    killed = _kill_a_worker_mid_trial(_journal(journal), parent.pid, [parent])
+    out = parent.communicate(timeout=300)[0]
+    assert parent.returncode == 0 and "killed by signal 9; another worker ran its trial again" in out, out
+    study = optuna.load_study(study_name="comp", storage=_journal(journal))
+    _check_retried(study, 3, killed)
+    trials = pd.read_csv(tmp_path / "t/trials.csv", keep_default_na=False)
+    assert trials.loc[killed, "fail_reason"].startswith("worker died; retried as trial")
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_killed_worker_on_a_postgres_study_is_retried(comp_dir, tmp_path, postgres_url):
+    """Two `comp tune` processes (as on two boxes) on PostgreSQL; one is killed mid-trial."""
+    cmd = [sys.executable, "-m", "comp", "tune", "--config", str(_cfg(comp_dir, LR)), "--storage", postgres_url,
+           "--n-trials", "3", "--out", str(tmp_path / "t"), "--pruner", "none", "--folds", "0", "--epochs", "1",
+           "--heartbeat", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True) for _ in range(2)]
+    killed = _kill_a_worker_mid_trial(postgres_url, -1, procs)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert sorted(p.returncode for p in procs) == [-signal.SIGKILL, 0], outs
+    _check_retried(optuna.load_study(study_name="comp", storage=postgres_url), 3, killed)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # this test asks as the lost worker did
+@pytest.mark.parametrize("backend", ["journal", "sqlite"])
+def test_trial_of_a_silent_worker_elsewhere_is_failed_and_retried(comp_dir, tmp_path, backend):
+    """A RUNNING trial whose worker, on another box, stopped beating: after the grace period a worker here fails
+    it through Optuna's fail_stale_trials, runs its parameters again, and counts it once."""
+    from comp.tuning._tune import make_storage
+
+    out = tmp_path / "t"
+    url = f"journal:{tmp_path / 'study.journal'}" if backend == "journal" else None
+    storage = make_storage(url, out, heartbeat=1)
+    study = optuna.create_study(study_name="comp", storage=storage, direction="maximize")
+    lost = study.ask()
+    lost.suggest_float("train.lr", 1e-3, 5e-2, log=True)
+    lost.set_user_attr("worker", f"other-box:1:{lost.number}")
+    storage.record_heartbeat(lost._trial_id)
+    r = tune(load_config(_cfg(comp_dir, LR)), out, n_trials=2, pruner="none", storage=url, heartbeat=1, folds=[0])
+    study = optuna.load_study(study_name="comp", storage=make_storage(url, out, heartbeat=1))
+    _check_retried(study, 2, lost.number)
+    assert r.states == {"COMPLETE": 2, "FAIL": 1}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_a_second_worker_leaves_the_running_trial_of_the_first_alone(comp_dir, tmp_path):
+    """Default SQLite study: a worker that starts while another's trial runs (beating) must not fail it, and
+    waits for it rather than leaving the study short if that worker died."""
+    import threading
+
+    from comp.tuning._tune import make_storage
+
+    out = tmp_path / "t"
+    storage = make_storage(None, out, heartbeat=1)
+    study = optuna.create_study(study_name="comp", storage=storage, direction="maximize")
+    first = study.ask()
+    first.suggest_float("train.lr", 1e-3, 5e-2, log=True)
+    first.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:{first.number}")
+    stop = threading.Event()
+
+    def first_worker():  # beats like a live worker for 4 s, then reports its result
+        for _ in range(8):
+            storage.record_heartbeat(first._trial_id)
+            if stop.wait(0.5):
+                return
+        study.tell(first, 0.5)
+
+    thread = threading.Thread(target=first_worker)
+    thread.start()
+    try:
+        r = tune(load_config(_cfg(comp_dir, LR)), out, n_trials=2, pruner="none", heartbeat=1, folds=[0])
+    finally:
+        stop.set()
+        thread.join()
+    trials = pd.read_csv(out / "trials.csv")
+    assert list(trials["state"]) == ["COMPLETE", "COMPLETE"] and trials.loc[0, "value"] == 0.5, trials
+    assert r.n_trials == 2

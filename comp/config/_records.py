@@ -84,6 +84,7 @@ class TrainConfig:
     drop_path_rate: float | None = _f(None, ge=0, lt=1)
     deterministic: bool = True
     max_steps_per_epoch: int | None = _f(None, ge=1)
+    sync_bn: bool = False  # DDP (torchrun / --ddp) on GPUs: BatchNorm statistics over all ranks' batches
 
     def check(self, where: str) -> None:
         """Rules between keys (the per-key bounds are checked while reading)."""

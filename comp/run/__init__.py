@@ -11,6 +11,7 @@ from comp.run._checkpoint import (
 )
 from comp.run._io import (
     FileSet,
+    LockHeld,
     atomic_write,
     clean_temporaries,
     exclusive,
@@ -27,7 +28,8 @@ from comp.run._io import (
 from comp.run._rundir import RunDir
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "ONNX_FORMAT", "FileSet", "Metrics", "Predictions", "RunDir", "atomic_write", "clean_temporaries",
+    "CHECKPOINT_FORMAT", "ONNX_FORMAT", "FileSet", "LockHeld", "Metrics", "Predictions", "RunDir", "atomic_write",
+    "clean_temporaries",
     "exclusive", "graph_metadata", "load_checkpoint", "make_checkpoint", "parse_predictions", "pid_alive", "read_graph_metadata",
     "read_json", "read_table", "recover", "save_figure", "torch_save", "write_csv", "write_json", "write_text",
 ]

@@ -149,6 +149,10 @@ def pid_alive(pid: object) -> bool:
     return True
 
 
+class LockHeld(RunFolderError):
+    """A lock held by a live process, or by another host: that work is someone else's right now."""
+
+
 def _holder(path: Path) -> dict[str, Any]:
     try:
         held = json.loads(path.read_text() or "{}")
@@ -183,8 +187,8 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
                     aside.unlink(missing_ok=True)
                 continue
             who = f"pid {held.get('pid', '?')} on {held.get('host', '?')} since {held.get('since', '?')}"
-            raise RunFolderError(f"{what} is being trained by {who} (lock {path}); train other --folds, "
-                                 f"or delete {path} if that run is dead") from None
+            raise LockHeld(f"{what} is being trained by {who} (lock {path}); train other --folds, "
+                           f"or delete {path} if that run is dead") from None
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(me))
         break

@@ -1,7 +1,14 @@
 """``train_folds(cfg)``: fold assignment, per-model per-fold training, OOF assembly, metrics and resume.
 
 Every epoch re-seeds torch, numpy, python and the augmentations from (seed, model, fold, epoch), so a run
-resumed from its last finished epoch is identical to one that was never interrupted.
+resumed from its last finished epoch is identical to one that was never interrupted, and a fold trained by
+any worker equals the same fold trained alone.
+
+Three ways to use more than one device, all through the same fold loop:
+- ``devices=[...]``: one worker process per device, each taking the next unfinished (model, fold) through
+  the fold locks (``_parallel``);
+- under ``torchrun``: every rank trains each fold together with DistributedDataParallel (``_distributed``);
+- several boxes sharing the run folder, with ``folds=`` or ``devices=`` on each: the same locks.
 """
 
 from __future__ import annotations
@@ -10,10 +17,12 @@ import copy
 import dataclasses
 import logging
 import random
+import time
 import warnings
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +32,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from comp._progress import Progress
 from comp._tables import format_table
@@ -33,7 +42,8 @@ from comp.data._folds import assign_folds
 from comp.data._table import ImageDataset, TrainTable, load_train_table
 from comp.errors import CompError
 from comp.metrics import get_metric
-from comp.run import Metrics, Predictions, RunDir, exclusive, make_checkpoint, torch_save, write_csv
+from comp.run import LockHeld, Metrics, Predictions, RunDir, exclusive, make_checkpoint, torch_save, write_csv
+from comp.training._distributed import SINGLE, Dist, rank_device, session
 from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
 from comp.training._losses import build_loss
 from comp.training._models import create_model, normalization, set_backbone_frozen
@@ -90,7 +100,8 @@ def prepare_run(cfg: Config, run: RunDir) -> None:
     A run that trained nothing yet (e.g. the last attempt stopped on a bad image) takes the new config:
     the fix of a refused command is never refused itself."""
     if run.config.is_file() and trained_anything(run):
-        diff = _diff_keys(run.config_dict(), cfg.to_dict())
+        # compared after validation, so a key added to comp since (with its default) is not a difference
+        diff = _diff_keys(run.load_config().to_dict(), cfg.to_dict())
         if diff:
             raise CompError(
                 f"run folder {run.root} was made with a different config (keys differ: {', '.join(diff[:5])}); "
@@ -181,17 +192,23 @@ class FoldContext:
     run: RunDir
     progress: bool = True
     on_epoch: Callable[[EpochEvent], None] | None = None  # may raise (e.g. optuna.TrialPruned) to stop the run
+    device: str | None = None  # a worker's or rank's own device; cfg.device otherwise (cfg stays as saved)
+    dist: Dist = field(default=SINGLE)
 
     @property
     def model_id(self) -> str:
         return self.entry.model_id
 
 
-def _loader(ds, idx, batch_size, shuffle, seed, num_workers, drop_last, device) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed)
+def _loader(ds, idx, batch_size, shuffle, seed, num_workers, drop_last, device, dist: Dist = SINGLE) -> DataLoader:
+    subset = Subset(ds, idx)
+    # under DDP every rank permutes the whole set with the same seed and takes its own slice
+    sampler = DistributedSampler(subset, dist.world, dist.rank, shuffle=True, seed=seed) if shuffle and dist.enabled else None
+    gen = torch.Generator().manual_seed(_derive_seed(seed, *dist.seed_parts()) if dist.enabled else seed)
     return DataLoader(
-        Subset(ds, idx), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
-        generator=gen, worker_init_fn=_seed_worker if num_workers else None, pin_memory=device.type == "cuda",
+        subset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, drop_last=drop_last,
+        num_workers=num_workers, generator=gen, worker_init_fn=_seed_worker if num_workers else None,
+        pin_memory=device.type == "cuda",
     )
 
 
@@ -218,12 +235,20 @@ class FoldTrainer:
         self.ctx = ctx
         cfg, entry = ctx.cfg, ctx.entry
         self.tcfg = cfg.train_for(entry)
-        self.device = resolve_device(cfg.device)
+        self.dist = ctx.dist
+        self.device = resolve_device(ctx.device or cfg.device)
         self.metric = get_metric(cfg.metric)
         self.seed = _derive_seed(cfg.seed, ctx.model_id, ctx.fold)
         self.num_classes = len(ctx.table.classes)
         seed_everything(self.seed)
-        self.model = create_model(entry, self.num_classes, self.tcfg).to(self.device)
+        self.model = create_model(entry, self.num_classes, self.tcfg)
+        if self.tcfg.sync_bn and self.dist.enabled:
+            # timm's converter keeps BatchNormAct2d's activation (torch's would drop it); the state_dict keys stay
+            # those of plain BatchNorm, so checkpoints keep their format
+            from timm.layers import convert_sync_batchnorm
+
+            self.model = convert_sync_batchnorm(self.model)
+        self.model = self.model.to(self.device)
         if self.tcfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.hw = entry.hw
@@ -243,9 +268,10 @@ class FoldTrainer:
             **({"momentum": self.tcfg.momentum} if self.tcfg.optimizer == "sgd" else {}),
         )
         bs = self.tcfg.batch_size
-        # pairing needs full batches; and a last batch of one sample breaks BatchNorm's training statistics
-        self.drop_last = len(self.train_idx) > bs and (self.mixer.enabled or len(self.train_idx) % bs == 1)
-        n_batches = len(self.train_idx) // bs if self.drop_last else -(-len(self.train_idx) // bs)
+        n_local = -(-len(self.train_idx) // self.dist.world)  # per rank: a DistributedSampler pads to equal shares
+        # mixup pairs rows within a batch; and a last batch of one row breaks BatchNorm's training statistics
+        self.drop_last = (self.mixer.enabled or n_local % bs == 1) and n_local > bs
+        n_batches = n_local // bs if self.drop_last else -(-n_local // bs)
         self.steps_per_epoch = min(n_batches, self.tcfg.max_steps_per_epoch or n_batches)
         self.scheduler = _scheduler(self.optimizer, self.tcfg, self.steps_per_epoch)
         self.amp_dtype = resolve_amp(self.tcfg.amp, self.device)
@@ -267,6 +293,8 @@ class FoldTrainer:
 
     # -- state ---------------------------------------------------------------------
     def save_state(self) -> None:
+        if not self.dist.is_main:
+            return
         s = {
             **self.state,
             "model": self.model.state_dict(),
@@ -291,9 +319,20 @@ class FoldTrainer:
     def _frozen(self, epoch: int) -> bool:
         return epoch < self.tcfg.freeze_epochs
 
+    def _train_module(self) -> torch.nn.Module:
+        """The model to train: itself, or under torchrun a DDP wrapper, made anew each epoch because freezing
+        the backbone changes which parameters DDP must reduce (checkpoints save ``self.model``: no prefixes)."""
+        if not self.dist.enabled:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     def run_epoch(self, epoch: int) -> dict:
-        seed_everything(_derive_seed(self.seed, epoch))
-        self.train_ds.transform.set_random_seed(_derive_seed(self.seed, epoch, "aug"))
+        t0 = time.perf_counter()
+        rank = self.dist.seed_parts()
+        seed_everything(_derive_seed(self.seed, epoch, *rank))
+        self.train_ds.transform.set_random_seed(_derive_seed(self.seed, epoch, "aug", *rank))
         frozen = self._frozen(epoch)
         set_backbone_frozen(self.model, frozen) if self.tcfg.freeze_epochs else None
         step0 = (epoch - self.tcfg.freeze_epochs) * self.steps_per_epoch
@@ -304,30 +343,37 @@ class FoldTrainer:
         else:
             _set_lr(self.optimizer, self.tcfg.lr)
         bar = Progress(self.steps_per_epoch, f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg.epochs}",
-                       enabled=self.ctx.progress)
+                       enabled=self.ctx.progress and self.dist.is_main)
         sc = StepConfig(
             device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg.channels_last,
             grad_clip=self.tcfg.grad_clip, max_steps=self.tcfg.max_steps_per_epoch, scaler=self.scaler,
             ema=self.ema, scheduler=None if frozen else self.scheduler, progress=bar, normalize=self.normalize,
         )
         loader = _loader(self.train_ds, self.train_idx, self.tcfg.batch_size, True, _derive_seed(self.seed, epoch, "order"),
-                         self.ctx.cfg.data.num_workers, self.drop_last, self.device)
-        stats = train_one_epoch(self.model, loader, self.optimizer, self.loss_fn, self.mixer, epoch, sc, step0=max(step0, 0))
+                         self.ctx.cfg.data.num_workers, self.drop_last, self.device, self.dist)
+        stats = train_one_epoch(self._train_module(), loader, self.optimizer, self.loss_fn, self.mixer, epoch, sc,
+                                step0=max(step0, 0))
         bar.close()
+        loss, images_per_s = self.dist.epoch_stats(stats["loss"], stats["images_per_s"])
         probs = self.evaluate()
         score = self.metric(self.ctx.table.targets[self.valid_idx], probs)
-        return {"epoch": epoch, "loss": stats["loss"], "score": score, "images_per_s": stats["images_per_s"],
-                "lr": self.optimizer.param_groups[0]["lr"], "frozen": frozen, "probs": probs}
+        return {"epoch": epoch, "loss": loss, "score": score, "images_per_s": images_per_s,
+                "lr": self.optimizer.param_groups[0]["lr"], "frozen": frozen, "epoch_s": time.perf_counter() - t0,
+                "probs": probs}
 
     def eval_model(self):
         return self.ema.module if self.ema else self.model
 
     def evaluate(self) -> np.ndarray:
+        """Probabilities of every validation row, in order; under DDP each rank predicts one unpadded shard."""
+        model = self.eval_model()
+        self.dist.broadcast_module(model)
         bs = self.tcfg.eval_batch_size or self.tcfg.batch_size * 2
-        loader = _loader(self.valid_ds, self.valid_idx, bs, False, 0, self.ctx.cfg.data.num_workers, False, self.device)
+        loader = _loader(self.valid_ds, self.dist.shard(self.valid_idx), bs, False, 0, self.ctx.cfg.data.num_workers,
+                         False, self.device)
         sc = StepConfig(device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg.channels_last,
                         normalize=self.normalize)
-        return predict_probs(self.eval_model(), loader, sc)
+        return self.dist.gather_rows(predict_probs(model, loader, sc))
 
     def fit(self) -> FoldResult:
         """Train the remaining epochs (after a resume) and return the fold summary."""
@@ -344,8 +390,10 @@ class FoldTrainer:
             self.state["history"].append(row)
             self.state["epoch"] = epoch
             self._notify(epoch=epoch, score=row["score"], fold_done=False)
-            log.info("%s fold %d epoch %d/%d: loss %.4f %s %.4f %.0f img/s%s", self.ctx.model_id, self.ctx.fold, epoch + 1,
-                     self.tcfg.epochs, row["loss"], self.metric.name, row["score"], row["images_per_s"], " *" if improved else "")
+            if self.dist.is_main:
+                log.info("%s fold %d epoch %d/%d: loss %.4f %s %.4f %.0f img/s%s", self.ctx.model_id, self.ctx.fold,
+                         epoch + 1, self.tcfg.epochs, row["loss"], self.metric.name, row["score"], row["images_per_s"],
+                         " *" if improved else "")
             stop = patience and self.state["bad_epochs"] >= patience
             if stop or epoch == self.tcfg.epochs - 1:
                 break
@@ -369,10 +417,11 @@ class FoldTrainer:
             "epoch": self.state["best_epoch"], "score": self.state["best_score"], "metric": self.metric.name,
         }
         hist = pd.DataFrame(self.state["history"])
-        write_csv(run.history(ctx.model_id, ctx.fold), hist)
-        run.write_oof_part(ctx.model_id, ctx.fold, oof_predictions(ctx, self.valid_idx, self.state["best_probs"].numpy()))
-        torch_save(run.checkpoint(ctx.model_id, ctx.fold), make_checkpoint(model.state_dict(), meta))
-        run.state(ctx.model_id, ctx.fold).unlink(missing_ok=True)
+        if self.dist.is_main:  # under DDP rank 0 alone writes
+            write_csv(run.history(ctx.model_id, ctx.fold), hist)
+            run.write_oof_part(ctx.model_id, ctx.fold, oof_predictions(ctx, self.valid_idx, self.state["best_probs"].numpy()))
+            torch_save(run.checkpoint(ctx.model_id, ctx.fold), make_checkpoint(model.state_dict(), meta))
+            run.state(ctx.model_id, ctx.fold).unlink(missing_ok=True)
         self._notify(epoch=self.state["epoch"], score=self.state["best_score"], fold_done=True)
         return FoldResult(self.state["best_score"], self.state["best_epoch"] + 1, len(hist), float(hist["images_per_s"].mean()))
 
@@ -392,7 +441,8 @@ def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:
         if not resume:
             raise CompError(f"{state_path} holds a partly trained fold; pass --resume to continue it or delete the file")
         trainer.load_state(state_path)
-        log.info("resuming %s fold %d after epoch %d", ctx.model_id, ctx.fold, trainer.state["epoch"] + 1)
+        if ctx.dist.is_main:
+            log.info("resuming %s fold %d after epoch %d", ctx.model_id, ctx.fold, trainer.state["epoch"] + 1)
     return trainer.fit()
 
 
@@ -477,39 +527,187 @@ def _done_before(run: RunDir, model_id: str, fold: int) -> FoldResult:
     return FoldResult(ck["score"], ck["epoch"] + 1, skipped=True)
 
 
+def _claim(run: RunDir, model_id: str, fold: int, held: ExitStack) -> tuple[str, str]:
+    """Whether to train a fold: ("done", ""), ("held", why) or ("train", ""), the lock then held in ``held``."""
+    if run.checkpoint(model_id, fold).is_file():
+        return "done", ""
+    try:
+        held.enter_context(exclusive(run.lock(model_id, fold), f"{model_id} fold {fold}"))
+    except LockHeld as exc:
+        return "held", str(exc)
+    if run.checkpoint(model_id, fold).is_file():  # another process finished it just before we took the lock
+        return "done", ""
+    return "train", ""
+
+
+def _train_here(cfg: Config, run: RunDir, table: TrainTable, fold_ids: np.ndarray, fold_list: list[int], *,
+                resume: bool, progress: bool, on_epoch: Callable[[EpochEvent], None] | None, device: str | None = None,
+                dist: Dist = SINGLE, worker: Callable[[tuple], None] | None = None) -> dict[str, dict[int, FoldResult]]:
+    """Train every unfinished (model, fold) in order in this process (every rank of a DDP group).
+
+    A fold locked by a live process stops the run, unless this is a device ``worker`` (its ``send``): then the
+    fold is someone else's and the worker moves on, as it does past a partly trained fold without ``resume``
+    (left by a dead worker, or by an earlier run: the parent then asks for --resume). Under DDP rank 0 alone
+    takes the lock and the others follow its verdict.
+    """
+    done: dict[str, dict[int, FoldResult]] = {}
+    for entry in cfg.models:
+        mid = entry.model_id
+        done[mid] = {}
+        for k in fold_list:
+            with ExitStack() as held:
+                verdict, why = dist.broadcast(_claim(run, mid, k, held) if dist.is_main else None)
+                if verdict == "done":
+                    done[mid][k] = _done_before(run, mid, k)
+                    continue
+                if verdict == "held":
+                    if worker is not None:
+                        continue
+                    raise LockHeld(why)
+                if worker is not None:
+                    if not resume and run.state(mid, k).is_file():
+                        worker(("leftover", mid, k))
+                        continue
+                    worker(("start", mid, k))
+                done[mid][k] = train_fold(FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch, device, dist),
+                                          resume)
+    return done
+
+
+def _deterministic(cfg: Config) -> None:
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass
+class _FoldJob:
+    """What a device worker needs: it reads the table and folds.csv that the parent checked and wrote."""
+
+    cfg: Config
+    run_dir: Path
+    folds: list[int]
+    resume: bool
+    progress: bool
+    forward_epochs: bool
+
+
+def _fold_worker(job: _FoldJob, device: str, send: Callable[[tuple], None]) -> None:
+    """A device worker: train every (model, fold) nobody else has taken, reporting each start and result."""
+    run = RunDir(job.run_dir)
+    table = load_train_table(job.cfg.data)
+    fold_ids = ensure_folds(job.cfg, run, table)
+    _deterministic(job.cfg)
+    on_epoch = (lambda ev: send(("epoch", ev))) if job.forward_epochs else None
+    done = _train_here(job.cfg, run, table, fold_ids, job.folds, resume=job.resume, progress=job.progress,
+                       on_epoch=on_epoch, device=device, worker=send)
+    for mid, results in done.items():
+        for k, res in results.items():
+            if not res.skipped:
+                send(("fold", mid, k, res))
+
+
+def _train_on_workers(cfg: Config, run: RunDir, fold_list: list[int], devices: list[str], *, resume: bool,
+                      progress: bool, on_epoch: Callable[[EpochEvent], None] | None):
+    """One worker process per device over the same fold list; the fold locks share the work out."""
+    from comp.training._parallel import run_workers
+
+    results: dict[str, dict[int, FoldResult]] = {e.model_id: {} for e in cfg.models}
+    current: dict[int, tuple[str, int]] = {}
+    leftover: list[tuple[str, int]] = []
+
+    def on_message(i: int, msg: tuple) -> None:
+        if msg[0] == "leftover":
+            leftover.append((msg[1], msg[2]))
+        elif msg[0] == "start":
+            current[i] = (msg[1], msg[2])
+        elif msg[0] == "fold":
+            results[msg[1]][msg[2]] = msg[3]
+            current.pop(i, None)
+        elif msg[0] == "epoch" and on_epoch is not None:
+            on_epoch(msg[1])
+
+    def while_training(ex) -> str:
+        return f" while training {current[ex.index][0]} fold {current[ex.index][1]}" if ex.index in current else ""
+
+    def on_exit(ex) -> None:
+        if not ex.ok and ex.error is None:  # killed (errors are reported when they arrive)
+            log.warning("[%s] %s%s; that fold stays resumable, the other workers go on", ex.name, ex.describe(),
+                        while_training(ex))
+
+    job = _FoldJob(cfg, run.root, fold_list, resume, progress, on_epoch is not None)
+    exits = run_workers(_fold_worker, [job] * len(devices), devices, on_message=on_message, on_exit=on_exit)
+    for mid, res in results.items():
+        for k in fold_list:
+            if k not in res and run.checkpoint(mid, k).is_file():
+                res[k] = _done_before(run, mid, k)  # finished before this call (or by another box)
+        results[mid] = dict(sorted(res.items()))
+    left = [(m, k) for m, k in leftover if not run.checkpoint(m, k).is_file()]
+    if left and all(e.ok for e in exits):  # as train_fold says in a single process
+        raise CompError(f"{run.state(*left[0])} holds a partly trained fold; pass --resume to continue it or delete the file")
+    return results, exits, while_training
+
+
 def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = None, resume: bool = False,
-                progress: bool = True, on_epoch: Callable[[EpochEvent], None] | None = None) -> TrainResult:
+                progress: bool = True, on_epoch: Callable[[EpochEvent], None] | None = None,
+                devices: str | Sequence[str | int] | None = None) -> TrainResult:
     """Train every model entry of ``cfg`` on the chosen folds (all by default) into ``run_dir``.
 
     ``on_epoch(event)`` is called after every epoch's validation and once more when a fold finishes
     (``event.fold_done``); ``comp tune`` reports to its pruner through it and may raise to stop a trial.
+
+    ``devices`` (``"0,1"``, ``["cuda:0", "cuda:1"]``, ``"all"``, ``["cpu", "cpu"]``) runs one worker process per
+    device, each with a fair share of the CPU threads, each taking the next unfinished (model, fold) through the
+    fold locks; OOF and metrics are assembled once every fold is done. A fold gives the same result on any worker
+    as in a single process with the same threads per process. A worker that dies leaves its fold resumable, the
+    others go on, and the call then raises ``WorkerError``. ``on_epoch`` is called here as workers report.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every process calls this, and each fold trains with
+    DistributedDataParallel across them: rank 0 writes the artifacts and every rank returns the same result.
+
+    Example::
+
+        result = comp.train_folds(cfg, "runs/exp", devices="all")   # one worker per GPU
     """
+    from comp.training._parallel import raise_failures, resolve_devices
+
+    dist = Dist.from_env()
+    device_list = resolve_devices(devices) if devices is not None else None
+    if dist.enabled and device_list is not None:
+        raise CompError("--devices cannot be combined with torchrun / --ddp (each rank already has its GPU); use one")
+    device = rank_device(cfg.device, dist) if dist.enabled else (device_list[0] if device_list else None)
+    if dist.enabled and any(cfg.train_for(e).sync_bn for e in cfg.models) and device == "cpu":
+        raise CompError("train.sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); set train.sync_bn=false "
+                        "for DDP on the CPU")
     run = RunDir(run_dir)
     table = load_train_table(cfg.data)
     n = cfg.folds.n_splits
     if folds is not None and any(not 0 <= k < n for k in folds):
         raise CompError(f"--folds {','.join(map(str, folds))}: folds are numbered 0..{n - 1} (folds.n_splits={n})")
-    preflight(cfg, table)
-    fold_ids, new_folds = plan_folds(cfg, run, table)
-    prepare_run(cfg, run)
-    if new_folds:
-        run.write_folds(table.df[cfg.data.id_column].to_numpy(), fold_ids, cfg.data.id_column)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    models: dict[str, ModelResult] = {}
-    for entry in cfg.models:
-        mid = entry.model_id
-        done: dict[int, FoldResult] = {}
-        for k in folds if folds is not None else range(n):
-            if run.checkpoint(mid, k).is_file():
-                done[k] = _done_before(run, mid, k)
-                continue
-            with exclusive(run.lock(mid, k), f"{mid} fold {k}"):
-                if run.checkpoint(mid, k).is_file():  # another process finished it just before we took the lock
-                    done[k] = _done_before(run, mid, k)
-                    continue
-                done[k] = train_fold(FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch), resume)
-        result = assemble_model(cfg, run, mid, table)
-        models[mid] = ModelResult(mid, done, result.cv if result else None)
+    fold_list = list(folds) if folds is not None else list(range(n))
+    exits, while_training = [], None
+    with session(dist, device or "cpu"):
+        if dist.is_main:
+            preflight(cfg, table)  # everything checkable is checked before the first write
+            fold_ids, new_folds = plan_folds(cfg, run, table)
+            prepare_run(cfg, run)
+            if new_folds:
+                run.write_folds(table.df[cfg.data.id_column].to_numpy(), fold_ids, cfg.data.id_column)
+        dist.barrier()
+        if not dist.is_main:
+            fold_ids = ensure_folds(cfg, run, table)  # reads the folds.csv rank 0 wrote
+        _deterministic(cfg)
+        if device_list is not None and len(device_list) > 1:
+            done, exits, while_training = _train_on_workers(cfg, run, fold_list, device_list, resume=resume,
+                                                            progress=progress, on_epoch=on_epoch)
+        else:
+            done = _train_here(cfg, run, table, fold_ids, fold_list, resume=resume, progress=progress, on_epoch=on_epoch,
+                               device=device, dist=dist)
+        models: dict[str, ModelResult] = {}
+        for entry in cfg.models:
+            mid = entry.model_id
+            result = assemble_model(cfg, run, mid, table) if dist.is_main else None
+            models[mid] = ModelResult(mid, done[mid], dist.broadcast(result.cv if result else None))
+    raise_failures(exits, while_training or (lambda ex: ""),
+                   "the other workers' folds are kept; rerun the same command with --resume to finish")
     return TrainResult(run, cfg.metric, models)

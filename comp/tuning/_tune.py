@@ -12,8 +12,11 @@ import logging
 import math
 import os
 import shutil
+import socket
+import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,20 +25,24 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import JournalStorage
+from optuna.storages._heartbeat import BaseHeartbeat  # see _JournalWithHeartbeat
+from optuna.trial import FrozenTrial, TrialState
 
 from comp._tables import format_table
 from comp.config import TRAIN_KEYS, Config, build_config, dump, set_key
 from comp.config._records import _MODEL_FIELDS as MODEL_KEYS
 from comp.errors import CompError, ConfigError, closest
 from comp.metrics import get_metric
-from comp.run import RunDir, read_table, save_figure, write_csv, write_text
+from comp.run import RunDir, pid_alive, read_table, save_figure, write_csv, write_text
 from comp.training._trainer import EpochEvent
 
 SPACE_TYPES = ("float", "int", "categorical")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+MAX_RETRY = 2  # a trial whose worker died is run again at most this often (a config that kills workers stops)
 log = logging.getLogger(__name__)
 
 
@@ -190,20 +197,96 @@ def make_pruner(name: str, total_steps: int) -> optuna.pruners.BasePruner:
     raise CompError(f"unknown pruner '{name}'; choose from {', '.join(PRUNERS)}{closest(name, PRUNERS)}")
 
 
-def make_storage(url: str | None, out_dir: Path):
-    """SQLite file in the tuning folder by default; ``journal:PATH`` for a journal file; any RDB URL otherwise."""
-    if url is None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    if url.startswith("journal:"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+STALE_KEY = "comp:heartbeat"  # a journal trial's last heartbeat (unix time), as a system attribute
 
+
+class _JournalWithHeartbeat(JournalStorage, BaseHeartbeat):
+    """A journal file that speaks Optuna's heartbeat protocol, as RDBStorage does.
+
+    Optuna 5 gives journals no heartbeat (optuna#6615), so a worker killed on another box would leave its
+    trial RUNNING forever. Heartbeats are written as a trial system attribute; implementing BaseHeartbeat lets
+    Optuna's own ``fail_stale_trials`` and ``RetryHeartbeatStaleTrialCallback`` work on it unchanged. Times are
+    each writer's clock, so boxes sharing a journal need clocks within the grace period of each other (NTP).
+    """
+
+    def __init__(self, backend: Any, interval: int, grace: int, callback: Callable[..., None]):
+        super().__init__(backend)
+        self._interval, self._grace, self._callback = interval, grace, callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, STALE_KEY, time.time())
+        except UpdateFinishedTrialError:
+            pass  # finished meanwhile: nothing left to keep alive
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            if STALE_KEY not in t.system_attrs:
+                continue  # as in RDBStorage: a trial that never beat is not judged
+            # a retried trial inherits its dead original's attributes: its own start counts as a beat
+            start = t.datetime_start.timestamp() if t.datetime_start else 0.0
+            if now - max(float(t.system_attrs[STALE_KEY]), start) > self._grace:
+                stale.append(t._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int:
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[..., None]:
+        return self._callback
+
+
+def _retry_callback() -> Callable[..., None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+def make_storage(url: str | None, out_dir: Path, heartbeat: int = 60):
+    """The study's storage, with Optuna's heartbeat: a worker that stops beating for ``2 * heartbeat`` seconds has
+    its RUNNING trial failed and queued again (up to MAX_RETRY times) by whichever worker notices.
+
+    SQLite file in the tuning folder by default; ``journal:PATH`` for a journal file; any RDB URL otherwise.
+    """
+    grace = 2 * heartbeat
+    if url is not None:
+        check_storage_url(url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat is marked experimental
+        if url is not None and url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url[len("journal:"):]).expanduser().resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return _JournalWithHeartbeat(JournalFileBackend(str(path)), heartbeat, grace, _retry_callback())
+        engine_kwargs = None
+        if url is None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{(out_dir / 'study.db').resolve()}"
+        if url.startswith("sqlite"):
+            engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait for its lock
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                              grace_period=grace, heartbeat_stale_trial_callback=_retry_callback())
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of many types all mean an unusable URL
+            from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+            if isinstance(exc, (IntegrityError, ProgrammingError)):
+                raise  # the table-creation race between workers: _open_study's caller retries
+            first = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+            raise ConfigError(f"--storage {url}: cannot open the study ({type(exc).__name__}: {first}); check the "
+                              "server, its address and credentials, and that its driver (e.g. psycopg) is installed") from None
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse a --storage value that cannot work, before anything connects to it."""
+    if url.startswith("journal:"):
         path = Path(url[len("journal:"):]).expanduser().resolve()
         if path.is_dir():
             raise ConfigError(f"--storage {url}: {path} is a folder; name a journal file, e.g. journal:{path / 'study.log'}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme.split("+")[0] not in STORAGE_SCHEMES:
         raise ConfigError(f"--storage {url}: unknown kind of storage; use sqlite:///PATH, postgresql://user@host/db, "
@@ -214,7 +297,6 @@ def make_storage(url: str | None, out_dir: Path):
             raise ConfigError(f"--storage {url}: a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db")
         if not db.parent.is_dir():
             raise ConfigError(f"--storage {url}: folder {db.parent} does not exist; create it or choose another path")
-    return url
 
 
 # ---------------------------------------------------------------- the objective
@@ -232,7 +314,7 @@ def trial_score(cfg: Config, run_dir: Path, folds: list[int]) -> float:
     return float(np.mean(scores))
 
 
-def _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep):
+def _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep, device=None):
     from comp.training._trainer import train_folds
 
     params = suggest(trial, space)
@@ -243,30 +325,79 @@ def _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep):
     metric = get_metric(cfg.metric)
     reporter = FoldReporter(trial, folds, pruner_name == "wilcoxon", metric.greater_is_better)
     try:
-        train_folds(cfg, run_dir, folds=folds, progress=False, on_epoch=reporter)
+        train_folds(cfg, run_dir, folds=folds, progress=False, on_epoch=reporter, devices=[device] if device else None)
         return trial_score(cfg, run_dir, folds)
     finally:
         if not keep:
             shutil.rmtree(run_dir / "models", ignore_errors=True)  # checkpoints of every trial would fill the disk
 
 
+def _tell(study, trial, value=None, state=None) -> None:
+    try:
+        study.tell(trial, value, state=state)
+    except UpdateFinishedTrialError:
+        _declared_dead(trial)
+
+
+def _declared_dead(trial) -> None:
+    log.warning("trial %d was failed by another worker: this one sent no heartbeat for the grace period (a stalled "
+                "process or a paused box); its result is dropped and its retry takes its place", trial.number)
+
+
 def _fail(study, trial, reason: str) -> None:
-    trial.set_user_attr("fail_reason", reason[:500])
-    study.tell(trial, state=TrialState.FAIL)
+    try:
+        trial.set_user_attr("fail_reason", reason[:500])
+    except UpdateFinishedTrialError:
+        return _declared_dead(trial)
+    _tell(study, trial, state=TrialState.FAIL)
 
 
-def run_one(study, base_cfg, space, out_dir, folds, pruner_name, n_trials, keep=False) -> bool:
+@contextmanager
+def _heartbeat(storage, trial, interval: int) -> Iterator[None]:
+    """Beat for ``trial`` every ``interval`` seconds while the block runs (the storage's public record_heartbeat)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception as exc:  # a storage hiccup must not kill the trial; a long silence fails it
+                log.debug("heartbeat of trial %d failed: %s", trial.number, exc)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"comp-heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+
+
+def run_one(study, base_cfg, space, out_dir, folds, pruner_name, n_trials, keep=False, *, storage=None,
+            heartbeat: int = 60, device: str | None = None) -> bool:
     """Ask for a trial and run it; False once the study already holds ``n_trials`` (this one is dropped)."""
-    trial = study.ask()
-    ahead = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and t.state in COUNTED
-             and t.user_attrs.get("fail_reason") != "surplus"]
-    if len(ahead) >= n_trials:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)  # we beat ourselves: see _heartbeat
+        trial = study.ask()
+    if storage is not None:
+        storage.record_heartbeat(trial._trial_id)  # judged from now on, should this process die before its next beat
+    if _counted(study.get_trials(deepcopy=False), before=trial.number) >= n_trials:
         _fail(study, trial, "surplus")  # another worker took the last slot between our count and our ask
         return False
+    # lets a worker on this box fail the trial at once if this process dies; the number tells this trial's own
+    # record from the one a retry inherits from its dead original
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:{trial.number}")
     try:
-        value = _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep)
+        with _heartbeat(storage, trial, heartbeat) if storage is not None else _nothing():
+            value = _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep, device)
     except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
+        _tell(study, trial, state=TrialState.PRUNED)
+    except UpdateFinishedTrialError:  # reporting to a trial another worker declared dead
+        _declared_dead(trial)
     except KeyboardInterrupt:
         _fail(study, trial, "interrupted")
         raise
@@ -275,58 +406,134 @@ def run_one(study, base_cfg, space, out_dir, folds, pruner_name, n_trials, keep=
         log.warning("trial %d failed: %s", trial.number, reason)
         _fail(study, trial, reason)
     else:
-        study.tell(trial, value)
+        _tell(study, trial, value)
     return True
 
 
-def _counted(study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=COUNTED) if t.user_attrs.get("fail_reason") != "surplus")
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
-def _fail_interrupted(study) -> None:
-    """A single-worker SQLite study resumed after a kill: its RUNNING trials can never finish."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+def _retry_of(trials: list[FrozenTrial]) -> dict[int, int]:
+    """{number of a trial whose worker died: number of the trial that retries it}."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = {t.number: optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t) for t in trials}
+    return {h[-1]: number for number, h in history.items() if h}
 
 
-def _open_study(**kwargs) -> optuna.Study:
+def _counted(trials: list[FrozenTrial], before: int | None = None) -> int:
+    """Trials that count towards n_trials: finished or running, not surplus, not a dead worker's (it is retried)."""
+    retried = _retry_of(trials)
+    return sum(1 for t in trials if t.state in COUNTED and t.user_attrs.get("fail_reason") != "surplus"
+               and t.number not in retried and (before is None or t.number < before))
+
+
+def _reap(study, trials: list[FrozenTrial]) -> None:
+    """Fail the RUNNING trials of dead workers; Optuna's retry callback queues each again.
+
+    Any box: Optuna's heartbeat check (no beat for the grace period). This box, at once: a trial whose worker
+    process is gone, as a fold lock of a dead process on this host is taken over.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    host = socket.gethostname()
+    storage = study._storage
+    for t in trials:
+        w_host, pid, number = (str(t.user_attrs.get("worker", "")).rsplit(":", 2) + ["", "", ""])[:3]
+        if t.state != TrialState.RUNNING or w_host != host or number != str(t.number) or pid_alive(pid):
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                log.warning("trial %d: its worker (pid %s on this box) is gone; the trial is queued again", t.number, pid)
+                storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(t._trial_id))
+        except UpdateFinishedTrialError:
+            pass  # another worker failed it first
+
+
+@dataclass
+class _Plan:
+    """Everything a tuning worker needs (picklable: device workers receive it)."""
+
+    base: Config
+    space: dict
+    out_dir: Path
+    storage: str | None
+    study_name: str
+    direction: str
+    pruner: str
+    total_steps: int
+    n_trials: int
+    folds: list[int]
+    keep_trials: bool
+    timeout: float | None
+    heartbeat: int
+    seed: int
+
+
+def _open_study(plan: _Plan, *, shared: bool):
     """create_study(load_if_exists=True), retried: workers starting together on an empty database race to
-    create its tables and one of them loses with a duplicate-object error."""
-    from sqlalchemy.exc import (
-        ArgumentError,
-        IntegrityError,
-        OperationalError,
-        ProgrammingError,
-        SQLAlchemyError,
-    )
+    create its tables and one of them loses with a duplicate-object error. Returns the study and its storage."""
+    from sqlalchemy.exc import SQLAlchemyError
 
-    where = kwargs["storage"] if isinstance(kwargs.get("storage"), str) else "the journal file"
     for attempt in range(6):
         try:
-            return optuna.create_study(**kwargs)
-        except (IntegrityError, ProgrammingError):  # the table-creation race: another worker just made them
+            storage = make_storage(plan.storage, plan.out_dir, plan.heartbeat)
+            study = optuna.create_study(study_name=plan.study_name, storage=storage, load_if_exists=True,
+                                        direction=plan.direction, pruner=make_pruner(plan.pruner, plan.total_steps))
+            break
+        except SQLAlchemyError:
             if attempt == 5:
                 raise
             time.sleep(0.5 * (attempt + 1))
-        except OperationalError as exc:
-            if "locked" in str(exc) and attempt < 5:
-                time.sleep(0.5 * (attempt + 1))
-                continue
-            first = " ".join(str(exc.orig if exc.orig is not None else exc).split())[:200]
-            raise ConfigError(f"--storage {where}: cannot open the study ({first}); check the server, "
-                              "its address and credentials") from None
-        except (ArgumentError, ImportError, SQLAlchemyError) as exc:
-            raise ConfigError(f"--storage {where}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]} "
-                              "(is the database driver installed, e.g. psycopg for PostgreSQL?)") from None
-    raise AssertionError("unreachable")
+    # a resumed study or another worker must not replay the first samples of the seeded sampler
+    offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if shared else 0)
+    study.sampler = optuna.samplers.TPESampler(seed=(plan.seed + offset) % 2**31)
+    return study, storage
+
+
+def _work(plan: _Plan, study, storage, device: str | None = None) -> None:
+    """Run trials until the study holds n_trials; then stay while other workers' trials run, so that the retry
+    of one whose worker dies still finds a worker."""
+    t0 = time.monotonic()
+    waiting = False
+    while plan.timeout is None or time.monotonic() - t0 < plan.timeout:
+        _reap(study, study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        if _counted(trials) < plan.n_trials:
+            run_one(study, plan.base, plan.space, plan.out_dir, plan.folds, plan.pruner, plan.n_trials, plan.keep_trials,
+                    storage=storage, heartbeat=plan.heartbeat, device=device)
+            continue
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        if not running:
+            return
+        if not waiting:
+            log.info("the study holds %d trials; waiting for trial%s %s of other workers to end (one whose worker dies "
+                     "is run again here)", plan.n_trials, "s" if len(running) > 1 else "", ", ".join(map(str, running)))
+            waiting = True
+        time.sleep(min(plan.heartbeat, 2.0))
+
+
+def _tune_worker(plan: _Plan, device: str, send: Callable[[tuple], None]) -> None:
+    """A device worker of ``tune(devices=...)``: one process, one device, the shared study."""
+    with _quiet_optuna():
+        study, storage = _open_study(plan, shared=True)
+        _work(plan, study, storage, device)
 
 
 def tune(cfg: Config, out_dir: str | Path, *, n_trials: int | None = None, timeout: float | None = None,
          storage: str | None = None, study_name: str | None = None, folds: list[int] | None = None,
          epochs: int | None = None, pruner: str | None = None, seed: int | None = None,
-         keep_trials: bool = False) -> TuneResult:
-    """Run (or resume) a study until it holds ``n_trials`` trials; write the best config, trials.csv and plots."""
+         keep_trials: bool = False, devices: str | list[str | int] | None = None, heartbeat: int = 60) -> TuneResult:
+    """Run (or resume) a study until it holds ``n_trials`` trials; write the best config, trials.csv and plots.
+
+    ``devices`` (``"0,1"``, ``"all"``, ``["cpu", "cpu"]``) runs one worker process per device on the study.
+    Workers record a heartbeat every ``heartbeat`` seconds; the trial of a worker silent for twice that is
+    failed and run again by another worker (at once when the dead worker was on this box), so a killed worker
+    never leaves a trial counted forever. Workers on other boxes share the study through ``storage``.
+    """
     out_dir = Path(out_dir)
     space = parse_space(cfg)
     block = cfg.tune
@@ -337,6 +544,14 @@ def tune(cfg: Config, out_dir: str | Path, *, n_trials: int | None = None, timeo
         raise ConfigError(f"--timeout must be > 0 seconds, got {timeout}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
+        raise ConfigError(f"--heartbeat must be a whole number of seconds >= 1, got {heartbeat!r}")
+    from comp.training._distributed import Dist
+    from comp.training._parallel import raise_failures, resolve_devices, run_workers
+
+    if Dist.from_env().enabled:
+        raise CompError("comp tune does not run under torchrun / --ddp; use --devices for one worker per GPU")
+    device_list = resolve_devices(devices) if devices is not None else None
     n_trials = n_trials or block.n_trials or 20
     pruner = pruner or block.pruner or "median"
     folds = folds if folds is not None else block.folds or list(range(cfg.folds.n_splits))
@@ -351,22 +566,21 @@ def tune(cfg: Config, out_dir: str | Path, *, n_trials: int | None = None, timeo
             entry.pop("epochs", None)
         base = build_config(raw)
     metric = get_metric(cfg.metric)
-    direction = block.direction or metric.direction
     max_epochs = max(base.train_for(e).epochs for e in base.models)
+    plan = _Plan(base, space, out_dir, storage, study_name or "comp", block.direction or metric.direction, pruner,
+                 len(folds) * len(base.models) * max_epochs, n_trials, folds, keep_trials, timeout, heartbeat,
+                 cfg.seed if seed is None else seed)
     with _quiet_optuna():
-        study = _open_study(
-            study_name=study_name or "comp", storage=make_storage(storage, out_dir), load_if_exists=True,
-            direction=direction, pruner=make_pruner(pruner, len(folds) * len(base.models) * max_epochs),
-        )
-        # a resumed study or a second worker must not replay the first samples of the seeded sampler
-        offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if storage is not None else 0)
-        study.sampler = optuna.samplers.TPESampler(seed=((cfg.seed if seed is None else seed) + offset) % 2**31)
-        if storage is None:
-            _fail_interrupted(study)
-        t0 = time.monotonic()
-        while _counted(study) < n_trials and (timeout is None or time.monotonic() - t0 < timeout):
-            if not run_one(study, base, space, out_dir, folds, pruner, n_trials, keep_trials):
-                break
+        study, store = _open_study(plan, shared=storage is not None)  # creates the study before any worker races to
+        if device_list is not None and len(device_list) > 1:
+            exits = run_workers(_tune_worker, [plan] * len(device_list), device_list)
+            for ex in exits:
+                if not ex.ok and ex.error is None:
+                    log.warning("[%s] %s; another worker ran its trial again", ex.name, ex.describe())
+            if any(e.error is not None for e in exits) or _counted(study.get_trials(deepcopy=False)) < n_trials:
+                raise_failures(exits, lambda ex: "", "the study keeps its finished trials; run the same command to go on")
+        else:
+            _work(plan, study, store, device_list[0] if device_list else None)
         return write_outputs(study, cfg, space, out_dir)
 
 
@@ -387,10 +601,15 @@ def _quiet_optuna() -> Iterator[None]:
 def trials_frame(study) -> pd.DataFrame:
     """One row per trial: number, state, value, duration, fail reason, one column per parameter."""
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    retried = _retry_of(trials)
+    for t in trials:
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        reason = t.user_attrs.get("fail_reason", "")
+        if t.state == TrialState.FAIL and not reason:  # failed by the heartbeat check or a dead-worker check
+            reason = "worker died" + (f"; retried as trial {retried[t.number]}" if t.number in retried else "")
         rows.append({"number": t.number, "state": t.state.name, "value": t.value, "duration_s": dur,
-                     "last_step": t.last_step, "fail_reason": t.user_attrs.get("fail_reason", ""), **t.params})
+                     "last_step": t.last_step, "fail_reason": reason, **t.params})
     return pd.DataFrame(rows)
 
 
