@@ -9,8 +9,10 @@ import timm
 from torch import nn
 
 from comp.config import ModelConfig, TrainConfig
+from comp.data._attributes import Scheme
 from comp.errors import CompError, closest
 from comp.run._checkpoint import load_checkpoint
+from comp.training._heads import AttributeHeads, attribute_heads, from_description
 
 
 def check_model_name(name: str) -> None:
@@ -20,8 +22,20 @@ def check_model_name(name: str) -> None:
         raise CompError(f"unknown timm model '{name}'{closest(arch, timm.list_models())}; see timm.list_models()")
 
 
-def create_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | None = None) -> nn.Module:
-    """Create the timm model of a config entry; ``pretrained`` is true (timm's source) or a local weights file."""
+def create_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | None = None, *,
+                 scheme: Scheme | None = None) -> nn.Module:
+    """Create the timm model of a config entry; ``pretrained`` is true (timm's source) or a local weights file.
+
+    An entry with ``heads: attributes`` gets a headless backbone and one head per attribute of ``scheme``.
+    """
+    if entry.heads == "attributes":
+        if scheme is None:
+            raise CompError(f"model '{entry.model_id}' has heads: attributes but the data has no data.labels; set them")
+        return attribute_heads(_timm_model(entry, 0, train_cfg), scheme)
+    return _timm_model(entry, num_classes, train_cfg)
+
+
+def _timm_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | None) -> nn.Module:
     name = entry.name
     check_model_name(name)
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": entry.in_chans}
@@ -73,7 +87,15 @@ def model_from_checkpoint(ckpt: dict | str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model of a checkpoint (no download) and load its weights; returns (model in eval mode, ckpt)."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    kwargs = {"num_classes": ckpt["num_classes"], "in_chans": ckpt.get("in_chans", 3)}
+    heads = ckpt.get("heads")
+    kwargs = {"num_classes": 0 if heads else ckpt["num_classes"], "in_chans": ckpt.get("in_chans", 3)}
     model = timm.create_model(ckpt["model_name"], pretrained=False, **kwargs)
+    if heads:
+        model = from_description(model, heads)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt
+
+
+def checkpoint_meta(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint needs besides timm's name to rebuild ``model``: the heads of a multi-head model."""
+    return {"heads": model.describe()} if isinstance(model, AttributeHeads) else {}
