@@ -129,7 +129,11 @@ def test_ensemble_of_heads_and_single_head(contest, trained):
         comp("predict", str(run), "--quiet", "--out", str(contest / f"{run.name}.csv"))
     blend = contest / "blend.csv"
     out = comp("ensemble", str(heads), str(single), "--method", "mean", "--out", str(blend))
-    assert "effb0-heads" in out and "eff-single" in out
+    assert "effb0-heads" in out and "eff-single" in out and "blend OOF macro F1 per attribute: mask" in out
+    metrics = json.loads(
+        (contest / "runs" / "blend-mean" / "models" / "blend-mean" / "metrics.json").read_text()
+    )
+    assert set(metrics["attribute_f1"]) == {"mask", "gender", "age"}
     sub = pd.read_csv(blend, dtype=str)
     info = pd.read_csv(contest / "eval" / "info.csv", dtype=str)
     assert list(sub.columns) == ["ImageID", "ans"] and sub["ImageID"].tolist() == info["ImageID"].tolist()

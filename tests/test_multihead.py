@@ -163,6 +163,25 @@ def test_create_model_picks_heads_from_the_entry_and_freezes_only_the_backbone()
     assert not isinstance(plain, AttributeHeads) and plain.num_classes == 18
 
 
+@pytest.mark.parametrize("heads", ["single", "attributes"])
+def test_fold_trainer_fits_the_training_labels(contest, tmp_path, heads):
+    from comp.run import RunDir
+    from comp.training._trainer import FoldContext, FoldTrainer
+
+    cfg = config(contest, f"models.0.heads={heads}", "loss.label_smoothing=0.1")
+    table = load_train_table(cfg.data)
+    folds = np.arange(len(table.targets)) % 2
+    trainer = FoldTrainer(
+        FoldContext(cfg, cfg.models[0], table, folds, 0, RunDir(tmp_path / "run"), progress=False)
+    )
+    moved = table.train_targets != table.targets
+    assert moved.sum() == len(STEMS)  # the 59-year-old's photos
+    np.testing.assert_array_equal(trainer.train_ds.targets, table.train_targets)
+    assert isinstance(trainer.loss_fn, AttributeLoss) == (heads == "attributes")
+    # heads smooth their own targets; an 18-way head smooths in the mixer
+    assert trainer.mixer.smoothing == (0.0 if heads == "attributes" else 0.1)
+
+
 # ---------------------------------------------------------------- config keys
 
 
@@ -209,11 +228,12 @@ def test_bad_keys_are_one_line_errors(contest, changes, needle):
 
 
 def test_head_losses_inherit_the_loss_block(contest):
-    cfg = config(contest, "loss.label_smoothing=0.2", "loss.name=focal")
+    cfg = config(contest, "loss.label_smoothing=0.2", "loss.name=ce", "loss.attributes.age.focal_gamma=3")
     age, gender, mask = (cfg.loss.head(n) for n in ("age", "gender", "mask"))
-    assert (age.name, age.weight, age.label_smoothing) == ("focal", 1.5, 0.2)
+    assert (age.name, age.weight, age.label_smoothing, age.focal_gamma) == ("focal", 1.5, 0.2, 3.0)
+    assert gender.focal_gamma == 2.0
     assert (gender.name, gender.weight, gender.label_smoothing, gender.class_weights) == (
-        "focal",
+        "ce",
         1.0,
         0.2,
         "none",
