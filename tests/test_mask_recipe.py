@@ -120,6 +120,12 @@ def test_export_predict_tta_and_submission(contest, trained):
     np.testing.assert_allclose(RunDir(run).read_test("effb0-heads").probs, test.probs, atol=1e-4)
 
 
+def test_explain_multihead(contest, trained):
+    out = comp("explain", str(contest / "runs" / "mask"), "--top", "2")
+    assert "effb0-heads" in out
+    assert (contest / "runs" / "mask" / "models" / "effb0-heads" / "explain" / "gradcam.png").is_file()
+
+
 def test_ensemble_of_heads_and_single_head(contest, trained):
     heads, single = (
         contest / "runs" / "mask" / "models" / "effb0-heads",

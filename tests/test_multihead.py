@@ -73,6 +73,16 @@ def test_softmax_of_the_output_is_the_composed_head_probabilities():
         np.testing.assert_allclose(p, heads[name], atol=1e-6)
 
 
+def test_timm_feature_interface_for_grad_cam():
+    model = heads_model()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x))
+    for f in model.feature_info:
+        assert model.get_submodule(f["module"]) is not None
+    assert model.num_features == model.backbone.num_features
+
+
 @pytest.mark.parametrize("loss_name", list(LOSSES))
 def test_loss_is_the_weighted_sum_of_each_heads_own_loss(loss_name):
     """From the composed output and 18-class soft targets, each head gets exactly its own loss on its own logits."""

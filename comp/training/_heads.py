@@ -49,16 +49,38 @@ class AttributeHeads(nn.Module):
         """The heads (what trains during a frozen-backbone warm-up)."""
         return self.heads
 
+    # timm's feature interface, so Grad-CAM (comp explain) sees the backbone's maps
+    @property
+    def num_features(self) -> int:
+        return self.backbone.num_features
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        info = getattr(self.backbone, "feature_info", None) or []
+        return [{**f, "module": f"backbone.{f['module']}"} for f in info]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)
+
+    def _heads(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: head(pooled) for name, head in self.heads.items()}
+
     def head_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each attribute head's logits."""
-        features = self.backbone(x)
-        return {name: head(features) for name, head in self.heads.items()}
+        return self._heads(self.backbone(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Log of the composed class probabilities from the backbone's feature map."""
+        return self._compose(self._heads(self.backbone.forward_head(features)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log of the composed class probabilities, (batch, N classes) in code order."""
+        return self._compose(self.head_logits(x))
+
+    def _compose(self, logits: dict[str, torch.Tensor]) -> torch.Tensor:
         out = None
-        for j, logits in enumerate(self.head_logits(x).values()):
-            part = torch.log_softmax(logits.float(), dim=1)[:, self.combos[:, j]]
+        for j, head in enumerate(logits.values()):
+            part = torch.log_softmax(head.float(), dim=1)[:, self.combos[:, j]]
             out = part if out is None else out + part
         assert out is not None
         return out
