@@ -292,6 +292,44 @@ def test_recipe_reads_the_contest_with_its_quirks(contest, tmp_path, monkeypatch
     )
 
 
+def test_image_folder_and_one_row_per_image_layouts_from_the_config(tmp_path):
+    from conftest import write_competition
+
+    root = write_competition(tmp_path / "c", n_groups=6, per_group=2)
+    classic = load_config({"data": {"group_column": "person"}}, base_dir=root)
+    as_layout = load_config(
+        {
+            "data": {
+                "layout": {
+                    "csv": "train.csv",
+                    "folder": "train",
+                    "files": "{id}.png",
+                    "id": "{id}",
+                    "group": "{person}",
+                }
+            }
+        },
+        base_dir=root,
+    )
+    a, b = load_train_table(classic.data), load_train_table(as_layout.data)
+    assert a.classes == b.classes and list(a.paths) == [
+        Path(p) for p in b.df.set_index("id").loc[a.df["id"], "path"]
+    ]
+    assert sorted(zip(a.df["id"], a.targets, a.groups)) == sorted(zip(b.df["id"], b.targets, b.groups))
+    tree = tmp_path / "tree"
+    for path, label in zip(a.paths, a.df["label"]):
+        (tree / "train" / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tree / "train" / label / path.name)
+    folders = load_config(
+        {"data": {"layout": {"folder": "train/*", "fields": {"folder": "(?P<label>.+)"}}}}, base_dir=tree
+    )
+    c = load_train_table(folders.data)
+    assert c.classes == a.classes and c.df["id"].str.startswith("train/").all() and c.groups is None
+    assert sorted(zip(c.df["path"].map(lambda p: Path(p).stem), c.targets)) == sorted(
+        zip(a.df["id"], a.targets)
+    )
+
+
 def test_folds_keep_each_person_together(contest, tmp_path):
     from comp.data._folds import assign_folds
 
