@@ -98,4 +98,5 @@ def model_from_checkpoint(ckpt: dict | str | Path) -> tuple[nn.Module, dict]:
 
 def checkpoint_meta(model: nn.Module) -> dict[str, Any]:
     """What a checkpoint needs besides timm's name to rebuild ``model``: the heads of a multi-head model."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     return {"heads": model.describe()} if isinstance(model, AttributeHeads) else {}
