@@ -169,8 +169,14 @@ def test_create_model_picks_heads_from_the_entry_and_freezes_only_the_backbone()
     assert head_parameters(model) == {id(p) for p in model.heads.parameters()}
     with pytest.raises(CompError, match="data.labels"):
         create_model(entry, 18)
+    torch.manual_seed(0)
+    model = create_model(entry, 18, scheme=SCHEME)
+    torch.manual_seed(0)
     plain = create_model(ModelConfig("test_efficientnet"), 18, scheme=SCHEME)
     assert not isinstance(plain, AttributeHeads) and plain.num_classes == 18
+    # under one seed the backbone starts from the single-head model's weights
+    backbone = model.backbone.state_dict()
+    assert backbone and all(torch.equal(v, plain.state_dict()[k]) for k, v in backbone.items())
 
 
 @pytest.mark.parametrize("heads", ["single", "attributes"])

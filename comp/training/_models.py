@@ -31,7 +31,11 @@ def create_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | 
     if entry.heads == "attributes":
         if scheme is None:
             raise CompError(f"model '{entry.model_id}' has heads: attributes but the data has no data.labels; set them")
-        return attribute_heads(_timm_model(entry, 0, train_cfg), scheme)
+        # built with its usual classifier, then dropped: the backbone starts from the same weights as the
+        # entry's single-head model under the same seed, so the two compare on their heads alone
+        backbone = _timm_model(entry, num_classes, train_cfg)
+        backbone.reset_classifier(0)
+        return attribute_heads(backbone, scheme)
     return _timm_model(entry, num_classes, train_cfg)
 
 
