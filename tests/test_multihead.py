@@ -336,6 +336,19 @@ def test_image_folder_and_one_row_per_image_layouts_from_the_config(tmp_path):
     )
 
 
+def test_data_root_points_the_layout_elsewhere(contest, tmp_path):
+    (tmp_path / "configs").mkdir()
+    shutil.copy(RECIPE, tmp_path / "configs" / "mask.yaml")
+    rel = Path("..") / contest.relative_to(tmp_path)
+    cfg = load_config(tmp_path / "configs" / "mask.yaml", overrides=[*TINY, f"data.root={rel}"])
+    assert cfg.data.root == str(contest.resolve())
+    assert len(load_train_table(cfg.data).df) == len(PERSONS) * len(STEMS)
+    with pytest.raises(
+        CompError, match="train.csv"
+    ):  # without it, the layout is looked for next to the config
+        load_train_table(load_config(tmp_path / "configs" / "mask.yaml", overrides=TINY).data)
+
+
 def test_folds_keep_each_person_together(contest, tmp_path):
     from comp.data._folds import assign_folds
 
