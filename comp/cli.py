@@ -236,6 +236,8 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
     click.echo(format_table(result_rows(result), ["model", "weight", "cv", "cv_in_sample"]))
     if result["bias"]:
         click.echo("class bias: " + ", ".join(f"{c}={v:+.2f}" for c, v in result["bias"].items()))
+    if result.get("attribute_f1"):
+        click.echo("blend OOF macro F1 per attribute: " + ", ".join(f"{k} {v:.4f}" for k, v in result["attribute_f1"].items()))
     for note in result["notes"]:
         click.echo(f"note: {note}")
     click.echo(f"blend: {result['model_dir']}")

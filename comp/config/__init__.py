@@ -16,6 +16,7 @@ from comp.config._records import (
     Config,
     DataConfig,
     FoldsConfig,
+    HeadLossConfig,
     LossConfig,
     MixupConfig,
     ModelConfig,
@@ -27,7 +28,7 @@ from comp.config._records import (
 )
 
 __all__ = [
-    "TRAIN_KEYS", "AugmentConfig", "Config", "DataConfig", "FoldsConfig", "LossConfig", "MixupConfig", "ModelConfig",
-    "PredictConfig", "TrainConfig", "TuneConfig", "apply_overrides", "build_config", "build_model", "dump",
-    "load_config", "parse_value", "read_yaml", "resolve_paths", "set_key", "yaml_load",
+    "TRAIN_KEYS", "AugmentConfig", "Config", "DataConfig", "FoldsConfig", "HeadLossConfig", "LossConfig",
+    "MixupConfig", "ModelConfig", "PredictConfig", "TrainConfig", "TuneConfig", "apply_overrides", "build_config",
+    "build_model", "dump", "load_config", "parse_value", "read_yaml", "resolve_paths", "set_key", "yaml_load",
 ]

@@ -125,6 +125,8 @@ def resolve_paths(cfg: Config, base: str | Path) -> Config:
     """Make the data block's relative paths and local weights files absolute against ``base`` (in place)."""
     base = Path(base)
     data = cfg.data
+    if data.layout is not None and data.root is None:
+        data.root = "."  # a layout's paths are relative to the config file's folder unless data.root says otherwise
     for key in DataConfig.PATH_KEYS:
         value = getattr(data, key)
         if value:

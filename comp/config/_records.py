@@ -48,8 +48,14 @@ class DataConfig:
     num_workers: int = _f(0, ge=0)
     cache: Literal["none", "memory", "disk"] = "none"
     cache_dir: str | None = None
+    # rows from a layout spec (comp/data/_layout.py) instead of train_csv + image_dir; its paths are under ``root``
+    layout: dict[str, Any] | None = None
+    # labels made of attributes (comp/data/_attributes.py) instead of label_column
+    labels: dict[str, Any] | None = None
+    root: str | None = None  # base folder of layout paths; default: the config file's folder
 
-    PATH_KEYS: typing.ClassVar = ("train_csv", "image_dir", "test_csv", "test_image_dir", "sample_submission", "cache_dir")
+    PATH_KEYS: typing.ClassVar = ("train_csv", "image_dir", "test_csv", "test_image_dir", "sample_submission", "cache_dir",
+                                  "root")
 
 
 @dataclass
@@ -124,6 +130,31 @@ class LossConfig:
     label_smoothing: float = _f(0.0, ge=0, lt=1)
     focal_gamma: float = _f(2.0, ge=0)
     class_weights: str | list[float] = "none"
+    # per attribute of data.labels, for models with ``heads: attributes``: {age: {name: focal, weight: 2}}
+    attributes: dict[str, Any] | None = None
+
+    def head(self, attribute: str) -> HeadLossConfig:
+        """The loss of one attribute's head: its ``loss.attributes`` entry over the block's own defaults."""
+        raw = (self.attributes or {}).get(attribute) or {}
+        head = build_section(HeadLossConfig, raw, f"loss.attributes.{attribute}")
+        return dataclasses.replace(
+            head,
+            name=head.name if head.name is not None else self.name,
+            label_smoothing=head.label_smoothing if head.label_smoothing is not None else self.label_smoothing,
+            focal_gamma=head.focal_gamma if head.focal_gamma is not None else self.focal_gamma,
+            class_weights=head.class_weights if head.class_weights is not None else self.class_weights,
+        )
+
+
+@dataclass
+class HeadLossConfig:
+    """One attribute head's loss; a key left out (None) takes the ``loss`` block's value."""
+
+    name: str | None = None
+    weight: float = _f(1.0, ge=0)
+    label_smoothing: float | None = _f(None, ge=0, lt=1)
+    focal_gamma: float | None = _f(None, ge=0)
+    class_weights: str | list[float] | None = None
 
 
 @dataclass
@@ -164,6 +195,7 @@ class ModelConfig:
     pretrained: bool | str = False
     image_size: int | list[int] = 224
     in_chans: int = _f(3, ge=1)
+    heads: Literal["single", "attributes"] = "single"  # attributes: one head per attribute of data.labels
     train: dict[str, Any] = field(default_factory=dict)  # train.* keys set on this entry (flat in YAML)
 
     @property
@@ -182,6 +214,8 @@ class ModelConfig:
         if self.id is not None:
             out["id"] = self.id
         out.update(pretrained=self.pretrained, image_size=copy.deepcopy(self.image_size), in_chans=self.in_chans)
+        if self.heads != "single":  # only when set, so configs saved before the key existed still match
+            out["heads"] = self.heads
         out.update(copy.deepcopy(self.train))
         return out
 
@@ -436,3 +470,48 @@ def _check_config(cfg: Config) -> None:
 
     for name in cfg.predict.tta:
         TTA_OPS.check(name, "TTA view")
+    _check_labels(cfg)
+
+
+def _check_labels(cfg: Config) -> None:
+    """The layout and label specs, and what leans on them: attribute heads and their losses."""
+    from comp.data._attributes import parse_labels
+    from comp.data._layout import parse_layout
+    from comp.training._losses import LOSSES
+
+    data = cfg.data
+    if data.layout is not None:
+        parse_layout(data.layout, key="data.layout")
+    scheme = parse_labels(data.labels, key="data.labels") if data.labels is not None else None
+    if scheme is not None and data.classes is not None:
+        raise ConfigError("config keys 'data.classes' and 'data.labels' are both set; data.labels defines the classes "
+                          "(in code order), so drop data.classes")
+    for i, m in enumerate(cfg.models):
+        if m.heads == "attributes" and scheme is None:
+            raise ConfigError(f"config key 'models[{i}].heads' is 'attributes' but data.labels is not set; declare the "
+                              "attributes there or use heads: single")
+    own_losses = cfg.loss.attributes
+    if own_losses is not None and scheme is None:
+        raise ConfigError("config key 'loss.attributes' needs data.labels (its keys are attribute names); set data.labels "
+                          "or drop loss.attributes")
+    if scheme is None or (own_losses is None and all(m.heads == "single" for m in cfg.models)):
+        return
+    for name, raw in (own_losses or {}).items():
+        if name not in scheme.names:
+            raise ConfigError(f"config key 'loss.attributes.{name}': no attribute '{name}' in data.labels"
+                              f"{closest(str(name), scheme.names)}; attributes are {', '.join(scheme.names)}")
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"config key 'loss.attributes.{name}' must be a mapping (name, weight, label_smoothing, "
+                              f"focal_gamma, class_weights), got {raw!r}")
+    for attr in scheme.attributes:
+        head = cfg.loss.head(attr.name)
+        key = f"loss.attributes.{attr.name}"
+        LOSSES.check(head.name, f"loss in '{key}.name'")
+        cw, k = head.class_weights, len(attr.values)
+        own = ((own_losses or {}).get(attr.name) or {}).get("class_weights") is not None
+        where = f"'{key}.class_weights'" if own else f"'loss.class_weights' (inherited by {key})"
+        if isinstance(cw, str) and cw not in ("none", "balanced"):
+            raise ConfigError(f"config key {where} must be 'none', 'balanced' or a list of numbers, got {cw!r}")
+        if isinstance(cw, list) and (len(cw) != k or any(w < 0 for w in cw)):
+            raise ConfigError(f"config key {where} must list {k} non-negative weights for {attr.name} "
+                              f"({', '.join(attr.values)}), got {cw!r}; set {key}.class_weights")

@@ -6,6 +6,7 @@ escapes the image folder) raises ``CompError`` naming the file, row or key and t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from comp.config import DataConfig
+from comp.data._attributes import Scheme, Targets, class_names, parse_labels
+from comp.data._attributes import targets as attribute_targets
 from comp.errors import CompError
 from comp.run._io import read_table
 
@@ -47,45 +50,84 @@ def check_ids(df: pd.DataFrame, id_col: str, path) -> None:
 
 @dataclass
 class TrainTable:
-    """The training table after validation: ids, string labels, integer targets, groups, paths."""
+    """The training table after validation: ids, string labels, integer targets, groups, paths.
+
+    ``targets`` are the classes CV scores against; ``train_targets`` the ones models fit (they differ only where
+    ``data.labels`` bins an attribute differently for training). ``scheme`` and ``attributes`` are set when the
+    labels are made of attributes.
+    """
 
     df: pd.DataFrame
     classes: list[str]
     targets: np.ndarray
     groups: np.ndarray | None
     paths: list[Path]
+    train_targets: np.ndarray = None  # type: ignore[assignment]  # None: the same as targets
+    scheme: Scheme | None = None
+    attributes: Targets | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_targets is None:
+            self.train_targets = self.targets
 
 
 def load_train_table(data_cfg: DataConfig, check_images: bool = True) -> TrainTable:
-    """Read and validate ``data.train_csv``; resolve each row's image path."""
-    path = data_cfg.train_csv
-    df = read_csv(path, "train CSV")
-    id_col, label_col, group_col = data_cfg.id_column, data_cfg.label_column, data_cfg.group_column
-    require_columns(df, [id_col], path, "data.id_column")
-    require_columns(df, [label_col], path, "data.label_column")
+    """Read and validate the training rows (``data.layout`` or ``data.train_csv``), their labels and image paths."""
+    df, paths, where = _train_rows(data_cfg, check_images)
+    id_col, label_col = data_cfg.id_column, data_cfg.label_column
+    group_col = data_cfg.group_column
+    if group_col is None and data_cfg.layout is not None and data_cfg.layout.get("group"):
+        group_col = "group"  # the layout says what a group is (e.g. the person's folder)
+    source = data_cfg.train_csv if data_cfg.layout is None else "data.layout rows"
     if group_col:
-        require_columns(df, [group_col], path, "data.group_column")
-    check_ids(df, id_col, path)
+        require_columns(df, [group_col], source, "data.group_column")
+        if df[group_col].isna().any():
+            i = int(np.flatnonzero(df[group_col].isna().to_numpy())[0])
+            raise CompError(f"{where(i)}: empty group in column '{group_col}'; fill it or unset data.group_column")
+    groups = df[group_col].to_numpy() if group_col else None
+    if data_cfg.labels is not None:
+        scheme = parse_labels(data_cfg.labels, columns=df.columns, key="data.labels")
+        found = attribute_targets(df, scheme)
+        classes = class_names(scheme)
+        return TrainTable(df, classes, found.score_codes, groups, paths, found.train_codes, scheme, found)
+    require_columns(df, [label_col], source, "data.label_column")
     nan = df[label_col].isna()
     if nan.any():
-        row = int(np.flatnonzero(nan.to_numpy())[0]) + 2
-        raise CompError(f"{path} line {row}: empty label in column '{label_col}'; fill or drop the row")
-    if group_col and df[group_col].isna().any():
-        row = int(np.flatnonzero(df[group_col].isna().to_numpy())[0]) + 2
-        raise CompError(f"{path} line {row}: empty group in column '{group_col}'; fill it or unset data.group_column")
-    classes = class_list(df[label_col], data_cfg.classes, path)
+        raise CompError(f"{where(int(np.flatnonzero(nan.to_numpy())[0]))}: empty label in column '{label_col}'; "
+                        "fill or drop the row")
+    classes = class_list(df[label_col], data_cfg.classes, source)
     for name in classes:
         if name in RESERVED_COLUMNS or name == id_col:
-            raise CompError(f"{path}: class name {name!r} clashes with a column comp writes; rename the class")
+            raise CompError(f"{source}: class name {name!r} clashes with a column comp writes; rename the class")
     index = {c: i for i, c in enumerate(classes)}
     unknown = ~df[label_col].isin(index)
     if unknown.any():
         i = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise CompError(f"{path} line {i + 2}: label {df[label_col].iloc[i]!r} is not in data.classes; add it there")
+        raise CompError(f"{where(i)}: label {df[label_col].iloc[i]!r} is not in data.classes; add it there")
     targets = df[label_col].map(index).to_numpy(np.int64)
-    groups = df[group_col].to_numpy() if group_col else None
-    paths = image_paths(df, data_cfg.image_dir, data_cfg, path, check=check_images)
-    return TrainTable(df.reset_index(drop=True), classes, targets, groups, paths)
+    return TrainTable(df, classes, targets, groups, paths)
+
+
+def _train_rows(data_cfg: DataConfig, check_images: bool) -> tuple[pd.DataFrame, list[Path], Callable[[int], str]]:
+    """The training rows, each row's image path, and a function naming row ``i`` in messages."""
+    id_col = data_cfg.id_column
+    if data_cfg.layout is None:
+        path = data_cfg.train_csv
+        df = read_csv(path, "train CSV")
+        require_columns(df, [id_col], path, "data.id_column")
+        check_ids(df, id_col, path)
+        paths = image_paths(df, data_cfg.image_dir, data_cfg, path, check=check_images)
+        return df.reset_index(drop=True), paths, lambda i: f"{path} line {i + 2}"
+    from comp.data._layout import read_layout  # it reads CSVs with this module's helpers
+
+    df = read_layout(data_cfg.layout, root=data_cfg.root or ".", key="data.layout")
+    if id_col != "id":  # every table comp writes names its ids data.id_column
+        if id_col in df.columns:
+            raise CompError(f"data.id_column {id_col!r} is also a column of the data.layout rows; set data.id_column "
+                            "to a new name (the layout's ids go under it) or rename that column")
+        df = df.rename(columns={"id": id_col})
+    ids = df[id_col].to_numpy()
+    return df, [Path(p) for p in df["path"]], lambda i: f"data.layout row {i} (id {ids[i]!r})"
 
 
 def class_list(labels: pd.Series, declared, path) -> list[str]:
@@ -203,7 +245,14 @@ def load_test_table(data_cfg: DataConfig, check_images: bool = True) -> tuple[pd
     df = read_csv(path, "test CSV")
     require_columns(df, [data_cfg.id_column], path, "data.id_column")
     check_ids(df, data_cfg.id_column, path)
-    paths = image_paths(df, data_cfg.test_image_dir, data_cfg, path, check=check_images)
+    if data_cfg.path_template:
+        paths = image_paths(df, data_cfg.test_image_dir, data_cfg, path, check=check_images)
+    else:  # ids that already name their files (the mask contest's '<hash>.jpg') are used as they are
+        from comp.data._layout import files_from_ids
+
+        rows = files_from_ids(path, id_column=data_cfg.id_column, image_dir=data_cfg.test_image_dir,
+                              image_ext=data_cfg.image_ext, check=check_images)
+        paths = [Path(p) for p in rows["path"]]
     return df.reset_index(drop=True), paths
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from comp.config import Config
-from comp.data._table import load_image, load_test_table, load_train_table
+from comp.data._table import TrainTable, load_image, load_test_table, load_train_table
 from comp.errors import CompError
 from comp.run import save_figure, write_csv, write_text
 
@@ -79,7 +79,64 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _plots(out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame) -> list[tuple[str, str]]:
+def attribute_counts(table: TrainTable) -> tuple[dict[str, pd.Series], pd.DataFrame]:
+    """Rows per value of each attribute (scoring bins) and the joint distribution: the first attribute's values
+    as rows, every combination of the others as columns."""
+    assert table.scheme is not None and table.attributes is not None
+    values = {a.name: pd.Categorical(np.asarray(a.values, dtype=object)[table.attributes.score[a.name]],
+                                     categories=list(a.values)) for a in table.scheme.attributes}
+    counts = {n: pd.Series(v).value_counts().reindex(v.categories).fillna(0).astype(int) for n, v in values.items()}
+    names = list(values)
+    frame = pd.DataFrame(values)
+    if len(names) == 1:
+        return counts, counts[names[0]].to_frame("rows").T
+    joint = pd.crosstab(frame[names[0]], [frame[n] for n in names[1:]], dropna=False)
+    joint.columns = ["_".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in joint.columns]
+    return counts, joint
+
+
+def _attribute_lines(table: TrainTable) -> list[str]:
+    """Per-attribute counts (and training-bin counts where they differ) and the joint table, as text."""
+    assert table.scheme is not None and table.attributes is not None
+    counts, joint = attribute_counts(table)
+    lines = []
+    for attr in table.scheme.attributes:
+        line = f"attribute {attr.name}: " + ", ".join(f"{v} {n}" for v, n in counts[attr.name].items())
+        train = table.attributes.train[attr.name]
+        if not np.array_equal(train, table.attributes.score[attr.name]):
+            moved = int((train != table.attributes.score[attr.name]).sum())
+            per = np.bincount(train, minlength=len(attr.values))
+            line += (" (training bins: " + ", ".join(f"{v} {n}" for v, n in zip(attr.values, per))
+                     + f"; {moved} rows trained as another value)")
+        lines.append(line)
+    if joint.shape[1] <= 30:
+        lines.append("joint distribution (rows per combination):\n" + joint.to_string())
+    return lines
+
+
+def _attribute_plot(out: Path, table: TrainTable) -> list[tuple[str, str]]:
+    from matplotlib.figure import Figure
+
+    counts, joint = attribute_counts(table)
+    fig = Figure(figsize=(max(6, 0.6 * joint.shape[1] + 3 * len(counts)), max(3, 0.4 * joint.shape[0] + 2)))
+    axes = fig.subplots(1, len(counts) + 1, gridspec_kw={"width_ratios": [1] * len(counts) + [max(2, joint.shape[1] / 3)]})
+    for ax, (name, c) in zip(axes, counts.items()):
+        ax.bar([str(v) for v in c.index], c.to_numpy())
+        ax.set_title(name)
+        ax.tick_params(axis="x", rotation=90)
+    ax = axes[-1]
+    im = ax.imshow(joint.to_numpy(), cmap="viridis")
+    for (r, c), n in np.ndenumerate(joint.to_numpy()):
+        ax.text(c, r, str(n), ha="center", va="center", color="w", fontsize=7)
+    ax.set_xticks(range(joint.shape[1]), joint.columns, rotation=90)
+    ax.set_yticks(range(joint.shape[0]), joint.index)
+    fig.colorbar(im, ax=ax)
+    ax.set_title("joint distribution")
+    return [("attributes: counts and joint distribution", _save(fig, out / "attributes.png").name)]
+
+
+def _plots(out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame,
+           table: TrainTable | None = None) -> list[tuple[str, str]]:
     from matplotlib.figure import Figure
 
     made = []
@@ -92,7 +149,9 @@ def _plots(out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame) ->
     made.append(("class counts", _save(fig, out / "class_counts.png").name))
     parts = labels.astype(str).str.split("_")
     nparts = parts.map(len)
-    if nparts.nunique() == 1 and nparts.iloc[0] >= 2:
+    if table is not None and table.scheme is not None:  # the attributes are declared: no guessing from names
+        made += _attribute_plot(out, table)
+    elif nparts.nunique() == 1 and nparts.iloc[0] >= 2:
         first = parts.map(lambda p: p[0])
         rest = parts.map(lambda p: "_".join(p[1:]))
         joint = pd.crosstab(first, rest)
@@ -132,9 +191,9 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
     out = Path(out_dir)
     data = cfg.data
     table = load_train_table(data, check_images=False)
-    id_col, label_col = data.id_column, data.label_column
+    id_col = data.id_column
     ids = table.df[id_col].astype(str).to_numpy()
-    labels = table.df[label_col].astype(str)
+    labels = pd.Series(np.asarray(table.classes, dtype=object)[table.targets]).astype(str)  # data.labels or label column
     train = scan(table.paths)
     info = pd.DataFrame([{k: r.get(k) for k in ("ok", "height", "width", "gray", "sha1")} for r in train["rows"]])
     test_ids: np.ndarray = np.array([], dtype=str)
@@ -196,7 +255,7 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
     imbalance = max(counts.values()) / max(1, min(counts.values()))
     ok = info[info["ok"]]
     n_gray = int(ok["gray"].sum()) if len(ok) else 0
-    plots = _plots(out, labels, table.classes, groups, info)
+    plots = _plots(out, labels, table.classes, groups, info, table)
     leaks = dups[dups["leak"]]
     summary = [
         f"{len(ids)} train images, {len(table.classes)} classes, imbalance ratio {imbalance:.2f} (largest/smallest class)",
@@ -209,8 +268,13 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
         f"train-test, {len(leaks)} across groups (leaks)" + (f" e.g. {leaks.iloc[0]['id_a']} ~ {leaks.iloc[0]['id_b']}"
                                                              if len(leaks) else ""),
     ]
+    if table.scheme is not None:
+        summary += _attribute_lines(table)
+        write_csv(out / "attributes.csv", attribute_counts(table)[1].reset_index())
     esc = html.escape
-    body = [f"<h1>EDA: {esc(str(data.train_csv))}</h1>", "<ul>"] + [f"<li>{esc(s)}</li>" for s in summary] + ["</ul>"]
+    source = data.train_csv if data.layout is None else "data.layout rows"
+    body = [f"<h1>EDA: {esc(str(source))}</h1>", "<ul>"] + [f"<li><pre>{esc(s)}</pre></li>" if "\n" in s else
+                                                             f"<li>{esc(s)}</li>" for s in summary] + ["</ul>"]
     for title, name in plots:
         body.append(f"<h2>{esc(title)}</h2><img src=\"{esc(name)}\" alt=\"{esc(title)}\">")
     body.append("<h2>per-class RGB mean/std (0-255)</h2>" + colors.to_html(index=False, float_format="%.1f"))

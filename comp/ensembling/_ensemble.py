@@ -17,7 +17,7 @@ import pandas as pd
 from comp.config import Config
 from comp.ensembling._blend import METHODS, fit_blend, get_method, nested_oof
 from comp.errors import CompError
-from comp.metrics import get_metric
+from comp.metrics import attribute_f1, get_metric
 from comp.run import FileSet, Metrics, Predictions, RunDir
 from comp.submission._format import make_submission, validate_submission, write_submission
 
@@ -200,6 +200,7 @@ def run_ensemble(model_dirs, *, method: str = "hill_climb", metric: str | None =
         "weights": weights,
         "bias": None if b is None else {c: round(float(v), 6) for c, v in zip(data.classes, b)},
         "notes": data.notes + ([note] if note else []),
+        "attribute_f1": _attribute_f1(first.config, data, honest),
     }
     model_dir, submission = _write_run(run_root, name, data, first, honest, test, result, pending)
     result.update(run_dir=str(run_root), model_dir=str(model_dir), submission=str(submission) if submission else None)
@@ -251,6 +252,8 @@ def _write_run(run_root: Path, name: str, data: Aligned, first: Member, honest, 
             run.write_test(name, Predictions(data.test_ids, data.classes, test, id_column=first.id_column), into=files)
         scorer = get_metric(result["metric"])
         extra = {k: result[k] for k in ("cv_in_sample", "method", "weights", "bias")}
+        if result.get("attribute_f1"):
+            extra["attribute_f1"] = result["attribute_f1"]
         run.write_metrics(name, Metrics(result["metric"], scorer.greater_is_better, result["cv"], result["folds"], extra={
             **extra, "members": [m["path"] for m in result["members"]], "member_cv": [m["cv"] for m in result["members"]]}),
             into=files)
@@ -263,6 +266,18 @@ def _write_run(run_root: Path, name: str, data: Aligned, first: Member, honest, 
     if test is None:
         run.test_pred(name).unlink(missing_ok=True)  # a stale test.csv from an earlier blend of this name would lie
     return run.model_dir(name), submission
+
+
+def _attribute_f1(config: Config, data: Aligned, probs: np.ndarray) -> dict[str, float] | None:
+    """OOF macro F1 per attribute of the (honest) blend when the members' labels are attributes."""
+    if config.data.labels is None:
+        return None
+    from comp.data._attributes import class_names, decompose, parse_labels
+
+    scheme = parse_labels(config.data.labels)
+    if list(data.classes) != class_names(scheme):
+        return None
+    return attribute_f1(probs, decompose(data.y, scheme), scheme)
 
 
 def result_rows(result: dict) -> list[dict]:

@@ -1,12 +1,15 @@
 """Submission files shaped like ``sample_submission.csv``: its id column, target column(s) and row order.
 
 Two formats: one probability column per class (the sample's non-id columns are exactly the class names)
-or one label column holding the argmax class name. Plain pandas/numpy; nothing is written unless the
-frame matches the sample.
+or one label column holding the argmax class: its name, or its code (the class index, which is the code of
+``data.labels``) when the sample's column holds integers and the class names are not integers themselves
+(the mask contest's ``info.csv``: ``ImageID,ans`` with ``ans`` = 0). Plain pandas/numpy; nothing is written
+unless the frame matches the sample.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,18 @@ def _sample(sample_path, id_column: str | None) -> tuple[pd.DataFrame, str, list
 
 def _is_proba(targets: list[str], classes: list[str]) -> bool:
     return len(targets) == len(classes) and set(targets) == set(classes)
+
+
+def _is_int(text: str) -> bool:
+    return re.fullmatch(r"[+-]?\d+", text.strip()) is not None
+
+
+def label_kind(sample: pd.DataFrame, column: str, classes: list[str]) -> str:
+    """'codes' when the sample's label column holds integer class codes for non-integer class names, else 'names'."""
+    values = sample[column].dropna().astype(str)
+    if len(values) and all(_is_int(v) for v in values) and not all(_is_int(c) for c in classes):
+        return "codes"
+    return "names"
 
 
 def _first(values) -> str:
@@ -58,6 +73,8 @@ def make_submission(ids, probs, classes, sample_path, id_column: str | None = No
         order = [classes.index(c) for c in targets]
         for j, c in zip(order, targets):
             out[c] = probs[:, j]
+    elif len(targets) == 1 and label_kind(sample, targets[0], classes) == "codes":
+        out[targets[0]] = probs.argmax(1).astype(np.int64)
     elif len(targets) == 1:
         out[targets[0]] = np.asarray(classes, dtype=object)[probs.argmax(1)]
     else:
@@ -85,7 +102,7 @@ def _check_ids(got: pd.Series, want: pd.Series, name: str) -> list[str]:
     return problems
 
 
-def _check_values(df: pd.DataFrame, targets: list[str], classes: list[str]) -> list[str]:
+def _check_values(df: pd.DataFrame, targets: list[str], classes: list[str], kind: str = "names") -> list[str]:
     """Problems with the target columns: empty cells, unknown labels, probabilities outside [0, 1]."""
     problems = []
     empty = df.isna().to_numpy()
@@ -100,9 +117,11 @@ def _check_values(df: pd.DataFrame, targets: list[str], classes: list[str]) -> l
             problems.append(f"{int(bad.sum())} probabilities outside [0, 1] (first: row {r + 1}, column '{targets[c]}')")
     elif len(targets) == 1:
         labels = df[targets[0]].dropna().astype(str)
-        unknown = labels[~labels.isin(classes)]
+        known = [str(i) for i in range(len(classes))] if kind == "codes" else classes
+        unknown = labels[~labels.isin(known)]
         if len(unknown):
-            problems.append(f"{len(unknown)} labels not among the classes (first: {unknown.iloc[0]!r})")
+            what = f"class codes 0..{len(classes) - 1}" if kind == "codes" else "the classes"
+            problems.append(f"{len(unknown)} labels not among {what} (first: {unknown.iloc[0]!r})")
     return problems
 
 
@@ -115,7 +134,8 @@ def validate_submission(df: pd.DataFrame, sample_path, classes, id_column: str |
         raise CompError(f"submission columns {list(df.columns)} differ from {name}'s {list(sample.columns)}; use the same names and order")
     if not _is_proba(targets, classes) and len(targets) != 1:
         raise CompError(f"{name} target columns {targets} are neither one label column nor exactly the classes {classes}")
-    problems = _check_ids(df[id_col], sample[id_col], name) + _check_values(df, targets, classes)
+    kind = label_kind(sample, targets[0], classes) if len(targets) == 1 else "names"
+    problems = _check_ids(df[id_col], sample[id_col], name) + _check_values(df, targets, classes, kind)
     if problems:
         raise CompError("submission " + "; ".join(problems) + f"; rebuild it with make_submission from {name}")
 

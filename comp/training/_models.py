@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from comp.config import ModelConfig, TrainConfig
+from comp.data._attributes import Scheme
 from comp.errors import CompError, closest
 from comp.run._checkpoint import load_checkpoint
+from comp.training._heads import AttributeHeads, attribute_heads, from_description
 
 
 def check_model_name(name: str) -> None:
@@ -22,8 +24,24 @@ def check_model_name(name: str) -> None:
         raise CompError(f"unknown timm model '{name}'{closest(arch, timm.list_models())}; see timm.list_models()")
 
 
-def create_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | None = None) -> nn.Module:
-    """Create the timm model of a config entry; ``pretrained`` is true (timm's source) or a local weights file."""
+def create_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | None = None, *,
+                 scheme: Scheme | None = None) -> nn.Module:
+    """Create the timm model of a config entry; ``pretrained`` is true (timm's source) or a local weights file.
+
+    An entry with ``heads: attributes`` gets a headless backbone and one head per attribute of ``scheme``.
+    """
+    if entry.heads == "attributes":
+        if scheme is None:
+            raise CompError(f"model '{entry.model_id}' has heads: attributes but the data has no data.labels; set them")
+        # built with its usual classifier, then dropped: the backbone starts from the same weights as the
+        # entry's single-head model under the same seed, so the two compare on their heads alone
+        backbone = _timm_model(entry, num_classes, train_cfg)
+        backbone.reset_classifier(0)
+        return attribute_heads(backbone, scheme)
+    return _timm_model(entry, num_classes, train_cfg)
+
+
+def _timm_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | None) -> nn.Module:
     name = entry.name
     check_model_name(name)
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": entry.in_chans}
@@ -113,11 +131,20 @@ def model_from_checkpoint(ckpt: dict | str | Path) -> tuple[nn.Module, dict]:
     if not isinstance(name, str) or ":" in name or not timm.is_model(name.split(".")[0]):
         # a hub or local-dir name would make timm fetch or read code and weights from elsewhere
         raise CompError(f"{where}: model_name {name!r} is not a timm architecture; retrain that fold with comp")
-    kwargs = {"num_classes": ckpt["num_classes"], "in_chans": ckpt.get("in_chans", 3)}
+    heads = ckpt.get("heads")
+    kwargs = {"num_classes": 0 if heads else ckpt["num_classes"], "in_chans": ckpt.get("in_chans", 3)}
     model = timm.create_model(name, pretrained=False, **kwargs)
+    if heads:
+        model = from_description(model, heads)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError, TypeError) as exc:
         why = " ".join(str(exc).split())[:160]
         raise CompError(f"{where}: its weights do not fit {name} ({why}); retrain that fold") from None
     return model.eval(), ckpt
+
+
+def checkpoint_meta(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint needs besides timm's name to rebuild ``model``: the heads of a multi-head model."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    return {"heads": model.describe()} if isinstance(model, AttributeHeads) else {}

@@ -41,12 +41,13 @@ from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, 
 from comp.data._folds import assign_folds
 from comp.data._table import ImageDataset, TrainTable, load_train_table
 from comp.errors import CompError
-from comp.metrics import get_metric
+from comp.metrics import attribute_f1, get_metric
 from comp.run import LockHeld, Metrics, Predictions, RunDir, exclusive, make_checkpoint, torch_save, write_csv
 from comp.training._distributed import SINGLE, Dist, rank_device, session
 from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
+from comp.training._heads import attribute_loss
 from comp.training._losses import build_loss
-from comp.training._models import create_model, normalization, set_backbone_frozen
+from comp.training._models import checkpoint_meta, create_model, normalization, set_backbone_frozen
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +158,10 @@ def preflight(cfg: Config, table: TrainTable) -> None:
     for i, entry in enumerate(cfg.models):
         tcfg = cfg.train_for(entry)
         if isinstance(entry.pretrained, str):
-            model = create_model(entry, k, tcfg)  # loads and checks the local weights file
+            model = create_model(entry, k, tcfg, scheme=table.scheme)  # loads and checks the local weights file
         else:
             with torch.device("meta"):  # architecture and arguments only: no memory, no download
-                model = create_model(dataclasses.replace(entry, pretrained=False), k, tcfg)
+                model = create_model(dataclasses.replace(entry, pretrained=False), k, tcfg, scheme=table.scheme)
         if tcfg.freeze_epochs:
             from comp.training._models import head_parameters
 
@@ -241,7 +242,7 @@ class FoldTrainer:
         self.seed = _derive_seed(cfg.seed, ctx.model_id, ctx.fold)
         self.num_classes = len(ctx.table.classes)
         seed_everything(self.seed)
-        self.model = create_model(entry, self.num_classes, self.tcfg)
+        self.model = create_model(entry, self.num_classes, self.tcfg, scheme=ctx.table.scheme)
         if self.tcfg.sync_bn and self.dist.enabled:
             # timm's converter keeps BatchNormAct2d's activation (torch's would drop it); the state_dict keys stay
             # those of plain BatchNorm, so checkpoints keep their format
@@ -259,10 +260,13 @@ class FoldTrainer:
         self.normalize = DeviceNormalize(self.mean, self.std, self.device, self.tcfg.channels_last)
         self.train_idx = np.flatnonzero(ctx.folds != ctx.fold)
         self.valid_idx = np.flatnonzero(ctx.folds == ctx.fold)
-        self.train_ds = ImageDataset(ctx.table.paths, ctx.table.targets, train_tf, reader=self._reader())
+        # models fit the training labels (data.labels' train_bins); validation scores the competition's
+        self.train_ds = ImageDataset(ctx.table.paths, ctx.table.train_targets, train_tf, reader=self._reader())
         self.valid_ds = ImageDataset(ctx.table.paths, ctx.table.targets, valid_u8, reader=self.train_ds.reader)
-        self.mixer = BatchMixer(cfg.augment.mixup, self.num_classes, cfg.loss.label_smoothing)
-        self.loss_fn = build_loss(cfg.loss, ctx.table.targets[self.train_idx], self.num_classes).to(self.device)
+        heads = entry.heads == "attributes"  # attribute heads smooth their own targets (loss.attributes)
+        self.mixer = BatchMixer(cfg.augment.mixup, self.num_classes, 0.0 if heads else cfg.loss.label_smoothing)
+        self.loss_fn = (attribute_loss(cfg.loss, ctx.table, self.train_idx) if heads else
+                        build_loss(cfg.loss, ctx.table.train_targets[self.train_idx], self.num_classes)).to(self.device)
         self.optimizer = create_optimizer_v2(
             self.model, opt=self.tcfg.optimizer, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay,
             **({"momentum": self.tcfg.momentum} if self.tcfg.optimizer == "sgd" else {}),
@@ -415,6 +419,7 @@ class FoldTrainer:
             "image_size": list(self.hw), "in_chans": ctx.entry.in_chans, "mean": self.mean, "std": self.std,
             "eval_transform": to_dict(self.valid_tf), "config": ctx.cfg.to_dict(), "entry": ctx.entry.to_dict(), "fold": ctx.fold,
             "epoch": self.state["best_epoch"], "score": self.state["best_score"], "metric": self.metric.name,
+            **checkpoint_meta(model),
         }
         hist = pd.DataFrame(self.state["history"])
         if self.dist.is_main:  # under DDP rank 0 alone writes
@@ -465,6 +470,10 @@ def assemble_model(cfg: Config, run: RunDir, model_id: str, table: TrainTable) -
     fold_scores = [metric(table.targets[oof.folds == k], oof.probs[oof.folds == k]) for k in range(n)]
     result = Metrics(metric.name, metric.greater_is_better, metric(table.targets, oof.probs), fold_scores,
                      float(np.mean(fold_scores)), float(np.std(fold_scores)))
+    if table.scheme is not None and table.attributes is not None:  # labels made of attributes: score each one
+        result.extra["attribute_f1"] = attribute_f1(oof.probs, table.attributes.score, table.scheme)
+        log.info("%s OOF macro F1 per attribute: %s", model_id,
+                 ", ".join(f"{k} {v:.4f}" for k, v in result.extra["attribute_f1"].items()))
     run.write_oof(model_id, oof)
     run.write_metrics(model_id, result)
     return result
@@ -497,6 +506,7 @@ class ModelResult:
     model_id: str
     folds: dict[int, FoldResult]
     cv: float | None  # None until every fold of the model is trained
+    attribute_f1: dict[str, float] | None = None  # OOF macro F1 per attribute, when data.labels has attributes
 
 
 @dataclass
@@ -518,8 +528,10 @@ class TrainResult:
             for k, f in sorted(m.folds.items()):
                 rows.append({"model": mid, "fold": str(k), self.metric: f.score, "best_epoch": f.best_epoch,
                              "img/s": f.images_per_s, "note": "done before" if f.skipped else ""})
-            rows.append({"model": mid, "fold": "CV", self.metric: m.cv, "note": "" if m.cv is not None else "folds missing"})
-        return format_table(rows, ["model", "fold", self.metric, "best_epoch", "img/s", "note"])
+            rows.append({"model": mid, "fold": "CV", self.metric: m.cv, "note": "" if m.cv is not None else "folds missing",
+                         **{f"f1_{k}": v for k, v in (m.attribute_f1 or {}).items()}})
+        extra = list(dict.fromkeys(k for r in rows for k in r if k.startswith("f1_")))  # per-attribute OOF macro F1
+        return format_table(rows, ["model", "fold", self.metric, *extra, "best_epoch", "img/s", "note"])
 
 
 def _done_before(run: RunDir, model_id: str, fold: int) -> FoldResult:
@@ -707,7 +719,8 @@ def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = N
         for entry in cfg.models:
             mid = entry.model_id
             result = assemble_model(cfg, run, mid, table) if dist.is_main else None
-            models[mid] = ModelResult(mid, done[mid], dist.broadcast(result.cv if result else None))
+            models[mid] = ModelResult(mid, done[mid], dist.broadcast(result.cv if result else None),
+                                      result.extra.get("attribute_f1") if result else None)
     raise_failures(exits, while_training or (lambda ex: ""),
                    "the other workers' folds are kept; rerun the same command with --resume to finish")
     return TrainResult(run, cfg.metric, models)

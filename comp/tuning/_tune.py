@@ -61,11 +61,17 @@ def _key_exists(cfg: Config, dotted: str) -> None:
         return
     node: Any = cfg
     for i, part in enumerate(parts):
-        options = [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
-        if part not in options or part in ("models", "tune"):
-            where = ".".join(parts[:i]) or "the config"
+        where = ".".join(parts[:i]) or "the config"
+        if isinstance(node, list):  # inside a mapping-valued key, e.g. data.labels.attributes.age.train_bins.1
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"tune.space key '{dotted}': '{part}' is not an index of the {len(node)}-entry list {where}")
+            node = node[int(part)]
+            continue
+        options = ([f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node)
+                   else [str(k) for k in node] if isinstance(node, dict) else [])
+        if part not in options or part in ("models", "tune") and i == 0:
             raise ConfigError(f"tune.space key '{dotted}': '{part}' is not a key of {where}{closest(part, options)}")
-        node = getattr(node, part)
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
     if dataclasses.is_dataclass(node):
         raise ConfigError(f"tune.space key '{dotted}' is a section; search one of its keys")
 
