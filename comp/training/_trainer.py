@@ -200,7 +200,7 @@ class FoldTrainer:
             return load_image
         from comp.data._cache import make_reader  # the decoded-image cache (comp bench-data)
 
-        return make_reader(self.ctx.cfg.data, self.hw, self.ctx.table.paths)
+        return make_reader(self.ctx.cfg.data, self.hw, self.ctx.table.paths, run_dir=self.ctx.run.root)
 
     # -- state ---------------------------------------------------------------------
     def save_state(self) -> None:
@@ -426,6 +426,10 @@ def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = N
     n = cfg.folds.n_splits
     if folds is not None and any(not 0 <= k < n for k in folds):
         raise CompError(f"--folds {','.join(map(str, folds))}: folds are numbered 0..{n - 1} (folds.n_splits={n})")
+    if cfg.data.cache == "disk":  # an unwritable data.cache_dir fails here, before the run folder is written
+        from comp.data._cache import disk_cache_dir
+
+        disk_cache_dir(cfg.data, run.root)
     prepare_run(cfg, run)
     fold_ids = ensure_folds(cfg, run, table)
     if cfg.train.deterministic:
