@@ -10,6 +10,7 @@ The pipeline, one function per stage, each reading and writing one run folder::
     result.oof("byobnet")                                # the OOF probabilities as a DataFrame
     comp.predict("runs/exp", tta=["hflip"])              # test.csv per model and a validated submission
     comp.blend(["runs/exp/models/byobnet", "runs/exp/models/effnet"], method="hill_climb")
+    comp.bundle("runs/blend-hill_climb", out="bundle")   # fused ONNX + manifest + predict.py for an offline notebook
 
 Nothing here changes the caller's session: no matplotlib backend, logging or library setting is touched
 (figures are drawn on Figure objects of their own; Optuna's verbosity and PIL's flags are restored).
@@ -57,6 +58,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "predict": ("comp.inference", "predict_run"),
     "PredictResult": ("comp.inference", "PredictResult"),
     "export": ("comp.inference", "export_run"),
+    "bundle": ("comp.inference", "bundle_run"),
+    "BundleResult": ("comp.inference", "BundleResult"),
     "blend": ("comp.ensembling", "run_ensemble"),
     "compare_blends": ("comp.ensembling", "compare_blends"),
     "tune": ("comp.tuning", "tune"),
@@ -109,7 +112,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from comp.ensembling import compare_blends
     from comp.ensembling import run_ensemble as blend
     from comp.errors import CompError, ConfigError, DataError, RunFolderError
-    from comp.inference import PredictResult
+    from comp.inference import BundleResult, PredictResult
+    from comp.inference import bundle_run as bundle
     from comp.inference import export_run as export
     from comp.inference import predict_run as predict
     from comp.metrics import METRICS, get_metric

@@ -307,6 +307,35 @@ def predict_cmd(run_dir, model_ids, engine, tta, tta_merge, overrides, out, oof,
         click.echo(f"submission: {result.submission}")
 
 
+@main.command("bundle")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Bundle folder to write: new, empty, or an earlier bundle (replaced).")
+@model_option
+@click.option("--tta", default=None, type=CommaList(), metavar="hflip,...",
+              help="TTA views inside each graph [default: each run's config predict.tta].")
+@click.option("--tta-merge", type=click.Choice(["mean", "geometric"]), default=None,
+              help="[default: each run's config predict.tta_merge]")
+@click.option("--fp16", is_flag=True, help="Convert the graphs to float16 (inputs and outputs stay float32).")
+@click.option("--opset", default=17, type=int, help="ONNX opset version.")
+@quiet_option
+def bundle_cmd(source, out, model_ids, tta, tta_merge, fp16, opset, quiet):
+    """Write an offline inference bundle of a run, model or blend: fused ONNX graphs, manifest.json, predict.py.
+
+    predict.py needs only onnxruntime, numpy and Pillow (a Kaggle notebook without internet).
+
+    Example: comp bundle runs/demo-blend --out bundle
+    """
+    from comp.inference import bundle_run
+
+    _setup_logging(quiet)
+    result = bundle_run(source, out=out, models=list(model_ids) or None, tta=tta, tta_merge=tta_merge, fp16=fp16,
+                        opset=opset)
+    click.echo(result.table())
+    click.echo(f"bundle: {result.out}")
+    click.echo(f"in the notebook: {result.command()}")
+
+
 @main.command("submit")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--competition", required=True, help="Kaggle competition slug (from its URL).")

@@ -307,3 +307,15 @@ def test_several_methods_are_compared_and_the_best_honest_cv_submits(tmp_path, d
                            (["--method", " , "], "--method needs")):
         bad = CliRunner().invoke(main, ["ensemble", *map(str, dirs), *args])
         assert bad.exit_code == 2 and fragment in bad.output, bad.output
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_weighted_mean_flag_tells_the_truth(name):
+    # comp bundle carries a blend as per-member weights only for methods flagged weighted_mean
+    rng = np.random.default_rng(3)
+    P = softmax(rng.normal(0, 2, (3, 60, 4)).reshape(-1, 4)).reshape(3, 60, 4)
+    y = rng.integers(0, 4, 60)
+    blender = METHODS[name].fit(P, y, get_metric("accuracy"))
+    Q = softmax(rng.normal(0, 2, (3 * 20, 4))).reshape(3, 20, 4)  # rows the blend was not fitted on
+    is_weighted_mean = blender.weights is not None and np.allclose(blender.predict(Q), np.tensordot(blender.weights, Q, 1))
+    assert METHODS[name].weighted_mean == is_weighted_mean

@@ -10,7 +10,9 @@ process killed mid-row leaves the row unflagged and it is simply decoded again.
 - ``disk``: the slab is a file under ``data.cache_dir`` (default ``<image_dir parent>/.comp_cache``)
   named by a hash of the size and every image's resolved path, mtime and size: an edited, added or
   removed image gives a new slab. It outlives the run, so later folds, models of the same size and
-  later runs start warm; the OS page cache keeps hot rows in RAM.
+  later runs start warm; the OS page cache keeps hot rows in RAM. When the competition folder is
+  read-only (``/kaggle/input``), the default moves to ``$TMPDIR/comp-cache``, else to the run folder,
+  and a warning says where: nothing is written beside the images then.
 - ``memory``: the slab lives in ``/dev/shm`` (RAM) for the life of the process and is deleted at exit
   (slabs left by killed processes are removed the next time one is created). Folds and models of the
   same size in one process share it; when ``/dev/shm`` is full, this process's slabs for other sizes
@@ -27,7 +29,9 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -36,9 +40,11 @@ import numpy as np
 
 from comp.config import DataConfig
 from comp.data._table import load_image
-from comp.errors import CompError
+from comp.errors import CompError, ConfigError
 from comp.run._io import pid_alive
+from comp.run._rundir import RunDir
 
+log = logging.getLogger(__name__)
 MODES = ("none", "memory", "disk")
 _ALIGN = 4096  # rows start on a page boundary after the flag bytes
 _OWNED: dict[Path, int] = {}  # memory slabs this process created (path -> pid), deleted at its exit
@@ -112,8 +118,13 @@ class SlabReader:
         """Make the slab file at full size, atomically, unless a complete one is already there."""
         if self.file.is_file() and self.file.stat().st_size == self.nbytes:
             return
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.file.name}.", suffix=".tmp", dir=self.file.parent)
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.file.name}.", suffix=".tmp", dir=self.file.parent)
+        except OSError as e:
+            key = "data.cache_dir" if self.mode == "disk" else "data.cache"
+            raise CompError(f"data.cache={self.mode} cannot write in {self.file.parent} ({e.strerror}); "
+                            f"set {key} to a writable place") from None
         try:
             try:
                 try:
@@ -222,8 +233,60 @@ def default_cache_dir(data_cfg: DataConfig) -> Path:
     return Path(data_cfg.image_dir).resolve().parent / ".comp_cache"
 
 
-def make_reader(data_cfg: DataConfig, hw, paths=()):
-    """The reader for ``data.cache`` ('memory' or 'disk') over ``paths``; 'none' decodes and resizes every call."""
+def writable(folder: str | Path) -> bool:
+    """Whether ``folder`` (or, while it does not exist, its nearest existing parent) may be written to.
+
+    A read-only mount (``/kaggle/input``) says no through ``statvfs`` and ``access``. A folder whose mode
+    lets nobody write counts as read-only too, even for root, who could write anyway: someone made it so.
+    """
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        ro_mount = bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+        no_bits = not stat.S_IMODE(p.stat().st_mode) & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    except OSError:
+        return False
+    return p.is_dir() and not ro_mount and not no_bits and os.access(p, os.W_OK | os.X_OK)
+
+
+_TOLD: set[tuple[Path, Path]] = set()  # (default, fallback) pairs already logged by this process
+
+
+def disk_cache_dir(data_cfg: DataConfig, run_dir: str | Path | None = None) -> Path:
+    """Where ``data.cache=disk`` keeps its slabs: ``data.cache_dir`` when set (it must be writable), else beside
+    the images, else -- when that folder is read-only -- ``$TMPDIR/comp-cache``, else ``<run_dir>/cache``.
+
+    $TMPDIR comes before the run folder: like the default it is shared by every run and tuning trial, and
+    on Kaggle it keeps the slab out of /kaggle/working, whose files become the notebook's saved output.
+    """
+    if data_cfg.cache_dir:
+        folder = Path(data_cfg.cache_dir)
+        if not writable(folder):
+            raise ConfigError(f"data.cache_dir {folder} is not writable; point it at a writable folder, or remove it "
+                              "(the default falls back to a writable place when the images are read-only)")
+        return folder
+    default = default_cache_dir(data_cfg)
+    if writable(default):
+        return default
+    candidates = [Path(tempfile.gettempdir()) / "comp-cache"] + ([RunDir(run_dir).cache] if run_dir else [])
+    for folder in candidates:
+        if writable(folder):
+            if (default, folder) not in _TOLD:
+                _TOLD.add((default, folder))
+                log.warning("data.cache=disk: %s is read-only; caching decoded images in %s instead "
+                            "(set data.cache_dir to choose)", default.parent, folder)
+            return folder
+    raise CompError(f"data.cache=disk: {default.parent} is read-only and neither "
+                    f"{' nor '.join(map(str, candidates))} is writable; set data.cache_dir to a writable folder "
+                    "or use data.cache=memory")
+
+
+def make_reader(data_cfg: DataConfig, hw, paths=(), run_dir: str | Path | None = None):
+    """The reader for ``data.cache`` ('memory' or 'disk') over ``paths``; 'none' decodes and resizes every call.
+
+    ``run_dir``: the run folder, the disk cache's last resort when the images and $TMPDIR are read-only.
+    """
     mode = data_cfg.cache
     if mode not in MODES:
         raise CompError(f"config key 'data.cache' must be one of {', '.join(MODES)}, got {mode!r}")
@@ -235,5 +298,4 @@ def make_reader(data_cfg: DataConfig, hw, paths=()):
         folder = _shm_dir()
         _remove_stale_memory_slabs(folder)
         return SlabReader(folder / f"comp-slab-{os.getpid()}-{name}", paths, hw, mode)
-    folder = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir(data_cfg)
-    return SlabReader(folder / name, paths, hw, mode)
+    return SlabReader(disk_cache_dir(data_cfg, run_dir) / name, paths, hw, mode)

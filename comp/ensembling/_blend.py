@@ -220,16 +220,17 @@ class Method:
     name: str
     fit: Callable[[np.ndarray, np.ndarray, Metric], Blender]
     fitted: bool  # True: fit looks at the targets, so its score needs nested CV
+    weighted_mean: bool = False  # True: the blend is sum_m w_m * P_m with the Blender's weights (a bundle can carry it)
 
 
 METHODS: Registry[Method] = Registry("blend method")
 
 
-def register(name: str, fitted: bool):
+def register(name: str, fitted: bool, weighted_mean: bool = False):
     """Decorator: add ``fit(P, y, metric) -> Blender`` to the blend registry under ``name``."""
 
     def deco(fn):
-        METHODS.add(name, Method(name, fn, fitted))
+        METHODS.add(name, Method(name, fn, fitted, weighted_mean))
         return fn
 
     return deco
@@ -244,13 +245,13 @@ def _equal(P: np.ndarray) -> np.ndarray:
     return np.full(len(P), 1.0 / len(P))
 
 
-@register("mean", fitted=False)
+@register("mean", fitted=False, weighted_mean=True)
 def _mean(P, y, metric):
     w = _equal(P)
     return Blender(lambda Q: weighted_mean(Q, w), w)
 
 
-@register("weighted", fitted=True)
+@register("weighted", fitted=True, weighted_mean=True)
 def _weighted(P, y, metric):
     w = fit_weights(P, y, metric)
     return Blender(lambda Q: weighted_mean(Q, w), w)
@@ -266,7 +267,7 @@ def _geometric(P, y, metric):
     return Blender(geometric_mean, _equal(P))
 
 
-@register("hill_climb", fitted=True)
+@register("hill_climb", fitted=True, weighted_mean=True)
 def _hill_climb(P, y, metric):
     w = hill_climb(P, y, metric)
     return Blender(lambda Q: weighted_mean(Q, w), w)

@@ -43,6 +43,10 @@ manifest.json (``"format": "comp.bundle/1"``), in the bundle folder::
       "resize_fingerprint": "9f2c..."              # optional: resize_fingerprint(cv2.resize) at build time
     }
 
+``comp bundle`` writes this file. It adds provenance that this script ignores: per graph the model, timm
+name, folds, TTA views and merge inside the graph, precision, opset, the parity figure and the sha256 of each
+fold checkpoint; at the top the source run or blend and the comp version.
+
 Preprocessing reproduces comp's evaluation pipeline exactly: Pillow decodes the file (never OpenCV, whose
 JPEG decoder differs), comp's RGB conversion (16-bit and float images scaled, transparency on white), then
 albumentations ``Resize`` = OpenCV ``INTER_LINEAR`` on uint8, then ``Normalize`` (float32 lookup table,

@@ -11,6 +11,7 @@ RUN/
   models/<model_id>/oof.csv        id, fold, target, one probability column per class
   models/<model_id>/metrics.json   {"metric", "cv", "folds": [...], ...}
   models/<model_id>/test.csv       id, one probability column per class (comp predict)
+  cache/                           data.cache=disk slabs, only when the images and $TMPDIR are read-only
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class RunDir:
 
     def fused(self, model_id: str) -> Path:
         return self.model_dir(model_id) / "fused.onnx"
+
+    @property
+    def cache(self) -> Path:
+        """The decoded-image cache's last resort (see ``comp.data._cache.disk_cache_dir``)."""
+        return self.root / "cache"
 
     # -- what is there -------------------------------------------------------------
     def model_ids(self) -> list[str]:

@@ -293,7 +293,7 @@ class FoldTrainer:
             return load_image
         from comp.data._cache import make_reader  # the decoded-image cache (comp bench-data)
 
-        return make_reader(self.ctx.cfg.data, self.hw, self.ctx.table.paths)
+        return make_reader(self.ctx.cfg.data, self.hw, self.ctx.table.paths, run_dir=self.ctx.run.root)
 
     # -- state ---------------------------------------------------------------------
     def save_state(self) -> None:
@@ -701,6 +701,10 @@ def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = N
     with session(dist, device or "cpu"):
         if dist.is_main:
             preflight(cfg, table)  # everything checkable is checked before the first write
+            if cfg.data.cache == "disk":  # an unwritable data.cache_dir fails here, before the run folder is written
+                from comp.data._cache import disk_cache_dir
+
+                disk_cache_dir(cfg.data, run.root)
             fold_ids, new_folds = plan_folds(cfg, run, table)
             prepare_run(cfg, run)
             if new_folds:

@@ -1,0 +1,380 @@
+"""comp bundle: a run or blend -> fused graphs + manifest + predict.py, run in a torch-free venv on read-only folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from comp.cli import main
+from comp.config import DataConfig
+from comp.data._augment import build_pipeline, eval_pipeline, to_dict
+from comp.ensembling import run_ensemble
+from comp.errors import CompError
+from comp.inference import _bundle as B
+from comp.inference import bundle_predict as bp
+from comp.inference import bundle_run, predict_run
+from comp.run import RunDir, load_checkpoint, make_checkpoint
+
+# ---------------------------------------------------------------- fixtures
+
+
+def _add_model(run: RunDir, src_id: str, new_id: str, name: str, size: int, classes: list[str]) -> None:
+    """Fold checkpoints of a randomly initialised timm model with its own image size and class order."""
+    import timm
+
+    for path in run.checkpoints(src_id):
+        ckpt = load_checkpoint(path)
+        torch.manual_seed(10 + ckpt["fold"])
+        model = timm.create_model(name, num_classes=len(classes)).eval()
+        mean, std = [0.5, 0.45, 0.4], [0.25, 0.2, 0.3]
+        meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "num_classes", "format")}
+        meta.update(
+            model_name=name,
+            model_id=new_id,
+            classes=classes,
+            image_size=[size, size],
+            mean=mean,
+            std=std,
+            eval_transform=to_dict(eval_pipeline((size, size), mean, std)),
+        )
+        run.model_dir(new_id).mkdir(parents=True, exist_ok=True)
+        torch.save(make_checkpoint(model.state_dict(), meta), run.checkpoint(new_id, ckpt["fold"]))
+
+
+@pytest.fixture(scope="module")
+def world(trained_run, tmp_path_factory) -> dict:
+    """A private copy of the trained run plus a second model (other size, normalisation and class order), both
+    predicted by comp, and a mean blend of the two."""
+    root = tmp_path_factory.mktemp("bundle")
+    run_dir = root / "runs" / "run"
+    shutil.copytree(trained_run, run_dir)
+    run = RunDir(run_dir)
+    _add_model(run, "eff", "res", "test_resnet", 40, ["c2", "c0", "c1"])
+    predict_run(
+        run_dir, models=["res"], oof=True, progress=False
+    )  # the OOF a blend needs, from its checkpoints
+    run.write_oof("res", run.read_oof("res", tta=True))
+    predict_run(run_dir, models=["eff"], out=root / "eff.csv", progress=False)
+    blend = run_ensemble(
+        [run.model_dir("eff"), run.model_dir("res")], method="mean", name="blend", out=root / "blend.csv"
+    )
+    return {"root": root, "run": run_dir, "blend": Path(blend["run_dir"]), "data": run.load_config().data}
+
+
+@pytest.fixture(scope="session")
+def ort_python(tmp_path_factory) -> Path:
+    """A fresh virtual environment holding only onnxruntime, numpy and Pillow (and their own dependencies):
+    no torch, no comp, no OpenCV, as in a Kaggle notebook that installs nothing else."""
+    venv = tmp_path_factory.mktemp("ort_venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "onnxruntime",
+            "numpy",
+            "Pillow",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot install onnxruntime, numpy and Pillow into a venv: {res.stderr.strip()[-300:]}")
+    return python
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without PYTHONPATH: the venv must not see this source tree."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def _snapshot(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _chmod_tree(folder: Path, writable: bool) -> None:
+    for p in [folder, *folder.rglob("*")]:
+        mode = p.stat().st_mode
+        p.chmod(mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _predict_in_venv(
+    python: Path, bundle: Path, images: Path, sample: Path, out_dir: Path
+) -> tuple[Path, Path, str]:
+    """Run the bundle's predict.py in the venv with the image and bundle folders read-only; nothing may appear there."""
+    sub, probs = out_dir / "submission.csv", out_dir / "probs.csv"
+    before = (_snapshot(bundle), _snapshot(images))
+    _chmod_tree(bundle, writable=False)
+    _chmod_tree(images, writable=False)
+    try:
+        res = subprocess.run(
+            [
+                str(python),
+                str(bundle / "predict.py"),
+                "--images",
+                str(images),
+                "--sample",
+                str(sample),
+                "--out",
+                str(sub),
+                "--probs",
+                str(probs),
+                "--threads",
+                "1",
+                "--batch-size",
+                "3",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=out_dir,
+            env=_clean_env(),
+        )
+    finally:
+        _chmod_tree(bundle, writable=True)
+        _chmod_tree(images, writable=True)
+    assert res.returncode == 0, res.stderr
+    assert (_snapshot(bundle), _snapshot(images)) == before, (
+        "predict.py wrote into the bundle or image folder"
+    )
+    return sub, probs, res.stderr
+
+
+def _probs(path: Path, classes: list[str]) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype={"id": str})
+    return df.set_index("id")[classes]
+
+
+# ---------------------------------------------------------------- end to end in a torch-free venv
+
+
+def test_venv_holds_only_the_three_packages(ort_python):
+    code = (
+        "import importlib.util as u, sys; "
+        "sys.exit(any(u.find_spec(m) for m in ('torch', 'comp', 'cv2', 'albumentations', 'timm')))"
+    )
+    res = subprocess.run([str(ort_python), "-c", code], env=_clean_env(), cwd="/", timeout=60)
+    assert res.returncode == 0, "the bundle venv can import torch, comp, cv2, albumentations or timm"
+
+
+def test_run_bundle_reproduces_comp_predict(world, ort_python, tmp_path):
+    out = tmp_path / "bundle"
+    result = bundle_run(world["run"], out=out, models=["eff"])
+    assert sorted(p.name for p in out.iterdir()) == ["eff.onnx", "manifest.json", "predict.py"]
+    assert (out / "predict.py").read_bytes() == Path(bp.__file__).read_bytes()
+    m = result.manifest
+    assert m["format"] == "comp.bundle/1" and m["classes"] == ["c0", "c1", "c2"]
+    assert m["submission"] == {"kind": "label", "columns": ["id", "label"], "target_column": "label"}
+    assert m["id_column"] == "id" and m["image_ext"] == ".png" and m["graphs"][0]["folds"] == [0, 1]
+    assert m["resize_fingerprint"] == bp.resize_fingerprint(B._cv2_resize)
+    assert m["graphs"][0]["max_abs_diff"] <= 1e-4 and m["graphs"][0]["checked_on"] == "8 test images"
+
+    data = world["data"]
+    sub, probs, log = _predict_in_venv(
+        ort_python, out, Path(data.test_image_dir), Path(data.sample_submission), tmp_path
+    )
+    assert "resize: numpy (cv2 not importable)" in log
+    want = _probs(RunDir(world["run"]).test_pred("eff"), m["classes"])
+    got = _probs(probs, m["classes"]).loc[want.index]
+    assert np.abs(got.to_numpy() - want.to_numpy()).max() <= 1e-4
+    assert sub.read_bytes() == (world["root"] / "eff.csv").read_bytes(), (
+        "the submission differs from comp predict's"
+    )
+
+
+def test_blend_bundle_reproduces_the_blend(world, ort_python, tmp_path):
+    out = tmp_path / "bundle"
+    result = bundle_run(world["blend"], out=out)
+    graphs = result.manifest["graphs"]
+    assert [(g["file"], g["weight"], g["image_size"]) for g in graphs] == [
+        ("eff.onnx", 0.5, [32, 32]),
+        ("res.onnx", 0.5, [40, 40]),
+    ]
+    assert graphs[1]["mean"] == [0.5, 0.45, 0.4] and result.manifest["source"]["method"] == "mean"
+    data = world["data"]
+    sub, probs, _ = _predict_in_venv(
+        ort_python, out, Path(data.test_image_dir), Path(data.sample_submission), tmp_path
+    )
+    blend = RunDir(world["blend"])
+    classes = result.manifest["classes"]
+    want = _probs(blend.test_pred("blend"), classes)
+    got = _probs(probs, classes).loc[want.index]
+    assert np.abs(got.to_numpy() - want.to_numpy()).max() <= 1e-4
+    assert sub.read_bytes() == (world["root"] / "blend.csv").read_bytes(), (
+        "the submission differs from the blend's"
+    )
+    # res's graph reorders its columns (c2, c0, c1) to the bundle's class order inside the graph
+    assert bundle_run(world["run"] / "models" / "res", out=tmp_path / "res").manifest["classes"] == [
+        "c2",
+        "c0",
+        "c1",
+    ]
+
+
+# ---------------------------------------------------------------- what is refused, before anything is written
+
+
+@pytest.mark.parametrize(
+    "method,bias", [("rank", False), ("geometric", False), ("stacking", False), ("mean", True)]
+)
+def test_blends_that_are_not_weighted_means_are_refused(world, tmp_path, method, bias):
+    run = RunDir(world["run"])
+    blend = run_ensemble(
+        [run.model_dir("eff"), run.model_dir("res")],
+        method=method,
+        bias=bias,
+        name=f"b-{method}",
+        submit=False,
+    )
+    with pytest.raises(CompError, match="--bias" if bias else f"method '{method}'") as err:
+        bundle_run(blend["model_dir"], out=tmp_path / "bundle")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "bundle").exists() and not list(tmp_path.iterdir())
+
+
+def test_stale_test_csv_or_other_tta_is_refused(world, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(world["run"], run_dir)
+    run = RunDir(run_dir)
+    predict_run(run_dir, models=["eff"], tta=["hflip"], out=tmp_path / "sub.csv", progress=False)
+    with pytest.raises(CompError, match=r"test\.csv .*--tta it used \(this bundle: none\)"):
+        bundle_run(run_dir, out=tmp_path / "bundle", models=["eff"])
+    assert not (tmp_path / "bundle").exists()
+    m = bundle_run(run_dir, out=tmp_path / "bundle", models=["eff"], tta=["hflip"]).manifest
+    assert m["graphs"][0]["tta"] == ["hflip"]
+    pred = run.read_test("eff")
+    pred.probs = pred.probs.copy()
+    pred.probs[3] = pred.probs[3][::-1]
+    run.write_test("eff", pred)
+    with pytest.raises(CompError, match="differs from .*test.csv"):
+        bundle_run(run_dir, out=tmp_path / "other", models=["eff"], tta=["hflip"])
+    assert not (tmp_path / "other").exists()
+
+
+def test_out_folder_rules(world, tmp_path):
+    src = world["run"] / "models" / "eff"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CompError, match="is a file"):
+        bundle_run(src, out=tmp_path / "file")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(CompError, match="not a comp bundle"):
+        bundle_run(src, out=tmp_path / "notes")
+    (tmp_path / "empty").mkdir()
+    bundle_run(src, out=tmp_path / "empty")  # an empty folder is fine
+    out = tmp_path / "empty"
+    (out / "dataset-metadata.json").write_text('{"title": "my bundle"}')  # kaggle datasets init
+    (out / "old.onnx").write_bytes(b"from an earlier bundle")
+    bundle_run(src, out=out)  # an earlier bundle is replaced; the dataset's Kaggle metadata is kept
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dataset-metadata.json",
+        "eff.onnx",
+        "manifest.json",
+        "predict.py",
+    ]
+    assert json.loads((out / "dataset-metadata.json").read_text()) == {"title": "my bundle"}
+    (out / "todo.txt").write_text("mine")
+    with pytest.raises(CompError, match="also holds todo.txt"):
+        bundle_run(src, out=out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "notes"], (
+        "a temporary folder was left"
+    )
+
+
+def test_interrupted_bundle_leaves_the_earlier_one(world, tmp_path, monkeypatch):
+    out = tmp_path / "bundle"
+    bundle_run(world["blend"], out=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = []
+    build = B._build_graph
+
+    def dies_on_the_second_graph(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(B, "_build_graph", dies_on_the_second_graph)
+    with pytest.raises(KeyboardInterrupt):
+        bundle_run(world["blend"], out=out, fp16=True)  # other bytes, were it written
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        bundle_run(world["blend"], out=tmp_path / "fresh")
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_eval_transforms_predict_py_cannot_reproduce():
+    mean, std = [0.5, 0.5, 0.5], [0.2, 0.2, 0.2]
+    ok = {
+        "image_size": [24, 32],
+        "mean": mean,
+        "std": std,
+        "eval_transform": to_dict(eval_pipeline((24, 32), mean, std)),
+    }
+    B.check_preprocessing(ok, Path("fold0.pt"))
+    crop = build_pipeline(
+        [{"name": "Resize", "height": 40, "width": 40}, {"name": "CenterCrop"}], (24, 32), mean, std, "v"
+    )
+    area = build_pipeline([{"name": "Resize", "interpolation": 3}], (24, 32), mean, std, "v")
+    for ckpt, needle in [
+        ({**ok, "eval_transform": to_dict(crop)}, "Resize -> CenterCrop -> Normalize"),
+        ({**ok, "eval_transform": to_dict(area)}, "eval Resize"),
+        ({**ok, "mean": [0.4, 0.5, 0.5]}, "eval Normalize"),
+        ({**ok, "in_chans": 1}, "1 channels"),
+    ]:
+        with pytest.raises(CompError, match=needle):
+            B.check_preprocessing(ckpt, Path("fold0.pt"))
+
+
+def test_submission_spec_follows_the_sample(tmp_path):
+    classes = ["cat", "dog"]
+    sample = tmp_path / "s.csv"
+
+    def spec(header: str, **data):
+        sample.write_text(f"{header}\nx1,{','.join('0' * header.count(','))}\n")
+        return B.submission_spec(DataConfig(sample_submission=str(sample), **data), classes)
+
+    assert spec("id,label")["submission"]["kind"] == "label"
+    assert spec("id,dog,cat") == {
+        "id_column": "id",
+        "image_ext": ".png",
+        "submission": {"kind": "proba", "columns": ["id", "dog", "cat"]},
+    }
+    assert spec("image,dog,cat")["id_column"] == "image"  # the sample's first column, as make_submission does
+    assert spec("id,label", path_template="jpg/{id}.jpg")["path_template"] == "jpg/{id}.jpg"
+    with pytest.raises(CompError, match="neither one label column"):
+        spec("id,a,b")
+    with pytest.raises(CompError, match="uses column 'person'"):
+        spec("id,label", path_template="{person}/{id}.jpg")
+
+
+def test_cli_bundle(world, tmp_path):
+    res = CliRunner().invoke(main, ["bundle", str(world["blend"]), "--out", str(tmp_path / "b"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "eff.onnx" in res.output and "res.onnx" in res.output and "predict.py --images" in res.output
+    res = CliRunner().invoke(main, ["bundle", str(tmp_path), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "not a run folder" in res.output
