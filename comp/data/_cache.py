@@ -148,7 +148,7 @@ class SlabReader:
             except FileExistsError:
                 if self.file.stat().st_size != self.nbytes:  # a damaged slab: replace it
                     os.replace(tmp, self.file)
-                    tmp = None
+                    tmp = None  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
         finally:
             if fd >= 0:
                 os.close(fd)

@@ -49,7 +49,7 @@ class ProbModel(nn.Module):
 class FusedModel(nn.Module):
     """Every fold (and TTA view) in one graph: per fold merge the views, then average the folds."""
 
-    def __init__(self, models: list[nn.Module], tta: list[str] = (), merge: str = "mean"):
+    def __init__(self, models: list[nn.Module], tta: list[str] | tuple[str, ...] = (), merge: str = "mean"):
         super().__init__()
         self.folds = nn.ModuleList(ProbModel(m) for m in models)
         self.tta, self.merge = list(tta), merge

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,8 @@ def provider_chain(available: list[str], options: EngineOptions, input_shape: tu
     TensorRT: fp16 kernels, engine and timing caches under the run folder (built once, minutes saved on every
     later predict), and an explicit batch profile 1..batch_size so no engine is rebuilt per batch size."""
     chain: list[tuple[str, dict]] = []
-    c, h, w = (int(s) if isinstance(s, int) else -1 for s in input_shape[-3:])
+    dims3 = list(input_shape[-3:]) if len(input_shape) >= 3 else [-1, -1, -1]
+    c, h, w = (int(d) if isinstance(d, int) else -1 for d in dims3)
     if options.tensorrt and "TensorrtExecutionProvider" in available and min(c, h, w) > 0:
         dims = lambda n: f"{INPUT}:{n}x{c}x{h}x{w}"  # noqa: E731
         trt: dict[str, object] = {"trt_fp16_enable": options.trt_fp16, "trt_profile_min_shapes": dims(1),
@@ -257,7 +259,8 @@ def usable_fused(run: RunDir, model_id: str, folds: list[Fold], tta: list[str], 
 def run_views(runners: list, paths: list[Path], transform, tta: list[str], merge: str, batch_size: int,
               num_workers: int = 0, desc: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(plain, merged-TTA) probabilities, each (runners, N, C), decoding every image once for all runners."""
-    loader = DataLoader(ImageDataset(paths, transform=transform), batch_size=batch_size, num_workers=num_workers)
+    loader: DataLoader = DataLoader(ImageDataset(paths, transform=transform), batch_size=batch_size,  # type: ignore[arg-type]
+                                    num_workers=num_workers)
     plain: list[list[np.ndarray]] = [[] for _ in runners]
     merged: list[list[np.ndarray]] = [[] for _ in runners]
     for x, _ in track(loader, desc, enabled=bool(desc)):
@@ -380,7 +383,8 @@ def predict_run(run_dir: str | Path, *, models: list[str] | None = None, engine:
             fused = usable_fused(run, mid, folds, tta_views, merge) if engine == "onnx" else None
             if fused is not None:  # one session call per batch does every fold and TTA view
                 log.info("%s: using %s (folds %s, tta %s)", mid, fused, [f.fold for f in folds], ",".join(tta_views) or "none")
-                runners, views_tta = [OrtRunner(fused, options=EngineOptions.from_config(cfg, run, bs))], []
+                runners: list[Any] = [OrtRunner(fused, options=EngineOptions.from_config(cfg, run, bs))]
+                views_tta: list[str] = []
             else:
                 runners, views_tta = [f.runner for f in folds], tta_views
             _, merged = run_views(runners, paths, from_dict(ck["eval_transform"]), views_tta, merge, bs,

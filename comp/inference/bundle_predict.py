@@ -87,8 +87,6 @@ EXIT_USAGE = 2
 NO_CV2_ENV = "COMP_BUNDLE_NO_CV2"
 CUDA = "CUDAExecutionProvider"
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, as in comp, not a half-grey image
-
 Resize = Callable[[np.ndarray, int, int], np.ndarray]
 
 
@@ -914,6 +912,9 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 on success, 2 with one ``error:`` line on a problem the user can fix."""
+    # set here, in the script's own process, not at import: comp imports this module and must not change its
+    # caller's PIL settings. A truncated file is an error, as in comp, not a half-grey image.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     args = parse_args(argv)
     try:
         run(args)

@@ -177,7 +177,7 @@ def run_workers(target: Callable[[Any, str, Send], None], payloads: Sequence[Any
             exits[i] = WorkerExit(i, names[i], None)
         log.info("%d workers (%s), %d CPU thread%s each", len(devices), ", ".join(names), threads, "s" if threads > 1 else "")
         while conns:
-            for reader in wait(list(conns), timeout=1.0):
+            for reader in wait(list(conns), timeout=1.0):  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
                 i = conns[reader]
                 try:
                     msg = reader.recv()

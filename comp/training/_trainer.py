@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from comp._progress import Progress
 from comp._tables import format_table
-from comp.config import Config, ModelConfig
+from comp.config import Config, ModelConfig, TrainConfig
 from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
 from comp.data._folds import assign_folds
 from comp.data._table import ImageDataset, TrainTable, load_train_table
@@ -70,7 +70,8 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
     random.seed(seed)
     info = torch.utils.data.get_worker_info()
-    ds = info.dataset.dataset if isinstance(info.dataset, Subset) else info.dataset
+    ds: Any = None if info is None else info.dataset
+    ds = ds.dataset if isinstance(ds, Subset) else ds
     if getattr(ds, "transform", None) is not None:
         ds.transform.set_random_seed(seed)
 
@@ -204,7 +205,7 @@ class FoldContext:
 def _loader(ds, idx, batch_size, shuffle, seed, num_workers, drop_last, device, dist: Dist = SINGLE) -> DataLoader:
     subset = Subset(ds, idx)
     # under DDP every rank permutes the whole set with the same seed and takes its own slice
-    sampler = DistributedSampler(subset, dist.world, dist.rank, shuffle=True, seed=seed) if shuffle and dist.enabled else None
+    sampler: DistributedSampler | None = DistributedSampler(subset, dist.world, dist.rank, shuffle=True, seed=seed) if shuffle and dist.enabled else None
     gen = torch.Generator().manual_seed(_derive_seed(seed, *dist.seed_parts()) if dist.enabled else seed)
     return DataLoader(
         subset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, drop_last=drop_last,
@@ -213,7 +214,7 @@ def _loader(ds, idx, batch_size, shuffle, seed, num_workers, drop_last, device, 
     )
 
 
-def _scheduler(optimizer, tcfg: dict, steps_per_epoch: int):
+def _scheduler(optimizer, tcfg: TrainConfig, steps_per_epoch: int):
     if tcfg.scheduler == "none":
         return None
     ft_steps = max(1, (tcfg.epochs - tcfg.freeze_epochs) * steps_per_epoch)
@@ -269,7 +270,7 @@ class FoldTrainer:
                         build_loss(cfg.loss, ctx.table.train_targets[self.train_idx], self.num_classes)).to(self.device)
         self.optimizer = create_optimizer_v2(
             self.model, opt=self.tcfg.optimizer, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay,
-            **({"momentum": self.tcfg.momentum} if self.tcfg.optimizer == "sgd" else {}),
+            **({"momentum": self.tcfg.momentum} if self.tcfg.optimizer == "sgd" else {}),  # type: ignore[arg-type]
         )
         bs = self.tcfg.batch_size
         n_local = -(-len(self.train_idx) // self.dist.world)  # per rank: a DistributedSampler pads to equal shares
@@ -282,7 +283,7 @@ class FoldTrainer:
         use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
         self.ema = ModelEmaV3(self.model, decay=self.tcfg.ema_decay) if self.tcfg.ema else None
-        self.state = {"epoch": -1, "best_score": None, "best_epoch": -1, "bad_epochs": 0, "history": [],
+        self.state: dict[str, Any] = {"epoch": -1, "best_score": None, "best_epoch": -1, "bad_epochs": 0, "history": [],
                       "best_state": None, "best_probs": None}
 
     def _reader(self):

@@ -99,6 +99,7 @@ def parse_space(cfg: Config) -> dict[str, dict]:
         low, high = spec.get("low"), spec.get("high")
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
             raise ConfigError(f"tune.space.{key}: {spec['type']} needs numeric 'low' and 'high', got low={low!r} high={high!r}")
+        assert isinstance(low, int | float) and isinstance(high, int | float)
         if low > high:
             raise ConfigError(f"tune.space.{key}: low ({low}) is above high ({high}); swap them")
         if spec.get("log") and low <= 0:
@@ -488,7 +489,7 @@ def _open_study(plan: _Plan, *, shared: bool):
         try:
             storage = make_storage(plan.storage, plan.out_dir, plan.heartbeat)
             study = optuna.create_study(study_name=plan.study_name, storage=storage, load_if_exists=True,
-                                        direction=plan.direction, pruner=make_pruner(plan.pruner, plan.total_steps))
+                                        direction=plan.direction, pruner=make_pruner(plan.pruner, plan.total_steps))  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
             break
         except SQLAlchemyError:
             if attempt == 5:
