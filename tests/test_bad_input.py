@@ -462,3 +462,42 @@ def test_metrics_json_matches_the_oof(trained_run):
     y = pd.Index(classes).get_indexer(oof["target"])
     acc = float((oof[classes].astype(float).to_numpy().argmax(1) == y).mean())
     assert metrics["cv"] == pytest.approx(acc) and np.isfinite(metrics["cv"])
+
+
+# ---------------------------------------------------------------- the decoded-image cache never trusts a planted file
+
+
+def _slab_setup(tmp_path):
+    from comp.config import DataConfig
+    from comp.data._cache import make_reader, slab_bytes, slab_key
+
+    root = write_competition(tmp_path / "comp")
+    paths = sorted((root / "train").glob("*.png"))
+    cfg = DataConfig(cache="disk", cache_dir=str(tmp_path / "cache"), image_dir=str(root / "train"))
+    name = f"8x8-{slab_key(paths, (8, 8))}.u8"
+    return make_reader, cfg, paths, tmp_path / "cache" / name, slab_bytes(len(paths), (8, 8))
+
+
+def test_disk_slab_planted_by_someone_else_is_replaced_not_read(tmp_path):
+    make_reader, cfg, paths, slab, nbytes = _slab_setup(tmp_path)
+    slab.parent.mkdir(parents=True)
+    slab.write_bytes(b"\x01" * nbytes)  # every row flagged "decoded", pixels all 1: poisoned
+    slab.chmod(0o666)  # writable by anyone: not a slab comp made
+    reader = make_reader(cfg, (8, 8), paths)
+    img = reader(paths[0])
+    from comp.data._cache import decode_resized
+
+    np.testing.assert_array_equal(img, decode_resized(paths[0], (8, 8)))
+    assert not slab.stat().st_mode & 0o022
+
+
+def test_disk_slab_symlink_is_never_followed(tmp_path):
+    make_reader, cfg, paths, slab, nbytes = _slab_setup(tmp_path)
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"\x00" * nbytes)
+    slab.parent.mkdir(parents=True)
+    slab.symlink_to(victim)
+    reader = make_reader(cfg, (8, 8), paths)
+    reader(paths[0])
+    assert victim.read_bytes() == b"\x00" * nbytes  # nothing was written through the link
+    assert not slab.is_symlink()

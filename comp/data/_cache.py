@@ -31,6 +31,7 @@ import atexit
 import hashlib
 import logging
 import os
+import secrets
 import stat
 import tempfile
 from pathlib import Path
@@ -99,6 +100,17 @@ def slab_bytes(n: int, hw) -> int:
     return -(-n // _ALIGN) * _ALIGN + n * int(hw[0]) * int(hw[1]) * 3
 
 
+def _trusted(path: Path, nbytes: int) -> bool:
+    """A slab file this process may use: a regular file (not a symlink) owned by this user, writable by nobody
+    else, of the expected size."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+            and st.st_size == nbytes)
+
+
 class SlabReader:
     """Reader backed by a shared memory-mapped slab (see the module docstring)."""
 
@@ -115,8 +127,15 @@ class SlabReader:
 
     # -- the slab file ---------------------------------------------------------------
     def _create(self) -> None:
-        """Make the slab file at full size, atomically, unless a complete one is already there."""
-        if self.file.is_file() and self.file.stat().st_size == self.nbytes:
+        """Make the slab file at full size, atomically, unless a complete one of our own is already there.
+
+        Slabs are created exclusively (mkstemp: O_EXCL, mode 0600) and renamed into place. An existing file is
+        adopted only if it is a regular file (not a symlink) owned by this user, writable by nobody else, of
+        the right size: a file planted under a predictable name is replaced, never read or written through."""
+        if self.mode == "memory" and os.path.lexists(self.file) and not _trusted(self.file, self.nbytes):
+            # /dev/shm is shared by every user: take a fresh, unpredictable name instead of the planted one
+            self.file = self.file.with_name(f"comp-slab-{os.getpid()}-{secrets.token_hex(4)}-{self.file.name.split('-', 3)[-1]}")
+        if _trusted(self.file, self.nbytes):
             return
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +165,7 @@ class SlabReader:
             try:
                 os.link(tmp, self.file)  # atomic; another process may have won the race, which is fine
             except FileExistsError:
-                if self.file.stat().st_size != self.nbytes:  # a damaged slab: replace it
+                if not _trusted(self.file, self.nbytes):  # damaged, or not ours: replace the name itself
                     os.replace(tmp, self.file)
                     tmp = None  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
         finally:
@@ -160,7 +179,16 @@ class SlabReader:
         if self._views is None:
             if not self.file.is_file():  # e.g. /dev/shm cleared under us: start the slab again
                 self._create()
-            mm = np.memmap(self.file, dtype=np.uint8, mode="r+", shape=(self.nbytes,))
+            fd = os.open(self.file, os.O_RDWR | os.O_NOFOLLOW)  # never through a symlink planted after the check
+            try:
+                st = os.fstat(fd)
+                if st.st_uid != os.getuid() or st.st_size != self.nbytes or st.st_mode & 0o022:
+                    raise CompError(f"cache slab {self.file} changed owner, size or permissions while in use; "
+                                    "delete it and run again")
+                with os.fdopen(os.dup(fd), "r+b") as fh:
+                    mm = np.memmap(fh, dtype=np.uint8, mode="r+", shape=(self.nbytes,))
+            finally:
+                os.close(fd)
             n = len(self.paths)
             self._views = (mm[:n], mm[self.offset:].reshape(n, self.hw[0], self.hw[1], 3))
         return self._views
