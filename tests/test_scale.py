@@ -131,6 +131,7 @@ def _lock_pid(state: Path) -> int | None:
         return None
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_its_fold_resumable(competition, one_thread_run):
     """Kill the worker training a fold after its first epoch: the other goes on, the command says how to finish,
     and --resume ends with exactly the single-process result."""
