@@ -11,6 +11,7 @@ RUN/
   models/<model_id>/oof.csv        id, fold, target, one probability column per class
   models/<model_id>/metrics.json   {"metric", "cv", "folds": [...], ...}
   models/<model_id>/test.csv       id, one probability column per class (comp predict)
+  sources.json                     the pseudo-labelled rows and teacher the run trained on (file hashes)
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ class RunDir:
 
     def fused(self, model_id: str) -> Path:
         return self.model_dir(model_id) / "fused.onnx"
+
+    @property
+    def sources(self) -> Path:
+        return self.root / "sources.json"
 
     # -- what is there -------------------------------------------------------------
     def model_ids(self) -> list[str]:
@@ -211,6 +216,19 @@ class RunDir:
 
     def read_checkpoint(self, model_id: str, fold: int) -> dict[str, Any]:
         return load_checkpoint(self.checkpoint(model_id, fold))
+
+    # -- what the run learned from besides its labels (data.extra_train, loss.distill) ------------
+    def read_sources(self) -> dict[str, Any] | None:
+        """``sources.json``: the pseudo-labelled rows and teacher the trained folds used (None when absent)."""
+        if not self.sources.is_file():
+            return None
+        obj = read_json(self.sources, "sources file")
+        if not isinstance(obj, dict):
+            raise RunFolderError(f"{self.sources} is not a comp sources file; delete it if no fold was trained")
+        return obj
+
+    def write_sources(self, record: dict[str, Any]) -> Path:
+        return write_json(self.sources, record)
 
 
 def _write(path: Path, df: pd.DataFrame, into: FileSet | None) -> Path:

@@ -33,10 +33,12 @@ from comp.data._folds import assign_folds
 from comp.data._table import ImageDataset, TrainTable, load_train_table
 from comp.errors import CompError
 from comp.metrics import get_metric
+from comp.pseudo._targets import TrainingTargets, check_and_record, load_training_targets
 from comp.run import Metrics, Predictions, RunDir, exclusive, make_checkpoint, torch_save, write_csv
 from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
 from comp.training._losses import build_loss
 from comp.training._models import create_model, normalization, set_backbone_frozen
+from comp.training._soft import training_part
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +183,7 @@ class FoldContext:
     run: RunDir
     progress: bool = True
     on_epoch: Callable[[EpochEvent], None] | None = None  # may raise (e.g. optuna.TrialPruned) to stop the run
+    soft: TrainingTargets | None = None  # pseudo-labelled rows and a teacher (data.extra_train, loss.distill)
 
     @property
     def model_id(self) -> str:
@@ -238,6 +241,8 @@ class FoldTrainer:
         self.valid_ds = ImageDataset(ctx.table.paths, ctx.table.targets, valid_u8, reader=self.train_ds.reader)
         self.mixer = BatchMixer(cfg.augment.mixup, self.num_classes, cfg.loss.label_smoothing)
         self.loss_fn = build_loss(cfg.loss, ctx.table.targets[self.train_idx], self.num_classes).to(self.device)
+        if ctx.soft is not None:  # pseudo rows join the training part only; targets become per-row distributions
+            self.train_ds, self.train_idx, self.mixer, self.loss_fn = training_part(ctx.soft, self, train_tf)
         self.optimizer = create_optimizer_v2(
             self.model, opt=self.tcfg.optimizer, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay,
             **({"momentum": self.tcfg.momentum} if self.tcfg.optimizer == "sgd" else {}),
@@ -399,8 +404,10 @@ def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:
 # ---------------------------------------------------------------- all models, all folds
 
 
-def assemble_model(cfg: Config, run: RunDir, model_id: str, table: TrainTable) -> Metrics | None:
-    """Once every fold of a model is done: write ``oof.csv`` (training-table order) and ``metrics.json``."""
+def assemble_model(cfg: Config, run: RunDir, model_id: str, table: TrainTable,
+                   extra: dict[str, Any] | None = None) -> Metrics | None:
+    """Once every fold of a model is done: write ``oof.csv`` (training-table order) and ``metrics.json``
+    (``extra``: what else the folds trained on, from ``TrainingTargets.record``)."""
     n = cfg.folds.n_splits
     if not all(run.oof_part(model_id, k).is_file() and run.checkpoint(model_id, k).is_file() for k in range(n)):
         return None
@@ -414,7 +421,7 @@ def assemble_model(cfg: Config, run: RunDir, model_id: str, table: TrainTable) -
     assert oof.folds is not None
     fold_scores = [metric(table.targets[oof.folds == k], oof.probs[oof.folds == k]) for k in range(n)]
     result = Metrics(metric.name, metric.greater_is_better, metric(table.targets, oof.probs), fold_scores,
-                     float(np.mean(fold_scores)), float(np.std(fold_scores)))
+                     float(np.mean(fold_scores)), float(np.std(fold_scores)), dict(extra or {}))
     run.write_oof(model_id, oof)
     run.write_metrics(model_id, result)
     return result
@@ -491,7 +498,9 @@ def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = N
         raise CompError(f"--folds {','.join(map(str, folds))}: folds are numbered 0..{n - 1} (folds.n_splits={n})")
     preflight(cfg, table)
     fold_ids, new_folds = plan_folds(cfg, run, table)
+    soft = load_training_targets(cfg, table, fold_ids, run)  # pseudo rows and teacher, checked before the first write
     prepare_run(cfg, run)
+    check_and_record(soft, run, trained_anything(run))
     if new_folds:
         run.write_folds(table.df[cfg.data.id_column].to_numpy(), fold_ids, cfg.data.id_column)
     if cfg.train.deterministic:
@@ -509,7 +518,7 @@ def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = N
                 if run.checkpoint(mid, k).is_file():  # another process finished it just before we took the lock
                     done[k] = _done_before(run, mid, k)
                     continue
-                done[k] = train_fold(FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch), resume)
-        result = assemble_model(cfg, run, mid, table)
+                done[k] = train_fold(FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch, soft), resume)
+        result = assemble_model(cfg, run, mid, table, soft.record() if soft is not None else None)
         models[mid] = ModelResult(mid, done, result.cv if result else None)
     return TrainResult(run, cfg.metric, models)
