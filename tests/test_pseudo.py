@@ -190,6 +190,19 @@ def test_pseudo_label_bad_sources_are_one_line(tmp_path):
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_a_second_round_pseudo_labels_from_a_blend(comp_dir, tmp_path):
+    cfg = load_config(write_config(comp_dir, tiny_config(comp_dir)))
+    members = [make_teacher(tmp_path, cfg, name) for name in ("r1", "r2")]
+    blend = comp.blend(members, method="mean", name="blend")
+    from_blend = comp.pseudo_label(tmp_path / "blend", out=tmp_path / "round2.csv", threshold=0.5)
+    assert from_blend.source == Path(blend["model_dir"])
+    test = pd.read_csv(Path(blend["model_dir"]) / "test.csv", dtype={"id": str})
+    confident = test.loc[test[CLASSES].max(axis=1) >= 0.5]
+    written = pd.read_csv(tmp_path / "round2.csv", dtype=str)
+    assert list(written["id"]) == list(confident["id"])
+    assert list(written["label"]) == list(confident[CLASSES].idxmax(axis=1))
+
+
 def test_pseudo_cli(tmp_path):
     p = probs_of([[0.95, 0.03, 0.02], [0.02, 0.03, 0.95], [0.4, 0.3, 0.3]])
     model = fake_source(tmp_path, "run", ["a", "b", "c"], p)
@@ -226,6 +239,25 @@ def test_set_distill_teacher_alone_takes_the_defaults(comp_dir):
     ):
         with pytest.raises(ConfigError, match=needle):
             load_config(path, overrides=[bad])
+
+
+def test_a_run_saved_before_these_keys_existed_is_still_the_same_config(comp_dir, tmp_path):
+    import yaml
+
+    from comp.training._trainer import prepare_run
+
+    cfg = student_cfg(comp_dir)
+    run = RunDir(tmp_path / "old")
+    old = cfg.to_dict()
+    del old["data"]["extra_train"], old["loss"]["distill"]  # what an older comp saved
+    (tmp_path / "old/models/eff").mkdir(parents=True)
+    (tmp_path / "old/config.yaml").write_text(yaml.safe_dump(old))
+    (tmp_path / "old/models/eff/fold0.pt").write_bytes(
+        b""
+    )  # a trained fold: the config is compared, not replaced
+    prepare_run(cfg, run)
+    with pytest.raises(CompError, match=r"different config \(keys differ: loss.distill.teacher\)"):
+        prepare_run(cfg.replace(**{"loss.distill.teacher": str(tmp_path)}), run)
 
 
 # ---------------------------------------------------------------- soft targets in training (no training)
@@ -289,6 +321,40 @@ def test_fold_trainer_adds_pseudo_rows_to_training_only_with_their_soft_labels(c
         np.testing.assert_allclose(trainer.mixer.labels[n:].numpy(), soft, atol=1e-6)
         np.testing.assert_array_equal(trainer.mixer.labels[:n].numpy().argmax(1), table.targets)
         assert trainer.valid_ds.targets.tolist() == table.targets.tolist()  # validation keeps the real labels
+
+
+def test_teacher_rows_follow_ids_and_classes_not_file_order(comp_dir, tmp_path):
+    cfg = student_cfg(comp_dir)
+    teacher = make_teacher(tmp_path, cfg)
+    oof = pd.read_csv(teacher / "oof.csv", dtype={"id": str, "target": str})
+    shuffled = oof[["id", "fold", "target", "c2", "c0", "c1"]].sample(frac=1, random_state=0)
+    shuffled.to_csv(teacher / "oof.csv", index=False)  # rows and class columns in another order
+    cfg = cfg.replace(**{"loss.distill.teacher": str(teacher), "loss.distill.temperature": 3.0})
+    table = load_train_table(cfg.data)
+    run = RunDir(tmp_path / "run")
+    folds, _ = plan_folds(cfg, run, table)
+    targets = load_training_targets(cfg, table, folds, run)
+    trainer = FoldTrainer(FoldContext(cfg, cfg.models[0], table, folds, 0, run, False, None, targets))
+    expected = oof.set_index("id").loc[table.df["id"], CLASSES].to_numpy()
+    np.testing.assert_allclose(trainer.mixer.teacher.numpy(), soften(expected, 3.0), atol=1e-6)
+    assert isinstance(trainer.loss_fn, DistillLoss) and trainer.loss_fn.temperature == 3.0
+
+
+def test_a_student_learns_what_its_teacher_says(comp_dir, tmp_path):
+    """alpha=1: a teacher whose OOF rows confidently name the next class moves the student's predictions there."""
+    cfg = student_cfg(comp_dir, train__epochs=3)
+    table = load_train_table(cfg.data)
+    teacher = make_teacher(tmp_path, cfg)
+    shifted = np.full((len(table.targets), 3), 0.01)
+    shifted[np.arange(len(table.targets)), (table.targets + 1) % 3] = 0.98
+    oof = pd.read_csv(teacher / "oof.csv", dtype={"id": str, "target": str})
+    oof[CLASSES] = shifted  # the training table's order, as make_teacher wrote it
+    oof.to_csv(teacher / "oof.csv", index=False)
+    over = {"loss.distill.teacher": str(teacher), "loss.distill.alpha": 1.0, "loss.distill.temperature": 1.0}
+    comp.train_folds(cfg.replace(**over), tmp_path / "run", progress=False)
+    guess = RunDir(tmp_path / "run").read_oof("eff").reorder(table.df["id"]).probs.argmax(1)
+    # with the true labels alone (alpha=0) this student gets 0.83 of the rows right and none shifted
+    assert (guess == (table.targets + 1) % 3).mean() >= 0.6 > (guess == table.targets).mean()
 
 
 @pytest.mark.parametrize(

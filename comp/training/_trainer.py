@@ -92,7 +92,7 @@ def prepare_run(cfg: Config, run: RunDir) -> None:
     A run that trained nothing yet (e.g. the last attempt stopped on a bad image) takes the new config:
     the fix of a refused command is never refused itself."""
     if run.config.is_file() and trained_anything(run):
-        diff = _diff_keys(run.config_dict(), cfg.to_dict())
+        diff = _diff_keys(run.load_config().to_dict(), cfg.to_dict())  # defaults filled: keys added since are no change
         if diff:
             raise CompError(
                 f"run folder {run.root} was made with a different config (keys differ: {', '.join(diff[:5])}); "
