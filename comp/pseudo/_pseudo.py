@@ -63,7 +63,7 @@ def pseudo_label(
     """
     if threshold is None and top_per_class is None:
         threshold = 0.9
-    out = Path(out)
+    out = Path(out).resolve()
     if out.is_dir():
         raise CompError(f"--out {out} is a folder; give a CSV file path")
     run, model_id = resolve_source(source, "test.csv")

@@ -16,6 +16,8 @@ def resolve_source(path: str | Path, needs: str, *, what: str = "source") -> tup
     path = Path(path)
     if not path.is_dir():
         kind = "is a file, not a folder" if path.exists() else "not found"
+        if what.startswith("loss."):
+            kind += " (a relative path is read from the config file's folder)"
         raise RunFolderError(
             f"{what} {path} {kind}; pass a run folder, RUN/models/<id>, or a blend's model folder"
         )
