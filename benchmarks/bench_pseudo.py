@@ -11,6 +11,10 @@ Rows, each with its 5-fold OOF CV and its held-out score (test predictions avera
 - ``student``: effnet distilled from the blend (``loss.distill.teacher``: OOF rows on the same folds, and the
   blend's test probabilities on the same pseudo rows).
 
+Each model is also scored on 2,000 further official test images that were never predicted for the competition
+nor pseudo-labelled, as a fold average and as the mean of single fold models (what an OOF row measures), so
+``cv - unseen_1fold`` shows whether pseudo rows or a teacher made CV optimistic.
+
 Goals (issue 15): the pseudo round lifts held-out macro F1 by >= 0.01 over the same member without it; the
 student keeps >= 90% of the ensemble's held-out gain over the best member at a fraction of its inference cost;
 |CV - held-out| <= 0.015 on every row.
