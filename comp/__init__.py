@@ -11,6 +11,7 @@ The pipeline, one function per stage, each reading and writing one run folder::
     comp.predict("runs/exp", tta=["hflip"])              # test.csv per model and a validated submission
     comp.blend(["runs/exp/models/byobnet", "runs/exp/models/effnet"], method="hill_climb")
     comp.bundle("runs/blend-hill_climb", out="bundle")   # fused ONNX + manifest + predict.py for an offline notebook
+    comp.pseudo_label("runs/blend-hill_climb", out="pseudo.csv")   # confident test rows -> data.extra_train
 
 Nothing here changes the caller's session: no matplotlib backend, logging or library setting is touched
 (figures are drawn on Figure objects of their own; Optuna's verbosity and PIL's flags are restored).
@@ -42,6 +43,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "MixupConfig": ("comp.config", "MixupConfig"),
     "LossConfig": ("comp.config", "LossConfig"),
     "HeadLossConfig": ("comp.config", "HeadLossConfig"),
+    "DistillConfig": ("comp.config", "DistillConfig"),
     "ModelConfig": ("comp.config", "ModelConfig"),
     "PredictConfig": ("comp.config", "PredictConfig"),
     "TuneConfig": ("comp.config", "TuneConfig"),
@@ -63,6 +65,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "blend": ("comp.ensembling", "run_ensemble"),
     "compare_blends": ("comp.ensembling", "compare_blends"),
     "tune": ("comp.tuning", "tune"),
+    "pseudo_label": ("comp.pseudo", "pseudo_label"),
+    "PseudoResult": ("comp.pseudo", "PseudoResult"),
     "TuneResult": ("comp.tuning", "TuneResult"),
     "make_submission": ("comp.submission", "make_submission"),
     "validate_submission": ("comp.submission", "validate_submission"),
@@ -99,6 +103,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         AugmentConfig,
         Config,
         DataConfig,
+        DistillConfig,
         FoldsConfig,
         HeadLossConfig,
         LossConfig,
@@ -117,6 +122,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from comp.inference import export_run as export
     from comp.inference import predict_run as predict
     from comp.metrics import METRICS, get_metric
+    from comp.pseudo import PseudoResult, pseudo_label
     from comp.run import Metrics, Predictions, RunDir, atomic_write
     from comp.submission import make_submission, validate_submission, write_submission
     from comp.training import EpochEvent, TrainResult, WorkerError, train_folds

@@ -245,6 +245,32 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
         click.echo(f"submission: {result['submission']}")
 
 
+@main.command("pseudo")
+@click.argument("source", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="CSV to write (id, label, or one probability column per class with --soft); use it as data.extra_train.")
+@click.option("--threshold", type=float, default=None, help="Keep test rows whose top probability is at least this "
+              "[default: 0.9 unless --top-per-class].")
+@click.option("--top-per-class", type=int, default=None, help="Instead: the K most confident rows of every class.")
+@click.option("--max-per-class", type=int, default=None,
+              help="With --threshold: at most this many rows per class (the most confident), so common classes cannot drown rare ones.")
+@click.option("--soft", is_flag=True, help="Write the probabilities instead of the predicted label.")
+def pseudo_cmd(source, out, threshold, top_per_class, max_per_class, soft):
+    """Pseudo-label confident test rows of a run, model or blend folder (from its test.csv).
+
+    Example: comp pseudo runs/blend-hill_climb --out pseudo/round1.csv --threshold 0.9 --max-per-class 400
+    """
+    from comp.pseudo import pseudo_label
+
+    _setup_logging(False)
+    result = pseudo_label(source, out=out, threshold=threshold, top_per_class=top_per_class,
+                          max_per_class=max_per_class, soft=soft)
+    click.echo(result.table())
+    click.echo(f"{result.rows} of {result.test_rows} test rows from {result.source / 'test.csv'} "
+               f"({'soft' if result.soft else 'hard'} labels)")
+    click.echo(f"pseudo-labels: {result.path}  (train on them with --set data.extra_train={result.path})")
+
+
 run_arg = click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 model_option = click.option("--model", "model_ids", multiple=True, metavar="ID", help="Only this model id (repeatable) [default: all].")
 

@@ -15,6 +15,7 @@ from comp.config._records import (
     AugmentConfig,
     Config,
     DataConfig,
+    DistillConfig,
     FoldsConfig,
     HeadLossConfig,
     LossConfig,
@@ -28,7 +29,7 @@ from comp.config._records import (
 )
 
 __all__ = [
-    "TRAIN_KEYS", "AugmentConfig", "Config", "DataConfig", "FoldsConfig", "HeadLossConfig", "LossConfig",
+    "TRAIN_KEYS", "AugmentConfig", "Config", "DataConfig", "DistillConfig", "FoldsConfig", "HeadLossConfig", "LossConfig",
     "MixupConfig", "ModelConfig", "PredictConfig", "TrainConfig", "TuneConfig", "apply_overrides", "build_config",
     "build_model", "dump", "load_config", "parse_value", "read_yaml", "resolve_paths", "set_key", "yaml_load",
 ]

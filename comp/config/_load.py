@@ -122,7 +122,8 @@ def _resolve(value: str, base: Path) -> str:
 
 
 def resolve_paths(cfg: Config, base: str | Path) -> Config:
-    """Make the data block's relative paths and local weights files absolute against ``base`` (in place)."""
+    """Make the data block's relative paths, local weights files and the distillation teacher absolute against
+    ``base`` (in place)."""
     base = Path(base)
     data = cfg.data
     if data.layout is not None and data.root is None:
@@ -134,6 +135,8 @@ def resolve_paths(cfg: Config, base: str | Path) -> Config:
     for entry in cfg.models:
         if isinstance(entry.pretrained, str):
             entry.pretrained = _resolve(entry.pretrained, base)
+    if cfg.loss.distill.teacher:
+        cfg.loss.distill.teacher = _resolve(cfg.loss.distill.teacher, base)
     return cfg
 
 

@@ -54,8 +54,10 @@ class DataConfig:
     labels: dict[str, Any] | None = None
     root: str | None = None  # base folder of layout paths; default: the config file's folder
 
+    extra_train: str | None = None  # pseudo-labelled test rows (comp pseudo): training part of every fold only
+
     PATH_KEYS: typing.ClassVar = ("train_csv", "image_dir", "test_csv", "test_image_dir", "sample_submission", "cache_dir",
-                                  "root")
+                                  "root", "extra_train")
 
 
 @dataclass
@@ -125,11 +127,28 @@ class AugmentConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from ``teacher`` (a run, model or blend folder with oof.csv); off while it is null.
+
+    The student's loss is ``(1 - alpha) * loss(true label) + alpha * T^2 * KL(teacher_T || student_T)``, both
+    softened by ``temperature`` T."""
+
+    teacher: str | None = None
+    alpha: float = _f(0.5, ge=0, le=1)
+    temperature: float = _f(2.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.teacher is not None
+
+
+@dataclass
 class LossConfig:
     name: str = "ce"
     label_smoothing: float = _f(0.0, ge=0, lt=1)
     focal_gamma: float = _f(2.0, ge=0)
     class_weights: str | list[float] = "none"
+    distill: DistillConfig = field(default_factory=DistillConfig)
     # per attribute of data.labels, for models with ``heads: attributes``: {age: {name: focal, weight: 2}}
     attributes: dict[str, Any] | None = None
 
@@ -459,6 +478,9 @@ def _check_config(cfg: Config) -> None:
         raise ConfigError(f"config key 'loss.class_weights' must be 'none', 'balanced' or a list of numbers, got {cw!r}")
     if isinstance(cw, list) and any(w < 0 for w in cw):
         raise ConfigError(f"config key 'loss.class_weights' must hold non-negative numbers, got {cw!r}")
+    for key, value in (("data.extra_train", cfg.data.extra_train), ("loss.distill.teacher", cfg.loss.distill.teacher)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"config key '{key}' is an empty string; give a path or null")
     if cfg.data.classes is not None and len(set(cfg.data.classes)) != len(cfg.data.classes):
         raise ConfigError("config key 'data.classes' lists a class twice; each class once")
     from comp.metrics import METRICS  # late: the registries import sklearn / torch

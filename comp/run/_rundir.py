@@ -12,6 +12,7 @@ RUN/
   models/<model_id>/metrics.json   {"metric", "cv", "folds": [...], ...}
   models/<model_id>/test.csv       id, one probability column per class (comp predict)
   cache/                           data.cache=disk slabs, only when the images and $TMPDIR are read-only
+  sources.json                     the pseudo-labelled rows and teacher the run trained on (file hashes)
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ class RunDir:
     def cache(self) -> Path:
         """The decoded-image cache's last resort (see ``comp.data._cache.disk_cache_dir``)."""
         return self.root / "cache"
+
+    @property
+    def sources(self) -> Path:
+        return self.root / "sources.json"
 
     # -- what is there -------------------------------------------------------------
     def model_ids(self) -> list[str]:
@@ -217,6 +222,19 @@ class RunDir:
 
     def read_checkpoint(self, model_id: str, fold: int) -> dict[str, Any]:
         return load_checkpoint(self.checkpoint(model_id, fold))
+
+    # -- what the run learned from besides its labels (data.extra_train, loss.distill) ------------
+    def read_sources(self) -> dict[str, Any] | None:
+        """``sources.json``: the pseudo-labelled rows and teacher the trained folds used (None when absent)."""
+        if not self.sources.is_file():
+            return None
+        obj = read_json(self.sources, "sources file")
+        if not isinstance(obj, dict):
+            raise RunFolderError(f"{self.sources} is not a comp sources file; delete it if no fold was trained")
+        return obj
+
+    def write_sources(self, record: dict[str, Any]) -> Path:
+        return write_json(self.sources, record)
 
 
 def _write(path: Path, df: pd.DataFrame, into: FileSet | None) -> Path:

@@ -42,12 +42,14 @@ from comp.data._folds import assign_folds
 from comp.data._table import ImageDataset, TrainTable, load_train_table
 from comp.errors import CompError
 from comp.metrics import attribute_f1, get_metric
+from comp.pseudo._targets import TrainingTargets, check_and_record, load_training_targets
 from comp.run import LockHeld, Metrics, Predictions, RunDir, exclusive, make_checkpoint, torch_save, write_csv
 from comp.training._distributed import SINGLE, Dist, rank_device, session
 from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
 from comp.training._heads import attribute_loss
 from comp.training._losses import build_loss
 from comp.training._models import checkpoint_meta, create_model, normalization, set_backbone_frozen
+from comp.training._soft import training_part
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,7 @@ class FoldContext:
     on_epoch: Callable[[EpochEvent], None] | None = None  # may raise (e.g. optuna.TrialPruned) to stop the run
     device: str | None = None  # a worker's or rank's own device; cfg.device otherwise (cfg stays as saved)
     dist: Dist = field(default=SINGLE)
+    soft: TrainingTargets | None = None  # pseudo-labelled rows and a teacher (data.extra_train, loss.distill)
 
     @property
     def model_id(self) -> str:
@@ -268,6 +271,8 @@ class FoldTrainer:
         self.mixer = BatchMixer(cfg.augment.mixup, self.num_classes, 0.0 if heads else cfg.loss.label_smoothing)
         self.loss_fn = (attribute_loss(cfg.loss, ctx.table, self.train_idx) if heads else
                         build_loss(cfg.loss, ctx.table.train_targets[self.train_idx], self.num_classes)).to(self.device)
+        if ctx.soft is not None:  # pseudo rows join the training part only; targets become per-row distributions
+            self.train_ds, self.train_idx, self.mixer, self.loss_fn = training_part(ctx.soft, self, train_tf)
         self.optimizer = create_optimizer_v2(
             self.model, opt=self.tcfg.optimizer, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay,
             **({"momentum": self.tcfg.momentum} if self.tcfg.optimizer == "sgd" else {}),  # type: ignore[arg-type]
@@ -455,8 +460,10 @@ def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:
 # ---------------------------------------------------------------- all models, all folds
 
 
-def assemble_model(cfg: Config, run: RunDir, model_id: str, table: TrainTable) -> Metrics | None:
-    """Once every fold of a model is done: write ``oof.csv`` (training-table order) and ``metrics.json``."""
+def assemble_model(cfg: Config, run: RunDir, model_id: str, table: TrainTable,
+                   extra: dict[str, Any] | None = None) -> Metrics | None:
+    """Once every fold of a model is done: write ``oof.csv`` (training-table order) and ``metrics.json``
+    (``extra``: what else the folds trained on, from ``TrainingTargets.record``)."""
     n = cfg.folds.n_splits
     if not all(run.oof_part(model_id, k).is_file() and run.checkpoint(model_id, k).is_file() for k in range(n)):
         return None
@@ -470,7 +477,7 @@ def assemble_model(cfg: Config, run: RunDir, model_id: str, table: TrainTable) -
     assert oof.folds is not None
     fold_scores = [metric(table.targets[oof.folds == k], oof.probs[oof.folds == k]) for k in range(n)]
     result = Metrics(metric.name, metric.greater_is_better, metric(table.targets, oof.probs), fold_scores,
-                     float(np.mean(fold_scores)), float(np.std(fold_scores)))
+                     float(np.mean(fold_scores)), float(np.std(fold_scores)), dict(extra or {}))
     if table.scheme is not None and table.attributes is not None:  # labels made of attributes: score each one
         result.extra["attribute_f1"] = attribute_f1(oof.probs, table.attributes.score, table.scheme)
         log.info("%s OOF macro F1 per attribute: %s", model_id,
@@ -555,7 +562,8 @@ def _claim(run: RunDir, model_id: str, fold: int, held: ExitStack) -> tuple[str,
 
 def _train_here(cfg: Config, run: RunDir, table: TrainTable, fold_ids: np.ndarray, fold_list: list[int], *,
                 resume: bool, progress: bool, on_epoch: Callable[[EpochEvent], None] | None, device: str | None = None,
-                dist: Dist = SINGLE, worker: Callable[[tuple], None] | None = None) -> dict[str, dict[int, FoldResult]]:
+                dist: Dist = SINGLE, worker: Callable[[tuple], None] | None = None,
+                soft: TrainingTargets | None = None) -> dict[str, dict[int, FoldResult]]:
     """Train every unfinished (model, fold) in order in this process (every rank of a DDP group).
 
     A fold locked by a live process stops the run, unless this is a device ``worker`` (its ``send``): then the
@@ -582,7 +590,8 @@ def _train_here(cfg: Config, run: RunDir, table: TrainTable, fold_ids: np.ndarra
                         worker(("leftover", mid, k))
                         continue
                     worker(("start", mid, k))
-                done[mid][k] = train_fold(FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch, device, dist),
+                done[mid][k] = train_fold(FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch, device, dist,
+                                                             soft),
                                           resume)
     return done
 
@@ -610,10 +619,11 @@ def _fold_worker(job: _FoldJob, device: str, send: Callable[[tuple], None]) -> N
     run = RunDir(job.run_dir)
     table = load_train_table(job.cfg.data)
     fold_ids = ensure_folds(job.cfg, run, table)
+    soft = load_training_targets(job.cfg, table, fold_ids, run)  # pseudo rows and teacher: every worker trains with them
     _deterministic(job.cfg)
     on_epoch = (lambda ev: send(("epoch", ev))) if job.forward_epochs else None
     done = _train_here(job.cfg, run, table, fold_ids, job.folds, resume=job.resume, progress=job.progress,
-                       on_epoch=on_epoch, device=device, worker=send)
+                       on_epoch=on_epoch, device=device, worker=send, soft=soft)
     for mid, results in done.items():
         for k, res in results.items():
             if not res.skipped:
@@ -707,23 +717,26 @@ def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = N
 
                 disk_cache_dir(cfg.data, run.root)
             fold_ids, new_folds = plan_folds(cfg, run, table)
+            soft = load_training_targets(cfg, table, fold_ids, run)  # pseudo rows and teacher, checked before the first write
             prepare_run(cfg, run)
+            check_and_record(soft, run, trained_anything(run))
             if new_folds:
                 run.write_folds(table.df[cfg.data.id_column].to_numpy(), fold_ids, cfg.data.id_column)
         dist.barrier()
         if not dist.is_main:
             fold_ids = ensure_folds(cfg, run, table)  # reads the folds.csv rank 0 wrote
+            soft = load_training_targets(cfg, table, fold_ids, run)
         _deterministic(cfg)
         if device_list is not None and len(device_list) > 1:
             done, exits, while_training = _train_on_workers(cfg, run, fold_list, device_list, resume=resume,
                                                             progress=progress, on_epoch=on_epoch)
         else:
             done = _train_here(cfg, run, table, fold_ids, fold_list, resume=resume, progress=progress, on_epoch=on_epoch,
-                               device=device, dist=dist)
+                               device=device, dist=dist, soft=soft)
         models: dict[str, ModelResult] = {}
         for entry in cfg.models:
             mid = entry.model_id
-            result = assemble_model(cfg, run, mid, table) if dist.is_main else None
+            result = assemble_model(cfg, run, mid, table, soft.record() if soft is not None else None) if dist.is_main else None
             models[mid] = ModelResult(mid, done[mid], dist.broadcast(result.cv if result else None),
                                       result.extra.get("attribute_f1") if result else None)
     raise_failures(exits, while_training or (lambda ex: ""),
