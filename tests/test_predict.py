@@ -355,7 +355,7 @@ def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path, monkeypatch
 
     opened = []
     real = P.OrtRunner
-    monkeypatch.setattr(P, "OrtRunner", lambda path, *a: opened.append(path.name) or real(path, *a))
+    monkeypatch.setattr(P, "OrtRunner", lambda path, *a, **kw: opened.append(path.name) or real(path, *a, **kw))
     fused = predict_run(run_dir, models=["eff"], engine="onnx", tta=["hflip"], tta_merge="mean", out=tmp_path / "f.csv", **quiet)
     assert fused.models["eff"].fused is True and opened == ["fused.onnx"]  # no per-fold sessions
     np.testing.assert_allclose(pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy(), reference, atol=1e-4)

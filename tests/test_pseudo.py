@@ -313,7 +313,7 @@ def test_fold_trainer_adds_pseudo_rows_to_training_only_with_their_soft_labels(c
     )
     n = len(table.targets)
     for k in range(cfg.folds.n_splits):
-        trainer = FoldTrainer(FoldContext(cfg, cfg.models[0], table, folds, k, run, False, None, targets))
+        trainer = FoldTrainer(FoldContext(cfg, cfg.models[0], table, folds, k, run, progress=False, soft=targets))
         assert set(trainer.train_idx) == set(np.flatnonzero(folds != k)) | {n, n + 1, n + 2}
         assert set(trainer.valid_idx) == set(np.flatnonzero(folds == k)) and trainer.valid_idx.max() < n
         assert [p.name for p in trainer.train_ds.paths[n:]] == ["t00.png", "t01.png", "t02.png"]
@@ -334,7 +334,7 @@ def test_teacher_rows_follow_ids_and_classes_not_file_order(comp_dir, tmp_path):
     run = RunDir(tmp_path / "run")
     folds, _ = plan_folds(cfg, run, table)
     targets = load_training_targets(cfg, table, folds, run)
-    trainer = FoldTrainer(FoldContext(cfg, cfg.models[0], table, folds, 0, run, False, None, targets))
+    trainer = FoldTrainer(FoldContext(cfg, cfg.models[0], table, folds, 0, run, progress=False, soft=targets))
     expected = oof.set_index("id").loc[table.df["id"], CLASSES].to_numpy()
     np.testing.assert_allclose(trainer.mixer.teacher.numpy(), soften(expected, 3.0), atol=1e-6)
     assert isinstance(trainer.loss_fn, DistillLoss) and trainer.loss_fn.temperature == 3.0

@@ -22,7 +22,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,7 @@ class FoldContext:
     folds: np.ndarray
     fold: int
     run: RunDir
+    _: KW_ONLY  # the optional parts are named at every call site (positional ones got mixed up in a merge)
     progress: bool = True
     on_epoch: Callable[[EpochEvent], None] | None = None  # may raise (e.g. optuna.TrialPruned) to stop the run
     device: str | None = None  # a worker's or rank's own device; cfg.device otherwise (cfg stays as saved)
@@ -590,8 +591,8 @@ def _train_here(cfg: Config, run: RunDir, table: TrainTable, fold_ids: np.ndarra
                         worker(("leftover", mid, k))
                         continue
                     worker(("start", mid, k))
-                done[mid][k] = train_fold(FoldContext(cfg, entry, table, fold_ids, k, run, progress, on_epoch, device, dist,
-                                                             soft),
+                done[mid][k] = train_fold(FoldContext(cfg, entry, table, fold_ids, k, run, progress=progress,
+                                                      on_epoch=on_epoch, device=device, dist=dist, soft=soft),
                                           resume)
     return done
 
