@@ -230,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     tag = f"p{args.persons}-e{args.eval_persons}"
     contest = make_contest(args.out / f"contest-{tag}", args.persons, args.eval_persons)
-    shutil.copy(
-        ROOT / "configs" / "mask.yaml", contest / "mask.yaml"
-    )  # the recipe as shipped, in the contest folder
+    shutil.copy(ROOT / "configs" / "mask.yaml", contest / "mask.yaml")  # the recipe as shipped, in the contest folder
     runs = args.out / f"runs-{tag}-{args.model}-{args.size}px-{args.epochs}ep-{args.folds}f-s{args.seed}"
     t0 = time.perf_counter()
     with threadpool_limits(args.threads):

@@ -97,9 +97,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds and peak resident memory (MB) of one fresh process running ``cmd``."""
-    res = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, *cmd], env=env, cwd=cwd, capture_output=True, text=True
-    )
+    res = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], env=env, cwd=cwd, capture_output=True, text=True)
     if res.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{res.stderr}")
     wall, cpu, rss = res.stderr.split()[-3:]
@@ -192,9 +190,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workloads", default="demo,resnet18")
-    ap.add_argument(
-        "--work", type=Path, default=None, help="keep the built runs here and reuse them next time"
-    )
+    ap.add_argument("--work", type=Path, default=None, help="keep the built runs here and reuse them next time")
     args = ap.parse_args()
     import torch
 

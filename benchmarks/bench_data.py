@@ -49,7 +49,7 @@ def fashion_images(n: int) -> np.ndarray:
         sys.exit(f"{FASHION} not found: apt-get install dataset-fashion-mnist")
     with gzip.open(FASHION, "rb") as fh:
         raw = fh.read()
-    count, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in (4, 8, 12))
+    count, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
     return np.frombuffer(raw, np.uint8, offset=16).reshape(count, rows, cols)[:n]
 
 
@@ -80,32 +80,50 @@ def main() -> None:
             Image.fromarray(img).convert("RGB").resize((src_w, src_h), Image.BICUBIC).save(p, quality=90)
             paths.append(p)
         targets = np.zeros(len(paths), dtype=np.int64)
-        train_tf, _ = pipelines(AugmentConfig(train=AUG, valid=[]), hw, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), normalize=False)
-        print(f"{len(paths)} Fashion-MNIST JPEGs at {src_w}x{src_h} -> {hw[0]}x{hw[1]}, batch {args.batch_size}; "
-              "images/s over epochs 2-3 (best), pass 1 fills the cache")
+        train_tf, _ = pipelines(
+            AugmentConfig(train=AUG, valid=[]), hw, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), normalize=False
+        )
+        print(
+            f"{len(paths)} Fashion-MNIST JPEGs at {src_w}x{src_h} -> {hw[0]}x{hw[1]}, batch {args.batch_size}; "
+            "images/s over epochs 2-3 (best), pass 1 fills the cache"
+        )
         rows = []
         for stage in ("load", "epoch"):
             for w in workers:
                 base = None
                 for mode in ("none", "disk", "memory"):
-                    reader = make_reader(DataConfig(cache=mode, image_dir=str(img_dir), cache_dir=f"{tmp}/cache-{stage}-{w}"),
-                                         hw, paths)
+                    reader = make_reader(
+                        DataConfig(cache=mode, image_dir=str(img_dir), cache_dir=f"{tmp}/cache-{stage}-{w}"), hw, paths
+                    )
                     cls = LoadOnly if stage == "load" else ImageDataset
                     ds = cls(paths, targets, train_tf, reader=reader)
                     t0 = time.perf_counter()
                     rate = loader_images_per_s(ds, range(len(paths)), args.batch_size, w, passes=3)
                     base = base or rate
-                    rows.append({"stage": stage, "workers": w, "cache": mode, "img/s": f"{rate:.0f}",
-                                 "x none": f"{rate / base:.2f}", "all passes s": f"{time.perf_counter() - t0:.1f}"})
+                    rows.append(
+                        {
+                            "stage": stage,
+                            "workers": w,
+                            "cache": mode,
+                            "img/s": f"{rate:.0f}",
+                            "x none": f"{rate / base:.2f}",
+                            "all passes s": f"{time.perf_counter() - t0:.1f}",
+                        }
+                    )
                     print("  " + " ".join(str(c) for c in rows[-1].values()), flush=True)
                     if mode == "memory":
                         reader.file.unlink(missing_ok=True)  # each worker count starts cold
         print()
         print(format_table(rows))
-        for stage, what in (("load", "loading (decode -> resized uint8, what the cache replaces)"),
-                            ("epoch", "whole epochs (loading + train augmentation + batching)")):
+        for stage, what in (
+            ("load", "loading (decode -> resized uint8, what the cache replaces)"),
+            ("epoch", "whole epochs (loading + train augmentation + batching)"),
+        ):
             worst = min(float(r["x none"]) for r in rows if r["stage"] == stage and r["cache"] != "none")
-            print(f"cached {what} vs decoding every epoch: at least x{worst:.2f} (goal x3: {'met' if worst >= 3 else 'not met'})")
+            print(
+                f"cached {what} vs decoding every epoch: at least x{worst:.2f} (goal x3: {'met' if worst >= 3 else 'not met'})"
+            )
+
 
 if __name__ == "__main__":
     main()

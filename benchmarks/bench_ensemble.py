@@ -58,7 +58,7 @@ def _idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -89,11 +89,25 @@ def make_fashion_competition(out: Path, n_train: int, n_test: int, seed: int = 0
 
 def fashion_config(quick: bool) -> dict:
     return {
-        "seed": 7, "metric": "macro_f1",
-        "data": {"train_csv": "train.csv", "image_dir": "train", "id_column": "id", "label_column": "label",
-                 "image_ext": ".png", "test_image_dir": "test", "sample_submission": "sample_submission.csv"},
+        "seed": 7,
+        "metric": "macro_f1",
+        "data": {
+            "train_csv": "train.csv",
+            "image_dir": "train",
+            "id_column": "id",
+            "label_column": "label",
+            "image_ext": ".png",
+            "test_image_dir": "test",
+            "sample_submission": "sample_submission.csv",
+        },
         "folds": {"n_splits": 5, "seed": 7},
-        "train": {"epochs": 2 if quick else 3, "batch_size": 64, "lr": 0.003, "warmup_epochs": 0.3, "weight_decay": 0.01},
+        "train": {
+            "epochs": 2 if quick else 3,
+            "batch_size": 64,
+            "lr": 0.003,
+            "warmup_epochs": 0.3,
+            "weight_decay": 0.01,
+        },
         "augment": {"train": [{"name": "HorizontalFlip", "p": 0.5}]},
         "loss": {"label_smoothing": 0.05},
         "models": MEMBERS,
@@ -111,7 +125,9 @@ MEMBERS = [
 def load_cfg(raw: dict | None, data_dir: Path, overrides: list[str]) -> Config:
     """Write the benchmark's config next to the data (so it can be inspected) and load it like the CLI does."""
     if raw is None:
-        cfg = load_config(demo_config_path(), overrides=overrides, base_dir=data_dir.resolve(), models=[dict(m) for m in MEMBERS])
+        cfg = load_config(
+            demo_config_path(), overrides=overrides, base_dir=data_dir.resolve(), models=[dict(m) for m in MEMBERS]
+        )
     else:
         cfg = load_config(raw, base_dir=data_dir.resolve())
     path = data_dir / "bench.yaml"
@@ -166,8 +182,11 @@ def bench_dataset(name: str, data_dir: Path, raw_cfg: dict | None, overrides: li
     run_dir = root / name / "run"
     if run_dir.exists() and (run_dir / "config.yaml").is_file() and artifacts.RunDir(run_dir).load_config() != cfg:
         shutil.rmtree(run_dir)  # settings changed (e.g. --quick vs full): start this dataset's run afresh
-    print(f"[{name}] training {len(cfg.models)} members x {cfg.folds.n_splits} folds "
-          f"({cfg.train.epochs} epochs)...", file=sys.stderr, flush=True)
+    print(
+        f"[{name}] training {len(cfg.models)} members x {cfg.folds.n_splits} folds ({cfg.train.epochs} epochs)...",
+        file=sys.stderr,
+        flush=True,
+    )
     summary = train_folds(cfg, run_dir, resume=True, progress=False).models
     t_train = time.perf_counter() - t0
     id_col, metric = cfg.data.id_column, cfg.metric
@@ -187,17 +206,37 @@ def bench_dataset(name: str, data_dir: Path, raw_cfg: dict | None, overrides: li
     rows, blends = [], []
     for method, bias in BLENDS:
         bname = f"blend-{method}{'-bias' if bias else ''}"
-        res = run_ensemble(model_dirs, method=method, bias=bias, name=bname, out=root / name / "submissions" / f"{bname}.csv")
+        res = run_ensemble(
+            model_dirs, method=method, bias=bias, name=bname, out=root / name / "submissions" / f"{bname}.csv"
+        )
         ho = held_out_score(metric, Path(res["model_dir"]) / "test.csv", labels, id_col)
-        final, _ = fit_blend(get_method(method), data.oof, data.y, scorer, bias)  # the blend run_ensemble applied to test
-        blends.append({"model": f"{bname} (blend)", "cv": res["cv"], "cv_in_sample": res["cv_in_sample"], "held_out": ho,
-                       "held_out_1fold": one_fold(final.predict), "weights": res["weights"]})
+        final, _ = fit_blend(
+            get_method(method), data.oof, data.y, scorer, bias
+        )  # the blend run_ensemble applied to test
+        blends.append(
+            {
+                "model": f"{bname} (blend)",
+                "cv": res["cv"],
+                "cv_in_sample": res["cv_in_sample"],
+                "held_out": ho,
+                "held_out_1fold": one_fold(final.predict),
+                "weights": res["weights"],
+            }
+        )
     members = res["members"]
     for i, m in enumerate(members):
         mid = Path(m["path"]).name
         ho = held_out_score(metric, run.test_pred(mid), labels, id_col)
-        rows.append({"model": mid, "cv": m["cv"], "cv_in_sample": None, "held_out": ho,
-                     "held_out_1fold": one_fold(lambda T, i=i: T[i]), "weights": None})
+        rows.append(
+            {
+                "model": mid,
+                "cv": m["cv"],
+                "cv_in_sample": None,
+                "held_out": ho,
+                "held_out_1fold": one_fold(lambda T, i=i: T[i]),
+                "weights": None,
+            }
+        )
     best = max(m["cv"] for m in members)
     for r in rows + blends:
         r["|cv-held_out|"] = abs(r["cv"] - r["held_out"])
@@ -209,20 +248,43 @@ def bench_dataset(name: str, data_dir: Path, raw_cfg: dict | None, overrides: li
     n_test = len(labels)
     p = max(r["held_out"] for r in rows + blends)
     n_train = len(pd.read_csv(run.oof(rows[0]["model"]), usecols=["fold"]))
-    return {"name": name, "metric": metric, "rows": rows + blends, "best_member_cv": best, "n_train": n_train, "n_test": n_test,
-            "se": math.sqrt(p * (1 - p) / n_test), "t_train": t_train, "t_pred": t_pred,
-            "t_total": time.perf_counter() - t0}
+    return {
+        "name": name,
+        "metric": metric,
+        "rows": rows + blends,
+        "best_member_cv": best,
+        "n_train": n_train,
+        "n_test": n_test,
+        "se": math.sqrt(p * (1 - p) / n_test),
+        "t_train": t_train,
+        "t_pred": t_pred,
+        "t_total": time.perf_counter() - t0,
+    }
 
 
 def print_report(r: dict) -> None:
-    cols = ["model", "cv", "cv_in_sample", "held_out", "|cv-held_out|", "held_out_1fold", "|cv-1fold|", "cv>=best",
-            "gap<=0.01", "weights"]
-    print(f"\n== {r['name']}: {r['metric']}, {r['n_train']} train rows (5-fold OOF), {r['n_test']} held-out rows "
-          f"(held-out SE ~{r['se']:.3f}); train {r['t_train']:.0f}s, test predictions {r['t_pred']:.0f}s, "
-          f"total {r['t_total']:.0f}s")
-    print("cv: members = OOF CV; blends = honest nested CV. cv_in_sample: blend fitted and scored on the same OOF rows.\n"
-          "held_out: the submission (each member's test predictions average its 5 fold models); held_out_1fold: the\n"
-          "mean held-out score of single fold models through the same blend, which is what an OOF row measures.")
+    cols = [
+        "model",
+        "cv",
+        "cv_in_sample",
+        "held_out",
+        "|cv-held_out|",
+        "held_out_1fold",
+        "|cv-1fold|",
+        "cv>=best",
+        "gap<=0.01",
+        "weights",
+    ]
+    print(
+        f"\n== {r['name']}: {r['metric']}, {r['n_train']} train rows (5-fold OOF), {r['n_test']} held-out rows "
+        f"(held-out SE ~{r['se']:.3f}); train {r['t_train']:.0f}s, test predictions {r['t_pred']:.0f}s, "
+        f"total {r['t_total']:.0f}s"
+    )
+    print(
+        "cv: members = OOF CV; blends = honest nested CV. cv_in_sample: blend fitted and scored on the same OOF rows.\n"
+        "held_out: the submission (each member's test predictions average its 5 fold models); held_out_1fold: the\n"
+        "mean held-out score of single fold models through the same blend, which is what an OOF row measures."
+    )
     print(format_table(r["rows"], cols))
 
 
@@ -230,10 +292,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller data and fewer epochs (smoke run)")
     ap.add_argument("--root", type=Path, default=Path(".bench/ensemble"), help="where data and runs go")
-    ap.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1: threads fight on a busy 2-core box)")
-    ap.add_argument("--demo-epochs", type=int, default=15,
-                    help="epochs for the digits members (the shipped demo trains 5 to stay quick; members trained "
-                         "closer to convergence vary less between folds, so fold-averaging adds less on held-out)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch and BLAS threads (default 1: threads fight on a busy 2-core box)"
+    )
+    ap.add_argument(
+        "--demo-epochs",
+        type=int,
+        default=15,
+        help="epochs for the digits members (the shipped demo trains 5 to stay quick; members trained "
+        "closer to convergence vary less between folds, so fold-averaging adds less on held-out)",
+    )
     ap.add_argument("--fresh", action="store_true", help="delete the runs first (keep the built data)")
     args = ap.parse_args(argv)
     # One intra-op thread: on the shared 2-core box, 2 threads ran 8x slower (62 vs 478 img/s for test_byobnet)
@@ -250,7 +318,9 @@ def _run(args) -> int:
     n_fm_train, n_fm_test = (1000, 500) if args.quick else (3000, 4000)
     demo_dir = root / "demo" / "data"
     if not (demo_dir / "test_labels.csv").is_file():
-        make_digits_competition(demo_dir, n_train_groups=150 if args.quick else 300, n_test=1000 if not args.quick else 500)
+        make_digits_competition(
+            demo_dir, n_train_groups=150 if args.quick else 300, n_test=1000 if not args.quick else 500
+        )
     fm_dir = make_fashion_competition(root / "fmnist" / "data", n_fm_train, n_fm_test)
     if args.fresh:
         for d in ("demo", "fmnist"):
@@ -271,9 +341,12 @@ def _run(args) -> int:
         verdicts.append((r["name"], ok, len(blends)))
     met = all(ok for _, ok, _ in verdicts)
     everywhere = sorted(set.intersection(*(set(ok) for _, ok, _ in verdicts)))
-    print(f"\nGoals ({'MET' if met else 'NOT MET'}): honest blend CV >= best member CV and |honest CV - held-out| <= "
-          f"{CV_GAP}: " + "; ".join(f"{n}: {len(ok)}/{k} blends ({', '.join(ok) or 'none'})" for n, ok, k in verdicts)
-          + f". Meeting both on every dataset: {', '.join(everywhere) or 'none'}. Total {time.perf_counter() - t0:.0f}s.")
+    print(
+        f"\nGoals ({'MET' if met else 'NOT MET'}): honest blend CV >= best member CV and |honest CV - held-out| <= "
+        f"{CV_GAP}: "
+        + "; ".join(f"{n}: {len(ok)}/{k} blends ({', '.join(ok) or 'none'})" for n, ok, k in verdicts)
+        + f". Meeting both on every dataset: {', '.join(everywhere) or 'none'}. Total {time.perf_counter() - t0:.0f}s."
+    )
     return 0
 
 

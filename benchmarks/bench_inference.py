@@ -83,8 +83,10 @@ def main() -> None:
             ips = images_per_s(fn, x, min_time)
             base.setdefault(task, ips)
             rows.append({"task": task, "engine": engine, "images/s": ips, "vs first row of task": ips / base[task]})
-    print(f"{args.model} @ {size}px, batch {batch}, {args.threads} threads, torch {torch.__version__}, "
-          f"{'full' if args.full else 'quick'} sizes, >= {min_time:.0f} s per row")
+    print(
+        f"{args.model} @ {size}px, batch {batch}, {args.threads} threads, torch {torch.__version__}, "
+        f"{'full' if args.full else 'quick'} sizes, >= {min_time:.0f} s per row"
+    )
     print(format_table(rows))
 
 

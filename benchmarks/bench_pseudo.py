@@ -182,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller data and one epoch (smoke run)")
     ap.add_argument("--root", type=Path, default=Path(".bench/pseudo"), help="where data and runs go")
-    ap.add_argument(
-        "--sources", type=int, default=1000, help="training source images (each becomes --views rows)"
-    )
+    ap.add_argument("--sources", type=int, default=1000, help="training source images (each becomes --views rows)")
     ap.add_argument("--views", type=int, default=2, help="jittered views per source image (one group)")
     ap.add_argument("--test", type=int, default=3000, help="held-out test images")
     ap.add_argument("--epochs", type=int, default=3)
@@ -195,12 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--alpha", type=float, default=0.5, help="loss.distill.alpha of the student")
     ap.add_argument("--temperature", type=float, default=2.0, help="loss.distill.temperature of the student")
-    ap.add_argument(
-        "--unseen", type=int, default=2000, help="labelled test images outside the competition's test set"
-    )
-    ap.add_argument(
-        "--threads", type=int, default=1, help="torch and BLAS threads (1: threads fight on a busy box)"
-    )
+    ap.add_argument("--unseen", type=int, default=2000, help="labelled test images outside the competition's test set")
+    ap.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (1: threads fight on a busy box)")
     ap.add_argument("--fresh", action="store_true", help="delete the runs first (keep the built data)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -272,9 +266,7 @@ def _run(args: argparse.Namespace) -> int:
     members = align([load_member(run.model_dir(m.model_id)) for m in cfg.models])
     # class indices in the checkpoints' order, which is the training table's (and the OOF files')
     y_unseen = pd.Index(members.classes).get_indexer(unseen_labels)
-    assert (y_unseen >= 0).all() and [
-        str(c) for c in run.read_checkpoint(STUDENT, 0)["classes"]
-    ] == members.classes
+    assert (y_unseen >= 0).all() and [str(c) for c in run.read_checkpoint(STUDENT, 0)["classes"]] == members.classes
     member_probs = []
     for r in rows:
         if r["model"].startswith("ensemble"):

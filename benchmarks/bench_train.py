@@ -53,7 +53,7 @@ def bare_epoch(model, opt, x, y, bs, gen):
     order = torch.randperm(len(x), generator=gen)
     t0 = time.perf_counter()
     for i in range(0, len(x), bs):
-        idx = order[i:i + bs]
+        idx = order[i : i + bs]
         loss = F.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -98,8 +98,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="comp-bench-train-"))
     comp_dir = make_digits_competition(work / "demo")
-    cfg = load_config(demo_config_path(), overrides=[f"models=[{{name: {args.model}, image_size: 32}}]",
-                                                     f"train.batch_size={args.batch_size}"], base_dir=comp_dir)
+    cfg = load_config(
+        demo_config_path(),
+        overrides=[f"models=[{{name: {args.model}, image_size: 32}}]", f"train.batch_size={args.batch_size}"],
+        base_dir=comp_dir,
+    )
     table = load_train_table(cfg.data)
     hw = (32, 32)
     seed_everything(0)
@@ -134,10 +137,27 @@ def main() -> None:
     full = statistics.median(fold_times)
 
     rows = [
-        {"variant": "bare PyTorch loop (in-memory)", "images": len(x), "epoch_s": bare, "img/s": len(x) / bare, "vs bare": 1.0},
-        {"variant": "comp engine (in-memory)", "images": len(x), "epoch_s": engine, "img/s": len(x) / engine, "vs bare": engine / bare},
-        {"variant": "train-folds epoch (PNG+aug+valid)", "images": n_train, "epoch_s": full, "img/s": n_train / full,
-         "vs bare": (full / n_train) / (bare / len(x))},
+        {
+            "variant": "bare PyTorch loop (in-memory)",
+            "images": len(x),
+            "epoch_s": bare,
+            "img/s": len(x) / bare,
+            "vs bare": 1.0,
+        },
+        {
+            "variant": "comp engine (in-memory)",
+            "images": len(x),
+            "epoch_s": engine,
+            "img/s": len(x) / engine,
+            "vs bare": engine / bare,
+        },
+        {
+            "variant": "train-folds epoch (PNG+aug+valid)",
+            "images": n_train,
+            "epoch_s": full,
+            "img/s": n_train / full,
+            "vs bare": (full / n_train) / (bare / len(x)),
+        },
     ]
     print(f"model {args.model}, batch {bs}, 32 px, {args.threads} threads, median of {args.epochs} epochs")
     print(format_table(rows))
@@ -157,11 +177,22 @@ def main() -> None:
     lrows = []
     for workers in (0, 2):
         rate = loader_rate(jpgs, np.zeros(len(jpgs), int), train_tf, bs, workers, batches=12)
-        lrows.append({"loader": f"JPEG 128px -> aug -> batch, workers={workers}", "img/s": rate,
-                      "model img/s": model_rate, "loader/model": rate / model_rate})
+        lrows.append(
+            {
+                "loader": f"JPEG 128px -> aug -> batch, workers={workers}",
+                "img/s": rate,
+                "model img/s": model_rate,
+                "loader/model": rate / model_rate,
+            }
+        )
     print(format_table(lrows))
     slow = [r for r in lrows if r["loader/model"] < 1]
-    print("bottleneck:", "data loading at " + ", ".join(r["loader"].split(", ")[1] for r in slow) if slow else "the model (loader is faster at every setting)")
+    print(
+        "bottleneck:",
+        "data loading at " + ", ".join(r["loader"].split(", ")[1] for r in slow)
+        if slow
+        else "the model (loader is faster at every setting)",
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,13 @@ SPACE = {
 
 def run_arm(data: Path, work: Path, pruner: str, args) -> dict:
     """One tuning run with one pruner; returns its row of the table."""
-    overrides = ["models=[{name: test_efficientnet, image_size: 32}]", f"train.max_steps_per_epoch={args.max_steps}",
-                 "train.batch_size=32", "augment.mixup.prob=0.0", "train.warmup_epochs=0"]
+    overrides = [
+        "models=[{name: test_efficientnet, image_size: 32}]",
+        f"train.max_steps_per_epoch={args.max_steps}",
+        "train.batch_size=32",
+        "augment.mixup.prob=0.0",
+        "train.warmup_epochs=0",
+    ]
     cfg = load_config(demo_config_path(), overrides=overrides, base_dir=data, tune={"space": SPACE})
     folds = [int(k) for k in args.folds.split(",")]
     t0 = time.perf_counter()
@@ -46,8 +51,14 @@ def run_arm(data: Path, work: Path, pruner: str, args) -> dict:
     study = optuna.load_study(study_name="comp", storage=f"sqlite:///{(work / pruner / 'study.db').resolve()}")
     epochs = sum(len(t.intermediate_values) for t in study.trials)
     states = [t.state.name for t in study.trials]
-    return {"pruner": pruner, "trials": len(states), "pruned": states.count("PRUNED"), "trial_epochs": epochs,
-            "best_macro_f1": study.best_value, "wall_s": wall}
+    return {
+        "pruner": pruner,
+        "trials": len(states),
+        "pruned": states.count("PRUNED"),
+        "trial_epochs": epochs,
+        "best_macro_f1": study.best_value,
+        "wall_s": wall,
+    }
 
 
 def main() -> None:
@@ -68,10 +79,26 @@ def main() -> None:
     for r in rows:
         r["epochs_vs_" + base["pruner"]] = r["trial_epochs"] / base["trial_epochs"]
         r["best_diff"] = r["best_macro_f1"] - base["best_macro_f1"]
-    print(f"{args.trials} trials x folds {args.folds} x {args.epochs} epochs, test_efficientnet 32 px, "
-          f"{args.groups * 2} images, {args.max_steps} steps/epoch, TPE seed {args.seed}")
-    print(format_table(rows, ["pruner", "trials", "pruned", "trial_epochs", f"epochs_vs_{base['pruner']}",
-                              "best_macro_f1", "best_diff", "wall_s"], floatfmt=".3f"))
+    print(
+        f"{args.trials} trials x folds {args.folds} x {args.epochs} epochs, test_efficientnet 32 px, "
+        f"{args.groups * 2} images, {args.max_steps} steps/epoch, TPE seed {args.seed}"
+    )
+    print(
+        format_table(
+            rows,
+            [
+                "pruner",
+                "trials",
+                "pruned",
+                "trial_epochs",
+                f"epochs_vs_{base['pruner']}",
+                "best_macro_f1",
+                "best_diff",
+                "wall_s",
+            ],
+            floatfmt=".3f",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def _live() -> bool:
 class Progress:
     """``update``/``set_postfix``/``close`` like tqdm, whatever the output is."""
 
-    def __init__(self, total: int | None, desc: str, *, enabled: bool = True, interval: float = 30.0, leave: bool = False):
+    def __init__(
+        self, total: int | None, desc: str, *, enabled: bool = True, interval: float = 30.0, leave: bool = False
+    ):
         self.total, self.desc, self.n = total, desc, 0
         self.interval, self.postfix = _PLAIN_INTERVAL or interval, ""
         self.bar: Any = None

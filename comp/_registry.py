@@ -37,8 +37,10 @@ class Registry(Generic[V]):
     def check(self, name: object, what: str | None = None) -> str:
         """Return ``name`` if registered, else raise ConfigError listing the valid names and the closest."""
         if not isinstance(name, str) or name not in self._items:
-            raise ConfigError(f"unknown {what or self.what} '{name}'; choose from {', '.join(self._items)}"
-                              f"{closest(str(name), self._items)}")
+            raise ConfigError(
+                f"unknown {what or self.what} '{name}'; choose from {', '.join(self._items)}"
+                f"{closest(str(name), self._items)}"
+            )
         return name
 
     def get(self, name: str) -> V:

@@ -25,7 +25,9 @@ DEMO_CONFIG = "demo.yaml"
 
 def _jitter(img8: np.ndarray, rng: np.random.Generator, size: int) -> Image.Image:
     """Upsample an 8x8 digit (0..16) to ``size`` px with a random shift, rotation, scale and noise."""
-    base = Image.fromarray((img8 * (255 / 16)).astype(np.uint8), mode="L").resize((size - 8, size - 8), Image.Resampling.BILINEAR)
+    base = Image.fromarray((img8 * (255 / 16)).astype(np.uint8), mode="L").resize(
+        (size - 8, size - 8), Image.Resampling.BILINEAR
+    )
     canvas = Image.new("L", (size, size), 0)
     dx, dy = rng.integers(0, 9, size=2)
     canvas.paste(base, (int(dx), int(dy)))
@@ -34,14 +36,15 @@ def _jitter(img8: np.ndarray, rng: np.random.Generator, size: int) -> Image.Imag
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
 
 
-def make_digits_competition(out_dir: str | Path, n_train_groups: int = 300, views: int = 4, n_test: int = 300,
-                            size: int = 32, seed: int = 0) -> Path:
+def make_digits_competition(
+    out_dir: str | Path, n_train_groups: int = 300, views: int = 4, n_test: int = 300, size: int = 32, seed: int = 0
+) -> Path:
     """Write train.csv (id, label, digit group), train/, test/, sample_submission.csv and test_labels.csv."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     digits = load_digits()
     order = rng.permutation(len(digits.target))
-    train_src, test_src = order[:n_train_groups], order[n_train_groups:n_train_groups + n_test]
+    train_src, test_src = order[:n_train_groups], order[n_train_groups : n_train_groups + n_test]
     (out / "train").mkdir(parents=True, exist_ok=True)
     (out / "test").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -76,21 +79,27 @@ def _is_demo_run(run_dir: Path) -> bool:
     except CompError:
         return False
     demo = load_config(demo_config_path(), base_dir=run_dir).to_dict()
-    return ([m.get("id") for m in saved.get("models", []) if isinstance(m, dict)] == [m.get("id") for m in demo["models"]]
-            and (saved.get("data") or {}).get("group_column") == demo["data"]["group_column"])
+    return [m.get("id") for m in saved.get("models", []) if isinstance(m, dict)] == [
+        m.get("id") for m in demo["models"]
+    ] and (saved.get("data") or {}).get("group_column") == demo["data"]["group_column"]
 
 
-def run_demo(out_dir: Path, run_dir: Path, overrides=(), fresh: bool = False,
-             submission: Path = Path("submissions/demo.csv")) -> Iterator[str]:
+def run_demo(
+    out_dir: Path, run_dir: Path, overrides=(), fresh: bool = False, submission: Path = Path("submissions/demo.csv")
+) -> Iterator[str]:
     """Build the demo data (once) and run every pipeline stage; yields report lines."""
     from comp.training._trainer import train_folds
 
     out_dir, run_dir = Path(out_dir), Path(run_dir)
-    cfg = load_config(demo_config_path(), overrides=overrides, base_dir=out_dir.resolve())  # a typo fails before any delete
+    cfg = load_config(
+        demo_config_path(), overrides=overrides, base_dir=out_dir.resolve()
+    )  # a typo fails before any delete
     if fresh and run_dir.exists():
         if not _is_demo_run(run_dir):
-            raise CompError(f"--fresh would delete {run_dir}, which is not a demo run folder; pass another --run-dir "
-                            "or delete it yourself")
+            raise CompError(
+                f"--fresh would delete {run_dir}, which is not a demo run folder; pass another --run-dir "
+                "or delete it yourself"
+            )
         shutil.rmtree(run_dir)
     if not (out_dir / "train.csv").is_file():
         make_digits_competition(out_dir)

@@ -111,5 +111,7 @@ def attribute_f1(probs, attribute_targets: dict[str, np.ndarray], scheme) -> dic
     from comp.data._attributes import marginals  # late: keeps this module free of the data package
 
     parts = marginals(np.asarray(probs, dtype=np.float64), scheme, atol=1e-3)
-    return {name: float(skm.f1_score(attribute_targets[name], p.argmax(1), average="macro", zero_division=0))
-            for name, p in parts.items()}
+    return {
+        name: float(skm.f1_score(attribute_targets[name], p.argmax(1), average="macro", zero_division=0))
+        for name, p in parts.items()
+    }

@@ -17,7 +17,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 N_CLASSES = 3
 
 
-def write_competition(root: Path, n_groups: int = 12, per_group: int = 3, n_test: int = 8, size: int = 24, seed: int = 0) -> Path:
+def write_competition(
+    root: Path, n_groups: int = 12, per_group: int = 3, n_test: int = 8, size: int = 24, seed: int = 0
+) -> Path:
     """A learnable toy competition: class k images are bright in channel k; groups of near-identical photos."""
     rng = np.random.default_rng(seed)
     (root / "train").mkdir(parents=True, exist_ok=True)
@@ -49,8 +51,14 @@ def tiny_config(root: Path, **overrides) -> dict:
     cfg = {
         "seed": 0,
         "metric": "accuracy",
-        "data": {"train_csv": "train.csv", "image_dir": "train", "group_column": "person", "image_ext": ".png",
-                 "test_image_dir": "test", "sample_submission": "sample_submission.csv"},
+        "data": {
+            "train_csv": "train.csv",
+            "image_dir": "train",
+            "group_column": "person",
+            "image_ext": ".png",
+            "test_image_dir": "test",
+            "sample_submission": "sample_submission.csv",
+        },
         "folds": {"n_splits": 2, "seed": 0},
         "train": {"epochs": 1, "batch_size": 8, "lr": 0.01, "warmup_epochs": 0},
         "augment": {"train": [{"name": "HorizontalFlip", "p": 0.5}]},

@@ -85,10 +85,12 @@ def test_whole_pipeline_through_import_comp_leaves_the_session_alone(tmp_path):
 
 
 def test_facade_is_curated_and_lazy():
-    code = ("import sys, comp; assert 'torch' not in sys.modules, 'import comp must stay light'; "
-            "names = set(comp.__all__); "
-            "assert {'load_config', 'train_folds', 'predict', 'export', 'blend', 'compare_blends', 'tune', "
-            "'make_submission', 'RunDir', 'CompError', '__version__'} <= names; "
-            "[getattr(comp, n) for n in comp.__all__]; print(comp.__version__)")
+    code = (
+        "import sys, comp; assert 'torch' not in sys.modules, 'import comp must stay light'; "
+        "names = set(comp.__all__); "
+        "assert {'load_config', 'train_folds', 'predict', 'export', 'blend', 'compare_blends', 'tune', "
+        "'make_submission', 'RunDir', 'CompError', '__version__'} <= names; "
+        "[getattr(comp, n) for n in comp.__all__]; print(comp.__version__)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -52,11 +52,7 @@ def rows(tmp_path) -> pd.DataFrame:
 def test_eighteen_class_names_in_code_order():
     names = class_names(LABELS)
     assert len(names) == 18 and len(set(names)) == 18
-    assert (
-        names[0] == "wear_male_young"
-        and names[4] == "wear_female_middle"
-        and names[17] == "not_wear_female_old"
-    )
+    assert names[0] == "wear_male_young" and names[4] == "wear_female_middle" and names[17] == "not_wear_female_old"
     for code, name in enumerate(names):
         parts = decompose(code, LABELS)
         assert name == f"{MASKS[parts['mask']]}_{GENDERS[parts['gender']]}_{AGES[parts['age']]}"
@@ -242,9 +238,7 @@ def test_non_numeric_age_names_the_row(age):
         {"id": ["a", "b"], "mask": ["normal"] * 2, "folder_gender": ["male"] * 2, "folder_age": ["40", age]}
     )
     df["folder_age"] = df["folder_age"].replace("", np.nan)
-    expect_error(
-        lambda: encode(df, LABELS, train=True), "row 1 (id 'b')", "is not a number", "attributes.age.bins"
-    )
+    expect_error(lambda: encode(df, LABELS, train=True), "row 1 (id 'b')", "is not a number", "attributes.age.bins")
 
 
 def test_bad_probabilities_and_codes():

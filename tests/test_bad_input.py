@@ -118,10 +118,17 @@ TRAIN_CASES = [
     Case("image-size-zero", "image_size", cfg={"models": [{"name": "test_efficientnet", "image_size": 0}]}),
     Case("image-size-triple", "image_size", cfg={"models": [{"name": "test_efficientnet", "image_size": [8, 8, 8]}]}),
     Case("unknown-model-key", "models[0].lrr", cfg={"models": [{"name": "test_efficientnet", "lrr": 1}]}),
-    Case("unknown-timm-model", "unknown timm model 'resnet18x'", cfg={"models": [{"name": "resnet18x", "image_size": 32}]}),
+    Case(
+        "unknown-timm-model",
+        "unknown timm model 'resnet18x'",
+        cfg={"models": [{"name": "resnet18x", "image_size": 32}]},
+    ),
     Case("in-chans-zero", "in_chans", cfg={"models": [{"name": "test_efficientnet", "in_chans": 0}]}),
-    Case("unknown-augmentation", "unknown albumentations transform 'HorizontalFlipp'",
-         cfg={"augment__train": [{"name": "HorizontalFlipp"}]}),
+    Case(
+        "unknown-augmentation",
+        "unknown albumentations transform 'HorizontalFlipp'",
+        cfg={"augment__train": [{"name": "HorizontalFlipp"}]},
+    ),
     Case("unknown-aug-argument", "bogus_arg", cfg={"augment__train": [{"name": "HorizontalFlip", "bogus_arg": 1}]}),
     Case("typo-aug-argument", "rotat", cfg={"augment__train": [{"name": "Affine", "rotat": 10}]}),
     Case("aug-not-mapping", "augment.train", cfg={"augment__train": ["HorizontalFlip"]}),
@@ -134,10 +141,18 @@ TRAIN_CASES = [
     Case("class-weights-length", "loss.class_weights", cfg={"loss__class_weights": [1.0, 2.0]}),
     Case("class-weights-negative", "loss.class_weights", cfg={"loss__class_weights": [1.0, -2.0, 1.0]}),
     Case("pretrained-missing", "w.pth", cfg={"models": [{"name": "test_efficientnet", "pretrained": "w.pth"}]}),
-    Case("pretrained-garbage", "w.pth", cfg={"models": [{"name": "test_efficientnet", "pretrained": "w.pth"}]},
-         setup=_garbage_weights),
-    Case("pretrained-wrong-keys", "w.pth", cfg={"models": [{"name": "test_efficientnet", "pretrained": "w.pth"}]},
-         setup=_wrong_weights),
+    Case(
+        "pretrained-garbage",
+        "w.pth",
+        cfg={"models": [{"name": "test_efficientnet", "pretrained": "w.pth"}]},
+        setup=_garbage_weights,
+    ),
+    Case(
+        "pretrained-wrong-keys",
+        "w.pth",
+        cfg={"models": [{"name": "test_efficientnet", "pretrained": "w.pth"}]},
+        setup=_wrong_weights,
+    ),
     Case("unknown-tta", "unknown TTA view 'hflipp'", cfg={"predict__tta": ["hflipp"]}),
     Case("bad-cache", "data.cache", cfg={"data__cache": "ram"}),
     Case("negative-workers", "data.num_workers", cfg={"data__num_workers": -1}),
@@ -165,12 +180,19 @@ TRAIN_CASES = [
     Case("image-garbage", "g00_0.png", setup=_write("train/g00_0.png", b"this is not a png")),
     Case("image-truncated", "g00_0.png", setup=_truncate),
     Case("image-dir-missing", "image folder", setup=_rm("train")),
-    Case("path-escapes", "escapes the image folder",
-         setup=_csv(lambda df, r: df.assign(id=["../../etc/passwd"] + list(df["id"][1:])))),
+    Case(
+        "path-escapes",
+        "escapes the image folder",
+        setup=_csv(lambda df, r: df.assign(id=["../../etc/passwd"] + list(df["id"][1:]))),
+    ),
     Case("template-unclosed", "data.path_template", cfg={"data__path_template": "{id"}),
     Case("template-positional", "data.path_template", cfg={"data__path_template": "{0}.png"}),
     Case("template-unknown-column", "data.path_template", cfg={"data__path_template": "{nope}.png"}),
-    Case("class-clashes", "clashes with a column", setup=_csv(lambda df, r: df.assign(label=df["label"].replace("c0", "fold")))),
+    Case(
+        "class-clashes",
+        "clashes with a column",
+        setup=_csv(lambda df, r: df.assign(label=df["label"].replace("c0", "fold"))),
+    ),
     Case("too-few-groups", "only 12 groups", cfg={"folds__n_splits": 13}),
     Case("class-named-like-id", "clashes", setup=_csv(lambda df, r: df.assign(label=df["label"].replace("c1", "id")))),
 ]
@@ -206,7 +228,9 @@ def test_decompression_bomb_is_one_line(tmp_path, monkeypatch):
 def test_unwritable_run_dir(tmp_path):
     root = write_competition(tmp_path / "comp")
     (tmp_path / "file").write_text("x")
-    result = invoke("train-folds", "--config", write_config(root, tiny_config(root)), "--run-dir", tmp_path / "file" / "run")
+    result = invoke(
+        "train-folds", "--config", write_config(root, tiny_config(root)), "--run-dir", tmp_path / "file" / "run"
+    )
     assert_one_line_error(result, "file")
 
 
@@ -236,23 +260,63 @@ def _edit_ckpt(fn):
 RUN_CASES = [
     # (id, setup(run) or None, argv builder(run, tmp) -> list, needle)
     ("predict-no-folder", None, lambda r, t: ["predict", t / "nowhere"], "not a run folder"),
-    ("predict-bad-config-yaml", lambda r: (r / "config.yaml").write_text("data: [\n"), lambda r, t: ["predict", r], "not valid YAML"),
-    ("predict-config-bad-key", lambda r: (r / "config.yaml").write_text("trian: {}\n"), lambda r, t: ["predict", r], "trian"),
-    ("predict-missing-fold", lambda r: _ckpt(r).unlink(), lambda r, t: ["predict", r, "--out", t / "s.csv"], "--folds 0"),
+    (
+        "predict-bad-config-yaml",
+        lambda r: (r / "config.yaml").write_text("data: [\n"),
+        lambda r, t: ["predict", r],
+        "not valid YAML",
+    ),
+    (
+        "predict-config-bad-key",
+        lambda r: (r / "config.yaml").write_text("trian: {}\n"),
+        lambda r, t: ["predict", r],
+        "trian",
+    ),
+    (
+        "predict-missing-fold",
+        lambda r: _ckpt(r).unlink(),
+        lambda r, t: ["predict", r, "--out", t / "s.csv"],
+        "--folds 0",
+    ),
     ("predict-bad-tta", None, lambda r, t: ["predict", r, "--tta", "hflipp"], "hflipp"),
     ("predict-batch-zero", None, lambda r, t: ["predict", r, "--batch-size", "0"], "--batch-size"),
     ("predict-unknown-model", None, lambda r, t: ["predict", r, "--model", "nope"], "--model nope"),
     ("predict-bad-set", None, lambda r, t: ["predict", r, "--set", "data.nope=1"], "data.nope"),
-    ("predict-out-under-file", None, lambda r, t: ["predict", r, "--engine", "torch", "--out", r / "config.yaml" / "s.csv"],
-     "config.yaml"),
+    (
+        "predict-out-under-file",
+        None,
+        lambda r, t: ["predict", r, "--engine", "torch", "--out", r / "config.yaml" / "s.csv"],
+        "config.yaml",
+    ),
     ("predict-garbage-checkpoint", lambda r: _ckpt(r).write_bytes(b"garbage"), lambda r, t: ["predict", r], "fold0.pt"),
-    ("predict-ckpt-missing-state", _edit_ckpt(lambda ck: ck.pop("state_dict")), lambda r, t: ["predict", r], "state_dict"),
-    ("predict-ckpt-wrong-state", _edit_ckpt(lambda ck: ck["state_dict"].pop(next(iter(ck["state_dict"])))),
-     lambda r, t: ["predict", r, "--engine", "torch"], "fold0.pt"),
-    ("predict-ckpt-local-dir-model", _edit_ckpt(lambda ck: ck.update(model_name="local-dir:/tmp/evil")),
-     lambda r, t: ["predict", r, "--engine", "torch"], "model_name"),
-    ("predict-ckpt-unknown-transform", _edit_ckpt(lambda ck: ck["eval_transform"]["transform"]["transforms"].__setitem__(
-        0, {"__class_fullname__": "os.system", "p": 1.0})), lambda r, t: ["predict", r, "--engine", "torch"], "eval_transform"),
+    (
+        "predict-ckpt-missing-state",
+        _edit_ckpt(lambda ck: ck.pop("state_dict")),
+        lambda r, t: ["predict", r],
+        "state_dict",
+    ),
+    (
+        "predict-ckpt-wrong-state",
+        _edit_ckpt(lambda ck: ck["state_dict"].pop(next(iter(ck["state_dict"])))),
+        lambda r, t: ["predict", r, "--engine", "torch"],
+        "fold0.pt",
+    ),
+    (
+        "predict-ckpt-local-dir-model",
+        _edit_ckpt(lambda ck: ck.update(model_name="local-dir:/tmp/evil")),
+        lambda r, t: ["predict", r, "--engine", "torch"],
+        "model_name",
+    ),
+    (
+        "predict-ckpt-unknown-transform",
+        _edit_ckpt(
+            lambda ck: ck["eval_transform"]["transform"]["transforms"].__setitem__(
+                0, {"__class_fullname__": "os.system", "p": 1.0}
+            )
+        ),
+        lambda r, t: ["predict", r, "--engine", "torch"],
+        "eval_transform",
+    ),
     ("export-opset-low", None, lambda r, t: ["export", r, "--opset", "1"], "--opset"),
     ("export-opset-high", None, lambda r, t: ["export", r, "--opset", "99"], "--opset"),
     ("export-tta-without-fuse", None, lambda r, t: ["export", r, "--tta", "hflip"], "--fuse"),
@@ -263,15 +327,28 @@ RUN_CASES = [
     ("ensemble-unknown-method", None, lambda r, t: ["ensemble", r / "models/eff", "--method", "stacker"], "stacker"),
     ("ensemble-twice", None, lambda r, t: ["ensemble", r / "models/eff", r / "models/eff"], "listed twice"),
     ("ensemble-nan-oof", lambda r: _nan_oof(r), lambda r, t: ["ensemble", r / "models/eff"], "oof.csv line 2"),
-    ("ensemble-no-oof", lambda r: (r / "models/eff/oof.csv").unlink(), lambda r, t: ["ensemble", r / "models/eff"], "oof.csv"),
+    (
+        "ensemble-no-oof",
+        lambda r: (r / "models/eff/oof.csv").unlink(),
+        lambda r, t: ["ensemble", r / "models/eff"],
+        "oof.csv",
+    ),
     ("explain-unknown-model", None, lambda r, t: ["explain", r, "--model", "nope"], "nope"),
     ("explain-top-zero", None, lambda r, t: ["explain", r, "--top", "0"], "--top"),
     ("explain-unknown-id", None, lambda r, t: ["explain", r, "--gradcam-ids", "zzz"], "zzz"),
-    ("submit-missing-file", None, lambda r, t: ["submit", t / "no.csv", "--competition", "c", "--message", "m", "--run", r],
-     "no.csv"),
+    (
+        "submit-missing-file",
+        None,
+        lambda r, t: ["submit", t / "no.csv", "--competition", "c", "--message", "m", "--run", r],
+        "no.csv",
+    ),
     ("submit-no-sample", None, lambda r, t: ["submit", _sub(t), "--competition", "c", "--message", "m"], "--sample"),
-    ("submit-wrong-columns", None, lambda r, t: ["submit", _sub(t, cols=["x", "y"]), "--competition", "c", "--message", "m",
-                                                 "--run", r], "columns"),
+    (
+        "submit-wrong-columns",
+        None,
+        lambda r, t: ["submit", _sub(t, cols=["x", "y"]), "--competition", "c", "--message", "m", "--run", r],
+        "columns",
+    ),
     ("tune-no-space", None, lambda r, t: ["tune", "--config", r / "config.yaml", "--out", t / "t"], "tune.space"),
 ]
 
@@ -314,8 +391,13 @@ def _tune_config(tmp_path, space=None, **tune) -> Path:
 
 TUNE_CASES = [
     ("space-bad-type", {"train.lr": {"type": "real", "low": 0.1, "high": 1}}, {}, (), "type must be one of"),
-    ("space-log-and-step", {"train.lr": {"type": "float", "low": 0.1, "high": 1, "log": True, "step": 0.1}}, {}, (),
-     "log and step"),
+    (
+        "space-log-and-step",
+        {"train.lr": {"type": "float", "low": 0.1, "high": 1, "log": True, "step": 0.1}},
+        {},
+        (),
+        "log and step",
+    ),
     ("space-step-zero", {"train.lr": {"type": "float", "low": 0.1, "high": 1, "step": 0}}, {}, (), "step must be"),
     ("space-unknown-spec-key", {"train.lr": {"type": "float", "low": 0.1, "high": 1, "lgo": True}}, {}, (), "lgo"),
     ("space-low-above-high", {"train.lr": {"type": "float", "low": 1, "high": 0.1}}, {}, (), "swap them"),
@@ -417,16 +499,26 @@ def test_ids_and_labels_that_look_like_missing_values_survive_every_reader(tmp_p
     sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
     sample["label"] = "NA"
     sample.to_csv(root / "sample_submission.csv", index=False)
-    path = write_config(root, tiny_config(root, models=[{"name": "test_efficientnet", "id": "a", "image_size": 32},
-                                                        {"name": "test_byobnet", "id": "b", "image_size": 32}]))
+    path = write_config(
+        root,
+        tiny_config(
+            root,
+            models=[
+                {"name": "test_efficientnet", "id": "a", "image_size": 32},
+                {"name": "test_byobnet", "id": "b", "image_size": 32},
+            ],
+        ),
+    )
     run_dir = tmp_path / "run"
     assert invoke("train-folds", "--config", path, "--run-dir", run_dir, "--quiet").exit_code == 0
     oof = pd.read_csv(run_dir / "models/a/oof.csv", dtype=str, keep_default_na=False)
     assert {"NA", "null", "nan"} <= set(oof["id"]) and {"NA", "NaN"} <= set(oof["target"])
-    for args in (["train-folds", "--config", path, "--run-dir", run_dir, "--resume", "--quiet"],
-                 ["predict", run_dir, "--engine", "torch", "--out", tmp_path / "s.csv", "--quiet"],
-                 ["ensemble", run_dir / "models/a", run_dir / "models/b", "--out", tmp_path / "b.csv"],
-                 ["explain", run_dir, "--top", "2", "--out", tmp_path / "x"]):
+    for args in (
+        ["train-folds", "--config", path, "--run-dir", run_dir, "--resume", "--quiet"],
+        ["predict", run_dir, "--engine", "torch", "--out", tmp_path / "s.csv", "--quiet"],
+        ["ensemble", run_dir / "models/a", run_dir / "models/b", "--out", tmp_path / "b.csv"],
+        ["explain", run_dir, "--top", "2", "--out", tmp_path / "x"],
+    ):
         result = invoke(*args)
         assert result.exit_code == 0, (args[0], result.output, result.exception)
     sub = pd.read_csv(tmp_path / "b.csv", dtype=str, keep_default_na=False)

@@ -107,10 +107,7 @@ def _clean_env() -> dict[str, str]:
 
 
 def _snapshot(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-    }
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
 def _chmod_tree(folder: Path, writable: bool) -> None:
@@ -119,9 +116,7 @@ def _chmod_tree(folder: Path, writable: bool) -> None:
         p.chmod(mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def _predict_in_venv(
-    python: Path, bundle: Path, images: Path, sample: Path, out_dir: Path
-) -> tuple[Path, Path, str]:
+def _predict_in_venv(python: Path, bundle: Path, images: Path, sample: Path, out_dir: Path) -> tuple[Path, Path, str]:
     """Run the bundle's predict.py in the venv with the image and bundle folders read-only; nothing may appear there."""
     sub, probs = out_dir / "submission.csv", out_dir / "probs.csv"
     before = (_snapshot(bundle), _snapshot(images))
@@ -155,9 +150,7 @@ def _predict_in_venv(
         _chmod_tree(bundle, writable=True)
         _chmod_tree(images, writable=True)
     assert res.returncode == 0, res.stderr
-    assert (_snapshot(bundle), _snapshot(images)) == before, (
-        "predict.py wrote into the bundle or image folder"
-    )
+    assert (_snapshot(bundle), _snapshot(images)) == before, "predict.py wrote into the bundle or image folder"
     return sub, probs, res.stderr
 
 
@@ -198,9 +191,7 @@ def test_run_bundle_reproduces_comp_predict(world, ort_python, tmp_path):
     want = _probs(RunDir(world["run"]).test_pred("eff"), m["classes"])
     got = _probs(probs, m["classes"]).loc[want.index]
     assert np.abs(got.to_numpy() - want.to_numpy()).max() <= 1e-4
-    assert sub.read_bytes() == (world["root"] / "eff.csv").read_bytes(), (
-        "the submission differs from comp predict's"
-    )
+    assert sub.read_bytes() == (world["root"] / "eff.csv").read_bytes(), "the submission differs from comp predict's"
 
 
 def test_blend_bundle_reproduces_the_blend(world, ort_python, tmp_path):
@@ -213,17 +204,13 @@ def test_blend_bundle_reproduces_the_blend(world, ort_python, tmp_path):
     ]
     assert graphs[1]["mean"] == [0.5, 0.45, 0.4] and result.manifest["source"]["method"] == "mean"
     data = world["data"]
-    sub, probs, _ = _predict_in_venv(
-        ort_python, out, Path(data.test_image_dir), Path(data.sample_submission), tmp_path
-    )
+    sub, probs, _ = _predict_in_venv(ort_python, out, Path(data.test_image_dir), Path(data.sample_submission), tmp_path)
     blend = RunDir(world["blend"])
     classes = result.manifest["classes"]
     want = _probs(blend.test_pred("blend"), classes)
     got = _probs(probs, classes).loc[want.index]
     assert np.abs(got.to_numpy() - want.to_numpy()).max() <= 1e-4
-    assert sub.read_bytes() == (world["root"] / "blend.csv").read_bytes(), (
-        "the submission differs from the blend's"
-    )
+    assert sub.read_bytes() == (world["root"] / "blend.csv").read_bytes(), "the submission differs from the blend's"
     # res's graph reorders its columns (c2, c0, c1) to the bundle's class order inside the graph
     assert bundle_run(world["run"] / "models" / "res", out=tmp_path / "res").manifest["classes"] == [
         "c2",
@@ -235,9 +222,7 @@ def test_blend_bundle_reproduces_the_blend(world, ort_python, tmp_path):
 # ---------------------------------------------------------------- what is refused, before anything is written
 
 
-@pytest.mark.parametrize(
-    "method,bias", [("rank", False), ("geometric", False), ("stacking", False), ("mean", True)]
-)
+@pytest.mark.parametrize("method,bias", [("rank", False), ("geometric", False), ("stacking", False), ("mean", True)])
 def test_blends_that_are_not_weighted_means_are_refused(world, tmp_path, method, bias):
     run = RunDir(world["run"])
     blend = run_ensemble(
@@ -289,9 +274,7 @@ def test_out_folder_rules(world, tmp_path):
     (out / "todo.txt").write_text("mine")
     with pytest.raises(CompError, match="also holds todo.txt"):
         bundle_run(src, out=out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "notes"], (
-        "a temporary folder was left"
-    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "notes"], "a temporary folder was left"
 
 
 def test_interrupted_bundle_leaves_the_earlier_one(world, tmp_path, monkeypatch):

@@ -329,10 +329,7 @@ def test_proba_submission_follows_sample_columns(world, tmp_path):
 
 
 def _snapshot(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-    }
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
 def _chmod_tree(folder: Path, writable: bool) -> None:
@@ -365,9 +362,7 @@ def test_read_only_folders_and_numpy_resize_give_identical_output(world, tmp_pat
     assert with_cv2.returncode == 0, with_cv2.stderr
     assert without.returncode == 0, without.stderr
     assert "resize: cv2" in with_cv2.stderr and "resize: numpy (cv2 not importable)" in without.stderr
-    assert (_snapshot(bundle), _snapshot(world["images"])) == before, (
-        "predict.py wrote into a read-only folder"
-    )
+    assert (_snapshot(bundle), _snapshot(world["images"])) == before, "predict.py wrote into a read-only folder"
     assert (tmp_path / "cv2.csv").read_bytes() == (tmp_path / "np.csv").read_bytes()
     assert (tmp_path / "p1.csv").read_bytes() == (tmp_path / "p2.csv").read_bytes()
 
@@ -393,9 +388,7 @@ def _assert_error(res, *needles: str) -> None:
 def test_error_missing_graph(world, tmp_path):
     bundle = make_bundle(world, "err_graph")
     (bundle / "b.onnx").unlink()
-    res = run_error(
-        bundle, world["images"], write_sample(tmp_path / "s.csv", ["id", "label"]), tmp_path / "o.csv"
-    )
+    res = run_error(bundle, world["images"], write_sample(tmp_path / "s.csv", ["id", "label"]), tmp_path / "o.csv")
     _assert_error(res, "b.onnx", "graphs[1].file", "missing")
 
 
@@ -424,9 +417,7 @@ def test_error_bad_manifest(world, tmp_path, mutate, needle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     mutate(manifest)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    res = run_error(
-        bundle, world["images"], write_sample(tmp_path / "s.csv", ["id", "label"]), tmp_path / "o.csv"
-    )
+    res = run_error(bundle, world["images"], write_sample(tmp_path / "s.csv", ["id", "label"]), tmp_path / "o.csv")
     _assert_error(res, "manifest.json", needle)
     assert not (tmp_path / "o.csv").exists()
 
@@ -434,9 +425,7 @@ def test_error_bad_manifest(world, tmp_path, mutate, needle):
 def test_error_manifest_not_json(world, tmp_path):
     bundle = make_bundle(world, "err_json")
     (bundle / "manifest.json").write_text("{not json")
-    res = run_error(
-        bundle, world["images"], write_sample(tmp_path / "s.csv", ["id", "label"]), tmp_path / "o.csv"
-    )
+    res = run_error(bundle, world["images"], write_sample(tmp_path / "s.csv", ["id", "label"]), tmp_path / "o.csv")
     _assert_error(res, "manifest.json", "not valid JSON")
 
 

@@ -50,15 +50,19 @@ def test_yaml_syntax_error_names_line(tmp_path):
 
 def test_overrides_and_model_entry_overrides(tmp_path):
     p = write(tmp_path, {"models": [{"name": "resnet18", "lr": 0.5}, "test_vit"]})
-    cfg = load_config(p, overrides=["train.epochs=3", "train.lr=1e-4", "models.1.image_size=[16, 24]", "data.group_column=person"])
+    cfg = load_config(
+        p, overrides=["train.epochs=3", "train.lr=1e-4", "models.1.image_size=[16, 24]", "data.group_column=person"]
+    )
     assert cfg.train.epochs == 3 and cfg.data.group_column == "person"
     assert cfg.train_for(cfg.models[0]).lr == 0.5
     assert cfg.train_for(cfg.models[1]).lr == 1e-4
     assert cfg.models[1].image_size == [16, 24]
 
 
-@pytest.mark.parametrize("item, needle", [("train.epochs", "key=value"), ("trainn.epochs=3", "unknown section 'trainn'"),
-                                          ("models.7.lr=1", "not an index")])
+@pytest.mark.parametrize(
+    "item, needle",
+    [("train.epochs", "key=value"), ("trainn.epochs=3", "unknown section 'trainn'"), ("models.7.lr=1", "not an index")],
+)
 def test_bad_overrides(item, needle):
     with pytest.raises(CompError, match=needle):
         apply_overrides(Config().to_dict(), [item])

@@ -19,13 +19,17 @@ CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecu
 
 
 def test_provider_chain_on_a_gpu_box(tmp_path):
-    opts = P.EngineOptions(batch_size=32, cache_dir=tmp_path / "trt", cudnn_conv_algo_search="heuristic", cuda_graph=True)
+    opts = P.EngineOptions(
+        batch_size=32, cache_dir=tmp_path / "trt", cudnn_conv_algo_search="heuristic", cuda_graph=True
+    )
     chain = P.provider_chain([TRT, CUDA, CPU], opts, ("batch", 3, 224, 192))
     assert [name for name, _ in chain] == [TRT, CUDA, CPU]
     trt, cuda = chain[0][1], chain[1][1]
     assert trt["trt_fp16_enable"] is True and trt["trt_engine_cache_path"] == str(tmp_path / "trt")
     assert trt["trt_timing_cache_enable"] is True
-    assert trt["trt_profile_min_shapes"] == "input:1x3x224x192" and trt["trt_profile_max_shapes"] == "input:32x3x224x192"
+    assert (
+        trt["trt_profile_min_shapes"] == "input:1x3x224x192" and trt["trt_profile_max_shapes"] == "input:32x3x224x192"
+    )
     assert cuda["cudnn_conv_algo_search"] == "HEURISTIC" and cuda["cudnn_conv_use_max_workspace"] == "1"
     assert cuda["enable_cuda_graph"] == "1"
 
@@ -93,8 +97,9 @@ def test_predict_compile_option_reaches_torch_compile(trained_run, tmp_path, mon
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    res = comp.predict(run, engine="torch", overrides=["predict.compile=max-autotune"], out=tmp_path / "s.csv",
-                       progress=False)
+    res = comp.predict(
+        run, engine="torch", overrides=["predict.compile=max-autotune"], out=tmp_path / "s.csv", progress=False
+    )
     assert modes and set(modes) == {"max-autotune"} and res.submission is not None
 
 
@@ -103,8 +108,9 @@ def test_compiled_torch_engine_matches_eager(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     eager = comp.predict(run, engine="torch", out=tmp_path / "e.csv", progress=False).test("eff")
-    compiled = comp.predict(run, engine="torch", overrides=["predict.compile=default"], out=tmp_path / "c.csv",
-                            progress=False).test("eff")
+    compiled = comp.predict(
+        run, engine="torch", overrides=["predict.compile=default"], out=tmp_path / "c.csv", progress=False
+    ).test("eff")
     cols = list(eager.columns[1:])
     np.testing.assert_allclose(compiled[cols].to_numpy(float), eager[cols].to_numpy(float), atol=1e-5)
     assert Path(tmp_path / "c.csv").is_file() and pd.read_csv(tmp_path / "c.csv").shape[0] == len(eager)

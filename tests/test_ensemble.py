@@ -151,11 +151,14 @@ def test_misaligned_folds_are_refused_by_the_cli(tmp_path, data):
     assert not (tmp_path / "blend-hill_climb").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    ("ids", "lack 1 and add 1 ids"),
-    ("targets", "puts id '000' in target"),
-    ("classes", "has classes"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("ids", "lack 1 and add 1 ids"),
+        ("targets", "puts id '000' in target"),
+        ("classes", "has classes"),
+    ],
+)
 def test_other_misalignments_are_refused(tmp_path, data, change, message):
     a = write_run(tmp_path, "r1", {"a": informative(data)}, data)[0]
     b = write_run(tmp_path, "r2", {"b": informative(data)}, data)[0]
@@ -182,7 +185,9 @@ def test_blend_folder_is_a_valid_member_of_another_blend(tmp_path, data):
     first = run_ensemble([a, b], method="hill_climb")
     blend_dir = tmp_path / "blend-hill_climb" / "models" / "blend-hill_climb"
     assert first["model_dir"] == str(blend_dir)
-    assert (tmp_path / "blend-hill_climb" / "config.yaml").is_file() and (tmp_path / "blend-hill_climb" / "folds.csv").is_file()
+    assert (tmp_path / "blend-hill_climb" / "config.yaml").is_file() and (
+        tmp_path / "blend-hill_climb" / "folds.csv"
+    ).is_file()
     metrics = json.loads((blend_dir / "metrics.json").read_text())
     assert metrics["method"] == "hill_climb" and metrics["cv"] == pytest.approx(first["cv"])
     assert metrics["members"] == [str(a), str(b)] and len(metrics["weights"]) == 2
@@ -199,7 +204,9 @@ def test_submission_is_written_in_sample_order(tmp_path, data, monkeypatch):
     sample = tmp_path / "sample_submission.csv"
     pd.DataFrame({ID: test_ids[::-1], "label": "cat"}).to_csv(sample, index=False)
     tests = {"ids": test_ids, "a": noise(data, 20), "b": noise(data, 20)}
-    dirs = write_run(tmp_path, "r1", {"a": informative(data), "b": informative(data)}, data, tests=tests, sample=str(sample))
+    dirs = write_run(
+        tmp_path, "r1", {"a": informative(data), "b": informative(data)}, data, tests=tests, sample=str(sample)
+    )
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(main, ["ensemble", *map(str, dirs), "--method", "mean"])
     assert res.exit_code == 0, res.output
@@ -293,7 +300,9 @@ def test_several_methods_are_compared_and_the_best_honest_cv_submits(tmp_path, d
     sample = tmp_path / "sample_submission.csv"
     pd.DataFrame({ID: test_ids, "label": "cat"}).to_csv(sample, index=False)
     tests = {"ids": test_ids, "good": noise(data, 20), "noise": noise(data, 20)}
-    dirs = write_run(tmp_path, "r1", {"good": informative(data), "noise": noise(data)}, data, tests=tests, sample=str(sample))
+    dirs = write_run(
+        tmp_path, "r1", {"good": informative(data), "noise": noise(data)}, data, tests=tests, sample=str(sample)
+    )
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(main, ["ensemble", *map(str, dirs), "--method", "mean,hill_climb"])
     assert res.exit_code == 0, res.output
@@ -302,9 +311,11 @@ def test_several_methods_are_compared_and_the_best_honest_cv_submits(tmp_path, d
     assert sorted(p.name for p in (tmp_path / "submissions").iterdir()) == ["blend-hill_climb.csv"]
     res = CliRunner().invoke(main, ["ensemble", *map(str, dirs), "--method", "all"])
     assert res.exit_code == 0 and all(f"blend-{m}" in res.output for m in METHODS), res.output
-    for args, fragment in ((["--method", "mean,nope"], "unknown blend method 'nope'"),
-                           (["--method", "mean,rank", "--name", "x"], "--name names one blend"),
-                           (["--method", " , "], "--method needs")):
+    for args, fragment in (
+        (["--method", "mean,nope"], "unknown blend method 'nope'"),
+        (["--method", "mean,rank", "--name", "x"], "--name names one blend"),
+        (["--method", " , "], "--method needs"),
+    ):
         bad = CliRunner().invoke(main, ["ensemble", *map(str, dirs), *args])
         assert bad.exit_code == 2 and fragment in bad.output, bad.output
 
@@ -317,5 +328,7 @@ def test_weighted_mean_flag_tells_the_truth(name):
     y = rng.integers(0, 4, 60)
     blender = METHODS[name].fit(P, y, get_metric("accuracy"))
     Q = softmax(rng.normal(0, 2, (3 * 20, 4))).reshape(3, 20, 4)  # rows the blend was not fitted on
-    is_weighted_mean = blender.weights is not None and np.allclose(blender.predict(Q), np.tensordot(blender.weights, Q, 1))
+    is_weighted_mean = blender.weights is not None and np.allclose(
+        blender.predict(Q), np.tensordot(blender.weights, Q, 1)
+    )
     assert METHODS[name].weighted_mean == is_weighted_mean

@@ -18,9 +18,7 @@ def _pip(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_wheel_builds_and_installs_without_the_network(tmp_path):
-    src = (
-        tmp_path / "src"
-    )  # a copy: pip builds in the source folder and would leave build/ and *.egg-info there
+    src = tmp_path / "src"  # a copy: pip builds in the source folder and would leave build/ and *.egg-info there
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(PROJECT / name, src / name)
@@ -44,15 +42,11 @@ def test_wheel_builds_and_installs_without_the_network(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    res = _pip(
-        "--python", str(python), "install", "--no-index", "--no-deps", "--find-links", str(wheels), "comp"
-    )
+    res = _pip("--python", str(python), "install", "--no-index", "--no-deps", "--find-links", str(wheels), "comp")
     assert res.returncode == 0, res.stderr
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     code = "import comp; print(comp.__version__); print(comp.__file__)"
-    res = subprocess.run(
-        [str(python), "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
-    )
+    res = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert res.returncode == 0, res.stderr
     version, where = res.stdout.split()
     assert version != "0+unknown" and Path(where).is_relative_to(venv)

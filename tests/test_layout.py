@@ -52,10 +52,7 @@ def test_contest_expands_each_person_into_seven_photos(contest):
     assert {p.suffix for p in paths} == {".jpg", ".jpeg", ".png"}
     assert df["id"].tolist() == sorted(df["id"]) and df["id"].is_unique
     first = df.iloc[0]
-    assert (
-        first["id"] == f"{first['group']}/{first['mask']}"
-        and Path(first["path"]).parent.name == first["group"]
-    )
+    assert first["id"] == f"{first['group']}/{first['mask']}" and Path(first["path"]).parent.name == first["group"]
     assert all(isinstance(v, str) for v in df.drop(columns=["path"]).to_numpy().ravel())
     assert df.equals(read_layout(LAYOUT, root=contest))
 
@@ -93,12 +90,8 @@ def test_one_row_per_image_csv(tmp_path):
     for i, name in enumerate(ids):
         write_image(tmp_path / "train" / f"{name}.png", seed=i)
     write_image(tmp_path / "train" / "unlisted.png", seed=99)
-    (tmp_path / "train.csv").write_text(
-        "id,label\n" + "".join(f"{name},c{i % 2}\n" for i, name in enumerate(ids))
-    )
-    df = read_layout(
-        {"csv": "train.csv", "folder": "train", "files": "{id}.png", "id": "{id}"}, root=tmp_path
-    )
+    (tmp_path / "train.csv").write_text("id,label\n" + "".join(f"{name},c{i % 2}\n" for i, name in enumerate(ids)))
+    df = read_layout({"csv": "train.csv", "folder": "train", "files": "{id}.png", "id": "{id}"}, root=tmp_path)
     assert sorted(df["id"]) == sorted(ids) and df["id"].tolist() == sorted(ids)
     assert (df["id"] == df["csv_id"]).all() and (df["group"] == df["id"]).all()
     assert all(Path(p).name == f"{i}.png" for i, p in zip(df["id"], df["path"]))
@@ -132,9 +125,7 @@ def test_image_folder_layout(tmp_path):
     df = read_layout({"folder": "train/*", "fields": {"folder": "(?P<label>.+)"}}, root=tmp_path)
     assert df["id"].tolist() == ["train/cat/1.jpg", "train/cat/2.jpeg", "train/dog/1.png"]
     assert df["label"].tolist() == ["cat", "cat", "dog"] and (df["group"] == df["id"]).all()
-    deep = read_layout(
-        {"folder": "train/*", "files": "**/*", "fields": {"folder": "(?P<label>.+)"}}, root=tmp_path
-    )
+    deep = read_layout({"folder": "train/*", "files": "**/*", "fields": {"folder": "(?P<label>.+)"}}, root=tmp_path)
     assert "train/dog/sub/3.png" in set(deep["id"])
 
 

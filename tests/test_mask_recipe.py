@@ -80,16 +80,12 @@ def test_train_folds_scores_the_contest_labels_and_each_attribute(contest, train
     assert set(metrics["attribute_f1"]) == {"mask", "gender", "age"}
     assert all(0 <= v <= 1 for v in metrics["attribute_f1"].values())
     oof = run.read_oof("effb0-heads")
-    assert (
-        len(oof.ids) == len(PERSONS) * len(STEMS)
-        and oof.classes[0] == "wear_male_young"
-        and len(oof.classes) == 18
-    )
+    assert len(oof.ids) == len(PERSONS) * len(STEMS) and oof.classes[0] == "wear_male_young" and len(oof.classes) == 18
     # OOF targets are the scoring labels: the 59-year-old is middle even though the model trained on him as old
     targets = pd.Series(oof.targets, index=oof.ids)
-    assert set(
-        targets[[i for i in oof.ids if i.startswith("000004_male_Asian_59/")]].str.rsplit("_", n=1).str[1]
-    ) == {"middle"}
+    assert set(targets[[i for i in oof.ids if i.startswith("000004_male_Asian_59/")]].str.rsplit("_", n=1).str[1]) == {
+        "middle"
+    }
     # the heads' probabilities factorise into the attributes (an 18-way head's need not)
     np.testing.assert_allclose(compose_probs(marginals(oof.probs, LABELS), LABELS), oof.probs, atol=1e-5)
     folds = run.read_folds("ImageID")
@@ -136,9 +132,7 @@ def test_ensemble_of_heads_and_single_head(contest, trained):
     blend = contest / "blend.csv"
     out = comp("ensemble", str(heads), str(single), "--method", "mean", "--out", str(blend))
     assert "effb0-heads" in out and "eff-single" in out and "blend OOF macro F1 per attribute: mask" in out
-    metrics = json.loads(
-        (contest / "runs" / "blend-mean" / "models" / "blend-mean" / "metrics.json").read_text()
-    )
+    metrics = json.loads((contest / "runs" / "blend-mean" / "models" / "blend-mean" / "metrics.json").read_text())
     assert set(metrics["attribute_f1"]) == {"mask", "gender", "age"}
     sub = pd.read_csv(blend, dtype=str)
     info = pd.read_csv(contest / "eval" / "info.csv", dtype=str)

@@ -187,9 +187,7 @@ def test_fold_trainer_fits_the_training_labels(contest, tmp_path, heads):
     cfg = config(contest, f"models.0.heads={heads}", "loss.label_smoothing=0.1")
     table = load_train_table(cfg.data)
     folds = np.arange(len(table.targets)) % 2
-    trainer = FoldTrainer(
-        FoldContext(cfg, cfg.models[0], table, folds, 0, RunDir(tmp_path / "run"), progress=False)
-    )
+    trainer = FoldTrainer(FoldContext(cfg, cfg.models[0], table, folds, 0, RunDir(tmp_path / "run"), progress=False))
     moved = table.train_targets != table.targets
     assert moved.sum() == len(STEMS)  # the 59-year-old's photos
     np.testing.assert_array_equal(trainer.train_ds.targets, table.train_targets)
@@ -270,9 +268,7 @@ def test_recipe_reads_the_contest_with_its_quirks(contest, tmp_path, monkeypatch
     table = load_train_table(cfg.data)
     df = table.df
     assert (
-        len(df) == len(PERSONS) * len(STEMS)
-        and df["ImageID"].is_unique
-        and table.classes[17] == "not_wear_female_old"
+        len(df) == len(PERSONS) * len(STEMS) and df["ImageID"].is_unique and table.classes[17] == "not_wear_female_old"
     )
     # two people share id 1: two groups; the suffixed id is read; the group is the person's folder
     assert sorted(set(table.groups)) == sorted(p[4] for p in PERSONS)
@@ -293,9 +289,7 @@ def test_recipe_reads_the_contest_with_its_quirks(contest, tmp_path, monkeypatch
     mask = table.attributes.score["mask"]
     assert np.bincount(mask).tolist() == [5 * len(PERSONS), len(PERSONS), len(PERSONS)]
     test_df, paths = load_test_table(cfg.data)
-    assert len(test_df) == N_EVAL and all(
-        p.is_file() and p.name == i for p, i in zip(paths, test_df["ImageID"])
-    )
+    assert len(test_df) == N_EVAL and all(p.is_file() and p.name == i for p, i in zip(paths, test_df["ImageID"]))
 
 
 def test_image_folder_and_one_row_per_image_layouts_from_the_config(tmp_path):
@@ -318,9 +312,7 @@ def test_image_folder_and_one_row_per_image_layouts_from_the_config(tmp_path):
         base_dir=root,
     )
     a, b = load_train_table(classic.data), load_train_table(as_layout.data)
-    assert a.classes == b.classes and list(a.paths) == [
-        Path(p) for p in b.df.set_index("id").loc[a.df["id"], "path"]
-    ]
+    assert a.classes == b.classes and list(a.paths) == [Path(p) for p in b.df.set_index("id").loc[a.df["id"], "path"]]
     assert sorted(zip(a.df["id"], a.targets, a.groups)) == sorted(zip(b.df["id"], b.targets, b.groups))
     tree = tmp_path / "tree"
     for path, label in zip(a.paths, a.df["label"]):
@@ -331,9 +323,7 @@ def test_image_folder_and_one_row_per_image_layouts_from_the_config(tmp_path):
     )
     c = load_train_table(folders.data)
     assert c.classes == a.classes and c.df["id"].str.startswith("train/").all() and c.groups is None
-    assert sorted(zip(c.df["path"].map(lambda p: Path(p).stem), c.targets)) == sorted(
-        zip(a.df["id"], a.targets)
-    )
+    assert sorted(zip(c.df["path"].map(lambda p: Path(p).stem), c.targets)) == sorted(zip(a.df["id"], a.targets))
 
 
 def test_data_root_points_the_layout_elsewhere(contest, tmp_path):
@@ -343,9 +333,7 @@ def test_data_root_points_the_layout_elsewhere(contest, tmp_path):
     cfg = load_config(tmp_path / "configs" / "mask.yaml", overrides=[*TINY, f"data.root={rel}"])
     assert cfg.data.root == str(contest.resolve())
     assert len(load_train_table(cfg.data).df) == len(PERSONS) * len(STEMS)
-    with pytest.raises(
-        CompError, match="train.csv"
-    ):  # without it, the layout is looked for next to the config
+    with pytest.raises(CompError, match="train.csv"):  # without it, the layout is looked for next to the config
         load_train_table(load_config(tmp_path / "configs" / "mask.yaml", overrides=TINY).data)
 
 
@@ -365,10 +353,7 @@ def test_eda_shows_each_attribute_and_the_joint_distribution(contest, tmp_path):
     text = "\n".join(result["summary"])
     n = len(PERSONS)
     assert f"attribute mask: wear {5 * n}, incorrect {n}, not_wear {n}" in text
-    assert (
-        "attribute age: young 14, middle 21, old 7 (training bins: young 14, middle 14, old 14; 7 rows"
-        in text
-    )
+    assert "attribute age: young 14, middle 21, old 7 (training bins: young 14, middle 14, old 14; 7 rows" in text
     joint = pd.read_csv(tmp_path / "eda" / "attributes.csv")
     assert (
         list(joint["mask"]) == ["wear", "incorrect", "not_wear"]
@@ -439,9 +424,7 @@ def test_tuned_boundary_trains_on_it_and_scores_the_contest_labels(contest, tmp_
     from comp.tuning._tune import tune
 
     raw = config(contest, "train.max_steps_per_epoch=1").to_dict()
-    raw["tune"] = {
-        "space": {"data.labels.attributes.age.train_bins.1": {"type": "categorical", "choices": [55, 60]}}
-    }
+    raw["tune"] = {"space": {"data.labels.attributes.age.train_bins.1": {"type": "categorical", "choices": [55, 60]}}}
     result = tune(load_config(raw), tmp_path / "t", n_trials=2, pruner="none")
     trials = pd.read_csv(tmp_path / "t" / "trials.csv")
     assert result.n_trials == 2 and set(trials["data.labels.attributes.age.train_bins.1"]) <= {55, 60}

@@ -188,8 +188,15 @@ def test_engines_agree_with_tta(run_dir, tmp_path):
     run = RunDir(run_dir)
     out = {}
     for engine in ("torch", "onnx"):
-        predict_run(run_dir, models=["eff"], engine=engine, tta=["hflip", "shift"], tta_merge="geometric", out=tmp_path / f"{engine}.csv", progress=False,
-                    )
+        predict_run(
+            run_dir,
+            models=["eff"],
+            engine=engine,
+            tta=["hflip", "shift"],
+            tta_merge="geometric",
+            out=tmp_path / f"{engine}.csv",
+            progress=False,
+        )
         out[engine] = pd.read_csv(run.test_pred("eff"))
     assert list(out["torch"]["id"]) == list(out["onnx"]["id"])
     np.testing.assert_allclose(out["onnx"].iloc[:, 1:].to_numpy(), out["torch"].iloc[:, 1:].to_numpy(), atol=1e-4)
@@ -232,8 +239,11 @@ def test_run_without_checkpoints(run_dir, tmp_path):
         shutil.rmtree(d)
     out = tmp_path / "sub.csv"
     for cmd in ("predict", "export"):
-        _assert_user_error(_invoke(cmd, run_dir, "--out", out) if cmd == "predict" else _invoke(cmd, run_dir),
-                           "no fold checkpoints", "comp train-folds")
+        _assert_user_error(
+            _invoke(cmd, run_dir, "--out", out) if cmd == "predict" else _invoke(cmd, run_dir),
+            "no fold checkpoints",
+            "comp train-folds",
+        )
     assert not out.exists()
     _assert_user_error(_invoke("predict", tmp_path / "nowhere"), "not a run folder")
 
@@ -254,18 +264,31 @@ def test_sample_ids_not_matching_test_ids(run_dir, tmp_path):
     bad = test.assign(id=test["id"].str.replace("t00", "x99"))
     bad.to_csv(tmp_path / "sample.csv", index=False)
     out = tmp_path / "sub.csv"
-    result = _invoke("predict", run_dir, "--set", f"data.test_csv={tmp_path / 'test.csv'}",
-                     "--set", f"data.sample_submission={tmp_path / 'sample.csv'}", "--out", out, "--engine", "torch")
+    result = _invoke(
+        "predict",
+        run_dir,
+        "--set",
+        f"data.test_csv={tmp_path / 'test.csv'}",
+        "--set",
+        f"data.sample_submission={tmp_path / 'sample.csv'}",
+        "--out",
+        out,
+        "--engine",
+        "torch",
+    )
     _assert_user_error(result, "sample.csv", "x99")
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--tta", "hflip,spin"], "unknown TTA view 'spin'"),
-    (["--model", "nope"], "trained models are eff, res"),
-    (["--set", "predict.enigne=torch"], "predict.enigne"),
-    (["--batch-size", "0"], "--batch-size"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--tta", "hflip,spin"], "unknown TTA view 'spin'"),
+        (["--model", "nope"], "trained models are eff, res"),
+        (["--set", "predict.enigne=torch"], "predict.enigne"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
 def test_bad_options(run_dir, tmp_path, args, fragment):
     out = tmp_path / "sub.csv"
     _assert_user_error(_invoke("predict", run_dir, "--out", out, *args), fragment)
@@ -289,18 +312,25 @@ def good_submission(base_run, tmp_path):
 
 def test_submit_without_kaggle_package(good_submission, base_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "kaggle", None)  # makes `import kaggle` raise ImportError
-    _assert_user_error(_invoke("submit", good_submission, "--competition", "c", "--message", "m", "--run", base_run),
-                       "pip install kaggle")
+    _assert_user_error(
+        _invoke("submit", good_submission, "--competition", "c", "--message", "m", "--run", base_run),
+        "pip install kaggle",
+    )
 
 
 def test_submit_with_unconfigured_kaggle(good_submission, base_run, monkeypatch, tmp_path):
     pkg = tmp_path / "fake" / "kaggle"
     pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("raise OSError('Could not find kaggle.json. Make sure it is located in ~/.kaggle')\n")
+    (pkg / "__init__.py").write_text(
+        "raise OSError('Could not find kaggle.json. Make sure it is located in ~/.kaggle')\n"
+    )
     monkeypatch.syspath_prepend(str(pkg.parent))
     monkeypatch.delitem(sys.modules, "kaggle", raising=False)
-    _assert_user_error(_invoke("submit", good_submission, "--competition", "c", "--message", "m", "--run", base_run),
-                       "kaggle.json", "not configured")
+    _assert_user_error(
+        _invoke("submit", good_submission, "--competition", "c", "--message", "m", "--run", base_run),
+        "kaggle.json",
+        "not configured",
+    )
 
 
 def test_submit_uploads_only_valid_files(good_submission, base_run, monkeypatch, tmp_path):
@@ -313,7 +343,9 @@ def test_submit_uploads_only_valid_files(good_submission, base_run, monkeypatch,
     assert calls == [(str(good_submission), "hi", "digits")]
     bad = tmp_path / "bad.csv"
     pd.read_csv(good_submission, dtype=str).iloc[1:].to_csv(bad, index=False)
-    _assert_user_error(_invoke("submit", bad, "--competition", "digits", "--message", "hi", "--run", base_run), "missing")
+    _assert_user_error(
+        _invoke("submit", bad, "--competition", "digits", "--message", "hi", "--run", base_run), "missing"
+    )
     assert len(calls) == 1
 
 
@@ -347,7 +379,9 @@ def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path, monkeypatch
 
     run = RunDir(run_dir)
     quiet = dict(progress=False)
-    per_fold = predict_run(run_dir, models=["eff"], engine="torch", tta=["hflip"], tta_merge="mean", out=tmp_path / "t.csv", **quiet)
+    per_fold = predict_run(
+        run_dir, models=["eff"], engine="torch", tta=["hflip"], tta_merge="mean", out=tmp_path / "t.csv", **quiet
+    )
     assert per_fold.models["eff"].fused is False
     reference = pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy()
     E.export_run(run_dir, models=["eff"], fuse=True, tta=["hflip"])
@@ -356,12 +390,28 @@ def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path, monkeypatch
     opened = []
     real = P.OrtRunner
     monkeypatch.setattr(P, "OrtRunner", lambda path, *a, **kw: opened.append(path.name) or real(path, *a, **kw))
-    fused = predict_run(run_dir, models=["eff"], engine="onnx", tta=["hflip"], tta_merge="mean", out=tmp_path / "f.csv", **quiet)
+    fused = predict_run(
+        run_dir, models=["eff"], engine="onnx", tta=["hflip"], tta_merge="mean", out=tmp_path / "f.csv", **quiet
+    )
     assert fused.models["eff"].fused is True and opened == ["fused.onnx"]  # no per-fold sessions
     np.testing.assert_allclose(pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy(), reference, atol=1e-4)
     # other TTA than the graph was built with: the per-fold graphs are used
-    assert predict_run(run_dir, models=["eff"], engine="onnx", tta=["vflip"], tta_merge="mean", out=tmp_path / "v.csv", **quiet).models["eff"].fused is False
+    assert (
+        predict_run(
+            run_dir, models=["eff"], engine="onnx", tta=["vflip"], tta_merge="mean", out=tmp_path / "v.csv", **quiet
+        )
+        .models["eff"]
+        .fused
+        is False
+    )
     # re-exporting without --fuse removes the fused graph built from the previous export
     E.export_run(run_dir, models=["eff"])
     assert not (run.model_dir("eff") / "fused.onnx").exists()
-    assert predict_run(run_dir, models=["eff"], engine="onnx", tta=["hflip"], tta_merge="mean", out=tmp_path / "s.csv", **quiet).models["eff"].fused is False
+    assert (
+        predict_run(
+            run_dir, models=["eff"], engine="onnx", tta=["hflip"], tta_merge="mean", out=tmp_path / "s.csv", **quiet
+        )
+        .models["eff"]
+        .fused
+        is False
+    )

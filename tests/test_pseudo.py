@@ -42,9 +42,7 @@ def fake_source(root: Path, name: str, test_ids, probs, *, classes=CLASSES, id_c
     (run / "models" / "m").mkdir(parents=True)
     (run / "config.yaml").write_text(dump(load_config(data={"id_column": id_col})))
     head = pd.DataFrame({id_col: list(test_ids)})
-    pd.concat([head, pd.DataFrame(probs, columns=classes)], axis=1).to_csv(
-        run / "models/m/test.csv", index=False
-    )
+    pd.concat([head, pd.DataFrame(probs, columns=classes)], axis=1).to_csv(run / "models/m/test.csv", index=False)
     return run / "models" / "m"
 
 
@@ -52,9 +50,7 @@ def student_cfg(comp_dir: Path, **kw):
     return load_config(write_config(comp_dir, tiny_config(comp_dir, **kw)))
 
 
-def make_teacher(
-    root: Path, cfg, name: str = "teacher", *, folds=None, targets=None, test: bool = True
-) -> Path:
+def make_teacher(root: Path, cfg, name: str = "teacher", *, folds=None, targets=None, test: bool = True) -> Path:
     """A hand-made teacher run: OOF rows on the student's own folds (unless ``folds`` is given), informative
     probabilities, and a test.csv over the competition's test ids."""
     table = load_train_table(cfg.data)
@@ -77,18 +73,14 @@ def make_teacher(
     if test:
         test_ids = pd.read_csv(Path(cfg.data.sample_submission), dtype=str)["id"]
         tp = rng.dirichlet(np.ones(N_CLASSES), len(test_ids)) * 0.4
-        tp[np.arange(len(test_ids)), np.arange(len(test_ids)) % N_CLASSES] += (
-            0.6  # test image t is class t % 3
-        )
+        tp[np.arange(len(test_ids)), np.arange(len(test_ids)) % N_CLASSES] += 0.6  # test image t is class t % 3
         pd.concat([pd.DataFrame({"id": test_ids}), pd.DataFrame(tp, columns=CLASSES)], axis=1).to_csv(
             run / "models/t/test.csv", index=False
         )
     return run / "models" / "t"
 
 
-def write_extra(
-    path: Path, rows: dict[str, str] | None = None, soft: np.ndarray | None = None, ids=None
-) -> Path:
+def write_extra(path: Path, rows: dict[str, str] | None = None, soft: np.ndarray | None = None, ids=None) -> Path:
     if soft is not None:
         df = pd.concat([pd.DataFrame({"id": ids}), pd.DataFrame(soft, columns=CLASSES)], axis=1)
     else:
@@ -102,18 +94,14 @@ def write_extra(
 
 
 def test_threshold_keeps_confident_rows_in_row_order():
-    p = probs_of(
-        [[0.95, 0.03, 0.02], [0.5, 0.4, 0.1], [0.05, 0.92, 0.03], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05]]
-    )
+    p = probs_of([[0.95, 0.03, 0.02], [0.5, 0.4, 0.1], [0.05, 0.92, 0.03], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05]])
     assert select_rows(p, threshold=0.9).tolist() == [0, 2, 4]
     assert select_rows(p, threshold=0.8).tolist() == [0, 2, 3, 4]
 
 
 def test_max_per_class_keeps_the_most_confident_of_a_common_class_and_spares_the_rare_one():
     # class 0 is easy and common: 6 confident rows; class 2 is rare: one row just over the threshold
-    p = probs_of(
-        [[c, (1 - c) / 2, (1 - c) / 2] for c in (0.91, 0.99, 0.93, 0.97, 0.95, 0.92)] + [[0.02, 0.03, 0.95]]
-    )
+    p = probs_of([[c, (1 - c) / 2, (1 - c) / 2] for c in (0.91, 0.99, 0.93, 0.97, 0.95, 0.92)] + [[0.02, 0.03, 0.95]])
     kept = select_rows(p, threshold=0.9, max_per_class=2)
     assert kept.tolist() == [1, 3, 6]  # the two most confident class-0 rows, and the rare class-2 row
 
@@ -214,9 +202,7 @@ def test_pseudo_cli(tmp_path):
     assert "2 of 3 test rows" in res.output and f"data.extra_train={out}" in res.output
     assert pd.read_csv(out)["id"].tolist() == ["a", "b"]
     bad = CliRunner().invoke(main, ["pseudo", str(model), "--out", str(out), "--threshold", "2"])
-    assert (
-        bad.exit_code == 2 and bad.output.count("\n") == 1 and "--threshold must be in (0, 1]" in bad.output
-    )
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "--threshold must be in (0, 1]" in bad.output
 
 
 # ---------------------------------------------------------------- config
@@ -227,9 +213,7 @@ def test_set_distill_teacher_alone_takes_the_defaults(comp_dir):
     cfg = load_config(path, overrides=["loss.distill.teacher=runs/blend", "data.extra_train=pl.csv"])
     assert cfg.loss.distill.teacher == str((comp_dir / "runs/blend").resolve())
     assert (cfg.loss.distill.alpha, cfg.loss.distill.temperature) == (0.5, 2.0)
-    assert cfg.data.extra_train == str(
-        (comp_dir / "pl.csv").resolve()
-    )  # relative to the config, like every data path
+    assert cfg.data.extra_train == str((comp_dir / "pl.csv").resolve())  # relative to the config, like every data path
     assert load_config(path).loss.distill.teacher is None and not load_config(path).loss.distill.enabled
     for bad, needle in (
         ("loss.distill.alpha=1.5", "must be <= 1"),
@@ -252,9 +236,7 @@ def test_a_run_saved_before_these_keys_existed_is_still_the_same_config(comp_dir
     del old["data"]["extra_train"], old["loss"]["distill"]  # what an older comp saved
     (tmp_path / "old/models/eff").mkdir(parents=True)
     (tmp_path / "old/config.yaml").write_text(yaml.safe_dump(old))
-    (tmp_path / "old/models/eff/fold0.pt").write_bytes(
-        b""
-    )  # a trained fold: the config is compared, not replaced
+    (tmp_path / "old/models/eff/fold0.pt").write_bytes(b"")  # a trained fold: the config is compared, not replaced
     prepare_run(cfg, run)
     with pytest.raises(CompError, match=r"different config \(keys differ: loss.distill.teacher\)"):
         prepare_run(cfg.replace(**{"loss.distill.teacher": str(tmp_path)}), run)
@@ -283,16 +265,12 @@ def test_distill_loss_mixes_the_label_loss_and_the_teacher_term():
     logits = torch.randn(5, 3)
     labels = torch.eye(3)[torch.tensor([0, 1, 2, 0, 1])]
     base = SoftCrossEntropy()
-    own = torch.from_numpy(
-        soften(torch.softmax(logits, 1).numpy(), 2.0)
-    ).float()  # the student's own softened output
+    own = torch.from_numpy(soften(torch.softmax(logits, 1).numpy(), 2.0)).float()  # the student's own softened output
     other = torch.from_numpy(soften(np.full((5, 3), 1 / 3), 2.0)).float()
     assert DistillLoss(base, 3, 0.0, 2.0)(logits, torch.cat([labels, other], 1)) == pytest.approx(
         base(logits, labels).item()
     )
-    assert DistillLoss(base, 3, 1.0, 2.0)(logits, torch.cat([labels, own], 1)).item() == pytest.approx(
-        0.0, abs=1e-5
-    )
+    assert DistillLoss(base, 3, 1.0, 2.0)(logits, torch.cat([labels, own], 1)).item() == pytest.approx(0.0, abs=1e-5)
     half = DistillLoss(base, 3, 0.5, 2.0)(logits, torch.cat([labels, other], 1)).item()
     q = torch.log_softmax(logits / 2.0, 1)
     kl = (other * (other.log() - q)).sum(1).mean().item()
@@ -308,9 +286,7 @@ def test_fold_trainer_adds_pseudo_rows_to_training_only_with_their_soft_labels(c
     run = RunDir(tmp_path / "run")
     folds, _ = plan_folds(cfg, run, table)
     targets = load_training_targets(cfg, table, folds, run)
-    assert (
-        targets is not None and targets.extra is not None and targets.extra.soft and targets.teacher is None
-    )
+    assert targets is not None and targets.extra is not None and targets.extra.soft and targets.teacher is None
     n = len(table.targets)
     for k in range(cfg.folds.n_splits):
         trainer = FoldTrainer(FoldContext(cfg, cfg.models[0], table, folds, k, run, progress=False, soft=targets))
@@ -389,12 +365,8 @@ def test_teacher_on_other_folds_is_refused_before_anything_is_written(comp_dir, 
         [int(np.flatnonzero(planned != planned[0])[0]), 0]
     ]
     teacher = make_teacher(tmp_path, cfg, folds=swapped)  # two rows trade folds: everything else agrees
-    with pytest.raises(
-        CompError, match=r"is in teacher fold \d but in student fold \d \(2 ids differ\)"
-    ) as info:
-        comp.train_folds(
-            cfg.replace(**{"loss.distill.teacher": str(teacher)}), tmp_path / "run", progress=False
-        )
+    with pytest.raises(CompError, match=r"is in teacher fold \d but in student fold \d \(2 ids differ\)") as info:
+        comp.train_folds(cfg.replace(**{"loss.distill.teacher": str(teacher)}), tmp_path / "run", progress=False)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()
     res = CliRunner().invoke(
@@ -452,18 +424,14 @@ def test_a_student_on_pseudo_rows_and_a_teacher_through_the_cli(comp_dir, config
     real_load = table_mod.load_image
 
     def spy(path):
-        reads.append(
-            (Path(path).parent.name, Path(path).stem, torch.is_grad_enabled())
-        )  # no_grad: validation
+        reads.append((Path(path).parent.name, Path(path).stem, torch.is_grad_enabled()))  # no_grad: validation
         return real_load(path)
 
     monkeypatch.setattr(table_mod, "load_image", spy)
     teacher = make_teacher(tmp_path, load_config(config_file))
     pl = comp_dir / "pl.csv"
     cli = CliRunner()
-    res = cli.invoke(
-        main, ["pseudo", str(teacher.parent.parent), "--out", str(pl), "--top-per-class", "2", "--soft"]
-    )
+    res = cli.invoke(main, ["pseudo", str(teacher.parent.parent), "--out", str(pl), "--top-per-class", "2", "--soft"])
     assert res.exit_code == 0, res.output
     run_dir = tmp_path / "student"
     train = ["train-folds", "--config", str(config_file), "--run-dir", str(run_dir), "--quiet",
@@ -501,9 +469,7 @@ def test_a_student_on_pseudo_rows_and_a_teacher_through_the_cli(comp_dir, config
     write_extra(pl, {"t00": "c1"})
     res = cli.invoke(main, train)
     assert res.exit_code == 2 and "trained folds on other extra_train contents" in res.output
-    blend = cli.invoke(
-        main, ["ensemble", str(teacher), str(run_dir / "models/eff"), "--method", "mean", "--name", "b"]
-    )
+    blend = cli.invoke(main, ["ensemble", str(teacher), str(run_dir / "models/eff"), "--method", "mean", "--name", "b"])
     assert blend.exit_code == 0, blend.output
     saved = json.loads((tmp_path / "b/models/b/metrics.json").read_text())
     assert saved["members"] == [str(teacher.resolve()), str((run_dir / "models/eff").resolve())]

@@ -23,10 +23,7 @@ from tests.conftest import tiny_config, write_competition, write_config
 
 
 def _snapshot(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-    }
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
 
 
 def _chmod_tree(folder: Path, writable: bool) -> None:

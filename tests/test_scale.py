@@ -30,12 +30,20 @@ FOLDS_KW = {"train__epochs": 3, "train__max_steps_per_epoch": 2}
 
 
 def _comp(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "comp", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "comp", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def _probs(run: Path, model: str = "eff") -> pd.DataFrame:
-    return pd.read_csv(run / "models" / model / "oof.csv", dtype={"id": str, "target": str}).set_index("id").sort_index()
+    return (
+        pd.read_csv(run / "models" / model / "oof.csv", dtype={"id": str, "target": str}).set_index("id").sort_index()
+    )
 
 
 def _same_checkpoints(a: Path, b: Path, folds=(0, 1)) -> None:
@@ -81,13 +89,18 @@ def test_resolve_devices():
             resolve_devices("all")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--devices", "7"], "there is no GPU 7"),
-    (["--ddp", "1"], "--ddp must be >= 2"),
-    (["--ddp", "2", "--devices", "cpu,cpu"], "pass one of them"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--devices", "7"], "there is no GPU 7"),
+        (["--ddp", "1"], "--ddp must be >= 2"),
+        (["--ddp", "2", "--devices", "cpu,cpu"], "pass one of them"),
+    ],
+)
 def test_bad_device_options(config_file, tmp_path, args, needle):
-    res = CliRunner().invoke(main, ["train-folds", "--config", str(config_file), "--run-dir", str(tmp_path / "r"), *args])
+    res = CliRunner().invoke(
+        main, ["train-folds", "--config", str(config_file), "--run-dir", str(tmp_path / "r"), *args]
+    )
     assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
 
 
@@ -101,7 +114,8 @@ def test_two_cpu_workers_equal_a_single_process(competition, one_thread_run, cap
     _same_checkpoints(one_thread_run, run)
     pd.testing.assert_frame_equal(_probs(one_thread_run), _probs(run), check_exact=True)
     assert json.loads((run / "models/eff/metrics.json").read_text()) == json.loads(
-        (one_thread_run / "models/eff/metrics.json").read_text())
+        (one_thread_run / "models/eff/metrics.json").read_text()
+    )
     assert (run / "folds.csv").read_text() == (one_thread_run / "folds.csv").read_text()
     epochs = [r.getMessage() for r in caplog.records if "epoch 3/3" in r.getMessage()]
     assert len(epochs) == 2 and all(m.startswith(("[w0 cpu] eff fold", "[w1 cpu] eff fold")) for m in epochs), epochs
@@ -190,10 +204,31 @@ def test_ddp_two_processes_predict_every_row_once(competition):
 
 
 def _torchrun(cfg: Path, run: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "comp",
-           "train-folds", "--config", str(cfg), "--run-dir", str(run), "--folds", "0", *extra]
-    return subprocess.Popen(cmd, env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "comp",
+        "train-folds",
+        "--config",
+        str(cfg),
+        "--run-dir",
+        str(run),
+        "--folds",
+        "0",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        env={**ENV, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.slow
@@ -214,11 +249,15 @@ def test_ddp_resumed_equals_uninterrupted(competition):
     a, b = (pd.read_csv(r / "models/eff/fold0.oof.csv", dtype=str) for r in (full, cut))
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     ha, hb = (pd.read_csv(r / "models/eff/fold0.history.csv") for r in (full, cut))
-    pd.testing.assert_frame_equal(ha[["epoch", "loss", "score", "lr"]], hb[["epoch", "loss", "score", "lr"]], check_exact=True)
+    pd.testing.assert_frame_equal(
+        ha[["epoch", "loss", "score", "lr"]], hb[["epoch", "loss", "score", "lr"]], check_exact=True
+    )
 
 
 def test_sync_bn_needs_gpus_under_ddp(competition, monkeypatch):
-    cfg = load_config(write_config(competition, tiny_config(competition, device="cpu", train__sync_bn=True), "sbn.yaml"))
+    cfg = load_config(
+        write_config(competition, tiny_config(competition, device="cpu", train__sync_bn=True), "sbn.yaml")
+    )
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(CompError, match="train.sync_bn needs GPUs"):

@@ -27,8 +27,11 @@ def test_disk_cache_matches_decode_and_hits(comp_dir, tmp_path):
     src = paths[0]
     expected = decode_resized(src, (16, 20))
     assert expected.shape == (16, 20, 3) and expected.dtype == np.uint8
-    reader = make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": str(comp_dir / "train")}),
-                         (16, 20), paths)
+    reader = make_reader(
+        DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": str(comp_dir / "train")}),
+        (16, 20),
+        paths,
+    )
     assert isinstance(reader, SlabReader) and reader.file.parent == tmp_path / "c"
     assert reader.file.name.startswith("16x20-") and reader.file.stat().st_size == slab_bytes(len(paths), (16, 20))
     reader = pickle.loads(pickle.dumps(reader))  # as a spawned DataLoader worker gets it
@@ -46,7 +49,9 @@ def test_disk_cache_matches_decode_and_hits(comp_dir, tmp_path):
     with pytest.raises(CompError):
         load_image(src)
     # a second reader over the same images (the next fold, the next run) starts warm
-    warm = make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": "x"}), (16, 20), paths)
+    warm = make_reader(
+        DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": "x"}), (16, 20), paths
+    )
     assert warm.file == reader.file and warm.filled() == 1
 
 
@@ -64,7 +69,9 @@ def test_disk_cache_new_slab_when_an_image_changes(comp_dir, tmp_path):
 
 
 def test_disk_cache_default_dir(comp_dir):
-    reader = make_reader(DataConfig(**{"cache": "disk", "image_dir": str(comp_dir / "train")}), (8, 8), _train_paths(comp_dir))
+    reader = make_reader(
+        DataConfig(**{"cache": "disk", "image_dir": str(comp_dir / "train")}), (8, 8), _train_paths(comp_dir)
+    )
     assert reader.file.parent == comp_dir / ".comp_cache"
 
 
@@ -80,11 +87,17 @@ def test_cache_unflagged_row_is_decoded_again(comp_dir, tmp_path):
 
 def test_cache_passes_through_other_paths_and_names_missing_images(comp_dir, tmp_path):
     paths = _train_paths(comp_dir)
-    reader = make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}), (8, 8), paths[:3])
+    reader = make_reader(
+        DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}), (8, 8), paths[:3]
+    )
     np.testing.assert_array_equal(reader(paths[5]), decode_resized(paths[5], (8, 8)))  # e.g. a test image
     assert reader.filled() == 0
     with pytest.raises(CompError, match="nope.png not found"):
-        make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}), (8, 8), [comp_dir / "nope.png"])
+        make_reader(
+            DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path), "image_dir": "x"}),
+            (8, 8),
+            [comp_dir / "nope.png"],
+        )
 
 
 def test_memory_cache_decodes_once_and_is_shared_with_workers(comp_dir, monkeypatch):
@@ -115,10 +128,14 @@ def test_memory_slab_removed_at_exit_and_stale_ones_cleaned(comp_dir, tmp_path, 
 
     import comp.data._cache as cache
 
-    code = ("import sys; from pathlib import Path; from comp.data._cache import make_reader; from comp.config import DataConfig; "
-            "r = make_reader(DataConfig(**{'cache': 'memory', 'image_dir': 'x'}), (8, 8), sorted(Path(sys.argv[1]).glob('*.png'))); "
-            "r(r.paths[0]); print(r.file)")
-    out = subprocess.run([sys.executable, "-c", code, str(comp_dir / "train")], capture_output=True, text=True, check=True)
+    code = (
+        "import sys; from pathlib import Path; from comp.data._cache import make_reader; from comp.config import DataConfig; "
+        "r = make_reader(DataConfig(**{'cache': 'memory', 'image_dir': 'x'}), (8, 8), sorted(Path(sys.argv[1]).glob('*.png'))); "
+        "r(r.paths[0]); print(r.file)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(comp_dir / "train")], capture_output=True, text=True, check=True
+    )
     slab = Path(out.stdout.strip())
     assert slab.name.startswith("comp-slab-") and not slab.exists()
     monkeypatch.setattr(cache, "_shm_dir", lambda: tmp_path)
@@ -140,7 +157,11 @@ def test_cache_without_space_is_a_clear_error(comp_dir, tmp_path, monkeypatch):
     with pytest.raises(CompError, match=r"data.cache=memory needs .*shm-size"):
         make_reader(DataConfig(**{"cache": "memory", "image_dir": "x"}), (8, 8), _train_paths(comp_dir))
     with pytest.raises(CompError, match=r"data.cache=disk needs .* data.cache_dir"):
-        make_reader(DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": "x"}), (8, 8), _train_paths(comp_dir))
+        make_reader(
+            DataConfig(**{"cache": "disk", "cache_dir": str(tmp_path / "c"), "image_dir": "x"}),
+            (8, 8),
+            _train_paths(comp_dir),
+        )
     assert list((tmp_path / "c").iterdir()) == []  # nothing half-made left behind
 
 
@@ -167,8 +188,22 @@ def test_bench_data_cli(config_file):
 
     from comp.cli import main
 
-    res = CliRunner().invoke(main, ["bench-data", "--config", str(config_file), "--workers", "0", "--batch-sizes", "4",
-                                    "--batches", "2", "--cache", "none,disk,memory"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "bench-data",
+            "--config",
+            str(config_file),
+            "--workers",
+            "0",
+            "--batch-sizes",
+            "4",
+            "--batches",
+            "2",
+            "--cache",
+            "none,disk,memory",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "bottleneck:" in res.output and "use: --set data.cache=" in res.output
     assert res.output.count("\n") >= 6
@@ -205,7 +240,9 @@ def test_eda_cli(comp_dir, config_file, tmp_path):
     assert len(inside) == 1 and inside.iloc[0]["leak"] == "False"
     bad = pd.read_csv(out / "unreadable.csv")
     assert list(bad["path"].map(lambda p: p.rsplit("/", 1)[-1])) == ["g03_0.png"]
-    assert "1 grayscale stored as RGB" in res.output and "1 unreadable" in res.output and "1 across groups" in res.output
+    assert (
+        "1 grayscale stored as RGB" in res.output and "1 unreadable" in res.output and "1 across groups" in res.output
+    )
     page = (out / "eda.html").read_text()
     imgs = re.findall(r'<img src="([^"]+)"', page)
     assert "class_counts.png" in imgs and "group_sizes.png" in imgs and "image_sizes.png" in imgs
@@ -218,6 +255,7 @@ def test_eda_joint_labels_and_dhash(tmp_path):
 
     root = write_competition(tmp_path / "c")
     import pandas as pd
+
     df = pd.read_csv(root / "train.csv")
     df["label"] = df["label"] + "_" + np.where(np.arange(len(df)) % 2, "a", "b")
     df.to_csv(root / "train.csv", index=False)
@@ -249,15 +287,17 @@ def test_mislabel_ranking_and_confusion():
         probs[i, targets[i]] = pl
         probs[i, labels[i]] = pp
         probs[i, 3 - targets[i] - labels[i]] = 1 - pl - pp
-    oof = pd.DataFrame({"id": [f"r{i}" for i in range(30)], "fold": np.arange(30) % 2,
-                        "target": np.array(classes)[targets]})
+    oof = pd.DataFrame(
+        {"id": [f"r{i}" for i in range(30)], "fold": np.arange(30) % 2, "target": np.array(classes)[targets]}
+    )
     oof[classes] = probs
     ranked = mislabel_ranking(oof, classes, "id")
     assert list(ranked["id"][:3]) == ["r11", "r3", "r20"]
     assert np.isclose(ranked.loc[0, "margin"], 0.97 - 0.01)
     cm = confusion(oof, classes)
-    expected = pd.crosstab(oof["target"], np.array(classes)[probs.argmax(1)]).reindex(index=classes, columns=classes,
-                                                                                     fill_value=0)
+    expected = pd.crosstab(oof["target"], np.array(classes)[probs.argmax(1)]).reindex(
+        index=classes, columns=classes, fill_value=0
+    )
     np.testing.assert_array_equal(cm, expected.to_numpy())
     assert cm.sum() == 30 and np.trace(cm) == 27
 
@@ -271,14 +311,17 @@ def test_explain_cli_gradcam(trained_run, tmp_path):
     from comp.diagnostics._explain import explain_run
 
     out = tmp_path / "explain"
-    res = CliRunner().invoke(main, ["explain", str(trained_run), "--top", "3", "--gradcam-ids", "g00_0,g01_1",
-                                    "--out", str(out)])
+    res = CliRunner().invoke(
+        main, ["explain", str(trained_run), "--top", "3", "--gradcam-ids", "g00_0,g01_1", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "precision" in res.output
     oof = pd.read_csv(trained_run / "models" / "eff" / "oof.csv", dtype={"id": str})
     cm = pd.read_csv(out / "confusion.csv").set_index("label")
     pred = oof[["c0", "c1", "c2"]].to_numpy().argmax(1)
-    for (lab, p), n in pd.Series(1, index=pd.MultiIndex.from_arrays([oof["target"], pred])).groupby(level=[0, 1]).sum().items():
+    for (lab, p), n in (
+        pd.Series(1, index=pd.MultiIndex.from_arrays([oof["target"], pred])).groupby(level=[0, 1]).sum().items()
+    ):
         assert cm.loc[lab, f"c{p}"] == n
     for name in ("confusion.png", "per_class.csv", "mislabeled.csv", "gradcam.png"):
         assert (out / name).is_file()
@@ -287,7 +330,9 @@ def test_explain_cli_gradcam(trained_run, tmp_path):
     size = Image.open(trained_run.parent / "comp" / "train" / "g02_0.png").size
     assert cam.shape == (size[1], size[0]) and cam.shape != (32, 32)
     assert 0 <= cam.min() and cam.max() <= 1
-    bad = CliRunner().invoke(main, ["explain", str(trained_run), "--gradcam-ids", "nope", "--out", str(tmp_path / "e3")])
+    bad = CliRunner().invoke(
+        main, ["explain", str(trained_run), "--gradcam-ids", "nope", "--out", str(tmp_path / "e3")]
+    )
     assert bad.exit_code == 2 and "nope" in bad.output
 
 
@@ -310,8 +355,15 @@ def test_gradcam_channels_last_features():
     from comp.diagnostics._explain import gradcam
 
     torch.manual_seed(0)
-    swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=3, embed_dim=16, depths=(1, 1, 1, 1),
-                             num_heads=(1, 1, 1, 1), img_size=128, window_size=2)
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        num_classes=3,
+        embed_dim=16,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 1),
+        img_size=128,
+        window_size=2,
+    )
     x = torch.randn(1, 3, 128, 128)
     assert swin.forward_features(x).shape == (1, 4, 4, swin.num_features)
     cam, cls = gradcam(swin, x)
@@ -342,10 +394,14 @@ def test_cached_validation_images_equal_the_eval_pipeline_on_originals(comp_dir,
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(p)
         paths.append(p)
     tf = eval_pipeline((32, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    reader = make_reader(DataConfig(**{"cache": mode, "cache_dir": str(tmp_path / "c"), "image_dir": "x"}), (32, 32), paths)
+    reader = make_reader(
+        DataConfig(**{"cache": mode, "cache_dir": str(tmp_path / "c"), "image_dir": "x"}), (32, 32), paths
+    )
     for p in paths:
         for _ in range(2):  # the decoding read and the cached read
-            np.testing.assert_array_equal(tf(image=reader(p))["image"].numpy(), tf(image=load_image(p))["image"].numpy())
+            np.testing.assert_array_equal(
+                tf(image=reader(p))["image"].numpy(), tf(image=load_image(p))["image"].numpy()
+            )
 
 
 def test_explain_defaults_to_the_best_cv_model(tmp_path):

@@ -84,8 +84,14 @@ BREAKERS = {
     "extra id": (lambda df: pd.concat([df, pd.DataFrame({"image_id": ["x1"], "label": ["3"]})]), "1 ids not in .*'x1'"),
     "swapped rows": (lambda df: df.iloc[[1, 0, 2, 3, 4]], "row 1 has id '007' where sample.csv has 'c9'"),
     "duplicate id": (lambda df: df.assign(image_id=["c9", "c9", "010", "b3", "a12"]), "'c9' appears twice"),
-    "nan": (lambda df: df.assign(label=[None, "1", "2", "3", "4"]), "1 empty values \\(first: row 1, column 'label'\\)"),
-    "unknown label": (lambda df: df.assign(label=["cat", "1", "2", "3", "4"]), "not among the classes \\(first: 'cat'\\)"),
+    "nan": (
+        lambda df: df.assign(label=[None, "1", "2", "3", "4"]),
+        "1 empty values \\(first: row 1, column 'label'\\)",
+    ),
+    "unknown label": (
+        lambda df: df.assign(label=["cat", "1", "2", "3", "4"]),
+        "not among the classes \\(first: 'cat'\\)",
+    ),
     "wrong columns": (lambda df: df.rename(columns={"label": "target"}), "columns .* differ from sample.csv's"),
     "column order": (lambda df: df[["label", "image_id"]], "differ from"),
 }

@@ -44,7 +44,11 @@ def test_checkpoint_describes_itself(trained_run):
     raw = torch.load(path, weights_only=True)
     for key in ("model_name", "classes", "image_size", "mean", "std", "eval_transform", "config", "state_dict"):
         assert key in raw
-    assert raw["model_name"] == "test_efficientnet" and raw["classes"] == ["c0", "c1", "c2"] and raw["image_size"] == [32, 32]
+    assert (
+        raw["model_name"] == "test_efficientnet"
+        and raw["classes"] == ["c0", "c1", "c2"]
+        and raw["image_size"] == [32, 32]
+    )
     model, ckpt = model_from_checkpoint(path)
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
@@ -117,7 +121,9 @@ OPTIONS = {
     "sgd+clip+no sched": {"train__optimizer": "sgd", "train__grad_clip": 1.0, "train__scheduler": "none"},
     "ema": {"train__ema": True, "train__ema_decay": 0.5},
     "channels_last+bf16": {"train__channels_last": True, "train__amp": "bf16"},
-    "rand resized crop": {"augment__train": [{"name": "RandomResizedCrop", "scale": [0.5, 1.0]}, {"name": "VerticalFlip"}]},
+    "rand resized crop": {
+        "augment__train": [{"name": "RandomResizedCrop", "scale": [0.5, 1.0]}, {"name": "VerticalFlip"}]
+    },
     "resnet family": {"models": [{"name": "test_resnet", "image_size": [32, 24], "epochs": 1}]},
 }
 
@@ -156,7 +162,9 @@ def test_freeze_epochs_keep_backbone_fixed(comp_dir, tmp_path, monkeypatch):
 
 
 def test_early_stopping_stops(comp_dir, tmp_path):
-    _train(comp_dir, tmp_path / "run", train__epochs=6, train__early_stopping=1, train__lr=1e-9, train__scheduler="none")
+    _train(
+        comp_dir, tmp_path / "run", train__epochs=6, train__early_stopping=1, train__lr=1e-9, train__scheduler="none"
+    )
     hist = pd.read_csv(tmp_path / "run/models/eff/fold0.history.csv")
     assert len(hist) < 6
 
@@ -186,13 +194,26 @@ def test_unknown_model_suggests_closest():
 def test_cli_train_folds_and_errors(comp_dir, tmp_path):
     cfg_path = write_config(comp_dir, tiny_config(comp_dir))
     runner = CliRunner()
-    res = runner.invoke(main, ["train-folds", "--config", str(cfg_path), "--run-dir", str(tmp_path / "r"), "--quiet",
-                               "--set", "train.epochs=1"])
+    res = runner.invoke(
+        main,
+        [
+            "train-folds",
+            "--config",
+            str(cfg_path),
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--quiet",
+            "--set",
+            "train.epochs=1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "CV" in res.output and (tmp_path / "r/models/eff/oof.csv").is_file()
     res = runner.invoke(main, ["train-folds", "--config", str(cfg_path), "--set", "train.epochz=1"])
     assert res.exit_code == 2 and "train.epochz" in res.output and "Traceback" not in res.output
-    res = runner.invoke(main, ["train-folds", "--config", str(cfg_path), "--run-dir", str(tmp_path / "r"), "--folds", "7"])
+    res = runner.invoke(
+        main, ["train-folds", "--config", str(cfg_path), "--run-dir", str(tmp_path / "r"), "--folds", "7"]
+    )
     assert res.exit_code == 2 and "folds are numbered 0..1" in res.output
 
 

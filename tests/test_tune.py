@@ -55,8 +55,15 @@ def test_bad_spaces_rejected_before_any_trial(comp_dir, tmp_path, space, needle)
 
 
 def test_model_keys_searchable(comp_dir):
-    cfg = load_config(_cfg(comp_dir, {"models.0.image_size": {"type": "int", "low": 24, "high": 40, "step": 8},
-                                      "models.0.name": {"type": "categorical", "choices": ["test_efficientnet", "test_resnet"]}}))
+    cfg = load_config(
+        _cfg(
+            comp_dir,
+            {
+                "models.0.image_size": {"type": "int", "low": 24, "high": 40, "step": 8},
+                "models.0.name": {"type": "categorical", "choices": ["test_efficientnet", "test_resnet"]},
+            },
+        )
+    )
     assert set(parse_space(cfg)) == {"models.0.image_size", "models.0.name"}
 
 
@@ -69,7 +76,9 @@ def test_resume_keeps_finished_trials_and_best_config_trains(comp_dir, tmp_path)
     r2 = tune(cfg, out, n_trials=3, pruner="none")
     after = pd.read_csv(out / "trials.csv")
     assert r2.n_trials == 3 and list(after["number"]) == [0, 1, 2]
-    pd.testing.assert_frame_equal(first[["number", "value", "train.lr"]], after.head(2)[["number", "value", "train.lr"]])
+    pd.testing.assert_frame_equal(
+        first[["number", "value", "train.lr"]], after.head(2)[["number", "value", "train.lr"]]
+    )
     assert (out / "history.png").is_file() and (out / "importances.png").is_file()
     best = load_config(out / "best_config.yaml")
     assert best.train.lr == pytest.approx(r2.best_params["train.lr"])
@@ -139,8 +148,26 @@ def test_wilcoxon_and_hyperband_run(comp_dir, tmp_path):
 
 
 def _workers(cfg_path, storage, out, n):
-    cmd = [sys.executable, "-m", "comp.cli", "tune", "--config", str(cfg_path), "--storage", storage,
-           "--n-trials", str(n), "--out", str(out), "--pruner", "none", "--folds", "0", "--epochs", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "comp.cli",
+        "tune",
+        "--config",
+        str(cfg_path),
+        "--storage",
+        storage,
+        "--n-trials",
+        str(n),
+        "--out",
+        str(out),
+        "--pruner",
+        "none",
+        "--folds",
+        "0",
+        "--epochs",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].decode() for p in procs]
@@ -185,13 +212,23 @@ def postgres_url():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data = root / "data"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "comp", "--auth=trust"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "comp", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-l", str(root / "log"), "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-l", str(root / "log"), "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([*as_user, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "comp", "study"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [*as_user, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "comp", "study"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://comp@127.0.0.1:{port}/study"
     finally:
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
@@ -206,7 +243,9 @@ def test_postgres_two_workers_finish_n_trials(comp_dir, tmp_path, postgres_url):
 
 
 def test_tune_help_and_bad_folds(comp_dir, tmp_path):
-    res = CliRunner().invoke(main, ["tune", "--config", str(_cfg(comp_dir, LR)), "--folds", "5", "--out", str(tmp_path)])
+    res = CliRunner().invoke(
+        main, ["tune", "--config", str(_cfg(comp_dir, LR)), "--folds", "5", "--out", str(tmp_path)]
+    )
     assert res.exit_code == 2 and "folds are numbered 0..1" in res.output
     with pytest.raises(CompError, match="tune.space"):
         parse_space(load_config(write_config(comp_dir, tiny_config(comp_dir))))
@@ -257,8 +296,9 @@ def _kill_a_worker_mid_trial(storage_obj, spare_pid: int, procs, timeout: float 
 
 def _check_retried(study, n: int, killed: int) -> None:
     finished = _finished(study)
-    assert len(finished) == n and all(t.state == optuna.trial.TrialState.COMPLETE for t in finished), \
-        [(t.number, t.state.name, t.user_attrs) for t in study.trials]
+    assert len(finished) == n and all(t.state == optuna.trial.TrialState.COMPLETE for t in finished), [
+        (t.number, t.state.name, t.user_attrs) for t in study.trials
+    ]
     dead = study.trials[killed]
     assert dead.state == optuna.trial.TrialState.FAIL
     retry = [t for t in study.trials if t.system_attrs.get("retry_history") == [killed]]
@@ -269,9 +309,30 @@ def test_killed_device_worker_on_a_journal_study_is_retried(comp_dir, tmp_path):
     """comp tune --devices cpu,cpu on a journal: one worker is killed mid-trial; the other fails that trial, runs
     it again, and the study ends with exactly --n-trials finished trials."""
     journal = tmp_path / "study.journal"
-    cmd = [sys.executable, "-m", "comp", "tune", "--config", str(_cfg(comp_dir, LR)), "--storage", f"journal:{journal}",
-           "--n-trials", "3", "--out", str(tmp_path / "t"), "--pruner", "none", "--folds", "0", "--epochs", "1",
-           "--devices", "cpu,cpu", "--heartbeat", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "comp",
+        "tune",
+        "--config",
+        str(_cfg(comp_dir, LR)),
+        "--storage",
+        f"journal:{journal}",
+        "--n-trials",
+        "3",
+        "--out",
+        str(tmp_path / "t"),
+        "--pruner",
+        "none",
+        "--folds",
+        "0",
+        "--epochs",
+        "1",
+        "--devices",
+        "cpu,cpu",
+        "--heartbeat",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     killed = _kill_a_worker_mid_trial(_journal(journal), parent.pid, [parent])
@@ -287,11 +348,32 @@ def test_killed_device_worker_on_a_journal_study_is_retried(comp_dir, tmp_path):
 @pytest.mark.slow
 def test_killed_worker_on_a_postgres_study_is_retried(comp_dir, tmp_path, postgres_url):
     """Two `comp tune` processes (as on two boxes) on PostgreSQL; one is killed mid-trial."""
-    cmd = [sys.executable, "-m", "comp", "tune", "--config", str(_cfg(comp_dir, LR)), "--storage", postgres_url,
-           "--n-trials", "3", "--out", str(tmp_path / "t"), "--pruner", "none", "--folds", "0", "--epochs", "1",
-           "--heartbeat", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "comp",
+        "tune",
+        "--config",
+        str(_cfg(comp_dir, LR)),
+        "--storage",
+        postgres_url,
+        "--n-trials",
+        "3",
+        "--out",
+        str(tmp_path / "t"),
+        "--pruner",
+        "none",
+        "--folds",
+        "0",
+        "--epochs",
+        "1",
+        "--heartbeat",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True) for _ in range(2)
+    ]
     killed = _kill_a_worker_mid_trial(postgres_url, -1, procs)
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert sorted(p.returncode for p in procs) == [-signal.SIGKILL, 0], outs

@@ -24,15 +24,19 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark)
+                    None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
     list("-+0123456789."),
 )
 
@@ -89,7 +93,9 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> None:
             if node.get(part) is None and part == "tune" and i == 0:
                 node[part] = {}
             if part not in node or not isinstance(node[part], (dict, list)):
-                raise ConfigError(f"--set {dotted}: unknown section '{'.'.join(parts[: i + 1])}'{closest(part, node.keys())}")
+                raise ConfigError(
+                    f"--set {dotted}: unknown section '{'.'.join(parts[: i + 1])}'{closest(part, node.keys())}"
+                )
             node = node[part]
         else:
             raise ConfigError(f"--set {dotted}: '{where}' is a value, not a section")
@@ -144,8 +150,9 @@ def _normalise_raw(raw: dict[str, Any]) -> dict[str, Any]:
     """Forgiving spellings that the YAML format has always accepted."""
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("classes"), list):
-        data["classes"] = [str(c) if isinstance(c, (int, float, str)) and not isinstance(c, bool) else c
-                           for c in data["classes"]]
+        data["classes"] = [
+            str(c) if isinstance(c, (int, float, str)) and not isinstance(c, bool) else c for c in data["classes"]
+        ]
     return raw
 
 
@@ -175,9 +182,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(source: str | Path | Mapping[str, Any] | Config | None = None, *,
-                overrides: Iterable[str] | Mapping[str, Any] | None = (), base_dir: str | Path | None = None,
-                **sections: Any) -> Config:
+def load_config(
+    source: str | Path | Mapping[str, Any] | Config | None = None,
+    *,
+    overrides: Iterable[str] | Mapping[str, Any] | None = (),
+    base_dir: str | Path | None = None,
+    **sections: Any,
+) -> Config:
     """Build a validated :class:`Config` from a YAML path, a dict, a Config or keyword sections.
 
     ``overrides`` are ``"key=value"`` strings as on the command line (or a {dotted key: value} mapping);

@@ -56,8 +56,16 @@ class DataConfig:
 
     extra_train: str | None = None  # pseudo-labelled test rows (comp pseudo): training part of every fold only
 
-    PATH_KEYS: typing.ClassVar = ("train_csv", "image_dir", "test_csv", "test_image_dir", "sample_submission", "cache_dir",
-                                  "root", "extra_train")
+    PATH_KEYS: typing.ClassVar = (
+        "train_csv",
+        "image_dir",
+        "test_csv",
+        "test_image_dir",
+        "sample_submission",
+        "cache_dir",
+        "root",
+        "extra_train",
+    )
 
 
 @dataclass
@@ -97,10 +105,14 @@ class TrainConfig:
     def check(self, where: str) -> None:
         """Rules between keys (the per-key bounds are checked while reading)."""
         if self.freeze_epochs > self.epochs:
-            raise ConfigError(f"config key '{where}.freeze_epochs' ({self.freeze_epochs}) exceeds epochs ({self.epochs}); "
-                              "lower it or raise epochs")
+            raise ConfigError(
+                f"config key '{where}.freeze_epochs' ({self.freeze_epochs}) exceeds epochs ({self.epochs}); "
+                "lower it or raise epochs"
+            )
         if self.warmup_epochs > self.epochs:
-            raise ConfigError(f"config key '{where}.warmup_epochs' ({self.warmup_epochs}) exceeds epochs ({self.epochs}); lower it")
+            raise ConfigError(
+                f"config key '{where}.warmup_epochs' ({self.warmup_epochs}) exceeds epochs ({self.epochs}); lower it"
+            )
 
 
 @dataclass
@@ -309,7 +321,15 @@ def _plain(obj: Any) -> Any:
 # ---------------------------------------------------------------- validation
 
 
-_NAMES = {int: "int", float: "float", str: "string", bool: "bool", list: "a list", dict: "a mapping", type(None): "null"}
+_NAMES = {
+    int: "int",
+    float: "float",
+    str: "string",
+    bool: "bool",
+    list: "a list",
+    dict: "a mapping",
+    type(None): "null",
+}
 
 
 def _type_name(tp: Any) -> str:
@@ -357,8 +377,10 @@ def check_value(path: str, value: Any, tp: Any, bounds: dict[str, float] | None 
         literal = next((a for a in ([tp] if origin is Literal else get_args(tp)) if get_origin(a) is Literal), None)
         if literal is not None and isinstance(value, str):
             choices = get_args(literal)
-            raise ConfigError(f"config key '{path}' must be one of {', '.join(map(str, choices))}, got {value!r}"
-                              f"{closest(value, [str(c) for c in choices])}")
+            raise ConfigError(
+                f"config key '{path}' must be one of {', '.join(map(str, choices))}, got {value!r}"
+                f"{closest(value, [str(c) for c in choices])}"
+            )
         raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"config key '{path}' must be a finite number, got {value!r}")
@@ -418,9 +440,13 @@ def build_model(raw: Any, i: int) -> ModelConfig:
     train: dict[str, Any] = {}
     for key, value in raw.items():
         if key in _MODEL_FIELDS:
-            kwargs[key] = check_value(f"{path}.{key}", copy.deepcopy(value), hints[key], dict(_MODEL_FIELDS[key].metadata))
+            kwargs[key] = check_value(
+                f"{path}.{key}", copy.deepcopy(value), hints[key], dict(_MODEL_FIELDS[key].metadata)
+            )
         elif key in _TRAIN_FIELDS:
-            train[key] = check_value(f"{path}.{key}", copy.deepcopy(value), train_hints[key], dict(_TRAIN_FIELDS[key].metadata))
+            train[key] = check_value(
+                f"{path}.{key}", copy.deepcopy(value), train_hints[key], dict(_TRAIN_FIELDS[key].metadata)
+            )
         else:
             raise ConfigError(f"unknown config key '{path}.{key}'{closest(str(key), [*_MODEL_FIELDS, *_TRAIN_FIELDS])}")
     entry = ModelConfig(train=train, **kwargs)
@@ -428,11 +454,18 @@ def build_model(raw: Any, i: int) -> ModelConfig:
     if "/" in mid or "\\" in mid or mid in (".", "..") or not re.fullmatch(r"[^\x00-\x1f]+", mid):
         raise ConfigError(f"config key '{path}.id' must be a plain folder name, got {mid!r}")
     size = entry.image_size
-    if isinstance(size, int) and size < 1 or isinstance(size, list) and (len(size) != 2 or not all(s >= 1 for s in size)):
+    if (
+        isinstance(size, int)
+        and size < 1
+        or isinstance(size, list)
+        and (len(size) != 2 or not all(s >= 1 for s in size))
+    ):
         raise ConfigError(f"config key '{path}.image_size' must be a positive int or [height, width], got {size!r}")
     if entry.in_chans not in (1, 3):
-        raise ConfigError(f"config key '{path}.in_chans' must be 1 (grayscale) or 3 (RGB), got {entry.in_chans}; "
-                          "images are read as RGB")
+        raise ConfigError(
+            f"config key '{path}.in_chans' must be 1 (grayscale) or 3 (RGB), got {entry.in_chans}; "
+            "images are read as RGB"
+        )
     if isinstance(entry.pretrained, str) and not entry.pretrained.strip():
         raise ConfigError(f"config key '{path}.pretrained' is an empty string; give a weights file, true or false")
     return entry
@@ -440,8 +473,10 @@ def build_model(raw: Any, i: int) -> ModelConfig:
 
 def _check_device(device: str) -> None:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise ConfigError(f"config key 'device' must be one of auto, cpu, cuda, cuda:N, got {device!r}"
-                          f"{closest(device, ['auto', 'cpu', 'cuda'])}")
+        raise ConfigError(
+            f"config key 'device' must be one of auto, cpu, cuda, cuda:N, got {device!r}"
+            f"{closest(device, ['auto', 'cpu', 'cuda'])}"
+        )
 
 
 def build_config(raw: Any) -> Config:
@@ -470,12 +505,16 @@ def _check_config(cfg: Config) -> None:
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
         if m.model_id in seen:
-            raise ConfigError(f"config key 'models[{i}]': model id '{m.model_id}' is used twice; give one entry a distinct 'id'")
+            raise ConfigError(
+                f"config key 'models[{i}]': model id '{m.model_id}' is used twice; give one entry a distinct 'id'"
+            )
         seen.add(m.model_id)
         cfg.train_for(m).check(f"models[{i}]" if m.train else "train")
     cw = cfg.loss.class_weights
     if isinstance(cw, str) and cw not in ("none", "balanced"):
-        raise ConfigError(f"config key 'loss.class_weights' must be 'none', 'balanced' or a list of numbers, got {cw!r}")
+        raise ConfigError(
+            f"config key 'loss.class_weights' must be 'none', 'balanced' or a list of numbers, got {cw!r}"
+        )
     if isinstance(cw, list) and any(w < 0 for w in cw):
         raise ConfigError(f"config key 'loss.class_weights' must hold non-negative numbers, got {cw!r}")
     for key, value in (("data.extra_train", cfg.data.extra_train), ("loss.distill.teacher", cfg.loss.distill.teacher)):
@@ -506,25 +545,35 @@ def _check_labels(cfg: Config) -> None:
         parse_layout(data.layout, key="data.layout")
     scheme = parse_labels(data.labels, key="data.labels") if data.labels is not None else None
     if scheme is not None and data.classes is not None:
-        raise ConfigError("config keys 'data.classes' and 'data.labels' are both set; data.labels defines the classes "
-                          "(in code order), so drop data.classes")
+        raise ConfigError(
+            "config keys 'data.classes' and 'data.labels' are both set; data.labels defines the classes "
+            "(in code order), so drop data.classes"
+        )
     for i, m in enumerate(cfg.models):
         if m.heads == "attributes" and scheme is None:
-            raise ConfigError(f"config key 'models[{i}].heads' is 'attributes' but data.labels is not set; declare the "
-                              "attributes there or use heads: single")
+            raise ConfigError(
+                f"config key 'models[{i}].heads' is 'attributes' but data.labels is not set; declare the "
+                "attributes there or use heads: single"
+            )
     own_losses = cfg.loss.attributes
     if own_losses is not None and scheme is None:
-        raise ConfigError("config key 'loss.attributes' needs data.labels (its keys are attribute names); set data.labels "
-                          "or drop loss.attributes")
+        raise ConfigError(
+            "config key 'loss.attributes' needs data.labels (its keys are attribute names); set data.labels "
+            "or drop loss.attributes"
+        )
     if scheme is None or (own_losses is None and all(m.heads == "single" for m in cfg.models)):
         return
     for name, raw in (own_losses or {}).items():
         if name not in scheme.names:
-            raise ConfigError(f"config key 'loss.attributes.{name}': no attribute '{name}' in data.labels"
-                              f"{closest(str(name), scheme.names)}; attributes are {', '.join(scheme.names)}")
+            raise ConfigError(
+                f"config key 'loss.attributes.{name}': no attribute '{name}' in data.labels"
+                f"{closest(str(name), scheme.names)}; attributes are {', '.join(scheme.names)}"
+            )
         if raw is not None and not isinstance(raw, dict):
-            raise ConfigError(f"config key 'loss.attributes.{name}' must be a mapping (name, weight, label_smoothing, "
-                              f"focal_gamma, class_weights), got {raw!r}")
+            raise ConfigError(
+                f"config key 'loss.attributes.{name}' must be a mapping (name, weight, label_smoothing, "
+                f"focal_gamma, class_weights), got {raw!r}"
+            )
     for attr in scheme.attributes:
         head = cfg.loss.head(attr.name)
         key = f"loss.attributes.{attr.name}"
@@ -535,5 +584,7 @@ def _check_labels(cfg: Config) -> None:
         if isinstance(cw, str) and cw not in ("none", "balanced"):
             raise ConfigError(f"config key {where} must be 'none', 'balanced' or a list of numbers, got {cw!r}")
         if isinstance(cw, list) and (len(cw) != k or any(w < 0 for w in cw)):
-            raise ConfigError(f"config key {where} must list {k} non-negative weights for {attr.name} "
-                              f"({', '.join(attr.values)}), got {cw!r}; set {key}.class_weights")
+            raise ConfigError(
+                f"config key {where} must list {k} non-negative weights for {attr.name} "
+                f"({', '.join(attr.values)}), got {cw!r}; set {key}.class_weights"
+            )

@@ -22,7 +22,21 @@ from comp.data._table import (
 )
 
 __all__ = [
-    "BatchMixer", "DeviceNormalize", "ImageDataset", "TrainTable", "assign_folds", "build_pipeline", "check_no_leak",
-    "eval_pipeline", "from_dict", "load_image", "load_test_table", "load_train_table", "pipelines", "read_csv", "to_dict",
-    "to_rgb", "valid_pipeline",
+    "BatchMixer",
+    "DeviceNormalize",
+    "ImageDataset",
+    "TrainTable",
+    "assign_folds",
+    "build_pipeline",
+    "check_no_leak",
+    "eval_pipeline",
+    "from_dict",
+    "load_image",
+    "load_test_table",
+    "load_train_table",
+    "pipelines",
+    "read_csv",
+    "to_dict",
+    "to_rgb",
+    "valid_pipeline",
 ]

@@ -93,12 +93,8 @@ def parse_labels(
             )
     raw = spec.get("attributes")
     if not isinstance(raw, Mapping) or not raw:
-        raise CompError(
-            f"config key '{key}.attributes' must map each attribute name to its values and source"
-        )
-    attributes = tuple(
-        _attribute(str(name), value, f"{key}.attributes.{name}") for name, value in raw.items()
-    )
+        raise CompError(f"config key '{key}.attributes' must map each attribute name to its values and source")
+    attributes = tuple(_attribute(str(name), value, f"{key}.attributes.{name}") for name, value in raw.items())
     if columns is not None:
         for attr in attributes:
             _check_source(attr, columns, key)
@@ -117,9 +113,7 @@ def parse_labels(
     names = class_names(scheme)
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
-        raise CompError(
-            f"config key '{key}.attributes': class name {twice!r} arises twice; avoid '_' in values"
-        )
+        raise CompError(f"config key '{key}.attributes': class name {twice!r} arises twice; avoid '_' in values")
     return scheme
 
 
@@ -155,12 +149,8 @@ def decompose(codes: np.ndarray | int, spec: Mapping[str, Any] | Scheme) -> dict
     """The attribute indices of class codes (same shape as ``codes``), by attribute name."""
     scheme = parse_labels(spec)
     arr = np.asarray(codes)
-    if arr.size and (
-        not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= scheme.n_classes
-    ):
-        raise CompError(
-            f"class codes must be integers in 0..{scheme.n_classes - 1}; got {arr.ravel()[:5].tolist()}"
-        )
+    if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= scheme.n_classes):
+        raise CompError(f"class codes must be integers in 0..{scheme.n_classes - 1}; got {arr.ravel()[:5].tolist()}")
     return {a.name: scheme.combos[arr, j] for j, a in enumerate(scheme.attributes)}
 
 
@@ -251,9 +241,7 @@ def _bins(raw: Any, key: str, n_values: int) -> tuple[float, ...] | None:
     if any(b >= c for b, c in zip(raw, raw[1:])):
         raise CompError(f"config key '{key}' {list(raw)} is not strictly increasing; sort the edges")
     if len(raw) + 1 != n_values:
-        raise CompError(
-            f"config key '{key}' has {len(raw)} edges for {n_values} values; n edges make n + 1 values"
-        )
+        raise CompError(f"config key '{key}' has {len(raw)} edges for {n_values} values; n edges make n + 1 values")
     return tuple(float(b) for b in raw)
 
 
@@ -302,9 +290,7 @@ def _row(df: pd.DataFrame, i: int) -> str:
     return f"row {i}"
 
 
-def _formula_codes(
-    formula: Any, attributes: tuple[Attribute, ...], combos: np.ndarray, key: str
-) -> np.ndarray:
+def _formula_codes(formula: Any, attributes: tuple[Attribute, ...], combos: np.ndarray, key: str) -> np.ndarray:
     """Evaluate a code formula over every combination, allowing only names, integers, + and *."""
     if not isinstance(formula, str) or not formula.strip():
         raise CompError(f"config key '{key}' must be a formula such as 'mask * 6 + gender * 3 + age'")
@@ -338,9 +324,7 @@ def _evaluate(node: ast.AST, env: Mapping[str, np.ndarray], formula: str, key: s
         part = "a function call"
     else:
         part = repr(ast.get_source_segment(formula.strip(), node) or type(node).__name__)
-    raise CompError(
-        f"config key '{key}' {formula!r}: {part} is not allowed; use attribute names, integers, + and *"
-    )
+    raise CompError(f"config key '{key}' {formula!r}: {part} is not allowed; use attribute names, integers, + and *")
 
 
 def _check_bijection(
@@ -372,9 +356,7 @@ def _ordered(probs: Sequence[np.ndarray] | Mapping[str, np.ndarray], scheme: Sch
     if isinstance(probs, Mapping):
         missing = [n for n in scheme.names if n not in probs]
         if missing:
-            raise CompError(
-                f"probabilities for attribute {missing[0]!r} are missing; pass one array per attribute"
-            )
+            raise CompError(f"probabilities for attribute {missing[0]!r} are missing; pass one array per attribute")
         parts = [probs[n] for n in scheme.names]
     else:
         parts = list(probs)

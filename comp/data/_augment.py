@@ -35,15 +35,18 @@ def _sets_size(params) -> bool:
 def build_transform(entry: dict, hw: tuple[int, int], where: str):
     """One albumentations transform from ``{name: ..., **kwargs}``, filling in the output size if it takes one."""
     if not isinstance(entry, dict) or "name" not in entry:
-        raise CompError(f"{where} must be a mapping with a 'name', e.g. {{name: HorizontalFlip, p: 0.5}}, got {entry!r}")
+        raise CompError(
+            f"{where} must be a mapping with a 'name', e.g. {{name: HorizontalFlip, p: 0.5}}, got {entry!r}"
+        )
     kwargs = {k: v for k, v in entry.items() if k != "name"}
     cls = _transform_class(entry["name"], where)
     params = inspect.signature(cls.__init__).parameters
     named = [n for n, prm in params.items() if n != "self" and prm.kind not in (prm.VAR_KEYWORD, prm.VAR_POSITIONAL)]
     for key in kwargs:  # albumentations only warns about unknown arguments and then ignores them
         if key not in named:
-            raise CompError(f"{where} ({entry['name']}): unknown argument '{key}'{closest(key, named)}; "
-                            f"it takes {', '.join(named)}")
+            raise CompError(
+                f"{where} ({entry['name']}): unknown argument '{key}'{closest(key, named)}; it takes {', '.join(named)}"
+            )
     if "size" in params and "size" not in kwargs:
         kwargs["size"] = tuple(hw)
     if "height" in params and "width" in params:
@@ -60,8 +63,23 @@ def build_transform(entry: dict, hw: tuple[int, int], where: str):
 
 
 # Validation and test images must give the same pixels every time: only these, always applied (p=1).
-DETERMINISTIC = ("Resize", "CenterCrop", "Crop", "PadIfNeeded", "LongestMaxSize", "SmallestMaxSize", "ToGray",
-                 "Normalize", "ToFloat", "FromFloat", "Equalize", "CLAHE", "InvertImg", "ToSepia", "Downscale")
+DETERMINISTIC = (
+    "Resize",
+    "CenterCrop",
+    "Crop",
+    "PadIfNeeded",
+    "LongestMaxSize",
+    "SmallestMaxSize",
+    "ToGray",
+    "Normalize",
+    "ToFloat",
+    "FromFloat",
+    "Equalize",
+    "CLAHE",
+    "InvertImg",
+    "ToSepia",
+    "Downscale",
+)
 _LOADABLE = {*DETERMINISTIC, "Compose", "ToTensorV2"}
 
 
@@ -70,11 +88,15 @@ def check_deterministic(entries: list, where: str) -> None:
     for i, entry in enumerate(entries):
         name = entry.get("name") if isinstance(entry, dict) else None
         if name not in DETERMINISTIC:
-            raise CompError(f"{where}[{i}] ({name}): validation and test transforms must be deterministic; "
-                            f"use one of {', '.join(DETERMINISTIC)} (random augmentations belong in augment.train)")
+            raise CompError(
+                f"{where}[{i}] ({name}): validation and test transforms must be deterministic; "
+                f"use one of {', '.join(DETERMINISTIC)} (random augmentations belong in augment.train)"
+            )
         if float(entry.get("p", 1.0)) != 1.0:
-            raise CompError(f"{where}[{i}] ({name}): p must be 1 in augment.valid (got {entry['p']}); "
-                            "a transform applied to some images only makes predictions random")
+            raise CompError(
+                f"{where}[{i}] ({name}): p must be 1 in augment.valid (got {entry['p']}); "
+                "a transform applied to some images only makes predictions random"
+            )
 
 
 def _tail(mean, std, normalize: bool) -> list:
@@ -160,8 +182,10 @@ def from_dict(desc: dict, where: str = "eval_transform") -> A.Compose:
     walk(desc)
     bad = [n for n in names if n.rsplit(".", 1)[-1] not in _LOADABLE]
     if bad or not names:
-        raise CompError(f"{where} names {bad[0] if bad else 'no transform'!r}, not a transform comp writes; "
-                        "re-export or retrain the model with comp")
+        raise CompError(
+            f"{where} names {bad[0] if bad else 'no transform'!r}, not a transform comp writes; "
+            "re-export or retrain the model with comp"
+        )
     try:
         return A.from_dict(desc)
     except Exception as exc:  # noqa: BLE001 - any failure to rebuild means a damaged description

@@ -107,8 +107,7 @@ def _trusted(path: Path, nbytes: int) -> bool:
         st = os.lstat(path)
     except OSError:
         return False
-    return (stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
-            and st.st_size == nbytes)
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022 and st.st_size == nbytes
 
 
 class SlabReader:
@@ -134,7 +133,9 @@ class SlabReader:
         the right size: a file planted under a predictable name is replaced, never read or written through."""
         if self.mode == "memory" and os.path.lexists(self.file) and not _trusted(self.file, self.nbytes):
             # /dev/shm is shared by every user: take a fresh, unpredictable name instead of the planted one
-            self.file = self.file.with_name(f"comp-slab-{os.getpid()}-{secrets.token_hex(4)}-{self.file.name.split('-', 3)[-1]}")
+            self.file = self.file.with_name(
+                f"comp-slab-{os.getpid()}-{secrets.token_hex(4)}-{self.file.name.split('-', 3)[-1]}"
+            )
         if _trusted(self.file, self.nbytes):
             return
         try:
@@ -142,8 +143,10 @@ class SlabReader:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.file.name}.", suffix=".tmp", dir=self.file.parent)
         except OSError as e:
             key = "data.cache_dir" if self.mode == "disk" else "data.cache"
-            raise CompError(f"data.cache={self.mode} cannot write in {self.file.parent} ({e.strerror}); "
-                            f"set {key} to a writable place") from None
+            raise CompError(
+                f"data.cache={self.mode} cannot write in {self.file.parent} ({e.strerror}); "
+                f"set {key} to a writable place"
+            ) from None
         try:
             try:
                 try:
@@ -154,10 +157,15 @@ class SlabReader:
                     os.posix_fallocate(fd, 0, self.nbytes)  # again, with this process's older slabs gone
             except OSError as e:
                 free = human_bytes(_free_bytes(self.file.parent))
-                fix = ("use data.cache=disk, or give the machine more shared memory (docker run --shm-size=...)"
-                       if self.mode == "memory" else "free some space or point data.cache_dir at a larger disk")
-                raise CompError(f"data.cache={self.mode} needs {human_bytes(self.nbytes)} in {self.file.parent} "
-                                f"but only {free} is free ({e.strerror}); {fix}") from None
+                fix = (
+                    "use data.cache=disk, or give the machine more shared memory (docker run --shm-size=...)"
+                    if self.mode == "memory"
+                    else "free some space or point data.cache_dir at a larger disk"
+                )
+                raise CompError(
+                    f"data.cache={self.mode} needs {human_bytes(self.nbytes)} in {self.file.parent} "
+                    f"but only {free} is free ({e.strerror}); {fix}"
+                ) from None
             os.close(fd)
             fd = -1
             if self.mode == "memory":
@@ -183,14 +191,16 @@ class SlabReader:
             try:
                 st = os.fstat(fd)
                 if st.st_uid != os.getuid() or st.st_size != self.nbytes or st.st_mode & 0o022:
-                    raise CompError(f"cache slab {self.file} changed owner, size or permissions while in use; "
-                                    "delete it and run again")
+                    raise CompError(
+                        f"cache slab {self.file} changed owner, size or permissions while in use; "
+                        "delete it and run again"
+                    )
                 with os.fdopen(os.dup(fd), "r+b") as fh:
                     mm = np.memmap(fh, dtype=np.uint8, mode="r+", shape=(self.nbytes,))
             finally:
                 os.close(fd)
             n = len(self.paths)
-            self._views = (mm[:n], mm[self.offset:].reshape(n, self.hw[0], self.hw[1], 3))
+            self._views = (mm[:n], mm[self.offset :].reshape(n, self.hw[0], self.hw[1], 3))
         return self._views
 
     def filled(self) -> int:
@@ -291,8 +301,10 @@ def disk_cache_dir(data_cfg: DataConfig, run_dir: str | Path | None = None) -> P
     if data_cfg.cache_dir:
         folder = Path(data_cfg.cache_dir)
         if not writable(folder):
-            raise ConfigError(f"data.cache_dir {folder} is not writable; point it at a writable folder, or remove it "
-                              "(the default falls back to a writable place when the images are read-only)")
+            raise ConfigError(
+                f"data.cache_dir {folder} is not writable; point it at a writable folder, or remove it "
+                "(the default falls back to a writable place when the images are read-only)"
+            )
         return folder
     default = default_cache_dir(data_cfg)
     if writable(default):
@@ -302,12 +314,18 @@ def disk_cache_dir(data_cfg: DataConfig, run_dir: str | Path | None = None) -> P
         if writable(folder):
             if (default, folder) not in _TOLD:
                 _TOLD.add((default, folder))
-                log.warning("data.cache=disk: %s is read-only; caching decoded images in %s instead "
-                            "(set data.cache_dir to choose)", default.parent, folder)
+                log.warning(
+                    "data.cache=disk: %s is read-only; caching decoded images in %s instead "
+                    "(set data.cache_dir to choose)",
+                    default.parent,
+                    folder,
+                )
             return folder
-    raise CompError(f"data.cache=disk: {default.parent} is read-only and neither "
-                    f"{' nor '.join(map(str, candidates))} is writable; set data.cache_dir to a writable folder "
-                    "or use data.cache=memory")
+    raise CompError(
+        f"data.cache=disk: {default.parent} is read-only and neither "
+        f"{' nor '.join(map(str, candidates))} is writable; set data.cache_dir to a writable folder "
+        "or use data.cache=memory"
+    )
 
 
 def make_reader(data_cfg: DataConfig, hw, paths=(), run_dir: str | Path | None = None):

@@ -17,7 +17,9 @@ def assign_folds(targets: np.ndarray, groups: np.ndarray | None, n_splits: int, 
     if groups is not None:
         n_groups = len(np.unique(groups))
         if n_groups < n_splits:
-            raise CompError(f"folds.n_splits={n_splits} but the group column has only {n_groups} groups; lower folds.n_splits")
+            raise CompError(
+                f"folds.n_splits={n_splits} but the group column has only {n_groups} groups; lower folds.n_splits"
+            )
         _warn_thin_classes(targets, groups, n_splits)
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(n), targets, groups)

@@ -143,9 +143,7 @@ def parse_layout(spec: Mapping[str, Any], *, root: str | Path = ".", key: str = 
                     f"config key '{key}.fields.{where}': group '{name}' clashes with the output column {name}; rename the group"
                 )
     per_folder = spec.get("per_folder")
-    if per_folder is not None and (
-        isinstance(per_folder, bool) or not isinstance(per_folder, int) or per_folder < 1
-    ):
+    if per_folder is not None and (isinstance(per_folder, bool) or not isinstance(per_folder, int) or per_folder < 1):
         raise CompError(f"config key '{key}.per_folder' must be a positive integer, not {per_folder!r}")
     return LayoutSpec(
         csv=None if csv is None else Path(root) / csv,
@@ -222,9 +220,7 @@ def files_from_ids(
                 f"{where}: image {path} for id {ident!r} not found; check the test image folder and extension"
             )
         paths.append(str(path))
-    rest = df.drop(columns=[id_column]).rename(
-        columns={c: f"csv_{c}" for c in OUTPUT_COLUMNS if c != id_column}
-    )
+    rest = df.drop(columns=[id_column]).rename(columns={c: f"csv_{c}" for c in OUTPUT_COLUMNS if c != id_column})
     out = pd.DataFrame({"id": df[id_column].to_numpy(), "path": paths})
     return pd.concat([out, rest.reset_index(drop=True)], axis=1)
 
@@ -267,9 +263,7 @@ def _glob_folders(lay: LayoutSpec, base: Path) -> list[_Folder]:
         )
     found = _glob_dirs(base, lay.folder)
     if not found:
-        raise CompError(
-            f"config key '{lay.key}.folder' {lay.folder!r} matches no folder under {base}; fix the glob"
-        )
+        raise CompError(f"config key '{lay.key}.folder' {lay.folder!r} matches no folder under {base}; fix the glob")
     return [_Folder(path, {}, f"{lay.key}.folder {lay.folder!r}") for path in found]
 
 
@@ -301,13 +295,9 @@ def _folder_rows(lay: LayoutSpec, folder: _Folder, base: Path) -> list[dict[str,
             else _relative(image, base)
         )
         group = (
-            _fill(lay.group, names_here, f"{lay.key}.group", f"{folder.where}: image {image}")
-            if lay.group
-            else ident
+            _fill(lay.group, names_here, f"{lay.key}.group", f"{folder.where}: image {image}") if lay.group else ident
         )
-        rows.append(
-            {"id": ident, "path": str(image), "group": group, **columns, **folder_fields, **stem_fields}
-        )
+        rows.append({"id": ident, "path": str(image), "group": group, **columns, **folder_fields, **stem_fields})
     if lay.per_folder is not None and len(rows) != lay.per_folder:
         raise CompError(
             f"{folder.where}: folder {folder.path} has {len(rows)} images, not {lay.per_folder} ({lay.key}.per_folder); "
@@ -354,14 +344,10 @@ def _glob_dirs(base: Path, pattern: str) -> list[Path]:
 
 def _find_by_stem(folder: Path, stem: str, where: str) -> str:
     """The one image named ``<stem>.<ext>`` in ``folder``."""
-    found = [
-        p for p in _images(folder, glob.escape(stem) + ".*", frozenset(IMAGE_EXTENSIONS)) if p.stem == stem
-    ]
+    found = [p for p in _images(folder, glob.escape(stem) + ".*", frozenset(IMAGE_EXTENSIONS)) if p.stem == stem]
     if len(found) != 1:
         what = "no image" if not found else f"{len(found)} images ({found[0].name}, {found[1].name})"
-        raise CompError(
-            f"{where}: {what} named {stem!r} with an image extension in {folder}; set the image extension"
-        )
+        raise CompError(f"{where}: {what} named {stem!r} with an image extension in {folder}; set the image extension")
     return found[0].name
 
 
@@ -442,9 +428,7 @@ def _regex(pattern: Any, key: str) -> re.Pattern[str] | None:
     except re.error as exc:
         raise CompError(f"config key '{key}' {pattern!r} is not a valid regex ({exc}); fix it") from None
     if not compiled.groupindex:
-        raise CompError(
-            f"config key '{key}' {pattern!r} has no named group; name the fields, e.g. (?P<mask>...)"
-        )
+        raise CompError(f"config key '{key}' {pattern!r} has no named group; name the fields, e.g. (?P<mask>...)")
     return compiled
 
 

@@ -45,7 +45,9 @@ def check_ids(df: pd.DataFrame, id_col: str, path) -> None:
     dup = df[id_col].duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise CompError(f"{path} line {i + 2}: duplicate id {df[id_col].iloc[i]!r} in column '{id_col}'; ids must be unique")
+        raise CompError(
+            f"{path} line {i + 2}: duplicate id {df[id_col].iloc[i]!r} in column '{id_col}'; ids must be unique"
+        )
 
 
 @dataclass
@@ -93,8 +95,10 @@ def load_train_table(data_cfg: DataConfig, check_images: bool = True) -> TrainTa
     require_columns(df, [label_col], source, "data.label_column")
     nan = df[label_col].isna()
     if nan.any():
-        raise CompError(f"{where(int(np.flatnonzero(nan.to_numpy())[0]))}: empty label in column '{label_col}'; "
-                        "fill or drop the row")
+        raise CompError(
+            f"{where(int(np.flatnonzero(nan.to_numpy())[0]))}: empty label in column '{label_col}'; "
+            "fill or drop the row"
+        )
     classes = class_list(df[label_col], data_cfg.classes, source)
     for name in classes:
         if name in RESERVED_COLUMNS or name == id_col:
@@ -123,8 +127,10 @@ def _train_rows(data_cfg: DataConfig, check_images: bool) -> tuple[pd.DataFrame,
     df = read_layout(data_cfg.layout, root=data_cfg.root or ".", key="data.layout")
     if id_col != "id":  # every table comp writes names its ids data.id_column
         if id_col in df.columns:
-            raise CompError(f"data.id_column {id_col!r} is also a column of the data.layout rows; set data.id_column "
-                            "to a new name (the layout's ids go under it) or rename that column")
+            raise CompError(
+                f"data.id_column {id_col!r} is also a column of the data.layout rows; set data.id_column "
+                "to a new name (the layout's ids go under it) or rename that column"
+            )
         df = df.rename(columns={"id": id_col})
     ids = df[id_col].to_numpy()
     return df, [Path(p) for p in df["path"]], lambda i: f"data.layout row {i} (id {ids[i]!r})"
@@ -150,7 +156,9 @@ def image_paths(df: pd.DataFrame, image_dir, data_cfg: DataConfig, csv_path, che
     """Resolve each row's image file under ``image_dir`` from ``path_template`` or ``id + image_ext``."""
     root = Path(image_dir).resolve()
     if check and not root.is_dir():
-        raise CompError(f"image folder {root} not found; set data.image_dir (or data.test_image_dir) to the folder of images")
+        raise CompError(
+            f"image folder {root} not found; set data.image_dir (or data.test_image_dir) to the folder of images"
+        )
     template = data_cfg.path_template
     id_col = data_cfg.id_column
     out = []
@@ -161,11 +169,15 @@ def image_paths(df: pd.DataFrame, image_dir, data_cfg: DataConfig, csv_path, che
         except KeyError as exc:
             raise CompError(f"data.path_template {template!r} names column {exc} which {csv_path} lacks") from None
         except (ValueError, IndexError, AttributeError) as exc:
-            raise CompError(f"data.path_template {template!r} is not a valid template ({exc}); "
-                            "name columns in braces, e.g. '{person}/{id}.jpg'") from None
+            raise CompError(
+                f"data.path_template {template!r} is not a valid template ({exc}); "
+                "name columns in braces, e.g. '{person}/{id}.jpg'"
+            ) from None
         p = (root / rel).resolve()
         if not p.is_relative_to(root):
-            raise CompError(f"{csv_path} line {i + 2}: image path {rel!r} escapes the image folder {root}; use paths inside it")
+            raise CompError(
+                f"{csv_path} line {i + 2}: image path {rel!r} escapes the image folder {root}; use paths inside it"
+            )
         out.append(p)
     if check:
         for i, p in enumerate(out):
@@ -202,8 +214,9 @@ def check_images(paths: list[Path], csv_path, *, threads: int = 8) -> None:
         problems = list(pool.map(check_image, paths))
     for i, why in enumerate(problems):
         if why is not None:
-            raise CompError(f"{csv_path} line {i + 2}: image {paths[i]} is unreadable ({why}); replace the file or "
-                            "remove its row")
+            raise CompError(
+                f"{csv_path} line {i + 2}: image {paths[i]} is unreadable ({why}); replace the file or remove its row"
+            )
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -215,8 +228,10 @@ def load_image(path: str | Path) -> np.ndarray:
             im.load()
             return to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise CompError(f"image {path} is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
-                        "replace or remove the file") from None
+        raise CompError(
+            f"image {path} is unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+            "replace or remove the file"
+        ) from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = before
 
@@ -250,8 +265,13 @@ def load_test_table(data_cfg: DataConfig, check_images: bool = True) -> tuple[pd
     else:  # ids that already name their files (the mask contest's '<hash>.jpg') are used as they are
         from comp.data._layout import files_from_ids
 
-        rows = files_from_ids(path, id_column=data_cfg.id_column, image_dir=data_cfg.test_image_dir,
-                              image_ext=data_cfg.image_ext, check=check_images)
+        rows = files_from_ids(
+            path,
+            id_column=data_cfg.id_column,
+            image_dir=data_cfg.test_image_dir,
+            image_ext=data_cfg.image_ext,
+            check=check_images,
+        )
         paths = [Path(p) for p in rows["path"]]
     return df.reset_index(drop=True), paths
 

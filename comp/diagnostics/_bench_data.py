@@ -68,8 +68,15 @@ def model_images_per_s(model, batch_size: int, hw, num_classes: int, device, ste
     return batch_size * steps / max(time.perf_counter() - t0, 1e-9)
 
 
-def bench_data(cfg: Config, *, workers: Sequence[int] = (0, 2), batch_sizes: Sequence[int] = (32,), batches: int = 5,
-               caches: Sequence[str] = ("none", "disk", "memory"), model_steps: int = 3) -> dict:
+def bench_data(
+    cfg: Config,
+    *,
+    workers: Sequence[int] = (0, 2),
+    batch_sizes: Sequence[int] = (32,),
+    batches: int = 5,
+    caches: Sequence[str] = ("none", "disk", "memory"),
+    model_steps: int = 3,
+) -> dict:
     """Measure every setting; returns {'rows': [...], 'model': {bs: images/s}, 'verdict': [lines]}."""
     workers, batch_sizes, caches = list(workers), list(batch_sizes), list(caches)
     if not workers or not batch_sizes or not caches:
@@ -101,21 +108,35 @@ def bench_data(cfg: Config, *, workers: Sequence[int] = (0, 2), batch_sizes: Seq
                     reader = make_reader(data_cfg, hw, paths)
                     ds = ImageDataset(paths, targets, train_tf, reader=reader)
                     rate = loader_images_per_s(ds, idx, bs, w)
-                    rows.append({"cache": cache, "workers": w, "batch_size": bs, "data_img_s": rate,
-                                 "model_img_s": model_rate[bs], "bottleneck": "data" if rate < model_rate[bs] else "model"})
+                    rows.append(
+                        {
+                            "cache": cache,
+                            "workers": w,
+                            "batch_size": bs,
+                            "data_img_s": rate,
+                            "model_img_s": model_rate[bs],
+                            "bottleneck": "data" if rate < model_rate[bs] else "model",
+                        }
+                    )
     best = max(rows, key=lambda r: r["data_img_s"])
     verdict = []
     if best["data_img_s"] < best["model_img_s"]:
-        verdict.append(f"bottleneck: data loading ({best['data_img_s']:.0f} img/s at best vs the model's "
-                       f"{best['model_img_s']:.0f} img/s); more workers, a cache or smaller source images would help")
+        verdict.append(
+            f"bottleneck: data loading ({best['data_img_s']:.0f} img/s at best vs the model's "
+            f"{best['model_img_s']:.0f} img/s); more workers, a cache or smaller source images would help"
+        )
         pick = best
     else:
         enough = [r for r in rows if r["data_img_s"] >= r["model_img_s"]]
         pick = min(enough, key=lambda r: (r["workers"], CACHES.index(r["cache"]), -r["data_img_s"]))
         verdict.append(f"bottleneck: the model ({pick['model_img_s']:.0f} img/s); the data pipeline keeps up")
-    verdict.append(f"use: --set data.cache={pick['cache']} --set data.num_workers={pick['workers']} "
-                   f"(batch size {pick['batch_size']}, {pick['data_img_s']:.0f} img/s)")
+    verdict.append(
+        f"use: --set data.cache={pick['cache']} --set data.num_workers={pick['workers']} "
+        f"(batch size {pick['batch_size']}, {pick['data_img_s']:.0f} img/s)"
+    )
     size = slab_bytes(len(table.paths), hw)
-    verdict.append(f"a cache of all {len(table.paths)} training images at {hw[0]}x{hw[1]} takes {human_bytes(size)} "
-                   "(RAM in /dev/shm for memory, disk under data.cache_dir for disk)")
+    verdict.append(
+        f"a cache of all {len(table.paths)} training images at {hw[0]}x{hw[1]} takes {human_bytes(size)} "
+        "(RAM in /dev/shm for memory, disk under data.cache_dir for disk)"
+    )
     return {"rows": rows, "model": model_rate, "verdict": verdict, "device": str(device), "model_name": entry.name}

@@ -45,7 +45,7 @@ def near_pairs(a: np.ndarray, b: np.ndarray, threshold: int, same: bool, chunk: 
     """(i, j, distance) with distance <= threshold; ``same`` keeps only i < j (a and b are one set)."""
     out = []
     for s in range(0, len(a), chunk):
-        d = hamming(a[s:s + chunk], b)
+        d = hamming(a[s : s + chunk], b)
         ii, jj = np.nonzero(d <= threshold)
         for i, j in zip(ii + s, jj):
             if not same or i < j:
@@ -67,9 +67,16 @@ def scan(paths) -> dict:
             rows.append(rec)
             continue
         px = img.reshape(-1, 3).astype(np.float64)
-        rec.update(ok=True, height=img.shape[0], width=img.shape[1], dhash=dhash(img),
-                   gray=bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()),
-                   n=len(px), sum=px.sum(0), sumsq=(px ** 2).sum(0))
+        rec.update(
+            ok=True,
+            height=img.shape[0],
+            width=img.shape[1],
+            dhash=dhash(img),
+            gray=bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()),
+            n=len(px),
+            sum=px.sum(0),
+            sumsq=(px**2).sum(0),
+        )
         rows.append(rec)
     return {"rows": rows, "bad": bad}
 
@@ -83,8 +90,12 @@ def attribute_counts(table: TrainTable) -> tuple[dict[str, pd.Series], pd.DataFr
     """Rows per value of each attribute (scoring bins) and the joint distribution: the first attribute's values
     as rows, every combination of the others as columns."""
     assert table.scheme is not None and table.attributes is not None
-    values = {a.name: pd.Categorical(np.asarray(a.values, dtype=object)[table.attributes.score[a.name]],
-                                     categories=list(a.values)) for a in table.scheme.attributes}
+    values = {
+        a.name: pd.Categorical(
+            np.asarray(a.values, dtype=object)[table.attributes.score[a.name]], categories=list(a.values)
+        )
+        for a in table.scheme.attributes
+    }
     counts = {n: pd.Series(v).value_counts().reindex(v.categories).fillna(0).astype(int) for n, v in values.items()}
     names = list(values)
     frame = pd.DataFrame(values)
@@ -106,8 +117,11 @@ def _attribute_lines(table: TrainTable) -> list[str]:
         if not np.array_equal(train, table.attributes.score[attr.name]):
             moved = int((train != table.attributes.score[attr.name]).sum())
             per = np.bincount(train, minlength=len(attr.values))
-            line += (" (training bins: " + ", ".join(f"{v} {n}" for v, n in zip(attr.values, per))
-                     + f"; {moved} rows trained as another value)")
+            line += (
+                " (training bins: "
+                + ", ".join(f"{v} {n}" for v, n in zip(attr.values, per))
+                + f"; {moved} rows trained as another value)"
+            )
         lines.append(line)
     if joint.shape[1] <= 30:
         lines.append("joint distribution (rows per combination):\n" + joint.to_string())
@@ -119,7 +133,9 @@ def _attribute_plot(out: Path, table: TrainTable) -> list[tuple[str, str]]:
 
     counts, joint = attribute_counts(table)
     fig = Figure(figsize=(max(6, 0.6 * joint.shape[1] + 3 * len(counts)), max(3, 0.4 * joint.shape[0] + 2)))
-    axes = fig.subplots(1, len(counts) + 1, gridspec_kw={"width_ratios": [1] * len(counts) + [max(2, joint.shape[1] / 3)]})
+    axes = fig.subplots(
+        1, len(counts) + 1, gridspec_kw={"width_ratios": [1] * len(counts) + [max(2, joint.shape[1] / 3)]}
+    )
     for ax, (name, c) in zip(axes, counts.items()):
         ax.bar([str(v) for v in c.index], c.to_numpy())
         ax.set_title(name)
@@ -135,8 +151,9 @@ def _attribute_plot(out: Path, table: TrainTable) -> list[tuple[str, str]]:
     return [("attributes: counts and joint distribution", _save(fig, out / "attributes.png").name)]
 
 
-def _plots(out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame,
-           table: TrainTable | None = None) -> list[tuple[str, str]]:
+def _plots(
+    out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame, table: TrainTable | None = None
+) -> list[tuple[str, str]]:
     from matplotlib.figure import Figure
 
     made = []
@@ -193,7 +210,9 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
     table = load_train_table(data, check_images=False)
     id_col = data.id_column
     ids = table.df[id_col].astype(str).to_numpy()
-    labels = pd.Series(np.asarray(table.classes, dtype=object)[table.targets]).astype(str)  # data.labels or label column
+    labels = pd.Series(np.asarray(table.classes, dtype=object)[table.targets]).astype(
+        str
+    )  # data.labels or label column
     train = scan(table.paths)
     info = pd.DataFrame([{k: r.get(k) for k in ("ok", "height", "width", "gray", "sha1")} for r in train["rows"]])
     test_ids: np.ndarray = np.array([], dtype=str)
@@ -218,16 +237,36 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
         a, b = train["rows"][tr_idx[i]], train["rows"][tr_idx[j]]
         ga = None if groups is None else str(groups[tr_idx[i]])
         gb = None if groups is None else str(groups[tr_idx[j]])
-        dup_rows.append({"set": "train", "id_a": ids[tr_idx[i]], "id_b": ids[tr_idx[j]],
-                         "kind": "exact" if a["sha1"] == b["sha1"] else "near", "distance": d,
-                         "label_a": labels.iloc[tr_idx[i]], "label_b": labels.iloc[tr_idx[j]],
-                         "group_a": ga, "group_b": gb, "leak": groups is not None and ga != gb})
+        dup_rows.append(
+            {
+                "set": "train",
+                "id_a": ids[tr_idx[i]],
+                "id_b": ids[tr_idx[j]],
+                "kind": "exact" if a["sha1"] == b["sha1"] else "near",
+                "distance": d,
+                "label_a": labels.iloc[tr_idx[i]],
+                "label_b": labels.iloc[tr_idx[j]],
+                "group_a": ga,
+                "group_b": gb,
+                "leak": groups is not None and ga != gb,
+            }
+        )
     for i, j, d in near_pairs(tr_hash, te_hash, threshold, same=False):
         a, b = train["rows"][tr_idx[i]], test["rows"][te_idx[j]]
-        dup_rows.append({"set": "train-test", "id_a": ids[tr_idx[i]], "id_b": test_ids[te_idx[j]],
-                         "kind": "exact" if a["sha1"] == b["sha1"] else "near", "distance": d,
-                         "label_a": labels.iloc[tr_idx[i]], "label_b": None,
-                         "group_a": None if groups is None else str(groups[tr_idx[i]]), "group_b": None, "leak": False})
+        dup_rows.append(
+            {
+                "set": "train-test",
+                "id_a": ids[tr_idx[i]],
+                "id_b": test_ids[te_idx[j]],
+                "kind": "exact" if a["sha1"] == b["sha1"] else "near",
+                "distance": d,
+                "label_a": labels.iloc[tr_idx[i]],
+                "label_b": None,
+                "group_a": None if groups is None else str(groups[tr_idx[i]]),
+                "group_b": None,
+                "leak": False,
+            }
+        )
     cols = ["set", "id_a", "id_b", "kind", "distance", "label_a", "label_b", "group_a", "group_b", "leak"]
     dups = pd.DataFrame(dup_rows, columns=cols)
     write_csv(out / "duplicates.csv", dups)
@@ -242,9 +281,15 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
         s = sum(r["sum"] for r in rs)
         sq = sum(r["sumsq"] for r in rs)
         mean = s / n
-        std = np.sqrt(np.maximum(sq / n - mean ** 2, 0))
-        color_rows.append({"class": c, "images": len(rs), **{f"mean_{ch}": mean[k] for k, ch in enumerate("RGB")},
-                           **{f"std_{ch}": std[k] for k, ch in enumerate("RGB")}})
+        std = np.sqrt(np.maximum(sq / n - mean**2, 0))
+        color_rows.append(
+            {
+                "class": c,
+                "images": len(rs),
+                **{f"mean_{ch}": mean[k] for k, ch in enumerate("RGB")},
+                **{f"std_{ch}": std[k] for k, ch in enumerate("RGB")},
+            }
+        )
     colors = pd.DataFrame(color_rows)
     write_csv(out / "class_colour.csv", colors)
     bad = pd.DataFrame(train["bad"] + test["bad"], columns=["path", "error"])
@@ -259,33 +304,57 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
     leaks = dups[dups["leak"]]
     summary = [
         f"{len(ids)} train images, {len(table.classes)} classes, imbalance ratio {imbalance:.2f} (largest/smallest class)",
-        (f"{len(set(groups))} groups, {pd.Series(groups).value_counts().min()}-{pd.Series(groups).value_counts().max()} "
-         "images per group") if groups is not None else "no group column",
-        (f"sizes: {ok['width'].min()}-{ok['width'].max()} wide, {ok['height'].min()}-{ok['height'].max()} high; "
-         f"{n_gray} grayscale stored as RGB") if len(ok) else "no readable images",
+        (
+            f"{len(set(groups))} groups, {pd.Series(groups).value_counts().min()}-{pd.Series(groups).value_counts().max()} "
+            "images per group"
+        )
+        if groups is not None
+        else "no group column",
+        (
+            f"sizes: {ok['width'].min()}-{ok['width'].max()} wide, {ok['height'].min()}-{ok['height'].max()} high; "
+            f"{n_gray} grayscale stored as RGB"
+        )
+        if len(ok)
+        else "no readable images",
         f"{len(bad)} unreadable or truncated files" + (f" (see {out / 'unreadable.csv'})" if len(bad) else ""),
         f"duplicates: {int((dups['set'] == 'train').sum())} within train, {int((dups['set'] == 'train-test').sum())} "
-        f"train-test, {len(leaks)} across groups (leaks)" + (f" e.g. {leaks.iloc[0]['id_a']} ~ {leaks.iloc[0]['id_b']}"
-                                                             if len(leaks) else ""),
+        f"train-test, {len(leaks)} across groups (leaks)"
+        + (f" e.g. {leaks.iloc[0]['id_a']} ~ {leaks.iloc[0]['id_b']}" if len(leaks) else ""),
     ]
     if table.scheme is not None:
         summary += _attribute_lines(table)
         write_csv(out / "attributes.csv", attribute_counts(table)[1].reset_index())
     esc = html.escape
     source = data.train_csv if data.layout is None else "data.layout rows"
-    body = [f"<h1>EDA: {esc(str(source))}</h1>", "<ul>"] + [f"<li><pre>{esc(s)}</pre></li>" if "\n" in s else
-                                                             f"<li>{esc(s)}</li>" for s in summary] + ["</ul>"]
+    body = (
+        [f"<h1>EDA: {esc(str(source))}</h1>", "<ul>"]
+        + [f"<li><pre>{esc(s)}</pre></li>" if "\n" in s else f"<li>{esc(s)}</li>" for s in summary]
+        + ["</ul>"]
+    )
     for title, name in plots:
-        body.append(f"<h2>{esc(title)}</h2><img src=\"{esc(name)}\" alt=\"{esc(title)}\">")
+        body.append(f'<h2>{esc(title)}</h2><img src="{esc(name)}" alt="{esc(title)}">')
     body.append("<h2>per-class RGB mean/std (0-255)</h2>" + colors.to_html(index=False, float_format="%.1f"))
-    body.append("<h2>class counts</h2>" + pd.DataFrame({"class": list(counts), "images": list(counts.values())})
-                .to_html(index=False))
+    body.append(
+        "<h2>class counts</h2>"
+        + pd.DataFrame({"class": list(counts), "images": list(counts.values())}).to_html(index=False)
+    )
     body.append("<h2>unreadable / truncated files</h2>" + (bad.to_html(index=False) if len(bad) else "<p>none</p>"))
-    body.append("<h2>duplicates (first 200; all in duplicates.csv)</h2>"
-                + (dups.head(200).to_html(index=False) if len(dups) else "<p>none</p>"))
-    page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>comp eda</title><style>body{font-family:sans-serif}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
-            + "\n".join(body) + "</body></html>\n")
+    body.append(
+        "<h2>duplicates (first 200; all in duplicates.csv)</h2>"
+        + (dups.head(200).to_html(index=False) if len(dups) else "<p>none</p>")
+    )
+    page = (
+        '<!doctype html><html><head><meta charset="utf-8"><title>comp eda</title><style>body{font-family:sans-serif}'
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
     html_path = write_text(out / "eda.html", page)
-    return {"summary": summary, "html": html_path, "duplicates": dups, "unreadable": bad, "gray": n_gray,
-            "plots": [name for _, name in plots]}
+    return {
+        "summary": summary,
+        "html": html_path,
+        "duplicates": dups,
+        "unreadable": bad,
+        "gray": n_gray,
+        "plots": [name for _, name in plots],
+    }

@@ -32,9 +32,17 @@ def mislabel_ranking(oof: pd.DataFrame, classes: list[str], id_col: str) -> pd.D
     pred = probs.argmax(1)
     p_label = probs[np.arange(len(y)), y]
     p_pred = probs[np.arange(len(y)), pred]
-    out = pd.DataFrame({id_col: oof[id_col].to_numpy(), "fold": oof["fold"].to_numpy(), "label": oof["target"].to_numpy(),
-                        "pred": np.asarray(classes, dtype=object)[pred], "p_label": p_label, "p_pred": p_pred,
-                        "margin": p_pred - p_label})
+    out = pd.DataFrame(
+        {
+            id_col: oof[id_col].to_numpy(),
+            "fold": oof["fold"].to_numpy(),
+            "label": oof["target"].to_numpy(),
+            "pred": np.asarray(classes, dtype=object)[pred],
+            "p_label": p_label,
+            "p_pred": p_pred,
+            "margin": p_pred - p_label,
+        }
+    )
     return out.sort_values(["p_label", "margin"], ascending=[True, False], kind="mergesort").reset_index(drop=True)
 
 
@@ -68,8 +76,9 @@ def cam_layer(model: torch.nn.Module, hw) -> dict | None:
     return deep_enough[-1]
 
 
-def gradcam(model: Any, x: torch.Tensor, class_idx: int | None = None, name: str = "",
-            layer: Any = "auto") -> tuple[np.ndarray, int]:
+def gradcam(
+    model: Any, x: torch.Tensor, class_idx: int | None = None, name: str = "", layer: Any = "auto"
+) -> tuple[np.ndarray, int]:
     """Grad-CAM for one image ``x`` (1, C, H, W): (h, w) map in [0, 1] and the class it explains.
 
     The map is the last feature map (``forward_features``), or with ``layer`` (a ``feature_info`` entry;
@@ -100,7 +109,9 @@ def gradcam(model: Any, x: torch.Tensor, class_idx: int | None = None, name: str
             hook.remove()
         feats, channels = store["act"], layer.get("num_chs")
     if feats.ndim != 4:
-        raise CompError(f"model {label} has no spatial feature map; Grad-CAM needs a CNN (its features are {feats.ndim}-D)")
+        raise CompError(
+            f"model {label} has no spatial feature map; Grad-CAM needs a CNN (its features are {feats.ndim}-D)"
+        )
     cls = int(logits.argmax(1)[0]) if class_idx is None else int(class_idx)
     model.zero_grad(set_to_none=True)
     logits[0, cls].backward()
@@ -150,8 +161,15 @@ def _confusion_png(files: FileSet, path: Path, cm: np.ndarray, classes: list[str
     ax.set_ylabel("label")
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
     files.add(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
     return path
 
@@ -166,13 +184,16 @@ def best_model(run: RunDir, ids: list[str]) -> str:
             if m.cv is not None:
                 scored.append((m.cv if m.greater_is_better else -m.cv, mid))
     if not scored:
-        raise CompError(f"{run.root} has no model with all folds trained ({', '.join(ids) or 'none'}); "
-                        "finish train-folds or pick one with --model")
+        raise CompError(
+            f"{run.root} has no model with all folds trained ({', '.join(ids) or 'none'}); "
+            "finish train-folds or pick one with --model"
+        )
     return max(scored)[1]
 
 
-def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids: list[str] | None = None,
-                out_dir=None) -> dict:
+def explain_run(
+    run_dir, model_id: str | None = None, top: int = 12, gradcam_ids: list[str] | None = None, out_dir=None
+) -> dict:
     """Write the explain report (for ``model_id``, default the best-CV model); returns {'model_id', 'out',
     'scores', 'mislabeled', 'confusion', 'cams': {id: map}}."""
     from comp.data._augment import from_dict
@@ -208,7 +229,9 @@ def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids
     scores = per_class_scores(cm, classes)
     # the report's files are staged and committed together: a failure half-way leaves the previous report whole
     with FileSet(out) as files:
-        files.csv(out / "confusion.csv", pd.DataFrame(cm, index=classes, columns=classes).rename_axis("label").reset_index())
+        files.csv(
+            out / "confusion.csv", pd.DataFrame(cm, index=classes, columns=classes).rename_axis("label").reset_index()
+        )
         _confusion_png(files, out / "confusion.png", cm, classes)
         files.csv(out / "per_class.csv", scores)
         files.csv(out / "mislabeled.csv", ranked)
@@ -216,7 +239,9 @@ def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids
         for rec in worst.itertuples(index=False):
             rid = getattr(rec, id_col) if id_col.isidentifier() else rec[0]
             try:
-                items.append((load_image(path_of[str(rid)]), f"{rid}\nlabel {rec.label} pred {rec.pred} ({rec.p_pred:.2f})"))
+                items.append(
+                    (load_image(path_of[str(rid)]), f"{rid}\nlabel {rec.label} pred {rec.pred} ({rec.p_pred:.2f})")
+                )
             except (CompError, KeyError):
                 continue
         if items:
@@ -233,8 +258,18 @@ def explain_run(run_dir, model_id: str | None = None, top: int = 12, gradcam_ids
             cam, cls = gradcam(model, x, name=ckpt.get("model_name", model_id))
             cam = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
             cams[rid] = cam
-            cam_items += [(img, f"{rid} label {label_of[rid]}"), (_overlay(img, cam), f"fold {fold} CAM for {classes[cls]}")]
+            cam_items += [
+                (img, f"{rid} label {label_of[rid]}"),
+                (_overlay(img, cam), f"fold {fold} CAM for {classes[cls]}"),
+            ]
         if cam_items:
             _grid(files, out / "gradcam.png", cam_items)
-    return {"out": out, "model_id": model_id, "scores": scores, "mislabeled": ranked, "confusion": cm, "cams": cams,
-            "mistakes": len(mistakes)}
+    return {
+        "out": out,
+        "model_id": model_id,
+        "scores": scores,
+        "mislabeled": ranked,
+        "confusion": cm,
+        "cams": cams,
+        "mistakes": len(mistakes),
+    }

@@ -71,7 +71,9 @@ def scorer(metric: Metric, y: np.ndarray) -> Callable[[np.ndarray], float]:
     return score
 
 
-def fit_weights(P: np.ndarray, y: np.ndarray, metric: Metric, steps=(0.5, 0.2, 0.05), max_rounds: int = 30) -> np.ndarray:
+def fit_weights(
+    P: np.ndarray, y: np.ndarray, metric: Metric, steps=(0.5, 0.2, 0.05), max_rounds: int = 30
+) -> np.ndarray:
     """Non-negative weights summing to one that optimise ``metric``, by greedy coordinate search."""
     # Hand-written rather than scipy.optimize: argmax metrics (F1, accuracy) are piecewise constant, so
     # gradient and simplex methods stall on their plateaus; a coarse-to-fine coordinate grid does not.
@@ -165,7 +167,7 @@ def fit_stack(P: np.ndarray, y: np.ndarray, l2: float = STACK_L2) -> Stacker:
     ridge = 1e-6
 
     def unpack(theta):
-        return theta[:M], theta[M:M + C], theta[M + C:].reshape(M, C)
+        return theta[:M], theta[M : M + C], theta[M + C :].reshape(M, C)
 
     def loss_grad(theta):
         a, b, d = unpack(theta)
@@ -174,8 +176,10 @@ def fit_stack(P: np.ndarray, y: np.ndarray, l2: float = STACK_L2) -> Stacker:
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         G = (np.exp(logp) - onehot) / n  # d loss / d logits
         gd = np.einsum("nc,mnc->mc", G, L)
-        loss = -(onehot * logp).sum() / n + l2 * (d ** 2).sum() + ridge * ((a ** 2).sum() + (b ** 2).sum())
-        grad = np.concatenate([gd.sum(axis=1) + 2 * ridge * a, G.sum(axis=0) + 2 * ridge * b, (gd + 2 * l2 * d).ravel()])
+        loss = -(onehot * logp).sum() / n + l2 * (d**2).sum() + ridge * ((a**2).sum() + (b**2).sum())
+        grad = np.concatenate(
+            [gd.sum(axis=1) + 2 * ridge * a, G.sum(axis=0) + 2 * ridge * b, (gd + 2 * l2 * d).ravel()]
+        )
         return loss, grad
 
     theta0 = np.concatenate([np.full(M, 1.0 / M), np.zeros(C), np.zeros(M * C)])  # start at the geometric mean
@@ -278,7 +282,9 @@ def _stacking(P, y, metric):
     return Blender(fit_stack(P, y).predict, None)
 
 
-def fit_blend(method: Method, P: np.ndarray, y: np.ndarray, metric: Metric, bias: bool) -> tuple[Blender, np.ndarray | None]:
+def fit_blend(
+    method: Method, P: np.ndarray, y: np.ndarray, metric: Metric, bias: bool
+) -> tuple[Blender, np.ndarray | None]:
     """Fit a method (and optional per-class biases on its output) on OOF rows."""
     blender = method.fit(P, y, metric)
     if not bias:
@@ -287,7 +293,9 @@ def fit_blend(method: Method, P: np.ndarray, y: np.ndarray, metric: Metric, bias
     return Blender(lambda Q: apply_bias(blender.predict(Q), b), blender.weights), b
 
 
-def nested_oof(method: Method, P: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, bias: bool) -> np.ndarray:
+def nested_oof(
+    method: Method, P: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, bias: bool
+) -> np.ndarray:
     """Out-of-fold blend: for each fold, fit on the other folds' OOF rows and predict this fold's rows."""
     if len(np.unique(folds)) < 2:
         raise CompError("nested CV needs at least two folds in oof.csv; retrain with folds.n_splits >= 2")

@@ -49,7 +49,9 @@ def load_member(model_dir: str | Path, tta: bool = False) -> Member:
     if not (path / "oof.csv").is_file() and not use_tta:
         if (path / "models").is_dir():
             inner = ", ".join(str(d) for d in sorted((path / "models").iterdir()) if d.is_dir())
-            raise CompError(f"{path} is a run folder, not a model folder; pass model folders such as {inner or path / 'models/<id>'}")
+            raise CompError(
+                f"{path} is a run folder, not a model folder; pass model folders such as {inner or path / 'models/<id>'}"
+            )
         raise CompError(f"{path / 'oof.csv'} not found; pass model folders RUN/models/<id> whose training finished")
     run = RunDir(path.parent.parent)
     if not run.config.is_file():
@@ -63,10 +65,14 @@ def load_member(model_dir: str | Path, tta: bool = False) -> Member:
     if run.test_pred(path.name).is_file():
         pred = run.read_test(path.name, id_column=id_col)
         if sorted(pred.classes) != sorted(oof.classes):
-            raise CompError(f"{run.test_pred(path.name)} has classes {pred.classes} but the OOF file has {oof.classes}; "
-                            "re-run comp predict")
+            raise CompError(
+                f"{run.test_pred(path.name)} has classes {pred.classes} but the OOF file has {oof.classes}; "
+                "re-run comp predict"
+            )
         test_ids, test = pd.Index(pred.ids), pred.probs[:, [pred.classes.index(c) for c in oof.classes]]
-    return Member(path, f"{run.root.name}/{path.name}", run.root, config, id_col, frame, oof.classes, oof.probs, test_ids, test)
+    return Member(
+        path, f"{run.root.name}/{path.name}", run.root, config, id_col, frame, oof.classes, oof.probs, test_ids, test
+    )
 
 
 @dataclass
@@ -100,11 +106,16 @@ def align(members: list[Member]) -> Aligned:
     P, T, notes = [], [], []
     for m in members:
         if set(m.classes) != set(ref.classes):
-            raise CompError(f"model {m.name} has classes {m.classes} but model {ref.name} has {ref.classes}; blend models of one competition")
+            raise CompError(
+                f"model {m.name} has classes {m.classes} but model {ref.name} has {ref.classes}; blend models of one competition"
+            )
         cols = [m.classes.index(c) for c in ref.classes]
         _same_ids(ids, pd.Index(m.frame["id"]), ref.name, m.name, "OOF rows")
         frame = m.frame.set_index("id").loc[ids]
-        for col, hint in (("fold", "retrain with the same folds.csv"), ("target", "blend models trained on the same train.csv")):
+        for col, hint in (
+            ("fold", "retrain with the same folds.csv"),
+            ("target", "blend models trained on the same train.csv"),
+        ):
             diff = np.flatnonzero(frame[col].to_numpy() != ref.frame[col].to_numpy())
             if len(diff):
                 i, why = diff[0], " (blending them leaks validation rows into training)" if col == "fold" else ""
@@ -122,8 +133,14 @@ def align(members: list[Member]) -> Aligned:
     y = pd.Index(ref.classes).get_indexer(ref.frame["target"])
     has_test = len(T) == len(members)
     return Aligned(
-        ids.to_numpy(), ref.frame["fold"].to_numpy(), y, list(ref.classes), np.stack(P),
-        ref.test_ids.to_numpy() if has_test and ref.test_ids is not None else None, np.stack(T) if has_test else None, notes,
+        ids.to_numpy(),
+        ref.frame["fold"].to_numpy(),
+        y,
+        list(ref.classes),
+        np.stack(P),
+        ref.test_ids.to_numpy() if has_test and ref.test_ids is not None else None,
+        np.stack(T) if has_test else None,
+        notes,
     )
 
 
@@ -156,7 +173,9 @@ def _prepare_submission(data: Aligned, probs, first: Member, name: str, out) -> 
     if probs is None or not sample or not Path(sample).is_file():
         why = "no test predictions" if probs is None else f"sample submission {sample!r} not found"
         if out is not None:
-            raise CompError(f"--out {out} given but {why}; run comp predict on every member / set data.sample_submission")
+            raise CompError(
+                f"--out {out} given but {why}; run comp predict on every member / set data.sample_submission"
+            )
         return None, "" if probs is None else f"no submission written: {why}"  # align() already noted missing test.csv
     df = make_submission(data.test_ids, probs, data.classes, sample, first.id_column)
     validate_submission(df, sample, data.classes, first.id_column)
@@ -175,8 +194,17 @@ def _blend_name(name: str | None, method: str, bias: bool, members: list[Member]
     return name, run_root
 
 
-def run_ensemble(model_dirs, *, method: str = "hill_climb", metric: str | None = None, bias: bool = False,
-                 name: str | None = None, out=None, tta: bool = False, submit: bool = True) -> dict:
+def run_ensemble(
+    model_dirs,
+    *,
+    method: str = "hill_climb",
+    metric: str | None = None,
+    bias: bool = False,
+    name: str | None = None,
+    out=None,
+    tta: bool = False,
+    submit: bool = True,
+) -> dict:
     """Blend model folders, score the blend with nested CV, save it as a run folder and (``submit``) a submission."""
     blend = get_method(method)
     members = _members(model_dirs, tta)
@@ -190,11 +218,20 @@ def run_ensemble(model_dirs, *, method: str = "hill_climb", metric: str | None =
     pending, note = _prepare_submission(data, test, first, name, out) if submit else (None, "")
     weights = None if final.weights is None else [float(w) for w in final.weights]
     result = {
-        "name": name, "method": method, "metric": scorer.name, "direction": scorer.direction,
-        "cv": scorer(data.y, honest), "cv_in_sample": scorer(data.y, in_sample),
+        "name": name,
+        "method": method,
+        "metric": scorer.name,
+        "direction": scorer.direction,
+        "cv": scorer(data.y, honest),
+        "cv_in_sample": scorer(data.y, in_sample),
         "folds": [scorer(data.y[data.folds == k], honest[data.folds == k]) for k in np.unique(data.folds)],
         "members": [
-            {"name": m.name, "path": str(m.path), "cv": scorer(data.y, p), "weight": None if weights is None else weights[i]}
+            {
+                "name": m.name,
+                "path": str(m.path),
+                "cv": scorer(data.y, p),
+                "weight": None if weights is None else weights[i],
+            }
             for i, (m, p) in enumerate(zip(members, data.oof))
         ],
         "weights": weights,
@@ -207,8 +244,16 @@ def run_ensemble(model_dirs, *, method: str = "hill_climb", metric: str | None =
     return result
 
 
-def compare_blends(model_dirs, *, methods: list[str] | None = None, metric: str | None = None, bias: bool = False,
-                   name: str | None = None, out=None, tta: bool = False) -> dict:
+def compare_blends(
+    model_dirs,
+    *,
+    methods: list[str] | None = None,
+    metric: str | None = None,
+    bias: bool = False,
+    name: str | None = None,
+    out=None,
+    tta: bool = False,
+) -> dict:
     """Run several blend methods (default: every registered one) on the same members, each saved as
     blend-<method>; the submission comes from the one with the best honest (nested) CV. Choosing among a
     few methods by that score is itself a mild selection, so its CV is reported as the best of len(methods)."""
@@ -239,24 +284,46 @@ def submit_blend(model_dir, out=None) -> str | None:
     return str(write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column))
 
 
-def _write_run(run_root: Path, name: str, data: Aligned, first: Member, honest, test, result: dict,
-               pending: PendingSubmission | None) -> tuple[Path, Path | None]:
+def _write_run(
+    run_root: Path,
+    name: str,
+    data: Aligned,
+    first: Member,
+    honest,
+    test,
+    result: dict,
+    pending: PendingSubmission | None,
+) -> tuple[Path, Path | None]:
     """Save the blend as ``run_root/models/<name>`` (oof, test, metrics) plus the run's config.yaml and folds.csv,
     and the submission, all committed as one set: a killed blend never leaves new tables beside old metrics."""
     run = RunDir(run_root)
     labels = np.asarray(data.classes, dtype=object)[data.y]
     source = RunDir(first.run)
     with FileSet(run_root) as files:
-        run.write_oof(name, Predictions(data.ids, data.classes, honest, data.folds, labels, first.id_column), into=files)
+        run.write_oof(
+            name, Predictions(data.ids, data.classes, honest, data.folds, labels, first.id_column), into=files
+        )
         if test is not None and data.test_ids is not None:
             run.write_test(name, Predictions(data.test_ids, data.classes, test, id_column=first.id_column), into=files)
         scorer = get_metric(result["metric"])
         extra = {k: result[k] for k in ("cv_in_sample", "method", "weights", "bias")}
         if result.get("attribute_f1"):
             extra["attribute_f1"] = result["attribute_f1"]
-        run.write_metrics(name, Metrics(result["metric"], scorer.greater_is_better, result["cv"], result["folds"], extra={
-            **extra, "members": [m["path"] for m in result["members"]], "member_cv": [m["cv"] for m in result["members"]]}),
-            into=files)
+        run.write_metrics(
+            name,
+            Metrics(
+                result["metric"],
+                scorer.greater_is_better,
+                result["cv"],
+                result["folds"],
+                extra={
+                    **extra,
+                    "members": [m["path"] for m in result["members"]],
+                    "member_cv": [m["cv"] for m in result["members"]],
+                },
+            ),
+            into=files,
+        )
         files.text(run.config, source.config.read_text())
         if source.folds.is_file():
             files.text(run.folds, source.folds.read_text())
@@ -283,5 +350,12 @@ def _attribute_f1(config: Config, data: Aligned, probs: np.ndarray) -> dict[str,
 def result_rows(result: dict) -> list[dict]:
     """Rows for the terminal table: every member, then the blend (in-sample and nested CV)."""
     rows = [{"model": m["name"], "weight": m["weight"], "cv": m["cv"], "cv_in_sample": None} for m in result["members"]]
-    rows.append({"model": f"{result['name']} (blend)", "weight": None, "cv": result["cv"], "cv_in_sample": result["cv_in_sample"]})
+    rows.append(
+        {
+            "model": f"{result['name']} (blend)",
+            "weight": None,
+            "cv": result["cv"],
+            "cv_in_sample": result["cv_in_sample"],
+        }
+    )
     return rows

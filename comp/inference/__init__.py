@@ -5,5 +5,14 @@ from comp.inference._export import export_run
 from comp.inference._predict import ModelPrediction, PredictResult, predict_run
 from comp.inference._tta import MERGES, TTA_OPS, merge_probs
 
-__all__ = ["MERGES", "TTA_OPS", "BundleResult", "ModelPrediction", "PredictResult", "bundle_run", "export_run",
-           "merge_probs", "predict_run"]
+__all__ = [
+    "MERGES",
+    "TTA_OPS",
+    "BundleResult",
+    "ModelPrediction",
+    "PredictResult",
+    "bundle_run",
+    "export_run",
+    "merge_probs",
+    "predict_run",
+]

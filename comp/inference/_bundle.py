@@ -144,9 +144,7 @@ def _blend_source(run: RunDir, name: str, blend: dict[str, Any], path: Path) -> 
             f"bundle a blend made with {able}, or the runs themselves"
         )
     if not isinstance(members, list) or not isinstance(weights, list) or len(members) != len(weights):
-        raise RunFolderError(
-            f"{where} lists {len(members)} members and {len(weights)} weights; re-run comp ensemble"
-        )
+        raise RunFolderError(f"{where} lists {len(members)} members and {len(weights)} weights; re-run comp ensemble")
     cfg = run.load_config()
     out = []
     for member, weight in zip(members, weights):
@@ -175,14 +173,8 @@ def resolve_source(source: str | Path, models: list[str] | None) -> Source:
     if run.config.is_file():
         if run.model_ids():
             cfg = run.load_config()
-            return Source(
-                "run", path, [Member(run, m, 1.0, cfg) for m in select_models(run, models)], cfg.data
-            )
-        names = (
-            sorted(d.name for d in run.models_root.iterdir() if d.is_dir())
-            if run.models_root.is_dir()
-            else []
-        )
+            return Source("run", path, [Member(run, m, 1.0, cfg) for m in select_models(run, models)], cfg.data)
+        names = sorted(d.name for d in run.models_root.iterdir() if d.is_dir()) if run.models_root.is_dir() else []
         blends = [(n, b) for n in names if (b := _blend_metrics(run, n))]
         if len(blends) != 1:
             raise RunFolderError(f"{path} holds no fold checkpoints and {len(blends)} blends; {hint}")
@@ -235,18 +227,10 @@ def check_preprocessing(ckpt: dict, where: Path) -> None:
     ):
         raise CompError(f"{where}: the eval Resize is {resize} and the model takes {h}x{w}; {fix}")
     same = np.allclose(norm.get("mean"), ckpt["mean"]) and np.allclose(norm.get("std"), ckpt["std"])
-    if (
-        norm.get("max_pixel_value") != 255.0
-        or norm.get("normalization", "standard") != "standard"
-        or not same
-    ):
-        raise CompError(
-            f"{where}: the eval Normalize is {norm}, not the model's mean/std on 0..255 pixels; {fix}"
-        )
+    if norm.get("max_pixel_value") != 255.0 or norm.get("normalization", "standard") != "standard" or not same:
+        raise CompError(f"{where}: the eval Normalize is {norm}, not the model's mean/std on 0..255 pixels; {fix}")
     if int(ckpt.get("in_chans", 3)) != 3:
-        raise CompError(
-            f"{where}: the model takes {ckpt.get('in_chans')} channels; predict.py feeds RGB (3 channels)"
-        )
+        raise CompError(f"{where}: the model takes {ckpt.get('in_chans')} channels; predict.py feeds RGB (3 channels)")
 
 
 def _template_fields(template: str) -> list[str]:
@@ -316,11 +300,7 @@ def check_out(out: Path) -> None:
             f"--out {out} exists and is not a comp bundle (it holds {names[0]}); pass a new or empty "
             "folder, or an earlier bundle to replace"
         )
-    extra = [
-        n
-        for n in names
-        if n not in ("manifest.json", "predict.py", KAGGLE_METADATA) and not n.endswith(".onnx")
-    ]
+    extra = [n for n in names if n not in ("manifest.json", "predict.py", KAGGLE_METADATA) and not n.endswith(".onnx")]
     if extra:
         raise CompError(
             f"--out {out} is an earlier bundle but also holds {extra[0]}, which a rebuild would delete; "
@@ -341,9 +321,7 @@ def parity_images(data: DataConfig, n: int = PARITY_IMAGES) -> tuple[list[Path],
     try:
         paths = load_train_table(data).paths[:n]
     except CompError as exc:
-        raise CompError(
-            f"no images to check the bundle on (test and training images both unusable: {exc})"
-        ) from None
+        raise CompError(f"no images to check the bundle on (test and training images both unusable: {exc})") from None
     return paths, None, f"{len(paths)} training images"
 
 
@@ -358,11 +336,7 @@ def bundle_inputs(
 def _cv2_resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     import cv2
 
-    return (
-        img
-        if img.shape[:2] == (height, width)
-        else cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
-    )
+    return img if img.shape[:2] == (height, width) else cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _compare(
@@ -458,9 +432,7 @@ def _build_graph(
     m, first = plan.member, plan.ckpts[0]
     own = [str(c) for c in first["classes"]]
     if sorted(own) != sorted(classes):
-        raise CompError(
-            f"{m.name} predicts classes {own}, the bundle {classes}; bundle models of one competition"
-        )
+        raise CompError(f"{m.name} predicts classes {own}, the bundle {classes}; bundle models of one competition")
     fused: nn.Module = FusedModel([model_from_checkpoint(ck)[0] for ck in plan.ckpts], plan.tta, plan.merge)
     if own != classes:
         fused = _Columns(fused, [own.index(c) for c in classes])
@@ -543,9 +515,7 @@ def _file_names(plans: list[_Plan]) -> None:
         p.file = f"{p.member.run.root.name}-{mid}.onnx" if ids.count(mid) > 1 else f"{mid}.onnx"
     files = [p.file for p in plans]
     if len(set(files)) != len(files):
-        raise CompError(
-            f"two bundle members would both be {files[0]}; blend models whose run/model names differ"
-        )
+        raise CompError(f"two bundle members would both be {files[0]}; blend models whose run/model names differ")
 
 
 # ---------------------------------------------------------------- the folder
@@ -617,9 +587,7 @@ def bundle_run(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     except OSError as exc:
-        raise CompError(
-            f"cannot write beside --out {out} ({exc.strerror}); choose a writable place"
-        ) from None
+        raise CompError(f"cannot write beside --out {out} ({exc.strerror}); choose a writable place") from None
     try:
         entries, rows = [], []
         for plan in plans:

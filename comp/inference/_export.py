@@ -74,13 +74,23 @@ def metadata(ckpt: dict, **extra) -> dict[str, str]:
     return graph_metadata(ckpt, input=INPUT, output=OUTPUT, **extra)
 
 
-def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: int, meta: dict[str, str], fp16: bool) -> None:
+def export_graph(
+    module: nn.Module, example: torch.Tensor, path: Path, opset: int, meta: dict[str, str], fp16: bool
+) -> None:
     """Trace ``module`` to ONNX at ``path`` (dynamic batch), optionally convert to fp16, attach metadata."""
     module.eval()  # the exporter restores the wrapper's mode afterwards, so it must already be eval
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter warns that it is legacy; it needs no onnxscript
-        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            opset_version=opset,
+        )
     model = onnx.load(str(path))
     if fp16:
         model = to_fp16(model)
@@ -91,8 +101,19 @@ def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: in
 
 # Nodes kept in float32 in an fp16 graph: reductions, exponentials and normalisations lose the most precision
 # in half (softmax over logits, layer norms' mean/variance, the fused graph's geometric TTA merge).
-FP32_OPS = ("Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp", "Log",
-            "LayerNormalization", "Erf")
+FP32_OPS = (
+    "Softmax",
+    "LogSoftmax",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "Pow",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "LayerNormalization",
+    "Erf",
+)
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -100,8 +121,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     (onnxconverter-common's converter, the maintained one)."""
     from onnxconverter_common import float16
 
-    half = float16.convert_float_to_float16(model, keep_io_types=True,
-                                            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS])
+    half = float16.convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS]
+    )
     return _float32_outputs(half)
 
 
@@ -149,8 +171,15 @@ def parity_batch(cfg: Config, ckpt: dict, run: RunDir, n: int = PARITY_IMAGES) -
     return torch.stack([ds[i][0] for i in range(len(ds))]).float(), source
 
 
-def write_checked(module: nn.Module, reference: np.ndarray, batch: torch.Tensor, path: Path, opset: int,
-                  meta: dict[str, str], fp16: bool) -> float:
+def write_checked(
+    module: nn.Module,
+    reference: np.ndarray,
+    batch: torch.Tensor,
+    path: Path,
+    opset: int,
+    meta: dict[str, str],
+    fp16: bool,
+) -> float:
     """Export to a temporary file, compare with ``reference`` on ``batch``, and rename into place only on pass."""
     precision = "fp16" if fp16 else "fp32"
     diffs: list[float] = []
@@ -160,8 +189,10 @@ def write_checked(module: nn.Module, reference: np.ndarray, batch: torch.Tensor,
         got = _session(tmp).run([OUTPUT], {INPUT: batch.numpy()})[0]
         diffs.append(float(np.abs(got.astype(np.float64) - reference).max()))
         if not diffs[0] <= TOLERANCE[precision]:
-            raise CompError(f"{path.name}: ONNX ({precision}) differs from PyTorch by {diffs[0]:.2e} > "
-                            f"{TOLERANCE[precision]:.0e}; nothing written (try another --opset, or drop --fp16)")
+            raise CompError(
+                f"{path.name}: ONNX ({precision}) differs from PyTorch by {diffs[0]:.2e} > "
+                f"{TOLERANCE[precision]:.0e}; nothing written (try another --opset, or drop --fp16)"
+            )
 
     atomic_write(path, write)
     return diffs[0]
@@ -172,8 +203,17 @@ def _torch_probs(module: nn.Module, batch: torch.Tensor) -> np.ndarray:
         return module.eval()(batch).double().numpy()
 
 
-def export_model(run: RunDir, model_id: str, cfg: Config, *, fp16: bool = False, fuse: bool = False, opset: int = 17,
-                 tta: list[str] | None = None, tta_merge: str = "mean") -> dict:
+def export_model(
+    run: RunDir,
+    model_id: str,
+    cfg: Config,
+    *,
+    fp16: bool = False,
+    fuse: bool = False,
+    opset: int = 17,
+    tta: list[str] | None = None,
+    tta_merge: str = "mean",
+) -> dict:
     """Export every fold of one model (and optionally the fused graph); write and return ``export.json``."""
     ckpt_paths = run.checkpoints(model_id)
     if not ckpt_paths:
@@ -186,11 +226,26 @@ def export_model(run: RunDir, model_id: str, cfg: Config, *, fp16: bool = False,
         batch, source = parity_batch(cfg, ckpt, run)
         module = ProbModel(model)
         out = run.model_dir(model_id) / f"fold{ckpt['fold']}.onnx"
-        diff = write_checked(module, _torch_probs(module, batch), batch, out, opset,
-                             metadata(ckpt, fold=ckpt["fold"], precision=precision, tta=[], tta_merge="mean",
-                                      checkpoints={str(ckpt["fold"]): file_digest(path)}), fp16)
+        diff = write_checked(
+            module,
+            _torch_probs(module, batch),
+            batch,
+            out,
+            opset,
+            metadata(
+                ckpt,
+                fold=ckpt["fold"],
+                precision=precision,
+                tta=[],
+                tta_merge="mean",
+                checkpoints={str(ckpt["fold"]): file_digest(path)},
+            ),
+            fp16,
+        )
         log.info(f"{out}: max |onnx - torch| = {diff:.2e} on {len(batch)} {source} ({precision})")
-        files.append({"file": out.name, "fold": ckpt["fold"], "max_abs_diff": diff, "images": len(batch), "checked_on": source})
+        files.append(
+            {"file": out.name, "fold": ckpt["fold"], "max_abs_diff": diff, "images": len(batch), "checked_on": source}
+        )
         digests[str(ckpt["fold"])] = file_digest(path)
         models.append(model)
         batches.append(batch)
@@ -199,15 +254,38 @@ def export_model(run: RunDir, model_id: str, cfg: Config, *, fp16: bool = False,
         fused = FusedModel(models, tta, tta_merge)
         out = run.model_dir(model_id) / "fused.onnx"
         folds = [f["fold"] for f in files]
-        diff = write_checked(fused, _torch_probs(fused, batch), batch, out, opset,
-                             metadata(ckpt, folds=folds, precision=precision, tta=tta, tta_merge=tta_merge, checkpoints=digests), fp16)
-        log.info(f"{out}: max |onnx - mean of torch folds| = {diff:.2e} on {len(batch)} images ({precision}, tta {tta or 'none'})")
-        files.append({"file": out.name, "folds": folds, "tta": tta, "tta_merge": tta_merge, "max_abs_diff": diff,
-                      "images": len(batch)})
+        diff = write_checked(
+            fused,
+            _torch_probs(fused, batch),
+            batch,
+            out,
+            opset,
+            metadata(ckpt, folds=folds, precision=precision, tta=tta, tta_merge=tta_merge, checkpoints=digests),
+            fp16,
+        )
+        log.info(
+            f"{out}: max |onnx - mean of torch folds| = {diff:.2e} on {len(batch)} images ({precision}, tta {tta or 'none'})"
+        )
+        files.append(
+            {
+                "file": out.name,
+                "folds": folds,
+                "tta": tta,
+                "tta_merge": tta_merge,
+                "max_abs_diff": diff,
+                "images": len(batch),
+            }
+        )
     elif (stale := run.model_dir(model_id) / "fused.onnx").is_file():
         stale.unlink()  # built from the previous graphs: predict must not pick it up
         log.info(f"{stale}: removed (built from the previous export; pass --fuse to rebuild it)")
-    report = {"model_id": model_id, "precision": precision, "opset": opset, "tolerance": TOLERANCE[precision], "files": files}
+    report = {
+        "model_id": model_id,
+        "precision": precision,
+        "opset": opset,
+        "tolerance": TOLERANCE[precision],
+        "files": files,
+    }
     write_json(run.model_dir(model_id) / "export.json", report)
     return report
 
@@ -220,12 +298,22 @@ def select_models(run: RunDir, model_ids: list[str] | tuple[str, ...] | None) ->
         raise CompError(f"{run.root} holds no fold checkpoints under models/; run `comp train-folds` first")
     for mid in model_ids or ():
         if mid not in have:
-            raise CompError(f"--model {mid}: no checkpoints in {run.model_dir(mid)}; trained models are {', '.join(have)}")
+            raise CompError(
+                f"--model {mid}: no checkpoints in {run.model_dir(mid)}; trained models are {', '.join(have)}"
+            )
     return list(model_ids) if model_ids else have
 
 
-def export_run(run_dir: str | Path, *, models: list[str] | None = None, fp16: bool = False, fuse: bool = False,
-               opset: int = 17, tta: list[str] | None = None, tta_merge: str = "mean") -> dict[str, dict]:
+def export_run(
+    run_dir: str | Path,
+    *,
+    models: list[str] | None = None,
+    fp16: bool = False,
+    fuse: bool = False,
+    opset: int = 17,
+    tta: list[str] | None = None,
+    tta_merge: str = "mean",
+) -> dict[str, dict]:
     """Export the chosen models of a run folder (all by default); returns {model_id: export report}.
 
     ``tta`` views go inside the fused graph, so they need ``fuse=True`` (per-fold graphs take TTA at predict time).
@@ -233,10 +321,14 @@ def export_run(run_dir: str | Path, *, models: list[str] | None = None, fp16: bo
     if tta and not fuse:
         raise CompError("--tta only applies to the fused graph; add --fuse (per-fold graphs take TTA at predict time)")
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise CompError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (the range the exporter writes), got {opset}")
+        raise CompError(
+            f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (the range the exporter writes), got {opset}"
+        )
     check_merge(tta_merge)
     run = RunDir(run_dir)
     mids = select_models(run, models)
     cfg = run.load_config()
-    return {mid: export_model(run, mid, cfg, fp16=fp16, fuse=fuse, opset=opset, tta=tta or [], tta_merge=tta_merge)
-            for mid in mids}
+    return {
+        mid: export_model(run, mid, cfg, fp16=fp16, fuse=fuse, opset=opset, tta=tta or [], tta_merge=tta_merge)
+        for mid in mids
+    }

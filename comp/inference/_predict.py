@@ -59,7 +59,9 @@ class EngineOptions:
         return cls(p.tensorrt, p.trt_fp16, p.cudnn_conv_algo_search, p.cuda_graph, batch_size, run.root / ".trt_cache")
 
 
-def provider_chain(available: list[str], options: EngineOptions, input_shape: tuple[int, ...]) -> list[tuple[str, dict]]:
+def provider_chain(
+    available: list[str], options: EngineOptions, input_shape: tuple[int, ...]
+) -> list[tuple[str, dict]]:
     """onnxruntime providers with their options, best first; the session falls back along the chain.
 
     CUDA: cuDNN's convolution search is EXHAUSTIVE (benchmark once per shape; right for fixed-size batches) or
@@ -71,17 +73,26 @@ def provider_chain(available: list[str], options: EngineOptions, input_shape: tu
     c, h, w = (int(d) if isinstance(d, int) else -1 for d in dims3)
     if options.tensorrt and "TensorrtExecutionProvider" in available and min(c, h, w) > 0:
         dims = lambda n: f"{INPUT}:{n}x{c}x{h}x{w}"  # noqa: E731
-        trt: dict[str, object] = {"trt_fp16_enable": options.trt_fp16, "trt_profile_min_shapes": dims(1),
-                                  "trt_profile_opt_shapes": dims(options.batch_size),
-                                  "trt_profile_max_shapes": dims(options.batch_size)}
+        trt: dict[str, object] = {
+            "trt_fp16_enable": options.trt_fp16,
+            "trt_profile_min_shapes": dims(1),
+            "trt_profile_opt_shapes": dims(options.batch_size),
+            "trt_profile_max_shapes": dims(options.batch_size),
+        }
         if options.cache_dir is not None:
             cache = str(options.cache_dir)
-            trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=cache, trt_timing_cache_enable=True,
-                       trt_timing_cache_path=cache)
+            trt.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=cache,
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=cache,
+            )
         chain.append(("TensorrtExecutionProvider", trt))
     if "CUDAExecutionProvider" in available:
-        cuda: dict[str, object] = {"cudnn_conv_algo_search": options.cudnn_conv_algo_search.upper(),
-                                   "cudnn_conv_use_max_workspace": "1"}
+        cuda: dict[str, object] = {
+            "cudnn_conv_algo_search": options.cudnn_conv_algo_search.upper(),
+            "cudnn_conv_use_max_workspace": "1",
+        }
         if options.cuda_graph:
             cuda["enable_cuda_graph"] = "1"
         chain.append(("CUDAExecutionProvider", cuda))
@@ -94,7 +105,7 @@ def fixed_batches(x: np.ndarray, batch: int, run) -> np.ndarray:
     one fixed input shape; returns the rows of ``x`` only."""
     out = []
     for start in range(0, len(x), batch):
-        part = x[start:start + batch]
+        part = x[start : start + batch]
         if len(part) < batch:
             part = np.concatenate([part, np.zeros((batch - len(part), *part.shape[1:]), part.dtype)])
         out.append(run(part)[: min(batch, len(x) - start)])
@@ -113,7 +124,9 @@ class OrtRunner:
         # one process per machine is the norm here; torch's thread count already reflects the user's setting
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         available = providers()
-        probe = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]) if len(available) > 1 else None
+        probe = (
+            ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]) if len(available) > 1 else None
+        )
         shape = tuple(probe.get_inputs()[0].shape) if probe is not None else ()
         if self.options.cache_dir is not None and "TensorrtExecutionProvider" in available:
             self.options.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -214,32 +227,49 @@ def graph_matches(onnx_path: Path, digests: dict[str, str]) -> bool:
     return meta.get("checkpoints") == digests
 
 
-def load_folds(run: RunDir, model_id: str, cfg: Config, engine: str, *, expect_folds: int | None = None,
-               batch_size: int | None = None) -> list[Fold]:
+def load_folds(
+    run: RunDir,
+    model_id: str,
+    cfg: Config,
+    engine: str,
+    *,
+    expect_folds: int | None = None,
+    batch_size: int | None = None,
+) -> list[Fold]:
     """Every fold of a model as a runner; the onnx engine exports (with its parity check) graphs that are
     missing or were exported from other checkpoints."""
     paths = run.checkpoints(model_id)
     if expect_folds is not None and len(paths) != expect_folds:
         have = sorted(int(p.stem[4:]) for p in paths)
         missing = sorted(set(range(expect_folds)) - set(have))
-        raise CompError(f"{run.model_dir(model_id)} has checkpoints for folds {have} of {expect_folds}; train the rest "
-                        f"(comp train-folds --folds {','.join(map(str, missing))}) or pass --allow-missing-folds")
+        raise CompError(
+            f"{run.model_dir(model_id)} has checkpoints for folds {have} of {expect_folds}; train the rest "
+            f"(comp train-folds --folds {','.join(map(str, missing))}) or pass --allow-missing-folds"
+        )
     digests = {int(p.stem[4:]): file_digest(p) for p in paths}
-    if engine == "onnx" and any(not graph_matches(p.with_suffix(".onnx"), {str(k): digests[k]}) for k, p in
-                                zip(digests, paths)):
-        log.info("%s: no ONNX graphs exported from these checkpoints; exporting them now (same as `comp export`)", model_id)
+    if engine == "onnx" and any(
+        not graph_matches(p.with_suffix(".onnx"), {str(k): digests[k]}) for k, p in zip(digests, paths)
+    ):
+        log.info(
+            "%s: no ONNX graphs exported from these checkpoints; exporting them now (same as `comp export`)", model_id
+        )
         export_model(run, model_id, cfg)
     device = resolve_device(cfg.device)
     options = EngineOptions.from_config(cfg, run, batch_size or cfg.predict.batch_size)
     out = []
     for p in paths:
         model, ckpt = model_from_checkpoint(p)
-        runner = (_Lazy(lambda p=p: OrtRunner(p.with_suffix(".onnx"), options=options)) if engine == "onnx"
-                  else TorchRunner(model, device, cfg.predict.compile))
+        runner = (
+            _Lazy(lambda p=p: OrtRunner(p.with_suffix(".onnx"), options=options))
+            if engine == "onnx"
+            else TorchRunner(model, device, cfg.predict.compile)
+        )
         out.append(Fold(ckpt["fold"], ckpt, runner))
     sizes = {(tuple(f.ckpt["image_size"]), tuple(f.ckpt["classes"])) for f in out}
     if len(sizes) > 1:
-        raise CompError(f"folds of {run.model_dir(model_id)} disagree on image size or classes; retrain them with one config")
+        raise CompError(
+            f"folds of {run.model_dir(model_id)} disagree on image size or classes; retrain them with one config"
+        )
     return out
 
 
@@ -251,16 +281,30 @@ def usable_fused(run: RunDir, model_id: str, folds: list[Fold], tta: list[str], 
     if not graph_matches(path, digests):
         return None
     meta = read_graph_metadata(path)
-    same = (meta.get("folds") == [f.fold for f in folds] and list(meta.get("tta", [])) == list(tta)
-            and (meta.get("tta_merge", "mean") == merge or not tta))
+    same = (
+        meta.get("folds") == [f.fold for f in folds]
+        and list(meta.get("tta", [])) == list(tta)
+        and (meta.get("tta_merge", "mean") == merge or not tta)
+    )
     return path if same else None
 
 
-def run_views(runners: list, paths: list[Path], transform, tta: list[str], merge: str, batch_size: int,
-              num_workers: int = 0, desc: str = "") -> tuple[np.ndarray, np.ndarray]:
+def run_views(
+    runners: list,
+    paths: list[Path],
+    transform,
+    tta: list[str],
+    merge: str,
+    batch_size: int,
+    num_workers: int = 0,
+    desc: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
     """(plain, merged-TTA) probabilities, each (runners, N, C), decoding every image once for all runners."""
-    loader: DataLoader = DataLoader(ImageDataset(paths, transform=transform), batch_size=batch_size,  # type: ignore[arg-type]
-                                    num_workers=num_workers)
+    loader: DataLoader = DataLoader(
+        ImageDataset(paths, transform=transform),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        num_workers=num_workers,
+    )
     plain: list[list[np.ndarray]] = [[] for _ in runners]
     merged: list[list[np.ndarray]] = [[] for _ in runners]
     for x, _ in track(loader, desc, enabled=bool(desc)):
@@ -282,13 +326,23 @@ def _check_sample(data, test_ids: pd.Series) -> Path | None:
     want, got = set(sample[id_col]), set(test_ids)
     if want != got:
         first = next(iter(sorted(want - got) or sorted(got - want)))
-        raise CompError(f"{path}: {len(want - got)} ids missing from and {len(got - want)} extra in the test ids "
-                        f"(first: {first!r}); point data.sample_submission and data.test_csv at the same competition")
+        raise CompError(
+            f"{path}: {len(want - got)} ids missing from and {len(got - want)} extra in the test ids "
+            f"(first: {first!r}); point data.sample_submission and data.test_csv at the same competition"
+        )
     return path
 
 
-def oof_tta(run: RunDir, model_id: str, cfg: Config, folds: list[Fold], tta: list[str], merge: str,
-            batch_size: int, progress: bool) -> tuple[Predictions, float, float]:
+def oof_tta(
+    run: RunDir,
+    model_id: str,
+    cfg: Config,
+    folds: list[Fold],
+    tta: list[str],
+    merge: str,
+    batch_size: int,
+    progress: bool,
+) -> tuple[Predictions, float, float]:
     """Each fold's model with TTA on its own validation rows: (OOF with TTA, CV without, CV with TTA)."""
     data = cfg.data
     table = load_train_table(data)
@@ -301,13 +355,27 @@ def oof_tta(run: RunDir, model_id: str, cfg: Config, folds: list[Fold], tta: lis
     merged = plain.copy()
     for f in folds:
         idx = np.flatnonzero(fold_of == f.fold)
-        p, m = run_views([f.runner], [table.paths[i] for i in idx], from_dict(f.ckpt["eval_transform"]), tta, merge,
-                         batch_size, data.num_workers, f"{model_id} oof fold {f.fold}" if progress else "")
+        p, m = run_views(
+            [f.runner],
+            [table.paths[i] for i in idx],
+            from_dict(f.ckpt["eval_transform"]),
+            tta,
+            merge,
+            batch_size,
+            data.num_workers,
+            f"{model_id} oof fold {f.fold}" if progress else "",
+        )
         plain[idx], merged[idx] = p[0], m[0]
     done = ~np.isnan(merged[:, 0])
     metric = get_metric(cfg.metric)
-    pred = Predictions(table.df[id_col].to_numpy(dtype=object), list(classes), merged, fold_of.astype(np.int64),
-                       np.asarray(table.classes, dtype=object)[table.targets], id_col).take(done)
+    pred = Predictions(
+        table.df[id_col].to_numpy(dtype=object),
+        list(classes),
+        merged,
+        fold_of.astype(np.int64),
+        np.asarray(table.classes, dtype=object)[table.targets],
+        id_col,
+    ).take(done)
     y = table.targets[done]
     return pred, float(metric(y, plain[done])), float(metric(y, merged[done]))
 
@@ -351,15 +419,34 @@ class PredictResult:
         return self.run.read_test(model_id).frame()
 
     def table(self) -> str:
-        rows = [{"model": m.model_id, "folds": m.folds, "engine": self.engine, "tta": ",".join(self.tta) or "none",
-                 "cv": m.cv, "cv_tta": m.cv_tta} for m in self.models.values()]
+        rows = [
+            {
+                "model": m.model_id,
+                "folds": m.folds,
+                "engine": self.engine,
+                "tta": ",".join(self.tta) or "none",
+                "cv": m.cv,
+                "cv_tta": m.cv_tta,
+            }
+            for m in self.models.values()
+        ]
         return format_table(rows, ["model", "folds", "engine", "tta", "cv", "cv_tta"])
 
 
-def predict_run(run_dir: str | Path, *, models: list[str] | None = None, engine: str | None = None,
-                tta: list[str] | str | None = None, tta_merge: str | None = None,
-                overrides: list[str] | dict | tuple = (), out: str | Path | None = None, oof: bool = False,
-                batch_size: int | None = None, allow_missing_folds: bool = False, progress: bool = True) -> PredictResult:
+def predict_run(
+    run_dir: str | Path,
+    *,
+    models: list[str] | None = None,
+    engine: str | None = None,
+    tta: list[str] | str | None = None,
+    tta_merge: str | None = None,
+    overrides: list[str] | dict | tuple = (),
+    out: str | Path | None = None,
+    oof: bool = False,
+    batch_size: int | None = None,
+    allow_missing_folds: bool = False,
+    progress: bool = True,
+) -> PredictResult:
     """Predict the test set with every chosen model of a run; write test.csv per model and the submission."""
     run = RunDir(run_dir)
     mids = select_models(run, models)
@@ -374,23 +461,42 @@ def predict_run(run_dir: str | Path, *, models: list[str] | None = None, engine:
     files = FileSet(run.root)  # every model's test.csv (and oof_tta.csv) and the submission land together
     try:
         for mid in mids:
-            folds = load_folds(run, mid, cfg, engine, expect_folds=None if allow_missing_folds else cfg.folds.n_splits,
-                               batch_size=bs)
+            folds = load_folds(
+                run, mid, cfg, engine, expect_folds=None if allow_missing_folds else cfg.folds.n_splits, batch_size=bs
+            )
             ck = folds[0].ckpt
             if classes is not None and ck["classes"] != classes:
-                raise CompError(f"{mid} predicts classes {ck['classes']} but {mids[0]} predicts {classes}; predict them separately")
+                raise CompError(
+                    f"{mid} predicts classes {ck['classes']} but {mids[0]} predicts {classes}; predict them separately"
+                )
             classes = ck["classes"]
             fused = usable_fused(run, mid, folds, tta_views, merge) if engine == "onnx" else None
             if fused is not None:  # one session call per batch does every fold and TTA view
-                log.info("%s: using %s (folds %s, tta %s)", mid, fused, [f.fold for f in folds], ",".join(tta_views) or "none")
+                log.info(
+                    "%s: using %s (folds %s, tta %s)",
+                    mid,
+                    fused,
+                    [f.fold for f in folds],
+                    ",".join(tta_views) or "none",
+                )
                 runners: list[Any] = [OrtRunner(fused, options=EngineOptions.from_config(cfg, run, bs))]
                 views_tta: list[str] = []
             else:
                 runners, views_tta = [f.runner for f in folds], tta_views
-            _, merged = run_views(runners, paths, from_dict(ck["eval_transform"]), views_tta, merge, bs,
-                                  data.num_workers, f"{mid} test" if progress else "")
+            _, merged = run_views(
+                runners,
+                paths,
+                from_dict(ck["eval_transform"]),
+                views_tta,
+                merge,
+                bs,
+                data.num_workers,
+                f"{mid} test" if progress else "",
+            )
             probs = merged.mean(0)
-            test_pred = Predictions(test_df[data.id_column].to_numpy(dtype=object), list(classes), probs, id_column=data.id_column)
+            test_pred = Predictions(
+                test_df[data.id_column].to_numpy(dtype=object), list(classes), probs, id_column=data.id_column
+            )
             info = ModelPrediction(mid, len(folds), run.test_pred(mid), fused is not None)
             if oof:
                 pred, info.cv, info.cv_tta = oof_tta(run, mid, cfg, folds, tta_views, merge, bs, progress)
@@ -400,10 +506,14 @@ def predict_run(run_dir: str | Path, *, models: list[str] | None = None, engine:
             probs_by_model.append(probs)
         result = PredictResult(run, engine, tta_views, merge, results, None)
         if sample is None:
-            log.warning("no data.sample_submission in the config: wrote test.csv only (set it with --set data.sample_submission=FILE)")
+            log.warning(
+                "no data.sample_submission in the config: wrote test.csv only (set it with --set data.sample_submission=FILE)"
+            )
         else:
             assert classes is not None
-            sub = make_submission(test_df[data.id_column], np.mean(probs_by_model, axis=0), classes, sample, data.id_column)
+            sub = make_submission(
+                test_df[data.id_column], np.mean(probs_by_model, axis=0), classes, sample, data.id_column
+            )
             validate_submission(sub, sample, classes, data.id_column)
             result.submission = files.csv(out_path, sub)
     except BaseException:

@@ -36,7 +36,7 @@ def _fit(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Centre-crop or zero-pad (zero is the mean colour after normalisation) back to ``h`` x ``w``."""
     dh, dw = x.shape[2] - h, x.shape[3] - w
     if dh >= 0 and dw >= 0:
-        return x[:, :, dh // 2: dh // 2 + h, dw // 2: dw // 2 + w]
+        return x[:, :, dh // 2 : dh // 2 + h, dw // 2 : dw // 2 + w]
     return F.pad(x, (-dw // 2, -dw - (-dw // 2), -dh // 2, -dh - (-dh // 2)))
 
 

@@ -296,9 +296,7 @@ def _is_number(v: Any) -> bool:
 
 
 def _bad(key: str, want: str, got: Any) -> BundleError:
-    return BundleError(
-        f"manifest.json {key} must be {want}, got {json.dumps(got)}; fix it or rebuild the bundle"
-    )
+    return BundleError(f"manifest.json {key} must be {want}, got {json.dumps(got)}; fix it or rebuild the bundle")
 
 
 def _get(d: dict, key: str, where: str, check: Callable[[Any], bool], want: str, default: Any = ...) -> Any:
@@ -314,15 +312,11 @@ def _get(d: dict, key: str, where: str, check: Callable[[Any], bool], want: str,
 
 
 def _numbers(n: int, positive: bool = False) -> Callable[[Any], bool]:
-    return lambda v: (
-        isinstance(v, list) and len(v) == n and all(_is_number(x) and (x > 0 or not positive) for x in v)
-    )
+    return lambda v: isinstance(v, list) and len(v) == n and all(_is_number(x) and (x > 0 or not positive) for x in v)
 
 
 def _str_list(v: Any) -> bool:
-    return (
-        isinstance(v, list) and bool(v) and all(isinstance(x, str) and x for x in v) and len(set(v)) == len(v)
-    )
+    return isinstance(v, list) and bool(v) and all(isinstance(x, str) and x for x in v) and len(set(v)) == len(v)
 
 
 def _nonempty_str(v: Any) -> bool:
@@ -364,9 +358,7 @@ def _parse_graph(g: Any, i: int, bundle: Path) -> Graph:
     )
 
 
-def _parse_submission(
-    s: Any, classes: list[str], id_column: str
-) -> tuple[str, list[str], str | None, dict | None]:
+def _parse_submission(s: Any, classes: list[str], id_column: str) -> tuple[str, list[str], str | None, dict | None]:
     """Validate the ``submission`` block against the classes: (kind, columns, target_column, codes)."""
     if not isinstance(s, dict):
         raise _bad("submission", "an object", s)
@@ -377,9 +369,7 @@ def _parse_submission(
     target = codes = None
     if kind == "proba":
         if sorted(columns) != sorted([id_column, *classes]):
-            raise _bad(
-                "submission.columns", "the id column plus one column per class for kind proba", columns
-            )
+            raise _bad("submission.columns", "the id column plus one column per class for kind proba", columns)
     else:
         target = _get(
             s,
@@ -389,9 +379,7 @@ def _parse_submission(
             "a non-id column of submission.columns",
         )
     if kind == "code":
-        codes = _get(
-            s, "codes", "submission", lambda v: v is None or isinstance(v, dict), "an object or null", None
-        )
+        codes = _get(s, "codes", "submission", lambda v: v is None or isinstance(v, dict), "an object or null", None)
         if codes is None:
             codes = {c: i for i, c in enumerate(classes)}
         elif sorted(codes) != sorted(classes) or not all(
@@ -420,19 +408,13 @@ def load_manifest(bundle: Path) -> Manifest:
             f"manifest.json format is {json.dumps(fmt)}, this predict.py reads {json.dumps(FORMAT)}; use the predict.py of the same bundle"
         )
     classes = _get(data, "classes", "", _str_list, "a list of distinct class names")
-    graphs_raw = _get(
-        data, "graphs", "", lambda v: isinstance(v, list) and bool(v), "a non-empty list of graphs"
-    )
+    graphs_raw = _get(data, "graphs", "", lambda v: isinstance(v, list) and bool(v), "a non-empty list of graphs")
     graphs = [_parse_graph(g, i, bundle) for i, g in enumerate(graphs_raw)]
     id_column = _get(data, "id_column", "", _nonempty_str, "the sample's id column name")
-    ext = _get(
-        data, "image_ext", "", lambda v: isinstance(v, str), 'a file extension such as ".png" (or "")', None
-    )
+    ext = _get(data, "image_ext", "", lambda v: isinstance(v, str), 'a file extension such as ".png" (or "")', None)
     template = _get(data, "path_template", "", _nonempty_str, 'a format string such as "{id}.jpg"', None)
     if ext is None and template is None:
-        raise BundleError(
-            'manifest.json sets neither image_ext nor path_template; add one (e.g. "image_ext": ".png")'
-        )
+        raise BundleError('manifest.json sets neither image_ext nor path_template; add one (e.g. "image_ext": ".png")')
     kind, columns, target, codes = _parse_submission(data.get("submission"), classes, id_column)
     fingerprint = _get(data, "resize_fingerprint", "", _nonempty_str, "a sha256 hex string", None)
     return Manifest(classes, graphs, id_column, ext, template, kind, columns, target, codes, fingerprint)
@@ -567,15 +549,11 @@ class Runner:
                 f"graph {g.file} has no output {g.output!r} (it has {', '.join(outputs)}); fix its output in manifest.json"
             )
         if len(inputs) > 1:
-            raise BundleError(
-                f"graph {g.file} takes {len(inputs)} inputs; a bundle graph takes one image batch"
-            )
+            raise BundleError(f"graph {g.file} takes {len(inputs)} inputs; a bundle graph takes one image batch")
         shape = list(inputs[g.input].shape)
         want = [3, g.size[0], g.size[1]]
         if len(shape) != 4 or any(isinstance(s, int) and s != w for s, w in zip(shape[1:], want)):
-            raise BundleError(
-                f"graph {g.file} takes shape {shape}, manifest.json says N x {want}; rebuild the bundle"
-            )
+            raise BundleError(f"graph {g.file} takes shape {shape}, manifest.json says N x {want}; rebuild the bundle")
         dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(inputs[g.input].type)
         if dtype is None:
             raise BundleError(
@@ -720,9 +698,7 @@ def _prepare(path: Path, line: int, sample: Path, sizes: list[tuple[int, int]], 
         img = load_rgb(path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         kind = "not an image" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
-        raise BundleError(
-            f"image {path} ({sample} line {line}) is unreadable ({kind}); replace the file"
-        ) from None
+        raise BundleError(f"image {path} ({sample} line {line}) is unreadable ({kind}); replace the file") from None
     return {size: resize(img, size[0], size[1]) for size in sizes}
 
 
@@ -879,9 +855,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--provider", choices=("cpu", "cuda", "auto"), default="auto")
     ap.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    ap.add_argument(
-        "--probs", type=Path, default=None, help="also write id + one probability column per class"
-    )
+    ap.add_argument("--probs", type=Path, default=None, help="also write id + one probability column per class")
     return ap.parse_args(argv)
 
 

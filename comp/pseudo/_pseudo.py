@@ -34,8 +34,7 @@ class PseudoResult:
     def table(self) -> str:
         """One row per class: pseudo-labelled rows and their mean top probability."""
         rows = [
-            {"class": c, "rows": n, "mean_confidence": self.mean_confidence.get(c)}
-            for c, n in self.per_class.items()
+            {"class": c, "rows": n, "mean_confidence": self.mean_confidence.get(c)} for c, n in self.per_class.items()
         ]
         rows.append({"class": "all", "rows": self.rows, "mean_confidence": None})
         return format_table(rows, ["class", "rows", "mean_confidence"])
@@ -69,9 +68,7 @@ def pseudo_label(
     run, model_id = resolve_source(source, "test.csv")
     cfg = run.load_config()
     pred = run.read_test(model_id, id_column=cfg.data.id_column)
-    keep = select_rows(
-        pred.probs, threshold=threshold, top_per_class=top_per_class, max_per_class=max_per_class
-    )
+    keep = select_rows(pred.probs, threshold=threshold, top_per_class=top_per_class, max_per_class=max_per_class)
     conf = pred.probs.max(1)
     if not len(keep):
         raise CompError(
@@ -98,6 +95,4 @@ def pseudo_label(
         "soft" if soft else "hard",
         out,
     )
-    return PseudoResult(
-        out, run.model_dir(model_id), soft, int(len(keep)), int(len(pred.ids)), per_class, mean_conf
-    )
+    return PseudoResult(out, run.model_dir(model_id), soft, int(len(keep)), int(len(pred.ids)), per_class, mean_conf)

@@ -29,9 +29,7 @@ def select_rows(
     if threshold is not None and not 0 < threshold <= 1:
         raise CompError(f"--threshold must be in (0, 1], got {threshold}")
     for name, value in (("--top-per-class", top_per_class), ("--max-per-class", max_per_class)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
-        ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise CompError(f"{name} must be a whole number >= 1, got {value!r}")
     if top_per_class is not None and max_per_class is not None:
         raise CompError("--max-per-class caps --threshold; --top-per-class already sets the count per class")

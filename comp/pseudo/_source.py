@@ -18,15 +18,11 @@ def resolve_source(path: str | Path, needs: str, *, what: str = "source") -> tup
         kind = "is a file, not a folder" if path.exists() else "not found"
         if what.startswith("loss."):
             kind += " (a relative path is read from the config file's folder)"
-        raise RunFolderError(
-            f"{what} {path} {kind}; pass a run folder, RUN/models/<id>, or a blend's model folder"
-        )
+        raise RunFolderError(f"{what} {path} {kind}; pass a run folder, RUN/models/<id>, or a blend's model folder")
     path = path.resolve()
     if (path / "config.yaml").is_file():  # a run folder
         run = RunDir(path)
-        folders = (
-            sorted(d for d in run.models_root.glob("*") if d.is_dir()) if run.models_root.is_dir() else []
-        )
+        folders = sorted(d for d in run.models_root.glob("*") if d.is_dir()) if run.models_root.is_dir() else []
         having = [d.name for d in folders if (d / needs).is_file()]
         if len(having) == 1:
             return run.require(), having[0]
@@ -45,10 +41,6 @@ def resolve_source(path: str | Path, needs: str, *, what: str = "source") -> tup
             "RUN/models/<id>; pass one of those"
         )
     if not (path / needs).is_file():
-        hint = (
-            "run comp predict on its run first"
-            if needs == "test.csv"
-            else "finish comp train-folds for it first"
-        )
+        hint = "run comp predict on its run first" if needs == "test.csv" else "finish comp train-folds for it first"
         raise RunFolderError(f"{what} {path} has no {needs}; {hint}")
     return run.require(), path.name

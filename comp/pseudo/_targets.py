@@ -24,9 +24,7 @@ from comp.errors import CompError, RunFolderError
 from comp.pseudo._source import resolve_source
 from comp.run import RunDir
 
-SUM_TOLERANCE = (
-    0.01  # a soft row's probabilities must sum to 1 within this (CSV rounding), then are renormalised
-)
+SUM_TOLERANCE = 0.01  # a soft row's probabilities must sum to 1 within this (CSV rounding), then are renormalised
 
 
 def sha256(path: str | Path) -> str:
@@ -94,9 +92,7 @@ class TrainingTargets:
         return out
 
 
-def load_training_targets(
-    cfg: Config, table: TrainTable, folds: np.ndarray, run: RunDir
-) -> TrainingTargets | None:
+def load_training_targets(cfg: Config, table: TrainTable, folds: np.ndarray, run: RunDir) -> TrainingTargets | None:
     """Read and check ``data.extra_train`` and ``loss.distill`` (None when neither is set); nothing is written."""
     if cfg.data.extra_train is None and not cfg.loss.distill.enabled:
         return None

@@ -51,8 +51,14 @@ class Predictions:
         """Rows ``index`` (positions or a boolean mask)."""
         folds = None if self.folds is None else np.asarray(self.folds)[index]
         targets = None if self.targets is None else np.asarray(self.targets)[index]
-        return Predictions(np.asarray(self.ids)[index], list(self.classes), np.asarray(self.probs)[index],
-                           folds, targets, self.id_column)
+        return Predictions(
+            np.asarray(self.ids)[index],
+            list(self.classes),
+            np.asarray(self.probs)[index],
+            folds,
+            targets,
+            self.id_column,
+        )
 
     def reorder(self, ids: Any) -> Predictions:
         """Rows in the order of ``ids`` (every id must be present)."""
@@ -69,7 +75,9 @@ def parse_predictions(df: pd.DataFrame, path: Path, id_column: str, *, oof: bool
     required = [id_column, *OOF_COLUMNS] if oof else [id_column]
     for col in required:
         if col not in df.columns:
-            raise RunFolderError(f"{path}: column '{col}' not found (columns: {', '.join(map(str, df.columns))}); {hint}")
+            raise RunFolderError(
+                f"{path}: column '{col}' not found (columns: {', '.join(map(str, df.columns))}); {hint}"
+            )
     classes = [str(c) for c in df.columns if c not in required]
     if len(classes) < 2:
         raise RunFolderError(f"{path} has {len(classes)} probability columns; it needs one per class; {hint}")
@@ -84,17 +92,23 @@ def parse_predictions(df: pd.DataFrame, path: Path, id_column: str, *, oof: bool
     bad = ~np.isfinite(values)
     if bad.any():
         r, c = (int(x[0]) for x in np.nonzero(bad))
-        raise RunFolderError(f"{path} line {r + 2}: column '{classes[c]}' holds {df[classes[c]].iloc[r]!r}, "
-                             f"not a probability; {hint}")
+        raise RunFolderError(
+            f"{path} line {r + 2}: column '{classes[c]}' holds {df[classes[c]].iloc[r]!r}, not a probability; {hint}"
+        )
     folds = targets = None
     if oof:
         f = pd.to_numeric(df["fold"], errors="coerce")
         bad_fold = f.isna() | (f % 1 != 0) | (f < 0)
         unknown = ~df["target"].isin(classes)
-        for mask, what in ((bad_fold, "fold is not a whole number"), (unknown, "target is not one of the class columns")):
+        for mask, what in (
+            (bad_fold, "fold is not a whole number"),
+            (unknown, "target is not one of the class columns"),
+        ):
             if mask.any():
                 r = int(np.flatnonzero(mask.to_numpy())[0])
-                raise RunFolderError(f"{path} line {r + 2}: {what} ({df['fold'].iloc[r]!r}, {df['target'].iloc[r]!r}); {hint}")
+                raise RunFolderError(
+                    f"{path} line {r + 2}: {what} ({df['fold'].iloc[r]!r}, {df['target'].iloc[r]!r}); {hint}"
+                )
         folds, targets = f.astype(np.int64).to_numpy(), df["target"].to_numpy(dtype=object)
     return Predictions(ids.to_numpy(dtype=object), classes, values, folds, targets, id_column)
 
@@ -113,8 +127,14 @@ class Metrics:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        out = {"metric": self.metric, "greater_is_better": self.greater_is_better, "cv": self.cv, "folds": self.folds,
-               "fold_mean": self.fold_mean, "fold_std": self.fold_std}
+        out = {
+            "metric": self.metric,
+            "greater_is_better": self.greater_is_better,
+            "cv": self.cv,
+            "folds": self.folds,
+            "fold_mean": self.fold_mean,
+            "fold_std": self.fold_std,
+        }
         return {**out, **self.extra}
 
     @classmethod
@@ -127,5 +147,12 @@ class Metrics:
             from comp.metrics import METRICS
 
             gib = METRICS[obj["metric"]].greater_is_better if obj["metric"] in METRICS else True
-        return cls(obj["metric"], gib, obj["cv"], list(obj.get("folds") or []), obj.get("fold_mean"), obj.get("fold_std"),
-                   {k: v for k, v in obj.items() if k not in known})
+        return cls(
+            obj["metric"],
+            gib,
+            obj["cv"],
+            list(obj.get("folds") or []),
+            obj.get("fold_mean"),
+            obj.get("fold_std"),
+            {k: v for k, v in obj.items() if k not in known},
+        )

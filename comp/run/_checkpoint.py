@@ -45,9 +45,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def graph_metadata(ckpt: dict[str, Any], **extra: Any) -> dict[str, str]:
     """The preprocessing and provenance a consumer of an ONNX graph needs, as metadata strings."""
     meta = {
-        "comp.format": ONNX_FORMAT, "model_name": ckpt["model_name"], "model_id": ckpt["model_id"],
-        "classes": ckpt["classes"], "image_size": ckpt["image_size"], "in_chans": ckpt.get("in_chans", 3),
-        "mean": ckpt["mean"], "std": ckpt["std"], "eval_transform": ckpt["eval_transform"], **extra,
+        "comp.format": ONNX_FORMAT,
+        "model_name": ckpt["model_name"],
+        "model_id": ckpt["model_id"],
+        "classes": ckpt["classes"],
+        "image_size": ckpt["image_size"],
+        "in_chans": ckpt.get("in_chans", 3),
+        "mean": ckpt["mean"],
+        "std": ckpt["std"],
+        "eval_transform": ckpt["eval_transform"],
+        **extra,
     }
     return {k: json.dumps(v) for k, v in meta.items()}
 

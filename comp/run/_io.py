@@ -25,8 +25,13 @@ TMP_SUFFIX = ".tmp"
 
 
 def _unwritable(path: Path, exc: OSError) -> CompError:
-    why = {13: "permission denied", 30: "read-only file system", 28: "no space left on the device",
-           20: "a parent is a file, not a folder", 21: "it is a folder"}.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    why = {
+        13: "permission denied",
+        30: "read-only file system",
+        28: "no space left on the device",
+        20: "a parent is a file, not a folder",
+        21: "it is a folder",
+    }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
     return CompError(f"cannot write {path} ({why}); choose a writable location")
 
 
@@ -187,8 +192,10 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
                     aside.unlink(missing_ok=True)
                 continue
             who = f"pid {held.get('pid', '?')} on {held.get('host', '?')} since {held.get('since', '?')}"
-            raise LockHeld(f"{what} is being trained by {who} (lock {path}); train other --folds, "
-                           f"or delete {path} if that run is dead") from None
+            raise LockHeld(
+                f"{what} is being trained by {who} (lock {path}); train other --folds, "
+                f"or delete {path} if that run is dead"
+            ) from None
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(me))
         break

@@ -122,8 +122,9 @@ class RunDir:
         """Fail with a fixable message unless this looks like a run folder; finish any set of files a killed
         command left half-committed, so what is read next is a complete set."""
         if not self.config.is_file():
-            raise RunFolderError(f"{self.root} is not a run folder (no config.yaml); run `comp train-folds` first "
-                                 "or pass the right path")
+            raise RunFolderError(
+                f"{self.root} is not a run folder (no config.yaml); run `comp train-folds` first or pass the right path"
+            )
         self.recover()
         return self
 
@@ -163,23 +164,38 @@ class RunDir:
             raise RunFolderError(f"{self.folds} not found; run `comp train-folds` first (it assigns the folds)")
         df = read_table(self.folds, "fold assignment")
         if id_column not in df.columns or "fold" not in df.columns:
-            raise RunFolderError(f"{self.folds} needs columns '{id_column}' and 'fold' (has {', '.join(df.columns)}); "
-                                 "use a fresh --run-dir")
+            raise RunFolderError(
+                f"{self.folds} needs columns '{id_column}' and 'fold' (has {', '.join(df.columns)}); "
+                "use a fresh --run-dir"
+            )
         folds = pd.to_numeric(df["fold"], errors="coerce")
-        if folds.isna().any() or (folds % 1 != 0).any() or df[id_column].isna().any() or df[id_column].duplicated().any():
-            raise RunFolderError(f"{self.folds} is damaged (empty or repeated ids, or folds that are not integers); "
-                                 "use a fresh --run-dir")
-        return pd.Series(folds.astype(np.int64).to_numpy(), index=pd.Index(df[id_column].to_numpy(dtype=object)), name="fold")
+        if (
+            folds.isna().any()
+            or (folds % 1 != 0).any()
+            or df[id_column].isna().any()
+            or df[id_column].duplicated().any()
+        ):
+            raise RunFolderError(
+                f"{self.folds} is damaged (empty or repeated ids, or folds that are not integers); "
+                "use a fresh --run-dir"
+            )
+        return pd.Series(
+            folds.astype(np.int64).to_numpy(), index=pd.Index(df[id_column].to_numpy(dtype=object)), name="fold"
+        )
 
     def write_folds(self, ids: Any, folds: np.ndarray, id_column: str) -> Path:
-        return write_csv(self.folds, pd.DataFrame({id_column: np.asarray(ids, dtype=object), "fold": np.asarray(folds)}))
+        return write_csv(
+            self.folds, pd.DataFrame({id_column: np.asarray(ids, dtype=object), "fold": np.asarray(folds)})
+        )
 
     # -- probability tables -----------------------------------------------------------
     def _read_predictions(self, path: Path, id_column: str, oof: bool, what: str) -> Predictions:
         recover(self.root)  # a killed command's half-committed set is finished before anything is read
         if not path.is_file():
-            raise RunFolderError(f"{what} {path} not found; " + ("finish `comp train-folds` for that model first"
-                                 if oof else "run `comp predict` first"))
+            raise RunFolderError(
+                f"{what} {path} not found; "
+                + ("finish `comp train-folds` for that model first" if oof else "run `comp predict` first")
+            )
         return parse_predictions(read_table(path, what), path, id_column, oof=oof)
 
     def id_column(self) -> str:
@@ -197,7 +213,9 @@ class RunDir:
 
     def read_test(self, model_id: str, *, id_column: str | None = None) -> Predictions:
         """``test.csv`` of one model (written by comp predict)."""
-        return self._read_predictions(self.test_pred(model_id), id_column or self.id_column(), False, "test predictions")
+        return self._read_predictions(
+            self.test_pred(model_id), id_column or self.id_column(), False, "test predictions"
+        )
 
     def write_oof(self, model_id: str, pred: Predictions, tta: bool = False, *, into: FileSet | None = None) -> Path:
         """Write ``oof.csv`` (``oof_tta.csv``) now, or stage it ``into`` a set committed together."""

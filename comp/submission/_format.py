@@ -26,7 +26,9 @@ def _sample(sample_path, id_column: str | None) -> tuple[pd.DataFrame, str, list
     id_col = str(id_column if id_column is not None and id_column in sample.columns else sample.columns[0])
     targets = [c for c in sample.columns if c != id_col]
     if not targets:
-        raise CompError(f"{sample_path} has only the id column '{id_col}'; it needs a target column or one column per class")
+        raise CompError(
+            f"{sample_path} has only the id column '{id_col}'; it needs a target column or one column per class"
+        )
     return sample, id_col, targets
 
 
@@ -114,7 +116,9 @@ def _check_values(df: pd.DataFrame, targets: list[str], classes: list[str], kind
         bad = ~((values >= 0) & (values <= 1)) & ~empty[:, [df.columns.get_loc(t) for t in targets]]
         if bad.any():
             r, c = (int(x[0]) for x in np.nonzero(bad))
-            problems.append(f"{int(bad.sum())} probabilities outside [0, 1] (first: row {r + 1}, column '{targets[c]}')")
+            problems.append(
+                f"{int(bad.sum())} probabilities outside [0, 1] (first: row {r + 1}, column '{targets[c]}')"
+            )
     elif len(targets) == 1:
         labels = df[targets[0]].dropna().astype(str)
         known = [str(i) for i in range(len(classes))] if kind == "codes" else classes
@@ -131,9 +135,13 @@ def validate_submission(df: pd.DataFrame, sample_path, classes, id_column: str |
     sample, id_col, targets = _sample(sample_path, id_column)
     name = Path(sample_path).name
     if list(df.columns) != list(sample.columns):
-        raise CompError(f"submission columns {list(df.columns)} differ from {name}'s {list(sample.columns)}; use the same names and order")
+        raise CompError(
+            f"submission columns {list(df.columns)} differ from {name}'s {list(sample.columns)}; use the same names and order"
+        )
     if not _is_proba(targets, classes) and len(targets) != 1:
-        raise CompError(f"{name} target columns {targets} are neither one label column nor exactly the classes {classes}")
+        raise CompError(
+            f"{name} target columns {targets} are neither one label column nor exactly the classes {classes}"
+        )
     kind = label_kind(sample, targets[0], classes) if len(targets) == 1 else "names"
     problems = _check_ids(df[id_col], sample[id_col], name) + _check_values(df, targets, classes, kind)
     if problems:

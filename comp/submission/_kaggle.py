@@ -56,16 +56,25 @@ def kaggle_api():
     try:
         import kaggle
     except ImportError:
-        raise CompError("the kaggle package is not installed; `pip install kaggle`, then put your API token in "
-                        "~/.kaggle/kaggle.json (or set KAGGLE_USERNAME and KAGGLE_KEY)") from None
+        raise CompError(
+            "the kaggle package is not installed; `pip install kaggle`, then put your API token in "
+            "~/.kaggle/kaggle.json (or set KAGGLE_USERNAME and KAGGLE_KEY)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - kaggle authenticates on import and raises whatever the config lacks
-        raise CompError(f"the kaggle package is not configured ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                        "put your API token in ~/.kaggle/kaggle.json or set KAGGLE_USERNAME and KAGGLE_KEY") from None
+        raise CompError(
+            f"the kaggle package is not configured ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "put your API token in ~/.kaggle/kaggle.json or set KAGGLE_USERNAME and KAGGLE_KEY"
+        ) from None
     return kaggle.api
 
 
-def submit(path: str | Path, competition: str, message: str, sample: str | Path | None = None,
-           run_dir: str | Path | None = None) -> Path:
+def submit(
+    path: str | Path,
+    competition: str,
+    message: str,
+    sample: str | Path | None = None,
+    run_dir: str | Path | None = None,
+) -> Path:
     """Validate ``path`` and upload it to ``competition`` with ``message``."""
     if not competition:
         raise CompError("--competition is empty; pass the competition's slug from its Kaggle URL")
@@ -74,5 +83,7 @@ def submit(path: str | Path, competition: str, message: str, sample: str | Path 
     try:
         api.competition_submit(str(path), message, competition)
     except Exception as exc:  # noqa: BLE001 - network/HTTP failures are reported as one line, not a traceback
-        raise CompError(f"kaggle rejected the upload of {path} to '{competition}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise CompError(
+            f"kaggle rejected the upload of {path} to '{competition}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
     return path

@@ -6,5 +6,18 @@ from comp.training._models import create_model, model_from_checkpoint, normaliza
 from comp.training._parallel import WorkerError, resolve_devices
 from comp.training._trainer import EpochEvent, FoldResult, ModelResult, TrainResult, train_folds
 
-__all__ = ["LOSSES", "EpochEvent", "FoldResult", "ModelResult", "TrainResult", "WorkerError", "build_loss", "create_model",
-           "launch_ddp", "model_from_checkpoint", "normalization", "resolve_devices", "train_folds"]
+__all__ = [
+    "LOSSES",
+    "EpochEvent",
+    "FoldResult",
+    "ModelResult",
+    "TrainResult",
+    "WorkerError",
+    "build_loss",
+    "create_model",
+    "launch_ddp",
+    "model_from_checkpoint",
+    "normalization",
+    "resolve_devices",
+    "train_folds",
+]

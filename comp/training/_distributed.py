@@ -109,15 +109,19 @@ SINGLE = Dist()
 def rank_device(cfg_device: str, d: Dist) -> str:
     """The device of this rank: its own GPU (cuda:LOCAL_RANK) when CUDA is used, else the CPU."""
     if cfg_device not in ("auto", "cpu", "cuda"):
-        raise CompError(f"config key 'device' is {cfg_device!r}, but under torchrun / --ddp each process takes the "
-                        "GPU of its local rank; set device: auto, cuda or cpu")
+        raise CompError(
+            f"config key 'device' is {cfg_device!r}, but under torchrun / --ddp each process takes the "
+            "GPU of its local rank; set device: auto, cuda or cpu"
+        )
     if cfg_device == "cpu" or (cfg_device == "auto" and not torch.cuda.is_available()):
         return "cpu"
     if not torch.cuda.is_available():
         raise CompError("config key 'device' is 'cuda' but no CUDA device is visible; use device: auto or cpu")
     if d.local_rank >= torch.cuda.device_count():
-        raise CompError(f"local rank {d.local_rank} has no GPU: only {torch.cuda.device_count()} CUDA devices are "
-                        "visible; start at most that many processes per node")
+        raise CompError(
+            f"local rank {d.local_rank} has no GPU: only {torch.cuda.device_count()} CUDA devices are "
+            "visible; start at most that many processes per node"
+        )
     return f"cuda:{d.local_rank}"
 
 
@@ -156,10 +160,20 @@ def launch(nproc: int, argv: list[str]) -> int:
     if nproc < 2:
         raise CompError(f"--ddp must be >= 2 processes, got {nproc}")
     here = str(Path(__file__).resolve().parents[2])
-    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(threads_per_worker(nproc)),
-           "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()), rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    env = {
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(threads_per_worker(nproc)),
+        "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
     elastic = logging.getLogger("torch.distributed.elastic")
     before, saved = elastic.level, {k: os.environ.get(k) for k in env}
     elastic.setLevel(logging.CRITICAL)  # the ranks print their own errors; the agent's report would repeat them

@@ -29,7 +29,9 @@ class StepConfig:
     ema: Any = None  # timm ModelEmaV3
     scheduler: Any = None  # timm scheduler (step_update)
     progress: Any = None  # comp._progress.Progress
-    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None  # e.g. augment.DeviceNormalize, for loaders that yield uint8 batches
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = (
+        None  # e.g. augment.DeviceNormalize, for loaders that yield uint8 batches
+    )
     extra: dict = field(default_factory=dict)
 
 
@@ -64,7 +66,9 @@ def _to_device(x: torch.Tensor, sc: StepConfig) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last if sc.channels_last else torch.contiguous_format)
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, mixer, epoch: int, sc: StepConfig, step0: int = 0) -> dict:
+def train_one_epoch(
+    model: nn.Module, loader, optimizer, loss_fn, mixer, epoch: int, sc: StepConfig, step0: int = 0
+) -> dict:
     """One pass over ``loader``; returns mean loss, images/s and the number of optimizer steps taken."""
     model.train()
     total, n_seen, steps = 0.0, 0, 0
@@ -76,7 +80,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, mixer, epoch: 
             logits = model(x)
         loss = loss_fn(logits.float(), soft)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {steps}; lower train.lr or enable train.grad_clip")
+            raise FloatingPointError(
+                f"loss became {loss.item()} at epoch {epoch} step {steps}; lower train.lr or enable train.grad_clip"
+            )
         optimizer.zero_grad(set_to_none=True)
         if sc.scaler is not None:
             sc.scaler.scale(loss).backward()

@@ -97,9 +97,7 @@ def attribute_heads(backbone: nn.Module, scheme: Scheme) -> AttributeHeads:
 
 def from_description(backbone: nn.Module, heads: dict[str, Any]) -> AttributeHeads:
     """Rebuild the module a checkpoint's ``heads`` entry describes (weights loaded by the caller)."""
-    return AttributeHeads(
-        backbone, [(str(n), int(k)) for n, k in heads["attributes"]], np.asarray(heads["combos"])
-    )
+    return AttributeHeads(backbone, [(str(n), int(k)) for n, k in heads["attributes"]], np.asarray(heads["combos"]))
 
 
 class AttributeLoss(nn.Module):

@@ -57,7 +57,9 @@ def class_weights(spec, targets: np.ndarray, num_classes: int) -> torch.Tensor |
         w = len(targets) / (num_classes * np.maximum(counts, 1))
         return torch.tensor(w, dtype=torch.float32)
     if len(spec) != num_classes or not all(isinstance(v, int | float) and v >= 0 for v in spec):
-        raise ConfigError(f"config key 'loss.class_weights' must list {num_classes} non-negative numbers (one per class), got {spec!r}")
+        raise ConfigError(
+            f"config key 'loss.class_weights' must list {num_classes} non-negative numbers (one per class), got {spec!r}"
+        )
     return torch.tensor(spec, dtype=torch.float32)
 
 

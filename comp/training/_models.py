@@ -24,8 +24,9 @@ def check_model_name(name: str) -> None:
         raise CompError(f"unknown timm model '{name}'{closest(arch, timm.list_models())}; see timm.list_models()")
 
 
-def create_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | None = None, *,
-                 scheme: Scheme | None = None) -> nn.Module:
+def create_model(
+    entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | None = None, *, scheme: Scheme | None = None
+) -> nn.Module:
     """Create the timm model of a config entry; ``pretrained`` is true (timm's source) or a local weights file.
 
     An entry with ``heads: attributes`` gets a headless backbone and one head per attribute of ``scheme``.
@@ -53,15 +54,19 @@ def _timm_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | N
     if isinstance(pretrained, str):
         path = Path(pretrained)
         if not path.is_file():
-            raise CompError(f"pretrained weights file {path} not found; set models[].pretrained to a file or true/false")
+            raise CompError(
+                f"pretrained weights file {path} not found; set models[].pretrained to a file or true/false"
+            )
         _check_weights_file(path, name, kwargs)
         # timm loads a local file through the pretrained config and adapts the classifier to num_classes
         try:
             return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
         except (RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError, AttributeError) as exc:
             why = " ".join(str(exc).split())[:160] or type(exc).__name__
-            raise CompError(f"pretrained weights file {path} does not fit '{name}' ({why}); give weights of that "
-                            "architecture (a state_dict saved with torch.save) or pretrained: false") from None
+            raise CompError(
+                f"pretrained weights file {path} does not fit '{name}' ({why}); give weights of that "
+                "architecture (a state_dict saved with torch.save) or pretrained: false"
+            ) from None
     try:
         return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
     except (OSError, RuntimeError) as exc:
@@ -78,21 +83,27 @@ def _check_weights_file(path: Path, name: str, kwargs: dict[str, Any]) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not weights
-        raise CompError(f"pretrained weights file {path} is not a torch state dict ({type(exc).__name__}); "
-                        "save weights with torch.save(model.state_dict(), path)") from None
+        raise CompError(
+            f"pretrained weights file {path} is not a torch state dict ({type(exc).__name__}); "
+            "save weights with torch.save(model.state_dict(), path)"
+        ) from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not state:
-        raise CompError(f"pretrained weights file {path} holds no state dict; save torch.save(model.state_dict(), path)")
+        raise CompError(
+            f"pretrained weights file {path} holds no state dict; save torch.save(model.state_dict(), path)"
+        )
     with torch.device("meta"):
         want = set(timm.create_model(name, pretrained=False, **kwargs).state_dict())
     have = {k.removeprefix("module.") for k in state}
     missing = want - have
     if len(missing) > max(4, 0.1 * len(want)):  # the classifier may differ (other class count); the backbone may not
-        raise CompError(f"pretrained weights file {path} does not fit '{name}': {len(missing)} of {len(want)} tensors "
-                        f"missing (e.g. {sorted(missing)[0]!r}); give weights of that architecture")
+        raise CompError(
+            f"pretrained weights file {path} does not fit '{name}': {len(missing)} of {len(want)} tensors "
+            f"missing (e.g. {sorted(missing)[0]!r}); give weights of that architecture"
+        )
 
 
 def normalization(model: nn.Module, in_chans: int = 3) -> tuple[list[float], list[float]]:

@@ -37,7 +37,9 @@ def resolve_devices(spec: str | Sequence[str | int]) -> list[str]:
     text = spec if isinstance(spec, str) else ",".join(map(str, spec))
     if text.strip() == "all":
         if not n_gpu:
-            raise CompError("--devices all: no CUDA device is visible; list CPU workers instead, e.g. --devices cpu,cpu")
+            raise CompError(
+                "--devices all: no CUDA device is visible; list CPU workers instead, e.g. --devices cpu,cpu"
+            )
         return [f"cuda:{i}" for i in range(n_gpu)]
     items = [p.strip() for p in text.split(",") if p.strip()]
     if not items:
@@ -49,7 +51,9 @@ def resolve_devices(spec: str | Sequence[str | int]) -> list[str]:
             out.append("cpu")
         elif index.isdigit():
             if int(index) >= n_gpu:
-                seen = f"{n_gpu} CUDA device{'s' if n_gpu != 1 else ''} visible" + (f" (0..{n_gpu - 1})" if n_gpu else "")
+                seen = f"{n_gpu} CUDA device{'s' if n_gpu != 1 else ''} visible" + (
+                    f" (0..{n_gpu - 1})" if n_gpu else ""
+                )
                 raise CompError(f"--devices {text}: there is no GPU {index} ({seen}); use --devices all, or cpu,cpu")
             out.append(f"cuda:{int(index)}")
         else:
@@ -103,8 +107,9 @@ class _PipeHandler(logging.Handler):
             self.handleError(record)
 
 
-def _child(target: Callable[[Any, str, Send], None], payload: Any, conn: Connection, device: str, threads: int,
-           level: int) -> None:
+def _child(
+    target: Callable[[Any, str, Send], None], payload: Any, conn: Connection, device: str, threads: int, level: int
+) -> None:
     import torch
 
     from comp._progress import plain_lines
@@ -150,9 +155,14 @@ def worker_name(index: int, device: str) -> str:
     return f"w{index} {device}"
 
 
-def run_workers(target: Callable[[Any, str, Send], None], payloads: Sequence[Any], devices: Sequence[str], *,
-                on_message: Callable[[int, tuple], None] | None = None,
-                on_exit: Callable[[WorkerExit], None] | None = None) -> list[WorkerExit]:
+def run_workers(
+    target: Callable[[Any, str, Send], None],
+    payloads: Sequence[Any],
+    devices: Sequence[str],
+    *,
+    on_message: Callable[[int, tuple], None] | None = None,
+    on_exit: Callable[[WorkerExit], None] | None = None,
+) -> list[WorkerExit]:
     """Run ``target(payload, device, send)`` in one spawned process per device and wait for all of them.
 
     Log lines come back prefixed with the worker; other messages go to ``on_message(index, msg)``; ``on_exit``
@@ -169,13 +179,17 @@ def run_workers(target: Callable[[Any, str, Send], None], payloads: Sequence[Any
     try:
         for i, (payload, device) in enumerate(zip(payloads, devices)):
             reader, writer = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_child, args=(target, payload, writer, device, threads, level), name=f"comp-{names[i]}")
+            proc = ctx.Process(
+                target=_child, args=(target, payload, writer, device, threads, level), name=f"comp-{names[i]}"
+            )
             proc.start()
             writer.close()
             procs.append(proc)
             conns[reader] = i
             exits[i] = WorkerExit(i, names[i], None)
-        log.info("%d workers (%s), %d CPU thread%s each", len(devices), ", ".join(names), threads, "s" if threads > 1 else "")
+        log.info(
+            "%d workers (%s), %d CPU thread%s each", len(devices), ", ".join(names), threads, "s" if threads > 1 else ""
+        )
         while conns:
             for reader in wait(list(conns), timeout=1.0):  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
                 i = conns[reader]
@@ -231,5 +245,7 @@ def raise_failures(exits: Sequence[WorkerExit], what: Callable[[WorkerExit], str
         err.exit_code = first.error_exit_code
         raise err
     if first.error is not None:
-        raise RuntimeError(f"worker {first.name} failed with an error in comp{more}: {first.describe()} (traceback above)")
+        raise RuntimeError(
+            f"worker {first.name} failed with an error in comp{more}: {first.describe()} (traceback above)"
+        )
     raise WorkerError(f"worker {first.name} {first.describe()}{what(first)}{more}; {fix}")

@@ -129,8 +129,10 @@ def plan_folds(cfg: Config, run: RunDir, table: TrainTable) -> tuple[np.ndarray,
         if fits:
             return saved.loc[ids].to_numpy(np.int64), False
         if trained_anything(run):
-            raise CompError(f"{run.folds} does not match {cfg.data.train_csv} (ids differ) and folds were trained "
-                            "on it; restore the training table or use a fresh --run-dir")
+            raise CompError(
+                f"{run.folds} does not match {cfg.data.train_csv} (ids differ) and folds were trained "
+                "on it; restore the training table or use a fresh --run-dir"
+            )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         folds = assign_folds(table.targets, table.groups, cfg.folds.n_splits, cfg.folds.seed)
@@ -156,8 +158,10 @@ def preflight(cfg: Config, table: TrainTable) -> None:
     resolve_device(cfg.device)
     k = len(table.classes)
     if isinstance(cfg.loss.class_weights, list) and len(cfg.loss.class_weights) != k:
-        raise CompError(f"config key 'loss.class_weights' must list {k} numbers (one per class: "
-                        f"{', '.join(table.classes[:6])}{'...' if k > 6 else ''}), got {len(cfg.loss.class_weights)}")
+        raise CompError(
+            f"config key 'loss.class_weights' must list {k} numbers (one per class: "
+            f"{', '.join(table.classes[:6])}{'...' if k > 6 else ''}), got {len(cfg.loss.class_weights)}"
+        )
     for i, entry in enumerate(cfg.models):
         tcfg = cfg.train_for(entry)
         if isinstance(entry.pretrained, str):
@@ -177,8 +181,10 @@ def preflight(cfg: Config, table: TrainTable) -> None:
         try:
             from_dict(to_dict(valid))
         except Exception as exc:  # noqa: BLE001 - any failure means the checkpoint could not be written later
-            raise CompError(f"augment.valid cannot be saved in a checkpoint ({type(exc).__name__}); "
-                            f"use serialisable albumentations transforms (models[{i}])") from None
+            raise CompError(
+                f"augment.valid cannot be saved in a checkpoint ({type(exc).__name__}); "
+                f"use serialisable albumentations transforms (models[{i}])"
+            ) from None
         build_loss(cfg.loss, table.targets, k)
     check_images(table.paths, cfg.data.train_csv)
 
@@ -209,11 +215,19 @@ class FoldContext:
 def _loader(ds, idx, batch_size, shuffle, seed, num_workers, drop_last, device, dist: Dist = SINGLE) -> DataLoader:
     subset = Subset(ds, idx)
     # under DDP every rank permutes the whole set with the same seed and takes its own slice
-    sampler: DistributedSampler | None = DistributedSampler(subset, dist.world, dist.rank, shuffle=True, seed=seed) if shuffle and dist.enabled else None
+    sampler: DistributedSampler | None = (
+        DistributedSampler(subset, dist.world, dist.rank, shuffle=True, seed=seed) if shuffle and dist.enabled else None
+    )
     gen = torch.Generator().manual_seed(_derive_seed(seed, *dist.seed_parts()) if dist.enabled else seed)
     return DataLoader(
-        subset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, drop_last=drop_last,
-        num_workers=num_workers, generator=gen, worker_init_fn=_seed_worker if num_workers else None,
+        subset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        generator=gen,
+        worker_init_fn=_seed_worker if num_workers else None,
         pin_memory=device.type == "cuda",
     )
 
@@ -224,8 +238,13 @@ def _scheduler(optimizer, tcfg: TrainConfig, steps_per_epoch: int):
     ft_steps = max(1, (tcfg.epochs - tcfg.freeze_epochs) * steps_per_epoch)
     warm = int(round(tcfg.warmup_epochs * steps_per_epoch))
     return CosineLRScheduler(
-        optimizer, t_initial=ft_steps, lr_min=tcfg.lr * tcfg.min_lr_ratio, warmup_t=warm,
-        warmup_lr_init=tcfg.lr * tcfg.min_lr_ratio, warmup_prefix=True, t_in_epochs=False,
+        optimizer,
+        t_initial=ft_steps,
+        lr_min=tcfg.lr * tcfg.min_lr_ratio,
+        warmup_t=warm,
+        warmup_lr_init=tcfg.lr * tcfg.min_lr_ratio,
+        warmup_prefix=True,
+        t_in_epochs=False,
     )
 
 
@@ -270,12 +289,18 @@ class FoldTrainer:
         self.valid_ds = ImageDataset(ctx.table.paths, ctx.table.targets, valid_u8, reader=self.train_ds.reader)
         heads = entry.heads == "attributes"  # attribute heads smooth their own targets (loss.attributes)
         self.mixer = BatchMixer(cfg.augment.mixup, self.num_classes, 0.0 if heads else cfg.loss.label_smoothing)
-        self.loss_fn = (attribute_loss(cfg.loss, ctx.table, self.train_idx) if heads else
-                        build_loss(cfg.loss, ctx.table.train_targets[self.train_idx], self.num_classes)).to(self.device)
+        self.loss_fn = (
+            attribute_loss(cfg.loss, ctx.table, self.train_idx)
+            if heads
+            else build_loss(cfg.loss, ctx.table.train_targets[self.train_idx], self.num_classes)
+        ).to(self.device)
         if ctx.soft is not None:  # pseudo rows join the training part only; targets become per-row distributions
             self.train_ds, self.train_idx, self.mixer, self.loss_fn = training_part(ctx.soft, self, train_tf)
         self.optimizer = create_optimizer_v2(
-            self.model, opt=self.tcfg.optimizer, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay,
+            self.model,
+            opt=self.tcfg.optimizer,
+            lr=self.tcfg.lr,
+            weight_decay=self.tcfg.weight_decay,
             **({"momentum": self.tcfg.momentum} if self.tcfg.optimizer == "sgd" else {}),  # type: ignore[arg-type]
         )
         bs = self.tcfg.batch_size
@@ -289,8 +314,15 @@ class FoldTrainer:
         use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
         self.ema = ModelEmaV3(self.model, decay=self.tcfg.ema_decay) if self.tcfg.ema else None
-        self.state: dict[str, Any] = {"epoch": -1, "best_score": None, "best_epoch": -1, "bad_epochs": 0, "history": [],
-                      "best_state": None, "best_probs": None}
+        self.state: dict[str, Any] = {
+            "epoch": -1,
+            "best_score": None,
+            "best_epoch": -1,
+            "bad_epochs": 0,
+            "history": [],
+            "best_state": None,
+            "best_probs": None,
+        }
 
     def _reader(self):
         from comp.data._table import load_image
@@ -337,7 +369,9 @@ class FoldTrainer:
             return self.model
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+        )
 
     def run_epoch(self, epoch: int) -> dict:
         t0 = time.perf_counter()
@@ -353,24 +387,51 @@ class FoldTrainer:
             self.scheduler.step_update(step0)
         else:
             _set_lr(self.optimizer, self.tcfg.lr)
-        bar = Progress(self.steps_per_epoch, f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg.epochs}",
-                       enabled=self.ctx.progress and self.dist.is_main)
-        sc = StepConfig(
-            device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg.channels_last,
-            grad_clip=self.tcfg.grad_clip, max_steps=self.tcfg.max_steps_per_epoch, scaler=self.scaler,
-            ema=self.ema, scheduler=None if frozen else self.scheduler, progress=bar, normalize=self.normalize,
+        bar = Progress(
+            self.steps_per_epoch,
+            f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg.epochs}",
+            enabled=self.ctx.progress and self.dist.is_main,
         )
-        loader = _loader(self.train_ds, self.train_idx, self.tcfg.batch_size, True, _derive_seed(self.seed, epoch, "order"),
-                         self.ctx.cfg.data.num_workers, self.drop_last, self.device, self.dist)
-        stats = train_one_epoch(self._train_module(), loader, self.optimizer, self.loss_fn, self.mixer, epoch, sc,
-                                step0=max(step0, 0))
+        sc = StepConfig(
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.tcfg.channels_last,
+            grad_clip=self.tcfg.grad_clip,
+            max_steps=self.tcfg.max_steps_per_epoch,
+            scaler=self.scaler,
+            ema=self.ema,
+            scheduler=None if frozen else self.scheduler,
+            progress=bar,
+            normalize=self.normalize,
+        )
+        loader = _loader(
+            self.train_ds,
+            self.train_idx,
+            self.tcfg.batch_size,
+            True,
+            _derive_seed(self.seed, epoch, "order"),
+            self.ctx.cfg.data.num_workers,
+            self.drop_last,
+            self.device,
+            self.dist,
+        )
+        stats = train_one_epoch(
+            self._train_module(), loader, self.optimizer, self.loss_fn, self.mixer, epoch, sc, step0=max(step0, 0)
+        )
         bar.close()
         loss, images_per_s = self.dist.epoch_stats(stats["loss"], stats["images_per_s"])
         probs = self.evaluate()
         score = self.metric(self.ctx.table.targets[self.valid_idx], probs)
-        return {"epoch": epoch, "loss": loss, "score": score, "images_per_s": images_per_s,
-                "lr": self.optimizer.param_groups[0]["lr"], "frozen": frozen, "epoch_s": time.perf_counter() - t0,
-                "probs": probs}
+        return {
+            "epoch": epoch,
+            "loss": loss,
+            "score": score,
+            "images_per_s": images_per_s,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "frozen": frozen,
+            "epoch_s": time.perf_counter() - t0,
+            "probs": probs,
+        }
 
     def eval_model(self):
         return self.ema.module if self.ema else self.model
@@ -380,10 +441,22 @@ class FoldTrainer:
         model = self.eval_model()
         self.dist.broadcast_module(model)
         bs = self.tcfg.eval_batch_size or self.tcfg.batch_size * 2
-        loader = _loader(self.valid_ds, self.dist.shard(self.valid_idx), bs, False, 0, self.ctx.cfg.data.num_workers,
-                         False, self.device)
-        sc = StepConfig(device=self.device, amp_dtype=self.amp_dtype, channels_last=self.tcfg.channels_last,
-                        normalize=self.normalize)
+        loader = _loader(
+            self.valid_ds,
+            self.dist.shard(self.valid_idx),
+            bs,
+            False,
+            0,
+            self.ctx.cfg.data.num_workers,
+            False,
+            self.device,
+        )
+        sc = StepConfig(
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.tcfg.channels_last,
+            normalize=self.normalize,
+        )
         return self.dist.gather_rows(predict_probs(model, loader, sc))
 
     def fit(self) -> FoldResult:
@@ -394,17 +467,31 @@ class FoldTrainer:
             probs = row.pop("probs")
             improved = self.state["best_state"] is None or self.metric.better(row["score"], self.state["best_score"])
             if improved:
-                self.state.update(best_score=row["score"], best_epoch=epoch, bad_epochs=0, best_probs=torch.from_numpy(probs),
-                                  best_state=copy.deepcopy({k: v.cpu() for k, v in self.eval_model().state_dict().items()}))
+                self.state.update(
+                    best_score=row["score"],
+                    best_epoch=epoch,
+                    bad_epochs=0,
+                    best_probs=torch.from_numpy(probs),
+                    best_state=copy.deepcopy({k: v.cpu() for k, v in self.eval_model().state_dict().items()}),
+                )
             else:
                 self.state["bad_epochs"] += 1
             self.state["history"].append(row)
             self.state["epoch"] = epoch
             self._notify(epoch=epoch, score=row["score"], fold_done=False)
             if self.dist.is_main:
-                log.info("%s fold %d epoch %d/%d: loss %.4f %s %.4f %.0f img/s%s", self.ctx.model_id, self.ctx.fold,
-                         epoch + 1, self.tcfg.epochs, row["loss"], self.metric.name, row["score"], row["images_per_s"],
-                         " *" if improved else "")
+                log.info(
+                    "%s fold %d epoch %d/%d: loss %.4f %s %.4f %.0f img/s%s",
+                    self.ctx.model_id,
+                    self.ctx.fold,
+                    epoch + 1,
+                    self.tcfg.epochs,
+                    row["loss"],
+                    self.metric.name,
+                    row["score"],
+                    row["images_per_s"],
+                    " *" if improved else "",
+                )
             stop = patience and self.state["bad_epochs"] >= patience
             if stop or epoch == self.tcfg.epochs - 1:
                 break
@@ -413,8 +500,17 @@ class FoldTrainer:
 
     def _notify(self, *, epoch: int, score: float, fold_done: bool) -> None:
         if self.ctx.on_epoch is not None:
-            self.ctx.on_epoch(EpochEvent(self.ctx.model_id, self.ctx.fold, epoch, self.tcfg.epochs, score,
-                                         self.state["best_score"], fold_done))
+            self.ctx.on_epoch(
+                EpochEvent(
+                    self.ctx.model_id,
+                    self.ctx.fold,
+                    epoch,
+                    self.tcfg.epochs,
+                    score,
+                    self.state["best_score"],
+                    fold_done,
+                )
+            )
 
     def finish(self) -> FoldResult:
         """Write the fold's OOF part, history and self-describing checkpoint; drop the resumable state."""
@@ -422,27 +518,47 @@ class FoldTrainer:
         model = self.eval_model()
         model.load_state_dict(self.state["best_state"])
         meta = {
-            "model_name": ctx.entry.name, "model_id": ctx.model_id, "classes": list(ctx.table.classes),
-            "image_size": list(self.hw), "in_chans": ctx.entry.in_chans, "mean": self.mean, "std": self.std,
-            "eval_transform": to_dict(self.valid_tf), "config": ctx.cfg.to_dict(), "entry": ctx.entry.to_dict(), "fold": ctx.fold,
-            "epoch": self.state["best_epoch"], "score": self.state["best_score"], "metric": self.metric.name,
+            "model_name": ctx.entry.name,
+            "model_id": ctx.model_id,
+            "classes": list(ctx.table.classes),
+            "image_size": list(self.hw),
+            "in_chans": ctx.entry.in_chans,
+            "mean": self.mean,
+            "std": self.std,
+            "eval_transform": to_dict(self.valid_tf),
+            "config": ctx.cfg.to_dict(),
+            "entry": ctx.entry.to_dict(),
+            "fold": ctx.fold,
+            "epoch": self.state["best_epoch"],
+            "score": self.state["best_score"],
+            "metric": self.metric.name,
             **checkpoint_meta(model),
         }
         hist = pd.DataFrame(self.state["history"])
         if self.dist.is_main:  # under DDP rank 0 alone writes
             write_csv(run.history(ctx.model_id, ctx.fold), hist)
-            run.write_oof_part(ctx.model_id, ctx.fold, oof_predictions(ctx, self.valid_idx, self.state["best_probs"].numpy()))
+            run.write_oof_part(
+                ctx.model_id, ctx.fold, oof_predictions(ctx, self.valid_idx, self.state["best_probs"].numpy())
+            )
             torch_save(run.checkpoint(ctx.model_id, ctx.fold), make_checkpoint(model.state_dict(), meta))
             run.state(ctx.model_id, ctx.fold).unlink(missing_ok=True)
         self._notify(epoch=self.state["epoch"], score=self.state["best_score"], fold_done=True)
-        return FoldResult(self.state["best_score"], self.state["best_epoch"] + 1, len(hist), float(hist["images_per_s"].mean()))
+        return FoldResult(
+            self.state["best_score"], self.state["best_epoch"] + 1, len(hist), float(hist["images_per_s"].mean())
+        )
 
 
 def oof_predictions(ctx: FoldContext, idx: np.ndarray, probs: np.ndarray) -> Predictions:
     """Rows ``idx`` of the training table as OOF predictions: id, fold, target (class name), probabilities."""
     id_col = ctx.cfg.data.id_column
-    return Predictions(ctx.table.df[id_col].to_numpy(dtype=object)[idx], list(ctx.table.classes), probs,
-                       ctx.folds[idx], np.asarray(ctx.table.classes, dtype=object)[ctx.table.targets[idx]], id_col)
+    return Predictions(
+        ctx.table.df[id_col].to_numpy(dtype=object)[idx],
+        list(ctx.table.classes),
+        probs,
+        ctx.folds[idx],
+        np.asarray(ctx.table.classes, dtype=object)[ctx.table.targets[idx]],
+        id_col,
+    )
 
 
 def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:
@@ -451,7 +567,9 @@ def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:
     trainer = FoldTrainer(ctx)
     if state_path.is_file():
         if not resume:
-            raise CompError(f"{state_path} holds a partly trained fold; pass --resume to continue it or delete the file")
+            raise CompError(
+                f"{state_path} holds a partly trained fold; pass --resume to continue it or delete the file"
+            )
         trainer.load_state(state_path)
         if ctx.dist.is_main:
             log.info("resuming %s fold %d after epoch %d", ctx.model_id, ctx.fold, trainer.state["epoch"] + 1)
@@ -461,8 +579,9 @@ def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:
 # ---------------------------------------------------------------- all models, all folds
 
 
-def assemble_model(cfg: Config, run: RunDir, model_id: str, table: TrainTable,
-                   extra: dict[str, Any] | None = None) -> Metrics | None:
+def assemble_model(
+    cfg: Config, run: RunDir, model_id: str, table: TrainTable, extra: dict[str, Any] | None = None
+) -> Metrics | None:
     """Once every fold of a model is done: write ``oof.csv`` (training-table order) and ``metrics.json``
     (``extra``: what else the folds trained on, from ``TrainingTargets.record``)."""
     n = cfg.folds.n_splits
@@ -470,19 +589,34 @@ def assemble_model(cfg: Config, run: RunDir, model_id: str, table: TrainTable,
         return None
     id_col = cfg.data.id_column
     parts = [run.read_oof_part(model_id, k, id_column=id_col) for k in range(n)]
-    merged = Predictions(np.concatenate([p.ids for p in parts]), parts[0].classes, np.concatenate([p.probs for p in parts]),
-                         np.concatenate([p.folds for p in parts if p.folds is not None]),
-                         np.concatenate([p.targets for p in parts if p.targets is not None]), id_col)
+    merged = Predictions(
+        np.concatenate([p.ids for p in parts]),
+        parts[0].classes,
+        np.concatenate([p.probs for p in parts]),
+        np.concatenate([p.folds for p in parts if p.folds is not None]),
+        np.concatenate([p.targets for p in parts if p.targets is not None]),
+        id_col,
+    )
     oof = merged.reorder(table.df[id_col].to_numpy(dtype=object))
     metric = get_metric(cfg.metric)
     assert oof.folds is not None
     fold_scores = [metric(table.targets[oof.folds == k], oof.probs[oof.folds == k]) for k in range(n)]
-    result = Metrics(metric.name, metric.greater_is_better, metric(table.targets, oof.probs), fold_scores,
-                     float(np.mean(fold_scores)), float(np.std(fold_scores)), dict(extra or {}))
+    result = Metrics(
+        metric.name,
+        metric.greater_is_better,
+        metric(table.targets, oof.probs),
+        fold_scores,
+        float(np.mean(fold_scores)),
+        float(np.std(fold_scores)),
+        dict(extra or {}),
+    )
     if table.scheme is not None and table.attributes is not None:  # labels made of attributes: score each one
         result.extra["attribute_f1"] = attribute_f1(oof.probs, table.attributes.score, table.scheme)
-        log.info("%s OOF macro F1 per attribute: %s", model_id,
-                 ", ".join(f"{k} {v:.4f}" for k, v in result.extra["attribute_f1"].items()))
+        log.info(
+            "%s OOF macro F1 per attribute: %s",
+            model_id,
+            ", ".join(f"{k} {v:.4f}" for k, v in result.extra["attribute_f1"].items()),
+        )
     run.write_oof(model_id, oof)
     run.write_metrics(model_id, result)
     return result
@@ -535,10 +669,25 @@ class TrainResult:
         rows: list[dict[str, Any]] = []
         for mid, m in self.models.items():
             for k, f in sorted(m.folds.items()):
-                rows.append({"model": mid, "fold": str(k), self.metric: f.score, "best_epoch": f.best_epoch,
-                             "img/s": f.images_per_s, "note": "done before" if f.skipped else ""})
-            rows.append({"model": mid, "fold": "CV", self.metric: m.cv, "note": "" if m.cv is not None else "folds missing",
-                         **{f"f1_{k}": v for k, v in (m.attribute_f1 or {}).items()}})
+                rows.append(
+                    {
+                        "model": mid,
+                        "fold": str(k),
+                        self.metric: f.score,
+                        "best_epoch": f.best_epoch,
+                        "img/s": f.images_per_s,
+                        "note": "done before" if f.skipped else "",
+                    }
+                )
+            rows.append(
+                {
+                    "model": mid,
+                    "fold": "CV",
+                    self.metric: m.cv,
+                    "note": "" if m.cv is not None else "folds missing",
+                    **{f"f1_{k}": v for k, v in (m.attribute_f1 or {}).items()},
+                }
+            )
         extra = list(dict.fromkeys(k for r in rows for k in r if k.startswith("f1_")))  # per-attribute OOF macro F1
         return format_table(rows, ["model", "fold", self.metric, *extra, "best_epoch", "img/s", "note"])
 
@@ -561,10 +710,21 @@ def _claim(run: RunDir, model_id: str, fold: int, held: ExitStack) -> tuple[str,
     return "train", ""
 
 
-def _train_here(cfg: Config, run: RunDir, table: TrainTable, fold_ids: np.ndarray, fold_list: list[int], *,
-                resume: bool, progress: bool, on_epoch: Callable[[EpochEvent], None] | None, device: str | None = None,
-                dist: Dist = SINGLE, worker: Callable[[tuple], None] | None = None,
-                soft: TrainingTargets | None = None) -> dict[str, dict[int, FoldResult]]:
+def _train_here(
+    cfg: Config,
+    run: RunDir,
+    table: TrainTable,
+    fold_ids: np.ndarray,
+    fold_list: list[int],
+    *,
+    resume: bool,
+    progress: bool,
+    on_epoch: Callable[[EpochEvent], None] | None,
+    device: str | None = None,
+    dist: Dist = SINGLE,
+    worker: Callable[[tuple], None] | None = None,
+    soft: TrainingTargets | None = None,
+) -> dict[str, dict[int, FoldResult]]:
     """Train every unfinished (model, fold) in order in this process (every rank of a DDP group).
 
     A fold locked by a live process stops the run, unless this is a device ``worker`` (its ``send``): then the
@@ -591,9 +751,22 @@ def _train_here(cfg: Config, run: RunDir, table: TrainTable, fold_ids: np.ndarra
                         worker(("leftover", mid, k))
                         continue
                     worker(("start", mid, k))
-                done[mid][k] = train_fold(FoldContext(cfg, entry, table, fold_ids, k, run, progress=progress,
-                                                      on_epoch=on_epoch, device=device, dist=dist, soft=soft),
-                                          resume)
+                done[mid][k] = train_fold(
+                    FoldContext(
+                        cfg,
+                        entry,
+                        table,
+                        fold_ids,
+                        k,
+                        run,
+                        progress=progress,
+                        on_epoch=on_epoch,
+                        device=device,
+                        dist=dist,
+                        soft=soft,
+                    ),
+                    resume,
+                )
     return done
 
 
@@ -620,19 +793,40 @@ def _fold_worker(job: _FoldJob, device: str, send: Callable[[tuple], None]) -> N
     run = RunDir(job.run_dir)
     table = load_train_table(job.cfg.data)
     fold_ids = ensure_folds(job.cfg, run, table)
-    soft = load_training_targets(job.cfg, table, fold_ids, run)  # pseudo rows and teacher: every worker trains with them
+    soft = load_training_targets(
+        job.cfg, table, fold_ids, run
+    )  # pseudo rows and teacher: every worker trains with them
     _deterministic(job.cfg)
     on_epoch = (lambda ev: send(("epoch", ev))) if job.forward_epochs else None
-    done = _train_here(job.cfg, run, table, fold_ids, job.folds, resume=job.resume, progress=job.progress,
-                       on_epoch=on_epoch, device=device, worker=send, soft=soft)
+    done = _train_here(
+        job.cfg,
+        run,
+        table,
+        fold_ids,
+        job.folds,
+        resume=job.resume,
+        progress=job.progress,
+        on_epoch=on_epoch,
+        device=device,
+        worker=send,
+        soft=soft,
+    )
     for mid, results in done.items():
         for k, res in results.items():
             if not res.skipped:
                 send(("fold", mid, k, res))
 
 
-def _train_on_workers(cfg: Config, run: RunDir, fold_list: list[int], devices: list[str], *, resume: bool,
-                      progress: bool, on_epoch: Callable[[EpochEvent], None] | None):
+def _train_on_workers(
+    cfg: Config,
+    run: RunDir,
+    fold_list: list[int],
+    devices: list[str],
+    *,
+    resume: bool,
+    progress: bool,
+    on_epoch: Callable[[EpochEvent], None] | None,
+):
     """One worker process per device over the same fold list; the fold locks share the work out."""
     from comp.training._parallel import run_workers
 
@@ -656,8 +850,12 @@ def _train_on_workers(cfg: Config, run: RunDir, fold_list: list[int], devices: l
 
     def on_exit(ex) -> None:
         if not ex.ok and ex.error is None:  # killed (errors are reported when they arrive)
-            log.warning("[%s] %s%s; that fold stays resumable, the other workers go on", ex.name, ex.describe(),
-                        while_training(ex))
+            log.warning(
+                "[%s] %s%s; that fold stays resumable, the other workers go on",
+                ex.name,
+                ex.describe(),
+                while_training(ex),
+            )
 
     job = _FoldJob(cfg, run.root, fold_list, resume, progress, on_epoch is not None)
     exits = run_workers(_fold_worker, [job] * len(devices), devices, on_message=on_message, on_exit=on_exit)
@@ -668,13 +866,22 @@ def _train_on_workers(cfg: Config, run: RunDir, fold_list: list[int], devices: l
         results[mid] = dict(sorted(res.items()))
     left = [(m, k) for m, k in leftover if not run.checkpoint(m, k).is_file()]
     if left and all(e.ok for e in exits):  # as train_fold says in a single process
-        raise CompError(f"{run.state(*left[0])} holds a partly trained fold; pass --resume to continue it or delete the file")
+        raise CompError(
+            f"{run.state(*left[0])} holds a partly trained fold; pass --resume to continue it or delete the file"
+        )
     return results, exits, while_training
 
 
-def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = None, resume: bool = False,
-                progress: bool = True, on_epoch: Callable[[EpochEvent], None] | None = None,
-                devices: str | Sequence[str | int] | None = None) -> TrainResult:
+def train_folds(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    folds: list[int] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[EpochEvent], None] | None = None,
+    devices: str | Sequence[str | int] | None = None,
+) -> TrainResult:
     """Train every model entry of ``cfg`` on the chosen folds (all by default) into ``run_dir``.
 
     ``on_epoch(event)`` is called after every epoch's validation and once more when a fold finishes
@@ -701,8 +908,10 @@ def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = N
         raise CompError("--devices cannot be combined with torchrun / --ddp (each rank already has its GPU); use one")
     device = rank_device(cfg.device, dist) if dist.enabled else (device_list[0] if device_list else None)
     if dist.enabled and any(cfg.train_for(e).sync_bn for e in cfg.models) and device == "cpu":
-        raise CompError("train.sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); set train.sync_bn=false "
-                        "for DDP on the CPU")
+        raise CompError(
+            "train.sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); set train.sync_bn=false "
+            "for DDP on the CPU"
+        )
     run = RunDir(run_dir)
     table = load_train_table(cfg.data)
     n = cfg.folds.n_splits
@@ -718,7 +927,9 @@ def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = N
 
                 disk_cache_dir(cfg.data, run.root)
             fold_ids, new_folds = plan_folds(cfg, run, table)
-            soft = load_training_targets(cfg, table, fold_ids, run)  # pseudo rows and teacher, checked before the first write
+            soft = load_training_targets(
+                cfg, table, fold_ids, run
+            )  # pseudo rows and teacher, checked before the first write
             prepare_run(cfg, run)
             check_and_record(soft, run, trained_anything(run))
             if new_folds:
@@ -729,17 +940,40 @@ def train_folds(cfg: Config, run_dir: str | Path, *, folds: list[int] | None = N
             soft = load_training_targets(cfg, table, fold_ids, run)
         _deterministic(cfg)
         if device_list is not None and len(device_list) > 1:
-            done, exits, while_training = _train_on_workers(cfg, run, fold_list, device_list, resume=resume,
-                                                            progress=progress, on_epoch=on_epoch)
+            done, exits, while_training = _train_on_workers(
+                cfg, run, fold_list, device_list, resume=resume, progress=progress, on_epoch=on_epoch
+            )
         else:
-            done = _train_here(cfg, run, table, fold_ids, fold_list, resume=resume, progress=progress, on_epoch=on_epoch,
-                               device=device, dist=dist, soft=soft)
+            done = _train_here(
+                cfg,
+                run,
+                table,
+                fold_ids,
+                fold_list,
+                resume=resume,
+                progress=progress,
+                on_epoch=on_epoch,
+                device=device,
+                dist=dist,
+                soft=soft,
+            )
         models: dict[str, ModelResult] = {}
         for entry in cfg.models:
             mid = entry.model_id
-            result = assemble_model(cfg, run, mid, table, soft.record() if soft is not None else None) if dist.is_main else None
-            models[mid] = ModelResult(mid, done[mid], dist.broadcast(result.cv if result else None),
-                                      result.extra.get("attribute_f1") if result else None)
-    raise_failures(exits, while_training or (lambda ex: ""),
-                   "the other workers' folds are kept; rerun the same command with --resume to finish")
+            result = (
+                assemble_model(cfg, run, mid, table, soft.record() if soft is not None else None)
+                if dist.is_main
+                else None
+            )
+            models[mid] = ModelResult(
+                mid,
+                done[mid],
+                dist.broadcast(result.cv if result else None),
+                result.extra.get("attribute_f1") if result else None,
+            )
+    raise_failures(
+        exits,
+        while_training or (lambda ex: ""),
+        "the other workers' folds are kept; rerun the same command with --resume to finish",
+    )
     return TrainResult(run, cfg.metric, models)

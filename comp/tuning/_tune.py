@@ -53,8 +53,10 @@ def _key_exists(cfg: Config, dotted: str) -> None:
     parts = dotted.split(".")
     if parts[0] == "models":
         if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(cfg.models):
-            raise ConfigError(f"tune.space key '{dotted}': model entries are searched as models.<index>.<key>, "
-                              f"index below {len(cfg.models)}")
+            raise ConfigError(
+                f"tune.space key '{dotted}': model entries are searched as models.<index>.<key>, "
+                f"index below {len(cfg.models)}"
+            )
         allowed = [*MODEL_KEYS, *TRAIN_KEYS]
         if parts[2] not in allowed:
             raise ConfigError(f"tune.space key '{dotted}': unknown model key '{parts[2]}'{closest(parts[2], allowed)}")
@@ -64,11 +66,18 @@ def _key_exists(cfg: Config, dotted: str) -> None:
         where = ".".join(parts[:i]) or "the config"
         if isinstance(node, list):  # inside a mapping-valued key, e.g. data.labels.attributes.age.train_bins.1
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"tune.space key '{dotted}': '{part}' is not an index of the {len(node)}-entry list {where}")
+                raise ConfigError(
+                    f"tune.space key '{dotted}': '{part}' is not an index of the {len(node)}-entry list {where}"
+                )
             node = node[int(part)]
             continue
-        options = ([f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node)
-                   else [str(k) for k in node] if isinstance(node, dict) else [])
+        options = (
+            [f.name for f in dataclasses.fields(node)]
+            if dataclasses.is_dataclass(node)
+            else [str(k) for k in node]
+            if isinstance(node, dict)
+            else []
+        )
         if part not in options or part in ("models", "tune") and i == 0:
             raise ConfigError(f"tune.space key '{dotted}': '{part}' is not a key of {where}{closest(part, options)}")
         node = node[part] if isinstance(node, dict) else getattr(node, part)
@@ -80,8 +89,10 @@ def parse_space(cfg: Config) -> dict[str, dict]:
     """Validate ``tune.space`` before the first trial; return {dotted key: spec}."""
     space = cfg.tune.space if cfg.tune is not None else {}
     if not space:
-        raise ConfigError("config key 'tune.space' must map config keys to ranges, e.g. "
-                          "tune: {space: {train.lr: {type: float, low: 1e-4, high: 1e-2, log: true}}}")
+        raise ConfigError(
+            "config key 'tune.space' must map config keys to ranges, e.g. "
+            "tune: {space: {train.lr: {type: float, low: 1e-4, high: 1e-2, log: true}}}"
+        )
     for key, spec in space.items():
         _key_exists(cfg, key)
         if not isinstance(spec, dict) or spec.get("type") not in SPACE_TYPES:
@@ -90,15 +101,19 @@ def parse_space(cfg: Config) -> dict[str, dict]:
         allowed = {"categorical": {"type", "choices"}}.get(spec["type"], {"type", "low", "high", "log", "step"})
         extra = sorted(set(spec) - allowed)
         if extra:
-            raise ConfigError(f"tune.space.{key}: unknown key '{extra[0]}' for a {spec['type']} range"
-                              f"{closest(extra[0], allowed)}; allowed: {', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"tune.space.{key}: unknown key '{extra[0]}' for a {spec['type']} range"
+                f"{closest(extra[0], allowed)}; allowed: {', '.join(sorted(allowed))}"
+            )
         if spec["type"] == "categorical":
             if not isinstance(spec.get("choices"), list) or not spec["choices"]:
                 raise ConfigError(f"tune.space.{key}: categorical needs a non-empty 'choices' list")
             continue
         low, high = spec.get("low"), spec.get("high")
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
-            raise ConfigError(f"tune.space.{key}: {spec['type']} needs numeric 'low' and 'high', got low={low!r} high={high!r}")
+            raise ConfigError(
+                f"tune.space.{key}: {spec['type']} needs numeric 'low' and 'high', got low={low!r} high={high!r}"
+            )
         assert isinstance(low, int | float) and isinstance(high, int | float)
         if low > high:
             raise ConfigError(f"tune.space.{key}: low ({low}) is above high ({high}); swap them")
@@ -140,11 +155,13 @@ def suggest(trial: optuna.Trial, space: dict) -> dict:
         if spec["type"] == "categorical":
             params[key] = trial.suggest_categorical(key, spec["choices"])
         elif spec["type"] == "int":
-            params[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)),
-                                            log=bool(spec.get("log")))
+            params[key] = trial.suggest_int(
+                key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)), log=bool(spec.get("log"))
+            )
         else:
-            params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
-                                              log=bool(spec.get("log")))
+            params[key] = trial.suggest_float(
+                key, float(spec["low"]), float(spec["high"]), step=spec.get("step"), log=bool(spec.get("log"))
+            )
     return params
 
 
@@ -265,7 +282,7 @@ def make_storage(url: str | None, out_dir: Path, heartbeat: int = 60):
         if url is not None and url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
-            path = Path(url[len("journal:"):]).expanduser().resolve()
+            path = Path(url[len("journal:") :]).expanduser().resolve()
             path.parent.mkdir(parents=True, exist_ok=True)
             return _JournalWithHeartbeat(JournalFileBackend(str(path)), heartbeat, grace, _retry_callback())
         engine_kwargs = None
@@ -275,33 +292,46 @@ def make_storage(url: str | None, out_dir: Path, heartbeat: int = 60):
         if url.startswith("sqlite"):
             engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers on one file wait for its lock
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                              grace_period=grace, heartbeat_stale_trial_callback=_retry_callback())
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=_retry_callback(),
+            )
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of many types all mean an unusable URL
             from sqlalchemy.exc import IntegrityError, ProgrammingError
 
             if isinstance(exc, (IntegrityError, ProgrammingError)):
                 raise  # the table-creation race between workers: _open_study's caller retries
             first = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
-            raise ConfigError(f"--storage {url}: cannot open the study ({type(exc).__name__}: {first}); check the "
-                              "server, its address and credentials, and that its driver (e.g. psycopg) is installed") from None
+            raise ConfigError(
+                f"--storage {url}: cannot open the study ({type(exc).__name__}: {first}); check the "
+                "server, its address and credentials, and that its driver (e.g. psycopg) is installed"
+            ) from None
 
 
 def check_storage_url(url: str) -> None:
     """Refuse a --storage value that cannot work, before anything connects to it."""
     if url.startswith("journal:"):
-        path = Path(url[len("journal:"):]).expanduser().resolve()
+        path = Path(url[len("journal:") :]).expanduser().resolve()
         if path.is_dir():
-            raise ConfigError(f"--storage {url}: {path} is a folder; name a journal file, e.g. journal:{path / 'study.log'}")
+            raise ConfigError(
+                f"--storage {url}: {path} is a folder; name a journal file, e.g. journal:{path / 'study.log'}"
+            )
         return
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme.split("+")[0] not in STORAGE_SCHEMES:
-        raise ConfigError(f"--storage {url}: unknown kind of storage; use sqlite:///PATH, postgresql://user@host/db, "
-                          "mysql://user@host/db or journal:PATH")
+        raise ConfigError(
+            f"--storage {url}: unknown kind of storage; use sqlite:///PATH, postgresql://user@host/db, "
+            "mysql://user@host/db or journal:PATH"
+        )
     if scheme == "sqlite":
-        db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+        db = Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else None
         if db is None or not str(db):
-            raise ConfigError(f"--storage {url}: a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db")
+            raise ConfigError(
+                f"--storage {url}: a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
         if not db.parent.is_dir():
             raise ConfigError(f"--storage {url}: folder {db.parent} does not exist; create it or choose another path")
 
@@ -347,8 +377,11 @@ def _tell(study, trial, value=None, state=None) -> None:
 
 
 def _declared_dead(trial) -> None:
-    log.warning("trial %d was failed by another worker: this one sent no heartbeat for the grace period (a stalled "
-                "process or a paused box); its result is dropped and its retry takes its place", trial.number)
+    log.warning(
+        "trial %d was failed by another worker: this one sent no heartbeat for the grace period (a stalled "
+        "process or a paused box); its result is dropped and its retry takes its place",
+        trial.number,
+    )
 
 
 def _fail(study, trial, reason: str) -> None:
@@ -382,10 +415,20 @@ def _heartbeat(storage, trial, interval: int) -> Iterator[None]:
         thread.join()
 
 
-
-
-def run_one(study, base_cfg, space, out_dir, folds, pruner_name, n_trials, keep=False, *, storage=None,
-            heartbeat: int = 60, device: str | None = None) -> bool:
+def run_one(
+    study,
+    base_cfg,
+    space,
+    out_dir,
+    folds,
+    pruner_name,
+    n_trials,
+    keep=False,
+    *,
+    storage=None,
+    heartbeat: int = 60,
+    device: str | None = None,
+) -> bool:
     """Ask for a trial and run it; False once the study already holds ``n_trials`` (this one is dropped)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)  # we beat ourselves: see _heartbeat
@@ -433,8 +476,14 @@ def _retry_of(trials: list[FrozenTrial]) -> dict[int, int]:
 def _counted(trials: list[FrozenTrial], before: int | None = None) -> int:
     """Trials that count towards n_trials: finished or running, not surplus, not a dead worker's (it is retried)."""
     retried = _retry_of(trials)
-    return sum(1 for t in trials if t.state in COUNTED and t.user_attrs.get("fail_reason") != "surplus"
-               and t.number not in retried and (before is None or t.number < before))
+    return sum(
+        1
+        for t in trials
+        if t.state in COUNTED
+        and t.user_attrs.get("fail_reason") != "surplus"
+        and t.number not in retried
+        and (before is None or t.number < before)
+    )
 
 
 def _reap(study, trials: list[FrozenTrial]) -> None:
@@ -454,7 +503,9 @@ def _reap(study, trials: list[FrozenTrial]) -> None:
             continue
         try:
             if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                log.warning("trial %d: its worker (pid %s on this box) is gone; the trial is queued again", t.number, pid)
+                log.warning(
+                    "trial %d: its worker (pid %s on this box) is gone; the trial is queued again", t.number, pid
+                )
                 storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(t._trial_id))
         except UpdateFinishedTrialError:
             pass  # another worker failed it first
@@ -488,8 +539,13 @@ def _open_study(plan: _Plan, *, shared: bool):
     for attempt in range(6):
         try:
             storage = make_storage(plan.storage, plan.out_dir, plan.heartbeat)
-            study = optuna.create_study(study_name=plan.study_name, storage=storage, load_if_exists=True,
-                                        direction=plan.direction, pruner=make_pruner(plan.pruner, plan.total_steps))  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
+            study = optuna.create_study(
+                study_name=plan.study_name,
+                storage=storage,
+                load_if_exists=True,
+                direction=plan.direction,  # type: ignore[arg-type]  # validated as maximize/minimize
+                pruner=make_pruner(plan.pruner, plan.total_steps),
+            )
             break
         except SQLAlchemyError:
             if attempt == 5:
@@ -510,15 +566,31 @@ def _work(plan: _Plan, study, storage, device: str | None = None) -> None:
         _reap(study, study.get_trials(deepcopy=False))
         trials = study.get_trials(deepcopy=False)
         if _counted(trials) < plan.n_trials:
-            run_one(study, plan.base, plan.space, plan.out_dir, plan.folds, plan.pruner, plan.n_trials, plan.keep_trials,
-                    storage=storage, heartbeat=plan.heartbeat, device=device)
+            run_one(
+                study,
+                plan.base,
+                plan.space,
+                plan.out_dir,
+                plan.folds,
+                plan.pruner,
+                plan.n_trials,
+                plan.keep_trials,
+                storage=storage,
+                heartbeat=plan.heartbeat,
+                device=device,
+            )
             continue
         running = [t.number for t in trials if t.state == TrialState.RUNNING]
         if not running:
             return
         if not waiting:
-            log.info("the study holds %d trials; waiting for trial%s %s of other workers to end (one whose worker dies "
-                     "is run again here)", plan.n_trials, "s" if len(running) > 1 else "", ", ".join(map(str, running)))
+            log.info(
+                "the study holds %d trials; waiting for trial%s %s of other workers to end (one whose worker dies "
+                "is run again here)",
+                plan.n_trials,
+                "s" if len(running) > 1 else "",
+                ", ".join(map(str, running)),
+            )
             waiting = True
         time.sleep(min(plan.heartbeat, 2.0))
 
@@ -530,10 +602,22 @@ def _tune_worker(plan: _Plan, device: str, send: Callable[[tuple], None]) -> Non
         _work(plan, study, storage, device)
 
 
-def tune(cfg: Config, out_dir: str | Path, *, n_trials: int | None = None, timeout: float | None = None,
-         storage: str | None = None, study_name: str | None = None, folds: list[int] | None = None,
-         epochs: int | None = None, pruner: str | None = None, seed: int | None = None,
-         keep_trials: bool = False, devices: str | list[str | int] | None = None, heartbeat: int = 60) -> TuneResult:
+def tune(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    folds: list[int] | None = None,
+    epochs: int | None = None,
+    pruner: str | None = None,
+    seed: int | None = None,
+    keep_trials: bool = False,
+    devices: str | list[str | int] | None = None,
+    heartbeat: int = 60,
+) -> TuneResult:
     """Run (or resume) a study until it holds ``n_trials`` trials; write the best config, trials.csv and plots.
 
     ``devices`` (``"0,1"``, ``"all"``, ``["cpu", "cpu"]``) runs one worker process per device on the study.
@@ -574,9 +658,22 @@ def tune(cfg: Config, out_dir: str | Path, *, n_trials: int | None = None, timeo
         base = build_config(raw)
     metric = get_metric(cfg.metric)
     max_epochs = max(base.train_for(e).epochs for e in base.models)
-    plan = _Plan(base, space, out_dir, storage, study_name or "comp", block.direction or metric.direction, pruner,
-                 len(folds) * len(base.models) * max_epochs, n_trials, folds, keep_trials, timeout, heartbeat,
-                 cfg.seed if seed is None else seed)
+    plan = _Plan(
+        base,
+        space,
+        out_dir,
+        storage,
+        study_name or "comp",
+        block.direction or metric.direction,
+        pruner,
+        len(folds) * len(base.models) * max_epochs,
+        n_trials,
+        folds,
+        keep_trials,
+        timeout,
+        heartbeat,
+        cfg.seed if seed is None else seed,
+    )
     with _quiet_optuna():
         study, store = _open_study(plan, shared=storage is not None)  # creates the study before any worker races to
         if device_list is not None and len(device_list) > 1:
@@ -585,7 +682,9 @@ def tune(cfg: Config, out_dir: str | Path, *, n_trials: int | None = None, timeo
                 if not ex.ok and ex.error is None:
                     log.warning("[%s] %s; another worker ran its trial again", ex.name, ex.describe())
             if any(e.error is not None for e in exits) or _counted(study.get_trials(deepcopy=False)) < n_trials:
-                raise_failures(exits, lambda ex: "", "the study keeps its finished trials; run the same command to go on")
+                raise_failures(
+                    exits, lambda ex: "", "the study keeps its finished trials; run the same command to go on"
+                )
         else:
             _work(plan, study, store, device_list[0] if device_list else None)
         return write_outputs(study, cfg, space, out_dir)
@@ -611,12 +710,25 @@ def trials_frame(study) -> pd.DataFrame:
     trials = study.get_trials(deepcopy=False)
     retried = _retry_of(trials)
     for t in trials:
-        dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        dur = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else None
+        )
         reason = t.user_attrs.get("fail_reason", "")
         if t.state == TrialState.FAIL and not reason:  # failed by the heartbeat check or a dead-worker check
             reason = "worker died" + (f"; retried as trial {retried[t.number]}" if t.number in retried else "")
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "duration_s": dur,
-                     "last_step": t.last_step, "fail_reason": reason, **t.params})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "duration_s": dur,
+                "last_step": t.last_step,
+                "fail_reason": reason,
+                **t.params,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -661,7 +773,9 @@ class TuneResult:
         if not len(trials):
             return "no finished trial yet"
         trials["value"] = pd.to_numeric(trials["value"], errors="coerce")
-        done = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=self.direction == "minimize").head(top)
+        done = (
+            trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=self.direction == "minimize").head(top)
+        )
         cols = [c for c in trials.columns if c not in ("duration_s", "last_step", "fail_reason")]
         return format_table(done[cols].to_dict("records")) if len(done) else "no finished trial yet"
 
@@ -675,13 +789,25 @@ def write_outputs(study, cfg: Config, space: dict, out_dir: Path) -> TuneResult:
     trials = trials_frame(study)
     write_csv(out_dir / "trials.csv", trials)
     complete = trials[trials["state"] == "COMPLETE"] if len(trials) else trials
-    result = TuneResult(out_dir, len(trials), trials["state"].value_counts().to_dict() if len(trials) else {},
-                        None, None, None, None, [], study.direction.name.lower())
+    result = TuneResult(
+        out_dir,
+        len(trials),
+        trials["state"].value_counts().to_dict() if len(trials) else {},
+        None,
+        None,
+        None,
+        None,
+        [],
+        study.direction.name.lower(),
+    )
     if len(complete):
         best = study.best_trial
         best_cfg = apply_params(cfg, best.params)
-        write_text(out_dir / "best_config.yaml", f"# comp tune: best of {len(trials)} trials, "
-                   f"{cfg.metric} = {best.value:.6f} (trial {best.number})\n" + dump(best_cfg))
+        write_text(
+            out_dir / "best_config.yaml",
+            f"# comp tune: best of {len(trials)} trials, "
+            f"{cfg.metric} = {best.value:.6f} (trial {best.number})\n" + dump(best_cfg),
+        )
         result.best_value, result.best_params = best.value, best.params
         result.best_config, result.best_number = out_dir / "best_config.yaml", best.number
     with warnings.catch_warnings(), _pyplot_scope():
