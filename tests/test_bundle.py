@@ -357,3 +357,27 @@ def test_cli_bundle(world, tmp_path):
     assert "res.onnx" in res.output and "predict.py --images" in res.output
     res = CliRunner().invoke(main, ["bundle", str(tmp_path), "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "not a run folder" in res.output
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "is-a-folder", "probs-missing-folder"])
+def test_unwritable_outputs_are_refused_before_any_graph_runs(world, tmp_path, monkeypatch, capsys, where):
+    out = tmp_path / "b"
+    bundle_run(world["run"], out=out, models=["res"])
+    data = world["data"]
+    sub, probs = tmp_path / "sub.csv", tmp_path / "probs.csv"
+    if where == "missing-folder":
+        sub = tmp_path / "nope" / "sub.csv"
+    elif where == "is-a-folder":
+        sub = tmp_path
+    else:
+        probs = tmp_path / "nope" / "probs.csv"
+
+    def must_not_run(*a, **k):
+        raise AssertionError("graphs opened before the outputs were checked")
+
+    monkeypatch.setattr(bp, "open_runners", must_not_run)
+    argv = ["--bundle", str(out), "--images", str(data.test_image_dir), "--sample", str(data.sample_submission)]
+    rc = bp.main([*argv, "--out", str(sub), "--probs", str(probs)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: cannot write") and err.count("\n") == 1, err
+    assert not (tmp_path / "sub.csv").exists() and not (tmp_path / "probs.csv").exists()

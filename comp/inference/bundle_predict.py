@@ -792,6 +792,17 @@ def submission_rows(sample: Sample, m: Manifest, probs: np.ndarray) -> list[list
     return out
 
 
+def check_writable(path: Path) -> None:
+    """Refuse an output whose folder is missing or read-only before any image is read."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise BundleError(f"cannot write {path}: folder {folder} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise BundleError(f"cannot write {path}: it is a folder; pass a file path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BundleError(f"cannot write {path}: folder {folder} is not writable; choose a writable place")
+
+
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     """Write atomically: a temporary file beside ``path``, then ``os.replace``; nothing is left on failure."""
     folder = path.parent if str(path.parent) else Path(".")
@@ -865,6 +876,9 @@ def run(args: argparse.Namespace) -> None:
     sample = read_sample(args.sample)
     check_sample(sample, m)
     paths = image_paths(sample, m, args.images)
+    for target in (args.out, args.probs):
+        if target is not None:
+            check_writable(target)
     resize, how, warning = choose_resize(m.fingerprint)
     if warning and not args.quiet:
         print(f"warning: {warning}", file=sys.stderr)
@@ -875,11 +889,11 @@ def run(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     probs = predict(paths, sample, m, runners, resize, args)
-    write_csv(args.out, sample.header, submission_rows(sample, m, probs))
-    if args.probs is not None:
+    if args.probs is not None:  # the submission last: it is the file a notebook checks for
         col = sample.header.index(m.id_column)
         rows = [[row[col], *map(_cell, p)] for row, p in zip(sample.rows, probs)]
         write_csv(args.probs, [m.id_column, *m.classes], rows)
+    write_csv(args.out, sample.header, submission_rows(sample, m, probs))
     if not args.quiet:
         print(f"wrote {args.out} ({len(paths)} rows)", file=sys.stderr)
 
