@@ -434,3 +434,11 @@ def test_tuned_boundary_trains_on_it_and_scores_the_contest_labels(contest, tmp_
         best.data.labels["attributes"]["age"]["train_bins"][1]
         == result.best_params["data.labels.attributes.age.train_bins.1"]
     )
+
+
+def test_a_value_outside_the_attribute_values_names_the_image(contest):
+    cfg = config(contest, 'data.labels.attributes.gender.values=["m", "f"]')
+    with pytest.raises(CompError) as info:
+        load_train_table(cfg.data)
+    msg = str(info.value)
+    assert "images/000001_female_Asian_45/" in msg and "'female' is not in" in msg and "\n" not in msg, msg

@@ -284,9 +284,10 @@ def _indices(df: pd.DataFrame, attr: Attribute, bins: tuple[float, ...] | None, 
 
 
 def _row(df: pd.DataFrame, i: int) -> str:
-    """Name row ``i`` of ``df`` by position and, when there is one, by id."""
-    if "id" in df.columns:
-        return f"row {i} (id {df['id'].iloc[i]!r})"
+    """Name row ``i`` of ``df`` by position and by its id or, for a layout's table, its image path."""
+    for col in ("id", "path"):
+        if col in df.columns:
+            return f"row {i} ({col} {str(df[col].iloc[i])!r})"
     return f"row {i}"
 
 
