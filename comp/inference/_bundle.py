@@ -43,12 +43,11 @@ from comp.inference._export import (
     FusedModel,
     _session,
     export_graph,
-    file_digest,
     metadata,
     select_models,
 )
 from comp.inference._tta import check_merge, parse_tta
-from comp.run import RunDir, load_checkpoint, read_table, write_json
+from comp.run import RunDir, file_sha256, load_checkpoint, read_table, write_json
 from comp.training._models import model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -445,7 +444,7 @@ def _build_graph(
         reference = fused(comp_batch.float()).double().numpy()
     precision, tol = ("fp16", TOLERANCE["fp16"]) if fp16 else ("fp32", TOLERANCE["fp32"])
     size = _image_size(first)
-    digests = {str(ck["fold"]): file_digest(p) for p, ck in zip(plan.paths, plan.ckpts)}
+    digests = {str(ck["fold"]): file_sha256(p) for p, ck in zip(plan.paths, plan.ckpts)}
     folds = [int(ck["fold"]) for ck in plan.ckpts]
     meta = metadata(
         {**first, "classes": classes},

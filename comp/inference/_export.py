@@ -6,7 +6,6 @@ transform), so inference needs only the file. A graph that misses the parity tol
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -21,7 +20,7 @@ from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table
 from comp.errors import CompError
 from comp.inference._tta import TTA_OPS, check_merge, merge_torch, parse_tta
-from comp.run import RunDir, atomic_write, graph_metadata, read_graph_metadata, write_json
+from comp.run import RunDir, atomic_write, file_sha256, graph_metadata, read_graph_metadata, write_json
 from comp.training._models import model_from_checkpoint
 
 read_metadata = read_graph_metadata
@@ -58,15 +57,6 @@ class FusedModel(nn.Module):
         xs = [x] + [TTA_OPS[n](x) for n in self.tta]
         per_fold = [merge_torch([m(v) for v in xs], self.merge) for m in self.folds]
         return torch.stack(per_fold).mean(0)
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file: binds an ONNX graph to the exact checkpoint it was exported from."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def metadata(ckpt: dict, **extra) -> dict[str, str]:
@@ -238,7 +228,7 @@ def export_model(
                 precision=precision,
                 tta=[],
                 tta_merge="mean",
-                checkpoints={str(ckpt["fold"]): file_digest(path)},
+                checkpoints={str(ckpt["fold"]): file_sha256(path)},
             ),
             fp16,
         )
@@ -246,7 +236,7 @@ def export_model(
         files.append(
             {"file": out.name, "fold": ckpt["fold"], "max_abs_diff": diff, "images": len(batch), "checked_on": source}
         )
-        digests[str(ckpt["fold"])] = file_digest(path)
+        digests[str(ckpt["fold"])] = file_sha256(path)
         models.append(model)
         batches.append(batch)
     if fuse:

@@ -21,10 +21,10 @@ from comp.config import Config, load_config
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table, read_csv
 from comp.errors import CompError
-from comp.inference._export import INPUT, OUTPUT, ProbModel, export_model, file_digest, select_models
+from comp.inference._export import INPUT, OUTPUT, ProbModel, export_model, select_models
 from comp.inference._tta import check_merge, merge_probs, parse_tta, views
 from comp.metrics import get_metric
-from comp.run import FileSet, Predictions, RunDir, read_graph_metadata
+from comp.run import FileSet, Predictions, RunDir, file_sha256, read_graph_metadata
 from comp.submission._format import make_submission, validate_submission
 from comp.training._engine import resolve_device
 from comp.training._models import model_from_checkpoint
@@ -246,7 +246,7 @@ def load_folds(
             f"{run.model_dir(model_id)} has checkpoints for folds {have} of {expect_folds}; train the rest "
             f"(comp train-folds --folds {','.join(map(str, missing))}) or pass --allow-missing-folds"
         )
-    digests = {int(p.stem[4:]): file_digest(p) for p in paths}
+    digests = {int(p.stem[4:]): file_sha256(p) for p in paths}
     if engine == "onnx" and any(
         not graph_matches(p.with_suffix(".onnx"), {str(k): digests[k]}) for k, p in zip(digests, paths)
     ):
@@ -277,7 +277,7 @@ def usable_fused(run: RunDir, model_id: str, folds: list[Fold], tta: list[str], 
     """``fused.onnx`` when it was built from exactly these checkpoints (by their sha256) with the requested
     TTA views and merge; otherwise None and the per-fold graphs are used."""
     path = run.fused(model_id)
-    digests = {str(int(c.stem[4:])): file_digest(c) for c in run.checkpoints(model_id)}
+    digests = {str(int(c.stem[4:])): file_sha256(c) for c in run.checkpoints(model_id)}
     if not graph_matches(path, digests):
         return None
     meta = read_graph_metadata(path)

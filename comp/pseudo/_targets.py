@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,17 +21,9 @@ from comp.config import Config, DataConfig, DistillConfig
 from comp.data._table import TrainTable, check_ids, check_images, image_paths, read_csv, require_columns
 from comp.errors import CompError, RunFolderError
 from comp.pseudo._source import resolve_source
-from comp.run import RunDir
+from comp.run import RunDir, file_sha256
 
 SUM_TOLERANCE = 0.01  # a soft row's probabilities must sum to 1 within this (CSV rounding), then are renormalised
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -143,7 +134,7 @@ def read_extra_rows(data_cfg: DataConfig, table: TrainTable) -> ExtraRows:
         )
     paths = image_paths(df, data_cfg.test_image_dir, data_cfg, path)  # the test set's id -> path rule
     check_images(paths, path)
-    return ExtraRows(path, ids, paths, labels, bool(class_cols), sha256(path))
+    return ExtraRows(path, ids, paths, labels, bool(class_cols), file_sha256(path))
 
 
 def _hard_labels(labels: pd.Series, classes: list[str], path: Path, label_col: str) -> np.ndarray:
@@ -241,7 +232,7 @@ def read_teacher(
             f"{labels[i]!r} in {cfg.data.train_csv}; distil from a teacher trained on the same labels"
         )
     probs = [oof.probs[pos][:, cols]]
-    hashes = {"teacher_oof_sha256": sha256(teacher_run.oof(mid))}
+    hashes = {"teacher_oof_sha256": file_sha256(teacher_run.oof(mid))}
     if extra is not None:
         if not teacher_run.test_pred(mid).is_file():
             raise RunFolderError(
@@ -260,7 +251,7 @@ def read_teacher(
                 f"{teacher_run.test_pred(mid)}; pseudo-label test ids the teacher predicted"
             )
         probs.append(test.probs[tpos][:, [test.classes.index(c) for c in classes]])
-        hashes["teacher_test_sha256"] = sha256(teacher_run.test_pred(mid))
+        hashes["teacher_test_sha256"] = file_sha256(teacher_run.test_pred(mid))
     stacked = np.concatenate(probs).astype(np.float64)
     stacked = np.clip(stacked, 0, None)
     stacked /= np.maximum(stacked.sum(1, keepdims=True), 1e-12)

@@ -7,6 +7,7 @@ file in the same folder and is renamed over the target. Temporaries of killed wr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -35,6 +36,26 @@ def _unwritable(path: Path, exc: OSError) -> CompError:
     return CompError(f"cannot write {path} ({why}); choose a writable location")
 
 
+def _temporary_beside(path: Path) -> Path:
+    """An empty temporary file in ``path``'s folder (created if needed), named so clean_temporaries finds it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+    os.close(fd)
+    return Path(tmp)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks: binds graphs to checkpoints and runs to the files they learned from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
 
@@ -42,14 +63,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     never sees a partial file. A folder that cannot be created or written is a one-line CompError.
     """
     path = Path(path)
+    tmp = _temporary_beside(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    except OSError as exc:
-        raise _unwritable(path, exc) from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -232,19 +248,14 @@ class FileSet:
     def add(self, path: str | Path, write: Callable[[Path], Any]) -> Path:
         """Write ``path``'s content now, to a temporary; it replaces ``path`` at :meth:`commit`."""
         path = Path(path)
+        tmp = _temporary_beside(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-        except OSError as exc:
-            raise _unwritable(path, exc) from None
-        os.close(fd)
-        try:
-            write(Path(tmp))
+            write(tmp)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             self.discard()
             raise
-        self._staged.append((Path(tmp), path))
+        self._staged.append((tmp, path))
         return path
 
     def csv(self, path: str | Path, df: pd.DataFrame) -> Path:
