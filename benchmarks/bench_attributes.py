@@ -25,7 +25,6 @@ Data and runs go to ``.bench/attributes`` (git-ignored); a rerun reuses the data
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import shutil
 import sys
@@ -42,6 +41,7 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_ensemble import _idx  # noqa: E402
 from comp._tables import format_table  # noqa: E402
 from comp.config import load_config  # noqa: E402
 from comp.data._attributes import decompose, marginals, parse_labels  # noqa: E402
@@ -58,15 +58,6 @@ MASK = {"mask": BAG, "incorrect_mask": TROUSER, "normal": BOOT}
 STEMS = ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal")
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 SETUPS = {"18-way head": "single", "multi-head": "attributes"}
-
-
-def _idx(path: Path) -> np.ndarray:
-    """An IDX file (gzip): uint8 images (n, 28, 28) or labels (n,)."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 class Pictures:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,15 @@ def trained_run(tmp_path_factory) -> Path:
     run_dir = root.parent / "run"
     train_folds(cfg, run_dir, progress=False)
     return run_dir
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` with its size and mtime: equal snapshots mean nothing was written there."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def chmod_tree(folder: Path, writable: bool) -> None:
+    """Make ``folder`` and everything under it read-only (as Kaggle's /kaggle/input) or writable again."""
+    for p in [folder, *folder.rglob("*")]:
+        mode = p.stat().st_mode
+        p.chmod(mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

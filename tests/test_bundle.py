@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from comp.inference import _bundle as B
 from comp.inference import bundle_predict as bp
 from comp.inference import bundle_run, predict_run
 from comp.run import RunDir, load_checkpoint, make_checkpoint
+from tests.conftest import chmod_tree, snapshot
 
 # ---------------------------------------------------------------- fixtures
 
@@ -106,22 +106,12 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
 
-def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
-
-
-def _chmod_tree(folder: Path, writable: bool) -> None:
-    for p in [folder, *folder.rglob("*")]:
-        mode = p.stat().st_mode
-        p.chmod(mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
 def _predict_in_venv(python: Path, bundle: Path, images: Path, sample: Path, out_dir: Path) -> tuple[Path, Path, str]:
     """Run the bundle's predict.py in the venv with the image and bundle folders read-only; nothing may appear there."""
     sub, probs = out_dir / "submission.csv", out_dir / "probs.csv"
-    before = (_snapshot(bundle), _snapshot(images))
-    _chmod_tree(bundle, writable=False)
-    _chmod_tree(images, writable=False)
+    before = (snapshot(bundle), snapshot(images))
+    chmod_tree(bundle, writable=False)
+    chmod_tree(images, writable=False)
     try:
         res = subprocess.run(
             [
@@ -147,10 +137,10 @@ def _predict_in_venv(python: Path, bundle: Path, images: Path, sample: Path, out
             env=_clean_env(),
         )
     finally:
-        _chmod_tree(bundle, writable=True)
-        _chmod_tree(images, writable=True)
+        chmod_tree(bundle, writable=True)
+        chmod_tree(images, writable=True)
     assert res.returncode == 0, res.stderr
-    assert (_snapshot(bundle), _snapshot(images)) == before, "predict.py wrote into the bundle or image folder"
+    assert (snapshot(bundle), snapshot(images)) == before, "predict.py wrote into the bundle or image folder"
     return sub, probs, res.stderr
 
 

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+
+from tests.conftest import chmod_tree, snapshot
 
 SCRIPT = Path(__file__).resolve().parents[1] / "comp" / "inference" / "bundle_predict.py"
 CLASSES = ["cat", "dog", "fox"]
@@ -328,22 +329,12 @@ def test_proba_submission_follows_sample_columns(world, tmp_path):
     np.testing.assert_allclose(got, world["probs"][:, order], atol=1e-5)  # float32 on CPU or GPU
 
 
-def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
-
-
-def _chmod_tree(folder: Path, writable: bool) -> None:
-    for p in [folder, *folder.rglob("*")]:
-        mode = p.stat().st_mode
-        p.chmod(mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
 def test_read_only_folders_and_numpy_resize_give_identical_output(world, tmp_path):
     bundle = make_bundle(world, "readonly")
     sample = write_sample(tmp_path / "sample.csv", ["id", "label"])
-    before = (_snapshot(bundle), _snapshot(world["images"]))
-    _chmod_tree(bundle, writable=False)
-    _chmod_tree(world["images"], writable=False)
+    before = (snapshot(bundle), snapshot(world["images"]))
+    chmod_tree(bundle, writable=False)
+    chmod_tree(world["images"], writable=False)
     try:
         with_cv2 = run_predict(
             bundle, world["images"], sample, tmp_path / "cv2.csv", "--probs", str(tmp_path / "p1.csv")
@@ -357,12 +348,12 @@ def test_read_only_folders_and_numpy_resize_give_identical_output(world, tmp_pat
             bundle, world["images"], sample, tmp_path / "np.csv", "--probs", str(tmp_path / "p2.csv"), env=env
         )
     finally:
-        _chmod_tree(bundle, writable=True)
-        _chmod_tree(world["images"], writable=True)
+        chmod_tree(bundle, writable=True)
+        chmod_tree(world["images"], writable=True)
     assert with_cv2.returncode == 0, with_cv2.stderr
     assert without.returncode == 0, without.stderr
     assert "resize: cv2" in with_cv2.stderr and "resize: numpy (cv2 not importable)" in without.stderr
-    assert (_snapshot(bundle), _snapshot(world["images"])) == before, "predict.py wrote into a read-only folder"
+    assert (snapshot(bundle), snapshot(world["images"])) == before, "predict.py wrote into a read-only folder"
     assert (tmp_path / "cv2.csv").read_bytes() == (tmp_path / "np.csv").read_bytes()
     assert (tmp_path / "p1.csv").read_bytes() == (tmp_path / "p2.csv").read_bytes()
 

@@ -12,22 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from mask_contest import LABELS, N_EVAL, PERSONS, STEMS, write_mask_contest
+from mask_contest import LABELS, N_EVAL, PERSONS, RECIPE, STEMS, TINY, write_mask_contest
 
 from comp.cli import main
 from comp.data._attributes import compose_probs, marginals
 from comp.run import RunDir
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "mask.yaml"
-TINY = [
-    "models.0.name=test_efficientnet",
-    "models.0.image_size=32",
-    "models.0.pretrained=false",
-    "train.epochs=1",
-    "folds.n_splits=2",
-    "data.num_workers=0",
-    "train.batch_size=8",
-]
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*fewer groups than folds:UserWarning", "ignore:The least populated class:UserWarning"
 )

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from mask_contest import DISAGREEING, LABELS, N_EVAL, PERSONS, STEMS, write_mask_contest
+from mask_contest import DISAGREEING, LABELS, N_EVAL, PERSONS, RECIPE, STEMS, TINY, write_mask_contest
 
 from comp.config import LossConfig, ModelConfig, load_config
 from comp.data._attributes import compose_probs, marginals, parse_labels
@@ -26,16 +26,6 @@ from comp.training._losses import LOSSES
 from comp.training._models import checkpoint_meta, create_model, model_from_checkpoint
 from comp.tuning._tune import parse_space
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "mask.yaml"
-TINY = [
-    "models.0.name=test_efficientnet",
-    "models.0.image_size=32",
-    "models.0.pretrained=false",
-    "train.epochs=1",
-    "folds.n_splits=2",
-    "data.num_workers=0",
-    "train.batch_size=8",
-]
 SCHEME = parse_labels(LABELS)
 
 

@@ -7,7 +7,6 @@ chmod and each test asserts that no file appeared in it rather than relying on t
 from __future__ import annotations
 
 import logging
-import stat
 import tempfile
 from pathlib import Path
 
@@ -19,17 +18,7 @@ from comp.config import DataConfig, load_config
 from comp.data._cache import disk_cache_dir, make_reader, writable
 from comp.errors import ConfigError
 from comp.training import train_folds
-from tests.conftest import tiny_config, write_competition, write_config
-
-
-def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
-
-
-def _chmod_tree(folder: Path, writable: bool) -> None:
-    for p in [folder, *folder.rglob("*")]:
-        mode = p.stat().st_mode
-        p.chmod(mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+from tests.conftest import chmod_tree, snapshot, tiny_config, write_competition, write_config
 
 
 @pytest.fixture
@@ -38,13 +27,13 @@ def read_only(tmp_path):
     folders: list[Path] = []
 
     def make(folder: Path) -> Path:
-        _chmod_tree(folder, writable=False)
+        chmod_tree(folder, writable=False)
         folders.append(folder)
         return folder
 
     yield make
     for folder in folders:
-        _chmod_tree(folder, writable=True)
+        chmod_tree(folder, writable=True)
 
 
 @pytest.fixture
@@ -77,11 +66,11 @@ def test_disk_cache_falls_back_to_tmpdir_then_the_run_folder(tmp_path, read_only
     assert f"{comp} is read-only; caching decoded images in {tmpdir_at / 'comp-cache'}" in caplog.text
     read_only(tmpdir_at)
     assert disk_cache_dir(data, tmp_path / "run") == tmp_path / "run" / "cache"
-    before = _snapshot(comp)
+    before = snapshot(comp)
     reader = make_reader(data, (8, 8), sorted((comp / "train").glob("*.png")), run_dir=tmp_path / "run")
     reader(reader.paths[0])
     assert reader.file.parent == tmp_path / "run" / "cache" and reader.filled() == 1
-    assert _snapshot(comp) == before
+    assert snapshot(comp) == before
 
 
 def test_unwritable_cache_dir_fails_before_the_run_folder_is_written(tmp_path, read_only):
@@ -134,11 +123,11 @@ def _commands_on_read_only_data(tmp_path: Path, read_only, monkeypatch, commands
     write_config(work, cfg)
     monkeypatch.chdir(work)
     read_only(comp)
-    before = _snapshot(comp)
+    before = snapshot(comp)
     for args in [TRAIN, *commands]:
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 0, f"comp {' '.join(args)}: {res.output}"
-    assert _snapshot(comp) == before, "a command wrote into the read-only competition folder"
+    assert snapshot(comp) == before, "a command wrote into the read-only competition folder"
     return work
 
 

@@ -147,30 +147,25 @@ def test_wilcoxon_and_hyperband_run(comp_dir, tmp_path):
         assert r.n_trials == 2 and r.best_config
 
 
-def _workers(cfg_path, storage, out, n):
-    cmd = [
-        sys.executable,
-        "-m",
-        "comp.cli",
-        "tune",
-        "--config",
-        str(cfg_path),
-        "--storage",
-        storage,
-        "--n-trials",
-        str(n),
-        "--out",
-        str(out),
-        "--pruner",
-        "none",
-        "--folds",
-        "0",
-        "--epochs",
-        "1",
+def _tune_cmd(cfg_path, storage, out, n, *extra: str) -> list[str]:
+    """`comp tune` in a new interpreter: one fold, one epoch, no pruner, on a shared study."""
+    return [
+        *(sys.executable, "-m", "comp", "tune", "--config", str(cfg_path), "--storage", storage),
+        *("--n-trials", str(n), "--out", str(out), "--pruner", "none", "--folds", "0", "--epochs", "1"),
+        *extra,
     ]
+
+
+def _spawn(cmd: list[str], n: int = 1) -> list[subprocess.Popen]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) for _ in range(2)]
-    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    return [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True) for _ in range(n)
+    ]
+
+
+def _workers(cfg_path, storage, out, n):
+    procs = _spawn(_tune_cmd(cfg_path, storage, out, n), 2)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
 
 
@@ -309,32 +304,10 @@ def test_killed_device_worker_on_a_journal_study_is_retried(comp_dir, tmp_path):
     """comp tune --devices cpu,cpu on a journal: one worker is killed mid-trial; the other fails that trial, runs
     it again, and the study ends with exactly --n-trials finished trials."""
     journal = tmp_path / "study.journal"
-    cmd = [
-        sys.executable,
-        "-m",
-        "comp",
-        "tune",
-        "--config",
-        str(_cfg(comp_dir, LR)),
-        "--storage",
-        f"journal:{journal}",
-        "--n-trials",
-        "3",
-        "--out",
-        str(tmp_path / "t"),
-        "--pruner",
-        "none",
-        "--folds",
-        "0",
-        "--epochs",
-        "1",
-        "--devices",
-        "cpu,cpu",
-        "--heartbeat",
-        "1",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    parent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    cmd = _tune_cmd(
+        _cfg(comp_dir, LR), f"journal:{journal}", tmp_path / "t", 3, "--devices", "cpu,cpu", "--heartbeat", "1"
+    )
+    [parent] = _spawn(cmd)
     killed = _kill_a_worker_mid_trial(_journal(journal), parent.pid, [parent])
     out = parent.communicate(timeout=300)[0]
     assert parent.returncode == 0 and "killed by signal 9; another worker ran its trial again" in out, out
@@ -348,32 +321,7 @@ def test_killed_device_worker_on_a_journal_study_is_retried(comp_dir, tmp_path):
 @pytest.mark.slow
 def test_killed_worker_on_a_postgres_study_is_retried(comp_dir, tmp_path, postgres_url):
     """Two `comp tune` processes (as on two boxes) on PostgreSQL; one is killed mid-trial."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "comp",
-        "tune",
-        "--config",
-        str(_cfg(comp_dir, LR)),
-        "--storage",
-        postgres_url,
-        "--n-trials",
-        "3",
-        "--out",
-        str(tmp_path / "t"),
-        "--pruner",
-        "none",
-        "--folds",
-        "0",
-        "--epochs",
-        "1",
-        "--heartbeat",
-        "1",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True) for _ in range(2)
-    ]
+    procs = _spawn(_tune_cmd(_cfg(comp_dir, LR), postgres_url, tmp_path / "t", 3, "--heartbeat", "1"), 2)
     killed = _kill_a_worker_mid_trial(postgres_url, -1, procs)
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert sorted(p.returncode for p in procs) == [-signal.SIGKILL, 0], outs
