@@ -48,3 +48,30 @@ def test_every_loss_trains_toward_the_target(name):
         loss.backward()
         opt.step()
     assert loss.item() < first * 0.5
+
+
+def test_a_non_finite_loss_stops_the_epoch_before_the_weights_change():
+    from comp.training._engine import StepConfig, train_one_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = [(torch.randn(2, 4), torch.tensor([0, 1]))] * 3
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def nan_loss(logits, target):
+        return (logits * float("nan")).sum()
+
+    with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 0 step 0; lower train.lr"):
+        train_one_epoch(model, loader, opt, nan_loss, lambda x, y, e: (x, y), 0, StepConfig(torch.device("cpu")))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    stats = train_one_epoch(
+        model,
+        loader,
+        opt,
+        torch.nn.functional.cross_entropy,
+        lambda x, y, e: (x, y),
+        0,
+        StepConfig(torch.device("cpu")),
+    )
+    assert stats["steps"] == 3 and np.isfinite(stats["loss"]) and stats["loss"] > 0

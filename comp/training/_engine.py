@@ -79,9 +79,10 @@ def train_one_epoch(
         with autocast(sc.device, sc.amp_dtype):
             logits = model(x)
         loss = loss_fn(logits.float(), soft)
-        if not torch.isfinite(loss):
+        loss_value = loss.item()  # the one host sync of the step: the finiteness check and the running mean share it
+        if not math.isfinite(loss_value):
             raise FloatingPointError(
-                f"loss became {loss.item()} at epoch {epoch} step {steps}; lower train.lr or enable train.grad_clip"
+                f"loss became {loss_value} at epoch {epoch} step {steps}; lower train.lr or enable train.grad_clip"
             )
         optimizer.zero_grad(set_to_none=True)
         if sc.scaler is not None:
@@ -101,7 +102,7 @@ def train_one_epoch(
             sc.scheduler.step_update(step0 + steps)
         if sc.ema is not None:
             sc.ema.update(model, step=step0 + steps)
-        total += loss.item() * len(x)
+        total += loss_value * len(x)
         n_seen += len(x)
         if sc.progress is not None:
             sc.progress.update(1)
