@@ -60,7 +60,8 @@ class CompGroup(click.Group):
                 raise
             rank = _rank()
             click.echo(f"error{f' (rank {rank})' if rank else ''}: {' '.join(msg.split())}", err=True)
-            sys.exit(2)
+            # a CompError carries its exit code: 2 for bad input, 1 for a worker that died (WorkerError)
+            sys.exit(exc.exit_code if isinstance(exc, CompError) else 2)
 
 
 class CommaList(click.ParamType):
@@ -343,7 +344,7 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
 def pseudo_cmd(source, out, threshold, top_per_class, max_per_class, soft):
     """Pseudo-label confident test rows of a run, model or blend folder (from its test.csv).
 
-    Example: comp pseudo runs/blend-hill_climb --out pseudo/round1.csv --threshold 0.9 --max-per-class 400
+    Example: comp pseudo runs/demo-blend --out pseudo/round1.csv --threshold 0.9 --max-per-class 400
     """
     from comp.pseudo import pseudo_label
 

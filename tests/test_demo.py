@@ -56,7 +56,19 @@ def test_every_help_example_runs_as_written(tmp_path, monkeypatch):
     (tmp_path / "comp" / "configs").mkdir(parents=True)
     shutil.copy(repo / "comp" / "configs" / "demo.yaml", tmp_path / "comp" / "configs" / "demo.yaml")
     monkeypatch.chdir(tmp_path)
-    order = ["demo", "train-folds", "predict", "export", "ensemble", "explain", "eda", "bench-data", "tune"]
+    order = [
+        "demo",
+        "train-folds",
+        "predict",
+        "export",
+        "ensemble",
+        "pseudo",
+        "bundle",
+        "explain",
+        "eda",
+        "bench-data",
+        "tune",
+    ]
     assert set(order) | {"submit"} == set(main.commands)
     for name in order:
         text = " ".join(CliRunner().invoke(main, [name, "--help"]).output.split())
