@@ -53,9 +53,7 @@ def test_multilabel_scores_skip_labels_without_both_classes():
     # label 1 has no positive row: left out; label 0 ranks perfectly; label 2: positives .8 and .4 vs .2 and .3
     assert mean_auc(Y, P) == pytest.approx((1.0 + 1.0) / 2)
     assert mean_average_precision(Y, P) == pytest.approx(np.mean([1.0, 1.0]))
-    ll = -np.mean(
-        [np.mean(np.log(np.where(Y[:, j] == 1, P[:, j], 1 - P[:, j]))) for j in range(3)]
-    )
+    ll = -np.mean([np.mean(np.log(np.where(Y[:, j] == 1, P[:, j], 1 - P[:, j]))) for j in range(3)])
     assert mean_log_loss(Y, P) == pytest.approx(ll)
 
 
@@ -90,9 +88,7 @@ def test_quadratic_kappa_matches_sklearn_and_cutpoints_fit():
     p = y * 0.6 + 0.7 + rng.normal(scale=0.4, size=500)  # a shrunk, shifted regressor: rounding is poor
     grades = np.arange(5)
     rounded = np.clip(np.rint(p), 0, 4)
-    assert quadratic_kappa(y, rounded, grades) == pytest.approx(
-        skm.cohen_kappa_score(y, rounded, weights="quadratic")
-    )
+    assert quadratic_kappa(y, rounded, grades) == pytest.approx(skm.cohen_kappa_score(y, rounded, weights="quadratic"))
     cuts, found = fit_cutpoints(y, p)
     assert list(found) == [0, 1, 2, 3, 4] and np.all(np.diff(cuts) > 0)
     fitted = quadratic_kappa(y, apply_cutpoints(p, cuts, found), found)
@@ -149,3 +145,32 @@ def test_regression_key_bins_by_quantile():
     assert regression_key(np.arange(6, dtype=float), 5).max() == 0  # too few rows to bin: one stratum
     two = np.stack([y, -y], 1)
     assert regression_key(two, 5).max() == 0  # the standardised mean is constant here: one bin
+
+
+def test_label_stack_learns_which_member_knows_which_label():
+    from comp.ensembling._task_stack import fit_label_stack
+
+    rng = np.random.default_rng(0)
+    n = 600
+    Y = (rng.random((n, 2)) < 0.4).astype(float)
+    good = np.clip(Y + rng.normal(scale=0.25, size=Y.shape), 0.01, 0.99)
+    noise = rng.random(Y.shape)
+    # member 0 knows label 0 only, member 1 label 1 only
+    P = np.stack([np.stack([good[:, 0], noise[:, 1]], 1), np.stack([noise[:, 0], good[:, 1]], 1)])
+    stack = fit_label_stack(P, Y)
+    blended = stack.predict(P)
+    assert mean_auc(Y, blended) > mean_auc(Y, P.mean(0)) + 0.02
+    assert mean_log_loss(Y, blended) < mean_log_loss(Y, P.mean(0))
+
+
+def test_ridge_stack_recovers_weights_and_offset():
+    from comp.ensembling._task_stack import fit_ridge_stack
+
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(500, 1)) * 3 + 10
+    a = y[:, 0] + rng.normal(scale=0.3, size=500)  # good member
+    b = 0.5 * y[:, 0] + 4 + rng.normal(scale=2.0, size=500)  # biased, noisy member
+    P = np.stack([a, b])[:, :, None]
+    stack = fit_ridge_stack(P, y, alpha=1e-6)
+    assert rmse(y, stack.predict(P)) < rmse(y, P.mean(0)) * 0.5
+    assert stack.w[0, 0] > 0.8
