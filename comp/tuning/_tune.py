@@ -26,8 +26,6 @@ import numpy as np
 import optuna
 import pandas as pd
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat  # see _JournalWithHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from comp._tables import format_table
@@ -37,6 +35,14 @@ from comp.errors import CompError, ConfigError, closest
 from comp.metrics import get_metric
 from comp.run import RunDir, pid_alive, read_table, save_figure, write_csv, write_text
 from comp.training._trainer import EpochEvent
+from comp.tuning._optuna import (
+    JournalWithHeartbeat,
+    fail_and_retry,
+    fail_stale,
+    record_heartbeat,
+    retry_callback,
+    retry_history,
+)
 
 SPACE_TYPES = ("float", "int", "categorical")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
@@ -221,53 +227,6 @@ def make_pruner(name: str, total_steps: int) -> optuna.pruners.BasePruner:
     raise CompError(f"unknown pruner '{name}'; choose from {', '.join(PRUNERS)}{closest(name, PRUNERS)}")
 
 
-STALE_KEY = "comp:heartbeat"  # a journal trial's last heartbeat (unix time), as a system attribute
-
-
-class _JournalWithHeartbeat(JournalStorage, BaseHeartbeat):
-    """A journal file that speaks Optuna's heartbeat protocol, as RDBStorage does.
-
-    Optuna 5 gives journals no heartbeat (optuna#6615), so a worker killed on another box would leave its
-    trial RUNNING forever. Heartbeats are written as a trial system attribute; implementing BaseHeartbeat lets
-    Optuna's own ``fail_stale_trials`` and ``RetryHeartbeatStaleTrialCallback`` work on it unchanged. Times are
-    each writer's clock, so boxes sharing a journal need clocks within the grace period of each other (NTP).
-    """
-
-    def __init__(self, backend: Any, interval: int, grace: int, callback: Callable[..., None]):
-        super().__init__(backend)
-        self._interval, self._grace, self._callback = interval, grace, callback
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            self.set_trial_system_attr(trial_id, STALE_KEY, time.time())
-        except UpdateFinishedTrialError:
-            pass  # finished meanwhile: nothing left to keep alive
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
-        stale = []
-        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            if STALE_KEY not in t.system_attrs:
-                continue  # as in RDBStorage: a trial that never beat is not judged
-            # a retried trial inherits its dead original's attributes: its own start counts as a beat
-            start = t.datetime_start.timestamp() if t.datetime_start else 0.0
-            if now - max(float(t.system_attrs[STALE_KEY]), start) > self._grace:
-                stale.append(t._trial_id)
-        return stale
-
-    def get_heartbeat_interval(self) -> int:
-        return self._interval
-
-    def get_heartbeat_stale_trial_callback(self) -> Callable[..., None]:
-        return self._callback
-
-
-def _retry_callback() -> Callable[..., None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-
-
 def make_storage(url: str | None, out_dir: Path, heartbeat: int = 60):
     """The study's storage, with Optuna's heartbeat: a worker that stops beating for ``2 * heartbeat`` seconds has
     its RUNNING trial failed and queued again (up to MAX_RETRY times) by whichever worker notices.
@@ -284,7 +243,7 @@ def make_storage(url: str | None, out_dir: Path, heartbeat: int = 60):
 
             path = Path(url[len("journal:") :]).expanduser().resolve()
             path.parent.mkdir(parents=True, exist_ok=True)
-            return _JournalWithHeartbeat(JournalFileBackend(str(path)), heartbeat, grace, _retry_callback())
+            return JournalWithHeartbeat(JournalFileBackend(str(path)), heartbeat, grace, retry_callback(MAX_RETRY))
         engine_kwargs = None
         if url is None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +256,7 @@ def make_storage(url: str | None, out_dir: Path, heartbeat: int = 60):
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat,
                 grace_period=grace,
-                heartbeat_stale_trial_callback=_retry_callback(),
+                heartbeat_stale_trial_callback=retry_callback(MAX_RETRY),
             )
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors of many types all mean an unusable URL
             from sqlalchemy.exc import IntegrityError, ProgrammingError
@@ -400,7 +359,7 @@ def _heartbeat(storage, trial, interval: int) -> Iterator[None]:
     def beat() -> None:
         while True:
             try:
-                storage.record_heartbeat(trial._trial_id)
+                record_heartbeat(storage, trial)
             except Exception as exc:  # a storage hiccup must not kill the trial; a long silence fails it
                 log.debug("heartbeat of trial %d failed: %s", trial.number, exc)
             if stop.wait(interval):
@@ -434,7 +393,7 @@ def run_one(
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)  # we beat ourselves: see _heartbeat
         trial = study.ask()
     if storage is not None:
-        storage.record_heartbeat(trial._trial_id)  # judged from now on, should this process die before its next beat
+        record_heartbeat(storage, trial)  # judged from now on, should this process die before its next beat
     if _counted(study.get_trials(deepcopy=False), before=trial.number) >= n_trials:
         _fail(study, trial, "surplus")  # another worker took the last slot between our count and our ask
         return False
@@ -467,9 +426,7 @@ def _nothing() -> Iterator[None]:
 
 def _retry_of(trials: list[FrozenTrial]) -> dict[int, int]:
     """{number of a trial whose worker died: number of the trial that retries it}."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        history = {t.number: optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t) for t in trials}
+    history = {t.number: retry_history(t) for t in trials}
     return {h[-1]: number for number, h in history.items() if h}
 
 
@@ -492,23 +449,14 @@ def _reap(study, trials: list[FrozenTrial]) -> None:
     Any box: Optuna's heartbeat check (no beat for the grace period). This box, at once: a trial whose worker
     process is gone, as a fold lock of a dead process on this host is taken over.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    fail_stale(study)
     host = socket.gethostname()
-    storage = study._storage
     for t in trials:
         w_host, pid, number = (str(t.user_attrs.get("worker", "")).rsplit(":", 2) + ["", "", ""])[:3]
         if t.state != TrialState.RUNNING or w_host != host or number != str(t.number) or pid_alive(pid):
             continue
-        try:
-            if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                log.warning(
-                    "trial %d: its worker (pid %s on this box) is gone; the trial is queued again", t.number, pid
-                )
-                storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(t._trial_id))
-        except UpdateFinishedTrialError:
-            pass  # another worker failed it first
+        if fail_and_retry(study, t):  # False: another worker failed it first
+            log.warning("trial %d: its worker (pid %s on this box) is gone; the trial is queued again", t.number, pid)
 
 
 @dataclass
