@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import tiny_config, write_config
+from conftest import snapshot, tiny_config, write_config
 
 from comp.cli import main
 from comp.config import load_config
@@ -255,6 +255,63 @@ def test_resumed_study_does_not_replay_samples(comp_dir, tmp_path):
     tune(cfg, tmp_path / "t", n_trials=2, pruner="none")
     lrs = pd.read_csv(tmp_path / "t/trials.csv")["train.lr"]
     assert lrs[0] != lrs[1]
+
+
+# ---------------------------------------------------------------- a study is keyed by its space and objective
+
+
+def test_a_changed_space_or_objective_is_refused_with_nothing_written(comp_dir, tmp_path):
+    """Reopening a study for another space or objective would report its old trials under a best_config.yaml
+    written from the new space: refused, naming what changed; the same space and objective resume as before."""
+    out = tmp_path / "t"
+    cfg = load_config(_cfg(comp_dir, LR))
+    tune(cfg, out, n_trials=1, pruner="none", folds=[0], epochs=1)
+    before = snapshot(out)
+    wider = {"train.lr": {**LR["train.lr"], "high": 0.1}}
+    args = [
+        "tune",
+        "--config",
+        str(_cfg(comp_dir, wider)),
+        "--out",
+        str(out),
+        "--folds",
+        "0",
+        "--epochs",
+        "1",
+        "--pruner",
+        "none",
+    ]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert "tune.space.train.lr.high: 0.05 -> 0.1" in res.output and "another --out or --study-name" in res.output
+    for change, needle in [
+        ({"epochs": 2}, "epochs: 1 -> 2"),
+        ({"folds": [0, 1]}, "folds: [0] -> [0, 1]"),
+        ({"cfg": load_config(_cfg(comp_dir, LR, train__batch_size=4))}, "train.batch_size: 8 -> 4"),
+    ]:
+        kw = {"cfg": cfg, "folds": [0], "epochs": 1, **change}
+        with pytest.raises(CompError, match=re.escape(needle)):
+            tune(kw.pop("cfg"), out, n_trials=2, pruner="none", **kw)
+    assert snapshot(out) == before
+    # more trials, another pruner, the loader's workers: the same study, resumed
+    same = load_config(_cfg(comp_dir, LR, data__num_workers=1))
+    r = tune(same, out, n_trials=2, pruner="median", folds=[0], epochs=1)
+    assert r.n_trials == 2 and pd.read_csv(out / "trials.csv")["number"].tolist() == [0, 1]
+
+
+def test_the_study_key_leaves_out_where_and_how_fast_trials_run(comp_dir, tmp_path):
+    """Workers on two boxes keep the competition in other folders, with their own loaders and devices: one study."""
+    from comp.tuning._study import Plan, study_key
+
+    def key(root, **kw) -> str:
+        cfg = load_config(_cfg(root, LR, **kw))
+        plan = Plan(cfg, parse_space(cfg), tmp_path, None, "comp", "maximize", "none", 1, 1, [0], False, None, 60, 0)
+        return study_key(plan)["sha256"]
+
+    elsewhere = shutil.copytree(comp_dir, tmp_path / "box2" / "comp")
+    assert key(comp_dir) == key(elsewhere, data__num_workers=2, device="cpu", predict__batch_size=4, train__lr=0.5)
+    assert key(comp_dir) != key(comp_dir, train__batch_size=4)
 
 
 # ---------------------------------------------------------------- workers that die, workers that share
