@@ -306,7 +306,22 @@ def test_the_study_key_leaves_out_where_and_how_fast_trials_run(comp_dir, tmp_pa
 
     def key(root, **kw) -> str:
         cfg = load_config(_cfg(root, LR, **kw))
-        plan = Plan(cfg, parse_space(cfg), tmp_path, None, "comp", "maximize", "none", 1, 1, [0], False, None, 60, 0)
+        plan = Plan(
+            base=cfg,
+            space=parse_space(cfg),
+            out_dir=tmp_path,
+            storage=None,
+            study_name="comp",
+            direction="maximize",
+            pruner="none",
+            total_steps=1,
+            n_trials=1,
+            folds=[0],
+            keep_trials=False,
+            timeout=None,
+            heartbeat=60,
+            seed=0,
+        )
         return study_key(plan)["sha256"]
 
     elsewhere = shutil.copytree(comp_dir, tmp_path / "box2" / "comp")
