@@ -42,7 +42,6 @@ from comp.data._folds import assign_folds
 from comp.data._table import ImageDataset, TrainTable, load_train_table
 from comp.errors import CompError
 from comp.metrics import attribute_f1, get_metric
-from comp.pseudo._targets import TrainingTargets, check_and_record, load_training_targets
 from comp.run import (
     CheckpointMeta,
     LockHeld,
@@ -60,6 +59,7 @@ from comp.training._heads import attribute_loss
 from comp.training._losses import build_loss
 from comp.training._models import create_model, heads_description, normalization, set_backbone_frozen
 from comp.training._soft import training_part
+from comp.training._targets import TrainingTargets, check_and_record, load_training_targets
 
 log = logging.getLogger(__name__)
 
