@@ -58,7 +58,7 @@ from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolv
 from comp.training._heads import attribute_loss
 from comp.training._losses import build_loss
 from comp.training._models import create_model, heads_description, normalization, set_backbone_frozen
-from comp.training._soft import training_part
+from comp.training._soft import TrainingPart, training_part
 from comp.training._targets import TrainingTargets, check_and_record, load_training_targets
 
 log = logging.getLogger(__name__)
@@ -292,20 +292,38 @@ class FoldTrainer:
         # the loaders yield HWC uint8 arrays, normalised on the device (4x fewer bytes through workers and to the GPU)
         train_tf, valid_u8 = pipelines(cfg.augment, self.hw, self.mean, self.std, normalize=False)
         self.normalize = DeviceNormalize(self.mean, self.std, self.device, self.tcfg.channels_last)
-        self.train_idx = np.flatnonzero(ctx.folds != ctx.fold)
+        train_idx = np.flatnonzero(ctx.folds != ctx.fold)
         self.valid_idx = np.flatnonzero(ctx.folds == ctx.fold)
-        # models fit the training labels (data.labels' train_bins); validation scores the competition's
-        self.train_ds = ImageDataset(ctx.table.paths, ctx.table.train_targets, train_tf, reader=self._reader())
-        self.valid_ds = ImageDataset(ctx.table.paths, ctx.table.targets, valid_u8, reader=self.train_ds.reader)
+        reader = self._reader()
+        self.valid_ds = ImageDataset(ctx.table.paths, ctx.table.targets, valid_u8, reader=reader)
         heads = entry.heads == "attributes"  # attribute heads smooth their own targets (loss.attributes)
-        self.mixer = BatchMixer(cfg.augment.mixup, self.num_classes, 0.0 if heads else cfg.loss.label_smoothing)
-        self.loss_fn = (
-            attribute_loss(cfg.loss, ctx.table, self.train_idx)
+        loss = (
+            attribute_loss(cfg.loss, ctx.table, train_idx)
             if heads
-            else build_loss(cfg.loss, ctx.table.train_targets[self.train_idx], self.num_classes)
+            else build_loss(cfg.loss, ctx.table.train_targets[train_idx], self.num_classes)
         ).to(self.device)
-        if ctx.soft is not None:  # pseudo rows join the training part only; targets become per-row distributions
-            self.train_ds, self.train_idx, self.mixer, self.loss_fn = training_part(ctx.soft, self, train_tf)
+        if ctx.soft is None:
+            # models fit the training labels (data.labels' train_bins); validation scores the competition's
+            part = TrainingPart(
+                ImageDataset(ctx.table.paths, ctx.table.train_targets, train_tf, reader=reader),
+                train_idx,
+                BatchMixer(cfg.augment.mixup, self.num_classes, 0.0 if heads else cfg.loss.label_smoothing),
+                loss,
+            )
+        else:  # pseudo rows join the training part only; targets become per-row distributions
+            part = training_part(
+                ctx.soft,
+                paths=ctx.table.paths,
+                labels=ctx.table.targets,
+                train_idx=train_idx,
+                reader=reader,
+                transform=train_tf,
+                mix_cfg=cfg.augment.mixup,
+                smoothing=cfg.loss.label_smoothing,
+                loss=loss,
+                device=self.device,
+            )
+        self.train_ds, self.train_idx, self.mixer, self.loss_fn = part.dataset, part.indices, part.mixer, part.loss
         self.optimizer = create_optimizer_v2(
             self.model,
             opt=self.tcfg.optimizer,
