@@ -27,12 +27,11 @@ from comp.errors import CompError
 from comp.run import RunDir
 from comp.training._assemble import model_results
 from comp.training._distributed import Dist, rank_device, session
-from comp.training._fold import FoldContext, FoldTrainer  # noqa: F401 - tests import them from here until the next commit
 from comp.training._parallel import WorkerExit, raise_failures, resolve_devices
-from comp.training._prepare import ensure_folds, plan_folds, prepare_run, set_up_run  # noqa: F401
+from comp.training._prepare import set_up_run
 from comp.training._results import EpochEvent, TrainResult  # comp.tuning imports EpochEvent from here
 from comp.training._schedule import train_here, train_on_workers
-from comp.training._seeding import seed_everything, set_deterministic  # noqa: F401
+from comp.training._seeding import set_deterministic
 
 
 def train_folds(
