@@ -36,9 +36,11 @@ from comp.data._table import ImageDataset, load_image, load_train_table  # noqa:
 from comp.demo import demo_config_path, make_digits_competition  # noqa: E402
 from comp.run import RunDir  # noqa: E402
 from comp.training._engine import StepConfig, train_one_epoch  # noqa: E402
+from comp.training._fold import FoldContext, FoldTrainer  # noqa: E402
 from comp.training._losses import build_loss  # noqa: E402
 from comp.training._models import create_model, normalization  # noqa: E402
-from comp.training._trainer import FoldContext, FoldTrainer, ensure_folds, prepare_run, seed_everything  # noqa: E402
+from comp.training._prepare import ensure_folds, prepare_run  # noqa: E402
+from comp.training._seeding import seed_everything  # noqa: E402
 
 
 def tensors(paths, targets, model, hw):

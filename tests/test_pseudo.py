@@ -22,9 +22,10 @@ from comp.data._table import load_train_table
 from comp.errors import CompError, ConfigError
 from comp.pseudo import load_training_targets, select_rows
 from comp.run import RunDir
+from comp.training._fold import FoldContext, FoldTrainer
 from comp.training._losses import SoftCrossEntropy
+from comp.training._prepare import plan_folds
 from comp.training._soft import DistillLoss, SoftMixer, soften
-from comp.training._trainer import FoldContext, FoldTrainer, plan_folds
 
 CLASSES = [f"c{i}" for i in range(N_CLASSES)]
 
@@ -228,7 +229,7 @@ def test_set_distill_teacher_alone_takes_the_defaults(comp_dir):
 def test_a_run_saved_before_these_keys_existed_is_still_the_same_config(comp_dir, tmp_path):
     import yaml
 
-    from comp.training._trainer import prepare_run
+    from comp.training._prepare import prepare_run
 
     cfg = student_cfg(comp_dir)
     run = RunDir(tmp_path / "old")

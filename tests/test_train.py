@@ -13,8 +13,9 @@ from comp.cli import main
 from comp.config import ModelConfig, load_config
 from comp.data._folds import check_no_leak
 from comp.errors import CompError
+from comp.training._fold import FoldTrainer
 from comp.training._models import model_from_checkpoint
-from comp.training._trainer import FoldTrainer, train_folds
+from comp.training._trainer import train_folds
 
 
 def _train(comp_dir, run_dir, **kw):

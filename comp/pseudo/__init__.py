@@ -1,9 +1,10 @@
-"""Learning from predictions: pseudo-labelled test rows (``comp pseudo``, ``data.extra_train``) and teachers
-for distillation (``loss.distill``), both checked so that CV keeps scoring only what no model trained on."""
+"""``comp pseudo``: confident test rows of a run, model or blend written as pseudo-labels for
+``data.extra_train``. Training on them (and on a teacher, ``loss.distill``) is the fold trainer's part:
+``TrainingTargets`` and its readers live in ``comp.training`` and are re-exported here, where they were first."""
 
 from comp.pseudo._pseudo import PseudoResult, pseudo_label
 from comp.pseudo._select import select_rows
-from comp.pseudo._targets import ExtraRows, Teacher, TrainingTargets, load_training_targets
+from comp.training._targets import ExtraRows, Teacher, TrainingTargets, load_training_targets
 
 __all__ = [
     "ExtraRows",

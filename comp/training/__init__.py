@@ -4,7 +4,8 @@ from comp.training._distributed import launch as launch_ddp
 from comp.training._losses import LOSSES, build_loss
 from comp.training._models import create_model, model_from_checkpoint, normalization
 from comp.training._parallel import WorkerError, resolve_devices
-from comp.training._trainer import EpochEvent, FoldResult, ModelResult, TrainResult, train_folds
+from comp.training._results import EpochEvent, FoldResult, ModelResult, TrainResult
+from comp.training._trainer import train_folds
 
 __all__ = [
     "LOSSES",

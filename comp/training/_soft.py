@@ -10,6 +10,9 @@ draw as the images. ``DistillLoss`` splits them again. The validation part is un
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +25,7 @@ from comp.data._augment import BatchMixer
 from comp.data._table import ImageDataset
 
 if TYPE_CHECKING:
-    from comp.pseudo._targets import TrainingTargets
+    from comp.training._targets import TrainingTargets
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -88,31 +91,47 @@ class DistillLoss(nn.Module):
         return (1.0 - self.alpha) * hard + self.alpha * self.temperature**2 * kl
 
 
+@dataclass
+class TrainingPart:
+    """What one fold trains on: the dataset, its rows (positions in the dataset), the batch mixer and the loss."""
+
+    dataset: ImageDataset
+    indices: np.ndarray
+    mixer: BatchMixer
+    loss: nn.Module
+
+
 def training_part(
-    targets: TrainingTargets, trainer: Any, train_tf: Any
-) -> tuple[ImageDataset, np.ndarray, SoftMixer, nn.Module]:
-    """(dataset, training rows, mixer, loss) for one fold: the fold's labelled training rows plus every
-    pseudo-labelled row, targets looked up by row. The validation rows stay the trainer's own."""
-    table = trainer.ctx.table
-    n, k = len(table.paths), trainer.num_classes
+    targets: TrainingTargets,
+    *,
+    paths: Sequence[Path],
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    reader: Callable[[Path], np.ndarray],
+    transform: Any,
+    mix_cfg: MixupConfig,
+    smoothing: float,
+    loss: nn.Module,
+    device: torch.device,
+) -> TrainingPart:
+    """The fold's labelled training rows ``train_idx`` (of ``paths``, with integer ``labels``) plus every
+    pseudo-labelled row, targets looked up by row; ``loss`` (the base loss) is wrapped for distillation when
+    there is a teacher. The validation rows stay the trainer's own."""
+    n, k = len(paths), len(targets.classes)
     extra = targets.extra
-    paths = list(table.paths) + ([] if extra is None else list(extra.paths))
-    labels = np.zeros((n, k), np.float32)
-    labels[np.arange(n), table.targets] = 1.0
+    all_paths = list(paths) + ([] if extra is None else list(extra.paths))
+    rows = np.zeros((n, k), np.float32)
+    rows[np.arange(n), labels] = 1.0
     if extra is not None:
-        labels = np.concatenate([labels, extra.labels])
-    ds = ImageDataset(paths, np.arange(len(paths)), train_tf, reader=trainer.train_ds.reader)
-    idx = np.concatenate([trainer.train_idx, n + np.arange(targets.n_extra)]).astype(np.int64)
-    cfg = trainer.ctx.cfg
+        rows = np.concatenate([rows, extra.labels])
+    ds = ImageDataset(all_paths, np.arange(len(all_paths)), transform, reader=reader)
+    idx = np.concatenate([train_idx, n + np.arange(targets.n_extra)]).astype(np.int64)
     teacher = (
         None
         if targets.teacher is None
         else torch.from_numpy(soften(targets.teacher.probs, targets.teacher.temperature).astype(np.float32))
     )
-    mixer = SoftMixer(cfg.augment.mixup, k, cfg.loss.label_smoothing, torch.from_numpy(labels), teacher).to(
-        trainer.device
-    )
-    loss: nn.Module = trainer.loss_fn
+    mixer = SoftMixer(mix_cfg, k, smoothing, torch.from_numpy(rows), teacher).to(device)
     if targets.teacher is not None:
-        loss = DistillLoss(loss, k, targets.teacher.alpha, targets.teacher.temperature).to(trainer.device)
-    return ds, idx, mixer, loss
+        loss = DistillLoss(loss, k, targets.teacher.alpha, targets.teacher.temperature).to(device)
+    return TrainingPart(ds, idx, mixer, loss)

@@ -1,0 +1,152 @@
+"""Before the first fold: check everything that can be checked, then write the run folder's first files
+(config, sources of soft targets, folds) or check that an existing run folder was made with the same ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import torch
+
+from comp.config import Config
+from comp.data._augment import pipelines, to_dict, valid_pipeline
+from comp.data._folds import assign_folds
+from comp.data._table import TrainTable
+from comp.errors import CompError
+from comp.run import RunDir
+from comp.training._distributed import Dist
+from comp.training._engine import resolve_device
+from comp.training._losses import build_loss
+from comp.training._models import create_model, normalization
+from comp.training._targets import TrainingTargets, check_and_record, load_training_targets
+
+
+def _diff_keys(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in dict.fromkeys([*a, *b]):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def trained_anything(run: RunDir) -> bool:
+    """Whether any fold of any model has a checkpoint or a partly trained state: only then does the run
+    folder hold work that a changed config or training table would invalidate."""
+    if not run.models_root.is_dir():
+        return False
+    return any(run.models_root.glob("*/fold*.pt"))
+
+
+def prepare_run(cfg: Config, run: RunDir) -> None:
+    """Save the resolved config, or check that an existing run folder was made with the same one.
+
+    A run that trained nothing yet (e.g. the last attempt stopped on a bad image) takes the new config:
+    the fix of a refused command is never refused itself."""
+    if run.config.is_file() and trained_anything(run):
+        # compared after validation, so a key added to comp since (with its default) is not a difference
+        diff = _diff_keys(run.load_config().to_dict(), cfg.to_dict())
+        if diff:
+            raise CompError(
+                f"run folder {run.root} was made with a different config (keys differ: {', '.join(diff[:5])}); "
+                "use the same config to continue it, or pass another --run-dir"
+            )
+        return
+    run.save_config(cfg)
+
+
+def plan_folds(cfg: Config, run: RunDir, table: TrainTable) -> tuple[np.ndarray, bool]:
+    """(fold of every training row, whether folds.csv must be written): the saved assignment when it fits,
+    else a new one. Computed before anything is written, so an impossible split is refused first."""
+    id_col = cfg.data.id_column
+    ids = table.df[id_col].to_numpy()
+    if run.folds.is_file():
+        try:
+            saved = run.read_folds(id_col)
+        except CompError:
+            saved = None
+        fits = saved is not None and len(saved) == len(ids) and set(saved.index) == set(ids)
+        if fits:
+            return saved.loc[ids].to_numpy(np.int64), False
+        if trained_anything(run):
+            raise CompError(
+                f"{run.folds} does not match {cfg.data.train_csv} (ids differ) and folds were trained "
+                "on it; restore the training table or use a fresh --run-dir"
+            )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folds = assign_folds(table.targets, table.groups, cfg.folds.n_splits, cfg.folds.seed)
+    for w in caught:
+        warnings.warn(str(w.message), UserWarning, stacklevel=2)
+    return folds, True
+
+
+def ensure_folds(cfg: Config, run: RunDir, table: TrainTable) -> np.ndarray:
+    """Fold of every training row: read ``folds.csv`` if it fits, else assign and write it."""
+    folds, new = plan_folds(cfg, run, table)
+    if new:
+        run.write_folds(table.df[cfg.data.id_column].to_numpy(), folds, cfg.data.id_column)
+    return folds
+
+
+def preflight(cfg: Config, table: TrainTable) -> None:
+    """Everything that can be checked before the first write: the device, every model (timm name, arguments,
+    local weights), every transform and its arguments, the eval transform's serialisation, class weights,
+    and every training image's header. A mistake found here leaves the run folder untouched."""
+    from comp.data._table import check_images
+
+    resolve_device(cfg.device)
+    k = len(table.classes)
+    if isinstance(cfg.loss.class_weights, list) and len(cfg.loss.class_weights) != k:
+        raise CompError(
+            f"config key 'loss.class_weights' must list {k} numbers (one per class: "
+            f"{', '.join(table.classes[:6])}{'...' if k > 6 else ''}), got {len(cfg.loss.class_weights)}"
+        )
+    for i, entry in enumerate(cfg.models):
+        tcfg = cfg.train_for(entry)
+        if isinstance(entry.pretrained, str):
+            model = create_model(entry, k, tcfg, scheme=table.scheme)  # loads and checks the local weights file
+        else:
+            with torch.device("meta"):  # architecture and arguments only: no memory, no download
+                model = create_model(dataclasses.replace(entry, pretrained=False), k, tcfg, scheme=table.scheme)
+        if tcfg.freeze_epochs:
+            from comp.training._models import head_parameters
+
+            head_parameters(model)
+        mean, std = normalization(model, entry.in_chans)
+        pipelines(cfg.augment, entry.hw, mean, std, normalize=False)
+        valid = valid_pipeline(cfg.augment, entry.hw, mean, std)
+        from comp.data._augment import from_dict
+
+        try:
+            from_dict(to_dict(valid))
+        except Exception as exc:  # noqa: BLE001 - any failure means the checkpoint could not be written later
+            raise CompError(
+                f"augment.valid cannot be saved in a checkpoint ({type(exc).__name__}); "
+                f"use serialisable albumentations transforms (models[{i}])"
+            ) from None
+        build_loss(cfg.loss, table.targets, k)
+    check_images(table.paths, cfg.data.train_csv)
+
+
+def set_up_run(cfg: Config, run: RunDir, table: TrainTable, dist: Dist) -> tuple[np.ndarray, TrainingTargets | None]:
+    """(fold of every training row, pseudo rows and teacher) on every rank. Rank 0 checks everything, then
+    writes the config, ``sources.json`` and ``folds.csv``; the other ranks read what it wrote."""
+    if dist.is_main:
+        preflight(cfg, table)  # everything checkable is checked before the first write
+        if cfg.data.cache == "disk":  # an unwritable data.cache_dir fails here, before the run folder is written
+            from comp.data._cache import disk_cache_dir
+
+            disk_cache_dir(cfg.data, run.root)
+        fold_ids, new_folds = plan_folds(cfg, run, table)
+        soft = load_training_targets(cfg, table, fold_ids, run)  # pseudo rows and teacher, checked before writing
+        prepare_run(cfg, run)
+        check_and_record(soft, run, trained_anything(run))
+        if new_folds:
+            run.write_folds(table.df[cfg.data.id_column].to_numpy(), fold_ids, cfg.data.id_column)
+    dist.barrier()
+    if not dist.is_main:
+        fold_ids = ensure_folds(cfg, run, table)  # reads the folds.csv rank 0 wrote
+        soft = load_training_targets(cfg, table, fold_ids, run)
+    return fold_ids, soft
