@@ -8,7 +8,7 @@ import numpy as np
 import optuna
 
 from comp.errors import CompError, closest
-from comp.training._trainer import EpochEvent
+from comp.training._results import EpochEvent
 
 PRUNERS = ("median", "hyperband", "wilcoxon", "none")
 
