@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from comp import __version__
 from comp._tables import format_table
+from comp._version import __version__
 from comp.config import Config, DataConfig
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table
