@@ -5,15 +5,8 @@ import pandas as pd
 import pytest
 from mask_contest import DISAGREEING, LABELS, LAYOUT, write_mask_contest
 
-from comp.data._attributes import (
-    class_names,
-    compose_probs,
-    decompose,
-    encode,
-    marginals,
-    parse_labels,
-    targets,
-)
+from comp.config import class_names, parse_labels
+from comp.data._attributes import compose_probs, decompose, encode, marginals, targets
 from comp.data._layout import read_layout
 from comp.errors import CompError
 

@@ -1,5 +1,7 @@
 """Typed config records, YAML loading, ``--set`` overrides and validation with fixable messages."""
 
+from comp.config._labels import Attribute, Scheme, class_names, parse_labels
+from comp.config._layout import LayoutSpec, parse_layout
 from comp.config._load import (
     apply_overrides,
     dump,
@@ -30,23 +32,29 @@ from comp.config._records import (
 
 __all__ = [
     "TRAIN_KEYS",
+    "Attribute",
     "AugmentConfig",
     "Config",
     "DataConfig",
     "DistillConfig",
     "FoldsConfig",
     "HeadLossConfig",
+    "LayoutSpec",
     "LossConfig",
     "MixupConfig",
     "ModelConfig",
     "PredictConfig",
+    "Scheme",
     "TrainConfig",
     "TuneConfig",
     "apply_overrides",
     "build_config",
     "build_model",
+    "class_names",
     "dump",
     "load_config",
+    "parse_labels",
+    "parse_layout",
     "parse_value",
     "read_yaml",
     "resolve_paths",

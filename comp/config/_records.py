@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+from comp.config._labels import parse_labels
+from comp.config._layout import parse_layout
 from comp.errors import ConfigError, closest
 
 T = TypeVar("T")
@@ -48,9 +50,9 @@ class DataConfig:
     num_workers: int = _f(0, ge=0)
     cache: Literal["none", "memory", "disk"] = "none"
     cache_dir: str | None = None
-    # rows from a layout spec (comp/data/_layout.py) instead of train_csv + image_dir; its paths are under ``root``
+    # rows from a layout spec (comp/config/_layout.py) instead of train_csv + image_dir; its paths are under ``root``
     layout: dict[str, Any] | None = None
-    # labels made of attributes (comp/data/_attributes.py) instead of label_column
+    # labels made of attributes (comp/config/_labels.py) instead of label_column
     labels: dict[str, Any] | None = None
     root: str | None = None  # base folder of layout paths; default: the config file's folder
 
@@ -536,8 +538,6 @@ def _check_config(cfg: Config) -> None:
 
 def _check_labels(cfg: Config) -> None:
     """The layout and label specs, and what leans on them: attribute heads and their losses."""
-    from comp.data._attributes import parse_labels
-    from comp.data._layout import parse_layout
     from comp.training._losses import LOSSES
 
     data = cfg.data
