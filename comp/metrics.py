@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn import metrics as skm
 
 from comp._registry import Registry
+
+if TYPE_CHECKING:
+    from comp.config import Config
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ def register(name: str, greater_is_better: bool = True, needs_proba: bool = Fals
 def get_metric(name: str) -> Metric:
     """Look up a metric by name; unknown names list the valid ones."""
     return METRICS.get(name)
+
+
+def check_config(cfg: Config) -> None:
+    """Refuse a config whose ``metric`` is not registered; stages that score call it in their preflight."""
+    METRICS.check(cfg.metric, "metric")
 
 
 def _labels(probs: np.ndarray) -> np.ndarray:

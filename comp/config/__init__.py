@@ -1,4 +1,8 @@
-"""Typed config records, YAML loading, ``--set`` overrides and validation with fixable messages."""
+"""Typed config records, YAML loading, ``--set`` overrides and validation with fixable messages.
+
+Shape only: types, bounds, unknown keys and rules between the config's own keys (the layout and label specs
+included). Names in other stages' registries (metric, loss, TTA view) are checked by those stages.
+"""
 
 from comp.config._labels import Attribute, Scheme, class_names, parse_labels
 from comp.config._layout import LayoutSpec, parse_layout

@@ -502,7 +502,8 @@ def build_config(raw: Any) -> Config:
 
 
 def _check_config(cfg: Config) -> None:
-    """Rules that span keys or need a registry."""
+    """Rules that span keys. Names in other stages' registries (metric, loss, TTA view) are checked by those
+    stages' own ``check_config``, in their preflight, before anything is written."""
     _check_device(cfg.device)
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
@@ -524,22 +525,11 @@ def _check_config(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' is an empty string; give a path or null")
     if cfg.data.classes is not None and len(set(cfg.data.classes)) != len(cfg.data.classes):
         raise ConfigError("config key 'data.classes' lists a class twice; each class once")
-    from comp.metrics import METRICS  # late: the registries import sklearn / torch
-    from comp.training._losses import LOSSES
-
-    METRICS.check(cfg.metric, "metric")
-    LOSSES.check(cfg.loss.name, "loss")
-    from comp.inference._tta import TTA_OPS
-
-    for name in cfg.predict.tta:
-        TTA_OPS.check(name, "TTA view")
     _check_labels(cfg)
 
 
 def _check_labels(cfg: Config) -> None:
     """The layout and label specs, and what leans on them: attribute heads and their losses."""
-    from comp.training._losses import LOSSES
-
     data = cfg.data
     if data.layout is not None:
         parse_layout(data.layout, key="data.layout")
@@ -577,7 +567,6 @@ def _check_labels(cfg: Config) -> None:
     for attr in scheme.attributes:
         head = cfg.loss.head(attr.name)
         key = f"loss.attributes.{attr.name}"
-        LOSSES.check(head.name, f"loss in '{key}.name'")
         cw, k = head.class_weights, len(attr.values)
         own = ((own_losses or {}).get(attr.name) or {}).get("class_weights") is not None
         where = f"'{key}.class_weights'" if own else f"'loss.class_weights' (inherited by {key})"

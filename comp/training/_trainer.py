@@ -42,12 +42,14 @@ from comp.data._folds import assign_folds
 from comp.data._table import ImageDataset, TrainTable, load_train_table
 from comp.errors import CompError
 from comp.metrics import attribute_f1, get_metric
+from comp.metrics import check_config as check_metric
 from comp.pseudo._targets import TrainingTargets, check_and_record, load_training_targets
 from comp.run import LockHeld, Metrics, Predictions, RunDir, exclusive, make_checkpoint, torch_save, write_csv
 from comp.training._distributed import SINGLE, Dist, rank_device, session
 from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
 from comp.training._heads import attribute_loss
 from comp.training._losses import build_loss
+from comp.training._losses import check_config as check_losses
 from comp.training._models import checkpoint_meta, create_model, normalization, set_backbone_frozen
 from comp.training._soft import training_part
 
@@ -155,6 +157,8 @@ def preflight(cfg: Config, table: TrainTable) -> None:
     and every training image's header. A mistake found here leaves the run folder untouched."""
     from comp.data._table import check_images
 
+    check_metric(cfg)  # the registry names this stage uses, first (config checks only their shape)
+    check_losses(cfg)
     resolve_device(cfg.device)
     k = len(table.classes)
     if isinstance(cfg.loss.class_weights, list) and len(cfg.loss.class_weights) != k:
