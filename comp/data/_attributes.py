@@ -19,11 +19,13 @@ import pandas as pd
 
 from comp.config._labels import Attribute, Scheme, _check_source, class_names, parse_labels
 from comp.errors import CompError, closest
+from comp.metrics import get_metric
 
 __all__ = [  # the spec's names are re-exported: the data side reads labels through this module
     "Attribute",
     "Scheme",
     "Targets",
+    "attribute_f1",
     "class_names",
     "compose_probs",
     "decompose",
@@ -110,6 +112,16 @@ def marginals(
         member = np.eye(len(attr.values))[scheme.combos[:, j]]  # (N, k_j): class c has value i
         out[attr.name] = probs @ member
     return {k: v[0] for k, v in out.items()} if squeeze else out
+
+
+def attribute_f1(
+    probs: np.ndarray, attribute_targets: Mapping[str, np.ndarray], scheme: Mapping[str, Any] | Scheme
+) -> dict[str, float]:
+    """Macro F1 per attribute of a label scheme: the argmax of each attribute's marginal probability
+    (summed over the classes that share the value) against the row's true value."""
+    macro_f1 = get_metric("macro_f1")
+    parts = marginals(np.asarray(probs, dtype=np.float64), scheme, atol=1e-3)
+    return {name: macro_f1(attribute_targets[name], p) for name, p in parts.items()}
 
 
 def _indices(df: pd.DataFrame, attr: Attribute, bins: tuple[float, ...] | None, key: str) -> np.ndarray:

@@ -9,16 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from comp.config import DataConfig
 from comp.data._attributes import Scheme, Targets, class_names, parse_labels
 from comp.data._attributes import targets as attribute_targets
 from comp.errors import CompError
 from comp.run._io import read_table
+
+if TYPE_CHECKING:
+    from comp.config import DataConfig
 
 RESERVED_COLUMNS = ("fold", "target")
 

@@ -37,12 +37,13 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from comp._progress import Progress
 from comp._tables import format_table
 from comp.config import Config, ModelConfig, TrainConfig
+from comp.data._attributes import attribute_f1
 from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
 from comp.data._folds import assign_folds
 from comp.data._table import ImageDataset, TrainTable, load_train_table
 from comp.errors import CompError
-from comp.metrics import attribute_f1, get_metric
 from comp.metrics import check_config as check_metric
+from comp.metrics import get_metric
 from comp.pseudo._targets import TrainingTargets, check_and_record, load_training_targets
 from comp.run import LockHeld, Metrics, Predictions, RunDir, exclusive, make_checkpoint, torch_save, write_csv
 from comp.training._distributed import SINGLE, Dist, rank_device, session
