@@ -3,8 +3,8 @@ for distillation (``loss.distill``), both checked so that CV keeps scoring only 
 
 from comp.pseudo._pseudo import PseudoResult, pseudo_label
 from comp.pseudo._select import select_rows
-from comp.pseudo._source import resolve_source
-from comp.pseudo._targets import ExtraRows, Teacher, TrainingTargets, load_training_targets
+from comp.run._source import resolve_source
+from comp.training._targets import ExtraRows, Teacher, TrainingTargets, load_training_targets
 
 __all__ = [
     "ExtraRows",

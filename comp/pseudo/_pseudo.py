@@ -13,8 +13,8 @@ import pandas as pd
 from comp._tables import format_table
 from comp.errors import CompError
 from comp.pseudo._select import select_rows
-from comp.pseudo._source import resolve_source
 from comp.run import write_csv
+from comp.run._source import resolve_source
 
 log = logging.getLogger(__name__)
 

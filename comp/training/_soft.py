@@ -22,7 +22,7 @@ from comp.data._augment import BatchMixer
 from comp.data._table import ImageDataset
 
 if TYPE_CHECKING:
-    from comp.pseudo._targets import TrainingTargets
+    from comp.training._targets import TrainingTargets
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:

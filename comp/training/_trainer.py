@@ -44,7 +44,6 @@ from comp.data._table import ImageDataset, TrainTable, load_train_table
 from comp.errors import CompError
 from comp.metrics import check_config as check_metric
 from comp.metrics import get_metric
-from comp.pseudo._targets import TrainingTargets, check_and_record, load_training_targets
 from comp.run import LockHeld, Metrics, Predictions, RunDir, exclusive, make_checkpoint, torch_save, write_csv
 from comp.training._distributed import SINGLE, Dist, rank_device, session
 from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
@@ -53,6 +52,7 @@ from comp.training._losses import build_loss
 from comp.training._losses import check_config as check_losses
 from comp.training._models import checkpoint_meta, create_model, normalization, set_backbone_frozen
 from comp.training._soft import training_part
+from comp.training._targets import TrainingTargets, check_and_record, load_training_targets
 
 log = logging.getLogger(__name__)
 

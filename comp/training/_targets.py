@@ -20,8 +20,8 @@ import pandas as pd
 from comp.config import Config, DataConfig, DistillConfig
 from comp.data._table import TrainTable, check_ids, check_images, image_paths, read_csv, require_columns
 from comp.errors import CompError, RunFolderError
-from comp.pseudo._source import resolve_source
 from comp.run import RunDir, file_sha256
+from comp.run._source import resolve_source
 
 SUM_TOLERANCE = 0.01  # a soft row's probabilities must sum to 1 within this (CSV rounding), then are renormalised
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from comp.errors import RunFolderError
-from comp.run import RunDir
+from comp.run._rundir import RunDir
 
 
 def resolve_source(path: str | Path, needs: str, *, what: str = "source") -> tuple[RunDir, str]:
