@@ -4,6 +4,7 @@ Shape only: types, bounds, unknown keys and rules between the config's own keys 
 included). Names in other stages' registries (metric, loss, TTA view) are checked by those stages.
 """
 
+from comp.config._keys import set_key
 from comp.config._labels import Attribute, Scheme, class_names, parse_labels
 from comp.config._layout import LayoutSpec, parse_layout
 from comp.config._load import (
@@ -13,7 +14,6 @@ from comp.config._load import (
     parse_value,
     read_yaml,
     resolve_paths,
-    set_key,
     yaml_load,
 )
 from comp.config._records import (

@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+from comp.config._keys import set_key
 from comp.config._labels import parse_labels
 from comp.config._layout import parse_layout
 from comp.errors import ConfigError, closest
@@ -302,8 +303,6 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A validated copy with top-level fields or dotted keys changed: ``cfg.replace(**{"train.epochs": 3})``."""
-        from comp.config._load import set_key
-
         raw = self.to_dict()
         for key, value in changes.items():
             set_key(raw, key, _plain(value) if dataclasses.is_dataclass(value) else value)

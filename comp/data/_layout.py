@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from comp.config._layout import IMAGE_EXTENSIONS, OUTPUT_COLUMNS, LayoutSpec, parse_layout
-from comp.data._table import check_ids, read_csv, require_columns
+from comp.data._csv import check_ids, read_csv, require_columns
 from comp.errors import CompError, closest
 
 __all__ = [
