@@ -167,13 +167,13 @@ class LossConfig:
     # per attribute of data.labels, for models with ``heads: attributes``: {age: {name: focal, weight: 2}}
     attributes: dict[str, Any] | None = None
 
-    def head(self, attribute: str) -> HeadLossConfig:
+    def head(self, attribute: str) -> HeadLoss:
         """The loss of one attribute's head: its ``loss.attributes`` entry over the block's own defaults."""
         raw = (self.attributes or {}).get(attribute) or {}
         head = build_section(HeadLossConfig, raw, f"loss.attributes.{attribute}")
-        return dataclasses.replace(
-            head,
+        return HeadLoss(
             name=head.name if head.name is not None else self.name,
+            weight=head.weight,
             label_smoothing=head.label_smoothing if head.label_smoothing is not None else self.label_smoothing,
             focal_gamma=head.focal_gamma if head.focal_gamma is not None else self.focal_gamma,
             class_weights=head.class_weights if head.class_weights is not None else self.class_weights,
@@ -189,6 +189,17 @@ class HeadLossConfig:
     label_smoothing: float | None = _f(None, ge=0, lt=1)
     focal_gamma: float | None = _f(None, ge=0)
     class_weights: str | list[float] | None = None
+
+
+@dataclass(frozen=True)
+class HeadLoss:
+    """One attribute head's loss with every key resolved (:meth:`LossConfig.head`)."""
+
+    name: str
+    weight: float
+    label_smoothing: float
+    focal_gamma: float
+    class_weights: str | list[float]
 
 
 @dataclass

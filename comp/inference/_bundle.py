@@ -190,7 +190,7 @@ def resolve_source(source: str | Path, models: list[str] | None) -> Source:
                 )
             cfg = run.load_config()
             return Source("model", path, [Member(run, name, 1.0, cfg)], cfg.data)
-        blend = _blend_metrics(run, name)  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
+        blend = _blend_metrics(run, name)  # type: ignore[assignment]
         if blend is None:
             raise RunFolderError(f"{path} has no fold checkpoints and is not a blend; {hint}")
     if models:
@@ -439,7 +439,7 @@ def _build_graph(
     paths, ids, checked_on = images
     with torch.no_grad():
         comp_batch = torch.stack(
-            [x for x, _ in ImageDataset(paths, transform=from_dict(first["eval_transform"]))]  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
+            [x for x, _ in ImageDataset(paths, transform=from_dict(first["eval_transform"]))]  # type: ignore[attr-defined]
         )
         reference = fused(comp_batch.float()).double().numpy()
     precision, tol = ("fp16", TOLERANCE["fp16"]) if fp16 else ("fp32", TOLERANCE["fp32"])
