@@ -151,9 +151,9 @@ def write_test_preds(cfg: Config, run_dir: Path, model_id: str, batch_size: int 
     ckpts = run.checkpoints(model_id)
     for path in ckpts:
         model, ckpt = model_from_checkpoint(path)
-        if [str(c) for c in ckpt["classes"]] != classes:
-            raise RuntimeError(f"{path}: classes {ckpt['classes']} differ from oof.csv's {classes}")
-        loader = DataLoader(ImageDataset(paths, transform=from_dict(ckpt["eval_transform"])), batch_size=batch_size)
+        if [str(c) for c in ckpt.meta.classes] != classes:
+            raise RuntimeError(f"{path}: classes {ckpt.meta.classes} differ from oof.csv's {classes}")
+        loader = DataLoader(ImageDataset(paths, transform=from_dict(ckpt.meta.eval_transform)), batch_size=batch_size)
         probs = np.concatenate([torch.softmax(model(x).float(), 1).numpy() for x, _ in loader])
         total = probs if total is None else total + probs
         per_fold.append(probs)

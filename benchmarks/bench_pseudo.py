@@ -164,7 +164,7 @@ def fold_probs(
     out, total = [], 0.0
     for path in artifacts.RunDir(run_dir).checkpoints(model_id):
         model, ckpt = model_from_checkpoint(path)
-        tf = from_dict(ckpt["eval_transform"])
+        tf = from_dict(ckpt.meta.eval_transform)
         t0 = time.perf_counter()
         probs = []
         for i in range(0, len(images), batch_size):
@@ -266,7 +266,7 @@ def _run(args: argparse.Namespace) -> int:
     members = align([load_member(run.model_dir(m.model_id)) for m in cfg.models])
     # class indices in the checkpoints' order, which is the training table's (and the OOF files')
     y_unseen = pd.Index(members.classes).get_indexer(unseen_labels)
-    assert (y_unseen >= 0).all() and [str(c) for c in run.read_checkpoint(STUDENT, 0)["classes"]] == members.classes
+    assert (y_unseen >= 0).all() and [str(c) for c in run.read_checkpoint(STUDENT, 0).meta.classes] == members.classes
     member_probs = []
     for r in rows:
         if r["model"].startswith("ensemble"):

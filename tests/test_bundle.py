@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from comp.errors import CompError
 from comp.inference import _bundle as B
 from comp.inference import bundle_predict as bp
 from comp.inference import bundle_run, predict_run
-from comp.run import RunDir, load_checkpoint, make_checkpoint
+from comp.run import CheckpointMeta, RunDir, load_checkpoint, make_checkpoint
 from tests.conftest import chmod_tree, snapshot
 
 # ---------------------------------------------------------------- fixtures
@@ -34,22 +35,22 @@ def _add_model(run: RunDir, src_id: str, new_id: str, name: str, size: int, clas
     import timm
 
     for path in run.checkpoints(src_id):
-        ckpt = load_checkpoint(path)
-        torch.manual_seed(10 + ckpt["fold"])
+        old = load_checkpoint(path).meta
+        torch.manual_seed(10 + old.fold)
         model = timm.create_model(name, num_classes=len(classes)).eval()
         mean, std = [0.5, 0.45, 0.4], [0.25, 0.2, 0.3]
-        meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "num_classes", "format")}
-        meta.update(
+        meta = dataclasses.replace(
+            old,
             model_name=name,
             model_id=new_id,
             classes=classes,
-            image_size=[size, size],
+            image_size=(size, size),
             mean=mean,
             std=std,
             eval_transform=to_dict(eval_pipeline((size, size), mean, std)),
         )
         run.model_dir(new_id).mkdir(parents=True, exist_ok=True)
-        torch.save(make_checkpoint(model.state_dict(), meta), run.checkpoint(new_id, ckpt["fold"]))
+        torch.save(make_checkpoint(model.state_dict(), meta), run.checkpoint(new_id, old.fold))
 
 
 @pytest.fixture(scope="module")
@@ -297,25 +298,22 @@ def test_interrupted_bundle_leaves_the_earlier_one(world, tmp_path, monkeypatch)
 
 def test_eval_transforms_predict_py_cannot_reproduce():
     mean, std = [0.5, 0.5, 0.5], [0.2, 0.2, 0.2]
-    ok = {
-        "image_size": [24, 32],
-        "mean": mean,
-        "std": std,
-        "eval_transform": to_dict(eval_pipeline((24, 32), mean, std)),
-    }
+    ok = CheckpointMeta(
+        "test_resnet", "m", ["a", "b"], (24, 32), mean, std, to_dict(eval_pipeline((24, 32), mean, std)), {}
+    )
     B.check_preprocessing(ok, Path("fold0.pt"))
     crop = build_pipeline(
         [{"name": "Resize", "height": 40, "width": 40}, {"name": "CenterCrop"}], (24, 32), mean, std, "v"
     )
     area = build_pipeline([{"name": "Resize", "interpolation": 3}], (24, 32), mean, std, "v")
-    for ckpt, needle in [
-        ({**ok, "eval_transform": to_dict(crop)}, "Resize -> CenterCrop -> Normalize"),
-        ({**ok, "eval_transform": to_dict(area)}, "eval Resize"),
-        ({**ok, "mean": [0.4, 0.5, 0.5]}, "eval Normalize"),
-        ({**ok, "in_chans": 1}, "1 channels"),
+    for meta, needle in [
+        (dataclasses.replace(ok, eval_transform=to_dict(crop)), "Resize -> CenterCrop -> Normalize"),
+        (dataclasses.replace(ok, eval_transform=to_dict(area)), "eval Resize"),
+        (dataclasses.replace(ok, mean=[0.4, 0.5, 0.5]), "eval Normalize"),
+        (dataclasses.replace(ok, in_chans=1), "1 channels"),
     ]:
         with pytest.raises(CompError, match=needle):
-            B.check_preprocessing(ckpt, Path("fold0.pt"))
+            B.check_preprocessing(meta, Path("fold0.pt"))
 
 
 def test_submission_spec_follows_the_sample(tmp_path):

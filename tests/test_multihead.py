@@ -19,11 +19,11 @@ from comp.config import LossConfig, ModelConfig, load_config
 from comp.data._attributes import compose_probs, marginals, parse_labels
 from comp.data._table import load_test_table, load_train_table
 from comp.errors import CompError
-from comp.run import load_checkpoint, make_checkpoint
+from comp.run import CheckpointMeta, load_checkpoint, make_checkpoint
 from comp.submission._format import label_kind, make_submission, validate_submission
 from comp.training._heads import AttributeHeads, AttributeLoss, attribute_heads
 from comp.training._losses import LOSSES
-from comp.training._models import checkpoint_meta, create_model, model_from_checkpoint
+from comp.training._models import create_model, heads_description, model_from_checkpoint
 from comp.tuning._tune import parse_space
 
 SCHEME = parse_labels(LABELS)
@@ -124,18 +124,18 @@ def test_mixed_targets_give_mixed_attribute_targets():
 
 def test_checkpoint_rebuilds_the_heads(tmp_path):
     model = heads_model(2)
-    meta = {
-        "model_name": "test_efficientnet",
-        "model_id": "m",
-        "classes": [f"c{i}" for i in range(18)],
-        "image_size": [32, 32],
-        "mean": [0.5] * 3,
-        "std": [0.5] * 3,
-        "eval_transform": {},
-        "config": {},
-        "fold": 0,
-        **checkpoint_meta(model),
-    }
+    meta = CheckpointMeta(
+        "test_efficientnet",
+        "m",
+        [f"c{i}" for i in range(18)],
+        (32, 32),
+        [0.5] * 3,
+        [0.5] * 3,
+        {},
+        {},
+        fold=0,
+        heads=heads_description(model),
+    )
     torch.save(make_checkpoint(model.state_dict(), meta), tmp_path / "fold0.pt")
     rebuilt, ckpt = model_from_checkpoint(load_checkpoint(tmp_path / "fold0.pt"))
     assert isinstance(rebuilt, AttributeHeads) and rebuilt.attributes == [
@@ -146,7 +146,7 @@ def test_checkpoint_rebuilds_the_heads(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x))
-    assert checkpoint_meta(timm.create_model("test_resnet", num_classes=3)) == {}
+    assert heads_description(timm.create_model("test_resnet", num_classes=3)) is None
 
 
 def test_create_model_picks_heads_from_the_entry_and_freezes_only_the_backbone():

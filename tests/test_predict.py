@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import types
@@ -32,15 +33,14 @@ def base_run(trained_run, tmp_path_factory):
     shutil.copytree(trained_run, dst)
     run = RunDir(dst)
     for path in run.checkpoints("eff"):
-        ckpt = load_checkpoint(path)
-        torch.manual_seed(ckpt["fold"])
+        old = load_checkpoint(path).meta
+        torch.manual_seed(old.fold)
         import timm
 
-        model = timm.create_model("test_resnet", num_classes=len(ckpt["classes"])).eval()
-        meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "num_classes", "format")}
-        meta.update(model_name="test_resnet", model_id="res")
+        model = timm.create_model("test_resnet", num_classes=old.num_classes).eval()
+        meta = dataclasses.replace(old, model_name="test_resnet", model_id="res")
         run.model_dir("res").mkdir(parents=True, exist_ok=True)
-        torch.save(make_checkpoint(model.state_dict(), meta), run.checkpoint("res", ckpt["fold"]))
+        torch.save(make_checkpoint(model.state_dict(), meta), run.checkpoint("res", old.fold))
     return dst
 
 
@@ -58,9 +58,9 @@ def _cfg_data(run_dir):
 
 def _batch(run_dir, n=6):
     """Preprocessed test images of the run."""
-    ckpt = load_checkpoint(RunDir(run_dir).checkpoint("eff", 0))
+    meta = load_checkpoint(RunDir(run_dir).checkpoint("eff", 0)).meta
     cfg = RunDir(run_dir).load_config()
-    x, _ = E.parity_batch(cfg.replace(**{"data.train_csv": "/nonexistent.csv"}), ckpt, RunDir(run_dir), n)
+    x, _ = E.parity_batch(cfg.replace(**{"data.train_csv": "/nonexistent.csv"}), meta, RunDir(run_dir), n)
     return x
 
 
@@ -137,8 +137,8 @@ def test_export_two_families_matches_torch_and_documents_preprocessing(run_dir):
             model, ckpt = model_from_checkpoint(path)
             onnx_path = path.with_suffix(".onnx")
             meta = E.read_metadata(onnx_path)
-            assert meta["model_name"] == name and meta["classes"] == ckpt["classes"]
-            assert meta["image_size"] == [32, 32] and meta["mean"] == ckpt["mean"] and meta["eval_transform"]
+            assert meta["model_name"] == name and meta["classes"] == ckpt.meta.classes
+            assert meta["image_size"] == [32, 32] and meta["mean"] == ckpt.meta.mean and meta["eval_transform"]
             with torch.no_grad():
                 want = torch.softmax(model(x), 1).numpy()
             got = _ort(onnx_path, torch.cat([x, x]))  # another batch size than the export example

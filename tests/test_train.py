@@ -56,7 +56,7 @@ def test_checkpoint_describes_itself(trained_run):
     from comp.data._table import load_image
 
     oof = pd.read_csv(trained_run / "models/eff/oof.csv", dtype={"id": str}).query("fold == 0").head(4)
-    tf = from_dict(ckpt["eval_transform"])
+    tf = from_dict(ckpt.meta.eval_transform)
     x = torch.stack([tf(image=load_image(trained_run.parent / "comp/train" / f"{i}.png"))["image"] for i in oof["id"]])
     with torch.no_grad():
         probs = torch.softmax(model(x), 1).numpy()

@@ -255,11 +255,11 @@ def explain_run(
             fold = fold_of[rid]
             if fold not in models:
                 model, ckpt = model_from_checkpoint(run.checkpoint(model_id, fold))
-                models[fold] = (model, from_dict(ckpt["eval_transform"]), ckpt)
+                models[fold] = (model, from_dict(ckpt.meta.eval_transform), ckpt)
             model, tf, ckpt = models[fold]
             img = load_image(path_of[rid])
             x = tf(image=img)["image"][None].float()
-            cam, cls = gradcam(model, x, name=ckpt.get("model_name", model_id))
+            cam, cls = gradcam(model, x, name=ckpt.meta.model_name)
             cam = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
             cams[rid] = cam
             cam_items += [

@@ -16,9 +16,9 @@ import pandas as pd
 
 from comp.config import Config
 from comp.ensembling._blend import METHODS, fit_blend, get_method, nested_oof
-from comp.errors import CompError
+from comp.errors import CompError, RunFolderError
 from comp.metrics import get_metric
-from comp.run import FileSet, Metrics, Predictions, RunDir
+from comp.run import FileSet, Metrics, Predictions, RunDir, locate
 from comp.submission._format import make_submission, validate_submission, write_submission
 
 # ---------------------------------------------------------------- loading and alignment
@@ -42,20 +42,22 @@ class Member:
 
 def load_member(model_dir: str | Path, tta: bool = False) -> Member:
     """Read ``RUN/models/<id>/oof.csv`` (``oof_tta.csv`` when ``tta`` and present) and ``test.csv`` if any."""
-    path = Path(model_dir).resolve()
-    if not path.is_dir():
-        raise CompError(f"model folder {model_dir} not found; pass model folders RUN/models/<id>")
-    use_tta = tta and (path / "oof_tta.csv").is_file()
-    if not (path / "oof.csv").is_file() and not use_tta:
-        if (path / "models").is_dir():
-            inner = ", ".join(str(d) for d in sorted((path / "models").iterdir()) if d.is_dir())
-            raise CompError(
-                f"{path} is a run folder, not a model folder; pass model folders such as {inner or path / 'models/<id>'}"
-            )
-        raise CompError(f"{path / 'oof.csv'} not found; pass model folders RUN/models/<id> whose training finished")
-    run = RunDir(path.parent.parent)
-    if not run.config.is_file():
-        raise CompError(f"{path} is not inside a run folder (no {run.config}); pass RUN/models/<id>")
+    hint = "pass model folders RUN/models/<id>"
+    if not Path(model_dir).is_dir():
+        raise CompError(f"model folder {model_dir} not found; {hint}")
+    try:
+        found = locate(model_dir, what="model folder", hint=hint)
+    except RunFolderError:
+        raise CompError(f"{Path(model_dir).resolve()} is not inside a run folder; {hint}") from None
+    run, path = found.run, found.path
+    if found.model_id is None:
+        inner = ", ".join(str(run.model_dir(m)) for m in run.model_folders())
+        raise CompError(
+            f"{path} is a run folder, not a model folder; pass model folders such as {inner or path / 'models/<id>'}"
+        )
+    use_tta = tta and run.oof(path.name, tta=True).is_file()
+    if not run.oof(path.name).is_file() and not use_tta:
+        raise CompError(f"{run.oof(path.name)} not found; {hint} whose training finished")
     config = run.load_config()
     id_col = config.data.id_column
     oof = run.read_oof(path.name, tta=use_tta, id_column=id_col)

@@ -13,6 +13,7 @@ so a killed bundle never looks complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ from comp.inference._export import (
     select_models,
 )
 from comp.inference._tta import check_merge, parse_tta
-from comp.run import RunDir, file_sha256, load_checkpoint, read_table, write_json
+from comp.run import Checkpoint, CheckpointMeta, RunDir, file_sha256, load_checkpoint, locate, read_table, write_json
 from comp.training._models import model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -117,14 +118,6 @@ class BundleResult:
 # ---------------------------------------------------------------- what to bundle
 
 
-def _blend_metrics(run: RunDir, name: str) -> dict[str, Any] | None:
-    """The blend fields of ``models/<name>/metrics.json`` (method, weights, members, bias), or None for a model."""
-    if not run.metrics(name).is_file():
-        return None
-    extra = run.read_metrics(name).extra
-    return extra if "method" in extra and "members" in extra else None
-
-
 def _blend_source(run: RunDir, name: str, blend: dict[str, Any], path: Path) -> Source:
     from comp.ensembling._blend import METHODS
 
@@ -164,25 +157,24 @@ def _blend_source(run: RunDir, name: str, blend: dict[str, Any], path: Path) -> 
 
 def resolve_source(source: str | Path, models: list[str] | None) -> Source:
     """A run folder (its models, or ``models``), a model folder ``RUN/models/<id>``, or a blend of comp ensemble."""
-    path = Path(source)
     hint = "pass a run folder, a model folder RUN/models/<id>, or a blend folder written by comp ensemble"
-    if not path.is_dir():
+    if not Path(source).is_dir():
         raise RunFolderError(f"{source} not found; {hint}")
-    run = RunDir(path)
-    if run.config.is_file():
+    try:
+        found = locate(source, hint=hint)
+    except RunFolderError:
+        raise RunFolderError(f"{source} is not a run folder (no config.yaml); {hint}") from None
+    run, path = found.run, Path(source)
+    if found.model_id is None:
         if run.model_ids():
             cfg = run.load_config()
             return Source("run", path, [Member(run, m, 1.0, cfg) for m in select_models(run, models)], cfg.data)
-        names = sorted(d.name for d in run.models_root.iterdir() if d.is_dir()) if run.models_root.is_dir() else []
-        blends = [(n, b) for n in names if (b := _blend_metrics(run, n))]
+        blends = [(n, b) for n in run.model_folders() if (b := run.blend_info(n))]
         if len(blends) != 1:
             raise RunFolderError(f"{path} holds no fold checkpoints and {len(blends)} blends; {hint}")
         name, blend = blends[0]
     else:
-        run = RunDir(path.parent.parent)
-        if path.parent.name != "models" or not run.config.is_file():
-            raise RunFolderError(f"{path} is not a run folder (no config.yaml); {hint}")
-        name = path.name
+        name = found.model_id
         if run.checkpoints(name):
             if models and models != [name]:
                 raise CompError(
@@ -190,9 +182,10 @@ def resolve_source(source: str | Path, models: list[str] | None) -> Source:
                 )
             cfg = run.load_config()
             return Source("model", path, [Member(run, name, 1.0, cfg)], cfg.data)
-        blend = _blend_metrics(run, name)  # type: ignore[assignment]
-        if blend is None:
+        info = run.blend_info(name)
+        if info is None:
             raise RunFolderError(f"{path} has no fold checkpoints and is not a blend; {hint}")
+        blend = info
     if models:
         raise CompError("--model picks models of a run folder; a blend bundles its own members")
     return _blend_source(run, name, blend, path)
@@ -201,14 +194,14 @@ def resolve_source(source: str | Path, models: list[str] | None) -> Source:
 # ---------------------------------------------------------------- checks that need no writing
 
 
-def _image_size(ckpt: dict) -> tuple[int, int]:
-    size = ckpt["image_size"]
+def _image_size(meta: CheckpointMeta) -> tuple[int, int]:
+    size = meta.image_size
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def check_preprocessing(ckpt: dict, where: Path) -> None:
+def check_preprocessing(meta: CheckpointMeta, where: Path) -> None:
     """Fail unless the checkpoint's eval transform is what predict.py reproduces: Resize (INTER_LINEAR), Normalize."""
-    steps = ckpt["eval_transform"].get("transform", {}).get("transforms", [])
+    steps = meta.eval_transform.get("transform", {}).get("transforms", [])
     names = [str(s.get("__class_fullname__", "?")).rsplit(".", 1)[-1] for s in steps]
     fix = (
         "predict.py reproduces Resize (INTER_LINEAR) then Normalize; retrain without augment.valid "
@@ -217,7 +210,7 @@ def check_preprocessing(ckpt: dict, where: Path) -> None:
     if names != ["Resize", "Normalize", "ToTensorV2"]:
         raise CompError(f"{where}: the eval transform is {' -> '.join(names)}; {fix}")
     resize, norm = steps[0], steps[1]
-    h, w = _image_size(ckpt)
+    h, w = _image_size(meta)
     if (
         (resize.get("height"), resize.get("width")) != (h, w)
         or resize.get("interpolation") != 1
@@ -225,11 +218,11 @@ def check_preprocessing(ckpt: dict, where: Path) -> None:
         or resize.get("p", 1.0) != 1.0
     ):
         raise CompError(f"{where}: the eval Resize is {resize} and the model takes {h}x{w}; {fix}")
-    same = np.allclose(norm.get("mean"), ckpt["mean"]) and np.allclose(norm.get("std"), ckpt["std"])
+    same = np.allclose(norm.get("mean"), meta.mean) and np.allclose(norm.get("std"), meta.std)
     if norm.get("max_pixel_value") != 255.0 or norm.get("normalization", "standard") != "standard" or not same:
         raise CompError(f"{where}: the eval Normalize is {norm}, not the model's mean/std on 0..255 pixels; {fix}")
-    if int(ckpt.get("in_chans", 3)) != 3:
-        raise CompError(f"{where}: the model takes {ckpt.get('in_chans')} channels; predict.py feeds RGB (3 channels)")
+    if meta.in_chans != 3:
+        raise CompError(f"{where}: the model takes {meta.in_chans} channels; predict.py feeds RGB (3 channels)")
 
 
 def _template_fields(template: str) -> list[str]:
@@ -381,7 +374,7 @@ class _Columns(nn.Module):
 class _Plan:
     member: Member
     paths: list[Path]
-    ckpts: list[dict]
+    ckpts: list[Checkpoint]
     tta: list[str]
     merge: str
     file: str = ""
@@ -389,9 +382,10 @@ class _Plan:
 
 def _plan(m: Member, tta: list[str] | None, tta_merge: str | None) -> _Plan:
     """Load and check one member's checkpoints: every fold, one size and class list, a reproducible eval transform."""
-    paths = m.run.checkpoints(m.model_id)
+    by_fold = m.run.fold_checkpoints(m.model_id)
+    paths = list(by_fold.values())
     n = m.cfg.folds.n_splits
-    folds = sorted(int(p.stem[4:]) for p in paths)
+    folds = sorted(by_fold)
     if folds != list(range(n)):
         missing = sorted(set(range(n)) - set(folds))
         raise RunFolderError(
@@ -400,17 +394,17 @@ def _plan(m: Member, tta: list[str] | None, tta_merge: str | None) -> _Plan:
         )
     ckpts = [load_checkpoint(p) for p in paths]
     for p, ck in zip(paths, ckpts):
-        check_preprocessing(ck, p)
-    first = ckpts[0]
+        check_preprocessing(ck.meta, p)
+    first = ckpts[0].meta
     for p, ck in zip(paths, ckpts):
-        if (_image_size(ck), ck["classes"], ck["mean"], ck["std"]) != (
-            _image_size(first),
-            first["classes"],
-            first["mean"],
-            first["std"],
+        if (ck.meta.image_size, ck.meta.classes, ck.meta.mean, ck.meta.std) != (
+            first.image_size,
+            first.classes,
+            first.mean,
+            first.std,
         ):
             raise RunFolderError(
-                f"{p} differs from fold {first['fold']} in image size, classes or mean/std; "
+                f"{p} differs from fold {first.fold} in image size, classes or mean/std; "
                 "retrain the model's folds with one config"
             )
     views = parse_tta(m.cfg.predict.tta if tta is None else tta)
@@ -428,8 +422,8 @@ def _build_graph(
     opset: int,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Export the member's fused graph into ``folder`` and check it; returns its manifest entry and parity rows."""
-    m, first = plan.member, plan.ckpts[0]
-    own = [str(c) for c in first["classes"]]
+    m, first = plan.member, plan.ckpts[0].meta
+    own = [str(c) for c in first.classes]
     if sorted(own) != sorted(classes):
         raise CompError(f"{m.name} predicts classes {own}, the bundle {classes}; bundle models of one competition")
     fused: nn.Module = FusedModel([model_from_checkpoint(ck)[0] for ck in plan.ckpts], plan.tta, plan.merge)
@@ -439,15 +433,15 @@ def _build_graph(
     paths, ids, checked_on = images
     with torch.no_grad():
         comp_batch = torch.stack(
-            [x for x, _ in ImageDataset(paths, transform=from_dict(first["eval_transform"]))]  # type: ignore[attr-defined]
+            [x for x, _ in ImageDataset(paths, transform=from_dict(first.eval_transform))]  # type: ignore[attr-defined]
         )
         reference = fused(comp_batch.float()).double().numpy()
     precision, tol = ("fp16", TOLERANCE["fp16"]) if fp16 else ("fp32", TOLERANCE["fp32"])
     size = _image_size(first)
-    digests = {str(ck["fold"]): file_sha256(p) for p, ck in zip(plan.paths, plan.ckpts)}
-    folds = [int(ck["fold"]) for ck in plan.ckpts]
+    folds = [int(RunDir.fold_number(p) or 0) for p in plan.paths]
+    digests = {str(k): file_sha256(p) for k, p in zip(folds, plan.paths)}
     meta = metadata(
-        {**first, "classes": classes},
+        dataclasses.replace(first, classes=classes),
         folds=folds,
         precision=precision,
         tta=plan.tta,
@@ -455,7 +449,7 @@ def _build_graph(
         checkpoints=digests,
     )
     export_graph(fused, comp_batch[:1].float(), folder / plan.file, opset, meta, fp16)
-    x = bundle_inputs(paths, size, first["mean"], first["std"], resize)
+    x = bundle_inputs(paths, size, first.mean, first.std, resize)
     got = _session(folder / plan.file).run([OUTPUT], {INPUT: x})[0].astype(np.float64)
     diff = float(np.abs(got - reference).max())
     if not diff <= tol:
@@ -487,13 +481,13 @@ def _build_graph(
         "file": plan.file,
         "weight": m.weight,
         "image_size": list(size),
-        "mean": [float(v) for v in first["mean"]],
-        "std": [float(v) for v in first["std"]],
+        "mean": [float(v) for v in first.mean],
+        "std": [float(v) for v in first.std],
         "input": INPUT,
         "output": OUTPUT,
         # informational: predict.py reads only the keys above
         "model": m.name,
-        "model_name": first["model_name"],
+        "model_name": first.model_name,
         "folds": folds,
         "tta": plan.tta,
         "tta_merge": plan.merge,
@@ -570,7 +564,7 @@ def bundle_run(
     _same_images(src.members, src.data)
     check_out(out)
     plans = [_plan(m, tta_list, tta_merge) for m in src.members]
-    classes = src.classes or [str(c) for c in plans[0].ckpts[0]["classes"]]
+    classes = src.classes or [str(c) for c in plans[0].ckpts[0].meta.classes]
     spec = submission_spec(src.data, classes)
     _file_names(plans)
     images = parity_images(src.data)

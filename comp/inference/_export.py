@@ -20,7 +20,7 @@ from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table
 from comp.errors import CompError
 from comp.inference._tta import TTA_OPS, check_merge, merge_torch, parse_tta
-from comp.run import RunDir, atomic_write, file_sha256, graph_metadata, read_graph_metadata, write_json
+from comp.run import CheckpointMeta, RunDir, atomic_write, file_sha256, graph_metadata, read_graph_metadata, write_json
 from comp.training._models import model_from_checkpoint
 
 read_metadata = read_graph_metadata
@@ -59,9 +59,9 @@ class FusedModel(nn.Module):
         return torch.stack(per_fold).mean(0)
 
 
-def metadata(ckpt: dict, **extra) -> dict[str, str]:
+def metadata(meta: CheckpointMeta, **extra) -> dict[str, str]:
     """The preprocessing and provenance a consumer of the graph needs, as ONNX metadata strings."""
-    return graph_metadata(ckpt, input=INPUT, output=OUTPUT, **extra)
+    return graph_metadata(meta, input=INPUT, output=OUTPUT, **extra)
 
 
 def export_graph(
@@ -140,16 +140,16 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def parity_batch(cfg: Config, ckpt: dict, run: RunDir, n: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
+def parity_batch(cfg: Config, meta: CheckpointMeta, run: RunDir, n: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
     """Up to ``n`` preprocessed validation images of the checkpoint's fold (test images when those are gone)."""
-    transform = from_dict(ckpt["eval_transform"])
+    transform = from_dict(meta.eval_transform)
     data = cfg.data
     paths, source = [], ""
     try:
         table = load_train_table(data)
         fold_of = run.read_folds(data.id_column).reindex(table.df[data.id_column]).to_numpy()
-        paths = [p for p, f in zip(table.paths, fold_of) if f == ckpt.get("fold")][:n]
-        source = f"fold {ckpt.get('fold')} validation images"
+        paths = [p for p, f in zip(table.paths, fold_of) if f == meta.fold][:n]
+        source = f"fold {meta.fold} validation images"
     except (CompError, OSError, KeyError):
         paths = []
     if not paths:
@@ -205,17 +205,18 @@ def export_model(
     tta_merge: str = "mean",
 ) -> dict:
     """Export every fold of one model (and optionally the fused graph); write and return ``export.json``."""
-    ckpt_paths = run.checkpoints(model_id)
-    if not ckpt_paths:
+    by_fold = run.fold_checkpoints(model_id)
+    if not by_fold:
         raise CompError(f"{run.model_dir(model_id)} has no fold checkpoints; run `comp train-folds` first")
     tta = parse_tta(tta)
     precision = "fp16" if fp16 else "fp32"
     files, models, batches, digests = [], [], [], {}
-    for path in ckpt_paths:
+    for fold, path in by_fold.items():
         model, ckpt = model_from_checkpoint(path)
-        batch, source = parity_batch(cfg, ckpt, run)
+        meta = ckpt.meta
+        batch, source = parity_batch(cfg, meta, run)
         module = ProbModel(model)
-        out = run.model_dir(model_id) / f"fold{ckpt['fold']}.onnx"
+        out = run.onnx(model_id, fold)
         diff = write_checked(
             module,
             _torch_probs(module, batch),
@@ -223,26 +224,24 @@ def export_model(
             out,
             opset,
             metadata(
-                ckpt,
-                fold=ckpt["fold"],
+                meta,
+                fold=fold,
                 precision=precision,
                 tta=[],
                 tta_merge="mean",
-                checkpoints={str(ckpt["fold"]): file_sha256(path)},
+                checkpoints={str(fold): file_sha256(path)},
             ),
             fp16,
         )
         log.info(f"{out}: max |onnx - torch| = {diff:.2e} on {len(batch)} {source} ({precision})")
-        files.append(
-            {"file": out.name, "fold": ckpt["fold"], "max_abs_diff": diff, "images": len(batch), "checked_on": source}
-        )
-        digests[str(ckpt["fold"])] = file_sha256(path)
+        files.append({"file": out.name, "fold": fold, "max_abs_diff": diff, "images": len(batch), "checked_on": source})
+        digests[str(fold)] = file_sha256(path)
         models.append(model)
         batches.append(batch)
     if fuse:
         batch = torch.cat(batches)[:PARITY_IMAGES]
         fused = FusedModel(models, tta, tta_merge)
-        out = run.model_dir(model_id) / "fused.onnx"
+        out = run.fused(model_id)
         folds = [f["fold"] for f in files]
         diff = write_checked(
             fused,
@@ -250,7 +249,7 @@ def export_model(
             batch,
             out,
             opset,
-            metadata(ckpt, folds=folds, precision=precision, tta=tta, tta_merge=tta_merge, checkpoints=digests),
+            metadata(meta, folds=folds, precision=precision, tta=tta, tta_merge=tta_merge, checkpoints=digests),
             fp16,
         )
         log.info(
@@ -266,7 +265,7 @@ def export_model(
                 "images": len(batch),
             }
         )
-    elif (stale := run.model_dir(model_id) / "fused.onnx").is_file():
+    elif (stale := run.fused(model_id)).is_file():
         stale.unlink()  # built from the previous graphs: predict must not pick it up
         log.info(f"{stale}: removed (built from the previous export; pass --fuse to rebuild it)")
     report = {
@@ -276,7 +275,7 @@ def export_model(
         "tolerance": TOLERANCE[precision],
         "files": files,
     }
-    write_json(run.model_dir(model_id) / "export.json", report)
+    write_json(run.export_report(model_id), report)
     return report
 
 

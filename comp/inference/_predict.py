@@ -24,7 +24,7 @@ from comp.errors import CompError
 from comp.inference._export import INPUT, OUTPUT, ProbModel, export_model, select_models
 from comp.inference._tta import check_merge, merge_probs, parse_tta, views
 from comp.metrics import get_metric
-from comp.run import FileSet, Predictions, RunDir, file_sha256, read_graph_metadata
+from comp.run import Checkpoint, FileSet, Predictions, RunDir, file_sha256, read_graph_metadata
 from comp.submission._format import make_submission, validate_submission
 from comp.training._engine import resolve_device
 from comp.training._models import model_from_checkpoint
@@ -56,7 +56,7 @@ class EngineOptions:
     @classmethod
     def from_config(cls, cfg: Config, run: RunDir, batch_size: int) -> EngineOptions:
         p = cfg.predict
-        return cls(p.tensorrt, p.trt_fp16, p.cudnn_conv_algo_search, p.cuda_graph, batch_size, run.root / ".trt_cache")
+        return cls(p.tensorrt, p.trt_fp16, p.cudnn_conv_algo_search, p.cuda_graph, batch_size, run.trt_cache)
 
 
 def provider_chain(
@@ -210,7 +210,7 @@ class Fold:
     """One fold's model, ready to run."""
 
     fold: int
-    ckpt: dict
+    ckpt: Checkpoint
     runner: object
 
 
@@ -238,18 +238,17 @@ def load_folds(
 ) -> list[Fold]:
     """Every fold of a model as a runner; the onnx engine exports (with its parity check) graphs that are
     missing or were exported from other checkpoints."""
-    paths = run.checkpoints(model_id)
+    by_fold = run.fold_checkpoints(model_id)
+    paths = list(by_fold.values())
     if expect_folds is not None and len(paths) != expect_folds:
-        have = sorted(int(p.stem[4:]) for p in paths)
+        have = sorted(by_fold)
         missing = sorted(set(range(expect_folds)) - set(have))
         raise CompError(
             f"{run.model_dir(model_id)} has checkpoints for folds {have} of {expect_folds}; train the rest "
             f"(comp train-folds --folds {','.join(map(str, missing))}) or pass --allow-missing-folds"
         )
-    digests = {int(p.stem[4:]): file_sha256(p) for p in paths}
-    if engine == "onnx" and any(
-        not graph_matches(p.with_suffix(".onnx"), {str(k): digests[k]}) for k, p in zip(digests, paths)
-    ):
+    digests = {k: file_sha256(p) for k, p in by_fold.items()}
+    if engine == "onnx" and any(not graph_matches(run.onnx(model_id, k), {str(k): digests[k]}) for k in by_fold):
         log.info(
             "%s: no ONNX graphs exported from these checkpoints; exporting them now (same as `comp export`)", model_id
         )
@@ -257,15 +256,15 @@ def load_folds(
     device = resolve_device(cfg.device)
     options = EngineOptions.from_config(cfg, run, batch_size or cfg.predict.batch_size)
     out = []
-    for p in paths:
+    for k, p in by_fold.items():
         model, ckpt = model_from_checkpoint(p)
         runner = (
-            _Lazy(lambda p=p: OrtRunner(p.with_suffix(".onnx"), options=options))
+            _Lazy(lambda k=k: OrtRunner(run.onnx(model_id, k), options=options))
             if engine == "onnx"
             else TorchRunner(model, device, cfg.predict.compile)
         )
-        out.append(Fold(ckpt["fold"], ckpt, runner))
-    sizes = {(tuple(f.ckpt["image_size"]), tuple(f.ckpt["classes"])) for f in out}
+        out.append(Fold(k, ckpt, runner))
+    sizes = {(f.ckpt.meta.image_size, tuple(f.ckpt.meta.classes)) for f in out}
     if len(sizes) > 1:
         raise CompError(
             f"folds of {run.model_dir(model_id)} disagree on image size or classes; retrain them with one config"
@@ -277,7 +276,7 @@ def usable_fused(run: RunDir, model_id: str, folds: list[Fold], tta: list[str], 
     """``fused.onnx`` when it was built from exactly these checkpoints (by their sha256) with the requested
     TTA views and merge; otherwise None and the per-fold graphs are used."""
     path = run.fused(model_id)
-    digests = {str(int(c.stem[4:])): file_sha256(c) for c in run.checkpoints(model_id)}
+    digests = {str(k): file_sha256(c) for k, c in run.fold_checkpoints(model_id).items()}
     if not graph_matches(path, digests):
         return None
     meta = read_graph_metadata(path)
@@ -350,7 +349,7 @@ def oof_tta(
     fold_of = run.read_folds(id_col).reindex(table.df[id_col]).to_numpy()
     if pd.isna(fold_of).any():
         raise CompError(f"{run.folds} lacks some ids of {data.train_csv}; the training table changed since train-folds")
-    classes = folds[0].ckpt["classes"]
+    classes = folds[0].ckpt.meta.classes
     plain = np.full((len(table.df), len(classes)), np.nan)
     merged = plain.copy()
     for f in folds:
@@ -358,7 +357,7 @@ def oof_tta(
         p, m = run_views(
             [f.runner],
             [table.paths[i] for i in idx],
-            from_dict(f.ckpt["eval_transform"]),
+            from_dict(f.ckpt.meta.eval_transform),
             tta,
             merge,
             batch_size,
@@ -464,12 +463,12 @@ def predict_run(
             folds = load_folds(
                 run, mid, cfg, engine, expect_folds=None if allow_missing_folds else cfg.folds.n_splits, batch_size=bs
             )
-            ck = folds[0].ckpt
-            if classes is not None and ck["classes"] != classes:
+            ck = folds[0].ckpt.meta
+            if classes is not None and ck.classes != classes:
                 raise CompError(
-                    f"{mid} predicts classes {ck['classes']} but {mids[0]} predicts {classes}; predict them separately"
+                    f"{mid} predicts classes {ck.classes} but {mids[0]} predicts {classes}; predict them separately"
                 )
-            classes = ck["classes"]
+            classes = ck.classes
             fused = usable_fused(run, mid, folds, tta_views, merge) if engine == "onnx" else None
             if fused is not None:  # one session call per batch does every fold and TTA view
                 log.info(
@@ -486,7 +485,7 @@ def predict_run(
             _, merged = run_views(
                 runners,
                 paths,
-                from_dict(ck["eval_transform"]),
+                from_dict(ck.eval_transform),
                 views_tta,
                 merge,
                 bs,

@@ -3,7 +3,6 @@ for distillation (``loss.distill``), both checked so that CV keeps scoring only 
 
 from comp.pseudo._pseudo import PseudoResult, pseudo_label
 from comp.pseudo._select import select_rows
-from comp.run._source import resolve_source
 from comp.training._targets import ExtraRows, Teacher, TrainingTargets, load_training_targets
 
 __all__ = [
@@ -13,6 +12,5 @@ __all__ = [
     "TrainingTargets",
     "load_training_targets",
     "pseudo_label",
-    "resolve_source",
     "select_rows",
 ]

@@ -13,8 +13,7 @@ import pandas as pd
 from comp._tables import format_table
 from comp.errors import CompError
 from comp.pseudo._select import select_rows
-from comp.run import write_csv
-from comp.run._source import resolve_source
+from comp.run import model_with, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def pseudo_label(
     out = Path(out).resolve()
     if out.is_dir():
         raise CompError(f"--out {out} is a folder; give a CSV file path")
-    run, model_id = resolve_source(source, "test.csv")
+    run, model_id = model_with(source, "test.csv")
     cfg = run.load_config()
     pred = run.read_test(model_id, id_column=cfg.data.id_column)
     keep = select_rows(pred.probs, threshold=threshold, top_per_class=top_per_class, max_per_class=max_per_class)

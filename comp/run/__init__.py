@@ -4,6 +4,8 @@ from comp.run._artifacts import Metrics, Predictions, parse_predictions
 from comp.run._checkpoint import (
     CHECKPOINT_FORMAT,
     ONNX_FORMAT,
+    Checkpoint,
+    CheckpointMeta,
     graph_metadata,
     load_checkpoint,
     make_checkpoint,
@@ -26,12 +28,16 @@ from comp.run._io import (
     write_json,
     write_text,
 )
+from comp.run._resolve import Located, locate, model_with
 from comp.run._rundir import RunDir
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "CheckpointMeta",
     "ONNX_FORMAT",
     "FileSet",
+    "Located",
     "LockHeld",
     "Metrics",
     "Predictions",
@@ -42,7 +48,9 @@ __all__ = [
     "file_sha256",
     "graph_metadata",
     "load_checkpoint",
+    "locate",
     "make_checkpoint",
+    "model_with",
     "parse_predictions",
     "pid_alive",
     "read_graph_metadata",

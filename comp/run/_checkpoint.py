@@ -1,28 +1,89 @@
-"""The two self-describing model formats: fold checkpoints (``fold<k>.pt``) and comp's ONNX metadata."""
+"""The two self-describing model formats: fold checkpoints (``fold<k>.pt``) and comp's ONNX metadata.
+
+A checkpoint is a flat dict saved with ``torch.save``: the metadata keys of :class:`CheckpointMeta`, a
+``format`` tag and the ``state_dict``. It is read back only through :func:`load_checkpoint`, which checks the
+format and types the metadata, so no other module looks up checkpoint keys by string.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from comp.errors import RunFolderError
 
 CHECKPOINT_FORMAT = "comp.checkpoint/1"
+READABLE_FORMATS = ("comp.checkpoint/1",)
 ONNX_FORMAT = "comp.onnx/1"
 REQUIRED = ("model_name", "model_id", "classes", "image_size", "mean", "std", "eval_transform", "config")
 
 
-def make_checkpoint(state_dict: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint dict that describes itself: timm name, classes, image size, eval transform, config."""
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise ValueError(f"checkpoint meta lacks {missing}")
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a fold checkpoint says about itself: enough to rebuild the model, preprocess images like training
+    did, and know where it came from (its config, fold, best epoch and score)."""
+
+    model_name: str  # timm architecture
+    model_id: str  # folder under RUN/models/
+    classes: list[str]  # output columns, in order
+    image_size: tuple[int, int]  # (height, width)
+    mean: list[float]
+    std: list[float]
+    eval_transform: dict[str, Any]  # albumentations description (comp.data.from_dict rebuilds it)
+    config: dict[str, Any]  # the run's resolved config
+    _: dataclasses.KW_ONLY
+    in_chans: int = 3
+    entry: dict[str, Any] | None = None  # the model's config entry
+    fold: int | None = None
+    epoch: int | None = None  # best epoch, 0-based
+    score: float | None = None  # the metric at the best epoch
+    metric: str | None = None
+    heads: dict[str, Any] | None = None  # multi-head models: what rebuilds the heads (comp.training._heads)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (``weights_only``-loadable); ``heads`` only when set, as checkpoints always had."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "_"}
+        out["image_size"] = list(self.image_size)
+        if out["heads"] is None:
+            del out["heads"]
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str | Path = "checkpoint") -> CheckpointMeta:
+        """Type a checkpoint's metadata; a missing required key is a RunFolderError naming the file."""
+        missing = [k for k in REQUIRED if k not in raw]
+        if missing:
+            raise RunFolderError(f"checkpoint {where} lacks {', '.join(missing)}; retrain that fold")
+        size = raw["image_size"]
+        hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in raw.items() if k in known and k != "image_size"}
+        return cls(image_size=hw, **kwargs)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded fold checkpoint: typed metadata and the weights."""
+
+    meta: CheckpointMeta
+    state_dict: dict[str, Any] = field(repr=False)
+    path: Path | None = None
+
+
+def make_checkpoint(state_dict: dict[str, Any], meta: CheckpointMeta) -> dict[str, Any]:
+    """The dict ``torch.save`` writes: format tag, metadata, ``num_classes`` (for older readers), weights."""
     state = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
-    return {"format": CHECKPOINT_FORMAT, **meta, "num_classes": len(meta["classes"]), "state_dict": state}
+    return {"format": CHECKPOINT_FORMAT, **meta.to_dict(), "num_classes": meta.num_classes, "state_dict": state}
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a comp checkpoint safely (``weights_only=True``) and check that it describes itself."""
     import torch
 
@@ -30,33 +91,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RunFolderError(f"checkpoint {path} not found; train it with `comp train-folds` first")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
         raise RunFolderError(f"checkpoint {path} is unreadable ({type(exc).__name__}); retrain that fold") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+    if not isinstance(raw, dict) or raw.get("format") not in READABLE_FORMATS:
+        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise RunFolderError(f"{path} is not a comp checkpoint (format {got!r}); retrain that fold")
-    missing = [k for k in (*REQUIRED, "state_dict", "num_classes") if k not in ckpt]
-    if missing:
-        raise RunFolderError(f"checkpoint {path} lacks {', '.join(missing)}; retrain that fold")
-    return ckpt
+    if not isinstance(raw.get("state_dict"), dict):
+        raise RunFolderError(f"checkpoint {path} lacks state_dict; retrain that fold")
+    return Checkpoint(CheckpointMeta.from_dict(raw, path), raw["state_dict"], path)
 
 
-def graph_metadata(ckpt: dict[str, Any], **extra: Any) -> dict[str, str]:
+def graph_metadata(meta: CheckpointMeta, **extra: Any) -> dict[str, str]:
     """The preprocessing and provenance a consumer of an ONNX graph needs, as metadata strings."""
-    meta = {
+    values = {
         "comp.format": ONNX_FORMAT,
-        "model_name": ckpt["model_name"],
-        "model_id": ckpt["model_id"],
-        "classes": ckpt["classes"],
-        "image_size": ckpt["image_size"],
-        "in_chans": ckpt.get("in_chans", 3),
-        "mean": ckpt["mean"],
-        "std": ckpt["std"],
-        "eval_transform": ckpt["eval_transform"],
+        "model_name": meta.model_name,
+        "model_id": meta.model_id,
+        "classes": meta.classes,
+        "image_size": list(meta.image_size),
+        "in_chans": meta.in_chans,
+        "mean": meta.mean,
+        "std": meta.std,
+        "eval_transform": meta.eval_transform,
         **extra,
     }
-    return {k: json.dumps(v) for k, v in meta.items()}
+    return {k: json.dumps(v) for k, v in values.items()}
 
 
 def read_graph_metadata(path: str | Path) -> dict[str, Any]:

@@ -11,6 +11,10 @@ RUN/
   models/<model_id>/oof.csv        id, fold, target, one probability column per class
   models/<model_id>/metrics.json   {"metric", "cv", "folds": [...], ...}
   models/<model_id>/test.csv       id, one probability column per class (comp predict)
+  models/<model_id>/oof_tta.csv    OOF with test-time augmentation (comp predict --oof)
+  models/<model_id>/fold<k>.onnx   ONNX graph of a fold checkpoint; fused.onnx: every fold (and TTA view) in one
+  models/<model_id>/export.json    what comp export wrote and its parity figures
+  .trt_cache/                      TensorRT engine and timing caches (GPU predict)
   cache/                           data.cache=disk slabs, only when the images and $TMPDIR are read-only
   sources.json                     the pseudo-labelled rows and teacher the run trained on (file hashes)
 """
@@ -26,7 +30,7 @@ import pandas as pd
 from comp.config import Config, build_config, dump, read_yaml
 from comp.errors import CompError, RunFolderError
 from comp.run._artifacts import Metrics, Predictions, parse_predictions
-from comp.run._checkpoint import load_checkpoint
+from comp.run._checkpoint import Checkpoint, load_checkpoint
 from comp.run._io import (
     FileSet,
     clean_temporaries,
@@ -67,6 +71,13 @@ class RunDir:
     def checkpoint(self, model_id: str, fold: int) -> Path:
         return self.model_dir(model_id) / f"fold{fold}.pt"
 
+    @staticmethod
+    def fold_number(path: str | Path) -> int | None:
+        """The fold of a per-fold file (``fold3.pt``, ``fold3.onnx``, ``fold3.oof.csv``), None for other names."""
+        head = Path(path).name.split(".", 1)[0]
+        digits = head[4:]
+        return int(digits) if head.startswith("fold") and digits.isdigit() else None
+
     def state(self, model_id: str, fold: int) -> Path:
         return self.model_dir(model_id) / f"fold{fold}.state.pt"
 
@@ -94,6 +105,13 @@ class RunDir:
     def fused(self, model_id: str) -> Path:
         return self.model_dir(model_id) / "fused.onnx"
 
+    def export_report(self, model_id: str) -> Path:
+        return self.model_dir(model_id) / "export.json"
+
+    @property
+    def trt_cache(self) -> Path:
+        return self.root / ".trt_cache"
+
     @property
     def cache(self) -> Path:
         """The decoded-image cache's last resort (see ``comp.data._cache.disk_cache_dir``)."""
@@ -110,13 +128,30 @@ class RunDir:
             return []
         return sorted(d.name for d in self.models_root.iterdir() if d.is_dir() and self.checkpoints(d.name))
 
+    def model_folders(self) -> list[str]:
+        """Every folder under models/ (trained models and blends alike), in name order."""
+        if not self.models_root.is_dir():
+            return []
+        return sorted(d.name for d in self.models_root.iterdir() if d.is_dir())
+
     def checkpoints(self, model_id: str) -> list[Path]:
         """Finished fold checkpoints of one model, by fold number."""
+        return list(self.fold_checkpoints(model_id).values())
+
+    def fold_checkpoints(self, model_id: str) -> dict[int, Path]:
+        """{fold: checkpoint path} of one model's finished folds, by fold number."""
         folder = self.model_dir(model_id)
         if not folder.is_dir():
-            return []
-        paths = [p for p in folder.glob("fold*.pt") if p.stem[4:].isdigit()]
-        return sorted(paths, key=lambda p: int(p.stem[4:]))
+            return {}
+        found = {self.fold_number(p): p for p in folder.glob("fold*.pt") if p.name.count(".") == 1}
+        return {k: found[k] for k in sorted(k for k in found if k is not None)}
+
+    def blend_info(self, model_id: str) -> dict[str, Any] | None:
+        """A blend's method, weights and members (from its metrics.json), or None for a trained model."""
+        if not self.metrics(model_id).is_file():
+            return None
+        extra = self.read_metrics(model_id).extra
+        return extra if "method" in extra and "members" in extra else None
 
     def require(self) -> RunDir:
         """Fail with a fixable message unless this looks like a run folder; finish any set of files a killed
@@ -238,7 +273,7 @@ class RunDir:
             return into.json(self.metrics(model_id), metrics.to_json())
         return write_json(self.metrics(model_id), metrics.to_json())
 
-    def read_checkpoint(self, model_id: str, fold: int) -> dict[str, Any]:
+    def read_checkpoint(self, model_id: str, fold: int) -> Checkpoint:
         return load_checkpoint(self.checkpoint(model_id, fold))
 
     # -- what the run learned from besides its labels (data.extra_train, loss.distill) ------------

@@ -13,7 +13,7 @@ from torch import nn
 from comp.config import ModelConfig, TrainConfig
 from comp.data._attributes import Scheme
 from comp.errors import CompError, closest
-from comp.run._checkpoint import load_checkpoint
+from comp.run._checkpoint import Checkpoint, load_checkpoint
 from comp.training._heads import AttributeHeads, attribute_heads, from_description
 
 
@@ -132,30 +132,29 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
             p.requires_grad_(not frozen)
 
 
-def model_from_checkpoint(ckpt: dict | str | Path) -> tuple[nn.Module, dict]:
+def model_from_checkpoint(ckpt: Checkpoint | str | Path) -> tuple[nn.Module, Checkpoint]:
     """Rebuild the model of a checkpoint (no download) and load its weights; returns (model in eval mode, ckpt)."""
-    where = "checkpoint"
-    if not isinstance(ckpt, dict):
-        where = str(ckpt)
+    if not isinstance(ckpt, Checkpoint):
         ckpt = load_checkpoint(ckpt)
-    name = ckpt["model_name"]
+    meta = ckpt.meta
+    where = str(ckpt.path) if ckpt.path is not None else "checkpoint"
+    name = meta.model_name
     if not isinstance(name, str) or ":" in name or not timm.is_model(name.split(".")[0]):
         # a hub or local-dir name would make timm fetch or read code and weights from elsewhere
         raise CompError(f"{where}: model_name {name!r} is not a timm architecture; retrain that fold with comp")
-    heads = ckpt.get("heads")
-    kwargs = {"num_classes": 0 if heads else ckpt["num_classes"], "in_chans": ckpt.get("in_chans", 3)}
-    model = timm.create_model(name, pretrained=False, **kwargs)
-    if heads:
-        model = from_description(model, heads)
+    num_classes = 0 if meta.heads else meta.num_classes
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=meta.in_chans)
+    if meta.heads:
+        model = from_description(model, meta.heads)
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(ckpt.state_dict)
     except (RuntimeError, KeyError, TypeError) as exc:
         why = " ".join(str(exc).split())[:160]
         raise CompError(f"{where}: its weights do not fit {name} ({why}); retrain that fold") from None
     return model.eval(), ckpt
 
 
-def checkpoint_meta(model: nn.Module) -> dict[str, Any]:
+def heads_description(model: nn.Module) -> dict[str, Any] | None:
     """What a checkpoint needs besides timm's name to rebuild ``model``: the heads of a multi-head model."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    return {"heads": model.describe()} if isinstance(model, AttributeHeads) else {}
+    return model.describe() if isinstance(model, AttributeHeads) else None

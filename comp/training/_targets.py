@@ -20,8 +20,7 @@ import pandas as pd
 from comp.config import Config, DataConfig, DistillConfig
 from comp.data._table import TrainTable, check_ids, check_images, image_paths, read_csv, require_columns
 from comp.errors import CompError, RunFolderError
-from comp.run import RunDir, file_sha256
-from comp.run._source import resolve_source
+from comp.run import RunDir, file_sha256, model_with
 
 SUM_TOLERANCE = 0.01  # a soft row's probabilities must sum to 1 within this (CSV rounding), then are renormalised
 
@@ -186,7 +185,7 @@ def read_teacher(
     its test rows for the pseudo-labelled rows."""
     assert distill.teacher is not None
     where = f"loss.distill.teacher {distill.teacher}"
-    teacher_run, mid = resolve_source(distill.teacher, "oof.csv", what="loss.distill.teacher")
+    teacher_run, mid = model_with(distill.teacher, "oof.csv", what="loss.distill.teacher")
     model_dir = teacher_run.model_dir(mid)
     for entry in cfg.models:
         if run.model_dir(entry.model_id).resolve() == model_dir.resolve():

@@ -44,13 +44,23 @@ from comp.data._table import ImageDataset, TrainTable, load_train_table
 from comp.errors import CompError
 from comp.metrics import check_config as check_metric
 from comp.metrics import get_metric
-from comp.run import LockHeld, Metrics, Predictions, RunDir, exclusive, make_checkpoint, torch_save, write_csv
+from comp.run import (
+    CheckpointMeta,
+    LockHeld,
+    Metrics,
+    Predictions,
+    RunDir,
+    exclusive,
+    make_checkpoint,
+    torch_save,
+    write_csv,
+)
 from comp.training._distributed import SINGLE, Dist, rank_device, session
 from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
 from comp.training._heads import attribute_loss
 from comp.training._losses import build_loss
 from comp.training._losses import check_config as check_losses
-from comp.training._models import checkpoint_meta, create_model, normalization, set_backbone_frozen
+from comp.training._models import create_model, heads_description, normalization, set_backbone_frozen
 from comp.training._soft import training_part
 from comp.training._targets import TrainingTargets, check_and_record, load_training_targets
 
@@ -522,23 +532,23 @@ class FoldTrainer:
         ctx, run = self.ctx, self.ctx.run
         model = self.eval_model()
         model.load_state_dict(self.state["best_state"])
-        meta = {
-            "model_name": ctx.entry.name,
-            "model_id": ctx.model_id,
-            "classes": list(ctx.table.classes),
-            "image_size": list(self.hw),
-            "in_chans": ctx.entry.in_chans,
-            "mean": self.mean,
-            "std": self.std,
-            "eval_transform": to_dict(self.valid_tf),
-            "config": ctx.cfg.to_dict(),
-            "entry": ctx.entry.to_dict(),
-            "fold": ctx.fold,
-            "epoch": self.state["best_epoch"],
-            "score": self.state["best_score"],
-            "metric": self.metric.name,
-            **checkpoint_meta(model),
-        }
+        meta = CheckpointMeta(
+            ctx.entry.name,
+            ctx.model_id,
+            list(ctx.table.classes),
+            self.hw,
+            self.mean,
+            self.std,
+            to_dict(self.valid_tf),
+            ctx.cfg.to_dict(),
+            in_chans=ctx.entry.in_chans,
+            entry=ctx.entry.to_dict(),
+            fold=ctx.fold,
+            epoch=self.state["best_epoch"],
+            score=self.state["best_score"],
+            metric=self.metric.name,
+            heads=heads_description(model),
+        )
         hist = pd.DataFrame(self.state["history"])
         if self.dist.is_main:  # under DDP rank 0 alone writes
             write_csv(run.history(ctx.model_id, ctx.fold), hist)
@@ -698,8 +708,8 @@ class TrainResult:
 
 
 def _done_before(run: RunDir, model_id: str, fold: int) -> FoldResult:
-    ck = run.read_checkpoint(model_id, fold)
-    return FoldResult(ck["score"], ck["epoch"] + 1, skipped=True)
+    meta = run.read_checkpoint(model_id, fold).meta
+    return FoldResult(float("nan") if meta.score is None else meta.score, (meta.epoch or 0) + 1, skipped=True)
 
 
 def _claim(run: RunDir, model_id: str, fold: int, held: ExitStack) -> tuple[str, str]:

@@ -1,0 +1,104 @@
+"""The run folder's typed pieces: checkpoint metadata (today's files included), per-fold names, path resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comp.errors import RunFolderError
+from comp.run import CheckpointMeta, RunDir, load_checkpoint, locate, make_checkpoint, model_with
+
+
+def _meta(**kw) -> CheckpointMeta:
+    base = dict(
+        model_name="test_resnet",
+        model_id="m",
+        classes=["a", "b"],
+        image_size=(32, 48),
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        eval_transform={"transform": {}},
+        config={"seed": 1},
+    )
+    return CheckpointMeta(**{**base, **kw})
+
+
+def test_checkpoint_meta_round_trips(tmp_path):
+    meta = _meta(fold=2, epoch=4, score=0.5, metric="macro_f1")
+    torch.save(make_checkpoint({"w": torch.ones(2)}, meta), tmp_path / "fold2.pt")
+    ck = load_checkpoint(tmp_path / "fold2.pt")
+    assert ck.meta == meta and ck.meta.num_classes == 2 and torch.equal(ck.state_dict["w"], torch.ones(2))
+
+
+def test_reads_a_checkpoint_written_before_the_typed_reader(tmp_path):
+    """Today's files: a flat dict, image_size as a list, no heads key, keys the reader does not know."""
+    raw = {
+        "format": "comp.checkpoint/1",
+        "model_name": "test_resnet",
+        "model_id": "m",
+        "classes": ["a", "b", "c"],
+        "image_size": [32, 32],
+        "in_chans": 3,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "eval_transform": {},
+        "config": {},
+        "entry": {"name": "test_resnet"},
+        "fold": 0,
+        "epoch": 1,
+        "score": 0.25,
+        "metric": "accuracy",
+        "num_classes": 3,
+        "state_dict": {},
+        "something_new": 1,
+    }
+    torch.save(raw, tmp_path / "fold0.pt")
+    meta = load_checkpoint(tmp_path / "fold0.pt").meta
+    assert meta.image_size == (32, 32) and meta.fold == 0 and meta.heads is None and meta.classes == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [({"format": "other"}, "not a comp checkpoint"), ({"format": "comp.checkpoint/1", "state_dict": {}}, "lacks")],
+)
+def test_a_foreign_or_incomplete_checkpoint_is_refused(tmp_path, raw, needle):
+    torch.save(raw, tmp_path / "fold0.pt")
+    with pytest.raises(RunFolderError, match=needle):
+        load_checkpoint(tmp_path / "fold0.pt")
+
+
+def test_fold_files_are_named_and_parsed_in_one_place(tmp_path):
+    run = RunDir(tmp_path)
+    assert [RunDir.fold_number(p) for p in ("fold3.pt", "fold12.onnx", "fold0.oof.csv", "fused.onnx", "foldx.pt")] == [
+        3,
+        12,
+        0,
+        None,
+        None,
+    ]
+    folder = run.model_dir("m")
+    folder.mkdir(parents=True)
+    for name in ("fold10.pt", "fold2.pt", "fold2.state.pt", "fold1.pt", "notes.pt"):
+        (folder / name).write_bytes(b"")
+    assert list(run.fold_checkpoints("m")) == [1, 2, 10]
+    assert run.checkpoints("m") == [folder / "fold1.pt", folder / "fold2.pt", folder / "fold10.pt"]
+
+
+def test_locate_and_model_with(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.model_dir("a").mkdir(parents=True)
+    run.model_dir("b").mkdir()
+    run.config.write_text("seed: 1\n")
+    (run.model_dir("a") / "test.csv").write_text("id,x,y\n1,0.5,0.5\n")
+    assert locate(run.root).is_run and locate(run.model_dir("b")).model_id == "b"
+    r, mid = model_with(run.root, "test.csv")
+    assert r.root == run.root.resolve() and mid == "a"
+    with pytest.raises(RunFolderError, match="has no test.csv"):
+        model_with(run.model_dir("b"), "test.csv")
+    (run.model_dir("b") / "test.csv").write_text("id,x,y\n1,0.5,0.5\n")
+    with pytest.raises(RunFolderError, match="holds 2 models with test.csv"):
+        model_with(run.root, "test.csv")
+    with pytest.raises(RunFolderError, match="neither a run folder"):
+        locate(tmp_path)
+    with pytest.raises(RunFolderError, match="not found"):
+        locate(tmp_path / "nope")
