@@ -539,7 +539,7 @@ def _check_config(cfg: Config) -> None:
 
 
 def _check_labels(cfg: Config) -> None:
-    """The layout and label specs, and what leans on them: attribute heads and their losses."""
+    """The layout and label specs, and what leans on them: attribute heads and their losses' keys."""
     data = cfg.data
     if data.layout is not None:
         parse_layout(data.layout, key="data.layout")
