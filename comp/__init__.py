@@ -22,13 +22,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("comp")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
+from comp._version import __version__
 
 logging.getLogger("comp").addHandler(logging.NullHandler())
 

@@ -148,8 +148,14 @@ quiet_option = click.option(
 
 def _load(config_path: Path, overrides: tuple[str, ...]):
     from comp.config import load_config
+    from comp.inference._tta import check_config as check_tta
+    from comp.metrics import check_config as check_metric
+    from comp.training._losses import check_config as check_losses
 
-    return load_config(config_path, overrides=overrides)
+    cfg = load_config(config_path, overrides=overrides)
+    for check in (check_metric, check_losses, check_tta):  # every registry name, before a command starts
+        check(cfg)
+    return cfg
 
 
 @main.command("train-folds")

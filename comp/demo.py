@@ -88,12 +88,17 @@ def run_demo(
     out_dir: Path, run_dir: Path, overrides=(), fresh: bool = False, submission: Path = Path("submissions/demo.csv")
 ) -> Iterator[str]:
     """Build the demo data (once) and run every pipeline stage; yields report lines."""
+    from comp.inference._tta import check_config as check_tta
+    from comp.metrics import check_config as check_metric
+    from comp.training._losses import check_config as check_losses
     from comp.training._trainer import train_folds
 
     out_dir, run_dir = Path(out_dir), Path(run_dir)
     cfg = load_config(
         demo_config_path(), overrides=overrides, base_dir=out_dir.resolve()
     )  # a typo fails before any delete
+    for check in (check_metric, check_losses, check_tta):  # and so does a name no registry holds
+        check(cfg)
     if fresh and run_dir.exists():
         if not _is_demo_run(run_dir):
             raise CompError(

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn import metrics as skm
 
 from comp._registry import Registry
+
+if TYPE_CHECKING:
+    from comp.config import Config
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ def get_metric(name: str) -> Metric:
     return METRICS.get(name)
 
 
+def check_config(cfg: Config) -> None:
+    """Refuse a config whose ``metric`` is not registered; stages that score call it in their preflight."""
+    METRICS.check(cfg.metric, "metric")
+
+
 def _labels(probs: np.ndarray) -> np.ndarray:
     return np.arange(probs.shape[1])
 
@@ -98,20 +107,3 @@ def roc_auc(y_true, probs):
     present = np.unique(y_true)
     aucs = [skm.roc_auc_score(y_true == c, probs[:, c]) for c in present if 0 < (y_true == c).sum() < len(y_true)]
     return float(np.mean(aucs)) if aucs else float("nan")
-
-
-def score(name: str, y_true, probs) -> float:
-    """Score ``probs`` against ``y_true`` with the metric called ``name``."""
-    return get_metric(name)(y_true, probs)
-
-
-def attribute_f1(probs, attribute_targets: dict[str, np.ndarray], scheme) -> dict[str, float]:
-    """Macro F1 per attribute of a label scheme: the argmax of each attribute's marginal probability
-    (summed over the classes that share the value) against the row's true value."""
-    from comp.data._attributes import marginals  # late: keeps this module free of the data package
-
-    parts = marginals(np.asarray(probs, dtype=np.float64), scheme, atol=1e-3)
-    return {
-        name: float(skm.f1_score(attribute_targets[name], p.argmax(1), average="macro", zero_division=0))
-        for name, p in parts.items()
-    }

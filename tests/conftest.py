@@ -105,6 +105,14 @@ def trained_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+def check_no_leak(folds: np.ndarray, groups: np.ndarray) -> None:
+    """Fail if any group sits in more than one fold."""
+    per_group: dict[object, int] = {}
+    for f, g in zip(folds, groups):
+        if per_group.setdefault(g, f) != f:
+            raise AssertionError(f"group {g!r} appears in folds {per_group[g]} and {f}")
+
+
 def snapshot(folder: Path) -> dict:
     """Every file under ``folder`` with its size and mtime: equal snapshots mean nothing was written there."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}

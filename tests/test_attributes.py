@@ -4,16 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from mask_contest import DISAGREEING, LABELS, LAYOUT, write_mask_contest
+from sklearn.metrics import f1_score
 
-from comp.data._attributes import (
-    class_names,
-    compose_probs,
-    decompose,
-    encode,
-    marginals,
-    parse_labels,
-    targets,
-)
+from comp.config import class_names, parse_labels
+from comp.data._attributes import attribute_f1, compose_probs, decompose, encode, marginals, targets
 from comp.data._layout import read_layout
 from comp.errors import CompError
 
@@ -258,3 +252,14 @@ def test_bad_probabilities_and_codes():
     expect_error(lambda: compose_probs({"mask": good[0], "gender": good[1]}, LABELS), "'age' are missing")
     expect_error(lambda: marginals(np.full((1, 17), 1 / 17), LABELS), "shape (1, 17)", "(1, 18)")
     expect_error(lambda: decompose(np.array([0, 18]), LABELS), "0..17")
+
+
+def test_attribute_f1_is_macro_f1_of_each_marginal():
+    scheme = parse_labels(LABELS)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(scheme.n_classes), size=40)
+    truth = decompose(rng.integers(0, scheme.n_classes, 40), scheme)
+    got = attribute_f1(probs, truth, scheme)
+    assert list(got) == scheme.names
+    for name, p in marginals(probs, scheme).items():
+        assert got[name] == pytest.approx(f1_score(truth[name], p.argmax(1), average="macro", zero_division=0))

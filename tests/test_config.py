@@ -1,5 +1,11 @@
+import importlib
+import re
+import shutil
+
 import pytest
 import yaml
+from conftest import tiny_config, write_competition
+from mask_contest import LABELS, RECIPE, TINY, write_mask_contest
 
 from comp.config import Config, apply_overrides, load_config
 from comp.errors import CompError
@@ -24,7 +30,6 @@ def test_defaults_validate(tmp_path):
         ({"train": {"epochs": "three"}}, "config key 'train.epochs' must be int"),
         ({"train": {"epochs": True}}, "config key 'train.epochs' must be int"),
         ({"folds": {"n_splits": 1}}, "'folds.n_splits' must be >= 2, got n_splits=1"),
-        ({"metric": "f1"}, "unknown metric 'f1'; choose from"),
         ({"train": {"optimizer": "adam"}}, "must be one of adamw, sgd"),
         ({"models": []}, "must list at least one model"),
         ({"models": [{"name": "a", "lrr": 1}]}, "unknown config key 'models[0].lrr' (did you mean 'lr'?)"),
@@ -75,3 +80,59 @@ def test_relative_paths_resolve_against_config_folder(tmp_path):
     cfg = load_config(p)
     assert cfg.data.train_csv == str((tmp_path / "sub" / "d" / "train.csv").resolve())
     assert cfg.data.image_dir == "/abs/img"
+
+
+# ---------------------------------------------------------------- registry names: checked by the stage that owns them
+
+HEAD_LOSS = {
+    "data": {"labels": LABELS},
+    "models": [{"name": "test_efficientnet", "heads": "attributes"}],
+    "loss": {"attributes": {"age": {"name": "facal"}}},
+}
+NAMES = [
+    ({"metric": "f1"}, "comp.metrics", "unknown metric 'f1'; choose from"),
+    ({"loss": {"name": "bce"}}, "comp.training._losses", "unknown loss 'bce'; choose from"),
+    (HEAD_LOSS, "comp.training._losses", "unknown loss in 'loss.attributes.age.name' 'facal'; choose from"),
+    ({"predict": {"tta": ["hflipp"]}}, "comp.inference._tta", "unknown TTA view 'hflipp'; choose from"),
+]
+
+
+@pytest.mark.parametrize("data, owner, needle", NAMES, ids=["metric", "loss", "head-loss", "tta"])
+def test_registry_names_are_checked_by_their_owner(tmp_path, data, owner, needle):
+    cfg = load_config(write(tmp_path, data))  # config checks shape only: a name is a string
+    with pytest.raises(CompError) as exc:
+        importlib.import_module(owner).check_config(cfg)
+    assert needle in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize("overrides, needle", [(["metric=f1"], NAMES[0][2]), (["loss.name=bce"], NAMES[1][2])])
+def test_train_folds_refuses_unknown_names_before_any_write(tmp_path, overrides, needle):
+    from comp.training import train_folds
+
+    root = write_competition(tmp_path / "comp")
+    cfg = load_config(tiny_config(root), overrides=overrides, base_dir=root)
+    with pytest.raises(CompError, match=re.escape(needle)):
+        train_folds(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_folds_refuses_an_unknown_head_loss_before_any_write(tmp_path):
+    from comp.training import train_folds
+
+    root = write_mask_contest(tmp_path / "mask")
+    shutil.copy(RECIPE, root / "mask.yaml")
+    cfg = load_config(root / "mask.yaml", overrides=[*TINY, "loss.attributes.age.name=facal"])
+    with pytest.raises(CompError, match=re.escape(NAMES[2][2])):
+        train_folds(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_tune_refuses_an_unknown_loss_in_its_space_before_any_write(tmp_path):
+    from comp.tuning import tune
+
+    root = write_competition(tmp_path / "comp")
+    space = {"loss.name": {"type": "categorical", "choices": ["ce", "bce"]}}
+    cfg = load_config(tiny_config(root, tune={"space": space}), base_dir=root)
+    with pytest.raises(CompError, match="unknown loss 'bce'; choose from"):
+        tune(cfg, tmp_path / "tune", n_trials=1)
+    assert not (tmp_path / "tune").exists()

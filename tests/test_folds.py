@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+from conftest import check_no_leak
 
-from comp.data._folds import assign_folds, check_no_leak
+from comp.data._folds import assign_folds
 from comp.errors import CompError
 
 

@@ -204,10 +204,6 @@ def test_fold_trainer_fits_the_training_labels(contest, tmp_path, heads):
         ({"loss.attributes": {"age": {"wieght": 2}}}, "unknown config key 'loss.attributes.age.wieght'"),
         ({"loss.attributes": {"age": {"weight": -1}}}, "'loss.attributes.age.weight' must be >= 0"),
         (
-            {"loss.attributes": {"age": {"name": "facal"}}},
-            "unknown loss in 'loss.attributes.age.name' 'facal'",
-        ),
-        (
             {"loss.attributes": {"age": {"class_weights": [1, 2]}}},
             "'loss.attributes.age.class_weights' must list 3",
         ),

@@ -418,6 +418,9 @@ def test_explain_defaults_to_the_best_cv_model(tmp_path):
     run.metrics("a").write_text(json.dumps({"metric": "log_loss", "cv": 0.2, "greater_is_better": False}))
     run.metrics("b").write_text(json.dumps({"metric": "log_loss", "cv": 0.5, "greater_is_better": False}))
     assert best_model(run, ["a", "b"]) == "a"  # log loss: lower is better
+    for mid, cv in (("a", 0.5), ("b", 0.2)):  # files that do not say: the metric's own direction
+        run.metrics(mid).write_text(json.dumps({"metric": "log_loss", "cv": cv}))
+    assert best_model(run, ["a", "b"]) == "b"
     with pytest.raises(CompError, match="no model with all folds trained"):
         best_model(run, ["c"])
 

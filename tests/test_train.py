@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import tiny_config, write_config
+from conftest import check_no_leak, tiny_config, write_config
 
 from comp.cli import main
 from comp.config import ModelConfig, load_config
-from comp.data._folds import check_no_leak
 from comp.errors import CompError
 from comp.training._fold import FoldTrainer
 from comp.training._models import model_from_checkpoint

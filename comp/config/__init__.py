@@ -1,5 +1,12 @@
-"""Typed config records, YAML loading, ``--set`` overrides and validation with fixable messages."""
+"""Typed config records, YAML loading, ``--set`` overrides and validation with fixable messages.
 
+Shape only: types, bounds, unknown keys and rules between the config's own keys (the layout and label specs
+included). Names in other stages' registries (metric, loss, TTA view) are checked by those stages.
+"""
+
+from comp.config._keys import set_key
+from comp.config._labels import Attribute, Scheme, class_names, parse_labels
+from comp.config._layout import LayoutSpec, parse_layout
 from comp.config._load import (
     apply_overrides,
     dump,
@@ -7,7 +14,6 @@ from comp.config._load import (
     parse_value,
     read_yaml,
     resolve_paths,
-    set_key,
     yaml_load,
 )
 from comp.config._records import (
@@ -17,6 +23,7 @@ from comp.config._records import (
     DataConfig,
     DistillConfig,
     FoldsConfig,
+    HeadLoss,
     HeadLossConfig,
     LossConfig,
     MixupConfig,
@@ -30,23 +37,30 @@ from comp.config._records import (
 
 __all__ = [
     "TRAIN_KEYS",
+    "Attribute",
     "AugmentConfig",
     "Config",
     "DataConfig",
     "DistillConfig",
     "FoldsConfig",
+    "HeadLoss",
     "HeadLossConfig",
+    "LayoutSpec",
     "LossConfig",
     "MixupConfig",
     "ModelConfig",
     "PredictConfig",
+    "Scheme",
     "TrainConfig",
     "TuneConfig",
     "apply_overrides",
     "build_config",
     "build_model",
+    "class_names",
     "dump",
     "load_config",
+    "parse_labels",
+    "parse_layout",
     "parse_value",
     "read_yaml",
     "resolve_paths",

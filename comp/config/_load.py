@@ -11,17 +11,18 @@ from typing import Any
 
 import yaml
 
+from comp.config._keys import set_key
 from comp.config._records import Config, DataConfig, build_config
-from comp.errors import ConfigError, closest
+from comp.errors import ConfigError
 
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``) and refuses duplicate keys."""
 
-    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark
@@ -72,40 +73,6 @@ def parse_value(text: str) -> Any:
         return yaml.load(text, Loader=_Loader) if text != "" else ""  # noqa: S506
     except yaml.YAMLError:
         return text
-
-
-def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` (or ``models.0.lr``) in a nested config dict; sections must exist, leaves may be new
-    (validation names an unknown leaf with the closest valid key)."""
-    parts = dotted.split(".")
-    if not all(parts):
-        raise ConfigError(f"--set {dotted}: empty key part; write keys like train.epochs=3")
-    node: Any = cfg
-    for i, part in enumerate(parts[:-1]):
-        where = ".".join(parts[:i])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {dotted}: '{part}' is not an index of the {len(node)}-entry list '{where}'")
-            if isinstance(node[int(part)], str):  # `- resnet18` shorthand
-                node[int(part)] = {"name": node[int(part)]}
-            node = node[int(part)]
-        elif isinstance(node, dict):
-            if node.get(part) is None and part == "tune" and i == 0:
-                node[part] = {}
-            if part not in node or not isinstance(node[part], (dict, list)):
-                raise ConfigError(
-                    f"--set {dotted}: unknown section '{'.'.join(parts[: i + 1])}'{closest(part, node.keys())}"
-                )
-            node = node[part]
-        else:
-            raise ConfigError(f"--set {dotted}: '{where}' is a value, not a section")
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"--set {dotted}: '{last}' is not an index of the list")
-        node[int(last)] = value
-    else:
-        node[last] = value
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:

@@ -18,6 +18,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+from comp.config._keys import set_key
+from comp.config._labels import parse_labels
+from comp.config._layout import parse_layout
 from comp.errors import ConfigError, closest
 
 T = TypeVar("T")
@@ -48,9 +51,9 @@ class DataConfig:
     num_workers: int = _f(0, ge=0)
     cache: Literal["none", "memory", "disk"] = "none"
     cache_dir: str | None = None
-    # rows from a layout spec (comp/data/_layout.py) instead of train_csv + image_dir; its paths are under ``root``
+    # rows from a layout spec (comp/config/_layout.py) instead of train_csv + image_dir; its paths are under ``root``
     layout: dict[str, Any] | None = None
-    # labels made of attributes (comp/data/_attributes.py) instead of label_column
+    # labels made of attributes (comp/config/_labels.py) instead of label_column
     labels: dict[str, Any] | None = None
     root: str | None = None  # base folder of layout paths; default: the config file's folder
 
@@ -164,13 +167,13 @@ class LossConfig:
     # per attribute of data.labels, for models with ``heads: attributes``: {age: {name: focal, weight: 2}}
     attributes: dict[str, Any] | None = None
 
-    def head(self, attribute: str) -> HeadLossConfig:
+    def head(self, attribute: str) -> HeadLoss:
         """The loss of one attribute's head: its ``loss.attributes`` entry over the block's own defaults."""
         raw = (self.attributes or {}).get(attribute) or {}
         head = build_section(HeadLossConfig, raw, f"loss.attributes.{attribute}")
-        return dataclasses.replace(
-            head,
+        return HeadLoss(
             name=head.name if head.name is not None else self.name,
+            weight=head.weight,
             label_smoothing=head.label_smoothing if head.label_smoothing is not None else self.label_smoothing,
             focal_gamma=head.focal_gamma if head.focal_gamma is not None else self.focal_gamma,
             class_weights=head.class_weights if head.class_weights is not None else self.class_weights,
@@ -186,6 +189,17 @@ class HeadLossConfig:
     label_smoothing: float | None = _f(None, ge=0, lt=1)
     focal_gamma: float | None = _f(None, ge=0)
     class_weights: str | list[float] | None = None
+
+
+@dataclass(frozen=True)
+class HeadLoss:
+    """One attribute head's loss with every key resolved (:meth:`LossConfig.head`)."""
+
+    name: str
+    weight: float
+    label_smoothing: float
+    focal_gamma: float
+    class_weights: str | list[float]
 
 
 @dataclass
@@ -300,8 +314,6 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A validated copy with top-level fields or dotted keys changed: ``cfg.replace(**{"train.epochs": 3})``."""
-        from comp.config._load import set_key
-
         raw = self.to_dict()
         for key, value in changes.items():
             set_key(raw, key, _plain(value) if dataclasses.is_dataclass(value) else value)
@@ -500,7 +512,8 @@ def build_config(raw: Any) -> Config:
 
 
 def _check_config(cfg: Config) -> None:
-    """Rules that span keys or need a registry."""
+    """Rules that span keys. Names in other stages' registries (metric, loss, TTA view) are checked by those
+    stages' own ``check_config``, in their preflight, before anything is written."""
     _check_device(cfg.device)
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
@@ -522,24 +535,11 @@ def _check_config(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' is an empty string; give a path or null")
     if cfg.data.classes is not None and len(set(cfg.data.classes)) != len(cfg.data.classes):
         raise ConfigError("config key 'data.classes' lists a class twice; each class once")
-    from comp.metrics import METRICS  # late: the registries import sklearn / torch
-    from comp.training._losses import LOSSES
-
-    METRICS.check(cfg.metric, "metric")
-    LOSSES.check(cfg.loss.name, "loss")
-    from comp.inference._tta import TTA_OPS
-
-    for name in cfg.predict.tta:
-        TTA_OPS.check(name, "TTA view")
     _check_labels(cfg)
 
 
 def _check_labels(cfg: Config) -> None:
-    """The layout and label specs, and what leans on them: attribute heads and their losses."""
-    from comp.data._attributes import parse_labels
-    from comp.data._layout import parse_layout
-    from comp.training._losses import LOSSES
-
+    """The layout and label specs, and what leans on them: attribute heads and their losses' keys."""
     data = cfg.data
     if data.layout is not None:
         parse_layout(data.layout, key="data.layout")
@@ -577,7 +577,6 @@ def _check_labels(cfg: Config) -> None:
     for attr in scheme.attributes:
         head = cfg.loss.head(attr.name)
         key = f"loss.attributes.{attr.name}"
-        LOSSES.check(head.name, f"loss in '{key}.name'")
         cw, k = head.class_weights, len(attr.values)
         own = ((own_losses or {}).get(attr.name) or {}).get("class_weights") is not None
         where = f"'{key}.class_weights'" if own else f"'loss.class_weights' (inherited by {key})"

@@ -10,7 +10,7 @@ from comp.data._augment import (
     to_dict,
     valid_pipeline,
 )
-from comp.data._folds import assign_folds, check_no_leak
+from comp.data._folds import assign_folds
 from comp.data._table import (
     ImageDataset,
     TrainTable,
@@ -28,7 +28,6 @@ __all__ = [
     "TrainTable",
     "assign_folds",
     "build_pipeline",
-    "check_no_leak",
     "eval_pipeline",
     "from_dict",
     "load_image",

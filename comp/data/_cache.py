@@ -175,7 +175,7 @@ class SlabReader:
             except FileExistsError:
                 if not _trusted(self.file, self.nbytes):  # damaged, or not ours: replace the name itself
                     os.replace(tmp, self.file)
-                    tmp = None  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
+                    tmp = None  # type: ignore[assignment]
         finally:
             if fd >= 0:
                 os.close(fd)

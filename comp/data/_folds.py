@@ -24,7 +24,6 @@ def assign_folds(targets: np.ndarray, groups: np.ndarray | None, n_splits: int, 
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(n), targets, groups)
     else:
-        counts = np.bincount(targets)
         if n < n_splits:
             raise CompError(f"folds.n_splits={n_splits} but train.csv has only {n} rows; lower folds.n_splits")
         _warn_thin_classes(targets, np.arange(n), n_splits)
@@ -32,7 +31,6 @@ def assign_folds(targets: np.ndarray, groups: np.ndarray | None, n_splits: int, 
             warnings.simplefilter("ignore")  # we warn in our own words above
             splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), targets)
             splits = list(splits)
-        del counts
     folds = np.full(n, -1, dtype=np.int64)
     for k, (_, valid_idx) in enumerate(splits):
         folds[valid_idx] = k
@@ -60,11 +58,3 @@ def _warn_thin_classes(targets, groups, n_splits) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def check_no_leak(folds: np.ndarray, groups: np.ndarray) -> None:
-    """Raise if any group sits in more than one fold."""
-    per_group: dict[object, int] = {}
-    for f, g in zip(folds, groups):
-        if per_group.setdefault(g, f) != f:
-            raise AssertionError(f"group {g!r} appears in folds {per_group[g]} and {f}")

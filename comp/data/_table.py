@@ -9,45 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from comp.config import DataConfig
 from comp.data._attributes import Scheme, Targets, class_names, parse_labels
 from comp.data._attributes import targets as attribute_targets
+from comp.data._csv import check_ids, read_csv, require_columns
+from comp.data._layout import files_from_ids, read_layout
 from comp.errors import CompError
-from comp.run._io import read_table
+
+if TYPE_CHECKING:
+    from comp.config import DataConfig
 
 RESERVED_COLUMNS = ("fold", "target")
-
-
-def read_csv(path: str | Path, what: str) -> pd.DataFrame:
-    """Read a competition CSV with every cell as a string; fail clearly if it is missing or empty."""
-    return read_table(path, what)
-
-
-def require_columns(df: pd.DataFrame, columns, path, key_hint: str = "") -> None:
-    """Fail if any of ``columns`` is missing from ``df``."""
-    for col in columns:
-        if col not in df.columns:
-            hint = f" (set {key_hint})" if key_hint else ""
-            raise CompError(f"{path}: column '{col}' not found; columns are {', '.join(df.columns)}{hint}")
-
-
-def check_ids(df: pd.DataFrame, id_col: str, path) -> None:
-    """Fail on empty or duplicate ids, naming the first offending row (1-based, header excluded)."""
-    missing = df[id_col].isna()
-    if missing.any():
-        row = int(np.flatnonzero(missing.to_numpy())[0]) + 2
-        raise CompError(f"{path} line {row}: empty id in column '{id_col}'; every row needs an id")
-    dup = df[id_col].duplicated()
-    if dup.any():
-        i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise CompError(
-            f"{path} line {i + 2}: duplicate id {df[id_col].iloc[i]!r} in column '{id_col}'; ids must be unique"
-        )
 
 
 @dataclass
@@ -122,8 +99,6 @@ def _train_rows(data_cfg: DataConfig, check_images: bool) -> tuple[pd.DataFrame,
         check_ids(df, id_col, path)
         paths = image_paths(df, data_cfg.image_dir, data_cfg, path, check=check_images)
         return df.reset_index(drop=True), paths, lambda i: f"{path} line {i + 2}"
-    from comp.data._layout import read_layout  # it reads CSVs with this module's helpers
-
     df = read_layout(data_cfg.layout, root=data_cfg.root or ".", key="data.layout")
     if id_col != "id":  # every table comp writes names its ids data.id_column
         if id_col in df.columns:
@@ -263,8 +238,6 @@ def load_test_table(data_cfg: DataConfig, check_images: bool = True) -> tuple[pd
     if data_cfg.path_template:
         paths = image_paths(df, data_cfg.test_image_dir, data_cfg, path, check=check_images)
     else:  # ids that already name their files (the mask contest's '<hash>.jpg') are used as they are
-        from comp.data._layout import files_from_ids
-
         rows = files_from_ids(
             path,
             id_column=data_cfg.id_column,

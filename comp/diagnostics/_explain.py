@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from comp.errors import CompError
+from comp.metrics import METRICS
 from comp.run import FileSet, RunDir
 
 
@@ -182,7 +183,10 @@ def best_model(run: RunDir, ids: list[str]) -> str:
         if path.is_file():
             m = run.read_metrics(mid)
             if m.cv is not None:
-                scored.append((m.cv if m.greater_is_better else -m.cv, mid))
+                gib = m.greater_is_better
+                if gib is None:  # a metrics.json that does not say: the metric's own direction
+                    gib = METRICS[m.metric].greater_is_better if m.metric in METRICS else True
+                scored.append((m.cv if gib else -m.cv, mid))
     if not scored:
         raise CompError(
             f"{run.root} has no model with all folds trained ({', '.join(ids) or 'none'}); "

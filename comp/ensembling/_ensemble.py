@@ -17,7 +17,7 @@ import pandas as pd
 from comp.config import Config
 from comp.ensembling._blend import METHODS, fit_blend, get_method, nested_oof
 from comp.errors import CompError, RunFolderError
-from comp.metrics import attribute_f1, get_metric
+from comp.metrics import get_metric
 from comp.run import FileSet, Metrics, Predictions, RunDir, locate
 from comp.submission._format import make_submission, validate_submission, write_submission
 
@@ -341,7 +341,7 @@ def _attribute_f1(config: Config, data: Aligned, probs: np.ndarray) -> dict[str,
     """OOF macro F1 per attribute of the (honest) blend when the members' labels are attributes."""
     if config.data.labels is None:
         return None
-    from comp.data._attributes import class_names, decompose, parse_labels
+    from comp.data._attributes import attribute_f1, class_names, decompose, parse_labels
 
     scheme = parse_labels(config.data.labels)
     if list(data.classes) != class_names(scheme):

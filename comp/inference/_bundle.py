@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from comp import __version__
 from comp._tables import format_table
+from comp._version import __version__
 from comp.config import Config, DataConfig
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table
@@ -433,7 +433,7 @@ def _build_graph(
     paths, ids, checked_on = images
     with torch.no_grad():
         comp_batch = torch.stack(
-            [x for x, _ in ImageDataset(paths, transform=from_dict(first.eval_transform))]  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
+            [x for x, _ in ImageDataset(paths, transform=from_dict(first.eval_transform))]  # type: ignore[attr-defined]
         )
         reference = fused(comp_batch.float()).double().numpy()
     precision, tol = ("fp16", TOLERANCE["fp16"]) if fp16 else ("fp32", TOLERANCE["fp32"])

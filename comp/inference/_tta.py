@@ -7,6 +7,7 @@ graph. Merging is plain numpy on probabilities, never on logits, so every engine
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ import torch.nn.functional as F
 
 from comp._registry import Registry
 from comp.errors import CompError
+
+if TYPE_CHECKING:
+    from comp.config import Config
 
 TTA_OPS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("TTA view")
 MERGES = ("mean", "geometric")
@@ -74,6 +78,12 @@ def parse_tta(spec: str | Iterable[str] | None) -> list[str]:
     if len(set(names)) != len(names):
         raise CompError(f"TTA view listed twice in {','.join(names)}; list each once")
     return names
+
+
+def check_config(cfg: Config) -> None:
+    """Refuse unknown view names in ``predict.tta`` (the whole option is checked again by parse_tta at predict)."""
+    for name in cfg.predict.tta:
+        TTA_OPS.check(name, "TTA view")
 
 
 def check_merge(method: str) -> str:

@@ -119,7 +119,7 @@ class Metrics:
     (a blend's method, weights and members; per-attribute scores) under ``extra``."""
 
     metric: str
-    greater_is_better: bool
+    greater_is_better: bool | None  # None: read from a file that does not say
     cv: float
     folds: list[float]
     fold_mean: float | None = None
@@ -144,9 +144,7 @@ class Metrics:
         known = {"metric", "greater_is_better", "cv", "folds", "fold_mean", "fold_std"}
         gib = obj.get("greater_is_better")
         if not isinstance(gib, bool):
-            from comp.metrics import METRICS
-
-            gib = METRICS[obj["metric"]].greater_is_better if obj["metric"] in METRICS else True
+            gib = None  # a file that does not say: the reader asks comp.metrics (a layer above the run folder)
         return cls(
             obj["metric"],
             gib,

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from comp.config import Config
+from comp.data._attributes import attribute_f1
 from comp.data._table import TrainTable
-from comp.metrics import attribute_f1, get_metric
+from comp.metrics import get_metric
 from comp.run import Metrics, Predictions, RunDir
 from comp.training._distributed import Dist
 from comp.training._results import FoldResult, ModelResult

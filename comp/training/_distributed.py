@@ -184,7 +184,7 @@ def launch(nproc: int, argv: list[str]) -> int:
         first = exc.get_first_failure()[1]
         code = first.exitcode
         if code < 0:
-            logging.getLogger(__name__).error("DDP rank %d was killed by signal %d", first.rank, -code)  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
+            logging.getLogger(__name__).error("DDP rank %d was killed by signal %d", first.rank, -code)  # type: ignore[attr-defined]
         return code if code > 0 else 1
     finally:
         elastic.setLevel(before)

@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,6 @@ class StepConfig:
     normalize: Callable[[torch.Tensor], torch.Tensor] | None = (
         None  # e.g. augment.DeviceNormalize, for loaders that yield uint8 batches
     )
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

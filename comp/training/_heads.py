@@ -13,37 +13,57 @@ its own loss, label smoothing, class weights and weight.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from comp.config import LossConfig
-from comp.data._attributes import Scheme
 from comp.data._table import TrainTable
 from comp.errors import CompError
 from comp.training._losses import LOSSES, class_weights
+
+if TYPE_CHECKING:
+    from comp.config import LossConfig
+    from comp.config._labels import Scheme
+
+
+class Backbone(Protocol):
+    """What the heads use of a timm model created with ``num_classes=0`` (nn.Module types these as Tensor | Module)."""
+
+    num_features: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 class AttributeHeads(nn.Module):
     """A timm backbone without classifier (``num_classes=0``) and one linear head per attribute."""
 
+    combos: torch.Tensor  # buffer (N classes, attributes): class c's value index per attribute
+
     def __init__(self, backbone: nn.Module, attributes: list[tuple[str, int]], combos: np.ndarray):
         super().__init__()
         self.backbone = backbone
-        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # what forward returns
-        self.heads = nn.ModuleDict({name: nn.Linear(width, k) for name, k in attributes})
-        combos = torch.as_tensor(np.asarray(combos), dtype=torch.long)
-        if combos.ndim != 2 or combos.shape[1] != len(attributes):
-            raise ValueError(f"combos must be (classes, {len(attributes)}), got {tuple(combos.shape)}")
-        self.register_buffer("combos", combos)  # (N classes, attributes): class c's value index per attribute
+        width = getattr(backbone, "head_hidden_size", None) or self._timm.num_features  # what forward returns
+        self.heads = nn.ModuleDict({name: nn.Linear(int(width), k) for name, k in attributes})
+        table = torch.as_tensor(np.asarray(combos), dtype=torch.long)
+        if table.ndim != 2 or table.shape[1] != len(attributes):
+            raise ValueError(f"combos must be (classes, {len(attributes)}), got {tuple(table.shape)}")
+        self.register_buffer("combos", table)
         # timm's data config reads it (mean, std)
         self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
 
     @property
+    def _timm(self) -> Backbone:
+        return cast(Backbone, self.backbone)
+
+    @property
     def attributes(self) -> list[tuple[str, int]]:
-        return [(name, head.out_features) for name, head in self.heads.items()]
+        return [(name, cast(nn.Linear, head).out_features) for name, head in self.heads.items()]
 
     def get_classifier(self) -> nn.Module:
         """The heads (what trains during a frozen-backbone warm-up)."""
@@ -52,7 +72,7 @@ class AttributeHeads(nn.Module):
     # timm's feature interface, so Grad-CAM (comp explain) sees the backbone's maps
     @property
     def num_features(self) -> int:
-        return self.backbone.num_features
+        return self._timm.num_features
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:
@@ -60,18 +80,18 @@ class AttributeHeads(nn.Module):
         return [{**f, "module": f"backbone.{f['module']}"} for f in info]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(x)
+        return self._timm.forward_features(x)
 
     def _heads(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: head(pooled) for name, head in self.heads.items()}
 
     def head_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each attribute head's logits."""
-        return self._heads(self.backbone(x))
+        return self._heads(self._timm(x))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Log of the composed class probabilities from the backbone's feature map."""
-        return self._compose(self._heads(self.backbone.forward_head(features)))
+        return self._compose(self._heads(self._timm.forward_head(features)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log of the composed class probabilities, (batch, N classes) in code order."""

@@ -3,14 +3,19 @@ CutMix/MixUp need nothing special; class weights scale each class's share of the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from comp._registry import Registry
-from comp.config import LossConfig
+from comp.config._labels import parse_labels
 from comp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from comp.config import Config, LossConfig
 
 LOSSES: Registry[type[_Weighted]] = Registry("loss")
 
@@ -67,3 +72,12 @@ def build_loss(loss_cfg: LossConfig, targets: np.ndarray, num_classes: int) -> n
     """The configured loss with its class weights."""
     cls = LOSSES[loss_cfg.name]
     return cls(class_weights(loss_cfg.class_weights, targets, num_classes), gamma=loss_cfg.focal_gamma)
+
+
+def check_config(cfg: Config) -> None:
+    """Refuse unknown loss names: ``loss.name`` and, with labels made of attributes, each head's own."""
+    LOSSES.check(cfg.loss.name, "loss")
+    if cfg.data.labels is None or (cfg.loss.attributes is None and all(m.heads == "single" for m in cfg.models)):
+        return
+    for attr in parse_labels(cfg.data.labels, key="data.labels").attributes:
+        LOSSES.check(cfg.loss.head(attr.name).name, f"loss in 'loss.attributes.{attr.name}.name'")

@@ -37,7 +37,7 @@ def create_model(
         # built with its usual classifier, then dropped: the backbone starts from the same weights as the
         # entry's single-head model under the same seed, so the two compare on their heads alone
         backbone = _timm_model(entry, num_classes, train_cfg)
-        backbone.reset_classifier(0)  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
+        backbone.reset_classifier(0)  # type: ignore[operator]
         return attribute_heads(backbone, scheme)
     return _timm_model(entry, num_classes, train_cfg)
 
@@ -118,7 +118,7 @@ def normalization(model: nn.Module, in_chans: int = 3) -> tuple[list[float], lis
 
 def head_parameters(model: nn.Module) -> set[int]:
     """ids of the classifier's parameters (what trains during a frozen-backbone warm-up)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None  # type: ignore[operator]
     if not isinstance(head, nn.Module):
         raise CompError(f"{type(model).__name__} exposes no classifier; set train.freeze_epochs=0")
     return {id(p) for p in head.parameters()}

@@ -191,7 +191,7 @@ def run_workers(
             "%d workers (%s), %d CPU thread%s each", len(devices), ", ".join(names), threads, "s" if threads > 1 else ""
         )
         while conns:
-            for reader in wait(list(conns), timeout=1.0):  # type: ignore[misc,assignment,attr-defined,operator,arg-type]
+            for reader in wait(list(conns), timeout=1.0):  # type: ignore[assignment]
                 i = conns[reader]
                 try:
                     msg = reader.recv()

@@ -14,10 +14,12 @@ from comp.data._augment import pipelines, to_dict, valid_pipeline
 from comp.data._folds import assign_folds
 from comp.data._table import TrainTable
 from comp.errors import CompError
+from comp.metrics import check_config as check_metric
 from comp.run import RunDir
 from comp.training._distributed import Dist
 from comp.training._engine import resolve_device
 from comp.training._losses import build_loss
+from comp.training._losses import check_config as check_losses
 from comp.training._models import create_model, normalization
 from comp.training._targets import TrainingTargets, check_and_record, load_training_targets
 
@@ -96,6 +98,8 @@ def preflight(cfg: Config, table: TrainTable) -> None:
     and every training image's header. A mistake found here leaves the run folder untouched."""
     from comp.data._table import check_images
 
+    check_metric(cfg)  # the registry names this stage uses, first (config checks only their shape)
+    check_losses(cfg)
     resolve_device(cfg.device)
     k = len(table.classes)
     if isinstance(cfg.loss.class_weights, list) and len(cfg.loss.class_weights) != k:

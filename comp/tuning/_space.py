@@ -10,6 +10,8 @@ import optuna
 from comp.config import TRAIN_KEYS, Config, build_config, set_key
 from comp.config._records import _MODEL_FIELDS as MODEL_KEYS
 from comp.errors import ConfigError, closest
+from comp.metrics import check_config as check_metric
+from comp.training._losses import check_config as check_losses
 
 SPACE_TYPES = ("float", "int", "categorical")
 
@@ -95,7 +97,9 @@ def parse_space(cfg: Config) -> dict[str, dict]:
             if spec.get("log"):
                 raise ConfigError(f"tune.space.{key}: log and step cannot be combined (optuna forbids it); drop one")
     for corner in ("low", "high"):  # a config at each corner of the space must pass validation
-        apply_params(cfg, {k: _corner(s, corner) for k, s in space.items()})
+        corner_cfg = apply_params(cfg, {k: _corner(s, corner) for k, s in space.items()})
+        check_metric(corner_cfg)  # and the registry names train_folds' preflight checks, before any write
+        check_losses(corner_cfg)
     return space
 
 
