@@ -1,268 +1,56 @@
-"""Typed config records: one dataclass per YAML section, validated from plain dicts with fixable messages.
+"""The whole config (:class:`Config`) and how a plain dict becomes one: every section validated with fixable
+messages, then the rules that span keys (model ids, devices, class weights, the layout and label specs).
 
-Each field's type hint is the schema: ``Literal`` lists the choices, ``X | None`` allows null, and the
-field's metadata holds numeric bounds (``ge``, ``gt``, ``le``, ``lt``). ``from_dict`` rejects unknown keys
-(naming the closest valid one), wrong types (naming the path and the expected type) and values out of
-range, before anything is written. Hand-written rather than pydantic: the messages are the product here
-(one line, the dotted path, the fix), and the walk below is all the machinery they need.
+Shape only: names in other stages' registries (metric, loss, TTA view) are checked by those stages.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any
 
 from comp.config._keys import set_key
 from comp.config._labels import parse_labels
 from comp.config._layout import parse_layout
+from comp.config._sections import (
+    TRAIN_KEYS,
+    AugmentConfig,
+    DataConfig,
+    DistillConfig,
+    FoldsConfig,
+    HeadLoss,
+    HeadLossConfig,
+    LossConfig,
+    MixupConfig,
+    ModelConfig,
+    PredictConfig,
+    TrainConfig,
+    TuneConfig,
+)
+from comp.config._validate import _hints, build_section, check_value
 from comp.errors import ConfigError, closest
 
-T = TypeVar("T")
-
-
-def _f(default: Any, **bounds: float) -> Any:
-    """A field with a default (copied for mutables) and numeric bounds in its metadata."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=bounds)
-    return field(default=default, metadata=bounds)
-
-
-@dataclass
-class DataConfig:
-    """Where the competition's tables and images are, and how rows map to image files."""
-
-    train_csv: str = "train.csv"
-    image_dir: str = "train"
-    id_column: str = "id"
-    label_column: str = "label"
-    group_column: str | None = None
-    image_ext: str = ".png"
-    path_template: str | None = None
-    test_csv: str | None = None
-    test_image_dir: str = "test"
-    sample_submission: str | None = "sample_submission.csv"
-    classes: list[str] | None = None
-    num_workers: int = _f(0, ge=0)
-    cache: Literal["none", "memory", "disk"] = "none"
-    cache_dir: str | None = None
-    # rows from a layout spec (comp/config/_layout.py) instead of train_csv + image_dir; its paths are under ``root``
-    layout: dict[str, Any] | None = None
-    # labels made of attributes (comp/config/_labels.py) instead of label_column
-    labels: dict[str, Any] | None = None
-    root: str | None = None  # base folder of layout paths; default: the config file's folder
-
-    extra_train: str | None = None  # pseudo-labelled test rows (comp pseudo): training part of every fold only
-
-    PATH_KEYS: typing.ClassVar = (
-        "train_csv",
-        "image_dir",
-        "test_csv",
-        "test_image_dir",
-        "sample_submission",
-        "cache_dir",
-        "root",
-        "extra_train",
-    )
-
-
-@dataclass
-class FoldsConfig:
-    n_splits: int = _f(5, ge=2)
-    seed: int = 42
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings; every key may also be set per model entry."""
-
-    epochs: int = _f(10, ge=1)
-    batch_size: int = _f(32, ge=1)
-    eval_batch_size: int | None = _f(None, ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = _f(1e-3, gt=0)
-    weight_decay: float = _f(0.05, ge=0)
-    momentum: float = _f(0.9, ge=0, lt=1)
-    scheduler: Literal["cosine", "none"] = "cosine"
-    warmup_epochs: float = _f(0.0, ge=0)
-    min_lr_ratio: float = _f(0.01, ge=0, le=1)
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
-    ema: bool = False
-    ema_decay: float = _f(0.999, gt=0, lt=1)
-    grad_clip: float | None = _f(None, gt=0)
-    channels_last: bool = False
-    early_stopping: int = _f(0, ge=0)
-    freeze_epochs: int = _f(0, ge=0)
-    freeze_lr: float | None = _f(None, gt=0)
-    drop_rate: float = _f(0.0, ge=0, lt=1)
-    drop_path_rate: float | None = _f(None, ge=0, lt=1)
-    deterministic: bool = True
-    max_steps_per_epoch: int | None = _f(None, ge=1)
-    sync_bn: bool = False  # DDP (torchrun / --ddp) on GPUs: BatchNorm statistics over all ranks' batches
-
-    def check(self, where: str) -> None:
-        """Rules between keys (the per-key bounds are checked while reading)."""
-        if self.freeze_epochs > self.epochs:
-            raise ConfigError(
-                f"config key '{where}.freeze_epochs' ({self.freeze_epochs}) exceeds epochs ({self.epochs}); "
-                "lower it or raise epochs"
-            )
-        if self.warmup_epochs > self.epochs:
-            raise ConfigError(
-                f"config key '{where}.warmup_epochs' ({self.warmup_epochs}) exceeds epochs ({self.epochs}); lower it"
-            )
-
-
-@dataclass
-class MixupConfig:
-    mixup_alpha: float = _f(0.0, ge=0)
-    cutmix_alpha: float = _f(0.0, ge=0)
-    prob: float = _f(1.0, ge=0, le=1)
-    switch_prob: float = _f(0.5, ge=0, le=1)
-    mode: Literal["batch", "pair", "elem"] = "batch"
-    off_epoch: int | None = _f(None, ge=0)
-
-    @property
-    def enabled(self) -> bool:
-        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
-
-
-@dataclass
-class AugmentConfig:
-    """albumentations transforms by class name and arguments, e.g. ``{name: HorizontalFlip, p: 0.5}``."""
-
-    train: list[dict[str, Any]] = _f([{"name": "HorizontalFlip", "p": 0.5}])
-    valid: list[dict[str, Any]] = _f([])
-    mixup: MixupConfig = field(default_factory=MixupConfig)
-
-
-@dataclass
-class DistillConfig:
-    """Knowledge distillation from ``teacher`` (a run, model or blend folder with oof.csv); off while it is null.
-
-    The student's loss is ``(1 - alpha) * loss(true label) + alpha * T^2 * KL(teacher_T || student_T)``, both
-    softened by ``temperature`` T."""
-
-    teacher: str | None = None
-    alpha: float = _f(0.5, ge=0, le=1)
-    temperature: float = _f(2.0, gt=0)
-
-    @property
-    def enabled(self) -> bool:
-        return self.teacher is not None
-
-
-@dataclass
-class LossConfig:
-    name: str = "ce"
-    label_smoothing: float = _f(0.0, ge=0, lt=1)
-    focal_gamma: float = _f(2.0, ge=0)
-    class_weights: str | list[float] = "none"
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    # per attribute of data.labels, for models with ``heads: attributes``: {age: {name: focal, weight: 2}}
-    attributes: dict[str, Any] | None = None
-
-    def head(self, attribute: str) -> HeadLoss:
-        """The loss of one attribute's head: its ``loss.attributes`` entry over the block's own defaults."""
-        raw = (self.attributes or {}).get(attribute) or {}
-        head = build_section(HeadLossConfig, raw, f"loss.attributes.{attribute}")
-        return HeadLoss(
-            name=head.name if head.name is not None else self.name,
-            weight=head.weight,
-            label_smoothing=head.label_smoothing if head.label_smoothing is not None else self.label_smoothing,
-            focal_gamma=head.focal_gamma if head.focal_gamma is not None else self.focal_gamma,
-            class_weights=head.class_weights if head.class_weights is not None else self.class_weights,
-        )
-
-
-@dataclass
-class HeadLossConfig:
-    """One attribute head's loss; a key left out (None) takes the ``loss`` block's value."""
-
-    name: str | None = None
-    weight: float = _f(1.0, ge=0)
-    label_smoothing: float | None = _f(None, ge=0, lt=1)
-    focal_gamma: float | None = _f(None, ge=0)
-    class_weights: str | list[float] | None = None
-
-
-@dataclass(frozen=True)
-class HeadLoss:
-    """One attribute head's loss with every key resolved (:meth:`LossConfig.head`)."""
-
-    name: str
-    weight: float
-    label_smoothing: float
-    focal_gamma: float
-    class_weights: str | list[float]
-
-
-@dataclass
-class PredictConfig:
-    tta: list[str] = _f([])
-    tta_merge: Literal["mean", "geometric"] = "mean"
-    engine: Literal["onnx", "torch"] = "onnx"
-    batch_size: int = _f(64, ge=1)
-    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"  # torch engine: torch.compile
-    tensorrt: bool = True  # onnx engine on a GPU: try TensorRT first (engine/timing caches under RUN/.trt_cache)
-    trt_fp16: bool = True
-    cudnn_conv_algo_search: Literal["exhaustive", "heuristic"] = "exhaustive"
-    cuda_graph: bool = False  # CUDA provider: replay one captured graph per fixed-size (padded) batch
-
-
-@dataclass
-class TuneConfig:
-    """``comp tune``: the search space (dotted config keys -> ranges) and the study's defaults."""
-
-    space: dict[str, Any] = _f({})
-    n_trials: int | None = _f(None, ge=1)
-    direction: Literal["maximize", "minimize"] | None = None
-    timeout: float | None = _f(None, gt=0)
-    pruner: Literal["median", "hyperband", "wilcoxon", "none"] | None = None
-    epochs: int | None = _f(None, ge=1)
-    folds: list[int] | None = None
-
-
-TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-
-@dataclass
-class ModelConfig:
-    """One backbone: a timm ``name``, its folder ``id``, input size, and any ``train.*`` key overridden for it."""
-
-    name: str
-    id: str | None = None
-    pretrained: bool | str = False
-    image_size: int | list[int] = 224
-    in_chans: int = _f(3, ge=1)
-    heads: Literal["single", "attributes"] = "single"  # attributes: one head per attribute of data.labels
-    train: dict[str, Any] = field(default_factory=dict)  # train.* keys set on this entry (flat in YAML)
-
-    @property
-    def model_id(self) -> str:
-        """The folder name under RUN/models/: ``id`` if given, else the timm name."""
-        return self.id or self.name
-
-    @property
-    def hw(self) -> tuple[int, int]:
-        """(height, width) of the model's input."""
-        s = self.image_size
-        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name}
-        if self.id is not None:
-            out["id"] = self.id
-        out.update(pretrained=self.pretrained, image_size=copy.deepcopy(self.image_size), in_chans=self.in_chans)
-        if self.heads != "single":  # only when set, so configs saved before the key existed still match
-            out["heads"] = self.heads
-        out.update(copy.deepcopy(self.train))
-        return out
+__all__ = [
+    "TRAIN_KEYS",
+    "AugmentConfig",
+    "Config",
+    "DataConfig",
+    "DistillConfig",
+    "FoldsConfig",
+    "HeadLoss",
+    "HeadLossConfig",
+    "LossConfig",
+    "MixupConfig",
+    "ModelConfig",
+    "PredictConfig",
+    "TrainConfig",
+    "TuneConfig",
+    "build_config",
+    "build_model",
+]
 
 
 @dataclass
@@ -328,112 +116,6 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_plain(v) for v in obj]
     return copy.deepcopy(obj)
-
-
-# ---------------------------------------------------------------- validation
-
-
-_NAMES = {
-    int: "int",
-    float: "float",
-    str: "string",
-    bool: "bool",
-    list: "a list",
-    dict: "a mapping",
-    type(None): "null",
-}
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, get_args(tp)))
-    if origin in (list, dict):
-        return _NAMES[origin]
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    """Whether ``value`` is of the hinted type (shallow for containers; bool is never an int or float)."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, a) for a in get_args(tp))
-    if origin is Literal:
-        return value in get_args(tp) and not isinstance(value, bool)
-    if tp is Any:
-        return True
-    if tp is type(None):
-        return value is None
-    if origin is list:
-        (item,) = get_args(tp) or (Any,)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if dataclasses.is_dataclass(tp):
-        return isinstance(value, dict)
-    return isinstance(value, tp)
-
-
-def check_value(path: str, value: Any, tp: Any, bounds: dict[str, float] | None = None) -> Any:
-    """Raise ConfigError unless ``value`` fits ``tp`` and ``bounds``; return it (ints widened for float fields)."""
-    if not _matches(value, tp):
-        origin = get_origin(tp)
-        literal = next((a for a in ([tp] if origin is Literal else get_args(tp)) if get_origin(a) is Literal), None)
-        if literal is not None and isinstance(value, str):
-            choices = get_args(literal)
-            raise ConfigError(
-                f"config key '{path}' must be one of {', '.join(map(str, choices))}, got {value!r}"
-                f"{closest(value, [str(c) for c in choices])}"
-            )
-        raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"config key '{path}' must be a finite number, got {value!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and bounds:
-        for op, limit in bounds.items():
-            ok = {"ge": value >= limit, "gt": value > limit, "le": value <= limit, "lt": value < limit}[op]
-            if not ok:
-                sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[op]
-                name = path.rsplit(".", 1)[-1]
-                raise ConfigError(f"config key '{path}' must be {sign} {limit:g}, got {name}={value}")
-    if tp is float and isinstance(value, int):
-        return float(value)
-    return value
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def build_section(cls: type[T], raw: Any, path: str) -> T:
-    """A dataclass instance from a dict: unknown keys, types and bounds checked, defaults filled in."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config key '{path}' must be a mapping, got {raw!r}")
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in raw:
-        if key not in fields:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown config key '{where}'{closest(str(key), fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in raw:
-            continue
-        tp, sub = hints[name], f"{path}.{name}" if path else name
-        value = raw[name]
-        nested = next((a for a in (get_args(tp) or (tp,)) if isinstance(a, type) and dataclasses.is_dataclass(a)), None)
-        if nested is not None and isinstance(value, dict):
-            kwargs[name] = build_section(nested, value, sub)
-        else:
-            kwargs[name] = check_value(sub, copy.deepcopy(value), tp, dict(f.metadata))
-    return cls(**kwargs)
 
 
 _MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig) if f.name != "train"}
