@@ -362,7 +362,7 @@ def test_help(cmd):
 def test_cuda_io_binding_matches_cpu(base_run, tmp_path):
     if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs a CUDA device and onnxruntime-gpu")
-    from comp.inference._predict import OrtRunner
+    from comp.inference._onnxruntime import OrtRunner
 
     dst = tmp_path / "run"
     shutil.copytree(base_run, dst)
@@ -385,11 +385,11 @@ def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path, monkeypatch
     assert per_fold.models["eff"].fused is False
     reference = pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy()
     E.export_run(run_dir, models=["eff"], fuse=True, tta=["hflip"])
-    import comp.inference._predict as P
+    import comp.inference._onnxruntime as O
 
     opened = []
-    real = P.OrtRunner
-    monkeypatch.setattr(P, "OrtRunner", lambda path, *a, **kw: opened.append(path.name) or real(path, *a, **kw))
+    real = O.OrtRunner
+    monkeypatch.setattr(O, "OrtRunner", lambda path, *a, **kw: opened.append(path.name) or real(path, *a, **kw))
     fused = predict_run(
         run_dir, models=["eff"], engine="onnx", tta=["hflip"], tta_merge="mean", out=tmp_path / "f.csv", **quiet
     )
