@@ -269,8 +269,7 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
 
     Example: comp ensemble runs/demo/models/byobnet runs/demo/models/effnet --method hill_climb --bias
     """
-    from comp._tables import format_table
-    from comp.ensembling import compare_blends, result_rows, run_ensemble
+    from comp.ensembling import compare_blends, run_ensemble
 
     _setup_logging(False)
     if isinstance(method, list) and not method:
@@ -286,37 +285,28 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
             out=out,
             tta=tta,
         )
-        result = compared["best"]
-        click.echo(
-            format_table(
-                [
-                    {"method": r["method"], "cv": r["cv"], "cv_in_sample": r["cv_in_sample"], "blend": r["model_dir"]}
-                    for r in compared["results"]
-                ]
-            )
-        )
-        click.echo(
-            f"best honest CV: {result['method']} (best of {len(compared['results'])} methods, so slightly optimistic)"
-        )
+        result = compared.best
+        click.echo(compared.table())
+        click.echo(f"best honest CV: {result.method} (best of {len(compared.results)} methods, so slightly optimistic)")
     else:
         result = run_ensemble(
             list(model_dirs), method=methods[0], metric=metric, bias=bias, name=name, out=out, tta=tta
         )
     click.echo(
-        f"metric: {result['metric']} ({result['direction']}); cv = nested CV, cv_in_sample = fitted and scored on all OOF"
+        f"metric: {result.metric} ({result.direction}); cv = nested CV, cv_in_sample = fitted and scored on all OOF"
     )
-    click.echo(format_table(result_rows(result), ["model", "weight", "cv", "cv_in_sample"]))
-    if result["bias"]:
-        click.echo("class bias: " + ", ".join(f"{c}={v:+.2f}" for c, v in result["bias"].items()))
-    if result.get("attribute_f1"):
+    click.echo(result.table())
+    if result.bias:
+        click.echo("class bias: " + ", ".join(f"{c}={v:+.2f}" for c, v in result.bias.items()))
+    if result.attribute_f1:
         click.echo(
-            "blend OOF macro F1 per attribute: " + ", ".join(f"{k} {v:.4f}" for k, v in result["attribute_f1"].items())
+            "blend OOF macro F1 per attribute: " + ", ".join(f"{k} {v:.4f}" for k, v in result.attribute_f1.items())
         )
-    for note in result["notes"]:
+    for note in result.notes:
         click.echo(f"note: {note}")
-    click.echo(f"blend: {result['model_dir']}")
-    if result["submission"]:
-        click.echo(f"submission: {result['submission']}")
+    click.echo(f"blend: {result.model_dir}")
+    if result.submission:
+        click.echo(f"submission: {result.submission}")
 
 
 @main.command("pseudo")
@@ -627,15 +617,14 @@ def bench_data_cmd(config_path, overrides, workers, batch_sizes, batches, caches
 
     Example: comp bench-data --config configs/demo.yaml --workers 0,2 --batch-sizes 32,64
     """
-    from comp._tables import format_table
     from comp.diagnostics import bench_data
 
     _setup_logging(False)
     cfg = _load(config_path, overrides)
     result = bench_data(cfg, workers=workers, batch_sizes=batch_sizes, batches=batches, caches=caches)
-    click.echo(f"model {result['model_name']} on {result['device']}; data images/s timed on the second pass")
-    click.echo(format_table(result["rows"], floatfmt=".0f"))
-    for line in result["verdict"]:
+    click.echo(f"model {result.model_name} on {result.device}; data images/s timed on the second pass")
+    click.echo(result.table())
+    for line in result.verdict:
         click.echo(line)
 
 
@@ -661,9 +650,8 @@ def eda_cmd(config_path, overrides, out_dir, threshold):
     cfg = _load(config_path, overrides)
     out_dir = out_dir or Path("runs") / f"eda-{config_path.stem}"
     result = run_eda(cfg, out_dir, threshold)
-    for line in result["summary"]:
-        click.echo(line)
-    click.echo(f"report: {result['html']}")
+    click.echo(result.table())
+    click.echo(f"report: {result.html}")
 
 
 @main.command("explain")
@@ -689,15 +677,14 @@ def explain_cmd(run_dir, model_id, top, gradcam_ids, out_dir):
 
     Example: comp explain runs/demo --model effnet --top 8
     """
-    from comp._tables import format_table
     from comp.diagnostics import explain_run
 
     _setup_logging(False)
     result = explain_run(run_dir, model_id, top, gradcam_ids, out_dir)
-    click.echo(f"model {result['model_id']}" + ("" if model_id else " (best CV; choose another with --model)"))
-    click.echo(format_table(result["scores"].to_dict("records")))
-    click.echo(f"{result['mistakes']} OOF mistakes; likeliest label errors in {result['out'] / 'mislabeled.csv'}")
-    click.echo(f"report folder: {result['out']}")
+    click.echo(f"model {result.model_id}" + ("" if model_id else " (best CV; choose another with --model)"))
+    click.echo(result.table())
+    click.echo(f"{result.mistakes} OOF mistakes; likeliest label errors in {result.out / 'mislabeled.csv'}")
+    click.echo(f"report folder: {result.out}")
 
 
 if __name__ == "__main__":

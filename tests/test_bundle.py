@@ -70,7 +70,7 @@ def world(trained_run, tmp_path_factory) -> dict:
     blend = run_ensemble(
         [run.model_dir("eff"), run.model_dir("res")], method="mean", name="blend", out=root / "blend.csv"
     )
-    return {"root": root, "run": run_dir, "blend": Path(blend["run_dir"]), "data": run.load_config().data}
+    return {"root": root, "run": run_dir, "blend": blend.run_dir, "data": run.load_config().data}
 
 
 @pytest.fixture(scope="session")
@@ -225,7 +225,7 @@ def test_blends_that_are_not_weighted_means_are_refused(world, tmp_path, method,
         submit=False,
     )
     with pytest.raises(CompError, match="--bias" if bias else f"method '{method}'") as err:
-        bundle_run(blend["model_dir"], out=tmp_path / "bundle")
+        bundle_run(blend.model_dir, out=tmp_path / "bundle")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "bundle").exists() and not list(tmp_path.iterdir())
 
