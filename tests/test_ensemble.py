@@ -320,6 +320,12 @@ def test_several_methods_are_compared_and_the_best_honest_cv_submits(tmp_path, d
         assert bad.exit_code == 2 and fragment in bad.output, bad.output
 
 
+def test_method_help_names_every_blend_method():
+    # --help lists the methods without importing the registry's module (numpy, pandas, metrics)
+    text = " ".join(CliRunner().invoke(main, ["ensemble", "--help"]).output.split())
+    assert f"Blend method(s): {', '.join(METHODS)}; several" in text
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_weighted_mean_flag_tells_the_truth(name):
     # comp bundle carries a blend as per-member weights only for methods flagged weighted_mean
