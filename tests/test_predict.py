@@ -183,11 +183,12 @@ def test_failed_parity_writes_nothing(run_dir, monkeypatch):
 
 
 def test_engines_agree_with_tta(run_dir, tmp_path):
+    from comp.inference import ENGINES
     from comp.inference._predict import predict_run
 
     run = RunDir(run_dir)
     out = {}
-    for engine in ("torch", "onnx"):
+    for engine in ENGINES:
         predict_run(
             run_dir,
             models=["eff"],
@@ -198,8 +199,9 @@ def test_engines_agree_with_tta(run_dir, tmp_path):
             progress=False,
         )
         out[engine] = pd.read_csv(run.test_pred("eff"))
-    assert list(out["torch"]["id"]) == list(out["onnx"]["id"])
-    np.testing.assert_allclose(out["onnx"].iloc[:, 1:].to_numpy(), out["torch"].iloc[:, 1:].to_numpy(), atol=1e-4)
+    for engine in ENGINES:  # every engine against eager PyTorch
+        assert list(out[engine]["id"]) == list(out["torch"]["id"])
+        np.testing.assert_allclose(out[engine].iloc[:, 1:].to_numpy(), out["torch"].iloc[:, 1:].to_numpy(), atol=1e-4)
     plain = predict_run(run_dir, models=["eff"], engine="onnx", tta=[], out=tmp_path / "plain.csv", progress=False)
     assert plain.tta == []
     assert not np.allclose(pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy(), out["onnx"].iloc[:, 1:].to_numpy())
