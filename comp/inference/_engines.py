@@ -2,8 +2,9 @@
 
 A runner is a callable: a float32 NCHW batch (numpy) in, class probabilities (numpy, rows x classes) out.
 TTA views, merging and fold averaging happen around runners, so every engine shares them. An engine is one
-module that subclasses ``Engine`` and registers it here, e.g. ``@ENGINES.register("onnx")``; predict asks
-the registry and never names an engine.
+module that subclasses ``Engine`` and registers it, e.g. ``@ENGINES.register("onnx")``, imported by
+``comp/inference/__init__.py``; predict asks the registry and never names an engine. The config's
+``predict.engine`` Literal (which ``--engine`` offers) lists the same names; a test keeps them equal.
 """
 
 from __future__ import annotations
