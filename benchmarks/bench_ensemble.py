@@ -38,8 +38,9 @@ from comp.config import Config, dump, load_config
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table
 from comp.demo import demo_config_path, make_digits_competition
+from comp.ensembling import load_member, run_ensemble
 from comp.ensembling._blend import fit_blend, get_method
-from comp.ensembling._ensemble import align, load_member, run_ensemble
+from comp.ensembling._members import align
 from comp.metrics import get_metric
 from comp.training._models import model_from_checkpoint
 from comp.training._trainer import train_folds
@@ -209,35 +210,35 @@ def bench_dataset(name: str, data_dir: Path, raw_cfg: dict | None, overrides: li
         res = run_ensemble(
             model_dirs, method=method, bias=bias, name=bname, out=root / name / "submissions" / f"{bname}.csv"
         )
-        ho = held_out_score(metric, Path(res["model_dir"]) / "test.csv", labels, id_col)
+        ho = held_out_score(metric, res.model_dir / "test.csv", labels, id_col)
         final, _ = fit_blend(
             get_method(method), data.oof, data.y, scorer, bias
         )  # the blend run_ensemble applied to test
         blends.append(
             {
                 "model": f"{bname} (blend)",
-                "cv": res["cv"],
-                "cv_in_sample": res["cv_in_sample"],
+                "cv": res.cv,
+                "cv_in_sample": res.cv_in_sample,
                 "held_out": ho,
                 "held_out_1fold": one_fold(final.predict),
-                "weights": res["weights"],
+                "weights": res.weights,
             }
         )
-    members = res["members"]
+    members = res.members
     for i, m in enumerate(members):
-        mid = Path(m["path"]).name
+        mid = m.path.name
         ho = held_out_score(metric, run.test_pred(mid), labels, id_col)
         rows.append(
             {
                 "model": mid,
-                "cv": m["cv"],
+                "cv": m.cv,
                 "cv_in_sample": None,
                 "held_out": ho,
                 "held_out_1fold": one_fold(lambda T, i=i: T[i]),
                 "weights": None,
             }
         )
-    best = max(m["cv"] for m in members)
+    best = max(m.cv for m in members)
     for r in rows + blends:
         r["|cv-held_out|"] = abs(r["cv"] - r["held_out"])
         r["|cv-1fold|"] = abs(r["cv"] - r["held_out_1fold"])

@@ -18,7 +18,8 @@ import torch
 
 from comp._tables import format_table
 from comp.inference._export import FusedModel, ProbModel, export_graph
-from comp.inference._predict import OrtRunner, TorchRunner
+from comp.inference._onnxruntime import OrtRunner
+from comp.inference._torch_engine import TorchRunner
 from comp.inference._tta import merge_probs, views
 
 

@@ -47,7 +47,7 @@ from comp.config import Config, load_config
 from comp.data._augment import from_dict
 from comp.ensembling import load_member, run_ensemble
 from comp.ensembling._blend import fit_blend, get_method
-from comp.ensembling._ensemble import align
+from comp.ensembling._members import align
 from comp.errors import CompError
 from comp.metrics import get_metric
 from comp.pseudo import pseudo_label
@@ -232,8 +232,8 @@ def _run(args: argparse.Namespace) -> int:
     blend = run_ensemble(
         [run.model_dir(m.model_id) for m in cfg.models], method="hill_climb", name="blend", submit=False
     )
-    blend_dir = Path(blend["model_dir"])
-    record("ensemble (hill_climb blend)", blend_dir.parent.parent, "blend", cfg, blend["cv"], "-")
+    blend_dir = blend.model_dir
+    record("ensemble (hill_climb blend)", blend_dir.parent.parent, "blend", cfg, blend.cv, "-")
 
     # 2. one pseudo-label round from the blend: the student's member again, with the blend's confident test rows
     how = {"top_per_class": args.top_per_class} if args.top_per_class else {

@@ -60,10 +60,15 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "BundleResult": ("comp.inference", "BundleResult"),
     "blend": ("comp.ensembling", "run_ensemble"),
     "compare_blends": ("comp.ensembling", "compare_blends"),
+    "BlendResult": ("comp.ensembling", "BlendResult"),
+    "CompareResult": ("comp.ensembling", "CompareResult"),
     "tune": ("comp.tuning", "tune"),
     "pseudo_label": ("comp.pseudo", "pseudo_label"),
     "PseudoResult": ("comp.pseudo", "PseudoResult"),
     "TuneResult": ("comp.tuning", "TuneResult"),
+    "EdaResult": ("comp.diagnostics", "EdaResult"),
+    "ExplainResult": ("comp.diagnostics", "ExplainResult"),
+    "BenchDataResult": ("comp.diagnostics", "BenchDataResult"),
     "make_submission": ("comp.submission", "make_submission"),
     "validate_submission": ("comp.submission", "validate_submission"),
     "write_submission": ("comp.submission", "write_submission"),
@@ -110,7 +115,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         TuneConfig,
         load_config,
     )
-    from comp.ensembling import compare_blends
+    from comp.diagnostics import BenchDataResult, EdaResult, ExplainResult
+    from comp.ensembling import BlendResult, CompareResult, compare_blends
     from comp.ensembling import run_ensemble as blend
     from comp.errors import CompError, ConfigError, DataError, RunFolderError
     from comp.inference import BundleResult, PredictResult

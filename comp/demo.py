@@ -117,9 +117,8 @@ def run_demo(
 
 def _after_training(run_dir: Path, submission: Path) -> Iterator[str]:
     """Predict the test set with every model, blend them honestly, and write the submission."""
-    from comp._tables import format_table
-    from comp.ensembling._ensemble import result_rows, run_ensemble
-    from comp.inference._predict import predict_run
+    from comp.ensembling import run_ensemble
+    from comp.inference import predict_run
     from comp.run import RunDir
 
     run = RunDir(run_dir)
@@ -129,6 +128,6 @@ def _after_training(run_dir: Path, submission: Path) -> Iterator[str]:
     model_dirs = [run.model_dir(m) for m in run.model_ids()]
     if len(model_dirs) > 1:
         result = run_ensemble(model_dirs, method="hill_climb", name="demo-blend", out=submission)
-        yield format_table(result_rows(result))
-        if result.get("submission"):
-            yield f"submission: {result['submission']}"
+        yield result.table()
+        if result.submission:
+            yield f"submission: {result.submission}"

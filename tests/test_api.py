@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent(
         assert pred.submission == root / "sub.csv" and len(pred.test("eff")) == 8
 
         blend = comp.blend([run.model_dir("eff"), run.model_dir("byob")], method="mean", out=root / "blend.csv")
-        assert Path(blend["submission"]).is_file()
+        assert blend.submission is not None and blend.submission.is_file()
         tuned = comp.tune(cfg, root / "tune", n_trials=2, pruner="none", folds=[0])
         assert tuned.n_trials == 2 and tuned.best_config is not None
 

@@ -22,6 +22,7 @@ from comp.data._augment import build_pipeline, eval_pipeline, to_dict
 from comp.ensembling import run_ensemble
 from comp.errors import CompError
 from comp.inference import _bundle as B
+from comp.inference import _bundle_checks as C
 from comp.inference import bundle_predict as bp
 from comp.inference import bundle_run, predict_run
 from comp.run import CheckpointMeta, RunDir, load_checkpoint, make_checkpoint
@@ -69,7 +70,7 @@ def world(trained_run, tmp_path_factory) -> dict:
     blend = run_ensemble(
         [run.model_dir("eff"), run.model_dir("res")], method="mean", name="blend", out=root / "blend.csv"
     )
-    return {"root": root, "run": run_dir, "blend": Path(blend["run_dir"]), "data": run.load_config().data}
+    return {"root": root, "run": run_dir, "blend": blend.run_dir, "data": run.load_config().data}
 
 
 @pytest.fixture(scope="session")
@@ -171,7 +172,7 @@ def test_run_bundle_reproduces_comp_predict(world, ort_python, tmp_path):
     assert m["format"] == "comp.bundle/1" and m["classes"] == ["c0", "c1", "c2"]
     assert m["submission"] == {"kind": "label", "columns": ["id", "label"], "target_column": "label"}
     assert m["id_column"] == "id" and m["image_ext"] == ".png" and m["graphs"][0]["folds"] == [0, 1]
-    assert m["resize_fingerprint"] == bp.resize_fingerprint(B._cv2_resize)
+    assert m["resize_fingerprint"] == bp.resize_fingerprint(C.cv2_resize)
     assert m["graphs"][0]["max_abs_diff"] <= 1e-4 and m["graphs"][0]["checked_on"] == "8 test images"
 
     data = world["data"]
@@ -224,7 +225,7 @@ def test_blends_that_are_not_weighted_means_are_refused(world, tmp_path, method,
         submit=False,
     )
     with pytest.raises(CompError, match="--bias" if bias else f"method '{method}'") as err:
-        bundle_run(blend["model_dir"], out=tmp_path / "bundle")
+        bundle_run(blend.model_dir, out=tmp_path / "bundle")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "bundle").exists() and not list(tmp_path.iterdir())
 
@@ -301,7 +302,7 @@ def test_eval_transforms_predict_py_cannot_reproduce():
     ok = CheckpointMeta(
         "test_resnet", "m", ["a", "b"], (24, 32), mean, std, to_dict(eval_pipeline((24, 32), mean, std)), {}
     )
-    B.check_preprocessing(ok, Path("fold0.pt"))
+    C.check_preprocessing(ok, Path("fold0.pt"))
     crop = build_pipeline(
         [{"name": "Resize", "height": 40, "width": 40}, {"name": "CenterCrop"}], (24, 32), mean, std, "v"
     )
@@ -313,7 +314,7 @@ def test_eval_transforms_predict_py_cannot_reproduce():
         (dataclasses.replace(ok, in_chans=1), "1 channels"),
     ]:
         with pytest.raises(CompError, match=needle):
-            B.check_preprocessing(meta, Path("fold0.pt"))
+            C.check_preprocessing(meta, Path("fold0.pt"))
 
 
 def test_submission_spec_follows_the_sample(tmp_path):
@@ -322,7 +323,7 @@ def test_submission_spec_follows_the_sample(tmp_path):
 
     def spec(header: str, **data):
         sample.write_text(f"{header}\nx1,{','.join('0' * header.count(','))}\n")
-        return B.submission_spec(DataConfig(sample_submission=str(sample), **data), classes)
+        return C.submission_spec(DataConfig(sample_submission=str(sample), **data), classes)
 
     assert spec("id,label")["submission"]["kind"] == "label"
     assert spec("id,dog,cat") == {

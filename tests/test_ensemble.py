@@ -87,10 +87,10 @@ def read_oof(model_dir):
 def test_informative_member_dominates_noise(tmp_path, data, method):
     good, bad = write_run(tmp_path, "r1", {"good": informative(data), "noise": noise(data)}, data)
     result = run_ensemble([good, bad], method=method)
-    by_name = {m["name"]: m for m in result["members"]}
-    assert result["cv"] > by_name["r1/noise"]["cv"] + 0.2
-    if METHODS[method].fitted and result["weights"] is not None:
-        assert result["weights"][0] >= 0.9  # fitted weights find the informative member
+    by_name = {m.name: m for m in result.members}
+    assert result.cv > by_name["r1/noise"].cv + 0.2
+    if METHODS[method].fitted and result.weights is not None:
+        assert result.weights[0] >= 0.9  # fitted weights find the informative member
 
 
 @pytest.mark.parametrize("method", ["mean", "geometric", "weighted", "hill_climb"])
@@ -102,7 +102,7 @@ def test_blend_of_identical_models_equals_the_model(tmp_path, data, method):
     df, blended = read_oof(tmp_path / f"blend-{method}" / "models" / f"blend-{method}")
     np.testing.assert_allclose(blended, probs, atol=1e-9)
     assert list(df[ID]) == list(data["ids"])
-    assert result["cv"] == pytest.approx(result["members"][0]["cv"])
+    assert result.cv == pytest.approx(result.members[0].cv)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -114,7 +114,7 @@ def test_row_and_class_order_do_not_change_the_blend(tmp_path, data, method):
     oof[[ID, "fold", "target"] + CLASSES[::-1]].sample(frac=1, random_state=1).to_csv(shuffled / "oof.csv", index=False)
     first = run_ensemble([a, b], method=method, name="x")
     second = run_ensemble([a, shuffled], method=method, name="y")
-    assert first["cv"] == pytest.approx(second["cv"]) and first["cv_in_sample"] == pytest.approx(second["cv_in_sample"])
+    assert first.cv == pytest.approx(second.cv) and first.cv_in_sample == pytest.approx(second.cv_in_sample)
     np.testing.assert_allclose(read_oof(tmp_path / "x/models/x")[1], read_oof(tmp_path / "y/models/y")[1], atol=1e-9)
 
 
@@ -123,10 +123,10 @@ def test_nested_score_is_never_above_in_sample(tmp_path, data, method, bias):
     dirs = write_run(tmp_path, "r1", {f"n{i}": noise(data) for i in range(3)}, data)
     result = run_ensemble(dirs, method=method, bias=bias)
     if METHODS[method].fitted or bias:
-        assert result["cv"] < result["cv_in_sample"]  # fitting to pure noise flatters only the in-sample score
+        assert result.cv < result.cv_in_sample  # fitting to pure noise flatters only the in-sample score
     else:
-        assert result["cv"] == pytest.approx(result["cv_in_sample"])  # nothing fitted, nothing to be optimistic about
-    assert len(result["folds"]) == 3
+        assert result.cv == pytest.approx(result.cv_in_sample)  # nothing fitted, nothing to be optimistic about
+    assert len(result.folds) == 3
 
 
 def test_bias_corrects_an_under_predicted_class(tmp_path, data):
@@ -136,8 +136,8 @@ def test_bias_corrects_an_under_predicted_class(tmp_path, data):
     m = write_run(tmp_path, "r1", {"m": probs}, data, metric="macro_f1")
     plain = run_ensemble(m, method="mean", name="plain")
     biased = run_ensemble(m, method="mean", bias=True, name="biased")
-    assert biased["cv"] > plain["cv"] + 0.05  # honest (nested) score improves, not just the in-sample one
-    assert biased["bias"]["cat"] > 0
+    assert biased.cv > plain.cv + 0.05  # honest (nested) score improves, not just the in-sample one
+    assert biased.bias is not None and biased.bias["cat"] > 0
 
 
 def test_misaligned_folds_are_refused_by_the_cli(tmp_path, data):
@@ -184,17 +184,17 @@ def test_blend_folder_is_a_valid_member_of_another_blend(tmp_path, data):
     a, b = write_run(tmp_path, "r1", {"a": informative(data), "b": informative(data, 1.0)}, data)
     first = run_ensemble([a, b], method="hill_climb")
     blend_dir = tmp_path / "blend-hill_climb" / "models" / "blend-hill_climb"
-    assert first["model_dir"] == str(blend_dir)
+    assert first.model_dir == blend_dir
     assert (tmp_path / "blend-hill_climb" / "config.yaml").is_file() and (
         tmp_path / "blend-hill_climb" / "folds.csv"
     ).is_file()
     metrics = json.loads((blend_dir / "metrics.json").read_text())
-    assert metrics["method"] == "hill_climb" and metrics["cv"] == pytest.approx(first["cv"])
+    assert metrics["method"] == "hill_climb" and metrics["cv"] == pytest.approx(first.cv)
     assert metrics["members"] == [str(a), str(b)] and len(metrics["weights"]) == 2
     df, probs = read_oof(blend_dir)
     assert get_metric("accuracy")(pd.Index(CLASSES).get_indexer(df["target"]), probs) == pytest.approx(metrics["cv"])
     second = run_ensemble([blend_dir, a], method="mean", name="blend2")
-    assert second["members"][0]["cv"] == pytest.approx(first["cv"])
+    assert second.members[0].cv == pytest.approx(first.cv)
     with pytest.raises(CompError, match="would overwrite the run folder"):
         run_ensemble([blend_dir], method="mean", name="blend-hill_climb")
 
@@ -251,8 +251,8 @@ def test_tta_flag_reads_oof_tta_where_present(tmp_path, data):
     oof.to_csv(a / "oof_tta.csv", index=False)
     plain = run_ensemble([a, b], method="mean", name="plain")
     tta = run_ensemble([a, b], method="mean", name="tta", tta=True)
-    assert tta["members"][0]["cv"] > plain["members"][0]["cv"] + 0.3
-    assert tta["members"][1]["cv"] == plain["members"][1]["cv"]  # b has no oof_tta.csv: its oof.csv is used
+    assert tta.members[0].cv > plain.members[0].cv + 0.3
+    assert tta.members[1].cv == plain.members[1].cv  # b has no oof_tta.csv: its oof.csv is used
 
 
 @pytest.mark.parametrize("which, message", [("run", "is a run folder, not a model folder"), ("twice", "listed twice")])
@@ -291,7 +291,7 @@ def test_blends_with_and_without_bias_get_their_own_folders(tmp_path, data):
     dirs = write_run(tmp_path, "r1", {"a": informative(data), "b": informative(data, 1.0)}, data)
     plain = run_ensemble(dirs, method="mean")
     biased = run_ensemble(dirs, method="mean", bias=True)
-    assert plain["name"] == "blend-mean" and biased["name"] == "blend-mean-bias"
+    assert plain.name == "blend-mean" and biased.name == "blend-mean-bias"
     assert (tmp_path / "blend-mean").is_dir() and (tmp_path / "blend-mean-bias").is_dir()
 
 
@@ -318,6 +318,12 @@ def test_several_methods_are_compared_and_the_best_honest_cv_submits(tmp_path, d
     ):
         bad = CliRunner().invoke(main, ["ensemble", *map(str, dirs), *args])
         assert bad.exit_code == 2 and fragment in bad.output, bad.output
+
+
+def test_method_help_names_every_blend_method():
+    # --help lists the methods without importing the registry's module (numpy, pandas, metrics)
+    text = " ".join(CliRunner().invoke(main, ["ensemble", "--help"]).output.split())
+    assert f"Blend method(s): {', '.join(METHODS)}; several" in text
 
 
 @pytest.mark.parametrize("name", list(METHODS))

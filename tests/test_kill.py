@@ -103,4 +103,4 @@ def test_ensemble_killed_while_committing_never_pairs_new_tables_with_old_metric
     oof = blend.read_oof("b")
     assert len(oof.ids) == len(RunDir(run).read_oof("eff").ids)
     member = comp.blend([str(tmp_path / "b/models/b")], method="mean", name="again")
-    assert member["cv"] is not None
+    assert member.cv is not None

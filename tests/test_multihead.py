@@ -336,7 +336,7 @@ def test_eda_shows_each_attribute_and_the_joint_distribution(contest, tmp_path):
     from comp.diagnostics import run_eda
 
     result = run_eda(config(contest), tmp_path / "eda")
-    text = "\n".join(result["summary"])
+    text = "\n".join(result.summary)
     n = len(PERSONS)
     assert f"attribute mask: wear {5 * n}, incorrect {n}, not_wear {n}" in text
     assert "attribute age: young 14, middle 21, old 7 (training bins: young 14, middle 14, old 14; 7 rows" in text
@@ -345,7 +345,7 @@ def test_eda_shows_each_attribute_and_the_joint_distribution(contest, tmp_path):
         list(joint["mask"]) == ["wear", "incorrect", "not_wear"]
         and joint.drop(columns="mask").to_numpy().sum() == 7 * n
     )
-    assert "male_middle" in joint.columns and "attributes.png" in result["plots"]
+    assert "male_middle" in joint.columns and "attributes.png" in result.plots
 
 
 # ---------------------------------------------------------------- submissions with class codes

@@ -183,11 +183,12 @@ def test_failed_parity_writes_nothing(run_dir, monkeypatch):
 
 
 def test_engines_agree_with_tta(run_dir, tmp_path):
+    from comp.inference import ENGINES
     from comp.inference._predict import predict_run
 
     run = RunDir(run_dir)
     out = {}
-    for engine in ("torch", "onnx"):
+    for engine in ENGINES:
         predict_run(
             run_dir,
             models=["eff"],
@@ -198,8 +199,9 @@ def test_engines_agree_with_tta(run_dir, tmp_path):
             progress=False,
         )
         out[engine] = pd.read_csv(run.test_pred("eff"))
-    assert list(out["torch"]["id"]) == list(out["onnx"]["id"])
-    np.testing.assert_allclose(out["onnx"].iloc[:, 1:].to_numpy(), out["torch"].iloc[:, 1:].to_numpy(), atol=1e-4)
+    for engine in ENGINES:  # every engine against eager PyTorch
+        assert list(out[engine]["id"]) == list(out["torch"]["id"])
+        np.testing.assert_allclose(out[engine].iloc[:, 1:].to_numpy(), out["torch"].iloc[:, 1:].to_numpy(), atol=1e-4)
     plain = predict_run(run_dir, models=["eff"], engine="onnx", tta=[], out=tmp_path / "plain.csv", progress=False)
     assert plain.tta == []
     assert not np.allclose(pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy(), out["onnx"].iloc[:, 1:].to_numpy())
@@ -362,7 +364,7 @@ def test_help(cmd):
 def test_cuda_io_binding_matches_cpu(base_run, tmp_path):
     if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs a CUDA device and onnxruntime-gpu")
-    from comp.inference._predict import OrtRunner
+    from comp.inference._onnxruntime import OrtRunner
 
     dst = tmp_path / "run"
     shutil.copytree(base_run, dst)
@@ -385,11 +387,11 @@ def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path, monkeypatch
     assert per_fold.models["eff"].fused is False
     reference = pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy()
     E.export_run(run_dir, models=["eff"], fuse=True, tta=["hflip"])
-    import comp.inference._predict as P
+    import comp.inference._onnxruntime as O
 
     opened = []
-    real = P.OrtRunner
-    monkeypatch.setattr(P, "OrtRunner", lambda path, *a, **kw: opened.append(path.name) or real(path, *a, **kw))
+    real = O.OrtRunner
+    monkeypatch.setattr(O, "OrtRunner", lambda path, *a, **kw: opened.append(path.name) or real(path, *a, **kw))
     fused = predict_run(
         run_dir, models=["eff"], engine="onnx", tta=["hflip"], tta_merge="mean", out=tmp_path / "f.csv", **quiet
     )

@@ -184,8 +184,8 @@ def test_a_second_round_pseudo_labels_from_a_blend(comp_dir, tmp_path):
     members = [make_teacher(tmp_path, cfg, name) for name in ("r1", "r2")]
     blend = comp.blend(members, method="mean", name="blend")
     from_blend = comp.pseudo_label(tmp_path / "blend", out=tmp_path / "round2.csv", threshold=0.5)
-    assert from_blend.source == Path(blend["model_dir"])
-    test = pd.read_csv(Path(blend["model_dir"]) / "test.csv", dtype={"id": str})
+    assert from_blend.source == blend.model_dir
+    test = pd.read_csv(blend.model_dir / "test.csv", dtype={"id": str})
     confident = test.loc[test[CLASSES].max(axis=1) >= 0.5]
     written = pd.read_csv(tmp_path / "round2.csv", dtype=str)
     assert list(written["id"]) == list(confident["id"])

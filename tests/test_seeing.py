@@ -261,7 +261,7 @@ def test_eda_joint_labels_and_dhash(tmp_path):
     df.to_csv(root / "train.csv", index=False)
     cfg = load_config(write_config(root, tiny_config(root)))
     res = run_eda(cfg, tmp_path / "out")
-    assert "label_joint.png" in res["plots"] and (tmp_path / "out" / "label_joint.png").is_file()
+    assert "label_joint.png" in res.plots and (tmp_path / "out" / "label_joint.png").is_file()
     img = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     h = np.array([dhash(img), dhash(255 - img)], dtype=np.uint64)
     d = hamming(h, h)
@@ -326,7 +326,7 @@ def test_explain_cli_gradcam(trained_run, tmp_path):
     for name in ("confusion.png", "per_class.csv", "mislabeled.csv", "gradcam.png"):
         assert (out / name).is_file()
     result = explain_run(trained_run, "eff", top=2, gradcam_ids=["g02_0"], out_dir=tmp_path / "e2")
-    cam = result["cams"]["g02_0"]
+    cam = result.cams["g02_0"]
     size = Image.open(trained_run.parent / "comp" / "train" / "g02_0.png").size
     assert cam.shape == (size[1], size[0]) and cam.shape != (32, 32)
     assert 0 <= cam.min() and cam.max() <= 1

@@ -1,7 +1,7 @@
 """Looking at the data, the pipeline's speed and the model's mistakes: eda, bench-data, explain."""
 
-from comp.diagnostics._bench_data import bench_data
-from comp.diagnostics._eda import run_eda
-from comp.diagnostics._explain import explain_run
+from comp.diagnostics._bench_data import BenchDataResult, bench_data
+from comp.diagnostics._eda import EdaResult, run_eda
+from comp.diagnostics._explain import ExplainResult, explain_run
 
-__all__ = ["bench_data", "explain_run", "run_eda"]
+__all__ = ["BenchDataResult", "EdaResult", "ExplainResult", "bench_data", "explain_run", "run_eda"]

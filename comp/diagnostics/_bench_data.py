@@ -14,12 +14,14 @@ import dataclasses
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from comp._tables import format_table
 from comp.config import Config
 from comp.data._augment import pipelines
 from comp.data._cache import human_bytes, make_reader, slab_bytes
@@ -29,6 +31,20 @@ from comp.training._engine import resolve_device
 from comp.training._models import create_model, normalization
 
 CACHES = ("none", "disk", "memory")
+
+
+@dataclass
+class BenchDataResult:
+    """Images/s per (cache, workers, batch size) against the model's own training speed, and what to use."""
+
+    rows: list[dict[str, Any]]  # cache, workers, batch_size, data_img_s, model_img_s, bottleneck
+    model_img_s: dict[int, float]  # the model's training images/s per batch size
+    verdict: list[str]  # the bottleneck and the settings to use, as lines
+    device: str
+    model_name: str
+
+    def table(self) -> str:
+        return format_table(self.rows, floatfmt=".0f")
 
 
 def loader_images_per_s(ds, indices, batch_size: int, workers: int, passes: int = 2) -> float:
@@ -76,8 +92,8 @@ def bench_data(
     batches: int = 5,
     caches: Sequence[str] = ("none", "disk", "memory"),
     model_steps: int = 3,
-) -> dict:
-    """Measure every setting; returns {'rows': [...], 'model': {bs: images/s}, 'verdict': [lines]}."""
+) -> BenchDataResult:
+    """Measure every setting of the input pipeline and the model's training speed at each batch size."""
     workers, batch_sizes, caches = list(workers), list(batch_sizes), list(caches)
     if not workers or not batch_sizes or not caches:
         raise CompError("--workers, --batch-sizes and --cache each need at least one value")
@@ -139,4 +155,4 @@ def bench_data(
         f"a cache of all {len(table.paths)} training images at {hw[0]}x{hw[1]} takes {human_bytes(size)} "
         "(RAM in /dev/shm for memory, disk under data.cache_dir for disk)"
     )
-    return {"rows": rows, "model": model_rate, "verdict": verdict, "device": str(device), "model_name": entry.name}
+    return BenchDataResult(rows, model_rate, verdict, str(device), entry.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import html
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,21 @@ from comp.errors import CompError
 from comp.run import save_figure, write_csv, write_text
 
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+@dataclass
+class EdaResult:
+    """The EDA report: its summary lines, ``eda.html``, the duplicate pairs and unreadable files."""
+
+    summary: list[str]
+    html: Path
+    duplicates: pd.DataFrame  # duplicates.csv: exact and near pairs within train and train-test, leaks marked
+    unreadable: pd.DataFrame  # path, error
+    gray: int  # grayscale images stored as RGB
+    plots: list[str]  # PNG file names beside eda.html
+
+    def table(self) -> str:
+        return "\n".join(self.summary)
 
 
 def dhash(img: np.ndarray) -> np.uint64:
@@ -201,8 +217,8 @@ def _plots(
     return made
 
 
-def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
-    """Write the report into ``out_dir``; returns {'summary': [lines], 'html': path, 'duplicates': DataFrame}."""
+def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
+    """Write the report (eda.html, plots, duplicates.csv, ...) into ``out_dir``."""
     if not 0 <= threshold <= 64:
         raise CompError("--threshold is a Hamming distance between 0 and 64")
     out = Path(out_dir)
@@ -350,11 +366,4 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> dict:
         + "</body></html>\n"
     )
     html_path = write_text(out / "eda.html", page)
-    return {
-        "summary": summary,
-        "html": html_path,
-        "duplicates": dups,
-        "unreadable": bad,
-        "gray": n_gray,
-        "plots": [name for _, name in plots],
-    }
+    return EdaResult(summary, html_path, dups, bad, n_gray, [name for _, name in plots])

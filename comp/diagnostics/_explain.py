@@ -8,6 +8,7 @@ with each image's own fold checkpoint (the model that never trained on it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,26 @@ import numpy as np
 import pandas as pd
 import torch
 
+from comp._tables import format_table
 from comp.errors import CompError
 from comp.metrics import METRICS
 from comp.run import FileSet, RunDir
+
+
+@dataclass
+class ExplainResult:
+    """The explain report of one model: its folder, per-class scores, the mislabel ranking and Grad-CAM maps."""
+
+    out: Path
+    model_id: str
+    scores: pd.DataFrame  # class, support, precision, recall, f1
+    mislabeled: pd.DataFrame  # every OOF row, likeliest label errors first (mislabeled.csv)
+    confusion: np.ndarray  # counts[label, predicted]
+    cams: dict[str, np.ndarray]  # id -> Grad-CAM map at the image's size
+    mistakes: int  # OOF rows whose argmax is not the label
+
+    def table(self) -> str:
+        return format_table(self.scores.to_dict("records"))
 
 
 def read_oof(run: RunDir, model_id: str, id_col: str) -> tuple[pd.DataFrame, list[str]]:
@@ -197,9 +215,8 @@ def best_model(run: RunDir, ids: list[str]) -> str:
 
 def explain_run(
     run_dir, model_id: str | None = None, top: int = 12, gradcam_ids: list[str] | None = None, out_dir=None
-) -> dict:
-    """Write the explain report (for ``model_id``, default the best-CV model); returns {'model_id', 'out',
-    'scores', 'mislabeled', 'confusion', 'cams': {id: map}}."""
+) -> ExplainResult:
+    """Write the explain report for ``model_id`` (default: the best-CV model) into ``out_dir``."""
     from comp.data._augment import from_dict
     from comp.data._table import load_image, load_train_table
     from comp.training._models import model_from_checkpoint
@@ -268,12 +285,4 @@ def explain_run(
             ]
         if cam_items:
             _grid(files, out / "gradcam.png", cam_items)
-    return {
-        "out": out,
-        "model_id": model_id,
-        "scores": scores,
-        "mislabeled": ranked,
-        "confusion": cm,
-        "cams": cams,
-        "mistakes": len(mistakes),
-    }
+    return ExplainResult(out, model_id, scores, ranked, cm, cams, len(mistakes))

@@ -1,9 +1,9 @@
 """Blend model folders' out-of-fold probabilities, score the blend honestly and save it as a run.
 
-Members are aligned by id (same ids, folds, targets and classes, or a fixable error). Anything fitted
+Members are read and aligned in ``_members``; the numbers live in ``_blend``. Anything fitted
 on OOF rows (weights, a stacker, per-class biases) is scored with nested CV over the folds, so the
 reported ``cv`` never saw the rows it scores. The blend is saved as a run folder of its own, so it can
-be inspected, blended again, or turned into a submission. The numbers live in ``comp.blend``.
+be inspected, blended again, or turned into a submission.
 """
 
 from __future__ import annotations
@@ -14,139 +14,69 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from comp._tables import format_table
 from comp.config import Config
+from comp.data._attributes import attribute_f1
 from comp.ensembling._blend import METHODS, fit_blend, get_method, nested_oof
-from comp.errors import CompError, RunFolderError
+from comp.ensembling._members import Aligned, Member, align, load_member
+from comp.errors import CompError
 from comp.metrics import get_metric
-from comp.run import FileSet, Metrics, Predictions, RunDir, locate
+from comp.run import FileSet, Metrics, Predictions, RunDir
 from comp.submission._format import make_submission, validate_submission, write_submission
 
-# ---------------------------------------------------------------- loading and alignment
-
 
 @dataclass
-class Member:
-    """One model folder's OOF (and test) probabilities as read from disk."""
+class MemberScore:
+    """One member of a blend: its model folder, its own OOF score and its weight (None: not a weighted mean)."""
 
+    name: str  # <run>/<model_id>
     path: Path
-    name: str
-    run: Path
-    config: Config
-    id_column: str
-    frame: pd.DataFrame  # id, fold, target as strings
-    classes: list[str]
-    oof: np.ndarray
-    test_ids: pd.Index | None
-    test: np.ndarray | None
-
-
-def load_member(model_dir: str | Path, tta: bool = False) -> Member:
-    """Read ``RUN/models/<id>/oof.csv`` (``oof_tta.csv`` when ``tta`` and present) and ``test.csv`` if any."""
-    hint = "pass model folders RUN/models/<id>"
-    if not Path(model_dir).is_dir():
-        raise CompError(f"model folder {model_dir} not found; {hint}")
-    try:
-        found = locate(model_dir, what="model folder", hint=hint)
-    except RunFolderError:
-        raise CompError(f"{Path(model_dir).resolve()} is not inside a run folder; {hint}") from None
-    run, path = found.run, found.path
-    if found.model_id is None:
-        inner = ", ".join(str(run.model_dir(m)) for m in run.model_folders())
-        raise CompError(
-            f"{path} is a run folder, not a model folder; pass model folders such as {inner or path / 'models/<id>'}"
-        )
-    use_tta = tta and run.oof(path.name, tta=True).is_file()
-    if not run.oof(path.name).is_file() and not use_tta:
-        raise CompError(f"{run.oof(path.name)} not found; {hint} whose training finished")
-    config = run.load_config()
-    id_col = config.data.id_column
-    oof = run.read_oof(path.name, tta=use_tta, id_column=id_col)
-    assert oof.folds is not None and oof.targets is not None
-    frame = pd.DataFrame({"id": oof.ids, "fold": oof.folds, "target": oof.targets})
-    test_ids, test = None, None
-    if run.test_pred(path.name).is_file():
-        pred = run.read_test(path.name, id_column=id_col)
-        if sorted(pred.classes) != sorted(oof.classes):
-            raise CompError(
-                f"{run.test_pred(path.name)} has classes {pred.classes} but the OOF file has {oof.classes}; "
-                "re-run comp predict"
-            )
-        test_ids, test = pd.Index(pred.ids), pred.probs[:, [pred.classes.index(c) for c in oof.classes]]
-    return Member(
-        path, f"{run.root.name}/{path.name}", run.root, config, id_col, frame, oof.classes, oof.probs, test_ids, test
-    )
+    cv: float
+    weight: float | None
 
 
 @dataclass
-class Aligned:
-    """Members' probabilities on common rows and classes: ``oof`` (M, n, C), ``test`` (M, n_test, C)."""
+class BlendResult:
+    """A saved blend: honest (nested) and in-sample CV, its members, and its run folder and submission."""
 
-    ids: np.ndarray
-    folds: np.ndarray
-    y: np.ndarray
-    classes: list[str]
-    oof: np.ndarray
-    test_ids: np.ndarray | None
-    test: np.ndarray | None
+    name: str
+    method: str
+    metric: str
+    direction: str  # "maximize" or "minimize"
+    cv: float  # nested CV: every OOF row scored by a blend fitted without its fold
+    cv_in_sample: float  # fitted and scored on all OOF rows
+    folds: list[float]  # the nested CV per fold
+    members: list[MemberScore]
+    weights: list[float] | None
+    bias: dict[str, float] | None  # per-class log-probability offsets (--bias)
     notes: list[str]
+    attribute_f1: dict[str, float] | None  # OOF macro F1 per attribute, when the classes are attributes
+    run_dir: Path
+    model_dir: Path
+    submission: Path | None = None
+
+    def rows(self) -> list[dict]:
+        """Every member, then the blend (in-sample and nested CV)."""
+        rows = [{"model": m.name, "weight": m.weight, "cv": m.cv, "cv_in_sample": None} for m in self.members]
+        rows.append({"model": f"{self.name} (blend)", "weight": None, "cv": self.cv, "cv_in_sample": self.cv_in_sample})
+        return rows
+
+    def table(self) -> str:
+        return format_table(self.rows(), ["model", "weight", "cv", "cv_in_sample"])
 
 
-def _same_ids(ref: pd.Index, other: pd.Index, a: str, b: str, what: str) -> None:
-    missing, extra = ref.difference(other, sort=False), other.difference(ref, sort=False)
-    if len(missing) or len(extra):
-        first = missing[0] if len(missing) else extra[0]
-        raise CompError(
-            f"{what} of model {b} lack {len(missing)} and add {len(extra)} ids compared with model {a} (first: {first!r}); "
-            "blend models predicted on the same rows"
-        )
+@dataclass
+class CompareResult:
+    """Several blend methods on the same members; the submission came from ``best`` (the best nested CV)."""
 
+    results: list[BlendResult]
+    best: BlendResult
 
-def align(members: list[Member]) -> Aligned:
-    """Check that members share ids, folds, targets and classes; reorder rows and columns to the first's."""
-    ref = members[0]
-    ids = pd.Index(ref.frame["id"])
-    P, T, notes = [], [], []
-    for m in members:
-        if set(m.classes) != set(ref.classes):
-            raise CompError(
-                f"model {m.name} has classes {m.classes} but model {ref.name} has {ref.classes}; blend models of one competition"
-            )
-        cols = [m.classes.index(c) for c in ref.classes]
-        _same_ids(ids, pd.Index(m.frame["id"]), ref.name, m.name, "OOF rows")
-        frame = m.frame.set_index("id").loc[ids]
-        for col, hint in (
-            ("fold", "retrain with the same folds.csv"),
-            ("target", "blend models trained on the same train.csv"),
-        ):
-            diff = np.flatnonzero(frame[col].to_numpy() != ref.frame[col].to_numpy())
-            if len(diff):
-                i, why = diff[0], " (blending them leaks validation rows into training)" if col == "fold" else ""
-                raise CompError(
-                    f"model {m.name} puts id {ids[i]!r} in {col} {frame[col].iloc[i]} but model {ref.name} in {col} "
-                    f"{ref.frame[col].iloc[i]}{why}; {hint}"
-                )
-        P.append(m.oof[pd.Index(m.frame["id"]).get_indexer(ids)][:, cols])
-        if m.test is not None and ref.test is not None:
-            assert m.test_ids is not None and ref.test_ids is not None
-            _same_ids(ref.test_ids, m.test_ids, ref.name, m.name, "test.csv rows")
-            T.append(m.test[m.test_ids.get_indexer(ref.test_ids)][:, cols])
-        elif m.test is None:
-            notes.append(f"{m.path / 'test.csv'} not found: no test predictions for the blend (run comp predict first)")
-    y = pd.Index(ref.classes).get_indexer(ref.frame["target"])
-    has_test = len(T) == len(members)
-    return Aligned(
-        ids.to_numpy(),
-        ref.frame["fold"].to_numpy(),
-        y,
-        list(ref.classes),
-        np.stack(P),
-        ref.test_ids.to_numpy() if has_test and ref.test_ids is not None else None,
-        np.stack(T) if has_test else None,
-        notes,
-    )
-
-
-# ---------------------------------------------------------------- orchestration
+    def table(self) -> str:
+        rows = [
+            {"method": r.method, "cv": r.cv, "cv_in_sample": r.cv_in_sample, "blend": r.model_dir} for r in self.results
+        ]
+        return format_table(rows)
 
 
 def _members(model_dirs, tta: bool) -> list[Member]:
@@ -206,7 +136,7 @@ def run_ensemble(
     out=None,
     tta: bool = False,
     submit: bool = True,
-) -> dict:
+) -> BlendResult:
     """Blend model folders, score the blend with nested CV, save it as a run folder and (``submit``) a submission."""
     blend = get_method(method)
     members = _members(model_dirs, tta)
@@ -219,30 +149,26 @@ def run_ensemble(
     test = final.predict(data.test) if data.test is not None else None
     pending, note = _prepare_submission(data, test, first, name, out) if submit else (None, "")
     weights = None if final.weights is None else [float(w) for w in final.weights]
-    result = {
-        "name": name,
-        "method": method,
-        "metric": scorer.name,
-        "direction": scorer.direction,
-        "cv": scorer(data.y, honest),
-        "cv_in_sample": scorer(data.y, in_sample),
-        "folds": [scorer(data.y[data.folds == k], honest[data.folds == k]) for k in np.unique(data.folds)],
-        "members": [
-            {
-                "name": m.name,
-                "path": str(m.path),
-                "cv": scorer(data.y, p),
-                "weight": None if weights is None else weights[i],
-            }
+    result = BlendResult(
+        name=name,
+        method=method,
+        metric=scorer.name,
+        direction=scorer.direction,
+        cv=scorer(data.y, honest),
+        cv_in_sample=scorer(data.y, in_sample),
+        folds=[scorer(data.y[data.folds == k], honest[data.folds == k]) for k in np.unique(data.folds)],
+        members=[
+            MemberScore(m.name, m.path, scorer(data.y, p), None if weights is None else weights[i])
             for i, (m, p) in enumerate(zip(members, data.oof))
         ],
-        "weights": weights,
-        "bias": None if b is None else {c: round(float(v), 6) for c, v in zip(data.classes, b)},
-        "notes": data.notes + ([note] if note else []),
-        "attribute_f1": _attribute_f1(first.config, data, honest),
-    }
-    model_dir, submission = _write_run(run_root, name, data, first, honest, test, result, pending)
-    result.update(run_dir=str(run_root), model_dir=str(model_dir), submission=str(submission) if submission else None)
+        weights=weights,
+        bias=None if b is None else {c: round(float(v), 6) for c, v in zip(data.classes, b)},
+        notes=data.notes + ([note] if note else []),
+        attribute_f1=_attribute_f1(first.config, data, honest),
+        run_dir=run_root,
+        model_dir=RunDir(run_root).model_dir(name),
+    )
+    result.submission = _write_run(run_root, data, first, honest, test, result, pending)
     return result
 
 
@@ -255,7 +181,7 @@ def compare_blends(
     name: str | None = None,
     out=None,
     tta: bool = False,
-) -> dict:
+) -> CompareResult:
     """Run several blend methods (default: every registered one) on the same members, each saved as
     blend-<method>; the submission comes from the one with the best honest (nested) CV. Choosing among a
     few methods by that score is itself a mild selection, so its CV is reported as the best of len(methods)."""
@@ -267,15 +193,15 @@ def compare_blends(
     for m in methods:
         get_method(m)  # unknown names list the valid ones, before any blend is fitted
     results = [run_ensemble(model_dirs, method=m, metric=metric, bias=bias, tta=tta, submit=False) for m in methods]
-    better = get_metric(results[0]["metric"]).better
+    better = get_metric(results[0].metric).better
     best = results[0]
     for r in results[1:]:
-        best = r if better(r["cv"], best["cv"]) else best
-    best["submission"] = submit_blend(best["model_dir"], out)
-    return {"results": results, "best": best}
+        best = r if better(r.cv, best.cv) else best
+    best.submission = submit_blend(best.model_dir, out)
+    return CompareResult(results, best)
 
 
-def submit_blend(model_dir, out=None) -> str | None:
+def submit_blend(model_dir, out=None) -> Path | None:
     """Write the validated submission of a saved blend from its ``test.csv`` (None when it has none)."""
     blend = load_member(model_dir)
     data = align([blend])
@@ -283,22 +209,22 @@ def submit_blend(model_dir, out=None) -> str | None:
     pending, _ = _prepare_submission(data, test, blend, blend.path.name, out)
     if pending is None:
         return None
-    return str(write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column))
+    return write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column)
 
 
 def _write_run(
     run_root: Path,
-    name: str,
     data: Aligned,
     first: Member,
     honest,
     test,
-    result: dict,
+    result: BlendResult,
     pending: PendingSubmission | None,
-) -> tuple[Path, Path | None]:
+) -> Path | None:
     """Save the blend as ``run_root/models/<name>`` (oof, test, metrics) plus the run's config.yaml and folds.csv,
-    and the submission, all committed as one set: a killed blend never leaves new tables beside old metrics."""
-    run = RunDir(run_root)
+    and the submission, all committed as one set: a killed blend never leaves new tables beside old metrics.
+    Returns the submission's path, if one was written."""
+    run, name = RunDir(run_root), result.name
     labels = np.asarray(data.classes, dtype=object)[data.y]
     source = RunDir(first.run)
     with FileSet(run_root) as files:
@@ -307,21 +233,25 @@ def _write_run(
         )
         if test is not None and data.test_ids is not None:
             run.write_test(name, Predictions(data.test_ids, data.classes, test, id_column=first.id_column), into=files)
-        scorer = get_metric(result["metric"])
-        extra = {k: result[k] for k in ("cv_in_sample", "method", "weights", "bias")}
-        if result.get("attribute_f1"):
-            extra["attribute_f1"] = result["attribute_f1"]
+        extra = {
+            "cv_in_sample": result.cv_in_sample,
+            "method": result.method,
+            "weights": result.weights,
+            "bias": result.bias,
+        }
+        if result.attribute_f1:
+            extra["attribute_f1"] = result.attribute_f1
         run.write_metrics(
             name,
             Metrics(
-                result["metric"],
-                scorer.greater_is_better,
-                result["cv"],
-                result["folds"],
+                result.metric,
+                get_metric(result.metric).greater_is_better,
+                result.cv,
+                result.folds,
                 extra={
                     **extra,
-                    "members": [m["path"] for m in result["members"]],
-                    "member_cv": [m["cv"] for m in result["members"]],
+                    "members": [str(m.path) for m in result.members],
+                    "member_cv": [m.cv for m in result.members],
                 },
             ),
             into=files,
@@ -334,30 +264,16 @@ def _write_run(
         submission = files.csv(pending.path, pending.df) if pending is not None else None
     if test is None:
         run.test_pred(name).unlink(missing_ok=True)  # a stale test.csv from an earlier blend of this name would lie
-    return run.model_dir(name), submission
+    return submission
 
 
 def _attribute_f1(config: Config, data: Aligned, probs: np.ndarray) -> dict[str, float] | None:
     """OOF macro F1 per attribute of the (honest) blend when the members' labels are attributes."""
     if config.data.labels is None:
         return None
-    from comp.data._attributes import attribute_f1, class_names, decompose, parse_labels
+    from comp.data._attributes import class_names, decompose, parse_labels
 
     scheme = parse_labels(config.data.labels)
     if list(data.classes) != class_names(scheme):
         return None
     return attribute_f1(probs, decompose(data.y, scheme), scheme)
-
-
-def result_rows(result: dict) -> list[dict]:
-    """Rows for the terminal table: every member, then the blend (in-sample and nested CV)."""
-    rows = [{"model": m["name"], "weight": m["weight"], "cv": m["cv"], "cv_in_sample": None} for m in result["members"]]
-    rows.append(
-        {
-            "model": f"{result['name']} (blend)",
-            "weight": None,
-            "cv": result["cv"],
-            "cv_in_sample": result["cv_in_sample"],
-        }
-    )
-    return rows

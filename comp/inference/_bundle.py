@@ -14,13 +14,11 @@ so a killed bundle never looks complete.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
-import string
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +28,22 @@ from torch import nn
 
 from comp._tables import format_table
 from comp._version import __version__
-from comp.config import Config, DataConfig
 from comp.data._augment import from_dict
-from comp.data._table import ImageDataset, load_test_table, load_train_table
-from comp.errors import CompError, ConfigError, RunFolderError
+from comp.data._table import ImageDataset
+from comp.errors import CompError, RunFolderError
 from comp.inference import bundle_predict as bp
+from comp.inference._bundle_checks import (
+    KAGGLE_METADATA,
+    bundle_inputs,
+    check_out,
+    check_preprocessing,
+    compare_with_test,
+    cv2_resize,
+    image_size,
+    parity_images,
+    submission_spec,
+)
+from comp.inference._bundle_source import Member, resolve_source, same_images
 from comp.inference._export import (
     INPUT,
     MAX_OPSET,
@@ -42,47 +51,15 @@ from comp.inference._export import (
     OUTPUT,
     TOLERANCE,
     FusedModel,
-    _session,
+    cpu_session,
     export_graph,
     metadata,
-    select_models,
 )
 from comp.inference._tta import check_merge, parse_tta
-from comp.run import Checkpoint, CheckpointMeta, RunDir, file_sha256, load_checkpoint, locate, read_table, write_json
+from comp.run import Checkpoint, RunDir, file_sha256, load_checkpoint, write_json
 from comp.training._models import model_from_checkpoint
 
 log = logging.getLogger(__name__)
-PARITY_IMAGES = 16
-# `kaggle datasets init -p DIR` writes this into the folder; a rebuild keeps it
-KAGGLE_METADATA = "dataset-metadata.json"
-
-
-@dataclass
-class Member:
-    """One model of the bundle: a run's model folder and its weight in the final mean."""
-
-    run: RunDir
-    model_id: str
-    weight: float
-    cfg: Config
-
-    @property
-    def name(self) -> str:
-        return f"{self.run.root.name}/{self.model_id}"
-
-
-@dataclass
-class Source:
-    """What ``comp bundle`` was pointed at, resolved: the models to fuse and where the competition's data is."""
-
-    kind: str  # "run", "model" or "blend"
-    path: Path
-    members: list[Member]
-    data: DataConfig
-    classes: list[str] | None = None  # a blend's column order; None: the first model's
-    blend: RunDir | None = None  # the blend's run folder, whose test.csv the bundle must reproduce
-    blend_name: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,246 +90,6 @@ class BundleResult:
             f"python {self.out.name}/predict.py --images /kaggle/input/<competition>/test "
             "--sample /kaggle/input/<competition>/sample_submission.csv --out submission.csv"
         )
-
-
-# ---------------------------------------------------------------- what to bundle
-
-
-def _blend_source(run: RunDir, name: str, blend: dict[str, Any], path: Path) -> Source:
-    from comp.ensembling._blend import METHODS
-
-    method, weights, members = blend["method"], blend.get("weights"), blend["members"]
-    where = run.metrics(name)
-    if blend.get("bias"):
-        raise CompError(
-            f"blend {name} adds per-class biases (--bias), which predict.py does not apply; "
-            f"bundle the same blend made without --bias"
-        )
-    spec = METHODS.get(method)
-    if not spec.weighted_mean or weights is None:
-        able = ", ".join(n for n in METHODS if METHODS[n].weighted_mean)
-        raise CompError(
-            f"blend {name} uses method {method!r}, which is not a weighted mean of member probabilities; "
-            f"bundle a blend made with {able}, or the runs themselves"
-        )
-    if not isinstance(members, list) or not isinstance(weights, list) or len(members) != len(weights):
-        raise RunFolderError(f"{where} lists {len(members)} members and {len(weights)} weights; re-run comp ensemble")
-    cfg = run.load_config()
-    out = []
-    for member, weight in zip(members, weights):
-        mpath = Path(member)
-        if not weight > 0:
-            log.info("blend %s: member %s has weight 0; left out of the bundle", name, mpath)
-            continue
-        mrun = RunDir(mpath.parent.parent)
-        if not mrun.checkpoints(mpath.name):
-            raise RunFolderError(
-                f"blend member {mpath} (listed in {where}) has no fold checkpoints; the bundle needs "
-                "each member's checkpoints where comp ensemble found them"
-            )
-        out.append(Member(mrun, mpath.name, float(weight), mrun.load_config()))
-    classes = run.read_oof(name, id_column=cfg.data.id_column).classes
-    return Source("blend", path, out, cfg.data, classes, run, name, {"method": method, "weights": weights})
-
-
-def resolve_source(source: str | Path, models: list[str] | None) -> Source:
-    """A run folder (its models, or ``models``), a model folder ``RUN/models/<id>``, or a blend of comp ensemble."""
-    hint = "pass a run folder, a model folder RUN/models/<id>, or a blend folder written by comp ensemble"
-    if not Path(source).is_dir():
-        raise RunFolderError(f"{source} not found; {hint}")
-    try:
-        found = locate(source, hint=hint)
-    except RunFolderError:
-        raise RunFolderError(f"{source} is not a run folder (no config.yaml); {hint}") from None
-    run, path = found.run, Path(source)
-    if found.model_id is None:
-        if run.model_ids():
-            cfg = run.load_config()
-            return Source("run", path, [Member(run, m, 1.0, cfg) for m in select_models(run, models)], cfg.data)
-        blends = [(n, b) for n in run.model_folders() if (b := run.blend_info(n))]
-        if len(blends) != 1:
-            raise RunFolderError(f"{path} holds no fold checkpoints and {len(blends)} blends; {hint}")
-        name, blend = blends[0]
-    else:
-        name = found.model_id
-        if run.checkpoints(name):
-            if models and models != [name]:
-                raise CompError(
-                    f"--model {','.join(models)}: {path} is the model folder of {name}; pass the run folder"
-                )
-            cfg = run.load_config()
-            return Source("model", path, [Member(run, name, 1.0, cfg)], cfg.data)
-        info = run.blend_info(name)
-        if info is None:
-            raise RunFolderError(f"{path} has no fold checkpoints and is not a blend; {hint}")
-        blend = info
-    if models:
-        raise CompError("--model picks models of a run folder; a blend bundles its own members")
-    return _blend_source(run, name, blend, path)
-
-
-# ---------------------------------------------------------------- checks that need no writing
-
-
-def _image_size(meta: CheckpointMeta) -> tuple[int, int]:
-    size = meta.image_size
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def check_preprocessing(meta: CheckpointMeta, where: Path) -> None:
-    """Fail unless the checkpoint's eval transform is what predict.py reproduces: Resize (INTER_LINEAR), Normalize."""
-    steps = meta.eval_transform.get("transform", {}).get("transforms", [])
-    names = [str(s.get("__class_fullname__", "?")).rsplit(".", 1)[-1] for s in steps]
-    fix = (
-        "predict.py reproduces Resize (INTER_LINEAR) then Normalize; retrain without augment.valid "
-        "(or with a Resize only) to bundle it"
-    )
-    if names != ["Resize", "Normalize", "ToTensorV2"]:
-        raise CompError(f"{where}: the eval transform is {' -> '.join(names)}; {fix}")
-    resize, norm = steps[0], steps[1]
-    h, w = _image_size(meta)
-    if (
-        (resize.get("height"), resize.get("width")) != (h, w)
-        or resize.get("interpolation") != 1
-        or resize.get("area_for_downscale")
-        or resize.get("p", 1.0) != 1.0
-    ):
-        raise CompError(f"{where}: the eval Resize is {resize} and the model takes {h}x{w}; {fix}")
-    same = np.allclose(norm.get("mean"), meta.mean) and np.allclose(norm.get("std"), meta.std)
-    if norm.get("max_pixel_value") != 255.0 or norm.get("normalization", "standard") != "standard" or not same:
-        raise CompError(f"{where}: the eval Normalize is {norm}, not the model's mean/std on 0..255 pixels; {fix}")
-    if meta.in_chans != 3:
-        raise CompError(f"{where}: the model takes {meta.in_chans} channels; predict.py feeds RGB (3 channels)")
-
-
-def _template_fields(template: str) -> list[str]:
-    return [f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(template) if f]
-
-
-def submission_spec(data: DataConfig, classes: list[str]) -> dict[str, Any]:
-    """The manifest's id column, image naming and ``submission`` block, from the sample submission."""
-    if not data.sample_submission:
-        raise ConfigError(
-            "data.sample_submission is not set in the run's config; a bundle writes the sample's "
-            "format, so set it (e.g. comp predict --set data.sample_submission=FILE) and train or copy the run"
-        )
-    sample = read_table(data.sample_submission, "sample submission")
-    columns = [str(c) for c in sample.columns]
-    id_col = data.id_column if data.id_column in columns else columns[0]  # as make_submission does
-    targets = [c for c in columns if c != id_col]
-    if len(targets) == len(classes) and set(targets) == set(classes):
-        block: dict[str, Any] = {"kind": "proba", "columns": columns}
-    elif len(targets) == 1:
-        block = {"kind": "label", "columns": columns, "target_column": targets[0]}
-    else:
-        raise CompError(
-            f"{data.sample_submission} has target columns {targets}, neither one label column nor exactly "
-            f"the classes {classes}; fix data.classes or data.sample_submission"
-        )
-    spec: dict[str, Any] = {"id_column": id_col}
-    if data.path_template:
-        missing = [f for f in _template_fields(data.path_template) if f not in columns]
-        if missing:
-            raise CompError(
-                f"data.path_template {data.path_template!r} uses column {missing[0]!r}, which "
-                f"{data.sample_submission} lacks; predict.py builds image paths from the sample's columns"
-            )
-        spec["path_template"] = data.path_template
-    else:
-        spec["image_ext"] = data.image_ext
-    return {**spec, "submission": block}
-
-
-def _same_images(members: list[Member], data: DataConfig) -> None:
-    for m in members:
-        d = m.cfg.data
-        for key in ("id_column", "image_ext", "path_template"):
-            if getattr(d, key) != getattr(data, key):
-                raise CompError(
-                    f"member {m.name} reads test images with data.{key}={getattr(d, key)!r}, the bundle's "
-                    f"first model with {getattr(data, key)!r}; a bundle reads each image one way"
-                )
-
-
-def check_out(out: Path) -> None:
-    """``--out`` must be new, an empty folder, or an earlier bundle (whose files a rebuild replaces)."""
-    if out.exists() and not out.is_dir():
-        raise CompError(f"--out {out} is a file; pass a folder for the bundle")
-    if not out.is_dir():
-        return
-    names = sorted(p.name for p in out.iterdir())
-    if not names:
-        return
-    try:
-        fmt = json.loads((out / "manifest.json").read_text()).get("format")
-    except (OSError, ValueError, AttributeError):
-        fmt = None
-    if fmt != bp.FORMAT:
-        raise CompError(
-            f"--out {out} exists and is not a comp bundle (it holds {names[0]}); pass a new or empty "
-            "folder, or an earlier bundle to replace"
-        )
-    extra = [n for n in names if n not in ("manifest.json", "predict.py", KAGGLE_METADATA) and not n.endswith(".onnx")]
-    if extra:
-        raise CompError(
-            f"--out {out} is an earlier bundle but also holds {extra[0]}, which a rebuild would delete; "
-            "move it out or choose another --out"
-        )
-
-
-# ---------------------------------------------------------------- parity
-
-
-def parity_images(data: DataConfig, n: int = PARITY_IMAGES) -> tuple[list[Path], list[str] | None, str]:
-    """Up to ``n`` test images and their ids; training images (ids None) when the test images are not here."""
-    try:
-        df, paths = load_test_table(data)
-        return paths[:n], [str(i) for i in df[data.id_column][:n]], f"{min(n, len(paths))} test images"
-    except CompError as exc:
-        log.info("bundle: test images unusable (%s); checking parity on training images", exc)
-    try:
-        paths = load_train_table(data).paths[:n]
-    except CompError as exc:
-        raise CompError(f"no images to check the bundle on (test and training images both unusable: {exc})") from None
-    return paths, None, f"{len(paths)} training images"
-
-
-def bundle_inputs(
-    paths: list[Path], size: tuple[int, int], mean: list[float], std: list[float], resize: bp.Resize
-) -> np.ndarray:
-    """The float32 NCHW batch predict.py feeds a graph: its decoder, resize and normalisation."""
-    lut = bp.normalize_lut(mean, std)
-    return bp.normalize_batch(np.stack([resize(bp.load_rgb(p), *size) for p in paths]), lut)
-
-
-def _cv2_resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    import cv2
-
-    return img if img.shape[:2] == (height, width) else cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def _compare(
-    got: np.ndarray,
-    ids: list[str] | None,
-    run: RunDir,
-    model_id: str,
-    classes: list[str],
-    tol: float,
-    what: str,
-    hint: str,
-) -> None:
-    """Fail unless ``got`` (the parity rows) matches the same rows of ``run``'s ``test.csv`` for ``model_id``."""
-    path = run.test_pred(model_id)
-    if ids is None or not path.is_file():
-        return
-    pred = run.read_test(model_id)
-    if sorted(pred.classes) != sorted(classes):
-        raise RunFolderError(f"{path} has classes {pred.classes}, the bundle {classes}; {hint}")
-    want = pred.reorder(ids).probs[:, [pred.classes.index(c) for c in classes]]
-    diff = np.abs(got - want).max(axis=1)
-    if not diff.max() <= tol:
-        i = int(diff.argmax())
-        raise CompError(f"{what} differs from {path} by {diff[i]:.1e} (> {tol:.0e}) on id {ids[i]!r}; {hint}")
 
 
 class _Columns(nn.Module):
@@ -437,7 +174,7 @@ def _build_graph(
         )
         reference = fused(comp_batch.float()).double().numpy()
     precision, tol = ("fp16", TOLERANCE["fp16"]) if fp16 else ("fp32", TOLERANCE["fp32"])
-    size = _image_size(first)
+    size = image_size(first)
     folds = [int(RunDir.fold_number(p) or 0) for p in plan.paths]
     digests = {str(k): file_sha256(p) for k, p in zip(folds, plan.paths)}
     meta = metadata(
@@ -450,14 +187,14 @@ def _build_graph(
     )
     export_graph(fused, comp_batch[:1].float(), folder / plan.file, opset, meta, fp16)
     x = bundle_inputs(paths, size, first.mean, first.std, resize)
-    got = _session(folder / plan.file).run([OUTPUT], {INPUT: x})[0].astype(np.float64)
+    got = cpu_session(folder / plan.file).run([OUTPUT], {INPUT: x})[0].astype(np.float64)
     diff = float(np.abs(got - reference).max())
     if not diff <= tol:
         raise CompError(
             f"{plan.file}: predict.py's probabilities differ from comp's (PyTorch after albumentations) "
             f"by {diff:.2e} > {tol:.0e} on {checked_on}; nothing written (try another --opset, or drop --fp16)"
         )
-    _compare(
+    compare_with_test(
         got,
         ids,
         m.run,
@@ -561,14 +298,14 @@ def bundle_run(
     src = resolve_source(source, models)
     if not src.members:
         raise CompError(f"blend {src.blend_name} gives every member weight 0; nothing to bundle")
-    _same_images(src.members, src.data)
+    same_images(src.members, src.data)
     check_out(out)
     plans = [_plan(m, tta_list, tta_merge) for m in src.members]
     classes = src.classes or [str(c) for c in plans[0].ckpts[0].meta.classes]
     spec = submission_spec(src.data, classes)
     _file_names(plans)
     images = parity_images(src.data)
-    fingerprint = bp.resize_fingerprint(_cv2_resize)  # the resize comp trained and evaluated with
+    fingerprint = bp.resize_fingerprint(cv2_resize)  # the resize comp trained and evaluated with
     resize, how, _ = bp.choose_resize(fingerprint)
     if bp.resize_fingerprint(bp.resize_linear) != fingerprint:
         log.warning(
@@ -589,7 +326,7 @@ def bundle_run(
             rows.append(entry["weight"] * got)
         if src.blend is not None and src.blend_name is not None:
             blended = np.sum(rows, axis=0) / sum(e["weight"] for e in entries)
-            _compare(
+            compare_with_test(
                 blended,
                 images[1],
                 src.blend,

@@ -132,7 +132,7 @@ def _float32_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _session(path: Path):
+def cpu_session(path: Path):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -176,7 +176,7 @@ def write_checked(
 
     def write(tmp: Path) -> None:
         export_graph(module, batch[:1], tmp, opset, meta, fp16)
-        got = _session(tmp).run([OUTPUT], {INPUT: batch.numpy()})[0]
+        got = cpu_session(tmp).run([OUTPUT], {INPUT: batch.numpy()})[0]
         diffs.append(float(np.abs(got.astype(np.float64) - reference).max()))
         if not diffs[0] <= TOLERANCE[precision]:
             raise CompError(

@@ -1,4 +1,4 @@
-"""``comp predict``: fold models (onnxruntime or PyTorch) + TTA -> per-model ``test.csv``, optional TTA OOF, a submission.
+"""``comp predict``: fold models (run by an ``ENGINES`` entry) + TTA -> per-model ``test.csv``, TTA OOF, a submission.
 
 Images are decoded once per batch and fed to every fold, so k folds cost one pass over the files.
 """
@@ -8,11 +8,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader
 
 from comp._progress import track
@@ -21,188 +19,15 @@ from comp.config import Config, load_config
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table, read_csv
 from comp.errors import CompError
-from comp.inference._export import INPUT, OUTPUT, ProbModel, export_model, select_models
+from comp.inference._engines import ENGINES, Engine, Runner
+from comp.inference._export import select_models
 from comp.inference._tta import check_merge, merge_probs, parse_tta, views
 from comp.metrics import get_metric
-from comp.run import Checkpoint, FileSet, Predictions, RunDir, file_sha256, read_graph_metadata
+from comp.run import Checkpoint, FileSet, Predictions, RunDir, load_checkpoint
 from comp.submission._format import make_submission, validate_submission
 from comp.training._engine import resolve_device
-from comp.training._models import model_from_checkpoint
 
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 log = logging.getLogger(__name__)
-
-
-def providers() -> list[str]:
-    """onnxruntime providers to try, best first; GPU ones only when a CUDA device is visible (the -gpu wheel lists them anyway)."""
-    import onnxruntime as ort
-
-    avail = ort.get_available_providers()
-    gpu = [p for p in GPU_PROVIDERS if p in avail] if torch.cuda.is_available() else []
-    return gpu + ["CPUExecutionProvider"]
-
-
-@dataclass
-class EngineOptions:
-    """How onnxruntime runs a graph; from the config's ``predict`` block (see ``provider_chain``)."""
-
-    tensorrt: bool = True
-    trt_fp16: bool = True
-    cudnn_conv_algo_search: str = "exhaustive"
-    cuda_graph: bool = False
-    batch_size: int = 64
-    cache_dir: Path | None = None  # TensorRT engine and timing caches (under the run folder)
-
-    @classmethod
-    def from_config(cls, cfg: Config, run: RunDir, batch_size: int) -> EngineOptions:
-        p = cfg.predict
-        return cls(p.tensorrt, p.trt_fp16, p.cudnn_conv_algo_search, p.cuda_graph, batch_size, run.trt_cache)
-
-
-def provider_chain(
-    available: list[str], options: EngineOptions, input_shape: tuple[int, ...]
-) -> list[tuple[str, dict]]:
-    """onnxruntime providers with their options, best first; the session falls back along the chain.
-
-    CUDA: cuDNN's convolution search is EXHAUSTIVE (benchmark once per shape; right for fixed-size batches) or
-    HEURISTIC, never DEFAULT, which is known to pick algorithms several times slower; the largest workspace.
-    TensorRT: fp16 kernels, engine and timing caches under the run folder (built once, minutes saved on every
-    later predict), and an explicit batch profile 1..batch_size so no engine is rebuilt per batch size."""
-    chain: list[tuple[str, dict]] = []
-    dims3 = list(input_shape[-3:]) if len(input_shape) >= 3 else [-1, -1, -1]
-    c, h, w = (int(d) if isinstance(d, int) else -1 for d in dims3)
-    if options.tensorrt and "TensorrtExecutionProvider" in available and min(c, h, w) > 0:
-        dims = lambda n: f"{INPUT}:{n}x{c}x{h}x{w}"  # noqa: E731
-        trt: dict[str, object] = {
-            "trt_fp16_enable": options.trt_fp16,
-            "trt_profile_min_shapes": dims(1),
-            "trt_profile_opt_shapes": dims(options.batch_size),
-            "trt_profile_max_shapes": dims(options.batch_size),
-        }
-        if options.cache_dir is not None:
-            cache = str(options.cache_dir)
-            trt.update(
-                trt_engine_cache_enable=True,
-                trt_engine_cache_path=cache,
-                trt_timing_cache_enable=True,
-                trt_timing_cache_path=cache,
-            )
-        chain.append(("TensorrtExecutionProvider", trt))
-    if "CUDAExecutionProvider" in available:
-        cuda: dict[str, object] = {
-            "cudnn_conv_algo_search": options.cudnn_conv_algo_search.upper(),
-            "cudnn_conv_use_max_workspace": "1",
-        }
-        if options.cuda_graph:
-            cuda["enable_cuda_graph"] = "1"
-        chain.append(("CUDAExecutionProvider", cuda))
-    chain.append(("CPUExecutionProvider", {}))
-    return chain
-
-
-def fixed_batches(x: np.ndarray, batch: int, run) -> np.ndarray:
-    """Run ``run`` on batches of exactly ``batch`` rows (the last one padded with zeros), as CUDA graphs need
-    one fixed input shape; returns the rows of ``x`` only."""
-    out = []
-    for start in range(0, len(x), batch):
-        part = x[start : start + batch]
-        if len(part) < batch:
-            part = np.concatenate([part, np.zeros((batch - len(part), *part.shape[1:]), part.dtype)])
-        out.append(run(part)[: min(batch, len(x) - start)])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
-
-class OrtRunner:
-    """One onnxruntime session: float32 NCHW batch in, probabilities out (I/O binding on CUDA)."""
-
-    def __init__(self, path: Path, threads: int | None = None, options: EngineOptions | None = None):
-        import onnxruntime as ort
-
-        self.options = options or EngineOptions()
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        # one process per machine is the norm here; torch's thread count already reflects the user's setting
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        available = providers()
-        probe = (
-            ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]) if len(available) > 1 else None
-        )
-        shape = tuple(probe.get_inputs()[0].shape) if probe is not None else ()
-        if self.options.cache_dir is not None and "TensorrtExecutionProvider" in available:
-            self.options.cache_dir.mkdir(parents=True, exist_ok=True)
-        chain, errors = provider_chain(available, self.options, shape), []
-        while chain:
-            try:
-                self.session = ort.InferenceSession(str(path), opts, providers=chain)
-                break
-            except Exception as exc:  # noqa: BLE001 - a GPU provider that cannot start falls back to the next one
-                errors.append(f"{chain[0][0]}: {type(exc).__name__}")
-                chain = chain[1:]
-        else:
-            raise CompError(f"onnxruntime cannot open {path} ({'; '.join(errors)}); re-run `comp export`")
-        self.provider = self.session.get_providers()[0]
-        self.cuda = "CUDAExecutionProvider" in self.session.get_providers()
-        self.graph = self.cuda and self.options.cuda_graph and self.provider == "CUDAExecutionProvider"
-        self._bound: tuple | None = None
-        shape = self.session.get_inputs()[0].shape
-        self(np.zeros((1, *shape[1:]), np.float32))  # warm-up: first run allocates and picks kernels
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.graph:
-            return fixed_batches(x, self.options.batch_size, self._run_graph)
-        if self.cuda:
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(INPUT, x)
-            binding.bind_output(OUTPUT, "cuda")
-            self.session.run_with_iobinding(binding)
-            return binding.copy_outputs_to_cpu()[0]
-        return self.session.run([OUTPUT], {INPUT: x})[0]
-
-    def _run_graph(self, x: np.ndarray) -> np.ndarray:
-        """CUDA graph replay: the input and output live in fixed device buffers bound once."""
-        import onnxruntime as ort
-
-        if self._bound is None:
-            x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-            n_out = self.session.get_outputs()[0].shape[-1]
-            y_dev = ort.OrtValue.ortvalue_from_shape_and_type((len(x), int(n_out)), np.float32, "cuda", 0)
-            binding = self.session.io_binding()
-            binding.bind_ortvalue_input(INPUT, x_dev)
-            binding.bind_ortvalue_output(OUTPUT, y_dev)
-            self._bound = (binding, x_dev, y_dev)
-        binding, x_dev, y_dev = self._bound
-        x_dev.update_inplace(x)
-        self.session.run_with_iobinding(binding)
-        return y_dev.numpy()
-
-
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
-
-
-class TorchRunner:
-    """A PyTorch fold model with softmax: float32 NCHW batch in, probabilities out (optionally torch.compile'd)."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, compile: str = "none"):
-        self.model, self.device = ProbModel(model).eval().to(device), device
-        if compile != "none":
-            self.model = torch.compile(self.model, mode=compile)  # type: ignore[assignment]
-
-    @torch.no_grad()
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)).cpu().numpy()
-
-
-class _Lazy:
-    """Opens its onnxruntime session on first use: when predict runs fused.onnx, the per-fold sessions never open."""
-
-    def __init__(self, make):
-        self.make, self.runner = make, None
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.runner is None:
-            self.runner = self.make()
-        return self.runner(x)
 
 
 @dataclass
@@ -211,81 +36,38 @@ class Fold:
 
     fold: int
     ckpt: Checkpoint
-    runner: object
-
-
-def graph_matches(onnx_path: Path, digests: dict[str, str]) -> bool:
-    """Whether ``onnx_path`` was exported from exactly these checkpoints ({fold: sha256}), by its metadata.
-
-    Timestamps are not trusted: a same-shaped graph copied from another run would otherwise be used."""
-    if not onnx_path.is_file():
-        return False
-    try:
-        meta = read_graph_metadata(onnx_path)
-    except CompError:
-        return False
-    return meta.get("checkpoints") == digests
+    runner: Runner
 
 
 def load_folds(
     run: RunDir,
     model_id: str,
     cfg: Config,
-    engine: str,
+    engine: Engine,
     *,
     expect_folds: int | None = None,
-    batch_size: int | None = None,
 ) -> list[Fold]:
-    """Every fold of a model as a runner; the onnx engine exports (with its parity check) graphs that are
-    missing or were exported from other checkpoints."""
+    """Every fold of a model as a runner of ``engine``, after the engine prepared what it needs (the onnx
+    engine exports, with its parity check, graphs that are missing or were exported from other checkpoints)."""
     by_fold = run.fold_checkpoints(model_id)
-    paths = list(by_fold.values())
-    if expect_folds is not None and len(paths) != expect_folds:
+    if expect_folds is not None and len(by_fold) != expect_folds:
         have = sorted(by_fold)
         missing = sorted(set(range(expect_folds)) - set(have))
         raise CompError(
             f"{run.model_dir(model_id)} has checkpoints for folds {have} of {expect_folds}; train the rest "
             f"(comp train-folds --folds {','.join(map(str, missing))}) or pass --allow-missing-folds"
         )
-    digests = {k: file_sha256(p) for k, p in by_fold.items()}
-    if engine == "onnx" and any(not graph_matches(run.onnx(model_id, k), {str(k): digests[k]}) for k in by_fold):
-        log.info(
-            "%s: no ONNX graphs exported from these checkpoints; exporting them now (same as `comp export`)", model_id
-        )
-        export_model(run, model_id, cfg)
-    device = resolve_device(cfg.device)
-    options = EngineOptions.from_config(cfg, run, batch_size or cfg.predict.batch_size)
+    engine.prepare(run, model_id, cfg)
     out = []
     for k, p in by_fold.items():
-        model, ckpt = model_from_checkpoint(p)
-        runner = (
-            _Lazy(lambda k=k: OrtRunner(run.onnx(model_id, k), options=options))
-            if engine == "onnx"
-            else TorchRunner(model, device, cfg.predict.compile)
-        )
-        out.append(Fold(k, ckpt, runner))
+        ckpt = load_checkpoint(p)
+        out.append(Fold(k, ckpt, engine.runner(run, model_id, k, ckpt)))
     sizes = {(f.ckpt.meta.image_size, tuple(f.ckpt.meta.classes)) for f in out}
     if len(sizes) > 1:
         raise CompError(
             f"folds of {run.model_dir(model_id)} disagree on image size or classes; retrain them with one config"
         )
     return out
-
-
-def usable_fused(run: RunDir, model_id: str, folds: list[Fold], tta: list[str], merge: str) -> Path | None:
-    """``fused.onnx`` when it was built from exactly these checkpoints (by their sha256) with the requested
-    TTA views and merge; otherwise None and the per-fold graphs are used."""
-    path = run.fused(model_id)
-    digests = {str(k): file_sha256(c) for k, c in run.fold_checkpoints(model_id).items()}
-    if not graph_matches(path, digests):
-        return None
-    meta = read_graph_metadata(path)
-    same = (
-        meta.get("folds") == [f.fold for f in folds]
-        and list(meta.get("tta", [])) == list(tta)
-        and (meta.get("tta_merge", "mean") == merge or not tta)
-    )
-    return path if same else None
 
 
 def run_views(
@@ -382,12 +164,11 @@ def oof_tta(
 def resolve_options(cfg: Config, engine, tta, tta_merge, batch_size) -> tuple[str, list[str], str, int]:
     """Call options over the config's ``predict`` block, validated."""
     p = cfg.predict
-    engine = engine or p.engine
-    if engine not in ("onnx", "torch"):
-        raise CompError(f"--engine must be onnx or torch, got {engine!r}")
+    engine = ENGINES.check(engine or p.engine)
     batch_size = p.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise CompError(f"--batch-size must be >= 1, got {batch_size}")
+    resolve_device(cfg.device)  # a device this machine lacks fails here, whichever engine runs
     return engine, parse_tta(p.tta if tta is None else tta), check_merge(tta_merge or p.tta_merge), batch_size
 
 
@@ -451,6 +232,7 @@ def predict_run(
     mids = select_models(run, models)
     cfg = load_config(run.load_config(), overrides=overrides)
     engine, tta_views, merge, bs = resolve_options(cfg, engine, tta, tta_merge, batch_size)
+    runs_with = ENGINES[engine].from_config(cfg, run, batch_size=bs)
     data = cfg.data
     test_df, paths = load_test_table(data)
     sample = _check_sample(data, test_df[data.id_column])
@@ -461,7 +243,7 @@ def predict_run(
     try:
         for mid in mids:
             folds = load_folds(
-                run, mid, cfg, engine, expect_folds=None if allow_missing_folds else cfg.folds.n_splits, batch_size=bs
+                run, mid, cfg, runs_with, expect_folds=None if allow_missing_folds else cfg.folds.n_splits
             )
             ck = folds[0].ckpt.meta
             if classes is not None and ck.classes != classes:
@@ -469,17 +251,9 @@ def predict_run(
                     f"{mid} predicts classes {ck.classes} but {mids[0]} predicts {classes}; predict them separately"
                 )
             classes = ck.classes
-            fused = usable_fused(run, mid, folds, tta_views, merge) if engine == "onnx" else None
-            if fused is not None:  # one session call per batch does every fold and TTA view
-                log.info(
-                    "%s: using %s (folds %s, tta %s)",
-                    mid,
-                    fused,
-                    [f.fold for f in folds],
-                    ",".join(tta_views) or "none",
-                )
-                runners: list[Any] = [OrtRunner(fused, options=EngineOptions.from_config(cfg, run, bs))]
-                views_tta: list[str] = []
+            fused = runs_with.fused(run, mid, [f.fold for f in folds], tta_views, merge)
+            if fused is not None:  # one call per batch does every fold and TTA view
+                runners, views_tta = [fused], []
             else:
                 runners, views_tta = [f.runner for f in folds], tta_views
             _, merged = run_views(

@@ -6,6 +6,7 @@ graph. Merging is plain numpy on probabilities, never on logits, so every engine
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -14,13 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from comp._registry import Registry
+from comp.config import PredictConfig
 from comp.errors import CompError
 
 if TYPE_CHECKING:
     from comp.config import Config
 
 TTA_OPS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("TTA view")
-MERGES = ("mean", "geometric")
+# the config's schema names the merges (predict.tta_merge, and so the CLI's --tta-merge); merge_probs implements them
+MERGES: tuple[str, ...] = typing.get_args(typing.get_type_hints(PredictConfig)["tta_merge"])
 _EPS = 1e-7
 
 

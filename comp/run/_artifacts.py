@@ -30,10 +30,6 @@ class Predictions:
     id_column: str = "id"
 
     @property
-    def is_oof(self) -> bool:
-        return self.folds is not None
-
-    @property
     def y(self) -> np.ndarray:
         """Targets as class indices (OOF only)."""
         if self.targets is None:

@@ -1,0 +1,116 @@
+"""Commands after prediction: ensemble, pseudo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from comp.cli._base import CommaList, main, setup_logging
+from comp.errors import CompError
+
+
+@main.command()
+@click.argument("model_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--method",
+    default="hill_climb",
+    type=CommaList(allow_all=True),
+    metavar="NAME[,NAME...]|all",
+    help="Blend method(s): mean, weighted, rank, geometric, hill_climb, stacking; several (or all) "
+    "are compared and the submission comes from the best honest CV.",
+)
+@click.option("--bias/--no-bias", default=False, help="Fit per-class log-probability offsets on OOF (argmax metrics).")
+@click.option("--metric", default=None, help="Metric to fit and report; default: the first member run's config metric.")
+@click.option("--name", default=None, help="Name of the blend's run and model folder; default blend-<method>[-bias].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Submission CSV; default submissions/<name>.csv when test predictions exist.",
+)
+@click.option("--tta", is_flag=True, help="Use oof_tta.csv where a member has one.")
+def ensemble(model_dirs, method, bias, metric, name, out, tta):
+    """Blend model folders (RUN/models/<id>) and score the blend with nested CV over their folds.
+
+    Example: comp ensemble runs/demo/models/byobnet runs/demo/models/effnet --method hill_climb --bias
+    """
+    from comp.ensembling import compare_blends, run_ensemble
+
+    setup_logging(False)
+    if isinstance(method, list) and not method:
+        raise CompError("--method needs a method name, a comma-separated list, or all")
+    methods = method if isinstance(method, list) else []
+    if method == "all" or len(methods) > 1:
+        compared = compare_blends(
+            list(model_dirs),
+            methods=None if method == "all" else methods,
+            metric=metric,
+            bias=bias,
+            name=name,
+            out=out,
+            tta=tta,
+        )
+        result = compared.best
+        click.echo(compared.table())
+        click.echo(f"best honest CV: {result.method} (best of {len(compared.results)} methods, so slightly optimistic)")
+    else:
+        result = run_ensemble(
+            list(model_dirs), method=methods[0], metric=metric, bias=bias, name=name, out=out, tta=tta
+        )
+    click.echo(
+        f"metric: {result.metric} ({result.direction}); cv = nested CV, cv_in_sample = fitted and scored on all OOF"
+    )
+    click.echo(result.table())
+    if result.bias:
+        click.echo("class bias: " + ", ".join(f"{c}={v:+.2f}" for c, v in result.bias.items()))
+    if result.attribute_f1:
+        click.echo(
+            "blend OOF macro F1 per attribute: " + ", ".join(f"{k} {v:.4f}" for k, v in result.attribute_f1.items())
+        )
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"blend: {result.model_dir}")
+    if result.submission:
+        click.echo(f"submission: {result.submission}")
+
+
+@main.command("pseudo")
+@click.argument("source", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV to write (id, label, or one probability column per class with --soft); use it as data.extra_train.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Keep test rows whose top probability is at least this [default: 0.9 unless --top-per-class].",
+)
+@click.option("--top-per-class", type=int, default=None, help="Instead: the K most confident rows of every class.")
+@click.option(
+    "--max-per-class",
+    type=int,
+    default=None,
+    help="With --threshold: at most this many rows per class (the most confident), so common classes cannot drown rare ones.",
+)
+@click.option("--soft", is_flag=True, help="Write the probabilities instead of the predicted label.")
+def pseudo_cmd(source, out, threshold, top_per_class, max_per_class, soft):
+    """Pseudo-label confident test rows of a run, model or blend folder (from its test.csv).
+
+    Example: comp pseudo runs/demo-blend --out pseudo/round1.csv --threshold 0.9 --max-per-class 400
+    """
+    from comp.pseudo import pseudo_label
+
+    setup_logging(False)
+    result = pseudo_label(
+        source, out=out, threshold=threshold, top_per_class=top_per_class, max_per_class=max_per_class, soft=soft
+    )
+    click.echo(result.table())
+    click.echo(
+        f"{result.rows} of {result.test_rows} test rows from {result.source / 'test.csv'} "
+        f"({'soft' if result.soft else 'hard'} labels)"
+    )
+    click.echo(f"pseudo-labels: {result.path}  (train on them with --set data.extra_train={result.path})")

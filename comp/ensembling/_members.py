@@ -1,0 +1,138 @@
+"""Blend members: a model folder's OOF (and test) probabilities read from its run, and their alignment.
+
+Members are aligned by id: the same ids, folds, targets and classes, or a fixable error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from comp.config import Config
+from comp.errors import CompError, RunFolderError
+from comp.run import locate
+
+
+@dataclass
+class Member:
+    """One model folder's OOF (and test) probabilities as read from disk."""
+
+    path: Path
+    name: str
+    run: Path
+    config: Config
+    id_column: str
+    frame: pd.DataFrame  # id, fold, target as strings
+    classes: list[str]
+    oof: np.ndarray
+    test_ids: pd.Index | None
+    test: np.ndarray | None
+
+
+def load_member(model_dir: str | Path, tta: bool = False) -> Member:
+    """Read ``RUN/models/<id>/oof.csv`` (``oof_tta.csv`` when ``tta`` and present) and ``test.csv`` if any."""
+    hint = "pass model folders RUN/models/<id>"
+    if not Path(model_dir).is_dir():
+        raise CompError(f"model folder {model_dir} not found; {hint}")
+    try:
+        found = locate(model_dir, what="model folder", hint=hint)
+    except RunFolderError:
+        raise CompError(f"{Path(model_dir).resolve()} is not inside a run folder; {hint}") from None
+    run, path = found.run, found.path
+    if found.model_id is None:
+        inner = ", ".join(str(run.model_dir(m)) for m in run.model_folders())
+        raise CompError(
+            f"{path} is a run folder, not a model folder; pass model folders such as {inner or path / 'models/<id>'}"
+        )
+    use_tta = tta and run.oof(path.name, tta=True).is_file()
+    if not run.oof(path.name).is_file() and not use_tta:
+        raise CompError(f"{run.oof(path.name)} not found; {hint} whose training finished")
+    config = run.load_config()
+    id_col = config.data.id_column
+    oof = run.read_oof(path.name, tta=use_tta, id_column=id_col)
+    assert oof.folds is not None and oof.targets is not None
+    frame = pd.DataFrame({"id": oof.ids, "fold": oof.folds, "target": oof.targets})
+    test_ids, test = None, None
+    if run.test_pred(path.name).is_file():
+        pred = run.read_test(path.name, id_column=id_col)
+        if sorted(pred.classes) != sorted(oof.classes):
+            raise CompError(
+                f"{run.test_pred(path.name)} has classes {pred.classes} but the OOF file has {oof.classes}; "
+                "re-run comp predict"
+            )
+        test_ids, test = pd.Index(pred.ids), pred.probs[:, [pred.classes.index(c) for c in oof.classes]]
+    return Member(
+        path, f"{run.root.name}/{path.name}", run.root, config, id_col, frame, oof.classes, oof.probs, test_ids, test
+    )
+
+
+@dataclass
+class Aligned:
+    """Members' probabilities on common rows and classes: ``oof`` (M, n, C), ``test`` (M, n_test, C)."""
+
+    ids: np.ndarray
+    folds: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    oof: np.ndarray
+    test_ids: np.ndarray | None
+    test: np.ndarray | None
+    notes: list[str]
+
+
+def _same_ids(ref: pd.Index, other: pd.Index, a: str, b: str, what: str) -> None:
+    missing, extra = ref.difference(other, sort=False), other.difference(ref, sort=False)
+    if len(missing) or len(extra):
+        first = missing[0] if len(missing) else extra[0]
+        raise CompError(
+            f"{what} of model {b} lack {len(missing)} and add {len(extra)} ids compared with model {a} (first: {first!r}); "
+            "blend models predicted on the same rows"
+        )
+
+
+def align(members: list[Member]) -> Aligned:
+    """Check that members share ids, folds, targets and classes; reorder rows and columns to the first's."""
+    ref = members[0]
+    ids = pd.Index(ref.frame["id"])
+    P, T, notes = [], [], []
+    for m in members:
+        if set(m.classes) != set(ref.classes):
+            raise CompError(
+                f"model {m.name} has classes {m.classes} but model {ref.name} has {ref.classes}; blend models of one competition"
+            )
+        cols = [m.classes.index(c) for c in ref.classes]
+        _same_ids(ids, pd.Index(m.frame["id"]), ref.name, m.name, "OOF rows")
+        frame = m.frame.set_index("id").loc[ids]
+        for col, hint in (
+            ("fold", "retrain with the same folds.csv"),
+            ("target", "blend models trained on the same train.csv"),
+        ):
+            diff = np.flatnonzero(frame[col].to_numpy() != ref.frame[col].to_numpy())
+            if len(diff):
+                i, why = diff[0], " (blending them leaks validation rows into training)" if col == "fold" else ""
+                raise CompError(
+                    f"model {m.name} puts id {ids[i]!r} in {col} {frame[col].iloc[i]} but model {ref.name} in {col} "
+                    f"{ref.frame[col].iloc[i]}{why}; {hint}"
+                )
+        P.append(m.oof[pd.Index(m.frame["id"]).get_indexer(ids)][:, cols])
+        if m.test is not None and ref.test is not None:
+            assert m.test_ids is not None and ref.test_ids is not None
+            _same_ids(ref.test_ids, m.test_ids, ref.name, m.name, "test.csv rows")
+            T.append(m.test[m.test_ids.get_indexer(ref.test_ids)][:, cols])
+        elif m.test is None:
+            notes.append(f"{m.path / 'test.csv'} not found: no test predictions for the blend (run comp predict first)")
+    y = pd.Index(ref.classes).get_indexer(ref.frame["target"])
+    has_test = len(T) == len(members)
+    return Aligned(
+        ids.to_numpy(),
+        ref.frame["fold"].to_numpy(),
+        y,
+        list(ref.classes),
+        np.stack(P),
+        ref.test_ids.to_numpy() if has_test and ref.test_ids is not None else None,
+        np.stack(T) if has_test else None,
+        notes,
+    )
