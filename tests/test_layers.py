@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("comp.errors",),
     ("comp._version",),
     ("comp._registry",),
-    ("comp._tables", "comp._progress"),
+    ("comp._tables", "comp._progress", "comp._files"),
     ("comp.config",),
     ("comp.run",),
     ("comp.metrics", "comp.tasks"),

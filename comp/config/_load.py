@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from comp._files import file_problem
 from comp.config._keys import set_key
 from comp.config._records import Config, DataConfig, build_config
 from comp.errors import ConfigError
@@ -56,6 +57,9 @@ def yaml_load(text: str, source: str | Path = "<text>") -> Any:
 def read_yaml(path: str | Path) -> Any:
     """Read and parse a YAML file, with one-line errors for a missing, unreadable or malformed file."""
     path = Path(path)
+    problem = file_problem(path)
+    if problem and problem not in ("not found", "is a folder"):
+        raise ConfigError(f"config file {path} {problem}; pass a YAML file")
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from comp._files import file_problem
 from comp.config._layout import IMAGE_EXTENSIONS, OUTPUT_COLUMNS, LayoutSpec, parse_layout
 from comp.data._csv import check_ids, read_csv, require_columns
 from comp.errors import CompError, closest
@@ -105,19 +106,31 @@ def files_from_ids(
             rel = ident + image_ext
         else:
             rel = _find_by_stem(folder, ident, where) if check else ident
-        path = (folder / rel).resolve()
-        if not path.is_relative_to(folder):
+        path = inside(folder, rel)
+        if path is None:
             raise CompError(
                 f"{where}: id {ident!r} names a file outside the image folder {folder}; use names inside it"
             )
-        if check and not path.is_file():
-            raise CompError(
-                f"{where}: image {path} for id {ident!r} not found; check the test image folder and extension"
+        problem = file_problem(path) if check else None
+        if problem:
+            fix = (
+                "check the test image folder and extension"
+                if problem == "not found"
+                else "replace it with the image file or remove its row"
             )
+            raise CompError(f"{where}: image {path} for id {ident!r} {problem}; {fix}")
         paths.append(str(path))
     rest = df.drop(columns=[id_column]).rename(columns={c: f"csv_{c}" for c in OUTPUT_COLUMNS if c != id_column})
     out = pd.DataFrame({"id": df[id_column].to_numpy(), "path": paths})
     return pd.concat([out, rest.reset_index(drop=True)], axis=1)
+
+
+def inside(folder: Path, rel: str) -> Path | None:
+    """``folder / rel`` with '.' and '..' folded away, or None when that leaves ``folder`` (an absolute ``rel``,
+    or '..' past its top). Decided on the names, not on where symlinks point: an image folder made of links
+    into a shared pool is the user's own layout, while a CSV cell cannot reach out of the folder it names."""
+    path = Path(os.path.normpath(folder / rel))
+    return path if path.is_relative_to(folder) else None
 
 
 def _csv_folders(lay: LayoutSpec, base: Path) -> Iterator[_Folder]:

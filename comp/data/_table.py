@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from comp._files import file_problem
 from comp.data._attributes import Scheme, Targets, class_names, parse_labels
 from comp.data._attributes import targets as attribute_targets
 from comp.data._csv import check_ids, read_csv, require_columns
-from comp.data._layout import files_from_ids, read_layout
+from comp.data._layout import files_from_ids, inside, read_layout
 from comp.errors import CompError
 
 if TYPE_CHECKING:
@@ -148,18 +149,22 @@ def image_paths(df: pd.DataFrame, image_dir, data_cfg: DataConfig, csv_path, che
                 f"data.path_template {template!r} is not a valid template ({exc}); "
                 "name columns in braces, e.g. '{person}/{id}.jpg'"
             ) from None
-        p = (root / rel).resolve()
-        if not p.is_relative_to(root):
+        p = inside(root, rel)
+        if p is None:
             raise CompError(
                 f"{csv_path} line {i + 2}: image path {rel!r} escapes the image folder {root}; use paths inside it"
             )
         out.append(p)
     if check:
         for i, p in enumerate(out):
-            if not p.is_file():
-                raise CompError(
-                    f"{csv_path} line {i + 2}: image {p} not found; check data.image_dir, data.image_ext or data.path_template"
+            problem = file_problem(p)
+            if problem:
+                fix = (
+                    "check data.image_dir, data.image_ext or data.path_template"
+                    if problem == "not found"
+                    else "replace it with the image file or remove its row"
                 )
+                raise CompError(f"{csv_path} line {i + 2}: image {p} {problem}; {fix}")
     return out
 
 
@@ -167,6 +172,9 @@ def check_image(path: Path) -> str | None:
     """Why ``path`` cannot be trained on, from what is cheap to see without decoding it (None when it looks
     fine): not an image, over PIL's decompression-bomb size, a PNG whose chunks fail their checksums, or a
     JPEG cut short. Full decoding happens in the loaders, which name the file too."""
+    problem = file_problem(path)
+    if problem:
+        return f"the path {problem}"
     try:
         with Image.open(path) as im:
             fmt = im.format
@@ -196,6 +204,9 @@ def check_images(paths: list[Path], csv_path, *, threads: int = 8) -> None:
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read any image as an RGB uint8 array (H, W, 3): grayscale, palette, RGBA, CMYK and 16-bit alike."""
+    problem = file_problem(path)  # a FIFO would block the loader forever, /dev/zero fill the memory
+    if problem:
+        raise CompError(f"image {path} {problem}; replace it with the image file or remove its row")
     before = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error to report, not a gray image to train on
     try:

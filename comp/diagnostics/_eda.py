@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from comp._files import file_problem
 from comp.config import Config
 from comp.data._table import TrainTable, load_image, load_test_table, load_train_table
 from comp.errors import CompError
@@ -75,6 +76,11 @@ def scan(paths) -> dict:
     for p in paths:
         p = Path(p)
         rec = {"path": p, "ok": False}
+        problem = file_problem(p)  # read_bytes would block on a FIFO and never end on /dev/zero
+        if problem:
+            bad.append({"path": str(p), "error": f"{p} {problem}"})
+            rows.append(rec)
+            continue
         try:
             rec["sha1"] = hashlib.sha1(p.read_bytes()).hexdigest()
             img = load_image(p)

@@ -67,6 +67,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import sys
 import tempfile
 from collections import deque
@@ -114,8 +115,30 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.array(im, dtype=np.uint8)
 
 
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file ("not found", "is a folder", "is not a regular file (a FIFO)"),
+    or None for a regular file: a FIFO would block the reader forever and a device never end (comp's
+    ``comp._files.file_problem``, copied because this script runs without comp)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"is not a regular file ({kind})"
+
+
 def load_rgb(path: Path) -> np.ndarray:
     """Decode one file with Pillow as RGB uint8; OSError & co. propagate to the caller, which names the row."""
+    problem = file_problem(path)
+    if problem:
+        raise OSError(f"the path {problem}")
     with Image.open(path) as im:
         im.load()
         return to_rgb(im)
@@ -336,9 +359,11 @@ def _parse_graph(g: Any, i: int, bundle: Path) -> Graph:
     path = bundle / file
     if not path.resolve().is_relative_to(bundle.resolve()):
         raise _bad(f"{where}.file", "a path inside the bundle folder", file)
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem:
         raise BundleError(
-            f"graph file {path} (manifest.json {where}.file) is missing; copy it into {bundle} or rebuild the bundle"
+            f"graph file {path} (manifest.json {where}.file) {'is missing' if problem == 'not found' else problem}; "
+            f"copy it into {bundle} or rebuild the bundle"
         )
     size = _get(
         g,
@@ -392,9 +417,10 @@ def _parse_submission(s: Any, classes: list[str], id_column: str) -> tuple[str, 
 def load_manifest(bundle: Path) -> Manifest:
     """Read and validate ``bundle/manifest.json``; every graph file must exist."""
     path = bundle / "manifest.json"
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem:
         raise BundleError(
-            f"{path} not found; pass --bundle with the bundle folder (it holds manifest.json and the .onnx files)"
+            f"{path} {problem}; pass --bundle with the bundle folder (it holds manifest.json and the .onnx files)"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -436,9 +462,10 @@ class Sample:
 
 def read_sample(path: Path) -> Sample:
     """Every cell as the exact string in the file (no NA guessing); blank lines are skipped."""
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem:
         raise BundleError(
-            f"sample submission {path} not found; pass --sample with the competition's sample_submission.csv"
+            f"sample submission {path} {problem}; pass --sample with the competition's sample_submission.csv"
         )
     header: list[str] | None = None
     rows, lines = [], []
@@ -496,14 +523,14 @@ def image_paths(sample: Sample, m: Manifest, images: Path) -> list[Path]:
     out = []
     for row, line in zip(sample.rows, sample.lines):
         rel = _relative_path(m, dict(zip(sample.header, row)), row[col], sample.path, line)
-        p = (root / rel).resolve()
+        p = Path(os.path.normpath(root / rel))  # as comp: by the names, so links into a shared pool are fine
         if not p.is_relative_to(root):
             raise BundleError(f"{sample.path} line {line}: image path {rel!r} leaves the image folder {root}")
-        if not p.is_file():
+        problem = file_problem(p)
+        if problem:
             how = "path_template" if m.path_template else "image_ext"
-            raise BundleError(
-                f"{sample.path} line {line} (id {row[col]!r}): image {p} not found; check --images and {how} in manifest.json"
-            )
+            fix = f"check --images and {how} in manifest.json" if problem == "not found" else "replace the file"
+            raise BundleError(f"{sample.path} line {line} (id {row[col]!r}): image {p} {problem}; {fix}")
         out.append(p)
     return out
 

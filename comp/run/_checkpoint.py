@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comp._files import file_problem
 from comp.errors import RunFolderError
 
 CHECKPOINT_FORMAT = "comp.checkpoint/1"
@@ -88,8 +89,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise RunFolderError(f"checkpoint {path} not found; train it with `comp train-folds` first")
+    problem = file_problem(path)
+    if problem:
+        fix = "train it with `comp train-folds` first" if problem == "not found" else "retrain that fold"
+        raise RunFolderError(f"checkpoint {path} {problem}; {fix}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file

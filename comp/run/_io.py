@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from comp._files import file_problem
 from comp.errors import CompError, DataError, RunFolderError
 
 TMP_SUFFIX = ".tmp"
@@ -110,6 +111,9 @@ def save_figure(path: str | Path, fig: Any, dpi: int = 90) -> Path:
 def read_json(path: str | Path, what: str = "file") -> Any:
     """Read JSON with one-line errors for a missing or corrupt file."""
     path = Path(path)
+    problem = file_problem(path)
+    if problem and problem != "not found":
+        raise RunFolderError(f"{what} {path} {problem}; regenerate it")
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -122,9 +126,9 @@ def read_table(path: str | Path, what: str, *, allow_empty: bool = False) -> pd.
     """Read a CSV with every cell as a string: ids and labels such as 'NA', 'null' or 'nan' stay strings
     (only a truly empty cell is missing), so every reader of every artifact sees the same values."""
     path = Path(path)
-    if not path.is_file():
-        kind = "a folder" if path.is_dir() else "not found"
-        raise DataError(f"{what} {path} {'is ' + kind if kind == 'a folder' else kind}; set the right path")
+    problem = file_problem(path)  # a FIFO would block the reader forever, a device never end
+    if problem:
+        raise DataError(f"{what} {path} {problem}; set the right path")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:

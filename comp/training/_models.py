@@ -10,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from comp._files import file_problem
 from comp.config import ModelConfig, TrainConfig
 from comp.data._attributes import Scheme
 from comp.errors import CompError, closest
@@ -53,9 +54,10 @@ def _timm_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | N
     pretrained = entry.pretrained
     if isinstance(pretrained, str):
         path = Path(pretrained)
-        if not path.is_file():
+        problem = file_problem(path)
+        if problem:
             raise CompError(
-                f"pretrained weights file {path} not found; set models[].pretrained to a file or true/false"
+                f"pretrained weights file {path} {problem}; set models[].pretrained to a file or true/false"
             )
         _check_weights_file(path, name, kwargs)
         # timm loads a local file through the pretrained config and adapts the classifier to num_classes
