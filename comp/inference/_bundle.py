@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from comp._files import write_error
 from comp._tables import format_table
 from comp._version import __version__
 from comp.data._augment import from_dict
@@ -354,6 +355,12 @@ def bundle_run(
         bp.load_manifest(tmp)
         _normal_modes(tmp)
         _publish(tmp, out)
+    except (OSError, RuntimeError) as exc:  # a full disk or unwritable folder while the graphs are written
+        elsewhere = isinstance(exc, OSError) and exc.filename and not str(exc.filename).startswith(str(tmp))
+        found = None if elsewhere else write_error(out, exc)
+        if found is None:
+            raise
+        raise found from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,8 +1,9 @@
 """Atomic writes, strict CSV reading and lock files: the primitives every artifact writer goes through.
 
 A killed process never leaves a half-written file that looks complete: each write goes to a temporary
-file in the same folder and is renamed over the target. Temporaries of killed writes are named
-``.<name>.<random>.tmp`` and removed by :func:`clean_temporaries`.
+file in the same folder and is renamed over the target. Temporaries are named
+``.<name>.<host>-<pid>.<random>.tmp`` after their target and their writer; :func:`clean_temporaries` removes
+those of dead writers, one folder at a time, and nothing else.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,31 +23,44 @@ from typing import Any
 
 import pandas as pd
 
-from comp._files import file_problem
+from comp._files import file_mode, file_problem, write_error
 from comp.errors import CompError, DataError, RunFolderError
 
 TMP_SUFFIX = ".tmp"
 
 
 def _unwritable(path: Path, exc: OSError) -> CompError:
-    why = {
-        13: "permission denied",
-        30: "read-only file system",
-        28: "no space left on the device",
-        20: "a parent is a file, not a folder",
-        21: "it is a folder",
-    }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
-    return CompError(f"cannot write {path} ({why}); choose a writable location")
+    found = write_error(path, exc)
+    if found is not None:
+        return found
+    return CompError(f"cannot write {path} ({exc.strerror or type(exc).__name__}); choose a writable location")
+
+
+def _host_tag(host: str | None = None) -> str:
+    """8 hex digits naming a host in temporary names (a shared run folder may be written by several boxes)."""
+    return hashlib.sha256((host or socket.gethostname()).encode()).hexdigest()[:8]
+
+
+# .<target name>.<host tag>-<pid>.<mkstemp's 8 random characters>.tmp: whose it is, and for which target
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)\.(?P<rand>[a-z0-9_]{8})\.tmp$")
+_OLD_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<rand>[a-z0-9_]{8})\.tmp$")  # written before the owner was named
 
 
 def _temporary_beside(path: Path) -> Path:
-    """An empty temporary file in ``path``'s folder (created if needed), named so clean_temporaries finds it."""
+    """An empty temporary file in ``path``'s folder (created if needed), named after its target and this
+    process (so :func:`clean_temporaries` never takes a live writer's), with the mode a plain new file gets
+    under the umask (mkstemp's 0600 would lock out other users of a shared run folder)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{_host_tag()}-{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent
+        )
     except OSError as exc:
         raise _unwritable(path, exc) from None
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
@@ -68,13 +84,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.errno in (13, 28, 30):
-            raise _unwritable(path, exc) from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        found = write_error(path, exc) if isinstance(exc, (OSError, RuntimeError)) else None
+        if found is not None:  # a full disk, quota, read-only or unwritable folder: one line, no traceback
+            raise found from None
         raise
     return path
 
@@ -142,15 +156,36 @@ def read_table(path: str | Path, what: str, *, allow_empty: bool = False) -> pd.
     return df
 
 
+def _writer_gone(host: str, pid: str, mtime: float, other_host_after_s: float) -> bool:
+    """Whether the process that named a temporary or journal is gone: on this host, its pid is not alive; on
+    another (whose processes cannot be checked), the file is older than ``other_host_after_s``."""
+    if host == _host_tag():
+        return int(pid) != os.getpid() and not pid_alive(pid)
+    return time.time() - mtime > other_host_after_s
+
+
 def clean_temporaries(folder: str | Path, older_than_s: float = 3600.0) -> int:
-    """Remove ``.<name>.*.tmp`` files left by killed writes (older than ``older_than_s``); returns how many."""
+    """Remove the temporaries of killed writes in ``folder`` (not below it); returns how many.
+
+    Only files named by comp's exact temporary pattern are candidates, and only a dead writer's: one of this
+    host whose pid is gone, one of another host older than a day, or (the pattern before writers were named)
+    one older than ``older_than_s``. A live writer's staged files, a user's ``.draft.tmp`` and anything in a
+    subfolder are never touched."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    now, n = time.time(), 0
-    for p in folder.rglob(f".*{TMP_SUFFIX}"):
+    n = 0
+    for p in folder.glob(f".*{TMP_SUFFIX}"):
+        named = _TMP_NAME.match(p.name)
         try:
-            if p.is_file() and now - p.stat().st_mtime > older_than_s:
+            st = p.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if named is not None:
+                gone = _writer_gone(named["host"], named["pid"], st.st_mtime, max(older_than_s, 86400.0))
+            else:
+                gone = _OLD_TMP_NAME.match(p.name) is not None and time.time() - st.st_mtime > older_than_s
+            if gone:
                 p.unlink()
                 n += 1
         except OSError:

@@ -164,13 +164,17 @@ class RunDir:
         return self
 
     def recover(self) -> None:
-        """Roll forward half-committed file sets and drop temporaries of killed writes (older than an hour)."""
+        """Roll forward half-committed file sets of dead writers and drop their temporaries, at the places comp
+        writes (the run folder, each model folder and its explain report), never below them."""
         recover(self.root)
+        clean_temporaries(self.root)
         if self.models_root.is_dir():
             for d in self.models_root.iterdir():
-                if d.is_dir():
+                if d.is_dir() and not d.is_symlink():
                     recover(d)
-        clean_temporaries(self.root)
+                    clean_temporaries(d)
+                    recover(d / "explain")
+                    clean_temporaries(d / "explain")
 
     # -- config --------------------------------------------------------------------
     def load_config(self) -> Config:
