@@ -12,7 +12,6 @@ from comp.run._checkpoint import (
     read_graph_metadata,
 )
 from comp.run._io import (
-    FileSet,
     LockHeld,
     atomic_write,
     clean_temporaries,
@@ -21,13 +20,13 @@ from comp.run._io import (
     pid_alive,
     read_json,
     read_table,
-    recover,
     save_figure,
     torch_save,
     write_csv,
     write_json,
     write_text,
 )
+from comp.run._journal import FileSet, recover
 from comp.run._resolve import Located, locate, model_with
 from comp.run._rundir import RunDir
 

@@ -31,16 +31,8 @@ from comp.config import Config, build_config, dump, read_yaml
 from comp.errors import CompError, RunFolderError
 from comp.run._artifacts import Metrics, Predictions, parse_predictions
 from comp.run._checkpoint import Checkpoint, load_checkpoint
-from comp.run._io import (
-    FileSet,
-    clean_temporaries,
-    read_json,
-    read_table,
-    recover,
-    write_csv,
-    write_json,
-    write_text,
-)
+from comp.run._io import clean_temporaries, read_json, read_table, write_csv, write_json, write_text
+from comp.run._journal import FileSet, recover
 
 
 class RunDir:
