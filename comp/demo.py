@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 
 from comp.config import load_config
 from comp.errors import CompError
-from comp.run import write_csv
+from comp.run import strangers, write_csv
 
 DEMO_CONFIG = "demo.yaml"
 
@@ -104,6 +104,12 @@ def run_demo(
             raise CompError(
                 f"--fresh would delete {run_dir}, which is not a demo run folder; pass another --run-dir "
                 "or delete it yourself"
+            )
+        others = strangers(run_dir)  # only what comp wrote is deleted: a user's file there stops --fresh
+        if others:
+            raise CompError(
+                f"--fresh would delete {run_dir}, a demo run folder that also holds {others[0]}, which comp did "
+                "not write; move it out, or delete the folder yourself"
             )
         shutil.rmtree(run_dir)
     if not (out_dir / "train.csv").is_file():

@@ -7,6 +7,7 @@ Each case must end with exit code 2 and one line ``error: ...`` that names the c
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,24 @@ def _garbage_weights(root: Path) -> None:
 
 def _wrong_weights(root: Path) -> None:
     torch.save({"something": torch.zeros(3)}, root / "w.pth")
+
+
+def _fifo(rel: str):
+    """Replace a file by a FIFO of the same name: a reader that opens it blocks until someone writes."""
+
+    def setup(root: Path) -> None:
+        (root / rel).unlink(missing_ok=True)
+        os.mkfifo(root / rel)
+
+    return setup
+
+
+def _link(rel: str, target: str):
+    def setup(root: Path) -> None:
+        (root / rel).unlink(missing_ok=True)
+        (root / rel).symlink_to(target)
+
+    return setup
 
 
 TRAIN_CASES = [
@@ -186,6 +205,12 @@ TRAIN_CASES = [
         setup=_csv(lambda df, r: df.assign(id=["../../etc/passwd"] + list(df["id"][1:]))),
     ),
     Case("template-unclosed", "data.path_template", cfg={"data__path_template": "{id"}),
+    Case("template-dotdot", "escapes the image folder", cfg={"data__path_template": "../test/{id}.png"}),
+    Case(
+        "id-absolute",
+        "escapes the image folder",
+        setup=_csv(lambda df, r: df.assign(id=["/etc/passwd"] + list(df["id"][1:]))),
+    ),
     Case("template-positional", "data.path_template", cfg={"data__path_template": "{0}.png"}),
     Case("template-unknown-column", "data.path_template", cfg={"data__path_template": "{nope}.png"}),
     Case(
@@ -195,6 +220,21 @@ TRAIN_CASES = [
     ),
     Case("too-few-groups", "only 12 groups", cfg={"folds__n_splits": 13}),
     Case("class-named-like-id", "clashes", setup=_csv(lambda df, r: df.assign(label=df["label"].replace("c1", "id")))),
+    # special files: refused for what they are, never read (a FIFO blocks, /dev/zero never ends)
+    Case("image-fifo", "g00_0.png is not a regular file (a FIFO)", setup=_fifo("train/g00_0.png")),
+    Case("image-dev-zero", "is not a regular file (a character device)", setup=_link("train/g00_0.png", "/dev/zero")),
+    Case(
+        "image-is-a-folder",
+        "g00_0.png is a folder",
+        setup=lambda r: (_rm("train/g00_0.png")(r), (r / "train/g00_0.png").mkdir()),
+    ),
+    Case("train-csv-fifo", "train.csv is not a regular file (a FIFO)", setup=_fifo("train.csv")),
+    Case(
+        "pretrained-fifo",
+        "w.pth is not a regular file",
+        cfg={"models": [{"name": "test_efficientnet", "pretrained": "w.pth"}]},
+        setup=_fifo("w.pth"),
+    ),
 ]
 
 
@@ -350,7 +390,115 @@ RUN_CASES = [
         "columns",
     ),
     ("tune-no-space", None, lambda r, t: ["tune", "--config", r / "config.yaml", "--out", t / "t"], "tune.space"),
+    # outputs that would replace what the command reads (copies of the competition files: the fixture is shared)
+    (
+        "predict-out-train-csv",
+        None,
+        lambda r, t: ["predict", r, "--engine", "torch", *_copied(r, t, "train_csv"), "--out", t / "train.csv"],
+        "is the training table data.train_csv",
+    ),
+    (
+        "predict-out-sample",
+        None,
+        lambda r, t: ["predict", r, *_copied(r, t, "sample_submission"), "--out", t / "sample_submission.csv"],
+        "is the sample submission",
+    ),
+    (
+        "predict-out-link-to-train-csv",
+        None,
+        lambda r, t: ["predict", r, *_copied(r, t, "train_csv"), "--out", _linked(t / "sub.csv", t / "train.csv")],
+        "is the training table",
+    ),
+    (
+        "predict-out-hard-link-to-sample",
+        None,
+        lambda r, t: ["predict", r, *_copied(r, t, "sample_submission"), "--out", _hard(t / "sample_submission.csv")],
+        "is the sample submission",
+    ),
+    ("predict-out-member-oof", None, lambda r, t: ["predict", r, "--out", r / "models/eff/oof.csv"], "model folders"),
+    ("predict-out-run-config", None, lambda r, t: ["predict", r, "--out", r / "config.yaml"], "the run's config.yaml"),
+    ("predict-out-run-folds", None, lambda r, t: ["predict", r, "--out", r / "folds.csv"], "the run's folds.csv"),
+    (
+        "ensemble-out-member-oof",
+        lambda r: _predicted(r),
+        lambda r, t: ["ensemble", r / "models/eff", "--out", r / "models/eff/oof.csv"],
+        "model folders",
+    ),
+    (
+        "ensemble-out-member-test",
+        lambda r: _predicted(r),
+        lambda r, t: ["ensemble", r / "models/eff", "--method", "mean,rank", "--out", r / "models/eff/test.csv"],
+        "model folders",
+    ),
+    (
+        "pseudo-out-test-csv",
+        lambda r: _predicted(r),
+        lambda r, t: ["pseudo", r, "--out", r / "models/eff/test.csv", "--threshold", "0"],
+        "model folders",
+    ),
+    (
+        "pseudo-out-run-config",
+        lambda r: _predicted(r),
+        lambda r, t: ["pseudo", r, "--out", r / "config.yaml", "--threshold", "0"],
+        "the run's config.yaml",
+    ),
+    ("explain-out-run-folder", None, lambda r, t: ["explain", r, "--out", r], "is a run folder"),
+    ("explain-out-model-folder", None, lambda r, t: ["explain", r, "--out", r / "models/eff"], "model folder of a run"),
+    ("bundle-out-run-folder", None, lambda r, t: ["bundle", r, "--out", r], "not a comp bundle"),
+    # special files where predict reads
+    (
+        "predict-test-image-fifo",
+        None,
+        lambda r, t: ["predict", r, "--set", f"data.test_image_dir={_images_with_fifo(r, t)}"],
+        "t00.png for id 't00' is not a regular file (a FIFO)",
+    ),
+    (
+        "predict-test-csv-fifo",
+        None,
+        lambda r, t: ["predict", r, "--set", f"data.test_csv={_made_fifo(t / 'test.csv')}"],
+        "test.csv is not a regular file (a FIFO)",
+    ),
 ]
+
+
+def _data(run: Path, key: str) -> Path:
+    return Path(yaml.safe_load((run / "config.yaml").read_text())["data"][key])
+
+
+def _copied(run: Path, tmp: Path, key: str) -> list[str]:
+    """A private copy of the run's data file ``key`` and the --set that points predict at it."""
+    src = _data(run, key)
+    shutil.copy(src, tmp / src.name)
+    return ["--set", f"data.{key}={tmp / src.name}"]
+
+
+def _linked(link: Path, target: Path) -> Path:
+    link.symlink_to(target)
+    return link
+
+
+def _hard(target: Path) -> Path:
+    os.link(target, target.with_name("hard.csv"))
+    return target.with_name("hard.csv")
+
+
+def _made_fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _images_with_fifo(run: Path, tmp: Path) -> Path:
+    images = tmp / "test_images"
+    shutil.copytree(_data(run, "test_image_dir"), images)
+    (images / "t00.png").unlink()
+    os.mkfifo(images / "t00.png")
+    return images
+
+
+def _predicted(run: Path) -> None:
+    import comp
+
+    comp.predict(run, engine="torch", out=run.parent / "predicted.csv", progress=False)
 
 
 def _nan_oof(run: Path) -> None:
@@ -593,3 +741,127 @@ def test_disk_slab_symlink_is_never_followed(tmp_path):
     reader(paths[0])
     assert victim.read_bytes() == b"\x00" * nbytes  # nothing was written through the link
     assert not slab.is_symlink()
+
+
+# ---------------------------------------------------------------- outputs never replace inputs; deletion stays in comp's files
+
+
+def test_ensemble_name_of_a_training_run_or_a_plain_folder_is_refused(run_copy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run3 = tmp_path / "run3"
+    shutil.copytree(run_copy, run3)
+    before = {p: p.read_bytes() for p in run3.rglob("*") if p.is_file()}
+    result = invoke("ensemble", run_copy / "models/eff", "--name", "run3")
+    assert_one_line_error(result, "a training run")
+    assert {p: p.read_bytes() for p in run3.rglob("*") if p.is_file()} == before  # config.yaml, folds.csv kept
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.txt").write_text("years of work")
+    assert_one_line_error(invoke("ensemble", run_copy / "models/eff", "--name", "notes"), "not an earlier blend")
+    assert (tmp_path / "notes" / "thesis.txt").read_text() == "years of work"
+    result = invoke("ensemble", run_copy / "models/eff", "--name", "again")  # a new name, then the same again
+    assert result.exit_code == 0, result.output
+    result = invoke("ensemble", run_copy / "models/eff", "--name", "again")
+    assert result.exit_code == 0, result.output
+
+
+def test_train_folds_never_replaces_its_config_or_data(tmp_path):
+    root = write_competition(tmp_path / "comp")
+    path = write_config(root, tiny_config(root), name="config.yaml")
+    text = path.read_text()
+    result = invoke("train-folds", "--config", path, "--run-dir", root, "--quiet")
+    assert_one_line_error(result, "would replace the --config file")
+    assert path.read_text() == text and not (root / "folds.csv").exists()
+    (tmp_path / "run").mkdir()
+    shutil.copy(root / "train.csv", tmp_path / "run" / "folds.csv")  # the training table where folds.csv goes
+    cfg = write_config(root, tiny_config(root, data__train_csv="../run/folds.csv"))
+    result = invoke("train-folds", "--config", cfg, "--run-dir", tmp_path / "run", "--quiet")
+    assert_one_line_error(result, "is the training table data.train_csv")
+    assert (tmp_path / "run" / "folds.csv").read_bytes() == (root / "train.csv").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["folds.csv"]
+
+
+def test_eda_reports_special_files_instead_of_reading_them(tmp_path):
+    import signal
+
+    root = write_competition(tmp_path / "comp")
+    _fifo("train/g00_0.png")(root)
+    _link("train/g00_1.png", "/dev/zero")(root)
+    _fifo("test/t00.png")(root)
+    old = signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("eda blocked on a special file")))
+    signal.alarm(120)
+    try:
+        result = invoke("eda", "--config", write_config(root, tiny_config(root)), "--out", tmp_path / "eda")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert result.exit_code == 0, (result.output, result.exception)
+    bad = pd.read_csv(tmp_path / "eda" / "unreadable.csv")
+    errors = dict(zip(bad["path"].map(lambda p: Path(p).name), bad["error"]))
+    assert "a FIFO" in errors["g00_0.png"] and "a character device" in errors["g00_1.png"]
+    assert "a FIFO" in errors["t00.png"]
+
+
+def test_eda_report_never_lands_in_a_run_folder(trained_run, tmp_path):
+    root = write_competition(tmp_path / "comp")
+    path = write_config(root, tiny_config(root))
+    result = invoke("eda", "--config", path, "--out", trained_run)
+    assert_one_line_error(result, "is a run folder")
+    shutil.copy(root / "train.csv", root / "duplicates.csv")  # a training table named like a report file
+    result = invoke("eda", "--config", path, "--out", root, "--set", f"data.train_csv={root / 'duplicates.csv'}")
+    assert_one_line_error(result, "is the training table data.train_csv")
+    assert (root / "duplicates.csv").read_bytes() == (root / "train.csv").read_bytes()
+
+
+def test_demo_fresh_keeps_a_demo_run_that_holds_a_users_file(tmp_path, monkeypatch):
+    from comp.config import dump, load_config
+    from comp.demo import demo_config_path
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "proj"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump(load_config(demo_config_path(), base_dir=tmp_path / "demo_data")))
+    (run / "thesis.txt").write_text("years of work")
+    assert_one_line_error(invoke("demo", "--fresh", "--run-dir", run), "thesis.txt")
+    assert (run / "thesis.txt").read_text() == "years of work" and (run / "config.yaml").is_file()
+    (run / "thesis.txt").unlink()
+    (run / "models" / "effnet").mkdir(parents=True)
+    (run / "models" / "effnet" / "notes.md").write_text("mine")
+    assert_one_line_error(invoke("demo", "--fresh", "--run-dir", run), "notes.md")
+    assert (run / "models" / "effnet" / "notes.md").is_file()
+
+
+def test_strangers_names_only_what_comp_does_not_write(tmp_path):
+    from comp.run import strangers
+
+    run = tmp_path / "run"
+    model = run / "models" / "eff"
+    model.mkdir(parents=True)
+    for name in ("config.yaml", "folds.csv", "sources.json", ".commit-1-2.json", ".config.yaml.abcd1234.tmp"):
+        (run / name).write_text("x")
+    for name in ("fold0.pt", "fold0.state.pt", "fold1.lock", "fold0.oof.csv", "fold0.history.csv", "fold0.onnx"):
+        (model / name).write_text("x")
+    for name in ("fused.onnx", "oof.csv", "oof_tta.csv", "test.csv", "metrics.json", "export.json"):
+        (model / name).write_text("x")
+    (model / "explain").mkdir()
+    assert strangers(run) == []
+    (run / "thesis.txt").write_text("mine")
+    (model / "mine.onnx").write_text("mine")
+    (run / "models" / "stray.csv").write_text("mine")
+    assert [p.name for p in strangers(run)] == ["mine.onnx", "stray.csv", "thesis.txt"]
+
+
+def test_an_image_folder_of_links_into_a_shared_pool_trains(tmp_path):
+    """Links inside the image folder are the user's layout (decided by the names): followed, not refused."""
+    root = write_competition(tmp_path / "comp")
+    pool = tmp_path / "pool"
+    (root / "train").rename(pool)
+    (root / "train").mkdir()
+    for p in pool.iterdir():
+        (root / "train" / p.name).symlink_to(pool / p.name)
+    (root / "test").rename(tmp_path / "test_pool")
+    (root / "test").symlink_to(tmp_path / "test_pool")  # the folder itself a link
+    path = write_config(root, tiny_config(root))
+    result = invoke("train-folds", "--config", path, "--run-dir", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    result = invoke("predict", tmp_path / "run", "--engine", "torch", "--out", tmp_path / "s.csv", "--quiet")
+    assert result.exit_code == 0, result.output

@@ -254,6 +254,15 @@ def test_out_folder_rules(world, tmp_path):
     bundle_run(src, out=tmp_path / "empty")  # an empty folder is fine
     out = tmp_path / "empty"
     (out / "dataset-metadata.json").write_text('{"title": "my bundle"}')  # kaggle datasets init
+    (out / "mine.onnx").write_bytes(b"a user's own graph")
+    with pytest.raises(CompError, match="also holds mine.onnx, which comp did not write"):
+        bundle_run(src, out=out)  # only what the manifest says comp wrote may be deleted
+    assert (out / "mine.onnx").read_bytes() == b"a user's own graph"
+    (out / "mine.onnx").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"] == ["manifest.json", "predict.py", "eff.onnx"]
+    manifest["files"].append("old.onnx")  # an earlier bundle that wrote a second graph
+    (out / "manifest.json").write_text(json.dumps(manifest))
     (out / "old.onnx").write_bytes(b"from an earlier bundle")
     bundle_run(src, out=out)  # an earlier bundle is replaced; the dataset's Kaggle metadata is kept
     assert sorted(p.name for p in out.iterdir()) == [

@@ -446,3 +446,45 @@ def test_error_sample_without_id_column(world, tmp_path):
     sample = write_sample(tmp_path / "s.csv", ["image", "label"])
     res = run_error(bundle, world["images"], sample, tmp_path / "o.csv")
     _assert_error(res, "s.csv", "no id column 'id'")
+
+
+def test_error_out_is_the_sample_or_the_bundle(world, tmp_path):
+    bundle = make_bundle(world, "err_out")
+    sample = write_sample(tmp_path / "s.csv", ["id", "label"])
+    text = sample.read_text()
+    _assert_error(run_error(bundle, world["images"], sample, sample), "--out", "is the --sample file")
+    (tmp_path / "link.csv").symlink_to(sample)
+    _assert_error(run_error(bundle, world["images"], sample, tmp_path / "link.csv"), "is the --sample file")
+    _assert_error(run_error(bundle, world["images"], sample, bundle / "manifest.json"), "manifest.json")
+    res = run_error(bundle, world["images"], sample, tmp_path / "o.csv", "--probs", str(sample))
+    _assert_error(res, "--probs", "is the --sample file")
+    res = run_error(bundle, world["images"], sample, tmp_path / "o.csv", "--probs", str(tmp_path / "o.csv"))
+    _assert_error(res, "--out and --probs are the same file")
+    assert sample.read_text() == text and not (tmp_path / "o.csv").exists()
+
+
+def test_error_special_files(world, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(world["images"], images)
+    (images / "007.png").unlink()
+    os.mkfifo(images / "007.png")
+    bundle = make_bundle(world, "err_fifo")
+    sample = write_sample(tmp_path / "s.csv", ["id", "label"])
+    _assert_error(run_error(bundle, images, sample, tmp_path / "o.csv"), "007.png", "is not a regular file (a FIFO)")
+    os.mkfifo(tmp_path / "fifo.csv")
+    res = run_error(bundle, world["images"], tmp_path / "fifo.csv", tmp_path / "o.csv")
+    _assert_error(res, "fifo.csv is not a regular file (a FIFO)")
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_image_folder_of_links_into_a_pool(world, tmp_path):
+    """Links inside --images are followed (decided by the names, as in comp); '..' out of it is refused."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in world["images"].iterdir():
+        (images / p.name).symlink_to(p)
+    bundle = make_bundle(world, "links")
+    res = run_predict(bundle, images, write_sample(tmp_path / "s.csv", ["id", "label"]), tmp_path / "o.csv")
+    assert res.returncode == 0, res.stderr
+    sample = write_sample(tmp_path / "s2.csv", ["id", "label"], ids=[*IDS, "../NA"])
+    _assert_error(run_error(bundle, images, sample, tmp_path / "o2.csv"), "leaves the image folder")

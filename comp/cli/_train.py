@@ -55,6 +55,7 @@ def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp
     setup_logging(quiet or rank != 0)
     cfg = load(config_path, overrides)  # checked here once, before torchrun starts N copies
     run_dir = run_dir or Path("runs") / config_path.stem
+    _check_config_not_replaced(config_path, run_dir)
     if ddp is not None:
         from comp.training import launch_ddp
 
@@ -70,6 +71,20 @@ def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp
     if rank == 0:
         click.echo(result.table())
         click.echo(f"run folder: {run_dir}")
+
+
+def _check_config_not_replaced(config_path: Path, run_dir: Path) -> None:
+    """A run saves its resolved config as RUN/config.yaml: refuse when that is the user's own --config file in a
+    folder that is not a run yet (continuing a run from its saved config.yaml is fine)."""
+    from comp.run import same_file
+
+    saved = run_dir / "config.yaml"
+    started = (run_dir / "folds.csv").exists() or (run_dir / "models").exists()
+    if saved.exists() and same_file(config_path, saved) and not started:
+        raise CompError(
+            f"--run-dir {run_dir} would replace the --config file {config_path} with the resolved config "
+            "(comments and relative paths lost); pass another --run-dir"
+        )
 
 
 def _check_ddp_gpus(device: str, nproc: int) -> None:

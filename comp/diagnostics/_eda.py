@@ -22,8 +22,20 @@ from comp._files import file_problem
 from comp.config import Config
 from comp.data._table import TrainTable, load_image, load_test_table, load_train_table
 from comp.errors import CompError
-from comp.run import save_figure, write_csv, write_text
+from comp.run import check_output, check_report_folder, data_inputs, image_trees, save_figure, write_csv, write_text
 
+REPORT_FILES = (
+    "eda.html",
+    "duplicates.csv",
+    "class_colour.csv",
+    "unreadable.csv",
+    "attributes.csv",
+    "class_counts.png",
+    "label_joint.png",
+    "group_sizes.png",
+    "image_sizes.png",
+    "attributes.png",
+)
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -229,6 +241,11 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
         raise CompError("--threshold is a Hamming distance between 0 and 64")
     out = Path(out_dir)
     data = cfg.data
+    check_report_folder(out)
+    for name in REPORT_FILES:  # a report never replaces the tables or images it describes
+        check_output(
+            out / name, data_inputs(data), trees=image_trees(data), label="the report file", fix="choose another --out"
+        )
     table = load_train_table(data, check_images=False)
     id_col = data.id_column
     ids = table.df[id_col].astype(str).to_numpy()

@@ -20,7 +20,7 @@ import torch
 from comp._tables import format_table
 from comp.errors import CompError
 from comp.metrics import METRICS
-from comp.run import FileSet, RunDir
+from comp.run import FileSet, RunDir, check_output, check_report_folder, data_inputs, image_trees, run_files
 
 
 @dataclass
@@ -213,6 +213,21 @@ def best_model(run: RunDir, ids: list[str]) -> str:
     return max(scored)[1]
 
 
+REPORT_FILES = ("confusion.csv", "confusion.png", "per_class.csv", "mislabeled.csv", "mistakes.png", "gradcam.png")
+
+
+def _check_out(out: Path, run: RunDir, model_id: str, cfg, given: bool) -> None:
+    """The report goes into its own folder and replaces none of the files it was made from."""
+    if given:
+        check_report_folder(out)
+    reads = [*data_inputs(cfg.data), *run_files(run.root), ("the model's OOF file", run.oof(model_id))]
+    reads += [(f"the fold {k} checkpoint", p) for k, p in run.fold_checkpoints(model_id).items()]
+    for name in REPORT_FILES:
+        check_output(
+            out / name, reads, trees=image_trees(cfg.data), label="the report file", fix="choose another --out"
+        )
+
+
 def explain_run(
     run_dir, model_id: str | None = None, top: int = 12, gradcam_ids: list[str] | None = None, out_dir=None
 ) -> ExplainResult:
@@ -232,6 +247,7 @@ def explain_run(
     cfg = run.load_config()
     id_col = cfg.data.id_column
     out = Path(out_dir) if out_dir else run.model_dir(model_id) / "explain"
+    _check_out(out, run, model_id, cfg, given=out_dir is not None)
     oof, classes = read_oof(run, model_id, id_col)
 
     ranked = mislabel_ranking(oof, classes, id_col)

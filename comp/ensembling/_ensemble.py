@@ -21,7 +21,17 @@ from comp.ensembling._blend import METHODS, fit_blend, get_method, nested_oof
 from comp.ensembling._members import Aligned, Member, align, load_member
 from comp.errors import CompError
 from comp.metrics import get_metric
-from comp.run import FileSet, Metrics, Predictions, RunDir
+from comp.run import (
+    FileSet,
+    Metrics,
+    Predictions,
+    RunDir,
+    check_output,
+    data_inputs,
+    image_trees,
+    run_files,
+    run_tree,
+)
 from comp.submission._format import make_submission, validate_submission, write_submission
 
 
@@ -116,14 +126,50 @@ def _prepare_submission(data: Aligned, probs, first: Member, name: str, out) -> 
 
 
 def _blend_name(name: str | None, method: str, bias: bool, members: list[Member]) -> tuple[str, Path]:
-    """The blend's name and run folder (beside the first member's run), refusing to overwrite a member."""
+    """The blend's name and run folder (beside the first member's run), refusing to overwrite a member or any
+    folder that is not an earlier blend of that name."""
     name = name or f"blend-{method}{'-bias' if bias else ''}"  # with and without --bias never overwrite each other
     if "/" in name or "\\" in name or name in (".", ".."):
         raise CompError(f"--name must be a plain folder name, got {name!r}")
     run_root = members[0].run.parent / name
     if any(m.run == run_root for m in members):
         raise CompError(f"--name {name} would overwrite the run folder {run_root} of a member; choose another --name")
+    _check_blend_folder(run_root, name)
     return name, run_root
+
+
+def _check_blend_folder(root: Path, name: str) -> None:
+    """``root`` must be new, empty, or an earlier blend named ``name``: its config.yaml and folds.csv are replaced,
+    which in a training run would no longer match its checkpoints."""
+    if root.exists() and not root.is_dir():
+        raise CompError(f"--name {name}: {root} is a file; choose another --name")
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    run = RunDir(root)
+    folders = run.model_folders()
+    if any(run.checkpoints(m) for m in folders):
+        raise CompError(
+            f"--name {name} would overwrite {root}, a training run (its config.yaml and folds.csv belong to its "
+            "checkpoints); choose another --name"
+        )
+    blend = run.config.is_file() and folders in ([], [name])
+    if blend and run.metrics(name).is_file():
+        blend = run.blend_info(name) is not None
+    if not blend:
+        held = sorted(p.name for p in root.iterdir())
+        raise CompError(
+            f"--name {name}: {root} exists and is not an earlier blend named {name} (it holds {', '.join(held[:3])}); "
+            "choose another --name"
+        )
+
+
+def _check_submission(path: Path, config: Config, runs: list[Path]) -> None:
+    """The submission never replaces a competition file, nor a file of the members' runs or the blend's own."""
+    reads, trees = data_inputs(config.data), image_trees(config.data)
+    for run in runs:
+        reads += run_files(run)
+        trees.append(run_tree(run))
+    check_output(path, reads, trees=trees)
 
 
 def run_ensemble(
@@ -148,6 +194,8 @@ def run_ensemble(
     honest = nested_oof(blend, data.oof, data.y, data.folds, scorer, bias) if blend.fitted or bias else in_sample
     test = final.predict(data.test) if data.test is not None else None
     pending, note = _prepare_submission(data, test, first, name, out) if submit else (None, "")
+    if pending is not None:
+        _check_submission(pending.path, first.config, [run_root, *(m.run for m in members)])
     weights = None if final.weights is None else [float(w) for w in final.weights]
     result = BlendResult(
         name=name,
@@ -192,6 +240,10 @@ def compare_blends(
         raise CompError("--method needs a method name, a comma-separated list, or all")
     for m in methods:
         get_method(m)  # unknown names list the valid ones, before any blend is fitted
+    if out is not None:  # refused before any blend is written, not after all of them
+        members = _members(model_dirs, tta)
+        blends = [_blend_name(None, m, bias, members)[1] for m in methods]
+        _check_submission(Path(out).resolve(), members[0].config, [*blends, *(m.run for m in members)])
     results = [run_ensemble(model_dirs, method=m, metric=metric, bias=bias, tta=tta, submit=False) for m in methods]
     better = get_metric(results[0].metric).better
     best = results[0]
@@ -209,6 +261,8 @@ def submit_blend(model_dir, out=None) -> Path | None:
     pending, _ = _prepare_submission(data, test, blend, blend.path.name, out)
     if pending is None:
         return None
+    listed = (RunDir(blend.run).blend_info(blend.path.name) or {}).get("members") or []
+    _check_submission(pending.path, blend.config, [blend.run, *(Path(m).parent.parent for m in listed)])
     return write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column)
 
 

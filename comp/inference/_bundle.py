@@ -346,6 +346,8 @@ def bundle_run(
             "resize_fingerprint": fingerprint,
             "source": {"kind": src.kind, "path": str(src.path.resolve()), **src.info},
             "comp_version": __version__,
+            # what comp wrote here: the only files a rebuild into this folder may delete
+            "files": ["manifest.json", "predict.py", *(e["file"] for e in entries)],
         }
         write_json(tmp / "manifest.json", manifest)
         shutil.copyfile(Path(bp.__file__), tmp / "predict.py")

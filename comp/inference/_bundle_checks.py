@@ -93,8 +93,21 @@ def submission_spec(data: DataConfig, classes: list[str]) -> dict[str, Any]:
     return {**spec, "submission": block}
 
 
+def written_files(manifest: dict[str, Any]) -> set[str]:
+    """The files a bundle's manifest says comp wrote into its folder: the ones a rebuild may delete."""
+    names = {"manifest.json", "predict.py"}
+    listed = manifest.get("files")
+    if isinstance(listed, list):  # bundles since the list was added name every file they wrote
+        names |= {f for f in listed if isinstance(f, str)}
+    for g in manifest.get("graphs") or []:
+        if isinstance(g, dict) and isinstance(g.get("file"), str):
+            names.add(g["file"])
+    return names
+
+
 def check_out(out: Path) -> None:
-    """``--out`` must be new, an empty folder, or an earlier bundle (whose files a rebuild replaces)."""
+    """``--out`` must be new, an empty folder, or an earlier bundle holding only what its manifest says comp
+    wrote there (and ``dataset-metadata.json``, which a rebuild keeps): anything else would be deleted."""
     if out.exists() and not out.is_dir():
         raise CompError(f"--out {out} is a file; pass a folder for the bundle")
     if not out.is_dir():
@@ -103,19 +116,20 @@ def check_out(out: Path) -> None:
     if not names:
         return
     try:
-        fmt = json.loads((out / "manifest.json").read_text()).get("format")
-    except (OSError, ValueError, AttributeError):
-        fmt = None
-    if fmt != bp.FORMAT:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != bp.FORMAT:
         raise CompError(
             f"--out {out} exists and is not a comp bundle (it holds {names[0]}); pass a new or empty "
             "folder, or an earlier bundle to replace"
         )
-    extra = [n for n in names if n not in ("manifest.json", "predict.py", KAGGLE_METADATA) and not n.endswith(".onnx")]
+    ours = written_files(manifest) | {KAGGLE_METADATA}
+    extra = [n for n in names if n not in ours]
     if extra:
         raise CompError(
-            f"--out {out} is an earlier bundle but also holds {extra[0]}, which a rebuild would delete; "
-            "move it out or choose another --out"
+            f"--out {out} is an earlier bundle but also holds {extra[0]}, which comp did not write there and a "
+            "rebuild would delete; move it out or choose another --out"
         )
 
 

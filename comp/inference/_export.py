@@ -20,7 +20,17 @@ from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table
 from comp.errors import CompError
 from comp.inference._tta import TTA_OPS, check_merge, merge_torch, parse_tta
-from comp.run import CheckpointMeta, RunDir, atomic_write, file_sha256, graph_metadata, read_graph_metadata, write_json
+from comp.run import (
+    CheckpointMeta,
+    RunDir,
+    atomic_write,
+    check_output,
+    data_inputs,
+    file_sha256,
+    graph_metadata,
+    read_graph_metadata,
+    write_json,
+)
 from comp.training._models import model_from_checkpoint
 
 read_metadata = read_graph_metadata
@@ -209,6 +219,9 @@ def export_model(
     if not by_fold:
         raise CompError(f"{run.model_dir(model_id)} has no fold checkpoints; run `comp train-folds` first")
     tta = parse_tta(tta)
+    reads = [*((f"the fold {k} checkpoint", p) for k, p in by_fold.items()), *data_inputs(cfg.data)]
+    for out in [*(run.onnx(model_id, k) for k in by_fold), run.fused(model_id), run.export_report(model_id)]:
+        check_output(out, reads, label="export's output", fix="remove that link and export again")
     precision = "fp16" if fp16 else "fp32"
     files, models, batches, digests = [], [], [], {}
     for fold, path in by_fold.items():

@@ -23,7 +23,18 @@ from comp.inference._engines import ENGINES, Engine, Runner
 from comp.inference._export import select_models
 from comp.inference._tta import check_merge, merge_probs, parse_tta, views
 from comp.metrics import get_metric
-from comp.run import Checkpoint, FileSet, Predictions, RunDir, load_checkpoint
+from comp.run import (
+    Checkpoint,
+    FileSet,
+    Predictions,
+    RunDir,
+    check_output,
+    data_inputs,
+    image_trees,
+    load_checkpoint,
+    run_files,
+    run_tree,
+)
 from comp.submission._format import make_submission, validate_submission
 from comp.training._engine import resolve_device
 
@@ -237,6 +248,10 @@ def predict_run(
     test_df, paths = load_test_table(data)
     sample = _check_sample(data, test_df[data.id_column])
     out_path = Path(out) if out else Path("submissions") / f"{run.root.resolve().name}.csv"
+    if sample is not None:  # the submission never replaces the table, sample or run file it was made from
+        check_output(
+            out_path, [*data_inputs(data), *run_files(run.root)], trees=[run_tree(run.root), *image_trees(data)]
+        )
     results: dict[str, ModelPrediction] = {}
     probs_by_model, classes = [], None
     files = FileSet(run.root)  # every model's test.csv (and oof_tta.csv) and the submission land together

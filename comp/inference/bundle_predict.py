@@ -830,6 +830,30 @@ def check_writable(path: Path) -> None:
         raise BundleError(f"cannot write {path}: folder {folder} is not writable; choose a writable place")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_outputs(args: argparse.Namespace, m: Manifest) -> None:
+    """--out and --probs must not be a file this script reads (the sample, the bundle's files, an image), nor
+    each other: comp's one output guard, in the few lines this script can carry without comp."""
+    reads = [("the --sample file", args.sample), ("the bundle's manifest.json", args.bundle / "manifest.json")]
+    reads += [("the bundle's predict.py", args.bundle / "predict.py")]
+    reads += [(f"the bundle's graph {g.file}", args.bundle / g.file) for g in m.graphs]
+    outs = [("--out", args.out)] + ([("--probs", args.probs)] if args.probs is not None else [])
+    for option, path in outs:
+        for what, other in reads:
+            if _same_file(path, other):
+                raise BundleError(f"{option} {path} is {what}, which predict.py reads; choose another {option}")
+        if path.exists() and path.resolve().is_relative_to(args.images.resolve()):
+            raise BundleError(f"{option} {path} is a file in the --images folder; choose another {option}")
+    if args.probs is not None and _same_file(args.out, args.probs):
+        raise BundleError(f"--out and --probs are the same file {args.out}; give --probs another path")
+
+
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     """Write atomically: a temporary file beside ``path``, then ``os.replace``; nothing is left on failure."""
     folder = path.parent if str(path.parent) else Path(".")
@@ -906,6 +930,7 @@ def run(args: argparse.Namespace) -> None:
     for target in (args.out, args.probs):
         if target is not None:
             check_writable(target)
+    check_outputs(args, m)
     resize, how, warning = choose_resize(m.fingerprint)
     if warning and not args.quiet:
         print(f"warning: {warning}", file=sys.stderr)

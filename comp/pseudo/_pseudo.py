@@ -13,7 +13,7 @@ import pandas as pd
 from comp._tables import format_table
 from comp.errors import CompError
 from comp.pseudo._select import select_rows
-from comp.run import model_with, write_csv
+from comp.run import check_output, data_inputs, image_trees, model_with, run_files, run_tree, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ def pseudo_label(
         raise CompError(f"--out {out} is a folder; give a CSV file path")
     run, model_id = model_with(source, "test.csv")
     cfg = run.load_config()
+    reads = [*data_inputs(cfg.data), *run_files(run.root)]
+    check_output(out, reads, trees=[run_tree(run.root), *image_trees(cfg.data)])
     pred = run.read_test(model_id, id_column=cfg.data.id_column)
     keep = select_rows(pred.probs, threshold=threshold, top_per_class=top_per_class, max_per_class=max_per_class)
     conf = pred.probs.max(1)

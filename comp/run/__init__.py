@@ -27,6 +27,17 @@ from comp.run._io import (
     write_text,
 )
 from comp.run._journal import FileSet, recover
+from comp.run._outputs import (
+    check_output,
+    check_report_folder,
+    data_inputs,
+    folder_kind,
+    image_trees,
+    run_files,
+    run_tree,
+    same_file,
+    strangers,
+)
 from comp.run._resolve import Located, locate, model_with
 from comp.run._rundir import RunDir
 
@@ -42,10 +53,15 @@ __all__ = [
     "Predictions",
     "RunDir",
     "atomic_write",
+    "check_output",
+    "check_report_folder",
     "clean_temporaries",
+    "data_inputs",
     "exclusive",
     "file_sha256",
+    "folder_kind",
     "graph_metadata",
+    "image_trees",
     "load_checkpoint",
     "locate",
     "make_checkpoint",
@@ -56,7 +72,11 @@ __all__ = [
     "read_json",
     "read_table",
     "recover",
+    "run_files",
+    "run_tree",
+    "same_file",
     "save_figure",
+    "strangers",
     "torch_save",
     "write_csv",
     "write_json",

@@ -24,7 +24,7 @@ from pathlib import Path
 from comp.config import Config
 from comp.data._table import load_train_table
 from comp.errors import CompError
-from comp.run import RunDir
+from comp.run import RunDir, check_output, data_inputs, run_files
 from comp.training._assemble import model_results
 from comp.training._distributed import Dist, rank_device, session
 from comp.training._parallel import WorkerExit, raise_failures, resolve_devices
@@ -73,6 +73,8 @@ def train_folds(
             "for DDP on the CPU"
         )
     run = RunDir(run_dir)
+    for label, path in run_files(run.root):  # the run's own files never replace the data they describe
+        check_output(path, data_inputs(cfg.data), option="--run-dir", label=label)
     table = load_train_table(cfg.data)
     n = cfg.folds.n_splits
     if folds is not None and any(not 0 <= k < n for k in folds):
