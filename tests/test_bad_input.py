@@ -220,6 +220,39 @@ TRAIN_CASES = [
     ),
     Case("too-few-groups", "only 12 groups", cfg={"folds__n_splits": 13}),
     Case("class-named-like-id", "clashes", setup=_csv(lambda df, r: df.assign(label=df["label"].replace("c1", "id")))),
+    # preflight gaps: each used to write config.yaml and folds.csv before failing, or to pass silently
+    Case("device-index-absent", "'cuda:99'", cfg={"device": "cuda:99"}),
+    Case("device-index-set", "'cuda:3'", args=("--set", "device=cuda:3")),
+    Case(
+        "lambda-not-callable",
+        "augment.train[0] (Lambda) fails on the training image",
+        cfg={"augment__train": [{"name": "Lambda", "image": "foo"}]},
+    ),
+    Case(
+        "crop-larger-than-images",
+        "augment.train[1] (RandomCrop)",
+        cfg={"augment__train": [{"name": "HorizontalFlip"}, {"name": "RandomCrop", "height": 64, "width": 64}]},
+    ),
+    Case("folds-seed-too-big", "'folds.seed' must be <= 4294967295", cfg={"folds__seed": 2**32}),
+    Case("folds-seed-negative", "'folds.seed' must be >= 0", cfg={"folds__seed": -1}),
+    Case("folds-empty", "--folds", args=("--folds", "")),
+    Case("folds-only-commas", "needs at least one value", args=("--folds", ",")),
+    # float-producing transforms: comp appends the normalisation itself
+    Case("normalize-in-train", "comp appends the normalisation", cfg={"augment__train": [{"name": "Normalize"}]}),
+    Case(
+        "tofloat-in-train",
+        "augment.train[1] (ToFloat)",
+        cfg={"augment__train": [{"name": "HorizontalFlip"}, {"name": "ToFloat"}]},
+    ),
+    Case("totensor-in-train", "comp appends the normalisation", cfg={"augment__train": [{"name": "ToTensorV2"}]}),
+    Case("normalize-in-valid", "augment.valid[0] (Normalize)", cfg={"augment__valid": [{"name": "Normalize"}]}),
+    Case(
+        "tofloat-in-valid",
+        "comp appends the normalisation",
+        cfg={"augment__valid": [{"name": "ToFloat", "max_value": 255}]},
+    ),
+    Case("totensor-in-valid", "augment.valid[0] (ToTensorV2)", cfg={"augment__valid": [{"name": "ToTensorV2"}]}),
+    Case("fromfloat-makes-floats", "turns the uint8 image into float", cfg={"augment__train": [{"name": "FromFloat"}]}),
     # special files: refused for what they are, never read (a FIFO blocks, /dev/zero never ends)
     Case("image-fifo", "g00_0.png is not a regular file (a FIFO)", setup=_fifo("train/g00_0.png")),
     Case("image-dev-zero", "is not a regular file (a character device)", setup=_link("train/g00_0.png", "/dev/zero")),
@@ -445,6 +478,7 @@ RUN_CASES = [
     ("explain-out-run-folder", None, lambda r, t: ["explain", r, "--out", r], "is a run folder"),
     ("explain-out-model-folder", None, lambda r, t: ["explain", r, "--out", r / "models/eff"], "model folder of a run"),
     ("bundle-out-run-folder", None, lambda r, t: ["bundle", r, "--out", r], "not a comp bundle"),
+    ("predict-device-index", None, lambda r, t: ["predict", r, "--set", "device=cuda:99"], "'cuda:99'"),
     # special files where predict reads
     (
         "predict-test-image-fifo",

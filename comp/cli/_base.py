@@ -72,8 +72,10 @@ class CommaList(click.ParamType):
 
     name = "list"
 
-    def __init__(self, item: type = str, *, choices: list[str] | None = None, allow_all: bool = False):
-        self.item, self.choices, self.allow_all = item, choices, allow_all
+    def __init__(
+        self, item: type = str, *, choices: list[str] | None = None, allow_all: bool = False, nonempty: bool = False
+    ):
+        self.item, self.choices, self.allow_all, self.nonempty = item, choices, allow_all, nonempty
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, list):
@@ -82,6 +84,10 @@ class CommaList(click.ParamType):
         if self.allow_all and text == "all":
             return "all"
         parts = [p.strip() for p in text.split(",") if p.strip()]
+        if self.nonempty and not parts:  # `--folds ''` would otherwise train nothing and exit 0
+            self.fail(
+                f"needs at least one value, such as {'0,2' if self.item is int else 'a,b'}, got {value!r}", param, ctx
+            )
         try:
             items = [self.item(p) for p in parts]
         except ValueError:
@@ -102,7 +108,7 @@ class CommaList(click.ParamType):
         return items
 
 
-INTS = CommaList(int)
+INTS = CommaList(int, nonempty=True)  # folds, worker counts, batch sizes: an empty list means nothing to do
 
 
 def setup_logging(quiet: bool) -> None:

@@ -54,7 +54,7 @@ class DataConfig:
 @dataclass
 class FoldsConfig:
     n_splits: int = _f(5, ge=2)
-    seed: int = 42
+    seed: int = _f(42, ge=0, le=2**32 - 1)  # scikit-learn's random_state range
 
 
 @dataclass

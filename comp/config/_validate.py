@@ -97,7 +97,8 @@ def check_value(path: str, value: Any, tp: Any, bounds: dict[str, float] | None 
             if not ok:
                 sign = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}[op]
                 name = path.rsplit(".", 1)[-1]
-                raise ConfigError(f"config key '{path}' must be {sign} {limit:g}, got {name}={value}")
+                bound = f"{limit:d}" if isinstance(limit, int) else f"{limit:g}"
+                raise ConfigError(f"config key '{path}' must be {sign} {bound}, got {name}={value}")
     if tp is float and isinstance(value, int):
         return float(value)
     return value

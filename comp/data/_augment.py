@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 
 import albumentations as A
+import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 from timm.data import Mixup
@@ -32,12 +33,26 @@ def _sets_size(params) -> bool:
     return "size" in params or ("height" in params and "width" in params)
 
 
+# comp appends the model's normalisation and the tensor conversion itself: in a list they would normalise twice
+# (augment.valid) or train on nearly constant inputs (augment.train)
+COMP_APPENDS = ("Normalize", "ToFloat", "ToTensorV2", "ToTensor")
+
+
+def _appended_by_comp(name: str, where: str, what: str) -> CompError:
+    return CompError(
+        f"{where} ({name}): {what}; comp appends the normalisation (the model's mean/std) and the tensor "
+        f"conversion to every pipeline itself, so augmentations keep uint8 pixels; remove {name}"
+    )
+
+
 def build_transform(entry: dict, hw: tuple[int, int], where: str):
     """One albumentations transform from ``{name: ..., **kwargs}``, filling in the output size if it takes one."""
     if not isinstance(entry, dict) or "name" not in entry:
         raise CompError(
             f"{where} must be a mapping with a 'name', e.g. {{name: HorizontalFlip, p: 0.5}}, got {entry!r}"
         )
+    if entry["name"] in COMP_APPENDS:
+        raise _appended_by_comp(entry["name"], where, "this transform makes float pixels")
     kwargs = {k: v for k, v in entry.items() if k != "name"}
     cls = _transform_class(entry["name"], where)
     params = inspect.signature(cls.__init__).parameters
@@ -87,6 +102,8 @@ def check_deterministic(entries: list, where: str) -> None:
     """``augment.valid`` becomes the checkpoints' eval transform: refuse random or partial transforms there."""
     for i, entry in enumerate(entries):
         name = entry.get("name") if isinstance(entry, dict) else None
+        if name in COMP_APPENDS:
+            raise _appended_by_comp(name, f"{where}[{i}]", "this transform makes float pixels")
         if name not in DETERMINISTIC:
             raise CompError(
                 f"{where}[{i}] ({name}): validation and test transforms must be deterministic; "
@@ -117,6 +134,32 @@ def build_pipeline(entries: list, hw: tuple[int, int], mean, std, where: str, no
     if not any(_sets_size(inspect.signature(type(t).__init__).parameters) for t in transforms):
         transforms.insert(0, A.Resize(*hw))
     return A.Compose(transforms + _tail(mean, std, normalize))
+
+
+def try_pipelines(aug_cfg: AugmentConfig, hw, image, source: str) -> None:
+    """Run every configured transform of ``augment.train`` and ``augment.valid`` once, in order, on ``image`` (a
+    real training image, named ``source``), so that what fails only when a transform runs (a ``Lambda`` given a string, a crop
+    larger than the images) or turns the uint8 pixels into floats is refused before anything is written."""
+    for key, entries in (("augment.train", aug_cfg.train), ("augment.valid", aug_cfg.valid)):
+        if not entries:
+            continue
+        transforms = [build_transform(e, hw, f"{key}[{i}]") for i, e in enumerate(entries)]
+        img = image
+        if not any(_sets_size(inspect.signature(type(t).__init__).parameters) for t in transforms):
+            img = A.Resize(*hw)(image=img)["image"]  # as build_pipeline: the size first
+        for i, (entry, t) in enumerate(zip(entries, transforms)):
+            where = f"{key}[{i}]"
+            try:
+                img = t(image=img, force_apply=True)["image"]
+            except Exception as exc:  # noqa: BLE001 - whatever a transform raises on a real image is the user's
+                msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+                raise CompError(
+                    f"{where} ({entry['name']}) fails on the training image {source} ({type(exc).__name__}: {msg}); "
+                    "fix its arguments"
+                ) from None
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
+                got = getattr(img, "dtype", type(img).__name__)
+                raise _appended_by_comp(entry["name"], where, f"it turns the uint8 image into {got}")
 
 
 def eval_pipeline(hw, mean, std, normalize: bool = True) -> A.Compose:

@@ -40,6 +40,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise CompError("config key 'device' is 'cuda' but no CUDA device is visible; use device: auto or cpu")
+    if name.startswith("cuda:"):  # checked here, in preflight, not at the first tensor moved after writing
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(name.split(":", 1)[1]) >= n:
+            have = f"cuda:0..cuda:{n - 1}" if n else "no CUDA device"
+            raise CompError(
+                f"config key 'device' is {name!r} but this machine has {have}; use device: auto, cuda or cpu"
+            )
     return torch.device(name)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from comp.config import Config
-from comp.data._augment import pipelines, to_dict, valid_pipeline
+from comp.data._augment import pipelines, to_dict, try_pipelines, valid_pipeline
 from comp.data._folds import assign_folds
 from comp.data._table import TrainTable
 from comp.errors import CompError
@@ -96,7 +96,7 @@ def preflight(cfg: Config, table: TrainTable) -> None:
     """Everything that can be checked before the first write: the device, every model (timm name, arguments,
     local weights), every transform and its arguments, the eval transform's serialisation, class weights,
     and every training image's header. A mistake found here leaves the run folder untouched."""
-    from comp.data._table import check_images
+    from comp.data._table import check_images, load_image
 
     check_metric(cfg)  # the registry names this stage uses, first (config checks only their shape)
     check_losses(cfg)
@@ -132,6 +132,9 @@ def preflight(cfg: Config, table: TrainTable) -> None:
             ) from None
         build_loss(cfg.loss, table.targets, k)
     check_images(table.paths, cfg.data.train_csv)
+    first = load_image(table.paths[0])  # every transform runs once on a real image: errors that need a run
+    for entry in cfg.models:
+        try_pipelines(cfg.augment, entry.hw, first, str(table.paths[0]))
 
 
 def set_up_run(cfg: Config, run: RunDir, table: TrainTable, dist: Dist) -> tuple[np.ndarray, TrainingTargets | None]:

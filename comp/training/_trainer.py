@@ -77,6 +77,8 @@ def train_folds(
         check_output(path, data_inputs(cfg.data), option="--run-dir", label=label)
     table = load_train_table(cfg.data)
     n = cfg.folds.n_splits
+    if folds is not None and not len(folds):
+        raise CompError(f"--folds names no fold; pass some of 0..{n - 1}, or leave it out to train them all")
     if folds is not None and any(not 0 <= k < n for k in folds):
         raise CompError(f"--folds {','.join(map(str, folds))}: folds are numbered 0..{n - 1} (folds.n_splits={n})")
     fold_list = list(folds) if folds is not None else list(range(n))
