@@ -110,6 +110,13 @@ TRAIN_CASES = [
     Case("config-syntax", "not valid YAML", raw_yaml="train:\n  epochs: [1,\n"),
     Case("config-list", "must hold a mapping", raw_yaml="- a\n- b\n"),
     Case("config-duplicate-key", "appears twice", raw_yaml="seed: 1\nseed: 2\n"),
+    Case(
+        "config-duplicate-key-beside-a-merge",
+        "key 'id' appears twice",
+        raw_yaml="models:\n  - &m {name: test_efficientnet, image_size: 32}\n  - {<<: *m, id: b, id: c}\n",
+    ),
+    Case("config-merge-of-a-scalar", "not valid YAML", raw_yaml="x: &s 3\nmodels:\n  - {<<: *s, name: a}\n"),
+    Case("set-section-unknown-key", "unknown config key 'train.epoch'", args=("--set", "train={epoch: 1}")),
     Case("unknown-top-key", "unknown config key 'trian'", cfg={"trian": {}}),
     Case("unknown-nested-key", "did you mean 'epochs'", cfg={"train__epoch": 3}),
     Case("wrong-type", "'train.epochs' must be int", cfg={"train__epochs": "three"}),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,19 +18,26 @@ from comp.config._keys import set_key
 from comp.config._records import Config, DataConfig, build_config
 from comp.errors import ConfigError
 
+_MERGE = "tag:yaml.org,2002:merge"
+
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``) and refuses duplicate keys."""
+    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``), refuses duplicate keys, and takes
+    merge keys (``- {<<: *base, id: eff2}``): a key written twice is a mistake, a key that overrides a merged
+    one is what merging is for."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE:  # the merge key itself: flattened below, where its keys go under ours
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark
                 )
             seen.add(key)
+        self.flatten_mapping(node)  # merged keys first, explicit ones after them (and so over them)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -79,17 +88,70 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _record(dotted: str) -> Any:
+    """The config record (dataclass) a dotted key names ("train", "augment.mixup"), or None for a value, a list
+    or a free-form mapping (data.layout, tune.space), which a mapping given to --set replaces whole."""
+    tp: Any = Config
+    for part in dotted.split("."):
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return None
+        hint = hints[part]
+        tp = next(
+            (a for a in (*typing.get_args(hint), hint) if isinstance(a, type) and dataclasses.is_dataclass(a)), None
+        )
+        if tp is None:
+            return None
+    return tp
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any], record: Any) -> dict[str, Any]:
+    """``new``'s keys over ``old``'s, record by record: the sections nested in a section merge too."""
+    out = dict(old)
+    for key, value in new.items():
+        inner = _record_field(record, key)
+        if inner is not None and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value, inner)
+        else:
+            out[key] = value
+    return out
+
+
+def _record_field(record: Any, key: str) -> Any:
+    hint = typing.get_type_hints(record).get(key)
+    if hint is None:
+        return None
+    return next(
+        (a for a in (*typing.get_args(hint), hint) if isinstance(a, type) and dataclasses.is_dataclass(a)), None
+    )
+
+
+def _set(cfg: dict[str, Any], key: str, value: Any) -> None:
+    """Set one override; a mapping given for a section (``train={epochs: 1}``) is merged into it, so the
+    section's other keys keep the values the file set instead of silently going back to the defaults."""
+    record = _record(key) if isinstance(value, dict) else None
+    if record is not None:
+        node: Any = cfg
+        for part in key.split(".")[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        last = key.rsplit(".", 1)[-1]
+        if isinstance(node, dict) and isinstance(node.get(last), dict):
+            value = _merged(node[last], value, record)
+    set_key(cfg, key, value)
+
+
 def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
-    """Apply ``key=value`` strings (or a {dotted key: value} mapping) to a config dict in place."""
+    """Apply ``key=value`` strings (or a {dotted key: value} mapping) to a config dict in place; a mapping given
+    for a section is merged into it (see ``_set``)."""
     if isinstance(overrides, Mapping):
         for key, value in overrides.items():
-            set_key(cfg, key, value)
+            _set(cfg, key, value)
         return cfg
     for item in overrides or ():
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set train.epochs=3)")
         key, value = item.split("=", 1)
-        set_key(cfg, key.strip(), parse_value(value))
+        _set(cfg, key.strip(), parse_value(value))
     return cfg
 
 
