@@ -200,6 +200,11 @@ TRAIN_CASES = [
     Case("duplicate-id", "duplicate id", setup=_csv(lambda df, r: pd.concat([df, df.head(1)]))),
     Case("empty-id", "empty id", setup=_csv(lambda df, r: df.assign(id=[""] + list(df["id"][1:])))),
     Case("empty-label", "empty label", setup=_csv(lambda df, r: df.assign(label=[""] + list(df["label"][1:])))),
+    Case(
+        "label-only-spaces",
+        "line 2: empty label",
+        setup=_csv(lambda df, r: df.assign(label=["  "] + list(df["label"][1:]))),
+    ),
     Case("label-not-declared", "not in data.classes", cfg={"data__classes": ["c0", "c1"]}),
     Case("single-class", "only one class", setup=_csv(lambda df, r: df.assign(label="c0"))),
     Case("image-missing", "g00_0.png", setup=_rm("train/g00_0.png")),

@@ -3,8 +3,12 @@ labels with stray spaces. Each must now load, train and read as the user meant."
 
 from __future__ import annotations
 
+import pandas as pd
 import yaml
+from click.testing import CliRunner
+from conftest import tiny_config, write_competition, write_config
 
+from comp.cli import main
 from comp.config import load_config
 
 
@@ -45,3 +49,17 @@ def test_set_with_a_mapping_merges_into_the_section(tmp_path):
     cfg = load_config(path, overrides=[f"data.layout={layout}", "data.layout={folder: 'b/*'}"])
     assert cfg.data.layout == {"folder": "b/*"}  # a free-form mapping is replaced whole, as before
 
+
+def test_labels_with_surrounding_spaces_are_one_class(tmp_path, caplog):
+    root = write_competition(tmp_path / "comp")
+    df = pd.read_csv(root / "train.csv", dtype=str)
+    df.loc[::4, "label"] = df.loc[::4, "label"] + " "  # 'c0 ' and 'c0' in one column
+    df.loc[1, "label"] = "  " + df.loc[1, "label"]
+    df.to_csv(root / "train.csv", index=False)
+    result = CliRunner().invoke(
+        main, ["train-folds", "--config", write_config(root, tiny_config(root)), "--run-dir", tmp_path / "run"]
+    )
+    assert result.exit_code == 0, result.output
+    oof = pd.read_csv(tmp_path / "run/models/eff/oof.csv", dtype=str)
+    assert list(oof.columns[3:]) == ["c0", "c1", "c2"] and set(oof["target"]) == {"c0", "c1", "c2"}
+    assert "stripped surrounding whitespace from 10 labels" in result.output

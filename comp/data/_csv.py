@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import pandas as pd
 
 from comp.errors import CompError
 from comp.run._io import read_table
+
+log = logging.getLogger(__name__)
 
 
 def read_csv(path: str | Path, what: str) -> pd.DataFrame:
@@ -36,3 +39,21 @@ def check_ids(df: pd.DataFrame, id_col: str, path) -> None:
         raise CompError(
             f"{path} line {i + 2}: duplicate id {df[id_col].iloc[i]!r} in column '{id_col}'; ids must be unique"
         )
+
+
+def strip_labels(labels: pd.Series, source) -> pd.Series:
+    """Labels without surrounding whitespace, so 'cat ' and 'cat' (a spreadsheet's stray space) are one class,
+    with a warning saying how many were stripped; a label of whitespace only becomes empty. Ids are left as
+    they are: they name files, and a file name may end in a space."""
+    stripped = labels.str.strip()
+    changed = labels.notna() & (stripped != labels)
+    if changed.any():
+        first = labels[changed].iloc[0]
+        log.warning(
+            "%s: stripped surrounding whitespace from %d labels (e.g. %r -> %r): they are the same class",
+            source,
+            int(changed.sum()),
+            first,
+            first.strip(),
+        )
+    return stripped.mask(stripped == "")

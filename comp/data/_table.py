@@ -18,7 +18,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from comp._files import file_problem
 from comp.data._attributes import Scheme, Targets, class_names, parse_labels
 from comp.data._attributes import targets as attribute_targets
-from comp.data._csv import check_ids, read_csv, require_columns
+from comp.data._csv import check_ids, read_csv, require_columns, strip_labels
 from comp.data._layout import files_from_ids, inside, read_layout
 from comp.errors import CompError
 
@@ -71,6 +71,7 @@ def load_train_table(data_cfg: DataConfig, check_images: bool = True) -> TrainTa
         classes = class_names(scheme)
         return TrainTable(df, classes, found.score_codes, groups, paths, found.train_codes, scheme, found)
     require_columns(df, [label_col], source, "data.label_column")
+    df[label_col] = strip_labels(df[label_col], source)
     nan = df[label_col].isna()
     if nan.any():
         raise CompError(
