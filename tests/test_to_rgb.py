@@ -62,3 +62,38 @@ def test_bundle_script_reads_every_mode_like_comp(mode):
     theirs = script_to_rgb(im)
     assert ours.dtype == theirs.dtype == np.uint8 and ours.shape == (SIZE[1], SIZE[0], 3)
     np.testing.assert_array_equal(ours, theirs)
+
+
+def _frombytes(mode: str, arr: np.ndarray) -> Image.Image:
+    return (
+        Image.frombytes(mode, arr.shape[::-1], arr.astype("<u2").tobytes())
+        if mode.startswith("I;16")
+        else Image.fromarray(arr, mode)
+    )
+
+
+@pytest.mark.parametrize(
+    "mode, values, want",
+    [
+        ("F", np.array([[0.0, 0.5, 1.0, 2.0]], np.float32), [0, 128, 255, 255]),  # 0..1; above clips
+        ("F", np.array([[0.1, 0.2, 0.3, 0.4]], np.float32), [26, 51, 77, 102]),  # a dim float image is not black
+        ("F", np.array([[-1.0, np.nan, 0.25, 1.0]], np.float32), [0, 0, 64, 255]),
+        ("I", np.array([[0, 200, 32768, 65535]], np.int32), [0, 1, 128, 255]),  # 16-bit data, even when all <= 255
+        ("I", np.array([[-5, 70000, 255, 257]], np.int32), [0, 255, 1, 1]),
+        ("I;16", np.array([[0, 200, 32768, 65535]], np.uint16), [0, 1, 128, 255]),
+    ],
+    ids=["F", "F-dim", "F-nan-negative", "I", "I-outside", "I;16"],
+)
+def test_the_scale_follows_the_mode_not_the_pixels(mode, values, want):
+    im = _frombytes(mode, values)
+    assert im.mode == mode
+    for read in (to_rgb, script_to_rgb):
+        got = read(im)
+        assert got.shape == (1, 4, 3) and list(got[0, :, 0]) == want, (read.__module__, list(got[0, :, 0]))
+
+
+def test_one_data_set_one_scale():
+    """Two 16-bit images of one data set, one dark (max 200) and one bright: the same value reads the same."""
+    dark = Image.fromarray(np.array([[100, 200]], np.int32), "I")
+    bright = Image.fromarray(np.array([[100, 60000]], np.int32), "I")
+    assert to_rgb(dark)[0, 0, 0] == to_rgb(bright)[0, 0, 0]

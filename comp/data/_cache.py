@@ -77,7 +77,8 @@ class ResizeReader:
 
 def slab_key(paths, hw) -> str:
     """Hash of the size and every image's resolved path, mtime and size (a missing image is a CompError)."""
-    h = hashlib.sha1(f"comp-slab/2|{int(hw[0])}x{int(hw[1])}|{len(paths)}".encode())
+    # /3: 16-bit and float images are scaled by their mode now (comp.data._table.FULL_SCALE): older slabs differ
+    h = hashlib.sha1(f"comp-slab/3|{int(hw[0])}x{int(hw[1])}|{len(paths)}".encode())
     for p in paths:
         try:
             st = os.stat(p)

@@ -223,12 +223,17 @@ def load_image(path: str | Path) -> np.ndarray:
         ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
+# The value that maps to white, per mode: 16-bit modes and mode I (32-bit integers, which is how older Pillow
+# and some TIFF writers give 16-bit images) are 0..65535; mode F (32-bit float) is 0..1. Values outside clip.
+FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
 def to_rgb(im: Image.Image) -> np.ndarray:
     """Convert a PIL image of any mode to RGB uint8, scaling high-bit-depth data instead of clipping it."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    full = FULL_SCALE.get(im.mode)
+    if full is not None:  # one scale per mode, never guessed from the pixel values (README: image modes)
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0)
+        arr = np.clip(arr / full * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
