@@ -265,6 +265,7 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
 
 # ---------------------------------------------------------------- sets of files committed together
 
+
 def _apply(moves: list[list[str]]) -> None:
     """Rename each staged temporary of a committing :class:`~comp.run._journal.FileSet` over its target; a
     missing one raises FileNotFoundError."""

@@ -164,7 +164,11 @@ def writer_state(record: Any, path: Path) -> tuple[list[Any], str | None]:
     runs, or what is wrong with it."""
     if isinstance(record, list):  # written before journals named their writer; its renames are checked all the same
         return record, None
-    if not isinstance(record, dict) or record.get("format") != JOURNAL_FORMAT or not isinstance(record.get("moves"), list):
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != JOURNAL_FORMAT
+        or not isinstance(record.get("moves"), list)
+    ):
         return [], "it is not a comp commit journal"
     host, pid = record.get("host"), record.get("pid")
     if not isinstance(host, str) or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
@@ -232,7 +236,9 @@ def recover(root: str | Path) -> int:
         if why is None:
             why = next((p for m in moves if (p := _move_problem(m, resolved, journal, record)) is not None), None)
         if why is not None:
-            log.warning("ignored the commit journal %s: %s; delete it if no comp command is writing there", journal, why)
+            log.warning(
+                "ignored the commit journal %s: %s; delete it if no comp command is writing there", journal, why
+            )
             continue
         _finish(moves)
         journal.unlink(missing_ok=True)

@@ -91,7 +91,7 @@ def image_trees(data: DataConfig) -> list[Named]:
     ]
 
 
-def run_files(root: str | Path) -> list[Named]:
+def run_files(root: str | Path) -> list[tuple[str, Path]]:
     """A run folder's own files: its config, folds and sources (its model folders are a tree, see ``run_tree``)."""
     root = Path(root)
     return [(f"the run's {n}", root / n) for n in ("config.yaml", "folds.csv", "sources.json")]
