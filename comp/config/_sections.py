@@ -21,6 +21,8 @@ class DataConfig:
     image_dir: str = "train"
     id_column: str = "id"
     label_column: str = "label"
+    # wide targets: one column per label (multilabel 0/1), per target (regression) or one-hot classes
+    label_columns: list[str] | None = None
     group_column: str | None = None
     image_ext: str = ".png"
     path_template: str | None = None
@@ -139,10 +141,15 @@ class DistillConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ce"
+    name: str | None = None  # null: the task's default (ce, bce, mse)
     label_smoothing: float = _f(0.0, ge=0, lt=1)
     focal_gamma: float = _f(2.0, ge=0)
-    class_weights: str | list[float] = "none"
+    class_weights: str | list[float] = "none"  # classification: none, balanced or one weight per class
+    pos_weight: str | list[float] = "none"  # multilabel BCE losses: none, balanced or one weight per label
+    asl_gamma_neg: float = _f(4.0, ge=0)  # multilabel asymmetric loss
+    asl_gamma_pos: float = _f(0.0, ge=0)
+    asl_clip: float = _f(0.05, ge=0, lt=1)
+    huber_delta: float = _f(1.0, gt=0)  # regression huber loss, in standardised target units
     distill: DistillConfig = field(default_factory=DistillConfig)
     # per attribute of data.labels, for models with ``heads: attributes``: {age: {name: focal, weight: 2}}
     attributes: dict[str, Any] | None = None
@@ -152,7 +159,7 @@ class LossConfig:
         raw = (self.attributes or {}).get(attribute) or {}
         head = build_section(HeadLossConfig, raw, f"loss.attributes.{attribute}")
         return HeadLoss(
-            name=head.name if head.name is not None else self.name,
+            name=head.name if head.name is not None else self.name or "ce",
             weight=head.weight,
             label_smoothing=head.label_smoothing if head.label_smoothing is not None else self.label_smoothing,
             focal_gamma=head.focal_gamma if head.focal_gamma is not None else self.focal_gamma,

@@ -223,7 +223,7 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
         raise CompError("--threshold is a Hamming distance between 0 and 64")
     out = Path(out_dir)
     data = cfg.data
-    table = load_train_table(data, check_images=False)
+    table = load_train_table(data, check_images=False, task=cfg.task)
     id_col = data.id_column
     ids = table.df[id_col].astype(str).to_numpy()
     labels = pd.Series(np.asarray(table.classes, dtype=object)[table.targets]).astype(

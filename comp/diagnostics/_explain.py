@@ -243,7 +243,7 @@ def explain_run(
     missing = [i for i in targets if i not in fold_of]
     if missing:
         raise CompError(f"--gradcam-ids: id {missing[0]!r} is not in {run.oof(model_id)}")
-    table = load_train_table(cfg.data, check_images=False)
+    table = load_train_table(cfg.data, check_images=False, task=cfg.task)
     path_of = dict(zip(table.df[id_col].astype(str), table.paths))
 
     cm = confusion(oof, classes)

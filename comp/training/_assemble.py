@@ -13,6 +13,7 @@ from comp.data._attributes import attribute_f1
 from comp.data._table import TrainTable
 from comp.metrics import get_metric
 from comp.run import Metrics, Predictions, RunDir
+from comp.tasks import Metric, nested_score
 from comp.training._distributed import Dist
 from comp.training._results import FoldResult, ModelResult
 from comp.training._targets import TrainingTargets
@@ -24,16 +25,36 @@ log = logging.getLogger(__name__)
 
 
 def oof_predictions(ctx: FoldContext, idx: np.ndarray, probs: np.ndarray) -> Predictions:
-    """Rows ``idx`` of the training table as OOF predictions: id, fold, target (class name), probabilities."""
+    """Rows ``idx`` of the training table as OOF predictions: id, fold, target (class name or the target
+    matrix's row), predictions."""
     id_col = ctx.cfg.data.id_column
     return Predictions(
         ctx.table.df[id_col].to_numpy(dtype=object)[idx],
         list(ctx.table.classes),
         probs,
         ctx.folds[idx],
-        np.asarray(ctx.table.classes, dtype=object)[ctx.table.targets[idx]],
+        ctx.table.target_labels(idx),
         id_col,
     )
+
+
+def score_oof(
+    metric: Metric, y: np.ndarray, pred: np.ndarray, folds: np.ndarray, n_splits: int, classes: list[str]
+) -> tuple[float, list[float], dict[str, Any]]:
+    """(CV, per-fold scores, what metrics.json adds) of OOF predictions.
+
+    A metric that scores a decision fitted on OOF rows (F-metric thresholds, QWK cut-points) is scored by
+    nested CV: each fold's rows take the decision fitted on the other folds; ``cv_in_sample`` and the
+    decision fitted on every row (what a submission applies) are recorded beside it."""
+    cv, decision, in_sample = nested_score(metric, y, pred, folds)
+    fold_scores = [metric(y[folds == k], pred[folds == k], decision) for k in range(n_splits)]
+    extra: dict[str, Any] = {}
+    if decision is not None:
+        extra.update(cv_in_sample=in_sample, decision=decision)
+    per = metric.columns(y, pred, decision)
+    if per is not None:
+        extra["per_column"] = dict(zip(classes, per))
+    return cv, fold_scores, extra
 
 
 def assemble_model(
@@ -55,17 +76,17 @@ def assemble_model(
         id_col,
     )
     oof = merged.reorder(table.df[id_col].to_numpy(dtype=object))
-    metric = get_metric(cfg.metric)
+    metric = get_metric(cfg.metric, cfg.task)
     assert oof.folds is not None
-    fold_scores = [metric(table.targets[oof.folds == k], oof.probs[oof.folds == k]) for k in range(n)]
+    cv, fold_scores, scored = score_oof(metric, table.targets, oof.probs, oof.folds, n, list(table.classes))
     result = Metrics(
         metric.name,
         metric.greater_is_better,
-        metric(table.targets, oof.probs),
+        cv,
         fold_scores,
         float(np.mean(fold_scores)),
         float(np.std(fold_scores)),
-        dict(extra or {}),
+        {"task": cfg.task, **scored, **dict(extra or {})},
     )
     if table.scheme is not None and table.attributes is not None:  # labels made of attributes: score each one
         result.extra["attribute_f1"] = attribute_f1(oof.probs, table.attributes.score, table.scheme)

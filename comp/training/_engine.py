@@ -113,12 +113,14 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, loader, sc: StepConfig) -> np.ndarray:
-    """Softmax probabilities (float32, N x C) over ``loader`` in order."""
+def predict_probs(model: nn.Module, loader, sc: StepConfig, head: nn.Module | None = None) -> np.ndarray:
+    """Predictions (float32, N x K) over ``loader`` in order: ``head(logits)`` (an ``OutputHead``: softmax rows,
+    sigmoid labels, regression values in the target's units), softmax rows without one."""
     model.eval()
     out = []
     for x, _ in loader:
         with autocast(sc.device, sc.amp_dtype):
             logits = model(_to_device(x, sc))
-        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        z = logits.float()
+        out.append((head(z) if head is not None else torch.softmax(z, dim=1)).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)

@@ -33,8 +33,9 @@ from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolv
 from comp.training._heads import attribute_loss
 from comp.training._loaders import epoch_batches, image_reader, make_loader
 from comp.training._losses import build_loss
-from comp.training._models import create_model, heads_description, normalization, set_backbone_frozen
+from comp.training._models import create_model, heads_description, normalization, set_backbone_frozen, zero_head
 from comp.training._optim import make_optimizer, make_scheduler, set_lr
+from comp.training._outputs import OutputHead, output_spec
 from comp.training._results import EpochEvent, FoldResult
 from comp.training._seeding import derive_seed, seed_everything
 from comp.training._soft import TrainingPart, training_part
@@ -72,11 +73,13 @@ class FoldTrainer:
         self.tcfg = cfg.train_for(entry)
         self.dist = ctx.dist
         self.device = resolve_device(ctx.device or cfg.device)
-        self.metric = get_metric(cfg.metric)
+        self.metric = get_metric(cfg.metric, cfg.task)
         self.seed = derive_seed(cfg.seed, ctx.model_id, ctx.fold)
         self.num_classes = len(ctx.table.classes)
         seed_everything(self.seed)
         self.model = create_model(entry, self.num_classes, self.tcfg, scheme=ctx.table.scheme)
+        if cfg.task == "regression":
+            zero_head(self.model)  # start at the training part's mean (scaled targets are centred)
         if self.tcfg.sync_bn and self.dist.enabled:
             # timm's converter keeps BatchNormAct2d's activation (torch's would drop it); the state_dict keys stay
             # those of plain BatchNorm, so checkpoints keep their format
@@ -94,18 +97,25 @@ class FoldTrainer:
         self.normalize = DeviceNormalize(self.mean, self.std, self.device, self.tcfg.channels_last)
         train_idx = np.flatnonzero(ctx.folds != ctx.fold)
         self.valid_idx = np.flatnonzero(ctx.folds == ctx.fold)
-        reader = image_reader(cfg.data, self.hw, ctx.table.paths, ctx.run.root)
-        self.valid_ds = ImageDataset(ctx.table.paths, ctx.table.targets, valid_u8, reader=reader)
+        table = ctx.table
+        # what turns outputs into predictions; regression's target scaling is fitted on the training part only
+        self.output = output_spec(cfg.task, cfg.loss.name or "", table.train_targets[train_idx])
+        self.head = OutputHead(self.output).to(self.device)
+        fit_targets = (
+            table.train_targets if table.train_targets.ndim == 1 else self.output.to_model(table.train_targets)
+        )
+        reader = image_reader(cfg.data, self.hw, table.paths, ctx.run.root)
+        self.valid_ds = ImageDataset(table.paths, table.targets, valid_u8, reader=reader)
         heads = entry.heads == "attributes"  # attribute heads smooth their own targets (loss.attributes)
         loss = (
-            attribute_loss(cfg.loss, ctx.table, train_idx)
+            attribute_loss(cfg.loss, table, train_idx)
             if heads
-            else build_loss(cfg.loss, ctx.table.train_targets[train_idx], self.num_classes)
+            else build_loss(cfg.loss, table.train_targets[train_idx], self.num_classes, cfg.task)
         ).to(self.device)
         if ctx.soft is None:
             # models fit the training labels (data.labels' train_bins); validation scores the competition's
             part = TrainingPart(
-                ImageDataset(ctx.table.paths, ctx.table.train_targets, train_tf, reader=reader),
+                ImageDataset(table.paths, fit_targets, train_tf, reader=reader),
                 train_idx,
                 BatchMixer(cfg.augment.mixup, self.num_classes, 0.0 if heads else cfg.loss.label_smoothing),
                 loss,
@@ -270,7 +280,7 @@ class FoldTrainer:
             channels_last=self.tcfg.channels_last,
             normalize=self.normalize,
         )
-        return self.dist.gather_rows(predict_probs(model, loader, sc))
+        return self.dist.gather_rows(predict_probs(model, loader, sc, self.head))
 
     def fit(self) -> FoldResult:
         """Train the remaining epochs (after a resume) and return the fold summary."""
@@ -346,6 +356,8 @@ class FoldTrainer:
             score=self.state["best_score"],
             metric=self.metric.name,
             heads=heads_description(model),
+            task=ctx.cfg.task,
+            output=self.output.to_dict(),
         )
         hist = pd.DataFrame(self.state["history"])
         if self.dist.is_main:  # under DDP rank 0 alone writes

@@ -124,6 +124,17 @@ def head_parameters(model: nn.Module) -> set[int]:
     return {id(p) for p in head.parameters()}
 
 
+def zero_head(model: nn.Module) -> None:
+    """Zero the classifier's weights and bias, so the untrained model predicts 0 for every output (the centre of
+    standardised regression targets) instead of a random projection of its features."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None  # type: ignore[operator]
+    for module in head.modules() if isinstance(head, nn.Module) else ():
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            nn.init.zeros_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
     """Freeze or unfreeze every parameter outside the classifier."""
     head = head_parameters(model)

@@ -24,6 +24,7 @@ from pathlib import Path
 from comp.config import Config
 from comp.data._table import load_train_table
 from comp.errors import CompError
+from comp.metrics import get_metric
 from comp.run import RunDir
 from comp.training._assemble import model_results
 from comp.training._distributed import Dist, rank_device, session
@@ -73,7 +74,7 @@ def train_folds(
             "for DDP on the CPU"
         )
     run = RunDir(run_dir)
-    table = load_train_table(cfg.data)
+    table = load_train_table(cfg.data, task=cfg.task)
     n = cfg.folds.n_splits
     if folds is not None and any(not 0 <= k < n for k in folds):
         raise CompError(f"--folds {','.join(map(str, folds))}: folds are numbered 0..{n - 1} (folds.n_splits={n})")
@@ -107,4 +108,4 @@ def train_folds(
         while_training or (lambda ex: ""),
         "the other workers' folds are kept; rerun the same command with --resume to finish",
     )
-    return TrainResult(run, cfg.metric, models)
+    return TrainResult(run, get_metric(cfg.metric, cfg.task).name, models)
