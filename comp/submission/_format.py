@@ -176,9 +176,9 @@ def _check_values(df: pd.DataFrame, targets: list[str], classes: list[str], kind
             what = "probabilities outside [0, 1]" if kind == "proba" else "values that are not finite numbers"
             problems.append(f"{int(bad.sum())} {what} (first: row {r + 1}, column '{targets[c]}')")
     elif kind == "tags":
-        known = set(classes)
+        label_set = set(classes)
         for r, cell in enumerate(cols[targets[0]].tolist()):
-            unknown = [t for t in (cell.split() if isinstance(cell, str) else []) if t not in known]
+            unknown = [t for t in (cell.split() if isinstance(cell, str) else []) if t not in label_set]
             if unknown:
                 problems.append(f"row {r + 1} holds tag {unknown[0]!r}, not one of the labels")
                 break
