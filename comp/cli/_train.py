@@ -47,7 +47,7 @@ from comp.errors import CompError
 def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp, quiet):
     """Stratified-group k-fold training of every model in the config; writes checkpoints, OOF and metrics.
 
-    Example: comp train-folds --config configs/demo.yaml --set train.epochs=3 --run-dir runs/demo-3ep --devices cpu,cpu
+    Example: comp train-folds --config configs/demo.yaml --set train.epochs=2 --folds 0,1 --run-dir runs/demo-2ep --devices cpu,cpu
     """
     from comp.training import train_folds
 
@@ -134,7 +134,7 @@ def tune_cmd(
 ):
     """Optuna search over the config's tune.space with fold-aware pruning; resumable and shareable studies.
 
-    Example: comp tune --config configs/demo.yaml --n-trials 4 --folds 0,1 --epochs 2
+    Example: comp tune --config configs/demo.yaml --n-trials 3 --folds 0 --epochs 1
     """
     from comp.tuning import tune
 
