@@ -3,6 +3,10 @@ resizing and the balanced sampler, each against what it promises."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import timm
@@ -169,11 +173,157 @@ def test_balanced_sampling_draws_classes_evenly_and_the_same_rows_for_the_same_s
     wr = sampling_weights("balanced", np.arange(100.0), "regression")
     assert wr is not None and np.allclose(wr, 0.01)  # equal deciles: uniform
     ds = list(range(100))
-    order = lambda seed: [
-        int(v)
-        for b in make_loader(ds, np.arange(100), 10, True, seed, 0, False, torch.device("cpu"), weights=w)
-        for v in b
-    ]  # noqa: E731
+
+    def order(seed):
+        loader = make_loader(ds, np.arange(100), 10, True, seed, 0, False, torch.device("cpu"), weights=w)
+        return [int(v) for b in loader for v in b]
+
     first = order(5)
     assert first == order(5) and first != order(6)  # re-drawn every epoch (its seed), the same when resumed
     assert 0.3 < np.mean(np.asarray(first) >= 90) < 0.7  # the minority class is half of what is drawn
+
+
+# ---------------------------------------------------------------- pretrained weights, offline
+
+
+def _reference_state():
+    torch.manual_seed(7)
+    return timm.create_model("test_efficientnet", num_classes=1000).state_dict()
+
+
+@pytest.mark.parametrize("form", ["safetensors", "pth", "bin", "hub-folder"])
+def test_pretrained_path_takes_a_file_or_a_hub_folder(tmp_path, form):
+    from safetensors.torch import save_file
+
+    from comp.config import ModelConfig
+    from comp.training._models import create_model
+
+    state = _reference_state()
+    if form == "safetensors":
+        path = tmp_path / "w.safetensors"
+        save_file(state, str(path))
+    elif form == "hub-folder":
+        from timm.models import save_for_hf
+
+        model = timm.create_model("test_efficientnet", num_classes=1000)
+        model.load_state_dict(state)
+        path = tmp_path / "test_efficientnet"
+        save_for_hf(model, str(path), safe_serialization=True)
+    else:
+        path = tmp_path / f"w.{form}"
+        torch.save(state, path)
+    model = create_model(ModelConfig("test_efficientnet", pretrained=str(path)), num_classes=3)
+    torch.testing.assert_close(model.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
+    assert model.get_classifier().out_features == 3  # the classifier adapted to the competition
+
+
+def test_pretrained_problems_say_where_comp_looked(tmp_path):
+    from comp.config import ModelConfig
+    from comp.errors import CompError
+    from comp.training._models import create_model
+
+    with pytest.raises(CompError, match="not found.*comp weights --config"):
+        create_model(ModelConfig("test_efficientnet", pretrained=str(tmp_path / "nope.safetensors")), 3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompError, match="holds no model.safetensors or pytorch_model.bin"):
+        create_model(ModelConfig("test_efficientnet", pretrained=str(tmp_path / "empty")), 3)
+    from timm.models import save_for_hf
+
+    save_for_hf(timm.create_model("test_resnet"), str(tmp_path / "other"), safe_serialization=True)
+    with pytest.raises(CompError, match="holds 'test_resnet'"):
+        create_model(ModelConfig("test_efficientnet", pretrained=str(tmp_path / "other")), 3)
+
+
+def _hub_cache(root, state):
+    """A Hugging Face cache holding timm/test_efficientnet.r160_in1k as the hub would leave it."""
+    from safetensors.torch import save_file
+
+    repo = root / "models--timm--test_efficientnet.r160_in1k"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    save_file(state, str(snap / "model.safetensors"))
+    return root
+
+
+def _run_offline(code: str, cache) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+def test_pretrained_true_loads_offline_from_the_hugging_face_cache(tmp_path):
+    state = _reference_state()
+    cache = _hub_cache(tmp_path / "hf" / "hub", state)
+    torch.save(state["conv_stem.weight"], tmp_path / "ref.pt")
+    code = (
+        "import torch; from comp.config import ModelConfig; from comp.training._models import create_model; "
+        "from comp.training._weights import check_hub_weights; check_hub_weights('test_efficientnet'); "
+        "m = create_model(ModelConfig('test_efficientnet', pretrained=True), 3); "
+        f"assert torch.equal(m.state_dict()['conv_stem.weight'], torch.load(r'{tmp_path / 'ref.pt'}')); print('ok')"
+    )
+    proc = _run_offline(code, cache)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+    empty = tmp_path / "empty" / "hub"
+    empty.mkdir(parents=True)
+    proc = _run_offline(
+        "from comp.training._weights import check_hub_weights; check_hub_weights('test_efficientnet')", empty
+    )
+    assert (
+        "not in the Hugging Face cache" in proc.stderr
+        and str(empty) in proc.stderr
+        and "HF_HUB_OFFLINE=1" in proc.stderr
+    )
+
+
+def test_train_folds_refuses_missing_offline_weights_before_writing(tmp_path):
+    root = write_competition(tmp_path / "comp")
+    cfg_path = write_config(
+        root,
+        tiny_config(root, models=[{"name": "test_efficientnet", "id": "eff", "image_size": 32, "pretrained": True}]),
+    )
+    empty = tmp_path / "hub"
+    empty.mkdir()
+    code = (
+        "import sys; from click.testing import CliRunner; from comp.cli import main; "
+        f"r = CliRunner().invoke(main, ['train-folds', '--config', r'{cfg_path}', '--run-dir', r'{tmp_path / 'run'}']); "
+        "print(r.output); sys.exit(r.exit_code)"
+    )
+    proc = _run_offline(code, empty)
+    assert proc.returncode == 2 and "comp weights --config" in proc.stdout, proc.stdout + proc.stderr[-1000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_comp_weights_writes_hub_folders_comp_loads_back(tmp_path, monkeypatch):
+    """The download is replaced (no internet here); the folder it writes is loaded for real."""
+    from click.testing import CliRunner
+
+    import comp.training._weights as W
+    from comp.cli import main
+
+    real_create = timm.create_model
+    monkeypatch.setattr(W, "check_hub_weights", lambda name: None)
+    monkeypatch.setattr(
+        W.timm, "create_model", lambda name, pretrained=False, **kw: real_create(name, pretrained=False, **kw)
+    )
+    root = write_competition(tmp_path / "comp")
+    cfg_path = write_config(
+        root,
+        tiny_config(root, models=[{"name": "test_efficientnet", "id": "eff", "image_size": 32, "pretrained": True}]),
+    )
+    res = CliRunner().invoke(main, ["weights", "--config", str(cfg_path), "--out", str(tmp_path / "w")])
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "w" / "test_efficientnet"
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert (tmp_path / "w" / "dataset-metadata.json").is_file()
+    monkeypatch.setattr(W.timm, "create_model", real_create)
+    cfg = load_config(
+        write_config(
+            root,
+            tiny_config(
+                root, models=[{"name": "test_efficientnet", "id": "eff", "image_size": 32, "pretrained": str(folder)}]
+            ),
+            name="b.yaml",
+        )
+    )
+    train_folds(cfg, tmp_path / "run", progress=False, folds=[0])
