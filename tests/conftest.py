@@ -47,6 +47,100 @@ def write_competition(
     return root
 
 
+LABELS = ("r", "g", "b")
+
+
+def write_task_competition(
+    root: Path,
+    kind: str,
+    n_groups: int = 16,
+    per_group: int = 3,
+    n_test: int = 8,
+    size: int = 24,
+    seed: int = 0,
+) -> Path:
+    """A learnable toy competition of another task ``kind``:
+
+    - ``multilabel`` (tags column ``tags``: "r b", "" for none) and ``multilabel-wide`` (0/1 columns r, g, b): a
+      label is present when its colour channel is bright; an image may have none;
+    - ``regression`` (``score``) and ``regression-multi`` (``red``, ``green``): the mean brightness of a channel;
+    - ``ordinal`` (``grade`` 0..3): the red channel's brightness in four steps.
+
+    Groups (``person``) are near-identical photos. The sample submission has the competition's format."""
+    rng = np.random.default_rng(seed)
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    (root / "test").mkdir(parents=True, exist_ok=True)
+
+    def draw(level: np.ndarray) -> np.ndarray:
+        base = rng.integers(0, 40, (size, size, 3)).astype(np.float64)
+        return base + level[None, None, :]
+
+    rows = []
+    for g in range(n_groups):
+        on = rng.random(3) < 0.5
+        if kind.startswith("multilabel"):
+            level = np.where(on, 170.0, 0.0)
+        elif kind == "ordinal":
+            grade = g % 4
+            level = np.array([grade * 60.0, 30.0, 30.0])
+        else:
+            level = rng.uniform(0, 200, 3)
+        base = draw(level)
+        for v in range(per_group):
+            img = np.clip(base + rng.integers(-10, 10, base.shape), 0, 255).astype(np.uint8)
+            rid = f"g{g:02d}_{v}"
+            Image.fromarray(img).save(root / "train" / f"{rid}.png")
+            row = {"id": rid, "person": f"p{g:02d}"}
+            if kind == "multilabel":
+                row["tags"] = " ".join(lab for lab, o in zip(LABELS, on) if o)
+            elif kind == "multilabel-wide":
+                row.update({lab: int(o) for lab, o in zip(LABELS, on)})
+            elif kind == "regression":
+                row["score"] = round(float(img[..., 0].mean()), 3)
+            elif kind == "regression-multi":
+                row.update(red=round(float(img[..., 0].mean()), 3), green=round(float(img[..., 1].mean()), 3))
+            else:
+                row["grade"] = grade
+            rows.append(row)
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    test = []
+    for t in range(n_test):
+        img = np.clip(draw(rng.uniform(0, 200, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "test" / f"t{t:02d}.png")
+        row = {"id": f"t{t:02d}"}
+        if kind == "multilabel":
+            row["tags"] = "r"
+        elif kind == "multilabel-wide":
+            row.update({lab: 0.5 for lab in LABELS})
+        elif kind == "regression":
+            row["score"] = 0.0
+        elif kind == "regression-multi":
+            row.update(red=0.0, green=0.0)
+        else:
+            row["grade"] = 0
+        test.append(row)
+    pd.DataFrame(test).to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+TASK_KINDS = {  # kind -> (task, config overrides)
+    "multilabel": ("multilabel", {"data__label_column": "tags"}),
+    "multilabel-wide": ("multilabel", {"data__label_columns": list(LABELS)}),
+    "regression": ("regression", {"data__label_column": "score"}),
+    "regression-multi": ("regression", {"data__label_columns": ["red", "green"]}),
+    "ordinal": ("regression", {"data__label_column": "grade", "metric": "qwk"}),
+}
+
+
+def task_config(root: Path, kind: str, **overrides) -> dict:
+    """``tiny_config`` for a ``write_task_competition`` folder of ``kind``."""
+    task, extra = TASK_KINDS[kind]
+    cfg = tiny_config(root, task=task, **{**extra, **overrides})
+    if "metric" not in extra and "metric" not in overrides:
+        cfg.pop("metric")  # the task's default metric
+    return cfg
+
+
 def tiny_config(root: Path, **overrides) -> dict:
     """A config for the toy competition: one tiny timm model, 2 folds, 1 epoch, 32 px."""
     cfg = {

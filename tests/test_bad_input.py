@@ -132,7 +132,9 @@ TRAIN_CASES = [
     Case("nan-lr", "finite", raw_yaml=None, cfg={"train__lr": float("nan")}),
     Case("one-split", "folds.n_splits", cfg={"folds__n_splits": 1}),
     Case("unknown-metric", "unknown metric 'f1'", cfg={"metric": "f1"}),
-    Case("unknown-loss", "unknown loss 'bce'", cfg={"loss__name": "bce"}),
+    Case("unknown-loss", "unknown loss 'bcee'", cfg={"loss__name": "bcee"}),
+    Case("loss-of-another-task", "does not fit task classification", cfg={"loss__name": "bce"}),
+    Case("metric-of-another-task", "does not fit task classification", cfg={"metric": "rmse"}),
     Case("bad-choice", "must be one of adamw, sgd", cfg={"train__optimizer": "adam"}),
     Case("bad-amp", "train.amp", cfg={"train__amp": "fp8"}),
     Case("bad-device", "config key 'device'", cfg={"device": "gpu"}),
@@ -854,8 +856,11 @@ def test_eda_report_never_lands_in_a_run_folder(trained_run, tmp_path):
     assert_one_line_error(result, "is a run folder")
     shutil.copy(root / "train.csv", root / "duplicates.csv")  # a training table named like a report file
     result = invoke("eda", "--config", path, "--out", root, "--set", f"data.train_csv={root / 'duplicates.csv'}")
-    assert_one_line_error(result, "is the training table data.train_csv")
+    assert_one_line_error(result, "holds the training table data.train_csv")
     assert (root / "duplicates.csv").read_bytes() == (root / "train.csv").read_bytes()
+    assert_one_line_error(
+        invoke("eda", "--config", path, "--out", root / "train" / "eda"), "is inside the training images"
+    )
 
 
 def test_demo_fresh_keeps_a_demo_run_that_holds_a_users_file(tmp_path, monkeypatch):

@@ -91,7 +91,7 @@ HEAD_LOSS = {
 }
 NAMES = [
     ({"metric": "f1"}, "comp.metrics", "unknown metric 'f1'; choose from"),
-    ({"loss": {"name": "bce"}}, "comp.training._losses", "unknown loss 'bce'; choose from"),
+    ({"loss": {"name": "bcee"}}, "comp.training._losses", "unknown loss 'bcee'; choose from"),
     (HEAD_LOSS, "comp.training._losses", "unknown loss in 'loss.attributes.age.name' 'facal'; choose from"),
     ({"predict": {"tta": ["hflipp"]}}, "comp.inference._tta", "unknown TTA view 'hflipp'; choose from"),
 ]
@@ -105,7 +105,7 @@ def test_registry_names_are_checked_by_their_owner(tmp_path, data, owner, needle
     assert needle in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
 
 
-@pytest.mark.parametrize("overrides, needle", [(["metric=f1"], NAMES[0][2]), (["loss.name=bce"], NAMES[1][2])])
+@pytest.mark.parametrize("overrides, needle", [(["metric=f1"], NAMES[0][2]), (["loss.name=bcee"], NAMES[1][2])])
 def test_train_folds_refuses_unknown_names_before_any_write(tmp_path, overrides, needle):
     from comp.training import train_folds
 
@@ -131,8 +131,8 @@ def test_tune_refuses_an_unknown_loss_in_its_space_before_any_write(tmp_path):
     from comp.tuning import tune
 
     root = write_competition(tmp_path / "comp")
-    space = {"loss.name": {"type": "categorical", "choices": ["ce", "bce"]}}
+    space = {"loss.name": {"type": "categorical", "choices": ["ce", "bcee"]}}
     cfg = load_config(tiny_config(root, tune={"space": space}), base_dir=root)
-    with pytest.raises(CompError, match="unknown loss 'bce'; choose from"):
+    with pytest.raises(CompError, match="unknown loss 'bcee'; choose from"):
         tune(cfg, tmp_path / "tune", n_trials=1)
     assert not (tmp_path / "tune").exists()

@@ -132,3 +132,70 @@ def test_several_problems_are_reported_on_one_line(tmp_path, preds):
         validate_submission(df, sample, CLASSES)
     msg = str(info.value)
     assert "missing" in msg and "'cat'" in msg and "\n" not in msg
+
+
+# ---------------------------------------------------------------- other tasks: the sample decides the format
+
+
+def _sample(tmp_path, columns: dict) -> str:
+    path = tmp_path / f"sample_{'_'.join(columns)}.csv"
+    pd.DataFrame({"id": ["a", "b", "c"], **columns}).to_csv(path, index=False)
+    return str(path)
+
+
+def test_multilabel_tags_use_fitted_thresholds_and_wide_samples_get_probabilities(tmp_path):
+    probs = np.array([[0.9, 0.2, 0.6], [0.1, 0.1, 0.1], [0.4, 0.8, 0.35]])
+    labels = ["cloudy", "haze", "road"]
+    tags = _sample(tmp_path, {"tags": ["x", "y", "z"]})
+    sub = make_submission(["c", "b", "a"], probs, labels, tags, "id", task="multilabel")
+    by_id = dict(zip(sub["id"], sub["tags"]))
+    assert by_id == {"c": "cloudy road", "b": "", "a": "haze"}  # 0.5 without a decision; an image may have none
+    fitted = make_submission(
+        ["a", "b", "c"], probs, labels, tags, "id", task="multilabel", decision={"thresholds": [0.95, 0.15, 0.3]}
+    )
+    assert fitted["tags"].tolist() == ["haze road", "", "haze road"]
+    validate_submission(fitted, tags, labels, "id", task="multilabel")
+    wide = _sample(tmp_path, {"road": [0] * 3, "cloudy": [0] * 3, "haze": [0] * 3})
+    sub = make_submission(["a", "b", "c"], probs, labels, wide, "id", task="multilabel")
+    assert list(sub.columns) == ["id", "road", "cloudy", "haze"] and sub["road"].tolist() == [0.6, 0.1, 0.35]
+    bad = fitted.assign(tags=["haze roads", "", ""])
+    with pytest.raises(CompError, match="tag 'roads'"):
+        validate_submission(bad, tags, labels, "id", task="multilabel")
+
+
+def test_regression_values_and_qwk_grades(tmp_path):
+    values = np.array([[1.2], [3.7], [2.4]])
+    one = _sample(tmp_path, {"Pawpularity": [0, 0, 0]})  # one column for one target, whatever its name
+    sub = make_submission(["a", "b", "c"], values, ["score"], one, "id", task="regression")
+    assert sub["Pawpularity"].tolist() == [1.2, 3.7, 2.4]
+    graded = make_submission(
+        ["a", "b", "c"],
+        values,
+        ["score"],
+        one,
+        "id",
+        task="regression",
+        decision={"cutpoints": [0.5, 1.5, 2.5, 3.5], "grades": [0.0, 1.0, 2.0, 3.0, 4.0]},
+    )
+    assert graded["Pawpularity"].tolist() == [1, 4, 2] and graded["Pawpularity"].dtype.kind == "i"
+    two = _sample(tmp_path, {"green": [0] * 3, "red": [0] * 3})
+    sub = make_submission(
+        ["a", "b", "c"], np.array([[1, 10], [2, 20], [3, 30]]), ["red", "green"], two, "id", task="regression"
+    )
+    assert sub["red"].tolist() == [1, 2, 3] and sub["green"].tolist() == [10, 20, 30]
+    validate_submission(sub, two, ["red", "green"], "id", task="regression")
+    with pytest.raises(CompError, match="not finite numbers"):
+        validate_submission(sub.assign(red=["1", "x", "3"]), two, ["red", "green"], "id", task="regression")
+
+
+@pytest.mark.parametrize(
+    "task, columns, classes, needle",
+    [
+        ("regression", {"a1": [0] * 3, "a2": [0] * 3}, ["red", "green"], "not the regression's targets"),
+        ("multilabel", {"x": [0] * 3, "y": [0] * 3}, ["r", "g", "b"], "neither one tags column"),
+    ],
+)
+def test_a_sample_that_fits_no_task_format_is_refused(tmp_path, task, columns, classes, needle):
+    sample = _sample(tmp_path, columns)
+    with pytest.raises(CompError, match=needle):
+        make_submission(["a", "b", "c"], np.zeros((3, len(classes))), classes, sample, "id", task=task)

@@ -26,11 +26,12 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from comp.errors import CompError, closest
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SPEC_KEYS = ("attributes", "code")
 ATTRIBUTE_KEYS = ("source", "values", "map", "bins", "train_bins")
@@ -71,6 +72,8 @@ def parse_labels(
     spec: Mapping[str, Any] | Scheme, *, columns: Iterable[str] | None = None, key: str = "data.labels"
 ) -> Scheme:
     """Validate a label spec (and, given ``columns``, its sources); fail with one line naming the key."""
+    import numpy as np
+
     if isinstance(spec, Scheme):
         return spec
     if not isinstance(spec, Mapping):
@@ -153,6 +156,8 @@ def _attribute(name: str, raw: Any, key: str) -> Attribute:
 
 def _bins(raw: Any, key: str, n_values: int) -> tuple[float, ...] | None:
     """Validate bin edges: finite numbers, strictly increasing, one fewer than the values."""
+    import numpy as np
+
     if raw is None:
         return None
     if isinstance(raw, str) or not isinstance(raw, Sequence) or not raw:
@@ -178,6 +183,8 @@ def _check_source(attr: Attribute, columns: Iterable[Any], key: str) -> None:
 
 def _formula_codes(formula: Any, attributes: tuple[Attribute, ...], combos: np.ndarray, key: str) -> np.ndarray:
     """Evaluate a code formula over every combination, allowing only names, integers, + and *."""
+    import numpy as np
+
     if not isinstance(formula, str) or not formula.strip():
         raise CompError(f"config key '{key}' must be a formula such as 'mask * 6 + gender * 3 + age'")
     try:
@@ -192,6 +199,8 @@ def _formula_codes(formula: Any, attributes: tuple[Attribute, ...], combos: np.n
 
 def _evaluate(node: ast.AST, env: Mapping[str, np.ndarray], formula: str, key: str) -> np.ndarray:
     """Evaluate one node of a parsed code formula."""
+    import numpy as np
+
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
         left = _evaluate(node.left, env, formula, key)
         right = _evaluate(node.right, env, formula, key)
@@ -217,6 +226,8 @@ def _check_bijection(
     codes: np.ndarray, attributes: tuple[Attribute, ...], combos: np.ndarray, formula: Any, key: str
 ) -> None:
     """Fail unless ``codes`` are exactly 0..N-1, naming two combinations that collide or a code out of range."""
+    import numpy as np
+
     n = len(combos)
 
     def name(j: int) -> str:

@@ -247,7 +247,8 @@ def load_config(
         base_dir = base_dir if base_dir is not None else Path(os.path.abspath(path)).parent
     for key, value in sections.items():
         raw[key] = copy.deepcopy(value.to_dict() if isinstance(value, Config) else value)
-    full = build_config(_normalise_raw(raw)).to_dict()  # defaults filled in, so overrides find every section
+    # defaults filled in, so overrides find every section (the task's own defaults once overrides are applied)
+    full = build_config(_normalise_raw(raw), fill_task_defaults=False).to_dict()
     apply_overrides(full, overrides)
     cfg = build_config(_normalise_raw(full))
     return resolve_paths(cfg, base_dir if base_dir is not None else Path.cwd())

@@ -10,7 +10,7 @@ import copy
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from comp.config._keys import set_key
 from comp.config._labels import parse_labels
@@ -58,7 +58,8 @@ class Config:
     """A whole experiment. Build it with :func:`comp.load_config` (YAML path, dict or keyword sections)."""
 
     seed: int = 42
-    metric: str = "macro_f1"
+    task: Literal["classification", "multilabel", "regression"] = "classification"
+    metric: str | None = None  # null: the task's default (macro_f1, mean_auc, rmse)
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
@@ -173,8 +174,56 @@ def _check_device(device: str) -> None:
         )
 
 
-def build_config(raw: Any) -> Config:
-    """Validate a nested dict (partial: missing keys take defaults) into a :class:`Config`."""
+def size_schedule(
+    tcfg: TrainConfig, hw: tuple[int, int], key: str = "train.size_schedule"
+) -> list[tuple[int, tuple[int, int]]]:
+    """Progressive resizing as [(first epoch, (height, width)), ...]: ``train.size_schedule`` checked (epochs from 0,
+    increasing, below ``train.epochs``; sizes positive; the last one the model's ``image_size``, the size every
+    later command uses), or the model's one size from epoch 0."""
+    raw = tcfg.size_schedule
+    if raw is None:
+        return [(0, hw)]
+    plan: list[tuple[int, tuple[int, int]]] = []
+    for j, item in enumerate(raw):
+        ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) and not isinstance(item[0], bool)
+        size = item[1] if ok else None
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = [size, size]
+        if not ok or not (
+            isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v >= 8 for v in size)
+        ):
+            raise ConfigError(
+                f"config key '{key}[{j}]' must be [epoch, size] or [epoch, [height, width]] (sizes >= 8), got {item!r}"
+            )
+        plan.append((int(item[0]), (int(size[0]), int(size[1]))))
+    epochs = [e for e, _ in plan]
+    if not plan or epochs[0] != 0 or any(b <= a for a, b in zip(epochs, epochs[1:])) or epochs[-1] >= tcfg.epochs:
+        raise ConfigError(
+            f"config key '{key}' must start at epoch 0 with increasing epochs below train.epochs ({tcfg.epochs}), "
+            f"got epochs {epochs}"
+        )
+    if plan[-1][1] != tuple(hw):
+        raise ConfigError(
+            f"config key '{key}' ends at {list(plan[-1][1])}, not the model's image_size {list(hw)}; the last size is "
+            "the one every later command (predict, export, bundle) uses: end the schedule at image_size"
+        )
+    return plan
+
+
+# The default metric and loss of each task (the tasks' registries are a stage above config: a test keeps the
+# two in step).
+TASK_DEFAULTS = {
+    "classification": ("macro_f1", "ce"),
+    "multilabel": ("mean_auc", "bce"),
+    "regression": ("rmse", "mse"),
+}
+
+
+def build_config(raw: Any, *, fill_task_defaults: bool = True) -> Config:
+    """Validate a nested dict (partial: missing keys take defaults) into a :class:`Config`.
+
+    ``metric`` and ``loss.name`` left null take the task's defaults, unless ``fill_task_defaults`` is false
+    (``load_config`` applies ``--set`` overrides first, so ``--set task=regression`` gets regression's)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of keys, got {type(raw).__name__}")
     raw = dict(raw)
@@ -189,6 +238,10 @@ def build_config(raw: Any) -> Config:
         cfg.models = [build_model(m, i) for i, m in enumerate(models_raw)]
     if tune_raw is not None:
         cfg.tune = build_section(TuneConfig, tune_raw, "tune")
+    if fill_task_defaults:
+        metric, loss = TASK_DEFAULTS[cfg.task]
+        cfg.metric = cfg.metric if cfg.metric is not None else metric
+        cfg.loss.name = cfg.loss.name if cfg.loss.name is not None else loss
     _check_config(cfg)
     return cfg
 
@@ -204,7 +257,10 @@ def _check_config(cfg: Config) -> None:
                 f"config key 'models[{i}]': model id '{m.model_id}' is used twice; give one entry a distinct 'id'"
             )
         seen.add(m.model_id)
-        cfg.train_for(m).check(f"models[{i}]" if m.train else "train")
+        where = f"models[{i}]" if m.train else "train"
+        tcfg = cfg.train_for(m)
+        tcfg.check(where)
+        size_schedule(tcfg, m.hw, f"{where}.size_schedule")
     cw = cfg.loss.class_weights
     if isinstance(cw, str) and cw not in ("none", "balanced"):
         raise ConfigError(
@@ -217,7 +273,56 @@ def _check_config(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' is an empty string; give a path or null")
     if cfg.data.classes is not None and len(set(cfg.data.classes)) != len(cfg.data.classes):
         raise ConfigError("config key 'data.classes' lists a class twice; each class once")
+    _check_task(cfg)
     _check_labels(cfg)
+
+
+def _check_task(cfg: Config) -> None:
+    """What each task reads: wide label columns, class order, class or label weights, attribute labels."""
+    data, task = cfg.data, cfg.task
+    cols = data.label_columns
+    if cols is not None:
+        if not cols or len(set(cols)) != len(cols) or not all(c.strip() for c in cols):
+            raise ConfigError(
+                f"config key 'data.label_columns' must list distinct, non-empty column names, got {cols!r}"
+            )
+        if data.labels is not None or data.layout is not None and data.layout.get("csv") is None:
+            raise ConfigError(
+                "config key 'data.label_columns' reads labels from train.csv columns; it cannot be combined with "
+                "data.labels or a folder-only data.layout"
+            )
+    if task == "regression" and data.classes is not None:
+        raise ConfigError(
+            "config key 'data.classes' orders classes or labels; a regression's targets are "
+            "data.label_column or data.label_columns (in that order); drop data.classes"
+        )
+    if cols is not None and data.classes is not None and set(data.classes) != set(cols):
+        raise ConfigError(
+            "config keys 'data.classes' and 'data.label_columns' name different labels; data.label_columns "
+            "alone sets them (in its order), so drop data.classes"
+        )
+    if task != "classification":
+        if data.labels is not None:
+            raise ConfigError(
+                f"config key 'data.labels' (labels made of attributes) needs task: classification, not {task}"
+            )
+        if cfg.loss.class_weights != "none":
+            hint = "use loss.pos_weight for multilabel" if task == "multilabel" else "drop it"
+            raise ConfigError(f"config key 'loss.class_weights' weighs the classes of task classification; {hint}")
+    if task == "regression" and cfg.loss.label_smoothing:
+        raise ConfigError(
+            "config key 'loss.label_smoothing' smooths classes or labels; regression targets are numbers; set it to 0"
+        )
+    if task != "multilabel" and cfg.loss.pos_weight != "none":
+        raise ConfigError(
+            f"config key 'loss.pos_weight' weighs the positives of each label of task multilabel, not {task}; "
+            "for classes use loss.class_weights"
+        )
+    pw = cfg.loss.pos_weight
+    if isinstance(pw, str) and pw not in ("none", "balanced"):
+        raise ConfigError(f"config key 'loss.pos_weight' must be 'none', 'balanced' or a list of numbers, got {pw!r}")
+    if isinstance(pw, list) and any(w <= 0 for w in pw):
+        raise ConfigError(f"config key 'loss.pos_weight' must hold positive numbers, got {pw!r}")
 
 
 def _check_labels(cfg: Config) -> None:

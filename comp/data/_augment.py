@@ -138,8 +138,8 @@ def build_pipeline(entries: list, hw: tuple[int, int], mean, std, where: str, no
 
 def try_pipelines(aug_cfg: AugmentConfig, hw, image, source: str) -> None:
     """Run every configured transform of ``augment.train`` and ``augment.valid`` once, in order, on ``image`` (a
-    real training image, named ``source``), so that what fails only when a transform runs (a ``Lambda`` given a string, a crop
-    larger than the images) or turns the uint8 pixels into floats is refused before anything is written."""
+    real training image, named ``source``), so that what fails only when a transform runs (a ``Lambda`` given a
+    string, a crop larger than the images) or turns the uint8 pixels into floats is refused before any write."""
     for key, entries in (("augment.train", aug_cfg.train), ("augment.valid", aug_cfg.valid)):
         if not entries:
             continue
@@ -236,9 +236,13 @@ def from_dict(desc: dict, where: str = "eval_transform") -> A.Compose:
 
 
 class BatchMixer:
-    """Turns integer targets into soft targets: CutMix/MixUp (timm's Mixup) plus label smoothing.
+    """Turns a batch's targets into soft targets: CutMix/MixUp (timm's Mixup) plus label smoothing.
 
-    Mixing stops at ``off_epoch``; smoothing stays. Odd-sized batches are smoothed but not mixed,
+    Integer targets (classification) are one-hot encoded and smoothed over the classes exactly as timm does.
+    Float target vectors (multi-hot labels, scaled regression values) are smoothed per label
+    (``y (1 - s) + s / 2``; regression uses s = 0) and mixed linearly with the same draw as the images, so a
+    CutMix of two images carries the area-weighted union of their labels or the area-weighted mean of their
+    values. Mixing stops at ``off_epoch``; smoothing stays. Odd-sized batches are smoothed but not mixed,
     because pairing needs an even batch.
     """
 
@@ -262,7 +266,27 @@ class BatchMixer:
     def active(self, epoch: int) -> bool:
         return self.enabled and (self.off_epoch is None or epoch < self.off_epoch)
 
+    def mixes(self, x: torch.Tensor, epoch: int) -> bool:
+        return self.mixup is not None and self.active(epoch) and len(x) % 2 == 0 and len(x) > 1
+
+    def draw(self, x: torch.Tensor):
+        """Mix the images in place with timm's draw for the configured mode; returns lam (a float, or (B, 1))."""
+        mix = self.mixup
+        assert mix is not None
+        # timm's Mixup one-hot encodes integer classes when it mixes targets; its image draw is reused here so
+        # soft target rows (labels, values, distributions) get exactly the images' weights
+        fn = {"elem": mix._mix_elem, "pair": mix._mix_pair}.get(mix.mode, mix._mix_batch)
+        return fn(x)
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.mixup is not None and self.active(epoch) and len(x) % 2 == 0 and len(x) > 1:
+        if y.is_floating_point():
+            if self.smoothing:
+                y = y * (1.0 - self.smoothing) + self.smoothing / 2.0
+            if self.mixes(x, epoch):
+                lam = self.draw(x)
+                y = y * lam + y.flip(0) * (1.0 - lam)
+            return x, y
+        if self.mixes(x, epoch):
+            assert self.mixup is not None
             return self.mixup(x, y)
         return x, mixup_target(y, self.num_classes, lam=1.0, smoothing=self.smoothing)

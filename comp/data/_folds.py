@@ -7,11 +7,17 @@ import warnings
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from comp.data._stratify import multilabel_group_folds, regression_key
 from comp.errors import CompError
 
 
-def assign_folds(targets: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int) -> np.ndarray:
-    """Return a fold id in ``[0, n_splits)`` for every row; no group ever lands in two folds."""
+def assign_folds(
+    targets: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int, *, task: str = "classification"
+) -> np.ndarray:
+    """Return a fold id in ``[0, n_splits)`` for every row; no group ever lands in two folds.
+
+    Stratified on what ``task`` scores: the class (classification), every label's positives (multilabel:
+    iterative stratification over groups), quantile bins of the target (regression)."""
     targets = np.asarray(targets)
     n = len(targets)
     if groups is not None:
@@ -20,17 +26,24 @@ def assign_folds(targets: np.ndarray, groups: np.ndarray | None, n_splits: int, 
             raise CompError(
                 f"folds.n_splits={n_splits} but the group column has only {n_groups} groups; lower folds.n_splits"
             )
-        _warn_thin_classes(targets, groups, n_splits)
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        splits = splitter.split(np.zeros(n), targets, groups)
-    else:
-        if n < n_splits:
-            raise CompError(f"folds.n_splits={n_splits} but train.csv has only {n} rows; lower folds.n_splits")
-        _warn_thin_classes(targets, np.arange(n), n_splits)
+    elif n < n_splits:
+        raise CompError(f"folds.n_splits={n_splits} but train.csv has only {n} rows; lower folds.n_splits")
+    if task == "multilabel":
+        return multilabel_group_folds(targets, groups, n_splits, seed)
+    key = regression_key(targets, n_splits) if task == "regression" else targets
+    if groups is not None:
+        if task == "classification":
+            _warn_thin_classes(key, groups, n_splits)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # we warn in our own words above
-            splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), targets)
-            splits = list(splits)
+            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            splits = list(splitter.split(np.zeros(n), key, groups))
+    else:
+        if task == "classification":
+            _warn_thin_classes(key, np.arange(n), n_splits)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # we warn in our own words above
+            splits = list(StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), key))
     folds = np.full(n, -1, dtype=np.int64)
     for k, (_, valid_idx) in enumerate(splits):
         folds[valid_idx] = k

@@ -18,23 +18,23 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from comp._files import file_problem
 from comp.data._attributes import Scheme, Targets, class_names, parse_labels
 from comp.data._attributes import targets as attribute_targets
-from comp.data._csv import check_ids, read_csv, require_columns, strip_labels
+from comp.data._csv import check_ids, read_csv, require_columns
 from comp.data._layout import files_from_ids, inside, read_layout
+from comp.data._targets import read_targets
 from comp.errors import CompError
 
 if TYPE_CHECKING:
     from comp.config import DataConfig
 
-RESERVED_COLUMNS = ("fold", "target")
-
 
 @dataclass
 class TrainTable:
-    """The training table after validation: ids, string labels, integer targets, groups, paths.
+    """The training table after validation: ids, labels, targets, groups, paths.
 
-    ``targets`` are the classes CV scores against; ``train_targets`` the ones models fit (they differ only where
-    ``data.labels`` bins an attribute differently for training). ``scheme`` and ``attributes`` are set when the
-    labels are made of attributes.
+    ``classes`` are the output columns (classes, labels or target names); ``targets`` what CV scores against:
+    class indices (n,) for classification, an (n, K) float matrix for multilabel (0/1) and regression (values).
+    ``train_targets`` are the ones models fit (they differ only where ``data.labels`` bins an attribute
+    differently for training). ``scheme`` and ``attributes`` are set when the labels are made of attributes.
     """
 
     df: pd.DataFrame
@@ -45,16 +45,24 @@ class TrainTable:
     train_targets: np.ndarray = None  # type: ignore[assignment]  # None: the same as targets
     scheme: Scheme | None = None
     attributes: Targets | None = None
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         if self.train_targets is None:
             self.train_targets = self.targets
 
+    def target_labels(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """What OOF files store as each row's target: the class name (n,), or the target matrix (n, K)."""
+        rows = slice(None) if idx is None else idx
+        if self.targets.ndim == 1:
+            return np.asarray(self.classes, dtype=object)[self.targets[rows]]
+        return np.asarray(self.targets[rows], dtype=np.float64)
 
-def load_train_table(data_cfg: DataConfig, check_images: bool = True) -> TrainTable:
-    """Read and validate the training rows (``data.layout`` or ``data.train_csv``), their labels and image paths."""
+
+def load_train_table(data_cfg: DataConfig, check_images: bool = True, *, task: str = "classification") -> TrainTable:
+    """Read and validate the training rows (``data.layout`` or ``data.train_csv``), their targets (as ``task``
+    reads them) and image paths."""
     df, paths, where = _train_rows(data_cfg, check_images)
-    id_col, label_col = data_cfg.id_column, data_cfg.label_column
     group_col = data_cfg.group_column
     if group_col is None and data_cfg.layout is not None and data_cfg.layout.get("group"):
         group_col = "group"  # the layout says what a group is (e.g. the person's folder)
@@ -70,25 +78,13 @@ def load_train_table(data_cfg: DataConfig, check_images: bool = True) -> TrainTa
         found = attribute_targets(df, scheme)
         classes = class_names(scheme)
         return TrainTable(df, classes, found.score_codes, groups, paths, found.train_codes, scheme, found)
-    require_columns(df, [label_col], source, "data.label_column")
-    df[label_col] = strip_labels(df[label_col], source)
-    nan = df[label_col].isna()
-    if nan.any():
-        raise CompError(
-            f"{where(int(np.flatnonzero(nan.to_numpy())[0]))}: empty label in column '{label_col}'; "
-            "fill or drop the row"
-        )
-    classes = class_list(df[label_col], data_cfg.classes, source)
-    for name in classes:
-        if name in RESERVED_COLUMNS or name == id_col:
-            raise CompError(f"{source}: class name {name!r} clashes with a column comp writes; rename the class")
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = ~df[label_col].isin(index)
-    if unknown.any():
-        i = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise CompError(f"{where(i)}: label {df[label_col].iloc[i]!r} is not in data.classes; add it there")
-    targets = df[label_col].map(index).to_numpy(np.int64)
-    return TrainTable(df, classes, targets, groups, paths)
+    read = read_targets(task, df, data_cfg, source, where)
+    return TrainTable(df, read.classes, read.values, groups, paths, task=task)
+
+
+def train_paths(data_cfg: DataConfig, check_images: bool = True) -> list[Path]:
+    """The training rows' image paths, without reading their targets (whatever the task)."""
+    return _train_rows(data_cfg, check_images)[1]
 
 
 def _train_rows(data_cfg: DataConfig, check_images: bool) -> tuple[pd.DataFrame, list[Path], Callable[[int], str]]:
@@ -111,22 +107,6 @@ def _train_rows(data_cfg: DataConfig, check_images: bool) -> tuple[pd.DataFrame,
         df = df.rename(columns={"id": id_col})
     ids = df[id_col].to_numpy()
     return df, [Path(p) for p in df["path"]], lambda i: f"data.layout row {i} (id {ids[i]!r})"
-
-
-def class_list(labels: pd.Series, declared, path) -> list[str]:
-    """Declared class order if given, else sorted unique labels (numerically when all are integers)."""
-    if declared:
-        names = [str(c) for c in declared]
-        if len(set(names)) != len(names):
-            raise CompError("config key 'data.classes' lists a class twice; each class once")
-        return names
-    uniq = list(pd.unique(labels))
-    if len(uniq) < 2:
-        raise CompError(f"{path}: only one class ({uniq[0]!r}) in the label column; classification needs two or more")
-    try:
-        return sorted(uniq, key=lambda s: (float(s), s))
-    except ValueError:
-        return sorted(uniq)
 
 
 def image_paths(df: pd.DataFrame, image_dir, data_cfg: DataConfig, csv_path, check: bool = True) -> list[Path]:
@@ -267,14 +247,20 @@ def load_test_table(data_cfg: DataConfig, check_images: bool = True) -> tuple[pd
 
 
 class ImageDataset:
-    """(image tensor, target) pairs: reads each file as RGB and applies an albumentations pipeline.
+    """(image, target) pairs: reads each file as RGB and applies an albumentations pipeline.
 
-    ``reader`` maps a path to an RGB uint8 array; the decoded-image cache plugs in here.
+    ``targets``: class indices (n,) give an int per row (-1 without targets), a float matrix (n, K) gives a
+    float32 vector per row (multi-hot labels, regression values). ``reader`` maps a path to an RGB uint8
+    array; the decoded-image cache plugs in here.
     """
 
     def __init__(self, paths, targets=None, transform=None, reader=None):
         self.paths = [Path(p) for p in paths]
-        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        if targets is None:
+            self.targets = None
+        else:
+            arr = np.asarray(targets)
+            self.targets = arr.astype(np.float32) if arr.ndim == 2 else arr.astype(np.int64)
         self.transform = transform
         self.reader = reader or load_image
 
@@ -285,4 +271,8 @@ class ImageDataset:
         img = self.reader(self.paths[i])
         if self.transform is not None:
             img = self.transform(image=img)["image"]
-        return img, (-1 if self.targets is None else int(self.targets[i]))
+        if self.targets is None:
+            return img, -1
+        if self.targets.ndim == 2:
+            return img, self.targets[i]
+        return img, int(self.targets[i])

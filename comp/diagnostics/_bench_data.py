@@ -104,7 +104,7 @@ def bench_data(
             raise CompError(f"--cache: {c!r} is not one of {', '.join(CACHES)}")
     if batches < 1 or any(b < 1 for b in batch_sizes):
         raise CompError("--batches and --batch-sizes must be >= 1")
-    table = load_train_table(cfg.data)
+    table = load_train_table(cfg.data, task=cfg.task)
     entry = cfg.models[0]
     hw = entry.hw
     model = create_model(entry, len(table.classes))

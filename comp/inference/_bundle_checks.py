@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from comp.config import DataConfig
-from comp.data._table import load_test_table, load_train_table
+from comp.data._table import load_test_table, train_paths
 from comp.errors import CompError, ConfigError, RunFolderError
 from comp.inference import bundle_predict as bp
 from comp.inference._export import PARITY_IMAGES
@@ -144,7 +144,7 @@ def parity_images(data: DataConfig, n: int = PARITY_IMAGES) -> tuple[list[Path],
     except CompError as exc:
         log.info("bundle: test images unusable (%s); checking parity on training images", exc)
     try:
-        paths = load_train_table(data).paths[:n]
+        paths = train_paths(data)[:n]
     except CompError as exc:
         raise CompError(f"no images to check the bundle on (test and training images both unusable: {exc})") from None
     return paths, None, f"{len(paths)} training images"

@@ -137,7 +137,7 @@ def oof_tta(
 ) -> tuple[Predictions, float, float]:
     """Each fold's model with TTA on its own validation rows: (OOF with TTA, CV without, CV with TTA)."""
     data = cfg.data
-    table = load_train_table(data)
+    table = load_train_table(data, task=cfg.task)
     id_col = data.id_column
     fold_of = run.read_folds(id_col).reindex(table.df[id_col]).to_numpy()
     if pd.isna(fold_of).any():
@@ -159,7 +159,7 @@ def oof_tta(
         )
         plain[idx], merged[idx] = p[0], m[0]
     done = ~np.isnan(merged[:, 0])
-    metric = get_metric(cfg.metric)
+    metric = get_metric(cfg.metric, cfg.task)
     pred = Predictions(
         table.df[id_col].to_numpy(dtype=object),
         list(classes),

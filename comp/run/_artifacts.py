@@ -1,7 +1,9 @@
-"""The typed contents of a run's files: probability tables (OOF and test) and metrics.
+"""The typed contents of a run's files: prediction tables (OOF and test) and metrics.
 
-``Predictions`` is one table of class probabilities per row; OOF tables also carry each row's fold and
-label. ``Metrics`` is ``metrics.json``. Both are parsed and checked here and nowhere else.
+``Predictions`` is one table of predictions per row, one column per output (class probabilities, label
+probabilities or target values); OOF tables also carry each row's fold and target: a ``target`` column with
+the class name (classification), or one ``target:<column>`` column per output (multilabel 0/1, regression
+values). ``Metrics`` is ``metrics.json``. Both are parsed and checked here and nowhere else.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import pandas as pd
 from comp.errors import RunFolderError
 
 OOF_COLUMNS = ("fold", "target")
+TARGET_PREFIX = "target:"
 
 
 @dataclass
 class Predictions:
-    """Class probabilities per row: a test table (ids + classes) or an OOF table (+ fold and target)."""
+    """Predictions per row: a test table (ids + outputs) or an OOF table (+ fold and target).
+
+    ``probs`` holds the predictions (n, K) whatever the task; ``targets`` class names (n,) or a matrix (n, K)."""
 
     ids: np.ndarray
     classes: list[str]
@@ -30,17 +35,29 @@ class Predictions:
     id_column: str = "id"
 
     @property
+    def matrix_targets(self) -> bool:
+        """Whether targets are a matrix (multilabel, regression) rather than class names."""
+        return self.targets is not None and np.asarray(self.targets).ndim == 2
+
+    @property
     def y(self) -> np.ndarray:
-        """Targets as class indices (OOF only)."""
+        """Targets as class indices (classification) or the target matrix (OOF only)."""
         if self.targets is None:
             raise ValueError("test predictions have no targets")
+        if self.matrix_targets:
+            return np.asarray(self.targets, dtype=np.float64)
         return pd.Index(self.classes).get_indexer(self.targets)
 
     def frame(self) -> pd.DataFrame:
-        """The CSV layout: id, [fold, target,] one probability column per class."""
+        """The CSV layout: id, [fold, target or target:<column>...,] one column per output."""
         head: dict[str, Any] = {self.id_column: np.asarray(self.ids, dtype=object)}
         if self.folds is not None and self.targets is not None:
-            head.update(fold=np.asarray(self.folds, dtype=np.int64), target=np.asarray(self.targets, dtype=object))
+            head["fold"] = np.asarray(self.folds, dtype=np.int64)
+            if self.matrix_targets:
+                t = np.asarray(self.targets, dtype=np.float64)
+                head.update({f"{TARGET_PREFIX}{c}": t[:, j] for j, c in enumerate(self.classes)})
+            else:
+                head["target"] = np.asarray(self.targets, dtype=object)
         return pd.concat([pd.DataFrame(head), pd.DataFrame(np.asarray(self.probs), columns=self.classes)], axis=1)
 
     def take(self, index: np.ndarray) -> Predictions:
@@ -68,15 +85,22 @@ class Predictions:
 def parse_predictions(df: pd.DataFrame, path: Path, id_column: str, *, oof: bool) -> Predictions:
     """Check a probability table read as strings and type it; every problem names the file and line."""
     hint = "regenerate it with comp train-folds" if oof else "regenerate it with comp predict"
-    required = [id_column, *OOF_COLUMNS] if oof else [id_column]
+    target_cols = [str(c) for c in df.columns if str(c).startswith(TARGET_PREFIX)]
+    matrix = bool(target_cols) and "target" not in df.columns
+    required = [id_column, *(("fold",) if matrix else OOF_COLUMNS)] if oof else [id_column]
     for col in required:
         if col not in df.columns:
             raise RunFolderError(
                 f"{path}: column '{col}' not found (columns: {', '.join(map(str, df.columns))}); {hint}"
             )
-    classes = [str(c) for c in df.columns if c not in required]
-    if len(classes) < 2:
-        raise RunFolderError(f"{path} has {len(classes)} probability columns; it needs one per class; {hint}")
+    classes = [str(c) for c in df.columns if c not in required and not str(c).startswith(TARGET_PREFIX)]
+    if not classes or (len(classes) < 2 and not matrix and oof):
+        raise RunFolderError(f"{path} has {len(classes)} prediction columns; it needs one per output; {hint}")
+    if matrix and oof and [c[len(TARGET_PREFIX) :] for c in target_cols] != classes:
+        raise RunFolderError(
+            f"{path}: its target columns ({', '.join(target_cols)}) do not match its prediction columns "
+            f"({', '.join(classes)}); {hint}"
+        )
     ids = df[id_column]
     if ids.isna().any():
         raise RunFolderError(f"{path} line {int(np.flatnonzero(ids.isna().to_numpy())[0]) + 2}: empty id; {hint}")
@@ -89,9 +113,20 @@ def parse_predictions(df: pd.DataFrame, path: Path, id_column: str, *, oof: bool
     if bad.any():
         r, c = (int(x[0]) for x in np.nonzero(bad))
         raise RunFolderError(
-            f"{path} line {r + 2}: column '{classes[c]}' holds {df[classes[c]].iloc[r]!r}, not a probability; {hint}"
+            f"{path} line {r + 2}: column '{classes[c]}' holds {df[classes[c]].iloc[r]!r}, not a number; {hint}"
         )
     folds = targets = None
+    if oof and matrix:
+        f = pd.to_numeric(df["fold"], errors="coerce")
+        bad_fold = f.isna() | (f % 1 != 0) | (f < 0)
+        if bad_fold.any():
+            r = int(np.flatnonzero(bad_fold.to_numpy())[0])
+            raise RunFolderError(f"{path} line {r + 2}: fold is not a whole number ({df['fold'].iloc[r]!r}); {hint}")
+        t = df[target_cols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        if not np.isfinite(t).all():
+            r, c = (int(x[0]) for x in np.nonzero(~np.isfinite(t)))
+            raise RunFolderError(f"{path} line {r + 2}: column '{target_cols[c]}' is not a number; {hint}")
+        return Predictions(ids.to_numpy(dtype=object), classes, values, f.astype(np.int64).to_numpy(), t, id_column)
     if oof:
         f = pd.to_numeric(df["fold"], errors="coerce")
         bad_fold = f.isna() | (f % 1 != 0) | (f < 0)

@@ -16,8 +16,8 @@ from typing import Any
 from comp._files import file_problem
 from comp.errors import RunFolderError
 
-CHECKPOINT_FORMAT = "comp.checkpoint/1"
-READABLE_FORMATS = ("comp.checkpoint/1",)
+CHECKPOINT_FORMAT = "comp.checkpoint/2"  # 2: adds task and output (what turns the outputs into predictions)
+READABLE_FORMATS = ("comp.checkpoint/1", "comp.checkpoint/2")
 ONNX_FORMAT = "comp.onnx/1"
 REQUIRED = ("model_name", "model_id", "classes", "image_size", "mean", "std", "eval_transform", "config")
 
@@ -43,6 +43,8 @@ class CheckpointMeta:
     score: float | None = None  # the metric at the best epoch
     metric: str | None = None
     heads: dict[str, Any] | None = None  # multi-head models: what rebuilds the heads (comp.training._heads)
+    task: str = "classification"  # a checkpoint written before tasks existed is a classifier
+    output: dict[str, Any] | None = None  # comp.training._outputs.OutputSpec; None: softmax
 
     @property
     def num_classes(self) -> int:

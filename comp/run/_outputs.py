@@ -146,11 +146,27 @@ def folder_kind(path: str | Path) -> str | None:
     return None
 
 
-def check_report_folder(out: str | Path, *, option: str = "--out") -> None:
-    """A report (eda, explain) goes into a new or plain folder, never into a run, model or bundle folder."""
+def check_report_folder(
+    out: str | Path, *, reads: Iterable[Named] = (), trees: Iterable[Named] = (), option: str = "--out"
+) -> None:
+    """A report (eda, explain) goes into a folder of its own: never a run, model or bundle folder, never one
+    that holds a file the report is made from (``reads``), and never in or around the images (``trees``), whose
+    folder layouts would pick its plots up as images. So no report file, whatever its name, replaces an input."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CompError(f"{option} {out} is a file; pass a folder for the report")
     kind = folder_kind(out)
     if kind is not None:
         raise CompError(f"{option} {out} is {kind}; the report's files would mix with its artifacts; pass a new folder")
+    here = out.resolve()
+    for what, path in reads:
+        if path and Path(path).resolve().is_relative_to(here):
+            raise CompError(
+                f"{option} {out} holds {what} ({Path(path).resolve()}); a report file could replace it; pass a "
+                "folder of its own"
+            )
+    for what, folder in trees:
+        there = Path(folder).resolve() if folder else None
+        if there is not None and (there.is_relative_to(here) or here.is_relative_to(there)):
+            where = "is inside" if here.is_relative_to(there) else "holds"
+            raise CompError(f"{option} {out} {where} {what} ({there}); pass a folder of its own")

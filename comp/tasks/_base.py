@@ -37,6 +37,18 @@ class Metric:
     apply: Callable[[np.ndarray, Decision], np.ndarray] | None = None
     per_column: Callable[[np.ndarray, np.ndarray, Decision | None], list[float]] | None = None
     doc: str = ""
+    n_columns: int | None = None  # the number of output columns it scores (pauc: 2 classes, qwk: 1 target)
+
+    def check_columns(self, columns: list[str]) -> None:
+        """Refuse output columns this metric cannot score, naming them."""
+        from comp.errors import ConfigError
+
+        if self.n_columns is not None and len(columns) != self.n_columns:
+            what = {"classification": "classes", "multilabel": "labels", "regression": "targets"}.get(self.task, "")
+            raise ConfigError(
+                f"metric '{self.name}' scores exactly {self.n_columns} {what}, the training table has "
+                f"{len(columns)} ({', '.join(columns[:6])}{'...' if len(columns) > 6 else ''}); choose another metric"
+            )
 
     def __call__(self, y_true: Any, pred: Any, decision: Decision | None = None) -> float:
         y, p = np.asarray(y_true), np.asarray(pred, dtype=np.float64)

@@ -80,6 +80,7 @@ for _m in (
         fit=_qwk_fit,
         apply=_qwk_apply,
         doc="quadratic weighted kappa of grades, at cut-points fitted on OOF (ordinal targets; one target)",
+        n_columns=1,
     ),
 ):
     REG_METRICS.add(_m.name, _m)

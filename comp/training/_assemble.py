@@ -7,33 +7,57 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from comp.config import Config
 from comp.data._attributes import attribute_f1
+from comp.data._augment import to_dict
 from comp.data._table import TrainTable
 from comp.metrics import get_metric
-from comp.run import Metrics, Predictions, RunDir
+from comp.run import CheckpointMeta, Metrics, Predictions, RunDir, make_checkpoint, torch_save, write_csv
+from comp.tasks import Metric, nested_score
 from comp.training._distributed import Dist
+from comp.training._models import heads_description
 from comp.training._results import FoldResult, ModelResult
 from comp.training._targets import TrainingTargets
 
 if TYPE_CHECKING:
-    from comp.training._fold import FoldContext
+    from comp.training._fold import FoldContext, FoldTrainer
 
 log = logging.getLogger(__name__)
 
 
 def oof_predictions(ctx: FoldContext, idx: np.ndarray, probs: np.ndarray) -> Predictions:
-    """Rows ``idx`` of the training table as OOF predictions: id, fold, target (class name), probabilities."""
+    """Rows ``idx`` of the training table as OOF predictions: id, fold, target (class name or the target
+    matrix's row), predictions."""
     id_col = ctx.cfg.data.id_column
     return Predictions(
         ctx.table.df[id_col].to_numpy(dtype=object)[idx],
         list(ctx.table.classes),
         probs,
         ctx.folds[idx],
-        np.asarray(ctx.table.classes, dtype=object)[ctx.table.targets[idx]],
+        ctx.table.target_labels(idx),
         id_col,
     )
+
+
+def score_oof(
+    metric: Metric, y: np.ndarray, pred: np.ndarray, folds: np.ndarray, n_splits: int, classes: list[str]
+) -> tuple[float, list[float], dict[str, Any]]:
+    """(CV, per-fold scores, what metrics.json adds) of OOF predictions.
+
+    A metric that scores a decision fitted on OOF rows (F-metric thresholds, QWK cut-points) is scored by
+    nested CV: each fold's rows take the decision fitted on the other folds; ``cv_in_sample`` and the
+    decision fitted on every row (what a submission applies) are recorded beside it."""
+    cv, decision, in_sample = nested_score(metric, y, pred, folds)
+    fold_scores = [metric(y[folds == k], pred[folds == k], decision) for k in range(n_splits)]
+    extra: dict[str, Any] = {}
+    if decision is not None:
+        extra.update(cv_in_sample=in_sample, decision=decision)
+    per = metric.columns(y, pred, decision)
+    if per is not None:
+        extra["per_column"] = dict(zip(classes, per))
+    return cv, fold_scores, extra
 
 
 def assemble_model(
@@ -55,17 +79,17 @@ def assemble_model(
         id_col,
     )
     oof = merged.reorder(table.df[id_col].to_numpy(dtype=object))
-    metric = get_metric(cfg.metric)
+    metric = get_metric(cfg.metric, cfg.task)
     assert oof.folds is not None
-    fold_scores = [metric(table.targets[oof.folds == k], oof.probs[oof.folds == k]) for k in range(n)]
+    cv, fold_scores, scored = score_oof(metric, table.targets, oof.probs, oof.folds, n, list(table.classes))
     result = Metrics(
         metric.name,
         metric.greater_is_better,
-        metric(table.targets, oof.probs),
+        cv,
         fold_scores,
         float(np.mean(fold_scores)),
         float(np.std(fold_scores)),
-        dict(extra or {}),
+        {"task": cfg.task, **scored, **dict(extra or {})},
     )
     if table.scheme is not None and table.attributes is not None:  # labels made of attributes: score each one
         result.extra["attribute_f1"] = attribute_f1(oof.probs, table.attributes.score, table.scheme)
@@ -102,3 +126,42 @@ def model_results(
             result.extra.get("attribute_f1") if result else None,
         )
     return models
+
+
+def finish_fold(trainer: FoldTrainer) -> FoldResult:
+    """Write a trained fold's OOF part, history and trainer-describing checkpoint (its best epoch's evaluated
+    weights); drop the resumable state."""
+    ctx, run = trainer.ctx, trainer.ctx.run
+    model = trainer.eval_model()
+    model.load_state_dict(trainer.state["best_state"])
+    meta = CheckpointMeta(
+        ctx.entry.name,
+        ctx.model_id,
+        list(ctx.table.classes),
+        trainer.hw,
+        trainer.mean,
+        trainer.std,
+        to_dict(trainer.valid_tf),
+        ctx.cfg.to_dict(),
+        in_chans=ctx.entry.in_chans,
+        entry=ctx.entry.to_dict(),
+        fold=ctx.fold,
+        epoch=trainer.state["best_epoch"],
+        score=trainer.state["best_score"],
+        metric=trainer.metric.name,
+        heads=heads_description(model),
+        task=ctx.cfg.task,
+        output=trainer.output.to_dict(),
+    )
+    hist = pd.DataFrame(trainer.state["history"])
+    if trainer.dist.is_main:  # under DDP rank 0 alone writes
+        write_csv(run.history(ctx.model_id, ctx.fold), hist)
+        run.write_oof_part(
+            ctx.model_id, ctx.fold, oof_predictions(ctx, trainer.valid_idx, trainer.state["best_probs"].numpy())
+        )
+        torch_save(run.checkpoint(ctx.model_id, ctx.fold), make_checkpoint(model.state_dict(), meta))
+        run.state(ctx.model_id, ctx.fold).unlink(missing_ok=True)
+    trainer._notify(epoch=trainer.state["epoch"], score=trainer.state["best_score"], fold_done=True)
+    return FoldResult(
+        trainer.state["best_score"], trainer.state["best_epoch"] + 1, len(hist), float(hist["images_per_s"].mean())
+    )

@@ -68,15 +68,151 @@ def class_weights(spec, targets: np.ndarray, num_classes: int) -> torch.Tensor |
     return torch.tensor(spec, dtype=torch.float32)
 
 
-def build_loss(loss_cfg: LossConfig, targets: np.ndarray, num_classes: int) -> nn.Module:
-    """The configured loss with its class weights."""
-    cls = LOSSES[loss_cfg.name]
-    return cls(class_weights(loss_cfg.class_weights, targets, num_classes), gamma=loss_cfg.focal_gamma)
+# ---------------------------------------------------------------- multi-label: targets (N, L) in [0, 1]
+
+
+def _pos_weight(spec, targets: np.ndarray, n_labels: int) -> torch.Tensor | None:
+    """'none' -> None; 'balanced' -> negatives / positives per label on the training part (capped at 100);
+    a list -> those weights (one per label)."""
+    if isinstance(spec, str):
+        if spec == "none":
+            return None
+        Y = np.asarray(targets, np.float64)
+        pos = Y.sum(0)
+        w = np.clip((len(Y) - pos) / np.maximum(pos, 1.0), 1e-3, 100.0)
+        return torch.tensor(w, dtype=torch.float32)
+    if len(spec) != n_labels:
+        raise ConfigError(
+            f"config key 'loss.pos_weight' must list {n_labels} positive numbers (one per label), got {spec!r}"
+        )
+    return torch.tensor(spec, dtype=torch.float32)
+
+
+class _LabelLoss(nn.Module):
+    def __init__(self, pos_weight: torch.Tensor | None, cfg: LossConfig):
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight)
+        self.gamma = cfg.focal_gamma
+        self.gamma_neg, self.gamma_pos, self.clip = cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip
+
+    def _weight(self, target: torch.Tensor) -> torch.Tensor | float:
+        """Per-cell weight of the positive part: 1 + (pos_weight - 1) * target (1 without pos_weight)."""
+        pw = self.get_buffer("pos_weight")
+        if pw is None:
+            return 1.0
+        return 1.0 + (pw.to(target.dtype) - 1.0) * target
+
+
+ML_LOSSES: Registry[type[_LabelLoss]] = Registry("multilabel loss")
+
+
+@ML_LOSSES.register("bce")
+class LabelBCE(_LabelLoss):
+    """Binary cross-entropy per label (mean over labels and rows); ``loss.pos_weight`` weighs positives."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.get_buffer("pos_weight"))
+
+
+@ML_LOSSES.register("focal_bce")
+class LabelFocal(_LabelLoss):
+    """Sigmoid focal loss (Lin et al. 2017): each label's BCE times (1 - p_t)^gamma (``loss.focal_gamma``)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        ce = F.binary_cross_entropy_with_logits(z, target, reduction="none")
+        p = torch.sigmoid(z)
+        p_t = p * target + (1 - p) * (1 - target)
+        return (ce * (1 - p_t).pow(self.gamma) * self._weight(target)).mean()
+
+
+@ML_LOSSES.register("asl")
+class AsymmetricLoss(_LabelLoss):
+    """Asymmetric loss (Ben-Baruch et al. 2021): negatives focused by ``loss.asl_gamma_neg`` and shifted by
+    ``loss.asl_clip`` (easy negatives count for nothing), positives by ``loss.asl_gamma_pos``."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(logits.float())
+        p_neg = (1 - p + self.clip).clamp(max=1.0) if self.clip > 0 else 1 - p
+        eps = 1e-8
+        loss = target * torch.log(p.clamp(min=eps)) * self._weight(target) + (1 - target) * torch.log(
+            p_neg.clamp(min=eps)
+        )
+        if self.gamma_neg > 0 or self.gamma_pos > 0:
+            p_t = p * target + p_neg * (1 - target)
+            gamma = self.gamma_pos * target + self.gamma_neg * (1 - target)
+            loss = loss * (1 - p_t).pow(gamma)
+        return -loss.mean()
+
+
+# ---------------------------------------------------------------- regression: targets (N, T), scaled
+
+
+class _ValueLoss(nn.Module):
+    def __init__(self, cfg: LossConfig):
+        super().__init__()
+        self.delta = cfg.huber_delta
+
+
+REG_LOSSES: Registry[type[_ValueLoss]] = Registry("regression loss")
+
+
+@REG_LOSSES.register("mse")
+class ValueMSE(_ValueLoss):
+    """Mean squared error on the standardised target."""
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(out.float(), target)
+
+
+@REG_LOSSES.register("huber")
+class ValueHuber(_ValueLoss):
+    """Huber (smooth L1) loss on the standardised target; ``loss.huber_delta`` in standard deviations."""
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.huber_loss(out.float(), target, delta=self.delta)
+
+
+@REG_LOSSES.register("bce")
+class ValueBCE(_ValueLoss):
+    """Binary cross-entropy against the target min-max scaled into [0, 1] (the output then ends in a sigmoid)."""
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(out.float(), target)
+
+
+TASK_LOSSES: dict[str, Registry] = {"classification": LOSSES, "multilabel": ML_LOSSES, "regression": REG_LOSSES}
+_BUILD = {  # task -> (loss config, training part's targets, outputs) -> the loss module
+    "classification": lambda c, t, k: LOSSES[c.name](class_weights(c.class_weights, t, k), gamma=c.focal_gamma),
+    "multilabel": lambda c, t, k: ML_LOSSES[c.name](_pos_weight(c.pos_weight, t, k), c),
+    "regression": lambda c, t, k: REG_LOSSES[c.name](c),
+}
+
+
+def build_loss(loss_cfg: LossConfig, targets: np.ndarray, num_classes: int, task: str = "classification") -> nn.Module:
+    """The configured loss of ``task``: class weights (classification) or label weights (multilabel) come from
+    the training part's ``targets``."""
+    return _BUILD[task](loss_cfg, targets, num_classes)
+
+
+def check_loss(name: str | None, task: str, where: str = "loss") -> None:
+    """Refuse a loss that is not one of ``task``'s, naming the ones that are."""
+    owner = TASK_LOSSES[task]
+    if name in owner:
+        return
+    elsewhere = [t for t, reg in TASK_LOSSES.items() if name in reg]
+    if elsewhere:
+        raise ConfigError(
+            f"{where} '{name}' does not fit task {task} (it is a {' and '.join(elsewhere)} loss); "
+            f"losses that fit {task}: {', '.join(owner)}"
+        )
+    owner.check(name, where)
 
 
 def check_config(cfg: Config) -> None:
-    """Refuse unknown loss names: ``loss.name`` and, with labels made of attributes, each head's own."""
-    LOSSES.check(cfg.loss.name, "loss")
+    """Refuse loss names that do not fit the task: ``loss.name`` and, with labels made of attributes, each
+    head's own."""
+    check_loss(cfg.loss.name, cfg.task)
     if cfg.data.labels is None or (cfg.loss.attributes is None and all(m.heads == "single" for m in cfg.models)):
         return
     for attr in parse_labels(cfg.data.labels, key="data.labels").attributes:

@@ -15,6 +15,7 @@ from comp.data._folds import assign_folds
 from comp.data._table import TrainTable
 from comp.errors import CompError
 from comp.metrics import check_config as check_metric
+from comp.metrics import get_metric
 from comp.run import RunDir
 from comp.training._distributed import Dist
 from comp.training._engine import resolve_device
@@ -22,6 +23,7 @@ from comp.training._losses import build_loss
 from comp.training._losses import check_config as check_losses
 from comp.training._models import create_model, normalization
 from comp.training._targets import TrainingTargets, check_and_record, load_training_targets
+from comp.training._weights import check_hub_weights
 
 
 def _diff_keys(a, b, prefix="") -> list[str]:
@@ -78,7 +80,7 @@ def plan_folds(cfg: Config, run: RunDir, table: TrainTable) -> tuple[np.ndarray,
             )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        folds = assign_folds(table.targets, table.groups, cfg.folds.n_splits, cfg.folds.seed)
+        folds = assign_folds(table.targets, table.groups, cfg.folds.n_splits, cfg.folds.seed, task=cfg.task)
     for w in caught:
         warnings.warn(str(w.message), UserWarning, stacklevel=2)
     return folds, True
@@ -100,6 +102,12 @@ def preflight(cfg: Config, table: TrainTable) -> None:
 
     check_metric(cfg)  # the registry names this stage uses, first (config checks only their shape)
     check_losses(cfg)
+    get_metric(cfg.metric, cfg.task).check_columns(list(table.classes))
+    if cfg.task != "classification" and (cfg.data.extra_train is not None or cfg.loss.distill.enabled):
+        raise CompError(
+            f"data.extra_train and loss.distill train on class distributions; task {cfg.task} cannot use them "
+            "yet; unset them"
+        )
     resolve_device(cfg.device)
     k = len(table.classes)
     if isinstance(cfg.loss.class_weights, list) and len(cfg.loss.class_weights) != k:
@@ -109,6 +117,8 @@ def preflight(cfg: Config, table: TrainTable) -> None:
         )
     for i, entry in enumerate(cfg.models):
         tcfg = cfg.train_for(entry)
+        if entry.pretrained is True:
+            check_hub_weights(entry.name)  # fetched, or found in the cache offline, before anything is written
         if isinstance(entry.pretrained, str):
             model = create_model(entry, k, tcfg, scheme=table.scheme)  # loads and checks the local weights file
         else:
@@ -130,7 +140,7 @@ def preflight(cfg: Config, table: TrainTable) -> None:
                 f"augment.valid cannot be saved in a checkpoint ({type(exc).__name__}); "
                 f"use serialisable albumentations transforms (models[{i}])"
             ) from None
-        build_loss(cfg.loss, table.targets, k)
+        build_loss(cfg.loss, table.targets, k, cfg.task)
     check_images(table.paths, cfg.data.train_csv)
     first = load_image(table.paths[0])  # every transform runs once on a real image: errors that need a run
     for entry in cfg.models:

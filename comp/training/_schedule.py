@@ -120,7 +120,7 @@ class FoldJob:
 def fold_worker(job: FoldJob, device: str, send: Callable[[tuple], None]) -> None:
     """A device worker: train every (model, fold) nobody else has taken, reporting each start and result."""
     run = RunDir(job.run_dir)
-    table = load_train_table(job.cfg.data)
+    table = load_train_table(job.cfg.data, task=job.cfg.task)
     fold_ids = ensure_folds(job.cfg, run, table)
     soft = load_training_targets(
         job.cfg, table, fold_ids, run

@@ -63,12 +63,8 @@ class SoftMixer(BatchMixer):
         rows = rows.to(self.labels.device)
         y = self.labels[rows] * (1.0 - self.smoothing) + self.smoothing / self.num_classes
         t = None if self.teacher is None else self.teacher[rows]
-        mix = self.mixup
-        if mix is not None and self.active(epoch) and len(x) % 2 == 0 and len(x) > 1:
-            # timm's Mixup mixes the images and returns lam (a float, or (B, 1) per sample); its own target
-            # mixing one-hot encodes integer classes, so the same formula is applied to the soft rows here
-            draw = {"elem": mix._mix_elem, "pair": mix._mix_pair}.get(mix.mode, mix._mix_batch)
-            lam: Any = draw(x)
+        if self.mixes(x, epoch):
+            lam: Any = self.draw(x)
             y = y * lam + y.flip(0) * (1.0 - lam)
             t = None if t is None else t * lam + t.flip(0) * (1.0 - lam)
         return x, y if t is None else torch.cat([y, t], 1)

@@ -24,6 +24,7 @@ from pathlib import Path
 from comp.config import Config
 from comp.data._table import load_train_table
 from comp.errors import CompError
+from comp.metrics import get_metric
 from comp.run import RunDir, check_output, data_inputs, run_files
 from comp.training._assemble import model_results
 from comp.training._distributed import Dist, rank_device, session
@@ -75,7 +76,7 @@ def train_folds(
     run = RunDir(run_dir)
     for label, path in run_files(run.root):  # the run's own files never replace the data they describe
         check_output(path, data_inputs(cfg.data), option="--run-dir", label=label)
-    table = load_train_table(cfg.data)
+    table = load_train_table(cfg.data, task=cfg.task)
     n = cfg.folds.n_splits
     if folds is not None and not len(folds):
         raise CompError(f"--folds names no fold; pass some of 0..{n - 1}, or leave it out to train them all")
@@ -111,4 +112,4 @@ def train_folds(
         while_training or (lambda ex: ""),
         "the other workers' folds are kept; rerun the same command with --resume to finish",
     )
-    return TrainResult(run, cfg.metric, models)
+    return TrainResult(run, get_metric(cfg.metric, cfg.task).name, models)

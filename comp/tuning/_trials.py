@@ -22,6 +22,7 @@ from comp.config import Config
 from comp.errors import CompError
 from comp.metrics import get_metric
 from comp.run import RunDir, pid_alive
+from comp.tasks import nested_score
 from comp.tuning._optuna import fail_and_retry, fail_stale, record_heartbeat, retry_history
 from comp.tuning._pruning import FoldReporter
 from comp.tuning._space import apply_params, suggest
@@ -32,13 +33,15 @@ log = logging.getLogger(__name__)
 
 def trial_score(cfg: Config, run_dir: Path, folds: list[int]) -> float:
     """Mean over models of the metric on the concatenated OOF rows of ``folds``."""
-    metric = get_metric(cfg.metric)
+    metric = get_metric(cfg.metric, cfg.task)
     run = RunDir(run_dir)
     scores = []
     for entry in cfg.models:
         parts = [run.read_oof_part(entry.model_id, k, id_column=cfg.data.id_column) for k in folds]
         y = np.concatenate([p.y for p in parts])
-        scores.append(metric(y, np.concatenate([p.probs for p in parts])))
+        fold_of = np.concatenate([np.full(len(p.ids), k) for p, k in zip(parts, folds)])
+        # a metric that fits a decision (thresholds, cut-points) is scored nested over the folds, as CV is
+        scores.append(nested_score(metric, y, np.concatenate([p.probs for p in parts]), fold_of)[0])
     return float(np.mean(scores))
 
 
@@ -50,7 +53,7 @@ def _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep, device
     run_dir = out_dir / "trials" / f"trial_{trial.number:04d}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a retried number: start clean
-    metric = get_metric(cfg.metric)
+    metric = get_metric(cfg.metric, cfg.task)
     reporter = FoldReporter(trial, folds, pruner_name == "wilcoxon", metric.greater_is_better)
     try:
         train_folds(cfg, run_dir, folds=folds, progress=False, on_epoch=reporter, devices=[device] if device else None)

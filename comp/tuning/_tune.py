@@ -126,7 +126,7 @@ def tune(
         for entry in raw["models"]:
             entry.pop("epochs", None)
         base = build_config(raw)
-    metric = get_metric(cfg.metric)
+    metric = get_metric(cfg.metric, cfg.task)
     max_epochs = max(base.train_for(e).epochs for e in base.models)
     plan = Plan(
         base,
