@@ -18,10 +18,19 @@ from comp.errors import CompError
     type=CommaList(allow_all=True),
     metavar="NAME[,NAME...]|all",
     help="Blend method(s): mean, weighted, rank, geometric, hill_climb, stacking; several (or all) "
-    "are compared and the submission comes from the best honest CV.",
+    "are compared and the submission comes from the best honest CV. The members' task decides which fit: "
+    "geometric is for classification only, rank is not for regression.",
 )
-@click.option("--bias/--no-bias", default=False, help="Fit per-class log-probability offsets on OOF (argmax metrics).")
-@click.option("--metric", default=None, help="Metric to fit and report; default: the first member run's config metric.")
+@click.option(
+    "--bias/--no-bias",
+    default=False,
+    help="Fit per-class log-probability offsets on OOF (argmax metrics; classification only).",
+)
+@click.option(
+    "--metric",
+    default=None,
+    help="Metric to fit and report (any metric of the members' task); default: the first member run's config metric.",
+)
 @click.option("--name", default=None, help="Name of the blend's run and model folder; default blend-<method>[-bias].")
 @click.option(
     "--out",
@@ -64,6 +73,9 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
     click.echo(result.table())
     if result.bias:
         click.echo("class bias: " + ", ".join(f"{c}={v:+.2f}" for c, v in result.bias.items()))
+    if result.decision:
+        shown = "; ".join(f"{k} {', '.join(f'{v:g}' for v in vs)}" for k, vs in result.decision.items())
+        click.echo(f"decision (fitted on the honest blend OOF, applied to the submission): {shown}")
     if result.attribute_f1:
         click.echo(
             "blend OOF macro F1 per attribute: " + ", ".join(f"{k} {v:.4f}" for k, v in result.attribute_f1.items())
