@@ -132,6 +132,18 @@ def test_informative_member_dominates_noise(tmp_path, task, method):
         assert abs(result.cv - by_name["r1/good"]) < abs(by_name["r1/noise"] - by_name["r1/good"]) / 4
 
 
+@pytest.mark.parametrize("method", ["weighted", "hill_climb"])
+@pytest.mark.parametrize("task, metric, ordinal", [("multilabel", "f2", False), ("regression", "qwk", True)])
+def test_weight_searches_on_a_metric_with_a_fitted_decision_find_the_informative_member(task, metric, ordinal, method):
+    """The searches refit the decision once per round on their current blend and compare candidates at it."""
+    toy = Toy(task, ordinal=ordinal)
+    P = np.stack([toy.noise(), toy.informative(1.0), toy.noise()])
+    scorer = get_metric(metric, task)
+    blender = METHODS[method].fit(P, toy.y, scorer)
+    assert blender.weights is not None and blender.weights[1] == max(blender.weights) and blender.weights[1] > 0.5
+    assert scorer(toy.y, blender.predict(P)) >= max(scorer(toy.y, p) for p in P) - 1e-12  # in-sample, decision refitted
+
+
 @pytest.mark.parametrize(
     "task, method", [(t, m) for t, m in TASK_METHODS if m in ("mean", "weighted", "hill_climb", "geometric")]
 )
