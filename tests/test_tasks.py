@@ -215,3 +215,27 @@ def test_mixer_mixes_float_targets_with_the_images_weights():
     torch.testing.assert_close(mixed_y[0], lam * y[0] + (1 - lam) * y[1])
     smoothing = BatchMixer(MixupConfig(), 3, 0.2)
     torch.testing.assert_close(smoothing(x, y, 0)[1], y * 0.8 + 0.1)
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression-multi"])
+def test_eda_and_explain_speak_the_task(tmp_path, kind):
+    from comp.diagnostics import explain_run, run_eda
+
+    cfg, _, run = _train(tmp_path, kind)
+    eda = run_eda(cfg, tmp_path / "eda")
+    text = eda.table()
+    if cfg.task == "multilabel":
+        assert "labels per image" in text and "rarest label" in text
+        co = pd.read_csv(tmp_path / "eda" / "label_cooccurrence.csv")
+        assert list(co.columns) == ["label", *co["label"]] and "labels.png" in eda.plots
+    else:
+        assert "target red:" in text and "std within groups" in text and "targets.png" in eda.plots
+    report = explain_run(run.root, top=3)
+    assert len(report.mislabeled) == 48 and report.cams
+    assert (report.out / "gradcam.png").is_file() and (report.out / "mistakes.png").is_file()
+    if cfg.task == "multilabel":
+        assert {"auc", "ap", "threshold", "f1"} <= set(report.scores.columns) and (report.out / "roc.png").is_file()
+        assert report.mislabeled["loss"].is_monotonic_decreasing
+    else:
+        assert list(report.scores["target"]) == ["red", "green"] and (report.out / "residuals.png").is_file()
+        assert report.confusion is None

@@ -47,7 +47,7 @@ from comp.errors import CompError
 def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp, quiet):
     """Stratified-group k-fold training of every model in the config; writes checkpoints, OOF and metrics.
 
-    Example: comp train-folds --config configs/demo.yaml --set train.epochs=3 --run-dir runs/demo-3ep --devices cpu,cpu
+    Example: comp train-folds --config configs/demo.yaml --set train.epochs=2 --folds 0,1 --run-dir runs/demo-2ep --devices cpu,cpu
     """
     from comp.training import train_folds
 
@@ -134,7 +134,7 @@ def tune_cmd(
 ):
     """Optuna search over the config's tune.space with fold-aware pruning; resumable and shareable studies.
 
-    Example: comp tune --config configs/demo.yaml --n-trials 4 --folds 0,1 --epochs 2
+    Example: comp tune --config configs/demo.yaml --n-trials 3 --folds 0 --epochs 1
     """
     from comp.tuning import tune
 
@@ -162,3 +162,30 @@ def tune_cmd(
     for p in result.plots:
         click.echo(f"plot: {p}")
     click.echo(f"trials table: {out_dir / 'trials.csv'}")
+
+
+@main.command("weights")
+@config_option
+@set_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("weights"),
+    help="Folder to fill.",
+)
+def weights_cmd(config_path, overrides, out_dir):
+    """Download the pretrained weights of the config's models (pretrained: true) into hub-layout folders, ready to
+    upload as a dataset for notebooks without internet; then point models[].pretrained at OUT/<model name>.
+
+    Example: comp weights --config configs/exp.yaml --out weights
+    """
+    from comp.training import fetch_weights
+
+    setup_logging(False)
+    cfg = load(config_path, overrides)
+    names = [m.name for m in cfg.models if m.pretrained is True]
+    if not names:
+        raise CompError(f"no model of {config_path} has pretrained: true; nothing to download")
+    for folder in fetch_weights(names, out_dir):
+        click.echo(f"{folder}  (models[].pretrained: {folder})")

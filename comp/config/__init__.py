@@ -33,6 +33,7 @@ from comp.config._records import (
     TuneConfig,
     build_config,
     build_model,
+    size_schedule,
 )
 
 __all__ = [
@@ -65,5 +66,6 @@ __all__ = [
     "read_yaml",
     "resolve_paths",
     "set_key",
+    "size_schedule",
     "yaml_load",
 ]

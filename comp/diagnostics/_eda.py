@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +19,17 @@ import pandas as pd
 
 from comp.config import Config
 from comp.data._table import TrainTable, load_image, load_test_table, load_train_table
+from comp.diagnostics._eda_targets import (
+    TARGET_VIEWS,
+    attribute_counts,
+    attribute_lines,
+    attribute_plot,
+    colour_groups,
+    row_labels,
+    save_plot,
+)
 from comp.errors import CompError
-from comp.run import save_figure, write_csv, write_text
+from comp.run import write_csv, write_text
 
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -97,94 +105,17 @@ def scan(paths) -> dict:
     return {"rows": rows, "bad": bad}
 
 
-def _save(fig, path: Path) -> Path:
-    save_figure(path, fig)
-    return path
-
-
-def attribute_counts(table: TrainTable) -> tuple[dict[str, pd.Series], pd.DataFrame]:
-    """Rows per value of each attribute (scoring bins) and the joint distribution: the first attribute's values
-    as rows, every combination of the others as columns."""
-    assert table.scheme is not None and table.attributes is not None
-    values = {
-        a.name: pd.Categorical(
-            np.asarray(a.values, dtype=object)[table.attributes.score[a.name]], categories=list(a.values)
-        )
-        for a in table.scheme.attributes
-    }
-    counts = {n: pd.Series(v).value_counts().reindex(v.categories).fillna(0).astype(int) for n, v in values.items()}
-    names = list(values)
-    frame = pd.DataFrame(values)
-    if len(names) == 1:
-        return counts, counts[names[0]].to_frame("rows").T
-    joint = pd.crosstab(frame[names[0]], [frame[n] for n in names[1:]], dropna=False)
-    joint.columns = ["_".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in joint.columns]
-    return counts, joint
-
-
-def _attribute_lines(table: TrainTable) -> list[str]:
-    """Per-attribute counts (and training-bin counts where they differ) and the joint table, as text."""
-    assert table.scheme is not None and table.attributes is not None
-    counts, joint = attribute_counts(table)
-    lines = []
-    for attr in table.scheme.attributes:
-        line = f"attribute {attr.name}: " + ", ".join(f"{v} {n}" for v, n in counts[attr.name].items())
-        train = table.attributes.train[attr.name]
-        if not np.array_equal(train, table.attributes.score[attr.name]):
-            moved = int((train != table.attributes.score[attr.name]).sum())
-            per = np.bincount(train, minlength=len(attr.values))
-            line += (
-                " (training bins: "
-                + ", ".join(f"{v} {n}" for v, n in zip(attr.values, per))
-                + f"; {moved} rows trained as another value)"
-            )
-        lines.append(line)
-    if joint.shape[1] <= 30:
-        lines.append("joint distribution (rows per combination):\n" + joint.to_string())
-    return lines
-
-
-def _attribute_plot(out: Path, table: TrainTable) -> list[tuple[str, str]]:
-    from matplotlib.figure import Figure
-
-    counts, joint = attribute_counts(table)
-    fig = Figure(figsize=(max(6, 0.6 * joint.shape[1] + 3 * len(counts)), max(3, 0.4 * joint.shape[0] + 2)))
-    axes = fig.subplots(
-        1, len(counts) + 1, gridspec_kw={"width_ratios": [1] * len(counts) + [max(2, joint.shape[1] / 3)]}
-    )
-    for ax, (name, c) in zip(axes, counts.items()):
-        ax.bar([str(v) for v in c.index], c.to_numpy())
-        ax.set_title(name)
-        ax.tick_params(axis="x", rotation=90)
-    ax = axes[-1]
-    im = ax.imshow(joint.to_numpy(), cmap="viridis")
-    for (r, c), n in np.ndenumerate(joint.to_numpy()):
-        ax.text(c, r, str(n), ha="center", va="center", color="w", fontsize=7)
-    ax.set_xticks(range(joint.shape[1]), joint.columns, rotation=90)
-    ax.set_yticks(range(joint.shape[0]), joint.index)
-    fig.colorbar(im, ax=ax)
-    ax.set_title("joint distribution")
-    return [("attributes: counts and joint distribution", _save(fig, out / "attributes.png").name)]
-
-
 def _plots(
     out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame, table: TrainTable | None = None
 ) -> list[tuple[str, str]]:
     from matplotlib.figure import Figure
 
     made = []
-    counts = labels.value_counts().reindex(classes).fillna(0)
-    fig = Figure(figsize=(max(4, 0.4 * len(classes)), 3))
-    ax = fig.subplots()
-    ax.bar([str(c) for c in classes], counts.to_numpy())
-    ax.set_title("images per class")
-    ax.tick_params(axis="x", rotation=90)
-    made.append(("class counts", _save(fig, out / "class_counts.png").name))
     parts = labels.astype(str).str.split("_")
     nparts = parts.map(len)
     if table is not None and table.scheme is not None:  # the attributes are declared: no guessing from names
-        made += _attribute_plot(out, table)
-    elif nparts.nunique() == 1 and nparts.iloc[0] >= 2:
+        made += attribute_plot(out, table)
+    elif (table is None or table.task == "classification") and nparts.nunique() == 1 and nparts.iloc[0] >= 2:
         first = parts.map(lambda p: p[0])
         rest = parts.map(lambda p: "_".join(p[1:]))
         joint = pd.crosstab(first, rest)
@@ -195,14 +126,14 @@ def _plots(
         ax.set_yticks(range(joint.shape[0]), joint.index)
         fig.colorbar(im, ax=ax)
         ax.set_title("joint label distribution (first part vs rest)")
-        made.append(("joint label distribution", _save(fig, out / "label_joint.png").name))
+        made.append(("joint label distribution", save_plot(fig, out / "label_joint.png").name))
     if groups is not None:
         sizes = pd.Series(groups).value_counts()
         fig = Figure(figsize=(4, 3))
         ax = fig.subplots()
         ax.hist(sizes.to_numpy(), bins=min(30, max(1, sizes.nunique())))
         ax.set_title("images per group")
-        made.append(("group sizes", _save(fig, out / "group_sizes.png").name))
+        made.append(("group sizes", save_plot(fig, out / "group_sizes.png").name))
     ok = info[info["ok"]]
     if len(ok):
         fig = Figure(figsize=(8, 3))
@@ -213,7 +144,7 @@ def _plots(
         axes[0].set_title("image sizes")
         axes[1].hist((ok["width"] / ok["height"]).to_numpy(), bins=30)
         axes[1].set_title("aspect ratio (w/h)")
-        made.append(("image sizes and aspect ratios", _save(fig, out / "image_sizes.png").name))
+        made.append(("image sizes and aspect ratios", save_plot(fig, out / "image_sizes.png").name))
     return made
 
 
@@ -226,9 +157,7 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
     table = load_train_table(data, check_images=False, task=cfg.task)
     id_col = data.id_column
     ids = table.df[id_col].astype(str).to_numpy()
-    labels = pd.Series(np.asarray(table.classes, dtype=object)[table.targets]).astype(
-        str
-    )  # data.labels or label column
+    labels = row_labels(table)  # class name, tags, or the target values, as text
     train = scan(table.paths)
     info = pd.DataFrame([{k: r.get(k) for k in ("ok", "height", "width", "gray", "sha1")} for r in train["rows"]])
     test_ids: np.ndarray = np.array([], dtype=str)
@@ -287,10 +216,10 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
     dups = pd.DataFrame(dup_rows, columns=cols)
     write_csv(out / "duplicates.csv", dups)
 
-    # per-class colour statistics
+    # colour statistics per class (multilabel: per label; regression: per quartile of the first target)
     color_rows = []
-    for c in table.classes:
-        rs = [r for r, lab in zip(train["rows"], labels) if lab == c and r["ok"]]
+    for c, member in colour_groups(table):
+        rs = [r for r, m in zip(train["rows"], member) if m and r["ok"]]
         if not rs:
             continue
         n = sum(r["n"] for r in rs)
@@ -312,14 +241,13 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
     if len(bad):
         write_csv(out / "unreadable.csv", bad)
 
-    counts = Counter(labels)
-    imbalance = max(counts.values()) / max(1, min(counts.values()))
     ok = info[info["ok"]]
     n_gray = int(ok["gray"].sum()) if len(ok) else 0
-    plots = _plots(out, labels, table.classes, groups, info, table)
+    target_lines, target_plots, count_table = TARGET_VIEWS[table.task](out, table)
+    plots = target_plots + _plots(out, labels, table.classes, groups, info, table)
     leaks = dups[dups["leak"]]
     summary = [
-        f"{len(ids)} train images, {len(table.classes)} classes, imbalance ratio {imbalance:.2f} (largest/smallest class)",
+        *target_lines,
         (
             f"{len(set(groups))} groups, {pd.Series(groups).value_counts().min()}-{pd.Series(groups).value_counts().max()} "
             "images per group"
@@ -338,7 +266,7 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
         + (f" e.g. {leaks.iloc[0]['id_a']} ~ {leaks.iloc[0]['id_b']}" if len(leaks) else ""),
     ]
     if table.scheme is not None:
-        summary += _attribute_lines(table)
+        summary += attribute_lines(table)
         write_csv(out / "attributes.csv", attribute_counts(table)[1].reset_index())
     esc = html.escape
     source = data.train_csv if data.layout is None else "data.layout rows"
@@ -350,10 +278,7 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
     for title, name in plots:
         body.append(f'<h2>{esc(title)}</h2><img src="{esc(name)}" alt="{esc(title)}">')
     body.append("<h2>per-class RGB mean/std (0-255)</h2>" + colors.to_html(index=False, float_format="%.1f"))
-    body.append(
-        "<h2>class counts</h2>"
-        + pd.DataFrame({"class": list(counts), "images": list(counts.values())}).to_html(index=False)
-    )
+    body.append("<h2>targets</h2>" + count_table.to_html(index=False, float_format="%.4g"))
     body.append("<h2>unreadable / truncated files</h2>" + (bad.to_html(index=False) if len(bad) else "<p>none</p>"))
     body.append(
         "<h2>duplicates (first 200; all in duplicates.csv)</h2>"

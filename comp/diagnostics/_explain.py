@@ -1,156 +1,54 @@
 """What did a trained model get wrong, and where did it look? (``comp explain``)
 
-From a run's out-of-fold predictions: confusion matrix (PNG + CSV), per-class precision/recall/F1,
-a grid of the most confident mistakes, ``mislabeled.csv`` (rows ranked by ascending OOF p(label):
-the likeliest label errors first, with margin p(pred) - p(label)), and Grad-CAM heatmaps computed
-with each image's own fold checkpoint (the model that never trained on it).
+From a run's out-of-fold predictions, per task (``_mistakes``): the scores per class, label or target; every
+row ranked worst first (``mislabeled.csv``: for classification the likeliest label errors first); a grid of
+the worst mistakes; a confusion matrix (classification), ROC curves per label (multilabel) or predictions
+against targets and residuals (regression); and Grad-CAM heatmaps computed with each image's own fold
+checkpoint (the model that never trained on it), one per class, label or target they explain.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
-import torch
 
 from comp._tables import format_table
+from comp.diagnostics._gradcam import cam_layer, gradcam, overlay
+from comp.diagnostics._mistakes import ANALYSES, Mistakes, confusion, mislabel_ranking, per_class_scores
 from comp.errors import CompError
-from comp.metrics import METRICS
+from comp.metrics import get_metric
 from comp.run import FileSet, RunDir
+
+__all__ = [
+    "ExplainResult",
+    "best_model",
+    "cam_layer",
+    "confusion",
+    "explain_run",
+    "gradcam",
+    "mislabel_ranking",
+    "per_class_scores",
+]
 
 
 @dataclass
 class ExplainResult:
-    """The explain report of one model: its folder, per-class scores, the mislabel ranking and Grad-CAM maps."""
+    """The explain report of one model: its folder, per-output scores, the ranking of rows and Grad-CAM maps."""
 
     out: Path
     model_id: str
-    scores: pd.DataFrame  # class, support, precision, recall, f1
-    mislabeled: pd.DataFrame  # every OOF row, likeliest label errors first (mislabeled.csv)
-    confusion: np.ndarray  # counts[label, predicted]
-    cams: dict[str, np.ndarray]  # id -> Grad-CAM map at the image's size
-    mistakes: int  # OOF rows whose argmax is not the label
+    scores: pd.DataFrame  # one row per class, label or target
+    mislabeled: pd.DataFrame  # every OOF row, worst first (mislabeled.csv)
+    confusion: np.ndarray | None  # counts[label, predicted] (classification)
+    cams: dict[str, np.ndarray]  # id -> Grad-CAM map at the image's size (the first output it explains)
+    mistakes: int  # OOF rows counted as wrong (argmax, thresholded label set; regression: every row)
 
     def table(self) -> str:
         return format_table(self.scores.to_dict("records"))
-
-
-def read_oof(run: RunDir, model_id: str, id_col: str) -> tuple[pd.DataFrame, list[str]]:
-    pred = run.read_oof(model_id, id_column=id_col)
-    return pred.frame(), pred.classes
-
-
-def mislabel_ranking(oof: pd.DataFrame, classes: list[str], id_col: str) -> pd.DataFrame:
-    """Every row, sorted so the OOF disagrees most with the label first (ascending p(label))."""
-    probs = oof[classes].to_numpy(np.float64)
-    y = oof["target"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    pred = probs.argmax(1)
-    p_label = probs[np.arange(len(y)), y]
-    p_pred = probs[np.arange(len(y)), pred]
-    out = pd.DataFrame(
-        {
-            id_col: oof[id_col].to_numpy(),
-            "fold": oof["fold"].to_numpy(),
-            "label": oof["target"].to_numpy(),
-            "pred": np.asarray(classes, dtype=object)[pred],
-            "p_label": p_label,
-            "p_pred": p_pred,
-            "margin": p_pred - p_label,
-        }
-    )
-    return out.sort_values(["p_label", "margin"], ascending=[True, False], kind="mergesort").reset_index(drop=True)
-
-
-def confusion(oof: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    """counts[i, j] = rows labelled classes[i] predicted classes[j]."""
-    y = oof["target"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    pred = oof[classes].to_numpy().argmax(1)
-    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    np.add.at(cm, (y, pred), 1)
-    return cm
-
-
-def per_class_scores(cm: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    tp = np.diag(cm).astype(np.float64)
-    prec = np.divide(tp, cm.sum(0), out=np.zeros_like(tp), where=cm.sum(0) > 0)
-    rec = np.divide(tp, cm.sum(1), out=np.zeros_like(tp), where=cm.sum(1) > 0)
-    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
-    return pd.DataFrame({"class": classes, "support": cm.sum(1), "precision": prec, "recall": rec, "f1": f1})
-
-
-MIN_CAM_SIDE = 4  # a 1x1 or 2x2 final map (small inputs) gives a flat, useless heatmap
-
-
-def cam_layer(model: torch.nn.Module, hw) -> dict | None:
-    """The deepest of timm's ``feature_info`` stages whose map is at least MIN_CAM_SIDE on its short side;
-    None when that is the last stage (or the model lists none): then Grad-CAM uses ``forward_features``."""
-    info = list(getattr(model, "feature_info", None) or [])
-    deep_enough = [f for f in info if min(hw) / f.get("reduction", 1) >= MIN_CAM_SIDE]
-    if not info or not deep_enough or deep_enough[-1] is info[-1]:
-        return None
-    return deep_enough[-1]
-
-
-def gradcam(
-    model: Any, x: torch.Tensor, class_idx: int | None = None, name: str = "", layer: Any = "auto"
-) -> tuple[np.ndarray, int]:
-    """Grad-CAM for one image ``x`` (1, C, H, W): (h, w) map in [0, 1] and the class it explains.
-
-    The map is the last feature map (``forward_features``), or with ``layer`` (a ``feature_info`` entry;
-    "auto" = ``cam_layer``) that stage's output, so small inputs still get a map with some resolution.
-    Activations are kept from the forward pass; a tensor hook catches their gradient in the backward pass.
-    """
-    label = name or type(model).__name__
-    if not hasattr(model, "forward_features") or not hasattr(model, "forward_head"):
-        raise CompError(f"model {label} has no forward_features/forward_head; Grad-CAM needs a timm CNN")
-    if layer == "auto":
-        layer = cam_layer(model, x.shape[-2:])
-    model.eval()
-    store: dict = {}
-
-    def keep(t: torch.Tensor) -> torch.Tensor:
-        store["act"] = t
-        t.register_hook(lambda g: store.__setitem__("grad", g))  # the gradient of that map, in backward
-        return t
-
-    if layer is None:
-        feats = keep(model.forward_features(x.clone().requires_grad_(True)))
-        logits, channels = model.forward_head(feats), getattr(model, "num_features", None)
-    else:
-        hook = model.get_submodule(layer["module"]).register_forward_hook(lambda m, i, out: keep(out))
-        try:
-            logits = model(x.clone().requires_grad_(True))
-        finally:
-            hook.remove()
-        feats, channels = store["act"], layer.get("num_chs")
-    if feats.ndim != 4:
-        raise CompError(
-            f"model {label} has no spatial feature map; Grad-CAM needs a CNN (its features are {feats.ndim}-D)"
-        )
-    cls = int(logits.argmax(1)[0]) if class_idx is None else int(class_idx)
-    model.zero_grad(set_to_none=True)
-    logits[0, cls].backward()
-    act, grad = store["act"].detach()[0], store["grad"].detach()[0]
-    if _channels_last(channels, feats):  # e.g. Swin, MaxViT: (H, W, C) maps
-        act, grad = act.permute(2, 0, 1), grad.permute(2, 0, 1)
-    weights = grad.mean(dim=(1, 2))
-    cam = torch.relu((weights[:, None, None] * act).sum(0)).numpy()
-    cam = cam / cam.max() if cam.max() > 0 else cam
-    return cam.astype(np.float32), cls
-
-
-def _channels_last(channels: int | None, feats: torch.Tensor) -> bool:
-    """timm's NHWC families (Swin, MaxViT, ...) return (B, H, W, C) maps; C is the stage's channel count."""
-    return channels is not None and feats.shape[-1] == channels and feats.shape[1] != channels
-
-
-def _overlay(img: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    heat = cv2.applyColorMap((cam * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    return (0.55 * img + 0.45 * heat).astype(np.uint8)
 
 
 def _grid(files: FileSet, path: Path, items: list[tuple[np.ndarray, str]], cols: int = 4) -> Path:
@@ -193,6 +91,47 @@ def _confusion_png(files: FileSet, path: Path, cm: np.ndarray, classes: list[str
     return path
 
 
+def _roc_png(files: FileSet, path: Path, Y: np.ndarray, P: np.ndarray, labels: list[str]) -> Path:
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    for j, name in enumerate(labels[:20]):
+        y = Y[:, j] > 0.5
+        if y.all() or not y.any():
+            continue
+        fpr, tpr, _ = roc_curve(y, P[:, j])
+        ax.plot(fpr, tpr, lw=1, label=f"{name} ({roc_auc_score(y, P[:, j]):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("OOF ROC per label (AUC)")
+    ax.legend(fontsize=6, loc="lower right")
+    files.add(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
+    return path
+
+
+def _residuals_png(files: FileSet, path: Path, y: np.ndarray, p: np.ndarray, names: list[str]) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.2 * len(names)))
+    axes = fig.subplots(len(names), 2, squeeze=False)
+    for j, name in enumerate(names):
+        a, b = axes[j]
+        a.scatter(y[:, j], p[:, j], s=5, alpha=0.5)
+        lo, hi = float(min(y[:, j].min(), p[:, j].min())), float(max(y[:, j].max(), p[:, j].max()))
+        a.plot([lo, hi], [lo, hi], "k:", lw=0.8)
+        a.set_xlabel(f"{name} (target)")
+        a.set_ylabel("OOF prediction")
+        b.scatter(y[:, j], p[:, j] - y[:, j], s=5, alpha=0.5)
+        b.axhline(0, color="k", lw=0.8)
+        b.set_xlabel(f"{name} (target)")
+        b.set_ylabel("residual")
+    files.add(path, lambda p_: fig.savefig(p_, format="png", dpi=90, bbox_inches="tight"))
+    return path
+
+
 def best_model(run: RunDir, ids: list[str]) -> str:
     """The finished model with the best CV (metrics.json), for ``explain`` without ``--model``."""
     scored = []
@@ -203,7 +142,10 @@ def best_model(run: RunDir, ids: list[str]) -> str:
             if m.cv is not None:
                 gib = m.greater_is_better
                 if gib is None:  # a metrics.json that does not say: the metric's own direction
-                    gib = METRICS[m.metric].greater_is_better if m.metric in METRICS else True
+                    try:
+                        gib = get_metric(m.metric, str(m.extra.get("task", "classification"))).greater_is_better
+                    except CompError:
+                        gib = True
                 scored.append((m.cv if gib else -m.cv, mid))
     if not scored:
         raise CompError(
@@ -211,6 +153,22 @@ def best_model(run: RunDir, ids: list[str]) -> str:
             "finish train-folds or pick one with --model"
         )
     return max(scored)[1]
+
+
+def _figures(files: FileSet, out: Path, task: str, found: Mistakes, pred) -> None:
+    """The task's own picture of its errors."""
+    if found.confusion is not None:
+        classes = pred.classes
+        files.csv(
+            out / "confusion.csv",
+            pd.DataFrame(found.confusion, index=classes, columns=classes).rename_axis("label").reset_index(),
+        )
+        _confusion_png(files, out / "confusion.png", found.confusion, classes)
+    elif task == "multilabel":
+        _roc_png(files, out / "roc.png", np.asarray(pred.targets), pred.probs, pred.classes)
+    else:
+        y, p, names = found.extra["residuals"]
+        _residuals_png(files, out / "residuals.png", y, p, names)
 
 
 def explain_run(
@@ -232,42 +190,37 @@ def explain_run(
     cfg = run.load_config()
     id_col = cfg.data.id_column
     out = Path(out_dir) if out_dir else run.model_dir(model_id) / "explain"
-    oof, classes = read_oof(run, model_id, id_col)
-
-    ranked = mislabel_ranking(oof, classes, id_col)
-    mistakes = ranked[ranked["label"] != ranked["pred"]].sort_values("p_pred", ascending=False, kind="mergesort")
-    worst = mistakes.head(top)
+    pred = run.read_oof(model_id, id_column=id_col)
+    decision = run.read_metrics(model_id).extra.get("decision") if run.metrics(model_id).is_file() else None
+    found = ANALYSES[cfg.task](pred, id_col, decision)
+    ranked, worst = found.ranked, found.wrong.head(top)
     targets = [str(i) for i in gradcam_ids] if gradcam_ids else [str(v) for v in worst[id_col]]
-    fold_of = dict(zip(oof[id_col].astype(str), oof["fold"].astype(int)))
-    label_of = dict(zip(oof[id_col].astype(str), oof["target"]))
+    fold_of = dict(zip(ranked[id_col].astype(str), ranked["fold"].astype(int)))
+    label_of = dict(zip(ranked[id_col].astype(str), ranked["label"]))
     missing = [i for i in targets if i not in fold_of]
     if missing:
         raise CompError(f"--gradcam-ids: id {missing[0]!r} is not in {run.oof(model_id)}")
     table = load_train_table(cfg.data, check_images=False, task=cfg.task)
     path_of = dict(zip(table.df[id_col].astype(str), table.paths))
+    classes = pred.classes
 
-    cm = confusion(oof, classes)
-    scores = per_class_scores(cm, classes)
     # the report's files are staged and committed together: a failure half-way leaves the previous report whole
     with FileSet(out) as files:
-        files.csv(
-            out / "confusion.csv", pd.DataFrame(cm, index=classes, columns=classes).rename_axis("label").reset_index()
-        )
-        _confusion_png(files, out / "confusion.png", cm, classes)
-        files.csv(out / "per_class.csv", scores)
+        _figures(files, out, cfg.task, found, pred)
+        files.csv(out / "per_class.csv", found.scores)
         files.csv(out / "mislabeled.csv", ranked)
         items = []
         for rec in worst.itertuples(index=False):
             rid = getattr(rec, id_col) if id_col.isidentifier() else rec[0]
             try:
-                items.append(
-                    (load_image(path_of[str(rid)]), f"{rid}\nlabel {rec.label} pred {rec.pred} ({rec.p_pred:.2f})")
-                )
+                items.append((load_image(path_of[str(rid)]), f"{rid}\n{found.caption(rec)}"))
             except (CompError, KeyError):
                 continue
         if items:
             _grid(files, out / "mistakes.png", items)
-        cams, cam_items, models = {}, [], {}
+        cams: dict[str, np.ndarray] = {}
+        cam_items: list[tuple[np.ndarray, str]] = []
+        models: dict[int, tuple] = {}
         for rid in targets:
             fold = fold_of[rid]
             if fold not in models:
@@ -276,13 +229,12 @@ def explain_run(
             model, tf, ckpt = models[fold]
             img = load_image(path_of[rid])
             x = tf(image=img)["image"][None].float()
-            cam, cls = gradcam(model, x, name=ckpt.meta.model_name)
-            cam = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-            cams[rid] = cam
-            cam_items += [
-                (img, f"{rid} label {label_of[rid]}"),
-                (_overlay(img, cam), f"fold {fold} CAM for {classes[cls]}"),
-            ]
+            cam_items.append((img, f"{rid} {cfg.task == 'classification' and 'label ' or ''}{label_of[rid]}"))
+            for k in found.cam_outputs(rid):
+                cam, k = gradcam(model, x, class_idx=k, name=ckpt.meta.model_name)
+                cam = cv2.resize(cam, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+                cams.setdefault(rid, cam)
+                cam_items.append((overlay(img, cam), f"fold {fold} CAM for {classes[k]}"))
         if cam_items:
             _grid(files, out / "gradcam.png", cam_items)
-    return ExplainResult(out, model_id, scores, ranked, cm, cams, len(mistakes))
+    return ExplainResult(out, model_id, found.scores, ranked, found.confusion, cams, len(found.wrong))
