@@ -8,8 +8,9 @@ of ``comp/inference/bundle_predict.py`` that needs only onnxruntime, numpy and P
 Before anything is written, each graph is run on up to 16 test images read the way predict.py reads them
 (Pillow, its resize, its normalisation) and must match comp's own pipeline (PyTorch after albumentations)
 and, where ``comp predict`` left one, the model's ``test.csv``; a blend must also match the blend's
-``test.csv``. Target values are compared relative to their size (``comp.inference._export.Parity``). The folder is built under a hidden temporary name beside ``--out`` and renamed into place,
-so a killed bundle never looks complete.
+``test.csv``. Target values are compared relative to their size (``comp.inference._export.Parity``). The
+folder is built under a hidden temporary name beside ``--out`` and renamed into place, so a killed bundle
+never looks complete.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ def _build_graph(
         how = "relative to its values " if relative else ""
         raise CompError(
             f"{plan.file}: predict.py's predictions differ from comp's (PyTorch after albumentations) {how}"
-            f"by {parity.checked:.2e} > {tol:.0e} on {checked_on}; nothing written (try another --opset, or drop --fp16)"
+            f"by {parity.checked:.2e} > {tol:.0e} on {checked_on}; nothing written "
+            "(try another --opset, or drop --fp16)"
         )
     compare_with_test(
         got,
