@@ -132,6 +132,7 @@ class FoldTrainer:
                 smoothing=cfg.loss.label_smoothing,
                 loss=loss,
                 device=self.device,
+                output=self.output,
             )
         self.train_ds, self.train_idx, self.mixer, self.loss_fn = part.dataset, part.indices, part.mixer, part.loss
         self.labelled_idx = train_idx

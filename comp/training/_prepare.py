@@ -103,11 +103,6 @@ def preflight(cfg: Config, table: TrainTable) -> None:
     check_metric(cfg)  # the registry names this stage uses, first (config checks only their shape)
     check_losses(cfg)
     get_metric(cfg.metric, cfg.task).check_columns(list(table.classes))
-    if cfg.task != "classification" and (cfg.data.extra_train is not None or cfg.loss.distill.enabled):
-        raise CompError(
-            f"data.extra_train and loss.distill train on class distributions; task {cfg.task} cannot use them "
-            "yet; unset them"
-        )
     resolve_device(cfg.device)
     k = len(table.classes)
     if isinstance(cfg.loss.class_weights, list) and len(cfg.loss.class_weights) != k:
