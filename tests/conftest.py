@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +219,38 @@ def chmod_tree(folder: Path, writable: bool) -> None:
     for p in [folder, *folder.rglob("*")]:
         mode = p.stat().st_mode
         p.chmod(mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+@pytest.fixture(scope="session")
+def ort_python(tmp_path_factory) -> Path:
+    """A fresh virtual environment holding only onnxruntime, numpy and Pillow (and their own dependencies):
+    no torch, no comp, no OpenCV, as in a Kaggle notebook that installs nothing else."""
+    venv = tmp_path_factory.mktemp("ort_venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "onnxruntime",
+            "numpy",
+            "Pillow",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot install onnxruntime, numpy and Pillow into a venv: {res.stderr.strip()[-300:]}")
+    return python
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without PYTHONPATH: the venv must not see this source tree."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from comp.inference import _bundle_checks as C
 from comp.inference import bundle_predict as bp
 from comp.inference import bundle_run, predict_run
 from comp.run import CheckpointMeta, RunDir, load_checkpoint, make_checkpoint
-from tests.conftest import chmod_tree, snapshot
+from tests.conftest import chmod_tree, clean_env, snapshot
 
 # ---------------------------------------------------------------- fixtures
 
@@ -73,41 +71,6 @@ def world(trained_run, tmp_path_factory) -> dict:
     return {"root": root, "run": run_dir, "blend": blend.run_dir, "data": run.load_config().data}
 
 
-@pytest.fixture(scope="session")
-def ort_python(tmp_path_factory) -> Path:
-    """A fresh virtual environment holding only onnxruntime, numpy and Pillow (and their own dependencies):
-    no torch, no comp, no OpenCV, as in a Kaggle notebook that installs nothing else."""
-    venv = tmp_path_factory.mktemp("ort_venv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "onnxruntime",
-            "numpy",
-            "Pillow",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot install onnxruntime, numpy and Pillow into a venv: {res.stderr.strip()[-300:]}")
-    return python
-
-
-def _clean_env() -> dict[str, str]:
-    """The environment without PYTHONPATH: the venv must not see this source tree."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-
-
 def _predict_in_venv(python: Path, bundle: Path, images: Path, sample: Path, out_dir: Path) -> tuple[Path, Path, str]:
     """Run the bundle's predict.py in the venv with the image and bundle folders read-only; nothing may appear there."""
     sub, probs = out_dir / "submission.csv", out_dir / "probs.csv"
@@ -136,7 +99,7 @@ def _predict_in_venv(python: Path, bundle: Path, images: Path, sample: Path, out
             text=True,
             timeout=300,
             cwd=out_dir,
-            env=_clean_env(),
+            env=clean_env(),
         )
     finally:
         chmod_tree(bundle, writable=True)
@@ -159,7 +122,7 @@ def test_venv_holds_only_the_three_packages(ort_python):
         "import importlib.util as u, sys; "
         "sys.exit(any(u.find_spec(m) for m in ('torch', 'comp', 'cv2', 'albumentations', 'timm')))"
     )
-    res = subprocess.run([str(ort_python), "-c", code], env=_clean_env(), cwd="/", timeout=60)
+    res = subprocess.run([str(ort_python), "-c", code], env=clean_env(), cwd="/", timeout=60)
     assert res.returncode == 0, "the bundle venv can import torch, comp, cv2, albumentations or timm"
 
 
@@ -169,8 +132,13 @@ def test_run_bundle_reproduces_comp_predict(world, ort_python, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["eff.onnx", "manifest.json", "predict.py"]
     assert (out / "predict.py").read_bytes() == Path(bp.__file__).read_bytes()
     m = result.manifest
-    assert m["format"] == "comp.bundle/1" and m["classes"] == ["c0", "c1", "c2"]
-    assert m["submission"] == {"kind": "label", "columns": ["id", "label"], "target_column": "label"}
+    assert m["format"] == "comp.bundle/2" and m["classes"] == ["c0", "c1", "c2"] and m["task"] == "classification"
+    assert m["submission"] == {
+        "kind": "names",
+        "columns": ["id", "label"],
+        "target_column": "label",
+        "decision": None,
+    }
     assert m["id_column"] == "id" and m["image_ext"] == ".png" and m["graphs"][0]["folds"] == [0, 1]
     assert m["resize_fingerprint"] == bp.resize_fingerprint(C.cv2_resize)
     assert m["graphs"][0]["max_abs_diff"] <= 1e-4 and m["graphs"][0]["checked_on"] == "8 test images"
@@ -334,11 +302,20 @@ def test_submission_spec_follows_the_sample(tmp_path):
         sample.write_text(f"{header}\nx1,{','.join('0' * header.count(','))}\n")
         return C.submission_spec(DataConfig(sample_submission=str(sample), **data), classes)
 
-    assert spec("id,label")["submission"]["kind"] == "label"
+    # integer cells for non-integer class names: class codes, as make_submission writes them
+    assert spec("id,label")["submission"] == {
+        "kind": "codes",
+        "columns": ["id", "label"],
+        "target_column": "label",
+        "codes": None,
+        "decision": None,
+    }
+    sample.write_text("id,label\nx1,dog\n")
+    assert C.submission_spec(DataConfig(sample_submission=str(sample)), classes)["submission"]["kind"] == "names"
     assert spec("id,dog,cat") == {
         "id_column": "id",
         "image_ext": ".png",
-        "submission": {"kind": "proba", "columns": ["id", "dog", "cat"]},
+        "submission": {"kind": "proba", "columns": ["id", "dog", "cat"], "decision": None},
     }
     assert spec("image,dog,cat")["id_column"] == "image"  # the sample's first column, as make_submission does
     assert spec("id,label", path_template="jpg/{id}.jpg")["path_template"] == "jpg/{id}.jpg"
@@ -346,6 +323,120 @@ def test_submission_spec_follows_the_sample(tmp_path):
         spec("id,a,b")
     with pytest.raises(CompError, match="uses column 'person'"):
         spec("id,label", path_template="{person}/{id}.jpg")
+
+
+RENDER_CASES = [  # (task, classes, sample header, sample filler, decision)
+    ("classification", ["cat", "dog", "fox"], ["id", "label"], "cat", None),
+    ("classification", ["cat", "dog", "fox"], ["id", "label"], "0", None),  # integer codes
+    ("classification", ["cat", "dog", "fox"], ["id", "fox", "cat", "dog"], "0.3", None),
+    ("multilabel", ["r", "g", "b"], ["id", "tags"], "r", None),  # tags at 0.5
+    ("multilabel", ["r", "g", "b"], ["id", "tags"], "r", {"thresholds": [0.3, 0.62, 0.5]}),
+    ("multilabel", ["r", "g", "b"], ["id", "b", "r", "g"], "0.5", {"thresholds": [0.3, 0.62, 0.5]}),
+    ("regression", ["red", "green"], ["id", "green", "red"], "0", None),
+    ("regression", ["score"], ["id", "target"], "0", None),  # one target, the sample's own name
+    ("regression", ["grade"], ["id", "grade"], "0", {"cutpoints": [0.4, 1.7, 2.2], "grades": [0.0, 1.0, 2.0, 3.0]}),
+    ("regression", ["grade"], ["id", "grade"], "0", {"cutpoints": [0.5, 1.5], "grades": [0.0, 0.5, 1.0]}),
+]
+
+
+@pytest.mark.parametrize("task, classes, header, filler, decision", RENDER_CASES)
+def test_predict_py_renders_the_submission_as_make_submission(tmp_path, task, classes, header, filler, decision):
+    """The manifest comp writes, read back by predict.py, renders every task's submission byte for byte as
+    comp's make_submission writes it (ids with leading zeros and NA-like names, empty tag sets, grades)."""
+    from comp.submission import make_submission
+
+    ids = ["007", "NA", "a b", "x", "y", "z", "w"]
+    sample = tmp_path / "sample.csv"
+    pd.DataFrame({c: ids if c == "id" else [filler] * len(ids) for c in header}).to_csv(sample, index=False)
+    rng = np.random.default_rng(len(header) + len(classes))
+    probs = (
+        rng.dirichlet(np.ones(len(classes)), len(ids)) if task == "classification" else rng.random((7, len(classes)))
+    )
+    if task == "regression":
+        probs = probs * 3 - 0.2
+    spec = C.submission_spec(DataConfig(sample_submission=str(sample)), classes, task, decision)
+    (tmp_path / "g.onnx").write_bytes(b"")
+    graph = {"file": "g.onnx", "weight": 1.0, "image_size": [8, 8], "mean": [0.5] * 3, "std": [0.2] * 3}
+    manifest = {
+        "format": bp.FORMAT,
+        "task": task,
+        "classes": classes,
+        "graphs": [{**graph, "input": "input", "output": "probs"}],
+        **spec,
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    m = bp.load_manifest(tmp_path)
+    rows = bp.submission_rows(bp.read_sample(sample), m, probs)
+    bp.write_csv(tmp_path / "script.csv", header, rows)
+    want = make_submission(ids, probs, classes, sample, task=task, decision=decision)
+    want.to_csv(tmp_path / "comp.csv", index=False)
+    assert (tmp_path / "script.csv").read_text() == (tmp_path / "comp.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"task": "banana"}, "task must be"),
+        ({"submission": {"kind": "tags", "columns": ["id", "label"], "target_column": "label"}}, "submission.kind"),
+        (
+            {
+                "submission": {
+                    "kind": "names",
+                    "columns": ["id", "label"],
+                    "target_column": "label",
+                    "decision": {"thresholds": [1]},
+                }
+            },
+            None,
+        ),
+    ],
+)
+def test_manifest_2_checks_the_task_and_its_submission_kind(tmp_path, change, needle):
+    (tmp_path / "g.onnx").write_bytes(b"")
+    graph = {"file": "g.onnx", "weight": 1.0, "image_size": [8, 8], "mean": [0.5] * 3, "std": [0.2] * 3}
+    manifest = {
+        "format": "comp.bundle/2",
+        "task": "classification",
+        "classes": ["a", "b"],
+        "graphs": [{**graph, "input": "input", "output": "probs"}],
+        "id_column": "id",
+        "image_ext": ".png",
+        "submission": {"kind": "names", "columns": ["id", "label"], "target_column": "label", "decision": None},
+        **change,
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    if needle is None:  # a decision the kind does not render is ignored
+        assert bp.load_manifest(tmp_path).thresholds is None
+        return
+    with pytest.raises(bp.BundleError, match=needle):
+        bp.load_manifest(tmp_path)
+
+
+def test_manifest_thresholds_and_cutpoints_are_checked(tmp_path):
+    (tmp_path / "g.onnx").write_bytes(b"")
+    graph = {"file": "g.onnx", "weight": 1.0, "image_size": [8, 8], "mean": [0.5] * 3, "std": [0.2] * 3}
+    base = {
+        "format": "comp.bundle/2",
+        "graphs": [{**graph, "input": "input", "output": "probs"}],
+        "id_column": "id",
+        "image_ext": "",
+    }
+    tags = {"kind": "tags", "columns": ["id", "t"], "target_column": "t", "decision": {"thresholds": [0.5]}}
+    grades = {
+        "kind": "values",
+        "columns": ["id", "g"],
+        "target_column": "g",
+        "decision": {"cutpoints": [2.0, 1.0], "grades": [0, 1, 2]},
+    }
+    for task, classes, block, needle in [
+        ("multilabel", ["a", "b"], tags, "2 numbers, one per label"),
+        ("regression", ["g"], grades, "increasing order"),
+        ("regression", ["g"], {**grades, "decision": {"cutpoints": [1.0], "grades": [0]}}, "one more than cutpoints"),
+    ]:
+        manifest = {**base, "task": task, "classes": classes, "submission": block}
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(bp.BundleError, match=needle):
+            bp.load_manifest(tmp_path)
 
 
 def test_cli_bundle(world, tmp_path):

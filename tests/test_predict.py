@@ -101,8 +101,8 @@ def test_merge_of_identical_views_is_identity_and_rows_sum_to_one(method):
 
 
 def test_unknown_merge_and_view_list_the_valid_ones():
-    with pytest.raises(CompError, match="choose from mean, geometric"):
-        merge_probs(np.ones((1, 1, 2)) / 2, "median")
+    with pytest.raises(CompError, match="choose from mean, geometric, median"):
+        merge_probs(np.ones((1, 1, 2)) / 2, "harmonic")
     with pytest.raises(CompError, match="hflip"):
         parse_tta("hflp")
 

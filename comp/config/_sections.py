@@ -223,7 +223,7 @@ class HeadLoss:
 @dataclass
 class PredictConfig:
     tta: list[str] = _f([])
-    tta_merge: Literal["mean", "geometric"] = "mean"
+    tta_merge: Literal["mean", "geometric", "median"] = "mean"
     engine: Literal["onnx", "torch"] = "onnx"
     batch_size: int = _f(64, ge=1)
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"  # torch engine: torch.compile

@@ -1,14 +1,16 @@
 """``comp bundle``: a run or a blend -> a folder an offline Kaggle notebook predicts with, without comp.
 
-The folder holds one fused ONNX graph per model (all its folds and TTA views inside), ``manifest.json``
-(schema ``comp.bundle/1``, documented in ``bundle_predict.py``) and ``predict.py``, a copy of
-``comp/inference/bundle_predict.py`` that needs only onnxruntime, numpy and Pillow.
+The folder holds one fused ONNX graph per model (all its folds and TTA views inside, ending in the task's
+output), ``manifest.json`` (schema ``comp.bundle/2``, documented in ``bundle_predict.py``: the task, the
+submission's kind and the decision it applies, as ``make_submission`` renders it) and ``predict.py``, a copy
+of ``comp/inference/bundle_predict.py`` that needs only onnxruntime, numpy and Pillow.
 
 Before anything is written, each graph is run on up to 16 test images read the way predict.py reads them
 (Pillow, its resize, its normalisation) and must match comp's own pipeline (PyTorch after albumentations)
 and, where ``comp predict`` left one, the model's ``test.csv``; a blend must also match the blend's
-``test.csv``. The folder is built under a hidden temporary name beside ``--out`` and renamed into place,
-so a killed bundle never looks complete.
+``test.csv``. Target values are compared relative to their size (``comp.inference._export.Parity``). The
+folder is built under a hidden temporary name beside ``--out`` and renamed into place, so a killed bundle
+never looks complete.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from comp.inference._bundle_checks import (
     parity_images,
     submission_spec,
 )
-from comp.inference._bundle_source import Member, resolve_source, same_images
+from comp.inference._bundle_source import Member, Source, resolve_source, same_images
 from comp.inference._export import (
     INPUT,
     MAX_OPSET,
@@ -52,12 +54,18 @@ from comp.inference._export import (
     OUTPUT,
     TOLERANCE,
     FusedModel,
+    Parity,
     cpu_session,
     export_graph,
     metadata,
+    predictor,
+    relative_parity,
 )
+from comp.inference._predict import fitted_decision
 from comp.inference._tta import check_merge, parse_tta
+from comp.metrics import get_metric
 from comp.run import Checkpoint, RunDir, file_sha256, load_checkpoint, write_json
+from comp.tasks import Decision
 from comp.training._models import model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -94,7 +102,7 @@ class BundleResult:
 
 
 class _Columns(nn.Module):
-    """The fused model with its probability columns reordered to the bundle's class order."""
+    """The fused model with its output columns reordered to the bundle's class order."""
 
     def __init__(self, inner: nn.Module, order: list[int]):
         super().__init__()
@@ -146,7 +154,7 @@ def _plan(m: Member, tta: list[str] | None, tta_merge: str | None) -> _Plan:
                 "retrain the model's folds with one config"
             )
     views = parse_tta(m.cfg.predict.tta if tta is None else tta)
-    merge = check_merge(tta_merge or m.cfg.predict.tta_merge)
+    merge = check_merge(tta_merge or m.cfg.predict.tta_merge, m.cfg.task)
     return _Plan(m, paths, ckpts, views, merge)
 
 
@@ -164,7 +172,9 @@ def _build_graph(
     own = [str(c) for c in first.classes]
     if sorted(own) != sorted(classes):
         raise CompError(f"{m.name} predicts classes {own}, the bundle {classes}; bundle models of one competition")
-    fused: nn.Module = FusedModel([model_from_checkpoint(ck)[0] for ck in plan.ckpts], plan.tta, plan.merge)
+    task = m.cfg.task
+    predictors = [predictor(model_from_checkpoint(ck)[0], ck.meta) for ck in plan.ckpts]
+    fused: nn.Module = FusedModel(predictors, plan.tta, plan.merge, task)
     if own != classes:
         fused = _Columns(fused, [own.index(c) for c in classes])
     fused.eval()
@@ -189,11 +199,14 @@ def _build_graph(
     export_graph(fused, comp_batch[:1].float(), folder / plan.file, opset, meta, fp16)
     x = bundle_inputs(paths, size, first.mean, first.std, resize)
     got = cpu_session(folder / plan.file).run([OUTPUT], {INPUT: x})[0].astype(np.float64)
-    diff = float(np.abs(got - reference).max())
-    if not diff <= tol:
+    relative = relative_parity(task)
+    parity = Parity.of(got, reference, relative)
+    if not parity.checked <= tol:
+        how = "relative to its values " if relative else ""
         raise CompError(
-            f"{plan.file}: predict.py's probabilities differ from comp's (PyTorch after albumentations) "
-            f"by {diff:.2e} > {tol:.0e} on {checked_on}; nothing written (try another --opset, or drop --fp16)"
+            f"{plan.file}: predict.py's predictions differ from comp's (PyTorch after albumentations) {how}"
+            f"by {parity.checked:.2e} > {tol:.0e} on {checked_on}; nothing written "
+            "(try another --opset, or drop --fp16)"
         )
     compare_with_test(
         got,
@@ -205,14 +218,15 @@ def _build_graph(
         plan.file,
         f"comp predict wrote it with other checkpoints or TTA; re-run comp predict, or pass the --tta it used "
         f"(this bundle: {','.join(plan.tta) or 'none'})",
+        relative,
     )
     log.info(
-        "bundle: %s (%s, %d folds, tta %s): max |predict.py - comp| = %.2e on %s",
+        "bundle: %s (%s, %d folds, tta %s): predict.py against comp, %s on %s",
         plan.file,
         m.name,
         len(folds),
         ",".join(plan.tta) or "none",
-        diff,
+        parity.describe(),
         checked_on,
     )
     entry = {
@@ -231,7 +245,7 @@ def _build_graph(
         "tta_merge": plan.merge,
         "precision": precision,
         "opset": opset,
-        "max_abs_diff": diff,
+        **parity.report(),
         "checked_on": checked_on,
         "checkpoints": digests,
     }
@@ -250,6 +264,17 @@ def _file_names(plans: list[_Plan]) -> None:
 
 
 # ---------------------------------------------------------------- the folder
+
+
+def _decision(src: Source, plans: list[_Plan], classes: list[str]) -> Decision | None:
+    """The thresholds or cut-points the submission applies, as comp predict and comp ensemble apply them: a
+    blend's or a single model's own (metrics.json), or fitted on the mean of a run's models' OOF predictions."""
+    metric = get_metric(src.metric, src.task)
+    if src.blend is not None and src.blend_name is not None:
+        return fitted_decision(src.blend, [src.blend_name], metric, classes, id_column=src.data.id_column)
+    run = plans[0].member.run
+    mids = [p.member.model_id for p in plans]
+    return fitted_decision(run, mids, metric, classes, id_column=src.data.id_column)
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -299,11 +324,13 @@ def bundle_run(
     src = resolve_source(source, models)
     if not src.members:
         raise CompError(f"blend {src.blend_name} gives every member weight 0; nothing to bundle")
-    same_images(src.members, src.data)
+    same_images(src.members, src.data, src.task)
     check_out(out)
+    if tta_merge is not None:
+        check_merge(tta_merge, src.task)
     plans = [_plan(m, tta_list, tta_merge) for m in src.members]
     classes = src.classes or [str(c) for c in plans[0].ckpts[0].meta.classes]
-    spec = submission_spec(src.data, classes)
+    spec = submission_spec(src.data, classes, src.task, _decision(src, plans, classes))
     _file_names(plans)
     images = parity_images(src.data)
     fingerprint = bp.resize_fingerprint(cv2_resize)  # the resize comp trained and evaluated with
@@ -337,9 +364,11 @@ def bundle_run(
                 f"the bundle's blend of {len(entries)} graphs",
                 "its members' test.csv changed since comp ensemble; "
                 "re-run comp ensemble (or pass the --tta comp predict used)",
+                relative_parity(src.task),
             )
         manifest = {
             "format": bp.FORMAT,
+            "task": src.task,
             "classes": classes,
             "graphs": entries,
             **spec,

@@ -16,8 +16,10 @@ from comp.config import DataConfig
 from comp.data._table import load_test_table, train_paths
 from comp.errors import CompError, ConfigError, RunFolderError
 from comp.inference import bundle_predict as bp
-from comp.inference._export import PARITY_IMAGES
+from comp.inference._export import PARITY_IMAGES, Parity
 from comp.run import CheckpointMeta, RunDir, read_table
+from comp.submission._format import submission_kind
+from comp.tasks import Decision
 
 log = logging.getLogger(__name__)
 # `kaggle datasets init -p DIR` writes this into the folder; a rebuild keeps it
@@ -59,8 +61,12 @@ def template_fields(template: str) -> list[str]:
     return [f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(template) if f]
 
 
-def submission_spec(data: DataConfig, classes: list[str]) -> dict[str, Any]:
-    """The manifest's id column, image naming and ``submission`` block, from the sample submission."""
+def submission_spec(
+    data: DataConfig, classes: list[str], task: str = "classification", decision: Decision | None = None
+) -> dict[str, Any]:
+    """The manifest's id column, image naming and ``submission`` block, from the sample submission: the kind
+    ``make_submission`` renders for the task (proba, names, codes, tags, values) and the decision it applies
+    (per-label thresholds, QWK cut-points)."""
     if not data.sample_submission:
         raise ConfigError(
             "data.sample_submission is not set in the run's config; a bundle writes the sample's "
@@ -70,15 +76,13 @@ def submission_spec(data: DataConfig, classes: list[str]) -> dict[str, Any]:
     columns = [str(c) for c in sample.columns]
     id_col = data.id_column if data.id_column in columns else columns[0]  # as make_submission does
     targets = [c for c in columns if c != id_col]
-    if len(targets) == len(classes) and set(targets) == set(classes):
-        block: dict[str, Any] = {"kind": "proba", "columns": columns}
-    elif len(targets) == 1:
-        block = {"kind": "label", "columns": columns, "target_column": targets[0]}
-    else:
-        raise CompError(
-            f"{data.sample_submission} has target columns {targets}, neither one label column nor exactly "
-            f"the classes {classes}; fix data.classes or data.sample_submission"
-        )
+    kind = submission_kind(sample, targets, classes, task, str(data.sample_submission))
+    block: dict[str, Any] = {"kind": kind, "columns": columns}
+    if not (len(targets) == len(classes) and set(targets) == set(classes)):  # one column: labels, tags, a value
+        block["target_column"] = targets[0]
+    if kind == "codes":
+        block["codes"] = None  # the class index, as make_submission writes it
+    block["decision"] = _rendered(kind, decision)
     spec: dict[str, Any] = {"id_column": id_col}
     if data.path_template:
         missing = [f for f in template_fields(data.path_template) if f not in columns]
@@ -105,6 +109,20 @@ def written_files(manifest: dict[str, Any]) -> set[str]:
     return names
 
 
+def _rendered(kind: str, decision: Decision | None) -> Decision | None:
+    """The part of a decision the submission kind renders with (a proba submission needs no thresholds)."""
+    if not decision:
+        return None
+    if kind == "tags" and "thresholds" in decision:
+        return {"thresholds": [float(t) for t in decision["thresholds"]]}
+    if kind == "values" and "cutpoints" in decision:
+        return {
+            "cutpoints": [float(c) for c in decision["cutpoints"]],
+            "grades": [float(g) for g in decision["grades"]],
+        }
+    return None
+
+
 def check_out(out: Path) -> None:
     """``--out`` must be new, an empty folder, or an earlier bundle holding only what its manifest says comp
     wrote there (and ``dataset-metadata.json``, which a rebuild keeps): anything else would be deleted."""
@@ -119,7 +137,7 @@ def check_out(out: Path) -> None:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         manifest = None
-    if not isinstance(manifest, dict) or manifest.get("format") != bp.FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in bp.READABLE_FORMATS:
         raise CompError(
             f"--out {out} exists and is not a comp bundle (it holds {names[0]}); pass a new or empty "
             "folder, or an earlier bundle to replace"
@@ -173,8 +191,10 @@ def compare_with_test(
     tol: float,
     what: str,
     hint: str,
+    relative: bool = False,
 ) -> None:
-    """Fail unless ``got`` (the parity rows) matches the same rows of ``run``'s ``test.csv`` for ``model_id``."""
+    """Fail unless ``got`` (the parity rows) matches the same rows of ``run``'s ``test.csv`` for ``model_id``
+    (relative to the values for regression, see ``comp.inference._export.Parity``)."""
     path = run.test_pred(model_id)
     if ids is None or not path.is_file():
         return
@@ -182,7 +202,8 @@ def compare_with_test(
     if sorted(pred.classes) != sorted(classes):
         raise RunFolderError(f"{path} has classes {pred.classes}, the bundle {classes}; {hint}")
     want = pred.reorder(ids).probs[:, [pred.classes.index(c) for c in classes]]
-    diff = np.abs(got - want).max(axis=1)
+    diff = np.array([Parity.of(g, w, relative).checked for g, w in zip(got, want)])
     if not diff.max() <= tol:
         i = int(diff.argmax())
-        raise CompError(f"{what} differs from {path} by {diff[i]:.1e} (> {tol:.0e}) on id {ids[i]!r}; {hint}")
+        how = "relative to its values " if relative else ""
+        raise CompError(f"{what} differs from {path} {how}by {diff[i]:.1e} (> {tol:.0e}) on id {ids[i]!r}; {hint}")

@@ -1,7 +1,8 @@
 """What ``comp bundle`` is pointed at, resolved: a run folder, one model folder, or a blend of comp ensemble.
 
 A blend is carried as its members' graphs and weights, so only blends that are a weighted mean of member
-probabilities (and add no per-class bias) can be bundled.
+predictions (and add no per-class bias) can be bundled, whatever the task: the mean of class or label
+probabilities, or of target values.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Source:
     blend: RunDir | None = None  # the blend's run folder, whose test.csv the bundle must reproduce
     blend_name: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
+    metric: str | None = None  # the metric whose decision (thresholds, cut-points) the submission applies
 
 
 def blend_source(run: RunDir, name: str, blend: dict[str, Any], path: Path) -> Source:
@@ -81,7 +84,9 @@ def blend_source(run: RunDir, name: str, blend: dict[str, Any], path: Path) -> S
             )
         out.append(Member(mrun, mpath.name, float(weight), mrun.load_config()))
     classes = run.read_oof(name, id_column=cfg.data.id_column).classes
-    return Source("blend", path, out, cfg.data, classes, run, name, {"method": method, "weights": weights})
+    info = {"method": method, "weights": weights}
+    metric = run.read_metrics(name).metric
+    return Source("blend", path, out, cfg.data, classes, run, name, info, cfg.task, metric)
 
 
 def resolve_source(source: str | Path, models: list[str] | None) -> Source:
@@ -97,7 +102,8 @@ def resolve_source(source: str | Path, models: list[str] | None) -> Source:
     if found.model_id is None:
         if run.model_ids():
             cfg = run.load_config()
-            return Source("run", path, [Member(run, m, 1.0, cfg) for m in select_models(run, models)], cfg.data)
+            members = [Member(run, m, 1.0, cfg) for m in select_models(run, models)]
+            return Source("run", path, members, cfg.data, task=cfg.task, metric=cfg.metric)
         blends = [(n, b) for n in run.model_folders() if (b := run.blend_info(n))]
         if len(blends) != 1:
             raise RunFolderError(f"{path} holds no fold checkpoints and {len(blends)} blends; {hint}")
@@ -110,7 +116,7 @@ def resolve_source(source: str | Path, models: list[str] | None) -> Source:
                     f"--model {','.join(models)}: {path} is the model folder of {name}; pass the run folder"
                 )
             cfg = run.load_config()
-            return Source("model", path, [Member(run, name, 1.0, cfg)], cfg.data)
+            return Source("model", path, [Member(run, name, 1.0, cfg)], cfg.data, task=cfg.task, metric=cfg.metric)
         info = run.blend_info(name)
         if info is None:
             raise RunFolderError(f"{path} has no fold checkpoints and is not a blend; {hint}")
@@ -120,8 +126,13 @@ def resolve_source(source: str | Path, models: list[str] | None) -> Source:
     return blend_source(run, name, blend, path)
 
 
-def same_images(members: list[Member], data: DataConfig) -> None:
+def same_images(members: list[Member], data: DataConfig, task: str = "classification") -> None:
+    """Every member reads test images one way and predicts the bundle's task."""
     for m in members:
+        if m.cfg.task != task:
+            raise CompError(
+                f"member {m.name} predicts task {m.cfg.task}, the bundle {task}; bundle models of one competition"
+            )
         d = m.cfg.data
         for key in ("id_column", "image_ext", "path_template"):
             if getattr(d, key) != getattr(data, key):

@@ -1,6 +1,7 @@
 """The inference engines' registry: how ``comp predict`` turns a model's fold checkpoints into runners.
 
-A runner is a callable: a float32 NCHW batch (numpy) in, class probabilities (numpy, rows x classes) out.
+A runner is a callable: a float32 NCHW batch (numpy) in, predictions in the task's units (numpy, rows x
+output columns: class or label probabilities, target values) out.
 TTA views, merging and fold averaging happen around runners, so every engine shares them. An engine is one
 module that subclasses ``Engine`` and registers it, e.g. ``@ENGINES.register("onnx")``, imported by
 ``comp/inference/__init__.py``; predict asks the registry and never names an engine. The config's

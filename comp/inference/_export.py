@@ -1,13 +1,22 @@
-"""``comp export``: fold checkpoints -> ONNX graphs that output probabilities, checked against PyTorch.
+"""``comp export``: fold checkpoints -> ONNX graphs that output the task's predictions, checked against PyTorch.
+
+A graph ends in its checkpoint's own output head (``comp.training._outputs.Predictor``): softmax rows
+(classification, and every checkpoint written before tasks existed), a sigmoid per label (multilabel), or
+the target values in their own units (regression: the identity or a sigmoid, then the scaling fitted on that
+fold's training part). The fused graph merges each fold's TTA views, then averages the folds, in those units.
 
 Each graph carries its preprocessing in the ONNX metadata (mean, std, image size, classes, timm name, eval
-transform), so inference needs only the file. A graph that misses the parity tolerance is never written.
+transform) and its task and output head, so inference needs only the file. A graph that misses the parity
+tolerance is never written.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,47 +40,96 @@ from comp.run import (
     read_graph_metadata,
     write_json,
 )
+from comp.tasks import get_task
 from comp.training._models import model_from_checkpoint
+from comp.training._outputs import OutputSpec, Predictor
 
 read_metadata = read_graph_metadata
 log = logging.getLogger(__name__)
 MIN_OPSET, MAX_OPSET = 9, 20
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 PARITY_IMAGES = 16
+# the output keeps its name "probs" whatever the task (graphs and bundles of earlier versions read it so);
+# it holds probabilities, or target values in their units for regression
 INPUT, OUTPUT = "input", "probs"
+# nodes of a Predictor's output head, by the module path the exporter names them with: Predictor.head,
+# FusedModel.folds.<k>.head (head_<n> for the n-th TTA view), the bundle's column reordering
+# (inner.folds.<k>.head); a timm model's own head is model.head and never matches
+HEAD_NODE = re.compile(r"^/(?:inner/)?(?:folds\.\d+/)?head(?:_\d+)?/[^/]+$")
 
 
-class ProbModel(nn.Module):
-    """A classifier whose output is softmax probabilities."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        if logits.dtype != torch.float32:  # traced statically: an fp32 graph gets no Cast the fp16 converter mishandles
-            logits = logits.float()
-        return torch.softmax(logits, dim=1)
+def predictor(model: nn.Module, meta: CheckpointMeta) -> Predictor:
+    """A fold's model followed by its checkpoint's own output head (a format-1 checkpoint: softmax)."""
+    return Predictor(model, OutputSpec.from_dict(meta.output))
 
 
 class FusedModel(nn.Module):
-    """Every fold (and TTA view) in one graph: per fold merge the views, then average the folds."""
+    """Every fold (and TTA view) in one graph: per fold merge the views, then average the folds.
 
-    def __init__(self, models: list[nn.Module], tta: list[str] | tuple[str, ...] = (), merge: str = "mean"):
+    ``folds`` are :class:`Predictor` s, so each fold's predictions are in the task's units before they are
+    merged and averaged (regression: each fold through its own target scaling, then the mean of the folds)."""
+
+    def __init__(
+        self,
+        folds: Sequence[nn.Module],
+        tta: list[str] | tuple[str, ...] = (),
+        merge: str = "mean",
+        task: str = "classification",
+    ):
         super().__init__()
-        self.folds = nn.ModuleList(ProbModel(m) for m in models)
-        self.tta, self.merge = list(tta), merge
+        self.folds = nn.ModuleList(folds)
+        self.tta, self.merge, self.task = list(tta), check_merge(merge, task), task
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = [x] + [TTA_OPS[n](x) for n in self.tta]
-        per_fold = [merge_torch([m(v) for v in xs], self.merge) for m in self.folds]
+        per_fold = [merge_torch([m(v) for v in xs], self.merge, self.task) for m in self.folds]
         return torch.stack(per_fold).mean(0)
 
 
+@dataclass(frozen=True)
+class Parity:
+    """How far a graph is from its reference: the largest absolute difference and, for values in a target's
+    units, the largest ``|diff| / (1 + |value|)``.
+
+    Why relative for values: float32 rounding through a network grows with the magnitude of what it computes,
+    so a correct graph predicting prices in the thousands differs from PyTorch by ~1e-3, which an absolute 1e-4
+    would refuse; dividing by ``1 + |value|`` keeps the absolute check near zero (where a relative one would
+    blow up) and, for values in [0, 1], stays within a factor two of it. Probabilities keep the absolute check."""
+
+    abs: float
+    rel: float | None = None
+
+    @classmethod
+    def of(cls, got: np.ndarray, reference: np.ndarray, relative: bool) -> Parity:
+        got, reference = np.asarray(got, np.float64), np.asarray(reference, np.float64)
+        diff = np.abs(got - reference)
+        rel = float((diff / (1.0 + np.abs(reference))).max()) if relative and diff.size else None
+        return cls(float(diff.max()) if diff.size else 0.0, rel)
+
+    @property
+    def checked(self) -> float:
+        """The figure held against the tolerance."""
+        return self.abs if self.rel is None else self.rel
+
+    def describe(self) -> str:
+        return f"max |diff| = {self.abs:.2e}" + (
+            "" if self.rel is None else f", max |diff|/(1+|value|) = {self.rel:.2e}"
+        )
+
+    def report(self) -> dict[str, float]:
+        return {"max_abs_diff": self.abs, **({} if self.rel is None else {"max_rel_diff": self.rel})}
+
+
+def relative_parity(task: str) -> bool:
+    """Whether graphs of ``task`` are checked relative to their values (target values, not probabilities)."""
+    return not get_task(task).probabilistic
+
+
 def metadata(meta: CheckpointMeta, **extra) -> dict[str, str]:
-    """The preprocessing and provenance a consumer of the graph needs, as ONNX metadata strings."""
-    return graph_metadata(meta, input=INPUT, output=OUTPUT, **extra)
+    """The preprocessing and provenance a consumer of the graph needs, as ONNX metadata strings: with the
+    task and the output head, so a graph written before heads existed is never taken for one that has it."""
+    head = OutputSpec.from_dict(meta.output).to_dict()
+    return graph_metadata(meta, input=INPUT, output=OUTPUT, task=meta.task, output_head=head, **extra)
 
 
 def export_graph(
@@ -118,18 +176,67 @@ FP32_OPS = (
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """float16 weights and activations with float32 inputs/outputs and the sensitive nodes in float32
-    (onnxconverter-common's converter, the maintained one)."""
+    (onnxconverter-common's converter, the maintained one). A graph whose heads scale to a target's units keeps
+    them and everything after them (TTA merge, fold mean) in float32: float16 has three significant digits and
+    nothing above 65504, which values such as prices exceed."""
     from onnxconverter_common import float16
 
+    tail = _value_tail(model)
     half = float16.convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS]
+        model,
+        keep_io_types=True,
+        op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
+        node_block_list=tail,
     )
-    return _float32_outputs(half)
+    return _float32_outputs(_no_float16_between(half, set(tail)))
+
+
+def _value_tail(model: onnx.ModelProto) -> list[str]:
+    """Names of the output heads' nodes and of every node downstream of them, when a head scales its outputs
+    (regression); empty for probability heads (softmax, sigmoid), which float16 keeps well enough."""
+    nodes = list(model.graph.node)  # an exported graph lists its nodes in topological order
+    heads = [n for n in nodes if HEAD_NODE.match(n.name)]
+    if not any(n.op_type in ("Mul", "Add") for n in heads):
+        return []
+    tainted: set[str] = set()
+    tail = []
+    for n in nodes:
+        if HEAD_NODE.match(n.name) or any(i in tainted for i in n.input):
+            tainted.update(n.output)
+            tail.append(n)
+    # and the constants they read: the exporter shares equal initializers between folds through Identity nodes,
+    # which must stay float32 for their float32 readers
+    consts = {i.name for i in model.graph.initializer}
+    read = {i for n in tail for i in n.input}
+    feeders = [n for n in nodes if all(i in consts for i in n.input) and read.intersection(n.output)]
+    return [n.name for n in feeders + tail if n.name]
+
+
+def _no_float16_between(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelProto:
+    """The converter casts the outputs of float32 nodes it kept to float16 and back before the next kept node
+    (where an output has several readers, as the TTA median's minimum and maximum); such a round trip turns
+    values above 65504 into inf. Each of its casts after a ``kept`` node becomes a float32 one."""
+    if not kept:
+        return model
+    producer = {o: n for n in model.graph.node for o in n.output}
+    widened: set[str] = set()
+    for n in model.graph.node:
+        before = producer.get(n.input[0]) if n.op_type == "Cast" and n.input else None
+        if before is None or before.name not in kept:
+            continue
+        for a in n.attribute:
+            if a.name == "to" and a.i == onnx.TensorProto.FLOAT16:
+                a.i = onnx.TensorProto.FLOAT
+                widened.update(n.output)
+    for info in [*model.graph.value_info, *model.graph.output]:
+        if info.name in widened:
+            info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    return model
 
 
 def _float32_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """The converter can leave a graph output in float16 when its producer is in the block list; cast it back,
-    so every graph, fp16 or not, returns float32 probabilities."""
+    so every graph, fp16 or not, returns float32 predictions."""
     for out in model.graph.output:
         if out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16:
             continue
@@ -179,26 +286,30 @@ def write_checked(
     opset: int,
     meta: dict[str, str],
     fp16: bool,
-) -> float:
-    """Export to a temporary file, compare with ``reference`` on ``batch``, and rename into place only on pass."""
+    relative: bool = False,
+) -> Parity:
+    """Export to a temporary file, compare with ``reference`` on ``batch`` (relative to the values for a
+    regression graph, see :class:`Parity`), and rename into place only on pass."""
     precision = "fp16" if fp16 else "fp32"
-    diffs: list[float] = []
+    found: list[Parity] = []
 
     def write(tmp: Path) -> None:
         export_graph(module, batch[:1], tmp, opset, meta, fp16)
         got = cpu_session(tmp).run([OUTPUT], {INPUT: batch.numpy()})[0]
-        diffs.append(float(np.abs(got.astype(np.float64) - reference).max()))
-        if not diffs[0] <= TOLERANCE[precision]:
+        found.append(Parity.of(got, reference, relative))
+        if not found[0].checked <= TOLERANCE[precision]:
+            what = "relative to its values (|diff| / (1 + |value|))" if relative else "by"
             raise CompError(
-                f"{path.name}: ONNX ({precision}) differs from PyTorch by {diffs[0]:.2e} > "
+                f"{path.name}: ONNX ({precision}) differs from PyTorch {what} {found[0].checked:.2e} > "
                 f"{TOLERANCE[precision]:.0e}; nothing written (try another --opset, or drop --fp16)"
             )
 
     atomic_write(path, write)
-    return diffs[0]
+    return found[0]
 
 
 def _torch_probs(module: nn.Module, batch: torch.Tensor) -> np.ndarray:
+    """The module's predictions on ``batch`` in float64 (the parity reference)."""
     with torch.no_grad():
         return module.eval()(batch).double().numpy()
 
@@ -222,15 +333,17 @@ def export_model(
     reads = [*((f"the fold {k} checkpoint", p) for k, p in by_fold.items()), *data_inputs(cfg.data)]
     for out in [*(run.onnx(model_id, k) for k in by_fold), run.fused(model_id), run.export_report(model_id)]:
         check_output(out, reads, label="export's output", fix="remove that link and export again")
+    check_merge(tta_merge, cfg.task)
+    relative = relative_parity(cfg.task)
     precision = "fp16" if fp16 else "fp32"
-    files, models, batches, digests = [], [], [], {}
+    files, modules, batches, digests = [], [], [], {}
     for fold, path in by_fold.items():
         model, ckpt = model_from_checkpoint(path)
         meta = ckpt.meta
         batch, source = parity_batch(cfg, meta, run)
-        module = ProbModel(model)
+        module = predictor(model, meta)
         out = run.onnx(model_id, fold)
-        diff = write_checked(
+        parity = write_checked(
             module,
             _torch_probs(module, batch),
             batch,
@@ -245,18 +358,19 @@ def export_model(
                 checkpoints={str(fold): file_sha256(path)},
             ),
             fp16,
+            relative,
         )
-        log.info(f"{out}: max |onnx - torch| = {diff:.2e} on {len(batch)} {source} ({precision})")
-        files.append({"file": out.name, "fold": fold, "max_abs_diff": diff, "images": len(batch), "checked_on": source})
+        log.info(f"{out}: onnx against torch, {parity.describe()} on {len(batch)} {source} ({precision})")
+        files.append({"file": out.name, "fold": fold, **parity.report(), "images": len(batch), "checked_on": source})
         digests[str(fold)] = file_sha256(path)
-        models.append(model)
+        modules.append(module)
         batches.append(batch)
     if fuse:
         batch = torch.cat(batches)[:PARITY_IMAGES]
-        fused = FusedModel(models, tta, tta_merge)
+        fused = FusedModel(modules, tta, tta_merge, cfg.task)
         out = run.fused(model_id)
         folds = [f["fold"] for f in files]
-        diff = write_checked(
+        parity = write_checked(
             fused,
             _torch_probs(fused, batch),
             batch,
@@ -264,9 +378,11 @@ def export_model(
             opset,
             metadata(meta, folds=folds, precision=precision, tta=tta, tta_merge=tta_merge, checkpoints=digests),
             fp16,
+            relative,
         )
         log.info(
-            f"{out}: max |onnx - mean of torch folds| = {diff:.2e} on {len(batch)} images ({precision}, tta {tta or 'none'})"
+            f"{out}: onnx against the mean of torch folds, {parity.describe()} on {len(batch)} images "
+            f"({precision}, tta {tta or 'none'})"
         )
         files.append(
             {
@@ -274,7 +390,7 @@ def export_model(
                 "folds": folds,
                 "tta": tta,
                 "tta_merge": tta_merge,
-                "max_abs_diff": diff,
+                **parity.report(),
                 "images": len(batch),
             }
         )
@@ -283,6 +399,7 @@ def export_model(
         log.info(f"{stale}: removed (built from the previous export; pass --fuse to rebuild it)")
     report = {
         "model_id": model_id,
+        "task": cfg.task,
         "precision": precision,
         "opset": opset,
         "tolerance": TOLERANCE[precision],
@@ -330,6 +447,7 @@ def export_run(
     run = RunDir(run_dir)
     mids = select_models(run, models)
     cfg = run.load_config()
+    check_merge(tta_merge, cfg.task)  # geometric renormalises class rows: refused for other tasks, before any write
     return {
         mid: export_model(run, mid, cfg, fp16=fp16, fuse=fuse, opset=opset, tta=tta or [], tta_merge=tta_merge)
         for mid in mids

@@ -101,7 +101,7 @@ def fixed_batches(x: np.ndarray, batch: int, run) -> np.ndarray:
 
 
 class OrtRunner:
-    """One onnxruntime session: float32 NCHW batch in, probabilities out (I/O binding on CUDA)."""
+    """One onnxruntime session: float32 NCHW batch in, the graph's predictions out (I/O binding on CUDA)."""
 
     def __init__(self, path: Path, threads: int | None = None, options: OrtOptions | None = None):
         import onnxruntime as ort
@@ -177,17 +177,20 @@ class _Lazy:
         return self.runner(x)
 
 
-def graph_matches(onnx_path: Path, digests: dict[str, str]) -> bool:
-    """Whether ``onnx_path`` was exported from exactly these checkpoints ({fold: sha256}), by its metadata.
+def graph_matches(onnx_path: Path, digests: dict[str, str], task: str = "classification") -> bool:
+    """Whether ``onnx_path`` was exported from exactly these checkpoints ({fold: sha256}) for ``task``, by its
+    metadata.
 
-    Timestamps are not trusted: a same-shaped graph copied from another run would otherwise be used."""
+    Timestamps are not trusted: a same-shaped graph copied from another run would otherwise be used. A graph
+    that names no task was exported before graphs ended in their task's output (always in a softmax): right
+    for a classifier, stale for any other task."""
     if not onnx_path.is_file():
         return False
     try:
         meta = read_graph_metadata(onnx_path)
     except CompError:
         return False
-    return meta.get("checkpoints") == digests
+    return meta.get("checkpoints") == digests and meta.get("task", "classification") == task
 
 
 def usable_fused(run: RunDir, model_id: str, folds: list[int], tta: list[str], merge: str) -> Path | None:
@@ -195,7 +198,7 @@ def usable_fused(run: RunDir, model_id: str, folds: list[int], tta: list[str], m
     TTA views and merge; otherwise None and the per-fold graphs are used."""
     path = run.fused(model_id)
     digests = {str(k): file_sha256(c) for k, c in run.fold_checkpoints(model_id).items()}
-    if not graph_matches(path, digests):
+    if not path.is_file() or not graph_matches(path, digests, run.load_config().task):
         return None
     meta = read_graph_metadata(path)
     same = (
@@ -219,7 +222,8 @@ class OnnxEngine(Engine):
 
     def prepare(self, run: RunDir, model_id: str, cfg: Config) -> None:
         by_fold = run.fold_checkpoints(model_id)
-        if any(not graph_matches(run.onnx(model_id, k), {str(k): file_sha256(p)}) for k, p in by_fold.items()):
+        task = cfg.task
+        if any(not graph_matches(run.onnx(model_id, k), {str(k): file_sha256(p)}, task) for k, p in by_fold.items()):
             log.info(
                 "%s: no ONNX graphs exported from these checkpoints; exporting them now (same as `comp export`)",
                 model_id,

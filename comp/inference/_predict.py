@@ -1,5 +1,8 @@
 """``comp predict``: fold models (run by an ``ENGINES`` entry) + TTA -> per-model ``test.csv``, TTA OOF, a submission.
 
+Every table is in the task's units: class probabilities, label probabilities, or target values (each fold
+through its own target scaling, then the mean of the folds). The submission is rendered by the task
+(``make_submission``): argmax classes, tags at the metric's fitted thresholds, values or QWK grades.
 Images are decoded once per batch and fed to every fold, so k folds cost one pass over the files.
 """
 
@@ -36,6 +39,7 @@ from comp.run import (
     run_tree,
 )
 from comp.submission._format import make_submission, validate_submission
+from comp.tasks import Decision, Metric, nested_score
 from comp.training._engine import resolve_device
 
 log = logging.getLogger(__name__)
@@ -90,8 +94,9 @@ def run_views(
     batch_size: int,
     num_workers: int = 0,
     desc: str = "",
+    task: str = "classification",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(plain, merged-TTA) probabilities, each (runners, N, C), decoding every image once for all runners."""
+    """(plain, merged-TTA) predictions, each (runners, N, C), decoding every image once for all runners."""
     loader: DataLoader = DataLoader(
         ImageDataset(paths, transform=transform),  # type: ignore[arg-type]
         batch_size=batch_size,
@@ -104,7 +109,7 @@ def run_views(
         for i, run in enumerate(runners):
             probs = np.stack([run(v) for v in xs])
             plain[i].append(probs[0])
-            merged[i].append(merge_probs(probs, merge))
+            merged[i].append(merge_probs(probs, merge, task))
     return np.stack([np.concatenate(p) for p in plain]), np.stack([np.concatenate(m) for m in merged])
 
 
@@ -135,7 +140,9 @@ def oof_tta(
     batch_size: int,
     progress: bool,
 ) -> tuple[Predictions, float, float]:
-    """Each fold's model with TTA on its own validation rows: (OOF with TTA, CV without, CV with TTA)."""
+    """Each fold's model with TTA on its own validation rows: (OOF with TTA, CV without, CV with TTA), scored by
+    the task's metric; a metric with a fitted decision (thresholds, cut-points) by nested CV over the folds,
+    as train-folds scores it."""
     data = cfg.data
     table = load_train_table(data, task=cfg.task)
     id_col = data.id_column
@@ -156,20 +163,22 @@ def oof_tta(
             batch_size,
             data.num_workers,
             f"{model_id} oof fold {f.fold}" if progress else "",
+            cfg.task,
         )
         plain[idx], merged[idx] = p[0], m[0]
     done = ~np.isnan(merged[:, 0])
     metric = get_metric(cfg.metric, cfg.task)
+    fold_of = fold_of.astype(np.int64)
     pred = Predictions(
         table.df[id_col].to_numpy(dtype=object),
         list(classes),
         merged,
-        fold_of.astype(np.int64),
-        np.asarray(table.classes, dtype=object)[table.targets],
+        fold_of,
+        table.target_labels(),
         id_col,
     ).take(done)
-    y = table.targets[done]
-    return pred, float(metric(y, plain[done])), float(metric(y, merged[done]))
+    y, k = table.targets[done], fold_of[done]
+    return pred, nested_score(metric, y, plain[done], k)[0], nested_score(metric, y, merged[done], k)[0]
 
 
 def resolve_options(cfg: Config, engine, tta, tta_merge, batch_size) -> tuple[str, list[str], str, int]:
@@ -180,7 +189,51 @@ def resolve_options(cfg: Config, engine, tta, tta_merge, batch_size) -> tuple[st
     if batch_size < 1:
         raise CompError(f"--batch-size must be >= 1, got {batch_size}")
     resolve_device(cfg.device)  # a device this machine lacks fails here, whichever engine runs
-    return engine, parse_tta(p.tta if tta is None else tta), check_merge(tta_merge or p.tta_merge), batch_size
+    merge = check_merge(tta_merge or p.tta_merge, cfg.task)  # a merge that does not fit the task: before any write
+    return engine, parse_tta(p.tta if tta is None else tta), merge, batch_size
+
+
+def _columns(pred: Predictions, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, predictions) of an OOF table with its columns in the order of ``classes``."""
+    order = [pred.classes.index(c) for c in classes]
+    y = pred.y[:, order] if pred.matrix_targets else pd.Index(classes).get_indexer(pred.targets)
+    return y, pred.probs[:, order]
+
+
+def fitted_decision(
+    run: RunDir,
+    model_ids: list[str],
+    metric: Metric,
+    classes: list[str],
+    *,
+    weights: list[float] | None = None,
+    id_column: str | None = None,
+) -> Decision | None:
+    """The decision a submission of the (weighted) mean of ``model_ids``' predictions applies: per-label
+    thresholds (F-metrics) or QWK cut-points, or None for a metric that fits none.
+
+    One model: the decision its ``metrics.json`` recorded for this metric (fitted on all its OOF rows).
+    Several models averaged: the metric's decision fitted on the same average of their OOF predictions, row for
+    row; each model's own decision was fitted on its own predictions, not on the mean that is submitted."""
+    if not metric.fitted:
+        return None
+    if len(model_ids) == 1 and run.metrics(model_ids[0]).is_file():
+        recorded = run.read_metrics(model_ids[0])
+        if recorded.metric == metric.name and recorded.extra.get("decision") is not None:
+            return dict(recorded.extra["decision"])
+    oofs = [run.read_oof(mid, id_column=id_column) for mid in model_ids]
+    ids = oofs[0].ids
+    for mid, o in zip(model_ids[1:], oofs[1:]):
+        if set(o.ids) != set(ids):
+            raise CompError(
+                f"{run.oof(mid)} and {run.oof(model_ids[0])} hold different rows; the submission's "
+                f"{metric.name} decision is fitted on the mean of their OOF predictions row for row, so "
+                "retrain the models on the same folds.csv"
+            )
+    parts = [_columns(o.reorder(ids), classes) for o in oofs]
+    w = np.ones(len(parts)) if weights is None else np.asarray(weights, np.float64)
+    mean = np.tensordot(w / w.sum(), np.stack([p for _, p in parts]), axes=1)
+    return metric.decide(parts[0][0], mean)
 
 
 @dataclass
@@ -204,9 +257,10 @@ class PredictResult:
     tta_merge: str
     models: dict[str, ModelPrediction]
     submission: Path | None
+    decision: Decision | None = None  # the thresholds or cut-points the submission applied
 
     def test(self, model_id: str) -> pd.DataFrame:
-        """A model's test probabilities (id, one column per class)."""
+        """A model's test predictions (id, one column per class, label or target, in the task's units)."""
         return self.run.read_test(model_id).frame()
 
     def table(self) -> str:
@@ -280,6 +334,7 @@ def predict_run(
                 bs,
                 data.num_workers,
                 f"{mid} test" if progress else "",
+                cfg.task,
             )
             probs = merged.mean(0)
             test_pred = Predictions(
@@ -299,10 +354,18 @@ def predict_run(
             )
         else:
             assert classes is not None
+            metric = get_metric(cfg.metric, cfg.task)
+            result.decision = fitted_decision(run, mids, metric, list(classes), id_column=data.id_column)
             sub = make_submission(
-                test_df[data.id_column], np.mean(probs_by_model, axis=0), classes, sample, data.id_column
+                test_df[data.id_column],
+                np.mean(probs_by_model, axis=0),
+                classes,
+                sample,
+                data.id_column,
+                task=cfg.task,
+                decision=result.decision,
             )
-            validate_submission(sub, sample, classes, data.id_column)
+            validate_submission(sub, sample, classes, data.id_column, task=cfg.task)
             result.submission = files.csv(out_path, sub)
     except BaseException:
         files.discard()  # nothing of this call is committed

@@ -9,10 +9,10 @@ import torch
 
 from comp.config import Config
 from comp.inference._engines import ENGINES, Engine, Runner
-from comp.inference._export import ProbModel
 from comp.run import Checkpoint, RunDir
 from comp.training._engine import resolve_device
 from comp.training._models import model_from_checkpoint
+from comp.training._outputs import OutputSpec, Predictor
 
 
 @dataclass
@@ -28,10 +28,13 @@ class TorchOptions:
 
 
 class TorchRunner:
-    """A PyTorch fold model with softmax: float32 NCHW batch in, probabilities out (optionally torch.compile'd)."""
+    """A PyTorch fold model with its checkpoint's output head (the one its ONNX graph ends in): float32 NCHW
+    batch in, predictions in the task's units out (optionally torch.compile'd)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, compile: str = "none"):
-        self.model, self.device = ProbModel(model).eval().to(device), device
+    def __init__(
+        self, model: torch.nn.Module, device: torch.device, compile: str = "none", output: OutputSpec | None = None
+    ):
+        self.model, self.device = Predictor(model, output or OutputSpec()).eval().to(device), device
         if compile != "none":
             self.model = torch.compile(self.model, mode=compile)  # type: ignore[assignment]
 
@@ -53,4 +56,5 @@ class TorchEngine(Engine):
 
     def runner(self, run: RunDir, model_id: str, fold: int, ckpt: Checkpoint) -> Runner:
         model, _ = model_from_checkpoint(ckpt)
-        return TorchRunner(model, self.options.device, self.options.compile)
+        output = OutputSpec.from_dict(ckpt.meta.output)  # a format-1 checkpoint: softmax
+        return TorchRunner(model, self.options.device, self.options.compile, output)

@@ -1,7 +1,12 @@
-"""Test-time augmentation: a registry of views (NCHW float batch -> batch) and merging their probabilities.
+"""Test-time augmentation: a registry of views (NCHW float batch -> batch) and merging their predictions.
 
 Views are torch ops so the same code runs before the torch or onnxruntime engine and inside a fused ONNX
-graph. Merging is plain numpy on probabilities, never on logits, so every engine shares it.
+graph. Merging is plain numpy on predictions in the task's units (probabilities, never logits; target
+values), so every engine shares it; ``merge_torch`` is the same arithmetic inside a fused graph.
+
+Which merges fit is the task's (``Task.merges``): ``geometric`` renormalises rows into class probabilities,
+so it is classification's only; ``median`` of class probabilities is renormalised too (classification's
+``normalise``), while multi-label rows and regression values are never renormalised.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import torch.nn.functional as F
 
 from comp._registry import Registry
 from comp.config import PredictConfig
-from comp.errors import CompError
+from comp.errors import CompError, ConfigError
+from comp.tasks import get_task
 
 if TYPE_CHECKING:
     from comp.config import Config
@@ -84,15 +90,23 @@ def parse_tta(spec: str | Iterable[str] | None) -> list[str]:
 
 
 def check_config(cfg: Config) -> None:
-    """Refuse unknown view names in ``predict.tta`` (the whole option is checked again by parse_tta at predict)."""
+    """Refuse unknown view names in ``predict.tta`` (the whole option is checked again by parse_tta at predict)
+    and a ``predict.tta_merge`` that does not fit the config's task."""
     for name in cfg.predict.tta:
         TTA_OPS.check(name, "TTA view")
+    check_merge(cfg.predict.tta_merge, cfg.task)
 
 
-def check_merge(method: str) -> str:
-    """Fail unless ``method`` names a merge."""
+def check_merge(method: str, task: str = "classification") -> str:
+    """Fail unless ``method`` names a merge that fits ``task``, naming the merges that do."""
     if method not in MERGES:
         raise CompError(f"unknown TTA merge '{method}'; choose from {', '.join(MERGES)}")
+    fits = get_task(task).merges
+    if method not in fits:
+        raise ConfigError(
+            f"TTA merge '{method}' does not fit task {task} (it renormalises rows into class probabilities); "
+            f"merges that fit {task}: {', '.join(fits)}"
+        )
     return method
 
 
@@ -101,21 +115,43 @@ def views(x: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
     return [x] + [TTA_OPS[n](x) for n in names]
 
 
-def merge_probs(probs: np.ndarray, method: str = "mean") -> np.ndarray:
-    """Merge (V, N, C) probabilities of V views into (N, C): arithmetic mean or renormalised geometric mean."""
+def merge_probs(probs: np.ndarray, method: str = "mean", task: str = "classification") -> np.ndarray:
+    """Merge (V, N, C) predictions of V views into (N, C): the arithmetic mean, the median (class rows
+    renormalised), or the renormalised geometric mean (classification only)."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 3:
-        raise ValueError(f"expected (views, rows, classes), got shape {probs.shape}")
-    if check_merge(method) == "mean":
+        raise ValueError(f"expected (views, rows, columns), got shape {probs.shape}")
+    method = check_merge(method, task)
+    if method == "mean":
         return probs.mean(0)
+    if method == "median":
+        return get_task(task).normalise(np.median(probs, axis=0))
     geo = np.exp(np.log(np.clip(probs, _EPS, 1.0)).mean(0))
     return geo / geo.sum(1, keepdims=True)
 
 
-def merge_torch(probs: list[torch.Tensor], method: str) -> torch.Tensor:
+def _median_torch(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Elementwise median of equally shaped tensors (the mean of the two middle values for an even count), as
+    np.median. A sorting network of minimum/maximum: it exports to ONNX at every opset (torch.median returns the
+    lower middle value, and Sort/TopK need newer opsets), and the few views of TTA keep it small."""
+    s = list(xs)
+    for i in range(len(s)):
+        for j in range(i % 2, len(s) - 1, 2):  # odd-even transposition: len(s) rounds sort any input
+            s[j], s[j + 1] = torch.minimum(s[j], s[j + 1]), torch.maximum(s[j], s[j + 1])
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def merge_torch(probs: list[torch.Tensor], method: str, task: str = "classification") -> torch.Tensor:
     """Same as :func:`merge_probs` on a list of (N, C) tensors, for the fused ONNX graph."""
-    stacked = torch.stack(probs)
-    if check_merge(method) == "mean":
-        return stacked.mean(0)
-    geo = torch.exp(torch.log(stacked.clamp(_EPS, 1.0)).mean(0))
+    method = check_merge(method, task)
+    if method == "mean":
+        return torch.stack(probs).mean(0)
+    if method == "median":
+        med = _median_torch(probs)
+        if get_task(task).activation == "softmax":  # the task's normalise: class rows sum to one
+            med = med.clamp_min(0.0)
+            med = med / med.sum(1, keepdim=True)
+        return med
+    geo = torch.exp(torch.log(torch.stack(probs).clamp(_EPS, 1.0)).mean(0))
     return geo / geo.sum(1, keepdim=True)

@@ -14,11 +14,13 @@ Usage::
 Errors the user can fix (bad manifest, missing graph or image, unreadable image, a sample that does not
 fit the bundle) print one ``error: ...`` line on stderr and exit with status 2.
 
-manifest.json (``"format": "comp.bundle/1"``), in the bundle folder::
+manifest.json (``"format": "comp.bundle/2"``), in the bundle folder::
 
     {
-      "format": "comp.bundle/1",
-      "classes": ["cat", "dog", "fox"],           # class names; probability column j is classes[j]
+      "format": "comp.bundle/2",
+      "task": "classification",                    # or "multilabel" or "regression"
+      "classes": ["cat", "dog", "fox"],           # output columns: classes, labels or regression targets;
+                                                   #     prediction column j is classes[j]
       "graphs": [                                  # one or more ONNX graphs, blended by weight
         {"file": "fused_a.onnx",                   # path relative to the bundle folder
          "weight": 2.0,                            # > 0; final = sum(w_i * p_i) / sum(w_i)
@@ -26,22 +28,35 @@ manifest.json (``"format": "comp.bundle/1"``), in the bundle folder::
          "mean": [0.485, 0.456, 0.406],            # per RGB channel, on the 0..1 scale
          "std": [0.229, 0.224, 0.225],
          "input": "input",                         # float32 NCHW normalised batch
-         "output": "probs"}                        # (N, len(classes)) probabilities; folds/TTA fused inside
+         "output": "probs"}                        # (N, len(classes)) predictions in the task's units: class
+                                                   #     or label probabilities, target values; folds/TTA inside
       ],
       "id_column": "id",                           # the sample's id column
       "image_ext": ".png",                         # image file = id + image_ext ("" when ids carry one) ...
       "path_template": "{id}.jpg",                 # ... or a str.format template over the sample's columns
                                                    #     (wins over image_ext when both are set)
       "submission": {
-        "kind": "label",                           # "label": argmax class name in target_column
-                                                   # "code": integer code of the argmax class in target_column
-                                                   # "proba": one probability column per class
+        "kind": "names",                           # classification: "names" (argmax class name in
+                                                   #     target_column), "codes" (its integer code), "proba"
+                                                   #     (one probability column per class);
+                                                   # multilabel: "tags" (the space-separated labels whose
+                                                   #     probability reaches its threshold), "proba";
+                                                   # regression: "values" (one column per target, or one
+                                                   #     target_column for one target; grades at cut-points)
         "columns": ["id", "label"],                # the sample's header the bundle was built for
-        "target_column": "label",                  # for label and code
-        "codes": null                              # for code: {"cat": 3, ...}, or null = class index
+        "target_column": "label",                  # for names, codes, tags and one-column values
+        "codes": null,                             # for codes: {"cat": 3, ...}, or null = class index
+        "decision": null                           # fitted on OOF: {"thresholds": [per label]} for tags,
+                                                   #     {"cutpoints": [...], "grades": [...]} for values
       },
       "resize_fingerprint": "9f2c..."              # optional: resize_fingerprint(cv2.resize) at build time
     }
+
+A ``comp.bundle/1`` manifest (classification only, before tasks) is read too: no ``task``, kinds
+``"label"`` and ``"code"`` for names and codes, no ``decision``. The submission is rendered exactly as comp's
+``make_submission`` renders it: tags at ``probability >= threshold`` (0.5 without a decision), in the
+order of ``classes``, an empty cell for an image with none; a grade is ``grades[i]`` for the values between
+cut ``i-1`` and cut ``i`` (written as integers when every grade is one).
 
 ``comp bundle`` writes this file. It adds provenance that this script ignores: per graph the model, timm
 name, folds, TTA views and merge inside the graph, precision, opset, the parity figure and the sha256 of each
@@ -80,8 +95,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-FORMAT = "comp.bundle/1"
-KINDS = ("label", "code", "proba")
+FORMAT = "comp.bundle/2"
+READABLE_FORMATS = ("comp.bundle/1", FORMAT)
+TASK_KINDS = {  # the submission kinds each task renders (comp.submission's make_submission)
+    "classification": ("proba", "names", "codes"),
+    "multilabel": ("proba", "tags"),
+    "regression": ("values",),
+}
+V1_KINDS = {"label": "names", "code": "codes", "proba": "proba"}  # comp.bundle/1's names
 COEF_BITS = 11  # OpenCV INTER_RESIZE_COEF_BITS: interpolation weights are integers out of 2**11
 DBL_EPSILON = 2.220446049250313e-16
 EXIT_USAGE = 2
@@ -317,6 +338,10 @@ class Manifest:
     target_column: str | None
     codes: dict[str, int] | None
     fingerprint: str | None
+    task: str = "classification"
+    thresholds: np.ndarray | None = None  # tags: per label
+    cutpoints: np.ndarray | None = None  # values: grades[i] between cut i-1 and cut i
+    grades: np.ndarray | None = None
 
 
 def _is_number(v: Any) -> bool:
@@ -388,18 +413,25 @@ def _parse_graph(g: Any, i: int, bundle: Path) -> Graph:
     )
 
 
-def _parse_submission(s: Any, classes: list[str], id_column: str) -> tuple[str, list[str], str | None, dict | None]:
-    """Validate the ``submission`` block against the classes: (kind, columns, target_column, codes)."""
+def _parse_submission(
+    s: Any, classes: list[str], id_column: str, task: str, v1: bool
+) -> tuple[str, list[str], str | None, dict | None]:
+    """Validate the ``submission`` block against the task and classes: (kind, columns, target_column, codes)."""
     if not isinstance(s, dict):
         raise _bad("submission", "an object", s)
-    kind = _get(s, "kind", "submission", lambda v: v in KINDS, " or ".join(map(json.dumps, KINDS)))
+    kinds = list(V1_KINDS) if v1 else list(TASK_KINDS[task])
+    raw = _get(s, "kind", "submission", lambda v: v in kinds, " or ".join(map(json.dumps, kinds)))
+    kind = V1_KINDS[raw] if v1 else raw
     columns = _get(s, "columns", "submission", _str_list, "the sample's header (distinct names)")
     if id_column not in columns:
         raise _bad("submission.columns", f"a header holding id_column {json.dumps(id_column)}", columns)
     target = codes = None
-    if kind == "proba":
-        if sorted(columns) != sorted([id_column, *classes]):
-            raise _bad("submission.columns", "the id column plus one column per class for kind proba", columns)
+    wide = sorted(columns) == sorted([id_column, *classes])
+    if kind == "proba" or (kind == "values" and (wide or len(columns) != 2)):
+        if not wide:
+            raise _bad("submission.columns", f"the id column plus one column per output for kind {kind}", columns)
+    elif kind == "values" and len(classes) != 1:
+        raise _bad("submission.columns", "the id column plus one column per target for several targets", columns)
     else:
         target = _get(
             s,
@@ -408,7 +440,7 @@ def _parse_submission(s: Any, classes: list[str], id_column: str) -> tuple[str, 
             lambda v: v in columns and v != id_column,
             "a non-id column of submission.columns",
         )
-    if kind == "code":
+    if kind == "codes":
         codes = _get(s, "codes", "submission", lambda v: v is None or isinstance(v, dict), "an object or null", None)
         if codes is None:
             codes = {c: i for i, c in enumerate(classes)}
@@ -417,6 +449,27 @@ def _parse_submission(s: Any, classes: list[str], id_column: str) -> tuple[str, 
         ):
             raise _bad("submission.codes", "an integer code for exactly each class", codes)
     return kind, columns, target, codes
+
+
+def _parse_decision(
+    s: dict, kind: str, classes: list[str]
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The ``submission.decision`` block: (thresholds, cutpoints, grades), each None when not given."""
+    d = _get(s, "decision", "submission", lambda v: v is None or isinstance(v, dict), "an object or null", None)
+    if not d:
+        return None, None, None
+    where = "submission.decision"
+    thresholds = cutpoints = grades = None
+    if kind == "tags" and "thresholds" in d:
+        n = len(classes)
+        thresholds = np.asarray(_get(d, "thresholds", where, _numbers(n), f"{n} numbers, one per label"), np.float64)
+    if kind == "values" and "cutpoints" in d:
+        cuts = _get(d, "cutpoints", where, lambda v: isinstance(v, list) and all(map(_is_number, v)), "numbers")
+        grades = _get(d, "grades", where, _numbers(len(cuts) + 1), f"{len(cuts) + 1} numbers (one more than cutpoints)")
+        if any(b < a for a, b in zip(cuts, cuts[1:])):
+            raise _bad(f"{where}.cutpoints", "numbers in increasing order", cuts)
+        cutpoints, grades = np.asarray(cuts, np.float64), np.asarray(grades, np.float64)
+    return thresholds, cutpoints, grades
 
 
 def load_manifest(bundle: Path) -> Manifest:
@@ -434,10 +487,15 @@ def load_manifest(bundle: Path) -> Manifest:
     if not isinstance(data, dict):
         raise BundleError(f"{path} must hold a JSON object; rebuild the bundle")
     fmt = data.get("format")
-    if fmt != FORMAT:
+    if fmt not in READABLE_FORMATS:
         raise BundleError(
-            f"manifest.json format is {json.dumps(fmt)}, this predict.py reads {json.dumps(FORMAT)}; use the predict.py of the same bundle"
+            f"manifest.json format is {json.dumps(fmt)}, this predict.py reads "
+            f"{' and '.join(map(json.dumps, READABLE_FORMATS))}; use the predict.py of the same bundle"
         )
+    v1 = fmt != FORMAT
+    task = "classification"
+    if not v1:
+        task = _get(data, "task", "", lambda v: v in TASK_KINDS, " or ".join(map(json.dumps, TASK_KINDS)))
     classes = _get(data, "classes", "", _str_list, "a list of distinct class names")
     graphs_raw = _get(data, "graphs", "", lambda v: isinstance(v, list) and bool(v), "a non-empty list of graphs")
     graphs = [_parse_graph(g, i, bundle) for i, g in enumerate(graphs_raw)]
@@ -446,9 +504,25 @@ def load_manifest(bundle: Path) -> Manifest:
     template = _get(data, "path_template", "", _nonempty_str, 'a format string such as "{id}.jpg"', None)
     if ext is None and template is None:
         raise BundleError('manifest.json sets neither image_ext nor path_template; add one (e.g. "image_ext": ".png")')
-    kind, columns, target, codes = _parse_submission(data.get("submission"), classes, id_column)
+    kind, columns, target, codes = _parse_submission(data.get("submission"), classes, id_column, task, v1)
+    thresholds, cutpoints, grades = (None, None, None) if v1 else _parse_decision(data["submission"], kind, classes)
     fingerprint = _get(data, "resize_fingerprint", "", _nonempty_str, "a sha256 hex string", None)
-    return Manifest(classes, graphs, id_column, ext, template, kind, columns, target, codes, fingerprint)
+    return Manifest(
+        classes,
+        graphs,
+        id_column,
+        ext,
+        template,
+        kind,
+        columns,
+        target,
+        codes,
+        fingerprint,
+        task,
+        thresholds,
+        cutpoints,
+        grades,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -561,7 +635,7 @@ def _relative_path(m: Manifest, record: dict[str, str], row_id: str, where: Path
 
 
 class Runner:
-    """One graph's onnxruntime session: normalised float32 NCHW batch in, (N, classes) probabilities out."""
+    """One graph's onnxruntime session: normalised float32 NCHW batch in, (N, classes) predictions out."""
 
     def __init__(self, session: Any, graph: Graph, n_classes: int):
         self.session, self.graph, self.n_classes = session, graph, n_classes
@@ -766,7 +840,7 @@ def predict(
     resize: Resize,
     args: argparse.Namespace,
 ) -> np.ndarray:
-    """Weighted blend of every graph's probabilities, (rows, classes) float64, in the sample's row order."""
+    """Weighted blend of every graph's predictions, (rows, classes) float64, in the sample's row order."""
     sizes = sorted({g.size for g in m.graphs})
     luts = {(g.mean, g.std): normalize_lut(g.mean, g.std) for g in m.graphs}
     workers = max(1, min(4, args.threads or os.cpu_count() or 1))
@@ -795,7 +869,7 @@ def predict(
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():
         raise BundleError(
-            f"the graphs gave non-finite probabilities for {sample.path} line {sample.lines[int(np.argmax(bad))]}"
+            f"the graphs gave non-finite predictions for {sample.path} line {sample.lines[int(np.argmax(bad))]}"
         )
     return probs
 
@@ -808,18 +882,37 @@ def _cell(p: float) -> str:
     return repr(float(p))  # shortest text that reads back as the same double, as pandas writes
 
 
+def grade_cells(values: np.ndarray, cutpoints: np.ndarray, grades: np.ndarray) -> np.ndarray:
+    """Values -> the text of their grades: ``grades[i]`` between cut ``i-1`` and cut ``i``, as integers when
+    every grade is one (as comp writes them)."""
+    g = grades[np.searchsorted(cutpoints, values)]
+    whole = bool(np.all(grades == np.round(grades)))
+    return np.asarray([str(int(v)) if whole else _cell(v) for v in g.reshape(-1)], dtype=object).reshape(g.shape)
+
+
 def submission_rows(sample: Sample, m: Manifest, probs: np.ndarray) -> list[list[str]]:
-    """The submission in the sample's column and row order, ids exactly as the sample writes them."""
+    """The submission in the sample's column and row order, ids exactly as the sample writes them, rendered as
+    comp's ``make_submission`` renders the manifest's kind (see the module docstring)."""
+    cells = None
+    if m.kind == "values" and m.cutpoints is not None and m.grades is not None:
+        cells = grade_cells(probs, m.cutpoints, m.grades)
+    elif m.kind in ("proba", "values"):
+        cells = np.asarray([[_cell(v) for v in p] for p in probs], dtype=object).reshape(probs.shape)
     best = probs.argmax(axis=1)
+    on = probs >= (m.thresholds if m.thresholds is not None else np.full(len(m.classes), 0.5))[None, :]
     out = []
-    for row, p, k in zip(sample.rows, probs, best):
+    for i, row in enumerate(sample.rows):
         record = dict(zip(sample.header, row))
-        if m.kind == "proba":
-            record.update({c: _cell(v) for c, v in zip(m.classes, p)})
-        elif m.kind == "label":
-            record[m.target_column or ""] = m.classes[k]
+        if cells is not None and m.target_column is None:
+            record.update(zip(m.classes, cells[i]))
+        elif cells is not None:  # values of one target, in the sample's own column
+            record[m.target_column or ""] = cells[i][0]
+        elif m.kind == "names":
+            record[m.target_column or ""] = m.classes[best[i]]
+        elif m.kind == "tags":
+            record[m.target_column or ""] = " ".join(c for c, o in zip(m.classes, on[i]) if o)
         else:
-            record[m.target_column or ""] = str((m.codes or {})[m.classes[k]])
+            record[m.target_column or ""] = str((m.codes or {})[m.classes[best[i]]])
         out.append([record[c] for c in sample.header])
     return out
 
@@ -922,7 +1015,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--provider", choices=("cpu", "cuda", "auto"), default="auto")
     ap.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    ap.add_argument("--probs", type=Path, default=None, help="also write id + one probability column per class")
+    ap.add_argument(
+        "--probs", type=Path, default=None, help="also write id + one prediction column per class, label or target"
+    )
     return ap.parse_args(argv)
 
 

@@ -18,36 +18,49 @@ def _classes_from_run(run: RunDir) -> list[str]:
     raise CompError(f"{run.root} has no models/<id>/oof.csv to read the classes from; pass --sample instead")
 
 
-def _classes_from_sample(sample_path: Path, df) -> list[str]:
-    """Without a run: the sample's class columns, or (one label column) the labels the file uses, unchecked."""
+def _classes_from_sample(sample_path: Path, df, task: str) -> list[str]:
+    """Without a run: the sample's class, label or target columns, or (one column) the labels or tags the file
+    uses, unchecked (a regression's one column is its target)."""
     targets = list(read_csv(sample_path, "sample submission").columns)[1:]
-    if len(targets) != 1 or targets[0] not in df.columns:
+    if len(targets) != 1 or targets[0] not in df.columns or task == "regression":
         return targets
-    return sorted(df[targets[0]].dropna().astype(str).unique())
+    cells = df[targets[0]].dropna().astype(str)
+    if task == "multilabel":
+        return sorted({tag for cell in cells for tag in cell.split()})
+    return sorted(cells.unique())
 
 
-def resolve_sample(sample: str | Path | None, run_dir: str | Path | None) -> tuple[Path, list[str] | None, str | None]:
-    """(sample path, classes or None, id column or None) from --sample or the run's config."""
+def resolve_sample(
+    sample: str | Path | None, run_dir: str | Path | None
+) -> tuple[Path, list[str] | None, str | None, str]:
+    """(sample path, classes or None, id column or None, task) from --sample or the run's config."""
     if run_dir is not None:
         run = RunDir(run_dir)
-        data = run.load_config().data
+        cfg = run.load_config()
+        data = cfg.data
         path = sample or data.sample_submission
         if not path:
             raise CompError(f"{run.config} sets no data.sample_submission; pass --sample PATH")
-        return Path(path), _classes_from_run(run), data.id_column
+        return Path(path), _classes_from_run(run), data.id_column, cfg.task
     if sample is None:
         raise CompError("comp submit needs --sample PATH or --run RUN_DIR to validate the file against")
-    return Path(sample), None, None
+    return Path(sample), None, None, "classification"
 
 
-def check_file(path: str | Path, sample: str | Path | None = None, run_dir: str | Path | None = None) -> Path:
-    """Validate a submission CSV against the sample submission (classes from the run when given)."""
+def check_file(
+    path: str | Path, sample: str | Path | None = None, run_dir: str | Path | None = None, *, task: str | None = None
+) -> Path:
+    """Validate a submission CSV against the sample submission, as the run's task renders it (tags among the
+    labels, numeric target values, probabilities in [0, 1], class names or codes). The classes and the task
+    come from the run when given; ``task`` overrides it (without a run, the file is checked as classification,
+    its classes being the sample's columns or the labels the file uses)."""
     path = Path(path)
     df = read_csv(path, "submission")
-    sample_path, classes, id_col = resolve_sample(sample, run_dir)
+    sample_path, classes, id_col, run_task = resolve_sample(sample, run_dir)
+    task = task or run_task
     if classes is None:
-        classes = _classes_from_sample(sample_path, df)
-    validate_submission(df, sample_path, classes, id_col)
+        classes = _classes_from_sample(sample_path, df, task)
+    validate_submission(df, sample_path, classes, id_col, task=task)
     return path
 
 
