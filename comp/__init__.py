@@ -69,6 +69,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "EdaResult": ("comp.diagnostics", "EdaResult"),
     "ExplainResult": ("comp.diagnostics", "ExplainResult"),
     "BenchDataResult": ("comp.diagnostics", "BenchDataResult"),
+    "init_config": ("comp.init", "init_config"),
+    "InitResult": ("comp.init", "InitResult"),
     "make_submission": ("comp.submission", "make_submission"),
     "validate_submission": ("comp.submission", "validate_submission"),
     "write_submission": ("comp.submission", "write_submission"),
@@ -123,6 +125,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from comp.inference import bundle_run as bundle
     from comp.inference import export_run as export
     from comp.inference import predict_run as predict
+    from comp.init import InitResult, init_config
     from comp.metrics import METRICS, get_metric
     from comp.pseudo import PseudoResult, pseudo_label
     from comp.run import Metrics, Predictions, RunDir, atomic_write
