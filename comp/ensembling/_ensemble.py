@@ -23,6 +23,7 @@ from comp.errors import CompError
 from comp.metrics import get_metric
 from comp.run import FileSet, Metrics, Predictions, RunDir
 from comp.submission._format import make_submission, validate_submission, write_submission
+from comp.submission._record import record_submission
 
 
 @dataclass
@@ -169,6 +170,7 @@ def run_ensemble(
         model_dir=RunDir(run_root).model_dir(name),
     )
     result.submission = _write_run(run_root, data, first, honest, test, result, pending)
+    record_submission(run_root, result.submission, models=[name], kind="ensemble")
     return result
 
 
@@ -209,7 +211,8 @@ def submit_blend(model_dir, out=None) -> Path | None:
     pending, _ = _prepare_submission(data, test, blend, blend.path.name, out)
     if pending is None:
         return None
-    return write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column)
+    written = write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column)
+    return record_submission(blend.run, written, models=[blend.path.name], kind="ensemble")
 
 
 def _write_run(

@@ -25,6 +25,7 @@ from comp.inference._tta import check_merge, merge_probs, parse_tta, views
 from comp.metrics import get_metric
 from comp.run import Checkpoint, FileSet, Predictions, RunDir, load_checkpoint
 from comp.submission._format import make_submission, validate_submission
+from comp.submission._record import record_submission
 from comp.training._engine import resolve_device
 
 log = logging.getLogger(__name__)
@@ -293,4 +294,5 @@ def predict_run(
         files.discard()  # nothing of this call is committed
         raise
     files.commit()
+    record_submission(run.root, result.submission, models=list(results))
     return result
