@@ -43,6 +43,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ModelConfig": ("comp.config", "ModelConfig"),
     "PredictConfig": ("comp.config", "PredictConfig"),
     "TuneConfig": ("comp.config", "TuneConfig"),
+    "TrackConfig": ("comp.config", "TrackConfig"),
     "load_config": ("comp.config", "load_config"),
     # the run folder
     "RunDir": ("comp.run", "RunDir"),
@@ -115,6 +116,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         MixupConfig,
         ModelConfig,
         PredictConfig,
+        TrackConfig,
         TrainConfig,
         TuneConfig,
         load_config,
