@@ -52,6 +52,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "atomic_write": ("comp.run", "atomic_write"),
     # stages
     "train_folds": ("comp.training", "train_folds"),
+    "fetch_weights": ("comp.training", "fetch_weights"),
     "TrainResult": ("comp.training", "TrainResult"),
     "EpochEvent": ("comp.training", "EpochEvent"),
     "predict": ("comp.inference", "predict_run"),
@@ -135,5 +136,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from comp.pseudo import PseudoResult, pseudo_label
     from comp.run import Metrics, Predictions, RunDir, atomic_write
     from comp.submission import make_submission, validate_submission, write_submission
-    from comp.training import EpochEvent, TrainResult, WorkerError, train_folds
+    from comp.training import EpochEvent, TrainResult, WorkerError, fetch_weights, train_folds
     from comp.tuning import TuneResult, tune

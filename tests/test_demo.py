@@ -51,7 +51,8 @@ def test_help_stays_light():
 
 @pytest.mark.slow
 def test_every_help_example_runs_as_written(tmp_path, monkeypatch):
-    """The `Example:` line of every command's --help, run as written after `comp demo` (submit needs Kaggle).
+    """The `Example:` line of every command's --help, run as written after `comp demo` (submit and weights need
+    the internet).
     The first, `comp demo`, is the full demo: this test is also the end-to-end run of the whole pipeline."""
     import shlex
     import shutil
@@ -67,6 +68,7 @@ def test_every_help_example_runs_as_written(tmp_path, monkeypatch):
     # rightly refuses a blend whose members' predictions changed since it was made): they run before predict
     order = [
         "demo",
+        "init",
         "bundle",
         "pseudo",
         "train-folds",
@@ -77,8 +79,9 @@ def test_every_help_example_runs_as_written(tmp_path, monkeypatch):
         "eda",
         "bench-data",
         "tune",
+        "runs",
     ]
-    assert set(order) | {"submit"} == set(main.commands)
+    assert set(order) | {"submit", "weights"} == set(main.commands)  # those two need the internet
     for name in order:
         assert f"Example: comp {name}" in CliRunner().invoke(main, [name, "--help"]).output
         # the line as written in the command's help: --help wraps at a hyphen (--batch-\nsizes), so not from there

@@ -18,10 +18,19 @@ from comp.errors import CompError
     type=CommaList(allow_all=True),
     metavar="NAME[,NAME...]|all",
     help="Blend method(s): mean, weighted, rank, geometric, hill_climb, stacking; several (or all) "
-    "are compared and the submission comes from the best honest CV.",
+    "are compared and the submission comes from the best honest CV. The members' task decides which fit: "
+    "geometric is for classification only, rank is not for regression.",
 )
-@click.option("--bias/--no-bias", default=False, help="Fit per-class log-probability offsets on OOF (argmax metrics).")
-@click.option("--metric", default=None, help="Metric to fit and report; default: the first member run's config metric.")
+@click.option(
+    "--bias/--no-bias",
+    default=False,
+    help="Fit per-class log-probability offsets on OOF (argmax metrics; classification only).",
+)
+@click.option(
+    "--metric",
+    default=None,
+    help="Metric to fit and report (any metric of the members' task); default: the first member run's config metric.",
+)
 @click.option("--name", default=None, help="Name of the blend's run and model folder; default blend-<method>[-bias].")
 @click.option(
     "--out",
@@ -64,6 +73,9 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
     click.echo(result.table())
     if result.bias:
         click.echo("class bias: " + ", ".join(f"{c}={v:+.2f}" for c, v in result.bias.items()))
+    if result.decision:
+        shown = "; ".join(f"{k} {', '.join(f'{v:g}' for v in vs)}" for k, vs in result.decision.items())
+        click.echo(f"decision (fitted on the honest blend OOF, applied to the submission): {shown}")
     if result.attribute_f1:
         click.echo(
             "blend OOF macro F1 per attribute: " + ", ".join(f"{k} {v:.4f}" for k, v in result.attribute_f1.items())
@@ -81,24 +93,42 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="CSV to write (id, label, or one probability column per class with --soft); use it as data.extra_train.",
+    help="CSV to write (id, label, or one probability column per class with --soft; multilabel: one probability "
+    "column per label; regression: one value column per target); use it as data.extra_train.",
 )
 @click.option(
     "--threshold",
     type=float,
     default=None,
-    help="Keep test rows whose top probability is at least this [default: 0.9 unless --top-per-class].",
+    help="Keep test rows whose top probability is at least this (multilabel: every label's probability at "
+    "least this or at most 1 - this) [default: 0.9 unless --top-per-class].",
 )
-@click.option("--top-per-class", type=int, default=None, help="Instead: the K most confident rows of every class.")
+@click.option(
+    "--top-per-class",
+    type=int,
+    default=None,
+    help="Instead: the K most confident rows of every class (multilabel: each label's K most probable positives).",
+)
 @click.option(
     "--max-per-class",
     type=int,
     default=None,
-    help="With --threshold: at most this many rows per class (the most confident), so common classes cannot drown rare ones.",
+    help="With --threshold: at most this many rows per class (the most confident; multilabel: per label on its "
+    "positives), so common classes cannot drown rare ones.",
 )
-@click.option("--soft", is_flag=True, help="Write the probabilities instead of the predicted label.")
-def pseudo_cmd(source, out, threshold, top_per_class, max_per_class, soft):
-    """Pseudo-label confident test rows of a run, model or blend folder (from its test.csv).
+@click.option("--soft", is_flag=True, help="Write the probabilities instead of the predicted label (classification).")
+@click.option(
+    "--max-rows",
+    type=int,
+    default=None,
+    help="Regression: keep this many rows, those a blend's members agree on most (the smallest spread of their "
+    "predictions); a single model records no agreement, so every row is kept, or this many drawn at random "
+    "(seed 0). Without it every row is kept.",
+)
+def pseudo_cmd(source, out, threshold, top_per_class, max_per_class, soft, max_rows):
+    """Pseudo-label test rows of a run, model or blend folder (from its test.csv), by the rule of its task:
+    classes by confidence, labels when every label is confident (written soft), regression values by the
+    agreement of a blend's members (written as values).
 
     Example: comp pseudo runs/demo-blend --out pseudo/round1.csv --threshold 0.9 --max-per-class 400
     """
@@ -106,11 +136,19 @@ def pseudo_cmd(source, out, threshold, top_per_class, max_per_class, soft):
 
     setup_logging(False)
     result = pseudo_label(
-        source, out=out, threshold=threshold, top_per_class=top_per_class, max_per_class=max_per_class, soft=soft
+        source,
+        out=out,
+        threshold=threshold,
+        top_per_class=top_per_class,
+        max_per_class=max_per_class,
+        soft=soft,
+        max_rows=max_rows,
     )
     click.echo(result.table())
-    click.echo(
-        f"{result.rows} of {result.test_rows} test rows from {result.source / 'test.csv'} "
-        f"({'soft' if result.soft else 'hard'} labels)"
-    )
+    kind = {"classification": "soft" if result.soft else "hard", "multilabel": "soft"}.get(result.task, "value")
+    click.echo(f"{result.rows} of {result.test_rows} test rows from {result.source / 'test.csv'} ({kind} labels)")
+    if result.task == "regression":
+        click.echo(
+            f"rows ranked by: {result.agreement or 'nothing (no blend members recorded): every row or a seeded sample'}"
+        )
     click.echo(f"pseudo-labels: {result.path}  (train on them with --set data.extra_train={result.path})")

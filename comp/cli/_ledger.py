@@ -31,7 +31,7 @@ def runs_cmd(runs_dir, sync, competition, plot, quiet):
     """One table of every run and blend under RUNS_DIR: CV, fold std, changed keys, wall time, submissions and
     leaderboard scores; written to RUNS_DIR/ledger.csv (rebuilt from the run folders each time).
 
-    Example: comp runs runs --sync --plot
+    Example: comp runs runs
     """
     from comp._tables import format_table
     from comp.ledger import PLOT_FILE, ledger_paths, plot_cv_public, rebuild, sync_scores

@@ -31,7 +31,7 @@ def init_cmd(comp_dir, out, budget, device, models, overrides, force):
     --set that overrides it; backbones, image size, batch size, epochs and folds are sized to --budget by a
     timing probe on the real images.
 
-    Example: comp init data/my-competition --out configs/exp.yaml --budget 2h
+    Example: comp init demo_data --out configs/init.yaml --budget 30m
     """
     from comp.init import init_config
 

@@ -183,3 +183,30 @@ def tune_cmd(
     for p in result.plots:
         click.echo(f"plot: {p}")
     click.echo(f"trials table: {out_dir / 'trials.csv'}")
+
+
+@main.command("weights")
+@config_option
+@set_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("weights"),
+    help="Folder to fill.",
+)
+def weights_cmd(config_path, overrides, out_dir):
+    """Download the pretrained weights of the config's models (pretrained: true) into hub-layout folders, ready to
+    upload as a dataset for notebooks without internet; then point models[].pretrained at OUT/<model name>.
+
+    Example: comp weights --config configs/exp.yaml --out weights
+    """
+    from comp.training import fetch_weights
+
+    setup_logging(False)
+    cfg = load(config_path, overrides)
+    names = [m.name for m in cfg.models if m.pretrained is True]
+    if not names:
+        raise CompError(f"no model of {config_path} has pretrained: true; nothing to download")
+    for folder in fetch_weights(names, out_dir):
+        click.echo(f"{folder}  (models[].pretrained: {folder})")

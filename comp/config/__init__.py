@@ -34,6 +34,7 @@ from comp.config._records import (
     TuneConfig,
     build_config,
     build_model,
+    size_schedule,
 )
 
 __all__ = [
@@ -67,5 +68,6 @@ __all__ = [
     "read_yaml",
     "resolve_paths",
     "set_key",
+    "size_schedule",
     "yaml_load",
 ]

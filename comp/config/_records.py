@@ -177,6 +177,42 @@ def _check_device(device: str) -> None:
         )
 
 
+def size_schedule(
+    tcfg: TrainConfig, hw: tuple[int, int], key: str = "train.size_schedule"
+) -> list[tuple[int, tuple[int, int]]]:
+    """Progressive resizing as [(first epoch, (height, width)), ...]: ``train.size_schedule`` checked (epochs from 0,
+    increasing, below ``train.epochs``; sizes positive; the last one the model's ``image_size``, the size every
+    later command uses), or the model's one size from epoch 0."""
+    raw = tcfg.size_schedule
+    if raw is None:
+        return [(0, hw)]
+    plan: list[tuple[int, tuple[int, int]]] = []
+    for j, item in enumerate(raw):
+        ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) and not isinstance(item[0], bool)
+        size = item[1] if ok else None
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = [size, size]
+        if not ok or not (
+            isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v >= 8 for v in size)
+        ):
+            raise ConfigError(
+                f"config key '{key}[{j}]' must be [epoch, size] or [epoch, [height, width]] (sizes >= 8), got {item!r}"
+            )
+        plan.append((int(item[0]), (int(size[0]), int(size[1]))))
+    epochs = [e for e, _ in plan]
+    if not plan or epochs[0] != 0 or any(b <= a for a, b in zip(epochs, epochs[1:])) or epochs[-1] >= tcfg.epochs:
+        raise ConfigError(
+            f"config key '{key}' must start at epoch 0 with increasing epochs below train.epochs ({tcfg.epochs}), "
+            f"got epochs {epochs}"
+        )
+    if plan[-1][1] != tuple(hw):
+        raise ConfigError(
+            f"config key '{key}' ends at {list(plan[-1][1])}, not the model's image_size {list(hw)}; the last size is "
+            "the one every later command (predict, export, bundle) uses: end the schedule at image_size"
+        )
+    return plan
+
+
 # The default metric and loss of each task (the tasks' registries are a stage above config: a test keeps the
 # two in step).
 TASK_DEFAULTS = {
@@ -224,7 +260,10 @@ def _check_config(cfg: Config) -> None:
                 f"config key 'models[{i}]': model id '{m.model_id}' is used twice; give one entry a distinct 'id'"
             )
         seen.add(m.model_id)
-        cfg.train_for(m).check(f"models[{i}]" if m.train else "train")
+        where = f"models[{i}]" if m.train else "train"
+        tcfg = cfg.train_for(m)
+        tcfg.check(where)
+        size_schedule(tcfg, m.hw, f"{where}.size_schedule")
     cw = cfg.loss.class_weights
     if isinstance(cw, str) and cw not in ("none", "balanced"):
         raise ConfigError(

@@ -24,6 +24,7 @@ class DataConfig:
     # wide targets: one column per label (multilabel 0/1), per target (regression) or one-hot classes
     label_columns: list[str] | None = None
     group_column: str | None = None
+    weight_column: str | None = None  # a per-row weight on the loss (vote counts, source quality)
     image_ext: str = ".png"
     path_template: str | None = None
     test_csv: str | None = None
@@ -86,9 +87,39 @@ class TrainConfig:
     deterministic: bool = True
     max_steps_per_epoch: int | None = _f(None, ge=1)
     sync_bn: bool = False  # DDP (torchrun / --ddp) on GPUs: BatchNorm statistics over all ranks' batches
+    # -- the fine-tuning toolbox ---------------------------------------------------------------
+    accum_steps: int = _f(1, ge=1)  # micro-batches per optimizer step (gradient accumulation)
+    layer_decay: float | None = _f(None, gt=0, le=1)  # layer-wise LR decay: block i of n gets lr * decay^(n - i)
+    head_lr_scale: float = _f(1.0, gt=0)  # the classifier's LR = lr * head_lr_scale
+    swa_start: int | None = _f(None, ge=0)  # SWA: average the weights of every epoch from this one (0-based)
+    swa_lr: float | None = _f(None, gt=0)  # SWA: the LR from swa_start on (null: the schedule goes on)
+    swa_anneal_epochs: float = _f(1.0, ge=0)  # SWA: epochs of linear ramp from the scheduled LR to swa_lr
+    size_schedule: list[list[Any]] | None = None  # progressive resizing: [[epoch, size or [h, w]], ...]
+    sampler: str | list[float] = "shuffle"  # shuffle, balanced, or one sampling weight per class
 
     def check(self, where: str) -> None:
         """Rules between keys (the per-key bounds are checked while reading)."""
+        if self.swa_start is not None and self.swa_start >= self.epochs:
+            raise ConfigError(
+                f"config key '{where}.swa_start' ({self.swa_start}) must be below epochs ({self.epochs}); "
+                "SWA averages the epochs from swa_start to the last"
+            )
+        if self.swa_start is not None and self.ema:
+            raise ConfigError(
+                f"config keys '{where}.swa_start' and '{where}.ema' both average the weights; set one of them"
+            )
+        if self.swa_start is not None and self.early_stopping:
+            raise ConfigError(
+                f"config keys '{where}.swa_start' and '{where}.early_stopping' conflict: SWA averages the last "
+                "epochs, which early stopping may never reach; set one of them"
+            )
+        if isinstance(self.sampler, str) and self.sampler not in ("shuffle", "balanced"):
+            raise ConfigError(
+                f"config key '{where}.sampler' must be shuffle, balanced or a list of weights per class, "
+                f"got {self.sampler!r}"
+            )
+        if isinstance(self.sampler, list) and (not self.sampler or any(w < 0 for w in self.sampler)):
+            raise ConfigError(f"config key '{where}.sampler' must list non-negative weights, got {self.sampler!r}")
         if self.freeze_epochs > self.epochs:
             raise ConfigError(
                 f"config key '{where}.freeze_epochs' ({self.freeze_epochs}) exceeds epochs ({self.epochs}); "

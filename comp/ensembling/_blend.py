@@ -1,7 +1,14 @@
-"""Blend methods: plain numpy functions on member probabilities (M, n, C) and a registry of methods.
+"""Blend methods: plain numpy functions on member predictions (M, n, C) and a registry of methods.
 
-Each method's ``fit(P, y, metric)`` returns a ``Blender`` that maps member probabilities to blended ones;
-``nested_oof`` scores any fitted method honestly by refitting it without each fold in turn.
+Predictions are whatever the members' task predicts: class probabilities (rows sum to one), label
+probabilities (multilabel) or target values (regression); targets ``y`` are class indices (n,) or the target
+matrix (n, C). The metric says which task it scores, and the task says what an average must be turned back
+into (``Task.normalise``) and which methods fit (``Task.blend_methods``).
+
+Each method's ``fit(P, y, metric)`` returns a ``Blender`` that maps member predictions to blended ones;
+``nested_blend`` scores any fitted method honestly by refitting it without each fold in turn, and with it
+the metric's decision (thresholds, cut-points), so that a fold's rows never meet weights or a decision
+fitted on them.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from comp._registry import Registry
+from comp.ensembling._task_stack import fit_label_stack, fit_ridge_stack
 from comp.errors import CompError
 from comp.metrics import Metric
+from comp.tasks import Decision, Task, get_task
 
 EPS = 1e-12
 STACK_EPS = 1e-6  # floor for stacking features: log(1e-12) outliers would dominate the regression
@@ -32,9 +41,18 @@ def normalise(p: np.ndarray) -> np.ndarray:
     return np.divide(p, s, out=np.full_like(p, 1.0 / p.shape[-1]), where=s > 0)
 
 
-def weighted_mean(P: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted arithmetic mean of member probabilities ``P`` (M, n, C) -> (n, C)."""
-    return normalise(np.tensordot(np.asarray(w, dtype=np.float64), P, axes=1))
+Normalise = Callable[[np.ndarray], np.ndarray]
+
+
+def task_of(metric: Metric) -> Task:
+    """The task whose predictions ``metric`` scores (every metric belongs to one task's registry)."""
+    return get_task(metric.task)
+
+
+def weighted_mean(P: np.ndarray, w: np.ndarray, norm: Normalise = normalise) -> np.ndarray:
+    """Weighted arithmetic mean of member predictions ``P`` (M, n, C) -> (n, C), then ``norm`` (the task's
+    ``normalise``: rows renormalised for classification, probabilities clipped, values untouched)."""
+    return norm(np.tensordot(np.asarray(w, dtype=np.float64), P, axes=1))
 
 
 def geometric_mean(P: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -44,10 +62,14 @@ def geometric_mean(P: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
     return normalise(np.exp(logp - logp.max(axis=1, keepdims=True)))
 
 
-def rank_mean(P: np.ndarray) -> np.ndarray:
-    """Average each class column's rank over rows across members, then scale rows to sum to one."""
-    ranks = [pd.DataFrame(p).rank(axis=0).to_numpy() for p in P]  # pandas, not scipy.stats: that import costs a second
-    return normalise(np.mean(ranks, axis=0))
+def rank_mean(P: np.ndarray, norm: Normalise = normalise) -> np.ndarray:
+    """Average each column's rank over rows across members, as a fraction of the rows (in (0, 1]), then ``norm``.
+
+    Classification rows are then scaled to sum to one (what a rank blend of classes always was: the fraction
+    is the same factor 1/n on every column, so the rows come out the same); label columns stay in [0, 1]."""
+    # pandas, not scipy.stats: that import costs a second
+    ranks = [pd.DataFrame(p).rank(axis=0, pct=True).to_numpy() for p in P]
+    return norm(np.mean(ranks, axis=0))
 
 
 def apply_bias(p: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -56,9 +78,18 @@ def apply_bias(p: np.ndarray, b: np.ndarray) -> np.ndarray:
     return normalise(np.exp(logits - logits.max(axis=1, keepdims=True)))
 
 
-def scorer(metric: Metric, y: np.ndarray) -> Callable[[np.ndarray], float]:
-    """``probs -> score`` for one fit; argmax metrics are cached by predicted labels, which searches revisit."""
-    if metric.needs_proba:
+def scorer(metric: Metric, y: np.ndarray, decision: Decision | None = None) -> Callable[[np.ndarray], float]:
+    """``probs -> score`` for one fit; argmax metrics are cached by predicted labels, which searches revisit.
+
+    A metric with a fitted decision (thresholds, cut-points) scores at ``decision`` when one is given, else
+    fits it on the rows it scores. Weight searches fit it once per round on their current blend and compare
+    the round's candidates at it (fitting thresholds costs a second on 20k rows x 17 labels, comparing at
+    them a few milliseconds): coordinate ascent over weights and decision together."""
+    if decision is not None:
+        apply = metric.apply
+        assert apply is not None
+        return lambda p: float(metric.fn(y, apply(p, decision)))
+    if metric.needs_proba or metric.fitted or metric.task != "classification":  # only class rows have an argmax
         return lambda p: metric(y, p)
     cache: dict[bytes, float] = {}
 
@@ -71,6 +102,16 @@ def scorer(metric: Metric, y: np.ndarray) -> Callable[[np.ndarray], float]:
     return score
 
 
+def _passes(metric: Metric, y: np.ndarray, score_of: Callable[[np.ndarray], float], current: np.ndarray):
+    """(scorer, score of ``current``) for each pass of a search step: a metric with a fitted decision compares
+    candidates at the decision fitted on the current blend first (one fit instead of one per candidate), and
+    only when none improves there at their own decisions, so a search stops where the exact one would."""
+    if metric.fitted:
+        fixed = scorer(metric, y, metric.decide(y, current))
+        yield fixed, fixed(current)
+    yield score_of, score_of(current)
+
+
 def fit_weights(
     P: np.ndarray, y: np.ndarray, metric: Metric, steps=(0.5, 0.2, 0.05), max_rounds: int = 30
 ) -> np.ndarray:
@@ -78,20 +119,23 @@ def fit_weights(
     # Hand-written rather than scipy.optimize: argmax metrics (F1, accuracy) are piecewise constant, so
     # gradient and simplex methods stall on their plateaus; a coarse-to-fine coordinate grid does not.
     score_of = scorer(metric, y)
+    norm = task_of(metric).normalise
     w = np.full(len(P), 1.0 / len(P))
-    best = score_of(weighted_mean(P, w))
     for _ in range(max_rounds):
         step = None
-        for j in range(len(P)):
-            for delta in [s for d in steps for s in (d, -d)]:
-                v = w.copy()
-                v[j] = max(0.0, v[j] + delta)
-                if v.sum() <= 0:
-                    continue
-                v /= v.sum()
-                score = score_of(weighted_mean(P, v))
-                if metric.better(score, best):
-                    best, step = score, v
+        for score_at, best in _passes(metric, y, score_of, weighted_mean(P, w, norm)):
+            for j in range(len(P)):
+                for delta in [s for d in steps for s in (d, -d)]:
+                    v = w.copy()
+                    v[j] = max(0.0, v[j] + delta)
+                    if v.sum() <= 0:
+                        continue
+                    v /= v.sum()
+                    score = score_at(weighted_mean(P, v, norm))
+                    if metric.better(score, best):
+                        best, step = score, v
+            if step is not None:
+                break
         if step is None:
             break
         w = step
@@ -105,16 +149,20 @@ def hill_climb(P: np.ndarray, y: np.ndarray, metric: Metric, max_iter: int = 50)
     first = _best_index(scores, metric)
     counts = np.zeros(len(P))
     counts[first] = 1
-    total, best = P[first].copy(), scores[first]
+    total = P[first].copy()
     for _ in range(max_iter):
         k = counts.sum() + 1
-        trial = [score_of((total + p) / k) for p in P]
-        m = _best_index(trial, metric)
-        if not metric.better(trial[m], best):
+        pick = None
+        for score_at, best in _passes(metric, y, score_of, total / counts.sum()):
+            trial = [score_at((total + p) / k) for p in P]
+            m = _best_index(trial, metric)
+            if metric.better(trial[m], best):
+                pick = m
+                break
+        if pick is None:
             break
-        counts[m] += 1
-        total += P[m]
-        best = trial[m]
+        counts[pick] += 1
+        total += P[pick]
     return counts / counts.sum()
 
 
@@ -188,7 +236,8 @@ def fit_stack(P: np.ndarray, y: np.ndarray, l2: float = STACK_L2) -> Stacker:
 
 
 def fit_bias(p: np.ndarray, y: np.ndarray, metric: Metric, steps=(1.0, 0.4, 0.1), max_rounds: int = 10) -> np.ndarray:
-    """Per-class log-probability offsets that optimise ``metric``, by coordinate search."""
+    """Per-class log-probability offsets that optimise ``metric``, by coordinate search (classification)."""
+    check_bias(task_of(metric))
     score_of = scorer(metric, y)
     b = np.zeros(p.shape[1])
     best = score_of(apply_bias(p, b))
@@ -209,9 +258,26 @@ def fit_bias(p: np.ndarray, y: np.ndarray, metric: Metric, steps=(1.0, 0.4, 0.1)
 # ---------------------------------------------------------------- method registry
 
 
+def check_bias(task: Task) -> None:
+    """``--bias`` offsets class log-probabilities before an argmax: refuse it for tasks without class rows."""
+    if task.activation != "softmax":
+        raise CompError(
+            f"--bias fits per-class log-probability offsets for single-label classification; task {task.name} "
+            "has none (its fitted decisions are part of the metric: thresholds, cut-points); drop --bias"
+        )
+
+
+STACKERS: dict[str, Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    # task -> fit(P, y) -> predict: the multinomial stacker, one per label, a ridge per target
+    "classification": lambda P, y: fit_stack(P, y).predict,
+    "multilabel": lambda P, y: fit_label_stack(P, y).predict,
+    "regression": lambda P, y: fit_ridge_stack(P, y).predict,
+}
+
+
 @dataclass(frozen=True)
 class Blender:
-    """A blend ready to apply: member probabilities (M, n, C) -> blended probabilities (n, C)."""
+    """A blend ready to apply: member predictions (M, n, C) -> blended predictions (n, C)."""
 
     predict: Callable[[np.ndarray], np.ndarray]
     weights: np.ndarray | None = None
@@ -245,25 +311,42 @@ def get_method(name: str) -> Method:
     return METHODS.get(name)
 
 
+def check_method(name: str, task: Task) -> Method:
+    """The blend method ``name`` if it fits ``task`` (``Task.blend_methods``), else a CompError naming those that do."""
+    method = get_method(name)
+    if name not in task.blend_methods:
+        raise CompError(
+            f"blend method '{name}' does not fit task {task.name}; methods that fit {task.name}: "
+            f"{', '.join(m for m in METHODS if m in task.blend_methods)}"
+        )
+    return method
+
+
+def task_methods(task: Task) -> list[str]:
+    """The registered blend methods that fit ``task``, in registry order (what ``--method all`` runs)."""
+    return [m for m in METHODS if m in task.blend_methods]
+
+
 def _equal(P: np.ndarray) -> np.ndarray:
     return np.full(len(P), 1.0 / len(P))
 
 
 @register("mean", fitted=False, weighted_mean=True)
 def _mean(P, y, metric):
-    w = _equal(P)
-    return Blender(lambda Q: weighted_mean(Q, w), w)
+    w, norm = _equal(P), task_of(metric).normalise
+    return Blender(lambda Q: weighted_mean(Q, w, norm), w)
 
 
 @register("weighted", fitted=True, weighted_mean=True)
 def _weighted(P, y, metric):
-    w = fit_weights(P, y, metric)
-    return Blender(lambda Q: weighted_mean(Q, w), w)
+    w, norm = fit_weights(P, y, metric), task_of(metric).normalise
+    return Blender(lambda Q: weighted_mean(Q, w, norm), w)
 
 
 @register("rank", fitted=False)
 def _rank(P, y, metric):
-    return Blender(rank_mean, _equal(P))
+    norm = task_of(metric).normalise
+    return Blender(lambda Q: rank_mean(Q, norm), _equal(P))
 
 
 @register("geometric", fitted=False)
@@ -273,13 +356,13 @@ def _geometric(P, y, metric):
 
 @register("hill_climb", fitted=True, weighted_mean=True)
 def _hill_climb(P, y, metric):
-    w = hill_climb(P, y, metric)
-    return Blender(lambda Q: weighted_mean(Q, w), w)
+    w, norm = hill_climb(P, y, metric), task_of(metric).normalise
+    return Blender(lambda Q: weighted_mean(Q, w, norm), w)
 
 
 @register("stacking", fitted=True)
 def _stacking(P, y, metric):
-    return Blender(fit_stack(P, y).predict, None)
+    return Blender(STACKERS[metric.task](P, y), None)
 
 
 def fit_blend(
@@ -297,11 +380,62 @@ def nested_oof(
     method: Method, P: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, bias: bool
 ) -> np.ndarray:
     """Out-of-fold blend: for each fold, fit on the other folds' OOF rows and predict this fold's rows."""
+    return nested_blend(method, P, y, folds, metric, bias).pred
+
+
+@dataclass(frozen=True)
+class NestedBlend:
+    """An honest blend of OOF rows: ``pred`` (n, C) from blends fitted without each row's fold and, for a metric
+    with a fitted decision, ``decisions[k]`` fitted on the other folds only, applied to fold ``k``'s rows."""
+
+    pred: np.ndarray
+    decisions: dict[int, Decision]
+
+
+def nested_blend(
+    method: Method, P: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, bias: bool
+) -> NestedBlend:
+    """Out-of-fold blend and decisions: for each fold, fit the blend (and the metric's decision, on the blend's
+    predictions of those rows) on the other folds' OOF rows; predict this fold's rows."""
     if len(np.unique(folds)) < 2:
         raise CompError("nested CV needs at least two folds in oof.csv; retrain with folds.n_splits >= 2")
     out = np.empty(P.shape[1:])
+    decisions: dict[int, Decision] = {}
     for k in np.unique(folds):
         train = folds != k
         blender, _ = fit_blend(method, P[:, train], y[train], metric, bias)
         out[~train] = blender.predict(P[:, ~train])
+        if metric.fitted:
+            decision = metric.decide(y[train], blender.predict(P[:, train]))
+            assert decision is not None
+            decisions[int(k)] = decision
+    return NestedBlend(out, decisions)
+
+
+def nested_decisions(metric: Metric, y: np.ndarray, pred: np.ndarray, folds: np.ndarray) -> dict[int, Decision]:
+    """For a blend fitted on nothing (its predictions are the same whichever rows it saw): each fold's decision
+    fitted on the other folds' rows (empty for a metric without one)."""
+    if not metric.fitted:
+        return {}
+    out = {}
+    for k in np.unique(folds):
+        d = metric.decide(y[folds != k], pred[folds != k])
+        assert d is not None
+        out[int(k)] = d
     return out
+
+
+def nested_scores(
+    metric: Metric, y: np.ndarray, pred: np.ndarray, folds: np.ndarray, decisions: dict[int, Decision]
+) -> tuple[float, list[float]]:
+    """(CV, per-fold scores) of an honest blend: each fold's rows under its own decision, scored together."""
+    ks = [int(k) for k in np.unique(folds)]
+    if not decisions:
+        return metric(y, pred), [metric(y[folds == k], pred[folds == k]) for k in ks]
+    assert metric.apply is not None
+    parts = {k: metric.apply(pred[folds == k], decisions[k]) for k in ks}
+    first = np.asarray(parts[ks[0]])
+    applied = np.zeros((len(y), *first.shape[1:]), dtype=first.dtype)
+    for k in ks:
+        applied[folds == k] = parts[k]
+    return float(metric.fn(y, applied)), [float(metric.fn(y[folds == k], applied[folds == k])) for k in ks]

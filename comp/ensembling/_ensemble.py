@@ -1,9 +1,10 @@
-"""Blend model folders' out-of-fold probabilities, score the blend honestly and save it as a run.
+"""Blend model folders' out-of-fold predictions, score the blend honestly and save it as a run.
 
 Members are read and aligned in ``_members``; the numbers live in ``_blend``. Anything fitted
-on OOF rows (weights, a stacker, per-class biases) is scored with nested CV over the folds, so the
-reported ``cv`` never saw the rows it scores. The blend is saved as a run folder of its own, so it can
-be inspected, blended again, or turned into a submission.
+on OOF rows (weights, a stacker, per-class biases, and the metric's decision: F-metric thresholds, QWK
+cut-points) is scored with nested CV over the folds, so the reported ``cv`` never saw the rows it scores.
+The blend is saved as a run folder of its own, so it can be inspected, blended again, or turned into a
+submission. Every task blends: the members' task decides which methods fit and how averages are normalised.
 """
 
 from __future__ import annotations
@@ -17,13 +18,24 @@ import pandas as pd
 from comp._tables import format_table
 from comp.config import Config
 from comp.data._attributes import attribute_f1
-from comp.ensembling._blend import METHODS, fit_blend, get_method, nested_oof
+from comp.ensembling._blend import (
+    NestedBlend,
+    check_bias,
+    check_method,
+    fit_blend,
+    get_method,
+    nested_blend,
+    nested_decisions,
+    nested_scores,
+    task_methods,
+)
 from comp.ensembling._members import Aligned, Member, align, load_member
 from comp.errors import CompError
 from comp.metrics import get_metric
 from comp.run import FileSet, Metrics, Predictions, RunDir
 from comp.submission._format import make_submission, validate_submission, write_submission
 from comp.submission._record import record_submission
+from comp.tasks import Decision, get_task, nested_score
 
 
 @dataclass
@@ -55,6 +67,9 @@ class BlendResult:
     run_dir: Path
     model_dir: Path
     submission: Path | None = None
+    task: str = "classification"
+    decision: Decision | None = None  # thresholds or cut-points fitted on the honest blend OOF (the submission's)
+    per_column: dict[str, float] | None = None  # the honest blend's score per label or target
 
     def rows(self) -> list[dict]:
         """Every member, then the blend (in-sample and nested CV)."""
@@ -100,8 +115,11 @@ class PendingSubmission:
     sample: str
 
 
-def _prepare_submission(data: Aligned, probs, first: Member, name: str, out) -> tuple[PendingSubmission | None, str]:
-    """Build and validate (not write) the submission; returns it, or None and a note saying why not."""
+def _prepare_submission(
+    data: Aligned, probs, first: Member, name: str, out, decision: Decision | None = None
+) -> tuple[PendingSubmission | None, str]:
+    """Build and validate (not write) the submission in the task's format (``decision``: the thresholds or
+    cut-points it applies); returns it, or None and a note saying why not."""
     sample = first.config.data.sample_submission
     if probs is None or not sample or not Path(sample).is_file():
         why = "no test predictions" if probs is None else f"sample submission {sample!r} not found"
@@ -110,8 +128,8 @@ def _prepare_submission(data: Aligned, probs, first: Member, name: str, out) -> 
                 f"--out {out} given but {why}; run comp predict on every member / set data.sample_submission"
             )
         return None, "" if probs is None else f"no submission written: {why}"  # align() already noted missing test.csv
-    df = make_submission(data.test_ids, probs, data.classes, sample, first.id_column)
-    validate_submission(df, sample, data.classes, first.id_column)
+    df = make_submission(data.test_ids, probs, data.classes, sample, first.id_column, task=data.task, decision=decision)
+    validate_submission(df, sample, data.classes, first.id_column, task=data.task)
     path = Path(out) if out is not None else Path("submissions") / f"{name}.csv"
     return PendingSubmission(df, path.resolve(), sample), ""
 
@@ -127,6 +145,15 @@ def _blend_name(name: str | None, method: str, bias: bool, members: list[Member]
     return name, run_root
 
 
+def _task_checks(members: list[Member], method: str, bias: bool):
+    """The members' task; refuse a method that does not fit it, or --bias outside classification."""
+    task = get_task(members[0].task)
+    blend = check_method(method, task)
+    if bias:
+        check_bias(task)
+    return task, blend
+
+
 def run_ensemble(
     model_dirs,
     *,
@@ -138,28 +165,44 @@ def run_ensemble(
     tta: bool = False,
     submit: bool = True,
 ) -> BlendResult:
-    """Blend model folders, score the blend with nested CV, save it as a run folder and (``submit``) a submission."""
-    blend = get_method(method)
+    """Blend model folders, score the blend with nested CV, save it as a run folder and (``submit``) a submission.
+
+    Members share one task (their runs' ``task:``); ``method`` must be one of its blend methods. A metric with
+    a fitted decision (F-metric thresholds, QWK cut-points) is scored with the decision refitted without each
+    fold like the blend itself; the decision fitted on the whole honest blend OOF is saved and applied to the
+    submission."""
+    get_method(method)  # an unknown name lists the valid ones before any file is read
     members = _members(model_dirs, tta)
     data, first = align(members), members[0]
-    scorer = get_metric(metric or first.config.metric)
+    task, blend = _task_checks(members, method, bias)
+    scorer = get_metric(metric or first.config.metric, task.name)
+    scorer.check_columns(data.classes)
     name, run_root = _blend_name(name, method, bias, members)
     final, b = fit_blend(blend, data.oof, data.y, scorer, bias)
     in_sample = final.predict(data.oof)
-    honest = nested_oof(blend, data.oof, data.y, data.folds, scorer, bias) if blend.fitted or bias else in_sample
+    if blend.fitted or bias:
+        nested = nested_blend(blend, data.oof, data.y, data.folds, scorer, bias)
+    else:  # nothing fitted on the rows: the blend is honest as it is; only a decision needs refitting per fold
+        nested = NestedBlend(in_sample, nested_decisions(scorer, data.y, in_sample, data.folds))
+    honest = nested.pred
+    cv, fold_scores = nested_scores(scorer, data.y, honest, data.folds, nested.decisions)
+    decision = scorer.decide(data.y, honest)  # what the submission applies: fitted on every honest OOF row
+    per_column = scorer.columns(data.y, honest, decision)
     test = final.predict(data.test) if data.test is not None else None
-    pending, note = _prepare_submission(data, test, first, name, out) if submit else (None, "")
+    pending, note = _prepare_submission(data, test, first, name, out, decision) if submit else (None, "")
     weights = None if final.weights is None else [float(w) for w in final.weights]
     result = BlendResult(
         name=name,
         method=method,
         metric=scorer.name,
         direction=scorer.direction,
-        cv=scorer(data.y, honest),
+        cv=cv,
         cv_in_sample=scorer(data.y, in_sample),
-        folds=[scorer(data.y[data.folds == k], honest[data.folds == k]) for k in np.unique(data.folds)],
+        folds=fold_scores,
         members=[
-            MemberScore(m.name, m.path, scorer(data.y, p), None if weights is None else weights[i])
+            MemberScore(
+                m.name, m.path, nested_score(scorer, data.y, p, data.folds)[0], None if weights is None else weights[i]
+            )
             for i, (m, p) in enumerate(zip(members, data.oof))
         ],
         weights=weights,
@@ -168,6 +211,9 @@ def run_ensemble(
         attribute_f1=_attribute_f1(first.config, data, honest),
         run_dir=run_root,
         model_dir=RunDir(run_root).model_dir(name),
+        task=task.name,
+        decision=decision,
+        per_column=None if per_column is None else dict(zip(data.classes, per_column)),
     )
     result.submission = _write_run(run_root, data, first, honest, test, result, pending)
     record_submission(run_root, result.submission, models=[name], kind="ensemble")
@@ -184,18 +230,24 @@ def compare_blends(
     out=None,
     tta: bool = False,
 ) -> CompareResult:
-    """Run several blend methods (default: every registered one) on the same members, each saved as
+    """Run several blend methods (default: every one that fits the members' task) on the same members, each saved as
     blend-<method>; the submission comes from the one with the best honest (nested) CV. Choosing among a
     few methods by that score is itself a mild selection, so its CV is reported as the best of len(methods)."""
     if name:
         raise CompError("--name names one blend; with several --method values each is saved as blend-<method>")
-    methods = list(METHODS) if methods is None else list(dict.fromkeys(methods))
-    if not methods:
-        raise CompError("--method needs a method name, a comma-separated list, or all")
+    if methods is not None:
+        methods = list(dict.fromkeys(methods))
+        if not methods:
+            raise CompError("--method needs a method name, a comma-separated list, or all")
+        for m in methods:
+            get_method(m)  # unknown names list the valid ones, before any blend is fitted
+    members = _members(model_dirs, tta)
+    task = get_task(members[0].task)
+    methods = task_methods(task) if methods is None else methods  # all: every method that fits the task
     for m in methods:
-        get_method(m)  # unknown names list the valid ones, before any blend is fitted
+        _task_checks(members, m, bias)  # a method that does not fit, or --bias, is refused before any blend
     results = [run_ensemble(model_dirs, method=m, metric=metric, bias=bias, tta=tta, submit=False) for m in methods]
-    better = get_metric(results[0].metric).better
+    better = get_metric(results[0].metric, results[0].task).better
     best = results[0]
     for r in results[1:]:
         best = r if better(r.cv, best.cv) else best
@@ -208,10 +260,13 @@ def submit_blend(model_dir, out=None) -> Path | None:
     blend = load_member(model_dir)
     data = align([blend])
     test = None if data.test is None else data.test[0]
-    pending, _ = _prepare_submission(data, test, blend, blend.path.name, out)
+    run = RunDir(blend.run)
+    saved = run.read_metrics(blend.path.name).extra if run.metrics(blend.path.name).is_file() else {}
+    decision = saved.get("decision")  # the thresholds or cut-points fitted on the blend's honest OOF
+    pending, _ = _prepare_submission(data, test, blend, blend.path.name, out, decision)
     if pending is None:
         return None
-    written = write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column)
+    written = write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column, task=data.task)
     return record_submission(blend.run, written, models=[blend.path.name], kind="ensemble")
 
 
@@ -228,7 +283,7 @@ def _write_run(
     and the submission, all committed as one set: a killed blend never leaves new tables beside old metrics.
     Returns the submission's path, if one was written."""
     run, name = RunDir(run_root), result.name
-    labels = np.asarray(data.classes, dtype=object)[data.y]
+    labels = data.target_labels()
     source = RunDir(first.run)
     with FileSet(run_root) as files:
         run.write_oof(
@@ -237,18 +292,23 @@ def _write_run(
         if test is not None and data.test_ids is not None:
             run.write_test(name, Predictions(data.test_ids, data.classes, test, id_column=first.id_column), into=files)
         extra = {
+            "task": result.task,
             "cv_in_sample": result.cv_in_sample,
             "method": result.method,
             "weights": result.weights,
             "bias": result.bias,
         }
+        if result.decision is not None:
+            extra["decision"] = result.decision
+        if result.per_column is not None:
+            extra["per_column"] = result.per_column
         if result.attribute_f1:
             extra["attribute_f1"] = result.attribute_f1
         run.write_metrics(
             name,
             Metrics(
                 result.metric,
-                get_metric(result.metric).greater_is_better,
+                get_metric(result.metric, result.task).greater_is_better,
                 result.cv,
                 result.folds,
                 extra={

@@ -1,6 +1,8 @@
-"""Blend members: a model folder's OOF (and test) probabilities read from its run, and their alignment.
+"""Blend members: a model folder's OOF (and test) predictions read from its run, and their alignment.
 
-Members are aligned by id: the same ids, folds, targets and classes, or a fixable error.
+Members are aligned by id: the same task, ids, folds, targets and output columns (classes, labels or target
+names; their order may differ), or a fixable error. Targets are class names (classification) or a matrix
+(multilabel 0/1, regression values), as ``oof.csv`` holds them.
 """
 
 from __future__ import annotations
@@ -18,18 +20,23 @@ from comp.run import locate
 
 @dataclass
 class Member:
-    """One model folder's OOF (and test) probabilities as read from disk."""
+    """One model folder's OOF (and test) predictions as read from disk."""
 
     path: Path
     name: str
     run: Path
     config: Config
     id_column: str
-    frame: pd.DataFrame  # id, fold, target as strings
+    frame: pd.DataFrame  # id and fold (and target: the class name, for classification)
     classes: list[str]
     oof: np.ndarray
     test_ids: pd.Index | None
     test: np.ndarray | None
+    targets: np.ndarray | None = None  # the target matrix (n, C) in ``classes`` order; None: class names in frame
+
+    @property
+    def task(self) -> str:
+        return self.config.task
 
 
 def load_member(model_dir: str | Path, tta: bool = False) -> Member:
@@ -54,7 +61,14 @@ def load_member(model_dir: str | Path, tta: bool = False) -> Member:
     id_col = config.data.id_column
     oof = run.read_oof(path.name, tta=use_tta, id_column=id_col)
     assert oof.folds is not None and oof.targets is not None
-    frame = pd.DataFrame({"id": oof.ids, "fold": oof.folds, "target": oof.targets})
+    if oof.matrix_targets != (config.task != "classification"):
+        raise CompError(
+            f"{run.oof(path.name, tta=use_tta)} holds {'a target matrix' if oof.matrix_targets else 'class names'} "
+            f"but its run's config.yaml says task {config.task}; regenerate it with comp train-folds"
+        )
+    frame = pd.DataFrame({"id": oof.ids, "fold": oof.folds})
+    if not oof.matrix_targets:
+        frame["target"] = oof.targets
     test_ids, test = None, None
     if run.test_pred(path.name).is_file():
         pred = run.read_test(path.name, id_column=id_col)
@@ -65,13 +79,24 @@ def load_member(model_dir: str | Path, tta: bool = False) -> Member:
             )
         test_ids, test = pd.Index(pred.ids), pred.probs[:, [pred.classes.index(c) for c in oof.classes]]
     return Member(
-        path, f"{run.root.name}/{path.name}", run.root, config, id_col, frame, oof.classes, oof.probs, test_ids, test
+        path,
+        f"{run.root.name}/{path.name}",
+        run.root,
+        config,
+        id_col,
+        frame,
+        oof.classes,
+        oof.probs,
+        test_ids,
+        test,
+        np.asarray(oof.targets, np.float64) if oof.matrix_targets else None,
     )
 
 
 @dataclass
 class Aligned:
-    """Members' probabilities on common rows and classes: ``oof`` (M, n, C), ``test`` (M, n_test, C)."""
+    """Members' predictions on common rows and output columns: ``oof`` (M, n, C), ``test`` (M, n_test, C);
+    ``y`` class indices (n,) or the target matrix (n, C)."""
 
     ids: np.ndarray
     folds: np.ndarray
@@ -81,6 +106,13 @@ class Aligned:
     test_ids: np.ndarray | None
     test: np.ndarray | None
     notes: list[str]
+    task: str = "classification"
+
+    def target_labels(self) -> np.ndarray:
+        """What ``oof.csv`` stores as targets: class names (n,) or the target matrix (n, C)."""
+        if self.y.ndim == 2:
+            return self.y
+        return np.asarray(self.classes, dtype=object)[self.y]
 
 
 def _same_ids(ref: pd.Index, other: pd.Index, a: str, b: str, what: str) -> None:
@@ -93,23 +125,33 @@ def _same_ids(ref: pd.Index, other: pd.Index, a: str, b: str, what: str) -> None
         )
 
 
+_WHAT = {"classification": "classes", "multilabel": "labels", "regression": "targets"}
+
+
 def align(members: list[Member]) -> Aligned:
-    """Check that members share ids, folds, targets and classes; reorder rows and columns to the first's."""
+    """Check that members share task, ids, folds, targets and output columns; reorder rows and columns to the
+    first's."""
     ref = members[0]
     ids = pd.Index(ref.frame["id"])
     P, T, notes = [], [], []
+    what = _WHAT.get(ref.task, "output columns")
     for m in members:
-        if set(m.classes) != set(ref.classes):
+        if m.task != ref.task:
             raise CompError(
-                f"model {m.name} has classes {m.classes} but model {ref.name} has {ref.classes}; blend models of one competition"
+                f"model {m.name} is a {m.task} model but model {ref.name} is {ref.task}; blend models of one "
+                "competition (the same task:)"
+            )
+        if set(m.classes) != set(ref.classes) or len(m.classes) != len(ref.classes):
+            raise CompError(
+                f"model {m.name} has {what} {m.classes} but model {ref.name} has {ref.classes}; blend models of one competition"
             )
         cols = [m.classes.index(c) for c in ref.classes]
         _same_ids(ids, pd.Index(m.frame["id"]), ref.name, m.name, "OOF rows")
         frame = m.frame.set_index("id").loc[ids]
-        for col, hint in (
-            ("fold", "retrain with the same folds.csv"),
-            ("target", "blend models trained on the same train.csv"),
-        ):
+        checks = [("fold", "retrain with the same folds.csv")]
+        if "target" in ref.frame.columns:
+            checks.append(("target", "blend models trained on the same train.csv"))
+        for col, hint in checks:
             diff = np.flatnonzero(frame[col].to_numpy() != ref.frame[col].to_numpy())
             if len(diff):
                 i, why = diff[0], " (blending them leaks validation rows into training)" if col == "fold" else ""
@@ -117,6 +159,8 @@ def align(members: list[Member]) -> Aligned:
                     f"model {m.name} puts id {ids[i]!r} in {col} {frame[col].iloc[i]} but model {ref.name} in {col} "
                     f"{ref.frame[col].iloc[i]}{why}; {hint}"
                 )
+        if m.targets is not None and ref.targets is not None:
+            _same_targets(m, ref, m.targets[pd.Index(m.frame["id"]).get_indexer(ids)][:, cols], ids)
         P.append(m.oof[pd.Index(m.frame["id"]).get_indexer(ids)][:, cols])
         if m.test is not None and ref.test is not None:
             assert m.test_ids is not None and ref.test_ids is not None
@@ -124,7 +168,10 @@ def align(members: list[Member]) -> Aligned:
             T.append(m.test[m.test_ids.get_indexer(ref.test_ids)][:, cols])
         elif m.test is None:
             notes.append(f"{m.path / 'test.csv'} not found: no test predictions for the blend (run comp predict first)")
-    y = pd.Index(ref.classes).get_indexer(ref.frame["target"])
+    if ref.targets is not None:
+        y = ref.targets
+    else:
+        y = pd.Index(ref.classes).get_indexer(ref.frame["target"])
     has_test = len(T) == len(members)
     return Aligned(
         ids.to_numpy(),
@@ -135,4 +182,17 @@ def align(members: list[Member]) -> Aligned:
         ref.test_ids.to_numpy() if has_test and ref.test_ids is not None else None,
         np.stack(T) if has_test else None,
         notes,
+        ref.task,
     )
+
+
+def _same_targets(m: Member, ref: Member, mine: np.ndarray, ids: pd.Index) -> None:
+    """A matrix target (0/1 labels, values) of ``m``, in ``ref``'s row and column order, must be ``ref``'s."""
+    assert ref.targets is not None
+    differ = ~np.isclose(mine, ref.targets, rtol=1e-6, atol=1e-9)
+    if differ.any():
+        i, j = (int(x[0]) for x in np.nonzero(differ))
+        raise CompError(
+            f"model {m.name} puts id {ids[i]!r} at target {ref.classes[j]}={mine[i, j]:g} but model {ref.name} "
+            f"at {ref.targets[i, j]:g}; blend models trained on the same train.csv"
+        )

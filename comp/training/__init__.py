@@ -6,6 +6,7 @@ from comp.training._models import create_model, model_from_checkpoint, normaliza
 from comp.training._parallel import WorkerError, resolve_devices
 from comp.training._results import EpochEvent, FoldResult, ModelResult, TrainResult
 from comp.training._trainer import train_folds
+from comp.training._weights import fetch_weights
 
 __all__ = [
     "LOSSES",
@@ -16,6 +17,7 @@ __all__ = [
     "WorkerError",
     "build_loss",
     "create_model",
+    "fetch_weights",
     "launch_ddp",
     "model_from_checkpoint",
     "normalization",

@@ -32,6 +32,8 @@ class StepConfig:
     normalize: Callable[[torch.Tensor], torch.Tensor] | None = (
         None  # e.g. augment.DeviceNormalize, for loaders that yield uint8 batches
     )
+    accum_steps: int = 1  # micro-batches per optimizer step
+    on_step: Callable[[int], None] | None = None  # after every optimizer step (its global number), e.g. an SWA LR
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -58,7 +60,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def _to_device(x: torch.Tensor, sc: StepConfig) -> torch.Tensor:
+def to_device(x: torch.Tensor, sc: StepConfig) -> torch.Tensor:
+    """A loader's batch on ``sc.device``, normalised there when the loader yields uint8, in the step's layout."""
     x = x.to(sc.device, non_blocking=True)
     if sc.normalize is not None:
         x = sc.normalize(x)
@@ -68,12 +71,26 @@ def _to_device(x: torch.Tensor, sc: StepConfig) -> torch.Tensor:
 def train_one_epoch(
     model: nn.Module, loader, optimizer, loss_fn, mixer, epoch: int, sc: StepConfig, step0: int = 0
 ) -> dict:
-    """One pass over ``loader``; returns mean loss, images/s and the number of optimizer steps taken."""
+    """One pass over ``loader``; returns mean loss, images/s and the number of optimizer steps taken.
+
+    With ``sc.accum_steps`` = k, every k micro-batches make one optimizer step: each micro-batch's loss is
+    divided by the number of micro-batches in its group (the last group of an epoch may be shorter), the
+    gradient is clipped once on the accumulated sum, and the optimizer, scheduler and EMA step once per group.
+    Under DDP the gradient all-reduce runs on the group's last micro-batch only (``no_sync`` before it).
+    ``sc.max_steps`` counts optimizer steps."""
     model.train()
-    total, n_seen, steps = 0.0, 0, 0
+    accum = max(1, sc.accum_steps)
+    n_micro = len(loader)
+    if sc.max_steps:
+        n_micro = min(n_micro, sc.max_steps * accum)
+    total, n_seen, steps, micro = 0.0, 0, 0, 0
     t0 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
     for x, y in loader:
-        x, y = _to_device(x, sc), y.to(sc.device, non_blocking=True)
+        first = micro - micro % accum
+        group = min(accum, n_micro - first)  # micro-batches in this optimizer step
+        last = micro - first == group - 1
+        x, y = to_device(x, sc), y.to(sc.device, non_blocking=True)
         x, soft = mixer(x, y, epoch)
         with autocast(sc.device, sc.amp_dtype):
             logits = model(x)
@@ -83,30 +100,38 @@ def train_one_epoch(
             raise FloatingPointError(
                 f"loss became {loss_value} at epoch {epoch} step {steps}; lower train.lr or enable train.grad_clip"
             )
-        optimizer.zero_grad(set_to_none=True)
-        if sc.scaler is not None:
-            sc.scaler.scale(loss).backward()
-            sc.scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if sc.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
-        if sc.scaler is not None:
-            sc.scaler.step(optimizer)
-            sc.scaler.update()
-        else:
-            optimizer.step()
-        steps += 1
-        if sc.scheduler is not None:
-            sc.scheduler.step_update(step0 + steps)
-        if sc.ema is not None:
-            sc.ema.update(model, step=step0 + steps)
+        part = loss / group if group > 1 else loss
+        no_sync = getattr(model, "no_sync", None)
+        with no_sync() if no_sync is not None and not last else nullcontext():
+            if sc.scaler is not None:
+                sc.scaler.scale(part).backward()
+            else:
+                part.backward()
+        micro += 1
         total += loss_value * len(x)
         n_seen += len(x)
-        if sc.progress is not None:
-            sc.progress.update(1)
-            sc.progress.set_postfix(loss=f"{total / n_seen:.4f}", ips=f"{n_seen / (time.perf_counter() - t0):.0f}")
-        if sc.max_steps and steps >= sc.max_steps:
+        if last:
+            if sc.scaler is not None:
+                sc.scaler.unscale_(optimizer)
+            if sc.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
+            if sc.scaler is not None:
+                sc.scaler.step(optimizer)
+                sc.scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            if sc.scheduler is not None:
+                sc.scheduler.step_update(step0 + steps)
+            if sc.ema is not None:
+                sc.ema.update(model, step=step0 + steps)
+            if sc.on_step is not None:
+                sc.on_step(step0 + steps)
+            if sc.progress is not None:
+                sc.progress.update(1)
+                sc.progress.set_postfix(loss=f"{total / n_seen:.4f}", ips=f"{n_seen / (time.perf_counter() - t0):.0f}")
+        if micro >= n_micro:
             break
     dt = time.perf_counter() - t0
     return {"loss": total / max(n_seen, 1), "images_per_s": n_seen / dt if dt > 0 else math.nan, "steps": steps}
@@ -120,7 +145,7 @@ def predict_probs(model: nn.Module, loader, sc: StepConfig, head: nn.Module | No
     out = []
     for x, _ in loader:
         with autocast(sc.device, sc.amp_dtype):
-            logits = model(_to_device(x, sc))
+            logits = model(to_device(x, sc))
         z = logits.float()
         out.append((head(z) if head is not None else torch.softmax(z, dim=1)).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)

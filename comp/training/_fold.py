@@ -16,29 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from timm.utils import ModelEmaV3
 
 from comp._progress import Progress
-from comp.config import Config, ModelConfig
-from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
+from comp.config import Config, ModelConfig, size_schedule
+from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, valid_pipeline
 from comp.data._table import ImageDataset, TrainTable
 from comp.errors import CompError
 from comp.metrics import get_metric
-from comp.run import CheckpointMeta, RunDir, make_checkpoint, torch_save, write_csv
-from comp.training._assemble import oof_predictions
+from comp.run import RunDir, torch_save
+from comp.training._assemble import finish_fold
 from comp.training._distributed import SINGLE, Dist
-from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, train_one_epoch
+from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, to_device, train_one_epoch
 from comp.training._heads import attribute_loss
-from comp.training._loaders import epoch_batches, image_reader, make_loader
+from comp.training._loaders import epoch_batches, epoch_weights, image_reader, make_loader
 from comp.training._losses import build_loss
-from comp.training._models import create_model, heads_description, normalization, set_backbone_frozen, zero_head
+from comp.training._models import create_model, normalization, set_backbone_frozen, zero_head
 from comp.training._optim import make_optimizer, make_scheduler, set_lr
 from comp.training._outputs import OutputHead, output_spec
 from comp.training._results import EpochEvent, FoldResult
 from comp.training._seeding import derive_seed, seed_everything
 from comp.training._soft import TrainingPart, training_part
+from comp.training._swa import SWA
 from comp.training._targets import TrainingTargets
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,13 @@ class FoldTrainer:
                 smoothing=cfg.loss.label_smoothing,
                 loss=loss,
                 device=self.device,
+                output=self.output,
             )
         self.train_ds, self.train_idx, self.mixer, self.loss_fn = part.dataset, part.indices, part.mixer, part.loss
+        self.labelled_idx = train_idx
+        self.plan = size_schedule(self.tcfg, self.hw)  # progressive resizing: [(first epoch, (h, w))]
+        self.train_hw = self.hw
+        self.sample_w = epoch_weights(self.tcfg.sampler, table.train_targets[train_idx], cfg.task, len(self.train_idx))
         self.optimizer = make_optimizer(self.model, self.tcfg)
         self.drop_last, self.steps_per_epoch = epoch_batches(
             len(self.train_idx),
@@ -141,8 +146,10 @@ class FoldTrainer:
             self.dist.world,
             self.mixer.enabled,
             self.tcfg.max_steps_per_epoch,
+            self.tcfg.accum_steps,
         )
         self.scheduler = make_scheduler(self.optimizer, self.tcfg, self.steps_per_epoch)
+        self.swa = SWA(self.model, self.tcfg, self.steps_per_epoch) if self.tcfg.swa_start is not None else None
         self.amp_dtype = resolve_amp(self.tcfg.amp, self.device)
         use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
@@ -167,6 +174,7 @@ class FoldTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "ema": self.ema.module.state_dict() if self.ema else None,
+            "swa": self.swa.state_dict() if self.swa else None,
         }
         torch_save(self.ctx.run.state(self.ctx.model_id, self.ctx.fold), s)
 
@@ -174,11 +182,13 @@ class FoldTrainer:
         s = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(s.pop("model"))
         self.optimizer.load_state_dict(s.pop("optimizer"))
-        scaler, ema = s.pop("scaler"), s.pop("ema")
+        scaler, ema, swa = s.pop("scaler"), s.pop("ema"), s.pop("swa", None)
         if self.scaler and scaler:
             self.scaler.load_state_dict(scaler)
         if self.ema and ema:
             self.ema.module.load_state_dict(ema)
+        if self.swa and swa:
+            self.swa.load_state_dict(swa)
         self.state.update(s)
 
     # -- loop ----------------------------------------------------------------------
@@ -196,20 +206,43 @@ class FoldTrainer:
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
         )
 
-    def run_epoch(self, epoch: int) -> dict:
-        t0 = time.perf_counter()
-        rank = self.dist.seed_parts()
-        seed_everything(derive_seed(self.seed, epoch, *rank))
-        self.train_ds.transform.set_random_seed(derive_seed(self.seed, epoch, "aug", *rank))
-        frozen = self._frozen(epoch)
-        set_backbone_frozen(self.model, frozen) if self.tcfg.freeze_epochs else None
-        step0 = (epoch - self.tcfg.freeze_epochs) * self.steps_per_epoch
+    def _resize(self, epoch: int) -> None:
+        """Progressive resizing: the training images of this epoch at the schedule's size (validation, the
+        checkpoint and every later command use the final size, ``image_size``)."""
+        hw = [size for first, size in self.plan if first <= epoch][-1]
+        if hw == self.train_hw:
+            return
+        cfg = self.ctx.cfg
+        self.train_ds.transform = pipelines(cfg.augment, hw, self.mean, self.std, normalize=False)[0]
+        self.train_ds.reader = image_reader(cfg.data, hw, self.train_ds.paths, self.ctx.run.root)
+        self.train_hw = hw
+
+    def _start_lr(self, epoch: int, step0: int, frozen: bool) -> bool:
+        """Set the epoch's first learning rate; whether SWA's ramp (not the schedule) drives it this epoch."""
+        swa_lr = self.swa is not None and self.swa.controls_lr(epoch) and not frozen
         if frozen:
             set_lr(self.optimizer, self.tcfg.freeze_lr or self.tcfg.lr)
         elif self.scheduler is not None:
             self.scheduler.step_update(step0)
         else:
             set_lr(self.optimizer, self.tcfg.lr)
+        if swa_lr:
+            assert self.swa is not None
+            g = self.optimizer.param_groups[0]
+            self.swa.set_lr(self.optimizer, step0, g["lr"] / g.get("lr_scale", 1.0))
+        return swa_lr
+
+    def run_epoch(self, epoch: int) -> dict:
+        t0 = time.perf_counter()
+        rank = self.dist.seed_parts()
+        self._resize(epoch)
+        seed_everything(derive_seed(self.seed, epoch, *rank))
+        self.train_ds.transform.set_random_seed(derive_seed(self.seed, epoch, "aug", *rank))
+        frozen = self._frozen(epoch)
+        set_backbone_frozen(self.model, frozen) if self.tcfg.freeze_epochs else None
+        step0 = (epoch - self.tcfg.freeze_epochs) * self.steps_per_epoch
+        swa_lr = self._start_lr(epoch, step0, frozen)
+        swa = self.swa
         bar = Progress(
             self.steps_per_epoch,
             f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg.epochs}",
@@ -223,9 +256,11 @@ class FoldTrainer:
             max_steps=self.tcfg.max_steps_per_epoch,
             scaler=self.scaler,
             ema=self.ema,
-            scheduler=None if frozen else self.scheduler,
+            scheduler=None if frozen or swa_lr else self.scheduler,
             progress=bar,
             normalize=self.normalize,
+            accum_steps=self.tcfg.accum_steps,
+            on_step=(lambda step: swa.set_lr(self.optimizer, step, 0.0)) if swa is not None and swa_lr else None,
         )
         loader = make_loader(
             self.train_ds,
@@ -237,11 +272,15 @@ class FoldTrainer:
             self.drop_last,
             self.device,
             self.dist,
+            weights=self.sample_w,
         )
         stats = train_one_epoch(
             self._train_module(), loader, self.optimizer, self.loss_fn, self.mixer, epoch, sc, step0=max(step0, 0)
         )
         bar.close()
+        if swa is not None and swa.active(epoch):  # average this epoch's weights; their BatchNorm statistics anew
+            swa.update(self.model)
+            swa.update_bn(self._rows_loader(self.labelled_idx), lambda x: to_device(x, sc))
         loss, images_per_s = self.dist.epoch_stats(stats["loss"], stats["images_per_s"])
         probs = self.evaluate()
         score = self.metric(self.ctx.table.targets[self.valid_idx], probs)
@@ -257,23 +296,21 @@ class FoldTrainer:
         }
 
     def eval_model(self):
+        """The weights evaluated and saved: SWA's average once it holds an epoch, else the EMA, else the model."""
+        if self.swa is not None and self.swa.n_averaged > 0:
+            return self.swa.module
         return self.ema.module if self.ema else self.model
+
+    def _rows_loader(self, idx: np.ndarray):
+        """Rows ``idx`` of the training table through the deterministic eval transform, in order."""
+        bs = self.tcfg.eval_batch_size or self.tcfg.batch_size * 2
+        return make_loader(self.valid_ds, idx, bs, False, 0, self.ctx.cfg.data.num_workers, False, self.device)
 
     def evaluate(self) -> np.ndarray:
         """Probabilities of every validation row, in order; under DDP each rank predicts one unpadded shard."""
         model = self.eval_model()
         self.dist.broadcast_module(model)
-        bs = self.tcfg.eval_batch_size or self.tcfg.batch_size * 2
-        loader = make_loader(
-            self.valid_ds,
-            self.dist.shard(self.valid_idx),
-            bs,
-            False,
-            0,
-            self.ctx.cfg.data.num_workers,
-            False,
-            self.device,
-        )
+        loader = self._rows_loader(self.dist.shard(self.valid_idx))
         sc = StepConfig(
             device=self.device,
             amp_dtype=self.amp_dtype,
@@ -338,40 +375,7 @@ class FoldTrainer:
 
     def finish(self) -> FoldResult:
         """Write the fold's OOF part, history and self-describing checkpoint; drop the resumable state."""
-        ctx, run = self.ctx, self.ctx.run
-        model = self.eval_model()
-        model.load_state_dict(self.state["best_state"])
-        meta = CheckpointMeta(
-            ctx.entry.name,
-            ctx.model_id,
-            list(ctx.table.classes),
-            self.hw,
-            self.mean,
-            self.std,
-            to_dict(self.valid_tf),
-            ctx.cfg.to_dict(),
-            in_chans=ctx.entry.in_chans,
-            entry=ctx.entry.to_dict(),
-            fold=ctx.fold,
-            epoch=self.state["best_epoch"],
-            score=self.state["best_score"],
-            metric=self.metric.name,
-            heads=heads_description(model),
-            task=ctx.cfg.task,
-            output=self.output.to_dict(),
-        )
-        hist = pd.DataFrame(self.state["history"])
-        if self.dist.is_main:  # under DDP rank 0 alone writes
-            write_csv(run.history(ctx.model_id, ctx.fold), hist)
-            run.write_oof_part(
-                ctx.model_id, ctx.fold, oof_predictions(ctx, self.valid_idx, self.state["best_probs"].numpy())
-            )
-            torch_save(run.checkpoint(ctx.model_id, ctx.fold), make_checkpoint(model.state_dict(), meta))
-            run.state(ctx.model_id, ctx.fold).unlink(missing_ok=True)
-        self._notify(epoch=self.state["epoch"], score=self.state["best_score"], fold_done=True)
-        return FoldResult(
-            self.state["best_score"], self.state["best_epoch"] + 1, len(hist), float(hist["images_per_s"].mean())
-        )
+        return finish_fold(self)
 
 
 def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:

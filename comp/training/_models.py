@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from comp.config import ModelConfig, TrainConfig
@@ -15,6 +14,7 @@ from comp.data._attributes import Scheme
 from comp.errors import CompError, closest
 from comp.run._checkpoint import Checkpoint, load_checkpoint
 from comp.training._heads import AttributeHeads, attribute_heads, from_description
+from comp.training._weights import MAKE_FOLDER, check_local_weights
 
 
 def check_model_name(name: str) -> None:
@@ -52,12 +52,7 @@ def _timm_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | N
         kwargs["drop_path_rate"] = train_cfg.drop_path_rate
     pretrained = entry.pretrained
     if isinstance(pretrained, str):
-        path = Path(pretrained)
-        if not path.is_file():
-            raise CompError(
-                f"pretrained weights file {path} not found; set models[].pretrained to a file or true/false"
-            )
-        _check_weights_file(path, name, kwargs)
+        path = check_local_weights(pretrained, name, kwargs)
         # timm loads a local file through the pretrained config and adapts the classifier to num_classes
         try:
             return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
@@ -65,45 +60,16 @@ def _timm_model(entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | N
             why = " ".join(str(exc).split())[:160] or type(exc).__name__
             raise CompError(
                 f"pretrained weights file {path} does not fit '{name}' ({why}); give weights of that "
-                "architecture (a state_dict saved with torch.save) or pretrained: false"
+                "architecture (a state_dict saved with torch.save or safetensors) or pretrained: false"
             ) from None
     try:
         return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
     except (OSError, RuntimeError) as exc:
         if pretrained:
             raise CompError(
-                f"could not fetch pretrained weights for '{name}' ({type(exc).__name__}); "
-                "go online once, or set models[].pretrained to a local weights file"
+                f"could not fetch pretrained weights for '{name}' ({type(exc).__name__}); {MAKE_FOLDER}"
             ) from None
         raise
-
-
-def _check_weights_file(path: Path, name: str, kwargs: dict[str, Any]) -> None:
-    """Refuse a local weights file that is not a state dict of this architecture (timm would load what it can)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not weights
-        raise CompError(
-            f"pretrained weights file {path} is not a torch state dict ({type(exc).__name__}); "
-            "save weights with torch.save(model.state_dict(), path)"
-        ) from None
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not state:
-        raise CompError(
-            f"pretrained weights file {path} holds no state dict; save torch.save(model.state_dict(), path)"
-        )
-    with torch.device("meta"):
-        want = set(timm.create_model(name, pretrained=False, **kwargs).state_dict())
-    have = {k.removeprefix("module.") for k in state}
-    missing = want - have
-    if len(missing) > max(4, 0.1 * len(want)):  # the classifier may differ (other class count); the backbone may not
-        raise CompError(
-            f"pretrained weights file {path} does not fit '{name}': {len(missing)} of {len(want)} tensors "
-            f"missing (e.g. {sorted(missing)[0]!r}); give weights of that architecture"
-        )
 
 
 def normalization(model: nn.Module, in_chans: int = 3) -> tuple[list[float], list[float]]:

@@ -23,6 +23,7 @@ from comp.training._losses import build_loss
 from comp.training._losses import check_config as check_losses
 from comp.training._models import create_model, normalization
 from comp.training._targets import TrainingTargets, check_and_record, load_training_targets
+from comp.training._weights import check_hub_weights
 
 
 def _diff_keys(a, b, prefix="") -> list[str]:
@@ -102,11 +103,6 @@ def preflight(cfg: Config, table: TrainTable) -> None:
     check_metric(cfg)  # the registry names this stage uses, first (config checks only their shape)
     check_losses(cfg)
     get_metric(cfg.metric, cfg.task).check_columns(list(table.classes))
-    if cfg.task != "classification" and (cfg.data.extra_train is not None or cfg.loss.distill.enabled):
-        raise CompError(
-            f"data.extra_train and loss.distill train on class distributions; task {cfg.task} cannot use them "
-            "yet; unset them"
-        )
     resolve_device(cfg.device)
     k = len(table.classes)
     if isinstance(cfg.loss.class_weights, list) and len(cfg.loss.class_weights) != k:
@@ -116,6 +112,8 @@ def preflight(cfg: Config, table: TrainTable) -> None:
         )
     for i, entry in enumerate(cfg.models):
         tcfg = cfg.train_for(entry)
+        if entry.pretrained is True:
+            check_hub_weights(entry.name)  # fetched, or found in the cache offline, before anything is written
         if isinstance(entry.pretrained, str):
             model = create_model(entry, k, tcfg, scheme=table.scheme)  # loads and checks the local weights file
         else:

@@ -1,15 +1,19 @@
 """What a student trains on besides its labelled rows, read and checked before the first write.
 
-- ``data.extra_train``: pseudo-labelled test rows (``comp pseudo``), hard (id, label) or soft (id, one
-  probability column per class). They join the training part of every fold and never a validation part,
-  so OOF and CV keep scoring only the real labelled rows.
-- ``loss.distill.teacher``: a run, model or blend folder. A labelled row's teacher probability is the
-  teacher's OOF row, which came from a teacher model that did not train on it, and only when the student's
-  folds are the teacher's folds for every id; a pseudo row's comes from the teacher's ``test.csv``.
+- ``data.extra_train``: pseudo-labelled test rows (``comp pseudo``). Classification: hard (id, label) or
+  soft (id, one probability column per class); multilabel: id and one probability column per label (0/1 for
+  a hard label); regression: id and one value column per target, in the target's units. They join the
+  training part of every fold and never a validation part, so OOF and CV keep scoring only the real
+  labelled rows.
+- ``loss.distill.teacher``: a run, model or blend folder of the same task. A labelled row's teacher
+  prediction is the teacher's OOF row, which came from a teacher model that did not train on it, and only
+  when the student's folds are the teacher's folds for every id; a pseudo row's comes from the teacher's
+  ``test.csv``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,25 +25,28 @@ from comp.config import Config, DataConfig, DistillConfig
 from comp.data._table import TrainTable, check_ids, check_images, image_paths, read_csv, require_columns
 from comp.errors import CompError, RunFolderError
 from comp.run import RunDir, file_sha256, model_with
+from comp.tasks import get_task
 
 SUM_TOLERANCE = 0.01  # a soft row's probabilities must sum to 1 within this (CSV rounding), then are renormalised
 
 
 @dataclass
 class ExtraRows:
-    """Pseudo-labelled rows: ids, image paths (under ``data.test_image_dir``) and (n, C) target probabilities."""
+    """Pseudo-labelled rows: ids, image paths (under ``data.test_image_dir``) and (n, C) targets: class
+    distributions (one-hot for hard labels), label probabilities, or target values in the target's units."""
 
     path: Path
     ids: np.ndarray
     paths: list[Path]
-    labels: np.ndarray  # float32 (n, C): one-hot for hard labels
+    labels: np.ndarray  # float32 (n, C)
     soft: bool
     sha256: str
 
 
 @dataclass
 class Teacher:
-    """A teacher's probabilities for the training rows (then the extra rows), columns in the student's class order."""
+    """A teacher's predictions for the training rows (then the extra rows), columns in the student's order:
+    class probabilities, label probabilities or target values (in the target's units)."""
 
     model_dir: Path
     probs: np.ndarray  # float32 (n_train + n_extra, C)
@@ -55,6 +62,7 @@ class TrainingTargets:
     classes: list[str]
     extra: ExtraRows | None
     teacher: Teacher | None
+    task: str = "classification"
 
     @property
     def n_extra(self) -> int:
@@ -64,13 +72,12 @@ class TrainingTargets:
         """Which rows and soft targets the run trained on (``metrics.json`` and ``RUN/sources.json``)."""
         out: dict[str, Any] = {}
         if self.extra is not None:
-            counts = self.extra.labels.argmax(1)
             out["extra_train"] = {
                 "path": str(self.extra.path),
                 "sha256": self.extra.sha256,
                 "rows": self.n_extra,
                 "labels": "soft" if self.extra.soft else "hard",
-                "per_class": {c: int((counts == i).sum()) for i, c in enumerate(self.classes)},
+                **_counts(self.task, self.extra.labels, self.classes),
             }
         if self.teacher is not None:
             out["distill"] = {
@@ -90,20 +97,53 @@ def load_training_targets(cfg: Config, table: TrainTable, folds: np.ndarray, run
     teacher = None
     if cfg.loss.distill.enabled:
         teacher = read_teacher(cfg.loss.distill, cfg, table, folds, extra, run)
-    return TrainingTargets(list(table.classes), extra, teacher)
+    return TrainingTargets(list(table.classes), extra, teacher, table.task)
+
+
+_COUNTS: dict[str, Callable[[np.ndarray, list[str]], dict[str, Any]]] = {
+    # what ``record`` says about the extra rows' targets, per task
+    "classification": lambda t, cs: {"per_class": {c: int((t.argmax(1) == i).sum()) for i, c in enumerate(cs)}},
+    "multilabel": lambda t, cs: {"per_label": {c: int((t[:, i] >= 0.5).sum()) for i, c in enumerate(cs)}},
+    "regression": lambda t, cs: {"mean": {c: float(t[:, i].mean()) for i, c in enumerate(cs)}},
+}
+
+
+def _counts(task: str, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Rows per class (argmax), rows per label (probability at least 0.5), or each target's mean value."""
+    return _COUNTS[task](labels, classes)
 
 
 # ---------------------------------------------------------------- pseudo-labelled rows
 
 
 def read_extra_rows(data_cfg: DataConfig, table: TrainTable) -> ExtraRows:
-    """``data.extra_train`` as hard or soft targets; every problem names the file, line or column and the fix."""
+    """``data.extra_train`` as the task's targets (see the module docstring); every problem names the file, line
+    or column and the fix."""
     assert data_cfg.extra_train is not None
     path = Path(data_cfg.extra_train)
     df = read_csv(path, "extra training rows (data.extra_train)")
-    id_col, label_col, classes = data_cfg.id_column, data_cfg.label_column, list(table.classes)
+    id_col, classes = data_cfg.id_column, list(table.classes)
     require_columns(df, [id_col], path, "data.id_column")
     check_ids(df, id_col, path)
+    if table.task == "classification":  # hard labels or class distributions
+        labels, soft = _class_rows(df, data_cfg.label_column, classes, path)
+    else:  # one column per label or target
+        labels, soft = _matrix_rows(df, table.task, classes, path), True
+    ids = df[id_col].to_numpy(dtype=object)
+    clash = pd.Index(ids).isin(pd.Index(table.df[id_col].to_numpy(dtype=object)))
+    if clash.any():
+        i = int(np.flatnonzero(clash)[0])
+        raise CompError(
+            f"{path} line {i + 2}: id {ids[i]!r} is also a row of {data_cfg.train_csv}; extra training "
+            "rows are test rows (comp pseudo), drop it"
+        )
+    paths = image_paths(df, data_cfg.test_image_dir, data_cfg, path)  # the test set's id -> path rule
+    check_images(paths, path)
+    return ExtraRows(path, ids, paths, labels, soft, file_sha256(path))
+
+
+def _class_rows(df: pd.DataFrame, label_col: str, classes: list[str], path: Path) -> tuple[np.ndarray, bool]:
+    """Classification: hard labels in the label column or one probability column per class."""
     class_cols = [c for c in classes if c in df.columns]
     has_label = label_col in df.columns
     if has_label and class_cols:
@@ -120,20 +160,31 @@ def read_extra_rows(data_cfg: DataConfig, table: TrainTable) -> ExtraRows:
         missing = [c for c in classes if c not in df.columns]
         if missing:
             raise CompError(f"{path}: soft labels need one column per class; class {missing[0]!r} has none")
-        labels = _soft_labels(df, classes, path)
-    else:
-        labels = _hard_labels(df[label_col], classes, path, label_col)
-    ids = df[id_col].to_numpy(dtype=object)
-    clash = pd.Index(ids).isin(pd.Index(table.df[id_col].to_numpy(dtype=object)))
-    if clash.any():
-        i = int(np.flatnonzero(clash)[0])
+        return _soft_labels(df, classes, path), True
+    return _hard_labels(df[label_col], classes, path, label_col), False
+
+
+def _matrix_rows(df: pd.DataFrame, task: str, columns: list[str], path: Path) -> np.ndarray:
+    """Multilabel: one probability column per label (0/1 for a hard label); regression: one value column per
+    target, in the target's units."""
+    what = "probability column per label" if task == "multilabel" else "value column per target"
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
         raise CompError(
-            f"{path} line {i + 2}: id {ids[i]!r} is also a row of {data_cfg.train_csv}; extra training "
-            "rows are test rows (comp pseudo), drop it"
+            f"{path} needs one {what} ({', '.join(columns[:6])}{'...' if len(columns) > 6 else ''}); "
+            f"column {missing[0]!r} is missing; write it with comp pseudo"
         )
-    paths = image_paths(df, data_cfg.test_image_dir, data_cfg, path)  # the test set's id -> path rule
-    check_images(paths, path)
-    return ExtraRows(path, ids, paths, labels, bool(class_cols), file_sha256(path))
+    values = df[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(values)
+    if task == "multilabel":
+        bad |= (values < 0) | (values > 1)
+    if bad.any():
+        r, c = (int(x[0]) for x in np.nonzero(bad))
+        kind = "a probability in [0, 1]" if task == "multilabel" else "a finite number"
+        raise CompError(
+            f"{path} line {r + 2}: column '{columns[c]}' holds {df[columns[c]].iloc[r]!r}, not {kind}; fix the row"
+        )
+    return values.astype(np.float32)
 
 
 def _hard_labels(labels: pd.Series, classes: list[str], path: Path, label_col: str) -> np.ndarray:
@@ -196,9 +247,16 @@ def read_teacher(
     oof = teacher_run.read_oof(mid)
     assert oof.folds is not None and oof.targets is not None
     classes = list(table.classes)
-    if set(oof.classes) != set(classes):
+    teacher_task = teacher_run.load_config().task
+    if teacher_task != table.task or oof.matrix_targets != (table.task != "classification"):
         raise CompError(
-            f"{where}: the teacher's classes ({', '.join(oof.classes)}) are not the student's "
+            f"{where} is a {teacher_task} model and the student is {table.task}; distil from a model of the "
+            "same competition and task"
+        )
+    if set(oof.classes) != set(classes):
+        what = {"multilabel": "labels", "regression": "targets"}.get(table.task, "classes")
+        raise CompError(
+            f"{where}: the teacher's {what} ({', '.join(oof.classes)}) are not the student's "
             f"({', '.join(classes)}); distil from a model of the same competition"
         )
     cols = [oof.classes.index(c) for c in classes]
@@ -222,14 +280,27 @@ def read_teacher(
             "the student validates on; train the student on the teacher's folds (same training table and "
             "folds.n_splits/folds.seed, or the teacher's folds.csv in the run folder)"
         )
-    labels = np.asarray(classes, dtype=object)[table.targets]
-    wrong = np.flatnonzero(t_targets.astype(str) != labels.astype(str))
-    if len(wrong):
-        i = int(wrong[0])
-        raise CompError(
-            f"{where}: id {ids[i]!r} has target {t_targets[i]!r} in the teacher's OOF but label "
-            f"{labels[i]!r} in {cfg.data.train_csv}; distil from a teacher trained on the same labels"
-        )
+    if oof.matrix_targets:  # the same 0/1 labels or values, in the student's column order
+        t_matrix = np.asarray(t_targets, np.float64)[:, cols]
+        mine = np.asarray(table.targets, np.float64)
+        off = ~np.isclose(t_matrix, mine, rtol=1e-5, atol=1e-6)
+        wrong = np.flatnonzero(off.any(1))
+        if len(wrong):
+            i = int(wrong[0])
+            j = int(np.flatnonzero(off[i])[0])
+            raise CompError(
+                f"{where}: id {ids[i]!r} has target {classes[j]}={t_matrix[i, j]:g} in the teacher's OOF but "
+                f"{mine[i, j]:g} in {cfg.data.train_csv}; distil from a teacher trained on the same labels"
+            )
+    else:
+        labels = np.asarray(classes, dtype=object)[table.targets]
+        wrong = np.flatnonzero(t_targets.astype(str) != labels.astype(str))
+        if len(wrong):
+            i = int(wrong[0])
+            raise CompError(
+                f"{where}: id {ids[i]!r} has target {t_targets[i]!r} in the teacher's OOF but label "
+                f"{labels[i]!r} in {cfg.data.train_csv}; distil from a teacher trained on the same labels"
+            )
     probs = [oof.probs[pos][:, cols]]
     hashes = {"teacher_oof_sha256": file_sha256(teacher_run.oof(mid))}
     if extra is not None:
@@ -251,9 +322,8 @@ def read_teacher(
             )
         probs.append(test.probs[tpos][:, [test.classes.index(c) for c in classes]])
         hashes["teacher_test_sha256"] = file_sha256(teacher_run.test_pred(mid))
-    stacked = np.concatenate(probs).astype(np.float64)
-    stacked = np.clip(stacked, 0, None)
-    stacked /= np.maximum(stacked.sum(1, keepdims=True), 1e-12)
+    # class rows clipped and scaled to sum to one, label probabilities clipped into [0, 1], values as they are
+    stacked = get_task(table.task).normalise(np.concatenate(probs).astype(np.float64))
     return Teacher(model_dir, stacked.astype(np.float32), distill.alpha, distill.temperature, hashes)
 
 
