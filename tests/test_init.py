@@ -182,3 +182,17 @@ def test_recipe_backbones_are_timm_models_with_pretrained_weights():
     for _, names in GPU_LADDER + CPU_LADDER:
         for name in names:
             assert timm.is_model(name) and timm.models.get_pretrained_cfg(name) is not None, name
+
+
+@pytest.mark.gpu
+def test_cuda_batch_size_comes_from_the_probe_memory(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    root = write_task_competition(tmp_path / "c", "regression", n_groups=40)
+    result = init_config(root, out=root / "exp.yaml", budget="10m", device="cuda",
+                         models=["test_efficientnet"], overrides=["models.0.pretrained=false"])  # fmt: skip
+    plan = result.plans[0]
+    assert result.machine.gpu and result.machine.memory_gb and plan.probe.peak_gb is not None
+    assert plan.batch_size & (plan.batch_size - 1) == 0 and plan.batch_size <= 120 // 8 + 1

@@ -213,5 +213,5 @@ def fit_batch(entry: ModelConfig, n_outputs: int, task: str, images: list[Path],
     first = probe(entry, n_outputs, task, images, m, min(16, cap), steps=2)
     per_image = (first.peak_gb or 0) / first.batch_size
     fits = int(0.8 * (m.memory_gb or 0) / per_image) if per_image else cap
-    batch = max(2, min(cap, 2 ** int(math.log2(max(2, fits)))))
+    batch = 2 ** int(math.log2(max(2, min(cap, fits))))
     return first if batch == first.batch_size else probe(entry, n_outputs, task, images, m, batch)
