@@ -43,6 +43,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ModelConfig": ("comp.config", "ModelConfig"),
     "PredictConfig": ("comp.config", "PredictConfig"),
     "TuneConfig": ("comp.config", "TuneConfig"),
+    "TrackConfig": ("comp.config", "TrackConfig"),
     "load_config": ("comp.config", "load_config"),
     # the run folder
     "RunDir": ("comp.run", "RunDir"),
@@ -70,6 +71,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "EdaResult": ("comp.diagnostics", "EdaResult"),
     "ExplainResult": ("comp.diagnostics", "ExplainResult"),
     "BenchDataResult": ("comp.diagnostics", "BenchDataResult"),
+    "init_config": ("comp.init", "init_config"),
+    "InitResult": ("comp.init", "InitResult"),
+    "runs": ("comp.ledger", "runs"),
+    "submissions": ("comp.ledger", "submissions"),
     "make_submission": ("comp.submission", "make_submission"),
     "validate_submission": ("comp.submission", "validate_submission"),
     "write_submission": ("comp.submission", "write_submission"),
@@ -112,6 +117,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         MixupConfig,
         ModelConfig,
         PredictConfig,
+        TrackConfig,
         TrainConfig,
         TuneConfig,
         load_config,
@@ -124,6 +130,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from comp.inference import bundle_run as bundle
     from comp.inference import export_run as export
     from comp.inference import predict_run as predict
+    from comp.init import InitResult, init_config
+    from comp.ledger import runs, submissions
     from comp.metrics import METRICS, get_metric
     from comp.pseudo import PseudoResult, pseudo_label
     from comp.run import Metrics, Predictions, RunDir, atomic_write

@@ -68,6 +68,7 @@ def test_every_help_example_runs_as_written(tmp_path, monkeypatch):
     # rightly refuses a blend whose members' predictions changed since it was made): they run before predict
     order = [
         "demo",
+        "init",
         "bundle",
         "pseudo",
         "train-folds",
@@ -78,6 +79,7 @@ def test_every_help_example_runs_as_written(tmp_path, monkeypatch):
         "eda",
         "bench-data",
         "tune",
+        "runs",
     ]
     assert set(order) | {"submit", "weights"} == set(main.commands)  # those two need the internet
     for name in order:

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("comp.metrics", "comp.tasks"),
     ("comp.data",),
     ("comp.training", "comp.ensembling", "comp.submission"),
-    ("comp.inference", "comp.tuning", "comp.pseudo", "comp.diagnostics"),
+    ("comp.inference", "comp.tuning", "comp.pseudo", "comp.diagnostics", "comp.init", "comp.ledger"),
     ("comp.demo",),
     ("comp",),  # the facade, comp/__init__.py
     ("comp.cli", "comp.__main__"),

@@ -5,7 +5,7 @@ Logging goes to stderr (``--quiet`` keeps warnings only); results go to stdout. 
 share live in ``_base``; the commands, by pipeline stage, in ``_train``, ``_infer``, ``_blend`` and ``_diagnose``.
 """
 
-from comp.cli import _blend, _diagnose, _infer, _train  # noqa: F401  (each module adds its commands to main)
+from comp.cli import _blend, _diagnose, _infer, _ledger, _start, _train  # noqa: F401  (each module adds its commands to main)
 from comp.cli._base import main
 
 __all__ = ["main"]

@@ -173,12 +173,14 @@ def bundle_cmd(source, out, model_ids, tta, tta_merge, fp16, opset, quiet):
 @click.option(
     "--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), help="Run folder: its sample and classes."
 )
-def submit_cmd(file, competition, message, sample, run_dir):
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              help="Where to find the run that wrote FILE (by sha256) to record the upload on.")  # fmt: skip
+def submit_cmd(file, competition, message, sample, run_dir, runs_dir):
     """Validate a submission against the sample, then upload it with the kaggle package.
 
     Example: comp submit submissions/demo.csv --competition digit-recognizer --message "5 folds, hflip" --run runs/demo
     """
     from comp.submission import submit
 
-    path = submit(file, competition, message, sample, run_dir)
+    path = submit(file, competition, message, sample, run_dir, runs_dir)
     click.echo(f"submitted {path} to {competition}")

@@ -43,8 +43,15 @@ from comp.errors import CompError
     metavar="N",
     help="Train each fold with DistributedDataParallel over N processes (launches torchrun).",
 )
+@click.option(
+    "--track",
+    "tracks",
+    multiple=True,
+    metavar="KIND=TARGET",
+    help="Log to a tracker: tensorboard=DIR, mlflow=URI or wandb=PROJECT (repeatable; config key track.*).",
+)
 @quiet_option
-def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp, quiet):
+def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp, tracks, quiet):
     """Stratified-group k-fold training of every model in the config; writes checkpoints, OOF and metrics.
 
     Example: comp train-folds --config configs/demo.yaml --set train.epochs=2 --folds 0,1 --run-dir runs/demo-2ep --devices cpu,cpu
@@ -53,6 +60,7 @@ def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp
 
     rank = process_rank()
     setup_logging(quiet or rank != 0)
+    overrides = (*overrides, *track_overrides(tracks))
     cfg = load(config_path, overrides)  # checked here once, before torchrun starts N copies
     run_dir = run_dir or Path("runs") / config_path.stem
     _check_config_not_replaced(config_path, run_dir)
@@ -85,6 +93,19 @@ def _check_config_not_replaced(config_path: Path, run_dir: Path) -> None:
             f"--run-dir {run_dir} would replace the --config file {config_path} with the resolved config "
             "(comments and relative paths lost); pass another --run-dir"
         )
+
+
+def track_overrides(tracks: tuple[str, ...]) -> list[str]:
+    """``--track tensorboard=DIR`` -> ``track.tensorboard=DIR``."""
+    out = []
+    for item in tracks:
+        kind, sep, target = item.partition("=")
+        if not sep or kind not in ("tensorboard", "mlflow", "wandb") or not target:
+            raise click.BadParameter(
+                f"expects tensorboard=DIR, mlflow=URI or wandb=PROJECT, got {item!r}", param_hint="--track"
+            )
+        out.append(f"track.{kind}={target}")
+    return out
 
 
 def _check_ddp_gpus(device: str, nproc: int) -> None:

@@ -23,7 +23,7 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> None:
                 node[int(part)] = {"name": node[int(part)]}
             node = node[int(part)]
         elif isinstance(node, dict):
-            if node.get(part) is None and part == "tune" and i == 0:
+            if node.get(part) is None and part in ("tune", "track") and i == 0:
                 node[part] = {}
             if part not in node or not isinstance(node[part], (dict, list)):
                 raise ConfigError(

@@ -27,6 +27,7 @@ from comp.config._sections import (
     MixupConfig,
     ModelConfig,
     PredictConfig,
+    TrackConfig,
     TrainConfig,
     TuneConfig,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "MixupConfig",
     "ModelConfig",
     "PredictConfig",
+    "TrackConfig",
     "TrainConfig",
     "TuneConfig",
     "build_config",
@@ -69,6 +71,7 @@ class Config:
     models: list[ModelConfig] = field(default_factory=lambda: [ModelConfig("resnet18")])
     tune: TuneConfig | None = None
     predict: PredictConfig = field(default_factory=PredictConfig)
+    track: TrackConfig | None = None  # experiment trackers; not part of what a run is (a resumed run may add one)
 
     # -- derived views ------------------------------------------------------------
     def train_for(self, model: ModelConfig) -> TrainConfig:

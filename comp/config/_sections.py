@@ -246,6 +246,15 @@ class TuneConfig:
     folds: list[int] | None = None
 
 
+@dataclass
+class TrackConfig:
+    """Experiment trackers, each optional: an MLflow tracking URI, a TensorBoard log folder, a W&B project."""
+
+    mlflow: str | None = None  # http://host:5000, sqlite:///mlflow.db, ...
+    tensorboard: str | None = None  # a folder; each run logs under <folder>/<run folder name>
+    wandb: str | None = None  # a project name (WANDB_MODE=offline keeps it local)
+
+
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 

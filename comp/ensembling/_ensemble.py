@@ -44,6 +44,7 @@ from comp.run import (
     run_tree,
 )
 from comp.submission._format import make_submission, validate_submission, write_submission
+from comp.submission._record import record_submission
 from comp.tasks import Decision, get_task, nested_score
 
 
@@ -263,6 +264,7 @@ def run_ensemble(
         per_column=None if per_column is None else dict(zip(data.classes, per_column)),
     )
     result.submission = _write_run(run_root, data, first, honest, test, result, pending)
+    record_submission(run_root, result.submission, models=[name], kind="ensemble")
     return result
 
 
@@ -317,7 +319,8 @@ def submit_blend(model_dir, out=None) -> Path | None:
         return None
     listed = (run.blend_info(blend.path.name) or {}).get("members") or []
     _check_submission(pending.path, blend.config, [blend.run, *(Path(m).parent.parent for m in listed)])
-    return write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column, task=data.task)
+    written = write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column, task=data.task)
+    return record_submission(blend.run, written, models=[blend.path.name], kind="ensemble")
 
 
 def _write_run(

@@ -39,6 +39,7 @@ from comp.run import (
     run_tree,
 )
 from comp.submission._format import make_submission, validate_submission
+from comp.submission._record import record_submission
 from comp.tasks import Decision, Metric, nested_score
 from comp.training._engine import resolve_device
 
@@ -371,4 +372,5 @@ def predict_run(
         files.discard()  # nothing of this call is committed
         raise
     files.commit()
+    record_submission(run.root, result.submission, models=list(results))
     return result

@@ -8,10 +8,11 @@ from comp.data._table import read_csv
 from comp.errors import CompError
 from comp.run import RunDir
 from comp.submission._format import validate_submission
+from comp.submission._record import record_upload
 
 
 def _classes_from_run(run: RunDir) -> list[str]:
-    for mid in run.model_ids():
+    for mid in run.model_folders():  # a blend's run has no checkpoints, only its oof.csv
         oof = run.oof(mid)
         if oof.is_file():
             return run.read_oof(mid).classes
@@ -87,8 +88,10 @@ def submit(
     message: str,
     sample: str | Path | None = None,
     run_dir: str | Path | None = None,
+    runs_dir: str | Path = "runs",
 ) -> Path:
-    """Validate ``path`` and upload it to ``competition`` with ``message``."""
+    """Validate ``path`` and upload it to ``competition`` with ``message``; the upload is recorded on the run that
+    wrote the file (``run_dir``, or the run under ``runs_dir`` whose records hold the file's sha256)."""
     if not competition:
         raise CompError("--competition is empty; pass the competition's slug from its Kaggle URL")
     path = check_file(path, sample, run_dir)
@@ -99,4 +102,5 @@ def submit(
         raise CompError(
             f"kaggle rejected the upload of {path} to '{competition}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
+    record_upload(path, competition, message, run_dir=run_dir, runs_dir=runs_dir)
     return path

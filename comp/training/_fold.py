@@ -338,7 +338,7 @@ class FoldTrainer:
                 self.state["bad_epochs"] += 1
             self.state["history"].append(row)
             self.state["epoch"] = epoch
-            self._notify(epoch=epoch, score=row["score"], fold_done=False)
+            self._notify(epoch=epoch, score=row["score"], fold_done=False, loss=row["loss"])
             if self.dist.is_main:
                 log.info(
                     "%s fold %d epoch %d/%d: loss %.4f %s %.4f %.0f img/s%s",
@@ -358,7 +358,7 @@ class FoldTrainer:
             self.save_state()
         return self.finish()
 
-    def _notify(self, *, epoch: int, score: float, fold_done: bool) -> None:
+    def _notify(self, *, epoch: int, score: float, fold_done: bool, loss: float | None = None) -> None:
         if self.ctx.on_epoch is not None:
             self.ctx.on_epoch(
                 EpochEvent(
@@ -369,6 +369,7 @@ class FoldTrainer:
                     score,
                     self.state["best_score"],
                     fold_done,
+                    loss=loss,
                 )
             )
 

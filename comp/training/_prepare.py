@@ -50,7 +50,7 @@ def prepare_run(cfg: Config, run: RunDir) -> None:
     the fix of a refused command is never refused itself."""
     if run.config.is_file() and trained_anything(run):
         # compared after validation, so a key added to comp since (with its default) is not a difference
-        diff = _diff_keys(run.load_config().to_dict(), cfg.to_dict())
+        diff = [k for k in _diff_keys(run.load_config().to_dict(), cfg.to_dict()) if not k.startswith("track")]
         if diff:
             raise CompError(
                 f"run folder {run.root} was made with a different config (keys differ: {', '.join(diff[:5])}); "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -22,6 +22,7 @@ class EpochEvent:
     score: float
     best_score: float | None
     fold_done: bool
+    loss: float | None = field(default=None, kw_only=True)  # the epoch's mean training loss (None when a fold ends)
 
 
 @dataclass

@@ -33,8 +33,10 @@ from comp.training._prepare import set_up_run
 from comp.training._results import EpochEvent, TrainResult  # comp.tuning imports EpochEvent from here
 from comp.training._schedule import train_here, train_on_workers
 from comp.training._seeding import set_deterministic
+from comp.training._tracking import tracked
 
 
+@tracked  # cfg.track: the trackers see every epoch and the final artifacts
 def train_folds(
     cfg: Config,
     run_dir: str | Path,
