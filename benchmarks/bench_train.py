@@ -35,8 +35,9 @@ from comp.data._augment import BatchMixer, eval_pipeline, pipelines  # noqa: E40
 from comp.data._table import ImageDataset, load_image, load_train_table  # noqa: E402
 from comp.demo import demo_config_path, make_digits_competition  # noqa: E402
 from comp.run import RunDir  # noqa: E402
+from comp.training._context import FoldContext
 from comp.training._engine import StepConfig, train_one_epoch  # noqa: E402
-from comp.training._fold import FoldContext, FoldTrainer  # noqa: E402
+from comp.training._fold import FoldTrainer  # noqa: E402
 from comp.training._losses import build_loss  # noqa: E402
 from comp.training._models import create_model, normalization  # noqa: E402
 from comp.training._prepare import ensure_folds, prepare_run  # noqa: E402

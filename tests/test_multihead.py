@@ -172,7 +172,8 @@ def test_create_model_picks_heads_from_the_entry_and_freezes_only_the_backbone()
 @pytest.mark.parametrize("heads", ["single", "attributes"])
 def test_fold_trainer_fits_the_training_labels(contest, tmp_path, heads):
     from comp.run import RunDir
-    from comp.training._fold import FoldContext, FoldTrainer
+    from comp.training._context import FoldContext
+    from comp.training._fold import FoldTrainer
 
     cfg = config(contest, f"models.0.heads={heads}", "loss.label_smoothing=0.1")
     table = load_train_table(cfg.data)

@@ -22,7 +22,8 @@ from comp.data._table import load_train_table
 from comp.errors import CompError
 from comp.pseudo import load_training_targets, select_labels, select_rows, select_values
 from comp.run import RunDir
-from comp.training._fold import FoldContext, FoldTrainer
+from comp.training._context import FoldContext
+from comp.training._fold import FoldTrainer
 from comp.training._losses import LabelBCE, ValueBCE, ValueMSE
 from comp.training._prepare import plan_folds
 from comp.training._soft import DistillLoss, SoftMixer, soften_labels

@@ -140,7 +140,8 @@ def test_toolbox_keys_are_checked(tmp_path, train, needle):
 
 
 def test_progressive_resizing_trains_small_first_and_keeps_the_final_size_everywhere(tmp_path):
-    from comp.training._fold import FoldContext, FoldTrainer
+    from comp.training._context import FoldContext
+    from comp.training._fold import FoldTrainer
     from comp.training._prepare import plan_folds
 
     root = write_competition(tmp_path / "comp")

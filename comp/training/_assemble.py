@@ -11,18 +11,16 @@ import pandas as pd
 
 from comp.config import Config
 from comp.data._attributes import attribute_f1
-from comp.data._augment import to_dict
 from comp.data._table import TrainTable
 from comp.metrics import get_metric
 from comp.run import CheckpointMeta, Metrics, Predictions, RunDir, make_checkpoint, torch_save, write_csv
 from comp.tasks import Metric, nested_score
 from comp.training._distributed import Dist
-from comp.training._models import heads_description
 from comp.training._results import FoldResult, ModelResult
 from comp.training._targets import TrainingTargets
 
 if TYPE_CHECKING:
-    from comp.training._fold import FoldContext, FoldTrainer
+    from comp.training._context import FoldContext
 
 log = logging.getLogger(__name__)
 
@@ -128,40 +126,16 @@ def model_results(
     return models
 
 
-def finish_fold(trainer: FoldTrainer) -> FoldResult:
-    """Write a trained fold's OOF part, history and trainer-describing checkpoint (its best epoch's evaluated
-    weights); drop the resumable state."""
-    ctx, run = trainer.ctx, trainer.ctx.run
-    model = trainer.eval_model()
-    model.load_state_dict(trainer.state["best_state"])
-    meta = CheckpointMeta(
-        ctx.entry.name,
-        ctx.model_id,
-        list(ctx.table.classes),
-        trainer.hw,
-        trainer.mean,
-        trainer.std,
-        to_dict(trainer.valid_tf),
-        ctx.cfg.to_dict(),
-        in_chans=ctx.entry.in_chans,
-        entry=ctx.entry.to_dict(),
-        fold=ctx.fold,
-        epoch=trainer.state["best_epoch"],
-        score=trainer.state["best_score"],
-        metric=trainer.metric.name,
-        heads=heads_description(model),
-        task=ctx.cfg.task,
-        output=trainer.output.to_dict(),
-    )
-    hist = pd.DataFrame(trainer.state["history"])
-    if trainer.dist.is_main:  # under DDP rank 0 alone writes
+def write_fold(
+    ctx: FoldContext, model: Any, meta: CheckpointMeta, state: dict[str, Any], valid_idx: np.ndarray
+) -> FoldResult:
+    """Write a trained fold's OOF part, history and trainer-describing checkpoint (``model`` holds its best
+    epoch's evaluated weights); drop the resumable state. Under DDP rank 0 alone writes."""
+    run = ctx.run
+    hist = pd.DataFrame(state["history"])
+    if ctx.dist.is_main:
         write_csv(run.history(ctx.model_id, ctx.fold), hist)
-        run.write_oof_part(
-            ctx.model_id, ctx.fold, oof_predictions(ctx, trainer.valid_idx, trainer.state["best_probs"].numpy())
-        )
+        run.write_oof_part(ctx.model_id, ctx.fold, oof_predictions(ctx, valid_idx, state["best_probs"].numpy()))
         torch_save(run.checkpoint(ctx.model_id, ctx.fold), make_checkpoint(model.state_dict(), meta))
         run.state(ctx.model_id, ctx.fold).unlink(missing_ok=True)
-    trainer._notify(epoch=trainer.state["epoch"], score=trainer.state["best_score"], fold_done=True)
-    return FoldResult(
-        trainer.state["best_score"], trainer.state["best_epoch"] + 1, len(hist), float(hist["images_per_s"].mean())
-    )
+    return FoldResult(state["best_score"], state["best_epoch"] + 1, len(hist), float(hist["images_per_s"].mean()))

@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,48 +18,27 @@ import torch
 from timm.utils import ModelEmaV3
 
 from comp._progress import Progress
-from comp.config import Config, ModelConfig, size_schedule
-from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, valid_pipeline
-from comp.data._table import ImageDataset, TrainTable
+from comp.config import size_schedule
+from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
+from comp.data._table import ImageDataset
 from comp.errors import CompError
 from comp.metrics import get_metric
-from comp.run import RunDir, torch_save
-from comp.training._assemble import finish_fold
-from comp.training._distributed import SINGLE, Dist
+from comp.run import CheckpointMeta, torch_save
+from comp.training._assemble import write_fold
+from comp.training._context import FoldContext
 from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, to_device, train_one_epoch
 from comp.training._heads import attribute_loss
 from comp.training._loaders import epoch_batches, epoch_weights, image_reader, make_loader
 from comp.training._losses import build_loss
-from comp.training._models import create_model, normalization, set_backbone_frozen, zero_head
+from comp.training._models import create_model, heads_description, normalization, set_backbone_frozen, zero_head
 from comp.training._optim import make_optimizer, make_scheduler, set_lr
 from comp.training._outputs import OutputHead, output_spec
 from comp.training._results import EpochEvent, FoldResult
 from comp.training._seeding import derive_seed, seed_everything
 from comp.training._soft import TrainingPart, training_part
 from comp.training._swa import SWA
-from comp.training._targets import TrainingTargets
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FoldContext:
-    cfg: Config
-    entry: ModelConfig
-    table: TrainTable
-    folds: np.ndarray
-    fold: int
-    run: RunDir
-    _: KW_ONLY  # the optional parts are named at every call site (positional ones got mixed up in a merge)
-    progress: bool = True
-    on_epoch: Callable[[EpochEvent], None] | None = None  # may raise (e.g. optuna.TrialPruned) to stop the run
-    device: str | None = None  # a worker's or rank's own device; cfg.device otherwise (cfg stays as saved)
-    dist: Dist = field(default=SINGLE)
-    soft: TrainingTargets | None = None  # pseudo-labelled rows and a teacher (data.extra_train, loss.distill)
-
-    @property
-    def model_id(self) -> str:
-        return self.entry.model_id
 
 
 class FoldTrainer:
@@ -375,7 +352,31 @@ class FoldTrainer:
 
     def finish(self) -> FoldResult:
         """Write the fold's OOF part, history and self-describing checkpoint; drop the resumable state."""
-        return finish_fold(self)
+        ctx, state = self.ctx, self.state
+        model = self.eval_model()
+        model.load_state_dict(state["best_state"])
+        meta = CheckpointMeta(
+            ctx.entry.name,
+            ctx.model_id,
+            list(ctx.table.classes),
+            self.hw,
+            self.mean,
+            self.std,
+            to_dict(self.valid_tf),
+            ctx.cfg.to_dict(),
+            in_chans=ctx.entry.in_chans,
+            entry=ctx.entry.to_dict(),
+            fold=ctx.fold,
+            epoch=state["best_epoch"],
+            score=state["best_score"],
+            metric=self.metric.name,
+            heads=heads_description(model),
+            task=ctx.cfg.task,
+            output=self.output.to_dict(),
+        )
+        result = write_fold(ctx, model, meta, state, self.valid_idx)
+        self._notify(epoch=state["epoch"], score=state["best_score"], fold_done=True)
+        return result
 
 
 def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:

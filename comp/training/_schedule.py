@@ -15,8 +15,9 @@ from comp.config import Config
 from comp.data._table import TrainTable, load_train_table
 from comp.errors import CompError
 from comp.run import LockHeld, RunDir, exclusive
+from comp.training._context import FoldContext
 from comp.training._distributed import SINGLE, Dist
-from comp.training._fold import FoldContext, train_fold
+from comp.training._fold import train_fold
 from comp.training._parallel import WorkerExit, run_workers
 from comp.training._prepare import ensure_folds
 from comp.training._results import EpochEvent, FoldResult
