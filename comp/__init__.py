@@ -57,6 +57,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "EpochEvent": ("comp.training", "EpochEvent"),
     "predict": ("comp.inference", "predict_run"),
     "PredictResult": ("comp.inference", "PredictResult"),
+    "load_predictor": ("comp.inference", "load_predictor"),
+    "Predictor": ("comp.inference", "Predictor"),
     "export": ("comp.inference", "export_run"),
     "bundle": ("comp.inference", "bundle_run"),
     "BundleResult": ("comp.inference", "BundleResult"),
@@ -126,7 +128,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from comp.ensembling import BlendResult, CompareResult, compare_blends
     from comp.ensembling import run_ensemble as blend
     from comp.errors import CompError, ConfigError, DataError, RunFolderError
-    from comp.inference import BundleResult, PredictResult
+    from comp.inference import BundleResult, Predictor, PredictResult, load_predictor
     from comp.inference import bundle_run as bundle
     from comp.inference import export_run as export
     from comp.inference import predict_run as predict
