@@ -116,7 +116,7 @@ def run_demo(
         make_digits_competition(out_dir)
         yield f"demo competition written to {out_dir}"
     result = train_folds(cfg, run_dir, resume=True)
-    yield result.table()
+    yield result.text()
     yield f"run folder: {run_dir}"
     yield from _after_training(run_dir, submission)
 
@@ -130,10 +130,10 @@ def _after_training(run_dir: Path, submission: Path) -> Iterator[str]:
     run = RunDir(run_dir)
     mean_sub = submission.with_name(submission.stem + "-mean.csv")
     predict_run(run_dir, engine="torch", out=mean_sub, progress=False)
-    yield "test predictions: " + ", ".join(str(run.test_pred(m)) for m in run.model_ids())
-    model_dirs = [run.model_dir(m) for m in run.model_ids()]
+    yield "test predictions: " + ", ".join(str(run.test_pred(m)) for m in run.trained_ids())
+    model_dirs = [run.model_dir(m) for m in run.trained_ids()]
     if len(model_dirs) > 1:
         result = run_ensemble(model_dirs, method="hill_climb", name="demo-blend", out=submission)
-        yield result.table()
+        yield result.text()
         if result.submission:
             yield f"submission: {result.submission}"

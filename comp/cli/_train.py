@@ -77,7 +77,7 @@ def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp
         sys.exit(launch_ddp(ddp, argv))
     result = train_folds(cfg, run_dir, folds=folds, resume=resume, progress=not quiet, devices=devices)
     if rank == 0:
-        click.echo(result.table())
+        click.echo(result.text())
         click.echo(f"run folder: {run_dir}")
 
 
@@ -191,7 +191,7 @@ def tune_cmd(
         devices=devices,
         heartbeat=heartbeat,
     )
-    click.echo(result.table())
+    click.echo(result.text())
     click.echo("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in result.states.items()))
     if result.best_config:
         click.echo(f"best {cfg.metric}: {result.best_value:.4f}  best config: {result.best_config}")

@@ -17,7 +17,7 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from comp._progress import track
-from comp._tables import format_table
+from comp._tables import Rendered, table_frame
 from comp.config import Config, load_config
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table, read_csv
@@ -287,8 +287,8 @@ class ModelPrediction:
     oof_tta: Path | None = None
 
 
-@dataclass
-class PredictResult:
+@dataclass(repr=False)
+class PredictResult(Rendered):
     """Per-model test predictions (``RUN/models/<id>/test.csv``) and the submission, if one was written."""
 
     run: RunDir
@@ -303,7 +303,10 @@ class PredictResult:
         """A model's test predictions (id, one column per class, label or target, in the task's units)."""
         return self.run.read_test(model_id).frame()
 
-    def table(self) -> str:
+    def title(self) -> str:
+        return f"PredictResult: {self.run.root}, submission {self.submission or '(none)'}"
+
+    def table(self) -> pd.DataFrame:
         rows = [
             {
                 "model": m.model_id,
@@ -315,7 +318,7 @@ class PredictResult:
             }
             for m in self.models.values()
         ]
-        return format_table(rows, ["model", "folds", "engine", "tta", "cv", "cv_tta"])
+        return table_frame(rows, ["model", "folds", "engine", "tta", "cv", "cv_tta"])
 
 
 def predict_run(
