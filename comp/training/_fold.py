@@ -21,7 +21,7 @@ from comp._progress import Progress
 from comp.config import size_schedule
 from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
 from comp.data._table import ImageDataset
-from comp.errors import CompError
+from comp.errors import CompError, arg
 from comp.metrics import get_metric
 from comp.run import CheckpointMeta, torch_save
 from comp.training._assemble import write_fold
@@ -386,7 +386,7 @@ def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:
     if state_path.is_file():
         if not resume:
             raise CompError(
-                f"{state_path} holds a partly trained fold; pass --resume to continue it or delete the file"
+                f"{state_path} holds a partly trained fold; pass {arg('resume=True', '--resume')} to continue it or delete the file"
             )
         trainer.load_state(state_path)
         if ctx.dist.is_main:
