@@ -15,18 +15,24 @@ The pipeline, one function per stage, each reading and writing one run folder::
 
 Nothing here changes the caller's session: no matplotlib backend, logging or library setting is touched
 (figures are drawn on Figure objects of their own; Optuna's verbosity and PIL's flags are restored).
-Log lines go to the ``comp`` logger, which is silent until you configure logging.
+Log lines go to the ``comp`` logger, which is silent until you configure logging; in a notebook it prints plain
+lines (and training shows a live per-epoch table per fold) with no setup.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 from comp._version import __version__
 
 logging.getLogger("comp").addHandler(logging.NullHandler())
+if "ipykernel" in sys.modules:  # in a notebook, comp's progress lines show without configuring logging
+    from comp._progress import notebook_logging
+
+    notebook_logging()
 
 # name -> (module, attribute): imported on first use, so `import comp` and `comp --help` stay fast
 _EXPORTS: dict[str, tuple[str, str]] = {

@@ -315,7 +315,9 @@ class FoldTrainer:
                 self.state["bad_epochs"] += 1
             self.state["history"].append(row)
             self.state["epoch"] = epoch
-            self._notify(epoch=epoch, score=row["score"], fold_done=False, loss=row["loss"])
+            self._notify(
+                epoch=epoch, score=row["score"], fold_done=False, loss=row["loss"], images_per_s=row["images_per_s"]
+            )
             if self.dist.is_main:
                 log.info(
                     "%s fold %d epoch %d/%d: loss %.4f %s %.4f %.0f img/s%s",
@@ -328,6 +330,7 @@ class FoldTrainer:
                     row["score"],
                     row["images_per_s"],
                     " *" if improved else "",
+                    extra={"comp_epoch_line": True},  # a notebook shows it in the fold's live table instead
                 )
             stop = patience and self.state["bad_epochs"] >= patience
             if stop or epoch == self.tcfg.epochs - 1:
@@ -335,7 +338,9 @@ class FoldTrainer:
             self.save_state()
         return self.finish()
 
-    def _notify(self, *, epoch: int, score: float, fold_done: bool, loss: float | None = None) -> None:
+    def _notify(
+        self, *, epoch: int, score: float, fold_done: bool, loss: float | None = None, images_per_s: float | None = None
+    ) -> None:
         if self.ctx.on_epoch is not None:
             self.ctx.on_epoch(
                 EpochEvent(
@@ -347,6 +352,7 @@ class FoldTrainer:
                     self.state["best_score"],
                     fold_done,
                     loss=loss,
+                    images_per_s=images_per_s,
                 )
             )
 

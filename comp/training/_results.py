@@ -23,6 +23,7 @@ class EpochEvent:
     best_score: float | None
     fold_done: bool
     loss: float | None = field(default=None, kw_only=True)  # the epoch's mean training loss (None when a fold ends)
+    images_per_s: float | None = field(default=None, kw_only=True)  # the epoch's training speed
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from comp._progress import EpochBoard
 from comp.config import Config
 from comp.data._table import load_train_table
 from comp.errors import CompError, arg
@@ -34,6 +35,15 @@ from comp.training._results import EpochEvent, TrainResult  # comp.tuning import
 from comp.training._schedule import train_here, train_on_workers
 from comp.training._seeding import set_deterministic
 from comp.training._tracking import tracked
+
+
+def _both(first: Callable[[EpochEvent], None], then: Callable[[EpochEvent], None] | None):
+    def call(ev: EpochEvent) -> None:
+        first(ev)
+        if then is not None:
+            then(ev)
+
+    return call
 
 
 @tracked  # cfg.track: the trackers see every epoch and the final artifacts
@@ -82,6 +92,9 @@ def train_folds(
             "for DDP on the CPU"
         )
     check_exist_ok(exist_ok)
+    board = EpochBoard.maybe(get_metric(cfg.metric, cfg.task).name, progress and not dist.enabled)
+    if board is not None:  # a notebook: a live per-epoch table per fold, and a summary as folds end
+        on_epoch = _both(board, on_epoch)
     run = RunDir(run_dir)
     for label, path in run_files(run.root):  # the run's own files never replace the data they describe
         check_output(path, data_inputs(cfg.data), option="--run-dir", label=label)
