@@ -70,6 +70,23 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("comp") / "configs" / DEMO_CONFIG))
 
 
+def demo_config(data_dir: str | Path = "data/demo", **overrides: object):
+    """The packaged example config (configs/demo.yaml), its data paths under ``data_dir`` (``write_demo_data``
+    makes the digits competition there), with ``overrides`` as {dotted key: value}::
+
+        cfg = comp.demo_config("data/demo", **{"train.epochs": 1})
+    """
+    return load_config(demo_config_path(), overrides=dict(overrides), base_dir=Path(data_dir).resolve())
+
+
+def write_demo_data(data_dir: str | Path = "data/demo") -> Path:
+    """The demo competition (sklearn's 8x8 digits as PNGs, grouped by writer) in ``data_dir``, unless it is there."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "train.csv").is_file():
+        make_digits_competition(data_dir)
+    return data_dir
+
+
 def _is_demo_run(run_dir: Path) -> bool:
     """A folder ``--fresh`` may delete: a run folder whose saved config is the demo's (digits, byobnet/effnet)."""
     from comp.run import RunDir
