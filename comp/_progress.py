@@ -30,13 +30,107 @@ def _in_notebook() -> bool:
     return "ipykernel" in sys.modules
 
 
+def _widgets() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 def _live() -> bool:
+    """Live bars on a terminal, or in a notebook with ipywidgets (a widget updates in place). A notebook without
+    them gets the plain lines: tqdm's text bars there write one stream message per redraw (thousands a fold)."""
     if _PLAIN_INTERVAL is not None:
         return False
     try:
-        return _in_notebook() or sys.stderr.isatty()
+        return (_in_notebook() and _widgets()) or (not _in_notebook() and sys.stderr.isatty())
     except (AttributeError, ValueError):
         return False
+
+
+class _NotEpochLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "comp_epoch_line", False)
+
+
+def notebook_logging() -> None:
+    """In a notebook, show comp's INFO lines as plain text (no ``INFO:comp...`` prefix) without the caller
+    configuring logging: one handler on the ``comp`` logger only, none when the caller gave it one. Per-epoch
+    lines are left to the fold's live table (``EpochBoard``)."""
+    logger = logging.getLogger("comp")
+    if not _in_notebook() or any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_NotEpochLines())
+    handler._comp_notebook = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    logger.propagate = False  # a root handler the caller adds later would print every line twice
+
+
+class EpochBoard:
+    """In a notebook, one live table per (model, fold), updated in place after every epoch (loss, metric, best,
+    images/s, time), and a summary table of every fold when they end: a handful of display messages in all."""
+
+    def __init__(self, metric: str):
+        from IPython.display import display
+
+        self.metric, self.display = metric, display
+        self.rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self.handles: dict[tuple[str, int], Any] = {}
+        self.last = time.monotonic()  # folds train one after another here: an epoch began when the last ended
+        self.summary: Any = None
+
+    @classmethod
+    def maybe(cls, metric: str, enabled: bool) -> EpochBoard | None:
+        if not (enabled and _in_notebook() and _PLAIN_INTERVAL is None):
+            return None
+        try:
+            return cls(metric)
+        except ImportError:
+            return None
+
+    def __call__(self, ev: Any) -> None:
+        import pandas as pd
+        from IPython.display import HTML
+
+        key = (ev.model_id, ev.fold)
+        now = time.monotonic()
+        if ev.fold_done:
+            self._summarise()
+            return
+        rows = self.rows.setdefault(key, [])
+        since, self.last = self.last, now
+        rows.append(
+            {
+                "epoch": f"{ev.epoch + 1}/{ev.epochs}",
+                "loss": ev.loss,
+                self.metric: ev.score,
+                "best": ev.best_score,
+                "img/s": ev.images_per_s,
+                "time_s": round(now - since, 1),
+            }
+        )
+        html = HTML(f"<b>{ev.model_id} fold {ev.fold}</b>" + pd.DataFrame(rows).to_html(index=False, border=0))
+        if key in self.handles:
+            self.handles[key].update(html)
+        else:
+            self.handles[key] = self.display(html, display_id=True)
+
+    def _summarise(self) -> None:
+        import pandas as pd
+        from IPython.display import HTML
+
+        table = [
+            {"model": m, "fold": k, "epochs": len(r), self.metric: r[-1]["best"], "time_s": sum(x["time_s"] for x in r)}
+            for (m, k), r in self.rows.items()
+        ]
+        html = HTML("<b>folds</b>" + pd.DataFrame(table).to_html(index=False, border=0))
+        if self.summary is None:
+            self.summary = self.display(html, display_id=True)
+        else:
+            self.summary.update(html)
 
 
 class Progress:

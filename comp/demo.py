@@ -70,6 +70,23 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("comp") / "configs" / DEMO_CONFIG))
 
 
+def demo_config(data_dir: str | Path = "data/demo", **overrides: object):
+    """The packaged example config (configs/demo.yaml), its data paths under ``data_dir`` (``write_demo_data``
+    makes the digits competition there), with ``overrides`` as {dotted key: value}::
+
+        cfg = comp.demo_config("data/demo", **{"train.epochs": 1})
+    """
+    return load_config(demo_config_path(), overrides=dict(overrides), base_dir=Path(data_dir).resolve())
+
+
+def write_demo_data(data_dir: str | Path = "data/demo") -> Path:
+    """The demo competition (sklearn's 8x8 digits as PNGs, grouped by writer) in ``data_dir``, unless it is there."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "train.csv").is_file():
+        make_digits_competition(data_dir)
+    return data_dir
+
+
 def _is_demo_run(run_dir: Path) -> bool:
     """A folder ``--fresh`` may delete: a run folder whose saved config is the demo's (digits, byobnet/effnet)."""
     from comp.run import RunDir
@@ -116,7 +133,7 @@ def run_demo(
         make_digits_competition(out_dir)
         yield f"demo competition written to {out_dir}"
     result = train_folds(cfg, run_dir, resume=True)
-    yield result.table()
+    yield result.text()
     yield f"run folder: {run_dir}"
     yield from _after_training(run_dir, submission)
 
@@ -130,10 +147,10 @@ def _after_training(run_dir: Path, submission: Path) -> Iterator[str]:
     run = RunDir(run_dir)
     mean_sub = submission.with_name(submission.stem + "-mean.csv")
     predict_run(run_dir, engine="torch", out=mean_sub, progress=False)
-    yield "test predictions: " + ", ".join(str(run.test_pred(m)) for m in run.model_ids())
-    model_dirs = [run.model_dir(m) for m in run.model_ids()]
+    yield "test predictions: " + ", ".join(str(run.test_pred(m)) for m in run.trained_ids())
+    model_dirs = [run.model_dir(m) for m in run.trained_ids()]
     if len(model_dirs) > 1:
         result = run_ensemble(model_dirs, method="hill_climb", name="demo-blend", out=submission)
-        yield result.table()
+        yield result.text()
         if result.submission:
             yield f"submission: {result.submission}"

@@ -103,7 +103,7 @@ def test_multilabel_pseudo_labels_are_the_probabilities_of_confident_rows(tmp_pa
     assert list(df.columns) == ["id", *LABELS] and list(df["id"]) == ["007", "b"]
     np.testing.assert_allclose(df[LABELS].to_numpy(), p[[0, 2]])
     assert result.soft and result.task == "multilabel" and result.per_class == {"r": 1, "g": 0, "b": 1}
-    assert "positives" in result.table() and "mean_probability" in result.table()
+    assert "positives" in result.text() and "mean_probability" in result.text()
     with pytest.raises(CompError, match="every label at or above --threshold 0.99"):
         comp.pseudo_label(model, out=tmp_path / "none.csv", threshold=0.99)
     with pytest.raises(CompError, match="--max-rows is for regression sources"):

@@ -237,7 +237,7 @@ def test_eda_and_explain_speak_the_task(tmp_path, kind):
 
     cfg, _, run = _train(tmp_path, kind)
     eda = run_eda(cfg, tmp_path / "eda")
-    text = eda.table()
+    text = eda.text()
     if cfg.task == "multilabel":
         assert "labels per image" in text and "rarest label" in text
         co = pd.read_csv(tmp_path / "eda" / "label_cooccurrence.csv")

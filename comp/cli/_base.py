@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import click
 
-from comp.errors import CompError, closest
+from comp.errors import CLI_NAMES, CompError, closest
 
 _ERRNO_WHY = {
     errno.EACCES: "permission denied",
@@ -130,8 +130,11 @@ def setup_logging(quiet: bool) -> None:
 
 @click.group(cls=CompGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="comp")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """comp: group k-fold training, tuning, TTA/ONNX inference and honest ensembles for image competitions."""
+    token = CLI_NAMES.set(True)  # messages name --flags while a command runs, Python arguments otherwise
+    ctx.call_on_close(lambda: CLI_NAMES.reset(token))
 
 
 config_option = click.option(

@@ -61,7 +61,7 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
             tta=tta,
         )
         result = compared.best
-        click.echo(compared.table())
+        click.echo(compared.text())
         click.echo(f"best honest CV: {result.method} (best of {len(compared.results)} methods, so slightly optimistic)")
     else:
         result = run_ensemble(
@@ -70,7 +70,7 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
     click.echo(
         f"metric: {result.metric} ({result.direction}); cv = nested CV, cv_in_sample = fitted and scored on all OOF"
     )
-    click.echo(result.table())
+    click.echo(result.text())
     if result.bias:
         click.echo("class bias: " + ", ".join(f"{c}={v:+.2f}" for c, v in result.bias.items()))
     if result.decision:
@@ -144,7 +144,7 @@ def pseudo_cmd(source, out, threshold, top_per_class, max_per_class, soft, max_r
         soft=soft,
         max_rows=max_rows,
     )
-    click.echo(result.table())
+    click.echo(result.text())
     kind = {"classification": "soft" if result.soft else "hard", "multilabel": "soft"}.get(result.task, "value")
     click.echo(f"{result.rows} of {result.test_rows} test rows from {result.source / 'test.csv'} ({kind} labels)")
     if result.task == "regression":

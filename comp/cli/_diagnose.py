@@ -57,7 +57,7 @@ def bench_data_cmd(config_path, overrides, workers, batch_sizes, batches, caches
     cfg = load(config_path, overrides)
     result = bench_data(cfg, workers=workers, batch_sizes=batch_sizes, batches=batches, caches=caches)
     click.echo(f"model {result.model_name} on {result.device}; data images/s timed on the second pass")
-    click.echo(result.table())
+    click.echo(result.text())
     for line in result.verdict:
         click.echo(line)
 
@@ -84,7 +84,7 @@ def eda_cmd(config_path, overrides, out_dir, threshold):
     cfg = load(config_path, overrides)
     out_dir = out_dir or Path("runs") / f"eda-{config_path.stem}"
     result = run_eda(cfg, out_dir, threshold)
-    click.echo(result.table())
+    click.echo(result.text())
     click.echo(f"report: {result.html}")
 
 
@@ -116,6 +116,6 @@ def explain_cmd(run_dir, model_id, top, gradcam_ids, out_dir):
     setup_logging(False)
     result = explain_run(run_dir, model_id, top, gradcam_ids, out_dir)
     click.echo(f"model {result.model_id}" + ("" if model_id else " (best CV; choose another with --model)"))
-    click.echo(result.table())
+    click.echo(result.text())
     click.echo(f"{result.mistakes} OOF mistakes; likeliest label errors in {result.out / 'mislabeled.csv'}")
     click.echo(f"report folder: {result.out}")

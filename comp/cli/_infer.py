@@ -113,7 +113,7 @@ def predict_cmd(
         allow_missing_folds=allow_missing_folds,
         progress=not quiet,
     )
-    click.echo(result.table())
+    click.echo(result.text())
     for info in result.models.values():
         click.echo(f"test predictions: {info.test}" + (f"  oof with TTA: {info.oof_tta}" if oof else ""))
     if result.submission:
@@ -158,7 +158,7 @@ def bundle_cmd(source, out, model_ids, tta, tta_merge, fp16, opset, quiet):
     result = bundle_run(
         source, out=out, models=list(model_ids) or None, tta=tta, tta_merge=tta_merge, fp16=fp16, opset=opset
     )
-    click.echo(result.table())
+    click.echo(result.text())
     click.echo(f"bundle: {result.out}")
     click.echo(f"in the notebook: {result.command()}")
 

@@ -40,7 +40,7 @@ def init_cmd(comp_dir, out, budget, device, models, overrides, force):
     result = init_config(
         comp_dir, out=out, budget=budget, device=device, overrides=overrides, models=names, force=force
     )
-    click.echo(result.table())
+    click.echo(result.text())
     for line in result.warnings:
         click.echo(f"warning: {line}")
     for line in result.recipe():

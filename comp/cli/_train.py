@@ -31,6 +31,14 @@ from comp.errors import CompError
 @click.option("--folds", "folds", type=INTS, metavar="0,2", help="Train only these folds (spread folds over machines).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last finished epoch.")
 @click.option(
+    "--exist-ok",
+    "exist_ok",
+    type=click.Choice(["resume", "overwrite", "error"]),
+    default="resume",
+    help="An existing run folder: continue it (a changed config is refused), start it again (deletes only "
+    "comp's files there), or refuse it.",
+)
+@click.option(
     "--devices",
     default=None,
     metavar="0,1|all|cpu,cpu",
@@ -51,7 +59,7 @@ from comp.errors import CompError
     help="Log to a tracker: tensorboard=DIR, mlflow=URI or wandb=PROJECT (repeatable; config key track.*).",
 )
 @quiet_option
-def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp, tracks, quiet):
+def train_folds_cmd(config_path, overrides, run_dir, folds, resume, exist_ok, devices, ddp, tracks, quiet):
     """Stratified-group k-fold training of every model in the config; writes checkpoints, OOF and metrics.
 
     Example: comp train-folds --config configs/demo.yaml --set train.epochs=2 --folds 0,1 --run-dir runs/demo-2ep --devices cpu,cpu
@@ -73,11 +81,13 @@ def train_folds_cmd(config_path, overrides, run_dir, folds, resume, devices, ddp
         argv = ["train-folds", "--config", str(config_path), "--run-dir", str(run_dir)]
         argv += [a for o in overrides for a in ("--set", o)]
         argv += ["--folds", ",".join(map(str, folds))] if folds is not None else []
-        argv += ["--resume"] * resume + ["--quiet"] * quiet
+        argv += ["--resume"] * resume + ["--quiet"] * quiet + ["--exist-ok", exist_ok]
         sys.exit(launch_ddp(ddp, argv))
-    result = train_folds(cfg, run_dir, folds=folds, resume=resume, progress=not quiet, devices=devices)
+    result = train_folds(
+        cfg, run_dir, folds=folds, resume=resume, exist_ok=exist_ok, progress=not quiet, devices=devices
+    )
     if rank == 0:
-        click.echo(result.table())
+        click.echo(result.text())
         click.echo(f"run folder: {run_dir}")
 
 
@@ -191,7 +201,7 @@ def tune_cmd(
         devices=devices,
         heartbeat=heartbeat,
     )
-    click.echo(result.table())
+    click.echo(result.text())
     click.echo("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in result.states.items()))
     if result.best_config:
         click.echo(f"best {cfg.metric}: {result.best_value:.4f}  best config: {result.best_config}")

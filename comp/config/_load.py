@@ -256,4 +256,4 @@ def load_config(
 
 def dump(cfg: Config) -> str:
     """Serialise a config to YAML, keys in schema order."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    return cfg.to_yaml()

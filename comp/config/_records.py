@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(repr=False)
 class Config:
     """A whole experiment. Build it with :func:`comp.load_config` (YAML path, dict or keyword sections)."""
 
@@ -98,6 +98,27 @@ class Config:
             else:
                 out[f.name] = copy.deepcopy(value)
         return out
+
+    def to_yaml(self) -> str:
+        """The config as YAML, keys in schema order (what ``config.yaml`` of a run holds)."""
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def _headline(self) -> str:
+        models = ", ".join(f"{m.model_id} ({m.name}, {m.image_size}px)" for m in self.models)
+        return f"Config: {self.task}, metric {self.metric}, {self.folds.n_splits} folds, models {models}"
+
+    def __repr__(self) -> str:
+        return f"{self._headline()}\n{self.to_yaml()}"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return (
+            f"<div><b>{html.escape(self._headline())}</b><details><summary>YAML</summary>"
+            f"<pre>{html.escape(self.to_yaml())}</pre></details></div>"
+        )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:

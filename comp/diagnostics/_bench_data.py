@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from comp._tables import format_table
+from comp._tables import Rendered, table_frame
 from comp.config import Config
 from comp.data._augment import pipelines
 from comp.data._cache import human_bytes, make_reader, slab_bytes
@@ -33,8 +34,8 @@ from comp.training._models import create_model, normalization
 CACHES = ("none", "disk", "memory")
 
 
-@dataclass
-class BenchDataResult:
+@dataclass(repr=False)
+class BenchDataResult(Rendered):
     """Images/s per (cache, workers, batch size) against the model's own training speed, and what to use."""
 
     rows: list[dict[str, Any]]  # cache, workers, batch_size, data_img_s, model_img_s, bottleneck
@@ -43,8 +44,13 @@ class BenchDataResult:
     device: str
     model_name: str
 
-    def table(self) -> str:
-        return format_table(self.rows, floatfmt=".0f")
+    floatfmt = ".0f"
+
+    def title(self) -> str:
+        return f"BenchDataResult: {self.model_name} on {self.device}"
+
+    def table(self) -> pd.DataFrame:
+        return table_frame(self.rows)
 
 
 def loader_images_per_s(ds, indices, batch_size: int, workers: int, passes: int = 2) -> float:

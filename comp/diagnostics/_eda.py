@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from comp._files import file_problem
+from comp._tables import Rendered
 from comp.config import Config
 from comp.data._table import TrainTable, load_image, load_test_table, load_train_table
 from comp.diagnostics._eda_targets import (
@@ -35,8 +36,8 @@ from comp.run import check_report_folder, data_inputs, image_trees, write_csv, w
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-@dataclass
-class EdaResult:
+@dataclass(repr=False)
+class EdaResult(Rendered):
     """The EDA report: its summary lines, ``eda.html``, the duplicate pairs and unreadable files."""
 
     summary: list[str]
@@ -46,8 +47,14 @@ class EdaResult:
     gray: int  # grayscale images stored as RGB
     plots: list[str]  # PNG file names beside eda.html
 
-    def table(self) -> str:
+    def text(self) -> str:
         return "\n".join(self.summary)
+
+    def title(self) -> str:
+        return f"EdaResult: {self.html}"
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({"summary": self.summary})
 
 
 def dhash(img: np.ndarray) -> np.uint64:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from comp._tables import format_table
+from comp._tables import Rendered
 from comp.diagnostics._gradcam import cam_layer, gradcam, overlay
 from comp.diagnostics._mistakes import ANALYSES, Mistakes, confusion, mislabel_ranking, per_class_scores
 from comp.errors import CompError
@@ -35,8 +35,8 @@ __all__ = [
 ]
 
 
-@dataclass
-class ExplainResult:
+@dataclass(repr=False)
+class ExplainResult(Rendered):
     """The explain report of one model: its folder, per-output scores, the ranking of rows and Grad-CAM maps."""
 
     out: Path
@@ -47,8 +47,11 @@ class ExplainResult:
     cams: dict[str, np.ndarray]  # id -> Grad-CAM map at the image's size (the first output it explains)
     mistakes: int  # OOF rows counted as wrong (argmax, thresholded label set; regression: every row)
 
-    def table(self) -> str:
-        return format_table(self.scores.to_dict("records"))
+    def title(self) -> str:
+        return f"ExplainResult: {self.model_id}, {self.mistakes} OOF mistakes, report in {self.out}"
+
+    def table(self) -> pd.DataFrame:
+        return self.scores.reset_index(drop=True)
 
 
 def _grid(files: FileSet, path: Path, items: list[tuple[np.ndarray, str]], cols: int = 4) -> Path:
@@ -187,7 +190,7 @@ def explain_run(
     from comp.training._models import model_from_checkpoint
 
     run = RunDir(run_dir).require()
-    ids = run.model_ids()
+    ids = run.trained_ids()
     if model_id is None:
         model_id = best_model(run, ids)
     elif model_id not in ids:

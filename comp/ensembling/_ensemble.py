@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from comp._tables import format_table
+from comp._tables import Rendered, table_frame
 from comp.config import Config
 from comp.data._attributes import attribute_f1
 from comp.ensembling._blend import (
@@ -58,8 +58,8 @@ class MemberScore:
     weight: float | None
 
 
-@dataclass
-class BlendResult:
+@dataclass(repr=False)
+class BlendResult(Rendered):
     """A saved blend: honest (nested) and in-sample CV, its members, and its run folder and submission."""
 
     name: str
@@ -87,22 +87,28 @@ class BlendResult:
         rows.append({"model": f"{self.name} (blend)", "weight": None, "cv": self.cv, "cv_in_sample": self.cv_in_sample})
         return rows
 
-    def table(self) -> str:
-        return format_table(self.rows(), ["model", "weight", "cv", "cv_in_sample"])
+    def title(self) -> str:
+        return f"BlendResult: {self.name} ({self.method}), {self.metric} nested CV {self.cv:.4f}, in {self.run_dir}"
+
+    def table(self) -> pd.DataFrame:
+        return table_frame(self.rows(), ["model", "weight", "cv", "cv_in_sample"])
 
 
-@dataclass
-class CompareResult:
+@dataclass(repr=False)
+class CompareResult(Rendered):
     """Several blend methods on the same members; the submission came from ``best`` (the best nested CV)."""
 
     results: list[BlendResult]
     best: BlendResult
 
-    def table(self) -> str:
+    def title(self) -> str:
+        return f"CompareResult: best {self.best.method} (nested CV {self.best.cv:.4f})"
+
+    def table(self) -> pd.DataFrame:
         rows = [
             {"method": r.method, "cv": r.cv, "cv_in_sample": r.cv_in_sample, "blend": r.model_dir} for r in self.results
         ]
-        return format_table(rows)
+        return table_frame(rows)
 
 
 def _members(model_dirs, tta: bool) -> list[Member]:

@@ -6,6 +6,7 @@ from comp.inference._bundle import BundleResult, bundle_run
 from comp.inference._engines import ENGINES
 from comp.inference._export import export_run
 from comp.inference._predict import ModelPrediction, PredictResult, predict_run
+from comp.inference._predictor import Predictor, load_predictor
 from comp.inference._tta import MERGES, TTA_OPS, merge_probs
 
 __all__ = [
@@ -15,8 +16,10 @@ __all__ = [
     "BundleResult",
     "ModelPrediction",
     "PredictResult",
+    "Predictor",
     "bundle_run",
     "export_run",
+    "load_predictor",
     "merge_probs",
     "predict_run",
 ]

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from comp._files import write_error
-from comp._tables import format_table
+from comp._tables import Rendered, table_frame
 from comp._version import __version__
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset
@@ -71,14 +72,17 @@ from comp.training._models import model_from_checkpoint
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class BundleResult:
+@dataclass(repr=False)
+class BundleResult(Rendered):
     """The written bundle folder and its manifest."""
 
     out: Path
     manifest: dict[str, Any]
 
-    def table(self) -> str:
+    def title(self) -> str:
+        return f"BundleResult: {self.out}"
+
+    def table(self) -> pd.DataFrame:
         rows = [
             {
                 "graph": g["file"],
@@ -91,7 +95,7 @@ class BundleResult:
             }
             for g in self.manifest["graphs"]
         ]
-        return format_table(rows, ["graph", "model", "folds", "tta", "weight", "max_abs_diff", "checked_on"])
+        return table_frame(rows, ["graph", "model", "folds", "tta", "weight", "max_abs_diff", "checked_on"])
 
     def command(self) -> str:
         """The notebook's command line (the input paths are placeholders)."""

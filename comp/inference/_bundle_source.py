@@ -100,7 +100,7 @@ def resolve_source(source: str | Path, models: list[str] | None) -> Source:
         raise RunFolderError(f"{source} is not a run folder (no config.yaml); {hint}") from None
     run, path = found.run, Path(source)
     if found.model_id is None:
-        if run.model_ids():
+        if run.trained_ids():
             cfg = run.load_config()
             members = [Member(run, m, 1.0, cfg) for m in select_models(run, models)]
             return Source("run", path, members, cfg.data, task=cfg.task, metric=cfg.metric)

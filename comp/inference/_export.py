@@ -412,7 +412,7 @@ def export_model(
 def select_models(run: RunDir, model_ids: list[str] | tuple[str, ...] | None) -> list[str]:
     """The requested model ids (all trained ones when none), failing on unknown or untrained ids."""
     run.require()
-    have = run.model_ids()
+    have = run.trained_ids()
     if not have:
         raise CompError(f"{run.root} holds no fold checkpoints under models/; run `comp train-folds` first")
     for mid in model_ids or ():

@@ -17,7 +17,7 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from comp._progress import track
-from comp._tables import format_table
+from comp._tables import Rendered, table_frame
 from comp.config import Config, load_config
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table, read_csv
@@ -96,10 +96,12 @@ def run_views(
     num_workers: int = 0,
     desc: str = "",
     task: str = "classification",
+    reader=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(plain, merged-TTA) predictions, each (runners, N, C), decoding every image once for all runners."""
+    """(plain, merged-TTA) predictions, each (runners, N, C), decoding every image once for all runners
+    (``reader`` maps a path to an RGB uint8 array: images in memory plug in here)."""
     loader: DataLoader = DataLoader(
-        ImageDataset(paths, transform=transform),  # type: ignore[arg-type]
+        ImageDataset(paths, transform=transform, reader=reader),  # type: ignore[arg-type]
         batch_size=batch_size,
         num_workers=num_workers,
     )
@@ -112,6 +114,43 @@ def run_views(
             plain[i].append(probs[0])
             merged[i].append(merge_probs(probs, merge, task))
     return np.stack([np.concatenate(p) for p in plain]), np.stack([np.concatenate(m) for m in merged])
+
+
+def model_outputs(
+    engine: Engine,
+    run: RunDir,
+    model_id: str,
+    folds: list[Fold],
+    paths: list[Path],
+    *,
+    tta: list[str],
+    merge: str,
+    batch_size: int,
+    num_workers: int = 0,
+    desc: str = "",
+    task: str = "classification",
+    reader=None,
+) -> tuple[np.ndarray, bool]:
+    """One model's predictions of ``paths``: each fold with its TTA views merged, then the mean of the folds
+    (the engine's fused runner where it offers one). Returns them and whether the fused runner ran."""
+    fused = engine.fused(run, model_id, [f.fold for f in folds], tta, merge)
+    if fused is not None:  # one call per batch does every fold and TTA view
+        runners, views_tta = [fused], []
+    else:
+        runners, views_tta = [f.runner for f in folds], tta
+    _, merged = run_views(
+        runners,
+        paths,
+        from_dict(folds[0].ckpt.meta.eval_transform),
+        views_tta,
+        merge,
+        batch_size,
+        num_workers,
+        desc,
+        task,
+        reader,
+    )
+    return merged.mean(0), fused is not None
 
 
 def _check_sample(data, test_ids: pd.Series) -> Path | None:
@@ -248,8 +287,8 @@ class ModelPrediction:
     oof_tta: Path | None = None
 
 
-@dataclass
-class PredictResult:
+@dataclass(repr=False)
+class PredictResult(Rendered):
     """Per-model test predictions (``RUN/models/<id>/test.csv``) and the submission, if one was written."""
 
     run: RunDir
@@ -264,7 +303,10 @@ class PredictResult:
         """A model's test predictions (id, one column per class, label or target, in the task's units)."""
         return self.run.read_test(model_id).frame()
 
-    def table(self) -> str:
+    def title(self) -> str:
+        return f"PredictResult: {self.run.root}, submission {self.submission or '(none)'}"
+
+    def table(self) -> pd.DataFrame:
         rows = [
             {
                 "model": m.model_id,
@@ -276,7 +318,7 @@ class PredictResult:
             }
             for m in self.models.values()
         ]
-        return format_table(rows, ["model", "folds", "engine", "tta", "cv", "cv_tta"])
+        return table_frame(rows, ["model", "folds", "engine", "tta", "cv", "cv_tta"])
 
 
 def predict_run(
@@ -321,27 +363,23 @@ def predict_run(
                     f"{mid} predicts classes {ck.classes} but {mids[0]} predicts {classes}; predict them separately"
                 )
             classes = ck.classes
-            fused = runs_with.fused(run, mid, [f.fold for f in folds], tta_views, merge)
-            if fused is not None:  # one call per batch does every fold and TTA view
-                runners, views_tta = [fused], []
-            else:
-                runners, views_tta = [f.runner for f in folds], tta_views
-            _, merged = run_views(
-                runners,
+            probs, fused = model_outputs(
+                runs_with,
+                run,
+                mid,
+                folds,
                 paths,
-                from_dict(ck.eval_transform),
-                views_tta,
-                merge,
-                bs,
-                data.num_workers,
-                f"{mid} test" if progress else "",
-                cfg.task,
+                tta=tta_views,
+                merge=merge,
+                batch_size=bs,
+                num_workers=data.num_workers,
+                desc=f"{mid} test" if progress else "",
+                task=cfg.task,
             )
-            probs = merged.mean(0)
             test_pred = Predictions(
                 test_df[data.id_column].to_numpy(dtype=object), list(classes), probs, id_column=data.id_column
             )
-            info = ModelPrediction(mid, len(folds), run.test_pred(mid), fused is not None)
+            info = ModelPrediction(mid, len(folds), run.test_pred(mid), fused)
             if oof:
                 pred, info.cv, info.cv_tta = oof_tta(run, mid, cfg, folds, tta_views, merge, bs, progress)
                 info.oof_tta = run.write_oof(mid, pred, tta=True, into=files)

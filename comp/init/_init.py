@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from comp._tables import format_table
+import pandas as pd
+
+from comp._tables import Rendered, table_frame
 from comp.config import Config, apply_overrides, load_config, parse_value
 from comp.config._records import TASK_DEFAULTS
 from comp.data._table import load_train_table
@@ -61,8 +63,8 @@ class ModelPlan:
         return n_splits * (self.epochs * self.epoch_s + FOLD_OVERHEAD_S)
 
 
-@dataclass
-class InitResult:
+@dataclass(repr=False)
+class InitResult(Rendered):
     """What ``comp init`` decided and wrote."""
 
     out: Path
@@ -75,12 +77,15 @@ class InitResult:
     budget_s: float
     expected_s: float
 
-    def table(self) -> str:
+    def title(self) -> str:
+        return f"InitResult: {self.out}"
+
+    def table(self) -> pd.DataFrame:
         rows = [
             {"key": g.key, "value": _short(g.value), "evidence": g.evidence, "override": g.override}
             for g in self.guesses
         ]
-        return format_table(rows, ["key", "value", "evidence", "override"])
+        return table_frame(rows, ["key", "value", "evidence", "override"])
 
     def recipe(self) -> list[str]:
         lines = [
@@ -195,7 +200,7 @@ def init_config(
     Example::
 
         result = comp.init_config("data/my-competition", out="configs/exp.yaml", budget="2h")
-        print(result.table()); print("\\n".join(result.recipe()))
+        print(result.text()); print("\\n".join(result.recipe()))
     """
     out = Path(out)
     if out.exists() and not force:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from comp._tables import format_table
+from comp._tables import Rendered, table_frame
 from comp.errors import CompError
 from comp.pseudo._select import select_labels, select_rows, select_values
 from comp.run import (
@@ -45,8 +45,8 @@ _TABLE = {  # task -> (what a row of the table is, its count, its mean)
 }
 
 
-@dataclass
-class PseudoResult:
+@dataclass(repr=False)
+class PseudoResult(Rendered):
     """What :func:`pseudo_label` wrote: the file, how many rows of each class (label, target), from which
     predictions."""
 
@@ -60,13 +60,16 @@ class PseudoResult:
     task: str = "classification"
     agreement: str | None = None  # regression: how rows were ranked (members' spread), None when nothing ranked them
 
-    def table(self) -> str:
+    def title(self) -> str:
+        return f"PseudoResult: {self.rows} of {self.test_rows} test rows in {self.path}"
+
+    def table(self) -> pd.DataFrame:
         """One row per class (label, target): pseudo-labelled rows (positives) and their mean top probability
         (mean label probability, mean predicted value)."""
         what, count, mean = _TABLE[self.task]
         rows = [{what: c, count: n, mean: self.mean_confidence.get(c)} for c, n in self.per_class.items()]
         rows.append({what: "all", count: self.rows, mean: None})
-        return format_table(rows, [what, count, mean])
+        return table_frame(rows, [what, count, mean])
 
 
 def pseudo_label(

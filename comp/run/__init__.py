@@ -30,6 +30,7 @@ from comp.run._journal import FileSet, recover
 from comp.run._outputs import (
     check_output,
     check_report_folder,
+    clear_run,
     data_inputs,
     folder_kind,
     image_trees,
@@ -42,6 +43,7 @@ from comp.run._resolve import Located, locate, model_with
 from comp.run._rundir import RunDir
 
 __all__ = [
+    "clear_run",
     "CHECKPOINT_FORMAT",
     "Checkpoint",
     "CheckpointMeta",

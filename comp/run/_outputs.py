@@ -127,6 +127,43 @@ def strangers(root: str | Path) -> list[Path]:
     return sorted(out)
 
 
+def clear_run(root: str | Path) -> list[Path]:
+    """Delete what comp wrote in a run folder (config, folds, sources, caches, every model folder's artifacts) and
+    keep everything else (a user's notes stay, and so does a model folder holding them). Returns what it deleted.
+    A fold lock held by a live process stops it first, before anything is deleted."""
+    import shutil
+
+    from comp.run._io import LockHeld, exclusive
+
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    models = root / "models"
+    folders = [d for d in models.iterdir() if d.is_dir() and not d.is_symlink()] if models.is_dir() else []
+    for d in folders:  # a fold another process is training: its lock is live, so refuse before deleting
+        for lock in d.glob("fold*.lock"):
+            try:
+                with exclusive(lock, f"{d.name} {lock.stem}"):
+                    pass
+            except LockHeld as exc:
+                raise CompError(f"cannot start {root} again: {exc}") from None
+    gone: list[Path] = []
+    for d in folders:
+        for p in d.iterdir():
+            if _MODEL_FILE.fullmatch(p.name):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                gone.append(p)
+        if not any(d.iterdir()):
+            d.rmdir()
+    for p in root.iterdir():
+        if _RUN_ROOT.fullmatch(p.name) and p.name != "models":
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            gone.append(p)
+    if models.is_dir() and not any(models.iterdir()):
+        models.rmdir()
+    return gone
+
+
 def folder_kind(path: str | Path) -> str | None:
     """What a folder already is, when a report or bundle must not be written into it: "a run folder", "a model
     folder of a run", "a comp bundle"; None for anything else (new, empty, a plain folder)."""

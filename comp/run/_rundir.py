@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from comp._tables import format_frame, table_frame
 from comp.config import Config, build_config, dump, read_yaml
 from comp.errors import CompError, RunFolderError
 from comp.run._artifacts import Metrics, Predictions, parse_predictions
@@ -42,7 +43,31 @@ class RunDir:
         self.root = Path(root)
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.root)!r})"
+        return f"RunDir({str(self.root)!r})\n{format_frame(self.table())}"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        df = self.table()
+        body = df.to_html(index=False, na_rep="-", border=0) if len(df) else "<i>no models yet</i>"
+        return f"<div><b>RunDir</b> <code>{html.escape(str(self.root))}</code>{body}</div>"
+
+    def table(self) -> pd.DataFrame:
+        """One row per model (or blend): its folds, metric and CV as its metrics.json records them."""
+        rows = []
+        for mid in self.model_folders():
+            row: dict[str, Any] = {"model": mid, "folds": len(self.fold_checkpoints(mid)), "metric": None, "cv": None}
+            if self.metrics(mid).is_file():
+                try:
+                    m = self.read_metrics(mid)
+                except CompError:
+                    row["note"] = "unreadable metrics.json"
+                else:
+                    row.update(metric=m.metric, cv=m.cv)
+                    if (blend := self.blend_info(mid)) is not None:
+                        row["note"] = f"blend ({blend['method']}) of {len(blend['members'])}"
+            rows.append(row)
+        return table_frame(rows, ["model", "folds", "metric", "cv", "note"])
 
     # -- paths ---------------------------------------------------------------------
     @property
@@ -69,6 +94,18 @@ class RunDir:
         head = Path(path).name.split(".", 1)[0]
         digits = head[4:]
         return int(digits) if head.startswith("fold") and digits.isdigit() else None
+
+    def read_history(self, model_id: str, fold: int) -> pd.DataFrame:
+        """One row per epoch of a fold: loss, score, images per second (``fold<k>.history.csv``)."""
+        path = self.history(model_id, fold)
+        if not path.is_file():
+            have = sorted(
+                int(k)
+                for p in self.model_dir(model_id).glob("fold*.history.csv")
+                if (k := self.fold_number(p)) is not None
+            )
+            raise RunFolderError(f"{path} not found; folds of {model_id} with a history: {have or 'none'}")
+        return read_table(path, "training history")
 
     def state(self, model_id: str, fold: int) -> Path:
         return self.model_dir(model_id) / f"fold{fold}.state.pt"
@@ -115,10 +152,19 @@ class RunDir:
 
     # -- what is there -------------------------------------------------------------
     def model_ids(self) -> list[str]:
+        """The run's models, in name order: those with at least one finished fold checkpoint; in a blend's run
+        folder (no checkpoints), the blend, whose tables read like any model's."""
+        return self.trained_ids() or self.blend_ids()
+
+    def trained_ids(self) -> list[str]:
         """Model folders that hold at least one finished fold checkpoint, in name order."""
         if not self.models_root.is_dir():
             return []
         return sorted(d.name for d in self.models_root.iterdir() if d.is_dir() and self.checkpoints(d.name))
+
+    def blend_ids(self) -> list[str]:
+        """Model folders written by comp ensemble (their metrics.json names a method and members)."""
+        return [m for m in self.model_folders() if not self.checkpoints(m) and self.blend_info(m) is not None]
 
     def model_folders(self) -> list[str]:
         """Every folder under models/ (trained models and blends alike), in name order."""

@@ -93,6 +93,25 @@ def _grades(values: np.ndarray, decision: dict[str, Any] | None) -> np.ndarray:
     return out.astype(np.int64) if np.all(grades == np.round(grades)) else out
 
 
+def tags(probs: np.ndarray, classes: list[str], decision: dict[str, Any] | None) -> list[str]:
+    """Per row, the space-separated labels whose probability reaches the label's threshold."""
+    on = np.asarray(probs) >= _thresholds(decision, len(classes))[None, :]
+    names = np.asarray(classes, dtype=object)
+    return [" ".join(names[row]) for row in on]
+
+
+def decisions(probs, classes, *, task: str = "classification", decision: dict[str, Any] | None = None) -> pd.DataFrame:
+    """What a submission states per row, whatever the sample's layout: the argmax class (``label``), the labels
+    at the fitted thresholds (``tags``), or each target's value or QWK grade (one column per target)."""
+    classes = [str(c) for c in classes]
+    probs = np.asarray(probs, dtype=np.float64)
+    if task == "regression":
+        return pd.DataFrame({c: _grades(probs[:, j], decision) for j, c in enumerate(classes)})
+    if task == "multilabel":
+        return pd.DataFrame({"tags": tags(probs, classes, decision)})
+    return pd.DataFrame({"label": np.asarray(classes, dtype=object)[probs.argmax(1)]})
+
+
 def make_submission(
     ids,
     probs,
@@ -133,10 +152,8 @@ def make_submission(
         out[targets[0]] = probs.argmax(1).astype(np.int64)
     elif kind == "names":
         out[targets[0]] = np.asarray(classes, dtype=object)[probs.argmax(1)]
-    else:  # tags
-        on = probs >= _thresholds(decision, len(classes))[None, :]
-        names = np.asarray(classes, dtype=object)
-        out[targets[0]] = [" ".join(names[row]) for row in on]
+    else:
+        out[targets[0]] = tags(probs, classes, decision)
     return out[list(sample.columns)]
 
 

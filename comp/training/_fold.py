@@ -21,7 +21,7 @@ from comp._progress import Progress
 from comp.config import size_schedule
 from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
 from comp.data._table import ImageDataset
-from comp.errors import CompError
+from comp.errors import CompError, arg
 from comp.metrics import get_metric
 from comp.run import CheckpointMeta, torch_save
 from comp.training._assemble import write_fold
@@ -315,7 +315,9 @@ class FoldTrainer:
                 self.state["bad_epochs"] += 1
             self.state["history"].append(row)
             self.state["epoch"] = epoch
-            self._notify(epoch=epoch, score=row["score"], fold_done=False, loss=row["loss"])
+            self._notify(
+                epoch=epoch, score=row["score"], fold_done=False, loss=row["loss"], images_per_s=row["images_per_s"]
+            )
             if self.dist.is_main:
                 log.info(
                     "%s fold %d epoch %d/%d: loss %.4f %s %.4f %.0f img/s%s",
@@ -328,6 +330,7 @@ class FoldTrainer:
                     row["score"],
                     row["images_per_s"],
                     " *" if improved else "",
+                    extra={"comp_epoch_line": True},  # a notebook shows it in the fold's live table instead
                 )
             stop = patience and self.state["bad_epochs"] >= patience
             if stop or epoch == self.tcfg.epochs - 1:
@@ -335,7 +338,9 @@ class FoldTrainer:
             self.save_state()
         return self.finish()
 
-    def _notify(self, *, epoch: int, score: float, fold_done: bool, loss: float | None = None) -> None:
+    def _notify(
+        self, *, epoch: int, score: float, fold_done: bool, loss: float | None = None, images_per_s: float | None = None
+    ) -> None:
         if self.ctx.on_epoch is not None:
             self.ctx.on_epoch(
                 EpochEvent(
@@ -347,6 +352,7 @@ class FoldTrainer:
                     self.state["best_score"],
                     fold_done,
                     loss=loss,
+                    images_per_s=images_per_s,
                 )
             )
 
@@ -386,7 +392,7 @@ def train_fold(ctx: FoldContext, resume: bool) -> FoldResult:
     if state_path.is_file():
         if not resume:
             raise CompError(
-                f"{state_path} holds a partly trained fold; pass --resume to continue it or delete the file"
+                f"{state_path} holds a partly trained fold; pass {arg('resume=True', '--resume')} to continue it or delete the file"
             )
         trainer.load_state(state_path)
         if ctx.dist.is_main:

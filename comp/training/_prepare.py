@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,10 +15,10 @@ from comp.config import Config
 from comp.data._augment import pipelines, to_dict, try_pipelines, valid_pipeline
 from comp.data._folds import assign_folds
 from comp.data._table import TrainTable
-from comp.errors import CompError
+from comp.errors import CompError, arg, closest
 from comp.metrics import check_config as check_metric
 from comp.metrics import get_metric
-from comp.run import RunDir
+from comp.run import RunDir, clear_run, data_inputs
 from comp.training._distributed import Dist
 from comp.training._engine import resolve_device
 from comp.training._losses import build_loss
@@ -24,6 +26,8 @@ from comp.training._losses import check_config as check_losses
 from comp.training._models import create_model, normalization
 from comp.training._targets import TrainingTargets, check_and_record, load_training_targets
 from comp.training._weights import check_hub_weights
+
+log = logging.getLogger(__name__)
 
 
 def _diff_keys(a, b, prefix="") -> list[str]:
@@ -54,7 +58,11 @@ def prepare_run(cfg: Config, run: RunDir) -> None:
         if diff:
             raise CompError(
                 f"run folder {run.root} was made with a different config (keys differ: {', '.join(diff[:5])}); "
-                "use the same config to continue it, or pass another --run-dir"
+                "use the same config to continue it, pass another "
+                + arg(
+                    "run_dir, or exist_ok='overwrite' to start it again",
+                    "--run-dir, or --exist-ok overwrite to start it again",
+                )
             )
         return
     run.save_config(cfg)
@@ -142,11 +150,53 @@ def preflight(cfg: Config, table: TrainTable) -> None:
         try_pipelines(cfg.augment, entry.hw, first, str(table.paths[0]))
 
 
-def set_up_run(cfg: Config, run: RunDir, table: TrainTable, dist: Dist) -> tuple[np.ndarray, TrainingTargets | None]:
+EXIST_OK = ("resume", "overwrite", "error")
+
+
+def check_exist_ok(exist_ok: str) -> str:
+    if exist_ok not in EXIST_OK:
+        raise CompError(
+            f"{arg('exist_ok', '--exist-ok')} must be one of {', '.join(EXIST_OK)}, got {exist_ok!r}"
+            f"{closest(exist_ok, EXIST_OK)}"
+        )
+    return exist_ok
+
+
+def start_over(cfg: Config, run: RunDir, exist_ok: str) -> None:
+    """What an existing run folder becomes: continued (``resume``: a changed config is refused later), emptied
+    of comp's own files (``overwrite``: a user's files there stay), or refused (``error``)."""
+    if not run.root.is_dir() or not (run.config.is_file() or run.models_root.is_dir()):
+        return
+    if exist_ok == "error":
+        raise CompError(
+            f"run folder {run.root} already exists; pass another {arg('run_dir', '--run-dir')}, or "
+            f"{arg('exist_ok=' + repr('resume'), '--exist-ok resume')} to continue it, or "
+            f"{arg('exist_ok=' + repr('overwrite'), '--exist-ok overwrite')} to start it again"
+        )
+    if exist_ok == "overwrite":
+        for what, path in [*data_inputs(cfg.data), ("the teacher loss.distill.teacher", _teacher(cfg))]:
+            if path and Path(path).resolve().is_relative_to(run.root.resolve()):
+                raise CompError(
+                    f"{arg('exist_ok=' + repr('overwrite'), '--exist-ok overwrite')} would start {run.root} again, "
+                    f"which holds {what} ({path}) this run reads; pass another {arg('run_dir', '--run-dir')}"
+                )
+        gone = clear_run(run.root)
+        log.info("%s: started again (deleted %d files and folders comp had written there)", run.root, len(gone))
+
+
+def _teacher(cfg: Config) -> str | None:
+    distill = getattr(cfg.loss, "distill", None)
+    return getattr(distill, "teacher", None) if distill is not None else None
+
+
+def set_up_run(
+    cfg: Config, run: RunDir, table: TrainTable, dist: Dist, exist_ok: str = "resume"
+) -> tuple[np.ndarray, TrainingTargets | None]:
     """(fold of every training row, pseudo rows and teacher) on every rank. Rank 0 checks everything, then
     writes the config, ``sources.json`` and ``folds.csv``; the other ranks read what it wrote."""
     if dist.is_main:
         preflight(cfg, table)  # everything checkable is checked before the first write
+        start_over(cfg, run, exist_ok)
         if cfg.data.cache == "disk":  # an unwritable data.cache_dir fails here, before the run folder is written
             from comp.data._cache import disk_cache_dir
 

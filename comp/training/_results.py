@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from comp._tables import format_table
+from comp._tables import Rendered, table_frame
 from comp.run import RunDir
 
 
@@ -23,6 +23,7 @@ class EpochEvent:
     best_score: float | None
     fold_done: bool
     loss: float | None = field(default=None, kw_only=True)  # the epoch's mean training loss (None when a fold ends)
+    images_per_s: float | None = field(default=None, kw_only=True)  # the epoch's training speed
 
 
 @dataclass
@@ -42,8 +43,8 @@ class ModelResult:
     attribute_f1: dict[str, float] | None = None  # OOF macro F1 per attribute, when data.labels has attributes
 
 
-@dataclass
-class TrainResult:
+@dataclass(repr=False)
+class TrainResult(Rendered):
     """What ``train_folds`` did: per model, per fold scores and the CV; the run folder holds the rest."""
 
     run: RunDir
@@ -54,7 +55,14 @@ class TrainResult:
         """The model's out-of-fold probabilities (id, fold, target, one column per class)."""
         return self.run.read_oof(model_id).frame()
 
-    def table(self) -> str:
+    def title(self) -> str:
+        return f"TrainResult: {self.run.root} ({self.metric})"
+
+    def history(self, model_id: str, fold: int) -> pd.DataFrame:
+        """One row per epoch of a fold: loss, score, images per second (``fold<k>.history.csv``)."""
+        return self.run.read_history(model_id, fold)
+
+    def table(self) -> pd.DataFrame:
         """One row per model and fold, then each model's CV over its whole OOF."""
         rows: list[dict[str, Any]] = []
         for mid, m in self.models.items():
@@ -79,4 +87,4 @@ class TrainResult:
                 }
             )
         extra = list(dict.fromkeys(k for r in rows for k in r if k.startswith("f1_")))  # per-attribute OOF macro F1
-        return format_table(rows, ["model", "fold", self.metric, *extra, "best_epoch", "img/s", "note"])
+        return table_frame(rows, ["model", "fold", self.metric, *extra, "best_epoch", "img/s", "note"])

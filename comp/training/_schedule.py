@@ -13,7 +13,7 @@ import numpy as np
 
 from comp.config import Config
 from comp.data._table import TrainTable, load_train_table
-from comp.errors import CompError
+from comp.errors import CompError, arg
 from comp.run import LockHeld, RunDir, exclusive
 from comp.training._context import FoldContext
 from comp.training._distributed import SINGLE, Dist
@@ -197,6 +197,6 @@ def train_on_workers(
     left = [(m, k) for m, k in leftover if not run.checkpoint(m, k).is_file()]
     if left and all(e.ok for e in exits):  # as train_fold says in a single process
         raise CompError(
-            f"{run.state(*left[0])} holds a partly trained fold; pass --resume to continue it or delete the file"
+            f"{run.state(*left[0])} holds a partly trained fold; pass {arg('resume=True', '--resume')} to continue it or delete the file"
         )
     return results, exits, while_training

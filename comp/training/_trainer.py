@@ -21,19 +21,29 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from comp._progress import EpochBoard
 from comp.config import Config
 from comp.data._table import load_train_table
-from comp.errors import CompError
+from comp.errors import CompError, arg
 from comp.metrics import get_metric
 from comp.run import RunDir, check_output, data_inputs, run_files
 from comp.training._assemble import model_results
 from comp.training._distributed import Dist, rank_device, session
 from comp.training._parallel import WorkerExit, raise_failures, resolve_devices
-from comp.training._prepare import set_up_run
+from comp.training._prepare import check_exist_ok, set_up_run
 from comp.training._results import EpochEvent, TrainResult  # comp.tuning imports EpochEvent from here
 from comp.training._schedule import train_here, train_on_workers
 from comp.training._seeding import set_deterministic
 from comp.training._tracking import tracked
+
+
+def _both(first: Callable[[EpochEvent], None], then: Callable[[EpochEvent], None] | None):
+    def call(ev: EpochEvent) -> None:
+        first(ev)
+        if then is not None:
+            then(ev)
+
+    return call
 
 
 @tracked  # cfg.track: the trackers see every epoch and the final artifacts
@@ -43,6 +53,7 @@ def train_folds(
     *,
     folds: list[int] | None = None,
     resume: bool = False,
+    exist_ok: str = "resume",
     progress: bool = True,
     on_epoch: Callable[[EpochEvent], None] | None = None,
     devices: str | Sequence[str | int] | None = None,
@@ -61,9 +72,14 @@ def train_folds(
     Under ``torchrun`` (WORLD_SIZE > 1) every process calls this, and each fold trains with
     DistributedDataParallel across them: rank 0 writes the artifacts and every rank returns the same result.
 
+    ``exist_ok`` says what an existing run folder becomes: ``"resume"`` (the default) continues it (finished
+    folds are kept; a changed config is refused), ``"overwrite"`` deletes what comp wrote there and trains
+    afresh (your own files there stay), ``"error"`` refuses it.
+
     Example::
 
         result = comp.train_folds(cfg, "runs/exp", devices="all")   # one worker per GPU
+        result = comp.train_folds(cfg.replace(**{"train.lr": 3e-4}), "runs/exp", exist_ok="overwrite")
     """
     dist = Dist.from_env()
     device_list = resolve_devices(devices) if devices is not None else None
@@ -75,20 +91,30 @@ def train_folds(
             "train.sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); set train.sync_bn=false "
             "for DDP on the CPU"
         )
+    check_exist_ok(exist_ok)
+    board = EpochBoard.maybe(get_metric(cfg.metric, cfg.task).name, progress and not dist.enabled)
+    if board is not None:  # a notebook: a live per-epoch table per fold, and a summary as folds end
+        on_epoch = _both(board, on_epoch)
     run = RunDir(run_dir)
     for label, path in run_files(run.root):  # the run's own files never replace the data they describe
         check_output(path, data_inputs(cfg.data), option="--run-dir", label=label)
     table = load_train_table(cfg.data, task=cfg.task)
     n = cfg.folds.n_splits
     if folds is not None and not len(folds):
-        raise CompError(f"--folds names no fold; pass some of 0..{n - 1}, or leave it out to train them all")
+        raise CompError(
+            f"{arg('folds=', '--folds')} names no fold; pass some of 0..{n - 1}, or leave it out to train them all"
+        )
     if folds is not None and any(not 0 <= k < n for k in folds):
-        raise CompError(f"--folds {','.join(map(str, folds))}: folds are numbered 0..{n - 1} (folds.n_splits={n})")
+        raise CompError(
+            f"{arg('folds=', '--folds ')}{','.join(map(str, folds))}: folds are numbered 0..{n - 1} (folds.n_splits={n})"
+        )
     fold_list = list(folds) if folds is not None else list(range(n))
     exits: list[WorkerExit] = []
     while_training: Callable[[WorkerExit], str] | None = None
     with session(dist, device or "cpu"):
-        fold_ids, soft = set_up_run(cfg, run, table, dist)  # everything checkable is checked before the first write
+        fold_ids, soft = set_up_run(
+            cfg, run, table, dist, exist_ok
+        )  # everything checkable is checked before the first write
         set_deterministic(cfg)
         if device_list is not None and len(device_list) > 1:
             done, exits, while_training = train_on_workers(
@@ -112,6 +138,6 @@ def train_folds(
     raise_failures(
         exits,
         while_training or (lambda ex: ""),
-        "the other workers' folds are kept; rerun the same command with --resume to finish",
+        f"the other workers' folds are kept; rerun the same command with {arg('resume=True', '--resume')} to finish",
     )
     return TrainResult(run, get_metric(cfg.metric, cfg.task).name, models)

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from optuna.trial import TrialState
 
-from comp._tables import format_table
+from comp._tables import Rendered, table_frame
 from comp.config import Config, dump
 from comp.run import read_table, save_figure, write_csv, write_text
 from comp.tuning._space import apply_params
@@ -63,8 +63,8 @@ def _save_plot(draw, path: Path) -> Path | None:
     return path
 
 
-@dataclass
-class TuneResult:
+@dataclass(repr=False)
+class TuneResult(Rendered):
     """A study's outcome: counts per state, the best trial and where its config and the tables went."""
 
     out_dir: Path
@@ -81,17 +81,25 @@ class TuneResult:
         """One row per trial (trials.csv)."""
         return read_table(self.out_dir / "trials.csv", "trials table", allow_empty=True)
 
-    def table(self, top: int = 5) -> str:
+    empty_text = "no finished trial yet"
+
+    def title(self) -> str:
+        best = (
+            "no finished trial" if self.best_value is None else f"best {self.best_value:.4f} (trial {self.best_number})"
+        )
+        return f"TuneResult: {self.n_trials} trials in {self.out_dir}, {best}"
+
+    def table(self, top: int = 5) -> pd.DataFrame:
         """The best finished trials, best first for the study's direction."""
         trials = self.trials()
         if not len(trials):
-            return "no finished trial yet"
+            return table_frame([])
         trials["value"] = pd.to_numeric(trials["value"], errors="coerce")
         done = (
             trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=self.direction == "minimize").head(top)
         )
         cols = [c for c in trials.columns if c not in ("duration_s", "last_step", "fail_reason")]
-        return format_table(done[cols].to_dict("records")) if len(done) else "no finished trial yet"
+        return done[cols].reset_index(drop=True)
 
 
 def write_outputs(study, cfg: Config, space: dict, out_dir: Path) -> TuneResult:

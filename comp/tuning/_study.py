@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from comp.config import Config, DataConfig
-from comp.errors import ConfigError
+from comp.errors import ConfigError, arg
 from comp.tuning._pruning import make_pruner
 from comp.tuning._storage import make_storage
 
@@ -130,7 +130,10 @@ def check_study_key(study: optuna.Study, plan: Plan) -> None:
         changes = ["it was keyed by another version of comp"]
     shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
     where = plan.storage or str(plan.out_dir / "study.db")
-    other = "--out or --study-name" if plan.storage is None else "--study-name"
+    if plan.storage is None:
+        other = arg("out= or study_name=", "--out or --study-name")
+    else:
+        other = arg("study_name=", "--study-name")
     raise ConfigError(
         f"study '{plan.study_name}' in {where} was made for another search space or objective ({shown}), so its "
         f"trials would not match best_config.yaml; use another {other} to start a new study, or restore the old "

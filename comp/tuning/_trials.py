@@ -140,6 +140,7 @@ def run_one(
             value = _run_trial(trial, base_cfg, space, out_dir, folds, pruner_name, keep, device)
     except optuna.TrialPruned:
         _tell(study, trial, state=TrialState.PRUNED)
+        log.info("trial %d pruned (%s)", trial.number, _params(trial))
     except UpdateFinishedTrialError:  # reporting to a trial another worker declared dead
         _declared_dead(trial)
     except KeyboardInterrupt:
@@ -151,7 +152,12 @@ def run_one(
         _fail(study, trial, reason)
     else:
         _tell(study, trial, value)
+        log.info("trial %d: %.4f (%s)", trial.number, value, _params(trial))
     return True
+
+
+def _params(trial) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
 
 
 @contextmanager

@@ -1,0 +1,59 @@
+"""Results, configs and run folders show themselves: a readable repr, an HTML view, tables as DataFrames."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import yaml
+
+from comp.config import load_config
+from comp.ensembling import run_ensemble
+from comp.run import RunDir
+from comp.training._results import FoldResult, ModelResult, TrainResult
+from comp.tuning._outputs import TuneResult
+from tests.conftest import tiny_config
+
+
+def test_train_result_table_is_a_frame_and_renders(tmp_path):
+    res = TrainResult(
+        RunDir(tmp_path),
+        "accuracy",
+        {"eff": ModelResult("eff", {0: FoldResult(0.5, 2, 3, 123.4), 1: FoldResult(0.75, 1, 3, 99.0)}, 0.625)},
+    )
+    df = res.table()
+    assert isinstance(df, pd.DataFrame) and df["fold"].tolist() == ["0", "1", "CV"]
+    assert df["best_epoch"].dtype == "Int64" and df["accuracy"].tolist() == [0.5, 0.75, 0.625]
+    text = repr(res)
+    assert text.splitlines()[0].startswith("TrainResult:") and "0.6250" in text and "nan" not in text
+    assert "\n  " not in res.text().splitlines()[0]  # the header row, aligned as the CLI prints it
+    html = res._repr_html_()
+    assert "<table" in html and "0.6250" in html and "TrainResult" in html
+
+
+def test_an_empty_table_says_so(tmp_path):
+    (tmp_path / "trials.csv").write_text("number,state,value\n")
+    res = TuneResult(tmp_path, 0, {}, None, None, None, None, [], "maximize")
+    assert res.table().empty and res.text() == "no finished trial yet" and "no finished trial" in res._repr_html_()
+
+
+def test_config_repr_html_and_yaml(tmp_path):
+    cfg = load_config(tiny_config(tmp_path))
+    assert load_config(yaml.safe_load(cfg.to_yaml())) == cfg
+    assert repr(cfg).startswith("Config: classification, metric accuracy, 2 folds, models eff (test_efficientnet")
+    assert "<pre>" in cfg._repr_html_() and "train_csv" in cfg._repr_html_()
+
+
+def test_run_dir_renders_history_and_a_blend_acts_like_a_model(trained_run, tmp_path):
+    run = RunDir(trained_run)
+    assert "<table" in run._repr_html_() and run.table()["model"].tolist() == run.model_ids()
+    hist = run.read_history(run.model_ids()[0], 0)
+    assert isinstance(hist, pd.DataFrame) and len(hist) >= 1
+    copy = tmp_path / "runs" / "run"
+    shutil.copytree(trained_run, copy)
+    res = run_ensemble([copy / "models" / m for m in run.model_ids()], method="mean", submit=False)
+    blend = RunDir(res.run_dir)
+    assert blend.model_ids() == [res.name] and blend.trained_ids() == []
+    assert len(blend.read_oof(blend.model_ids()[0]).ids) == len(run.read_oof(run.model_ids()[0]).ids)
+    assert "blend (mean)" in repr(blend)
+    assert "BlendResult" in res._repr_html_() and isinstance(res.table(), pd.DataFrame)
