@@ -17,9 +17,10 @@ from comp.errors import CompError
     default="hill_climb",
     type=CommaList(allow_all=True),
     metavar="NAME[,NAME...]|all",
-    help="Blend method(s): mean, weighted, rank, geometric, hill_climb, stacking; several (or all) "
+    help="Blend method(s): mean, weighted, rank, geometric, hill_climb, stacking, gbdt; several (or all) "
     "are compared and the submission comes from the best honest CV. The members' task decides which fit: "
-    "geometric is for classification only, rank is not for regression.",
+    "geometric is for classification only, rank is not for regression. gbdt: LightGBM over the members' "
+    "predictions, data.features and group-relative features (pip install 'comp[gbdt]').",
 )
 @click.option(
     "--bias/--no-bias",

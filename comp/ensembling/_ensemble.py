@@ -29,7 +29,9 @@ from comp.ensembling._blend import (
     nested_scores,
     task_methods,
 )
+from comp.ensembling._gbdt import fit_gbdt  # noqa: F401 - registers the gbdt method
 from comp.ensembling._members import Aligned, Member, align, load_member
+from comp.ensembling._side import blend_side
 from comp.errors import CompError
 from comp.metrics import get_metric
 from comp.run import (
@@ -224,17 +226,21 @@ def run_ensemble(
     scorer = get_metric(metric or first.config.metric, task.name)
     scorer.check_columns(data.classes)
     name, run_root = _blend_name(name, method, bias, members)
-    final, b = fit_blend(blend, data.oof, data.y, scorer, bias)
-    in_sample = final.predict(data.oof)
+    side, test_side = None, None
+    if blend.side:  # metadata, groups: read and validated (test table included) before anything is fitted
+        side, test_side, side_notes = blend_side(first.config, data)
+        data.notes.extend(side_notes)
+    final, b = fit_blend(blend, data.oof, data.y, scorer, bias, side)
+    in_sample = final.apply(data.oof, side)
     if blend.fitted or bias:
-        nested = nested_blend(blend, data.oof, data.y, data.folds, scorer, bias)
+        nested = nested_blend(blend, data.oof, data.y, data.folds, scorer, bias, side)
     else:  # nothing fitted on the rows: the blend is honest as it is; only a decision needs refitting per fold
         nested = NestedBlend(in_sample, nested_decisions(scorer, data.y, in_sample, data.folds))
     honest = nested.pred
     cv, fold_scores = nested_scores(scorer, data.y, honest, data.folds, nested.decisions)
     decision = scorer.decide(data.y, honest)  # what the submission applies: fitted on every honest OOF row
     per_column = scorer.columns(data.y, honest, decision)
-    test = final.predict(data.test) if data.test is not None else None
+    test = final.apply(data.test, test_side) if data.test is not None else None
     pending, note = _prepare_submission(data, test, first, name, out, decision) if submit else (None, "")
     if pending is not None:
         _check_submission(pending.path, first.config, [run_root, *(m.run for m in members)])
