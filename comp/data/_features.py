@@ -45,9 +45,7 @@ class Features:
         return np.concatenate([self.numeric, codes], axis=1)
 
     def take(self, rows: np.ndarray) -> Features:
-        return Features(
-            self.numeric_names, self.categorical_names, self.numeric[rows], self.codes[rows], self.levels
-        )
+        return Features(self.numeric_names, self.categorical_names, self.numeric[rows], self.codes[rows], self.levels)
 
 
 def feature_columns(data_cfg: DataConfig) -> tuple[list[str], list[str]]:
@@ -70,7 +68,9 @@ def _numeric(df: pd.DataFrame, col: str, path) -> np.ndarray:
     out = values.to_numpy(dtype=np.float64)
     if np.isinf(out).any():
         i = int(np.flatnonzero(np.isinf(out))[0])
-        raise CompError(f"{path} line {i + 2}: column '{col}' holds {raw.iloc[i]!r}; use a finite number or leave it empty")
+        raise CompError(
+            f"{path} line {i + 2}: column '{col}' holds {raw.iloc[i]!r}; use a finite number or leave it empty"
+        )
     return out
 
 
@@ -88,7 +88,7 @@ def _require(df: pd.DataFrame, cols: list[str], path, what: str) -> None:
         )
 
 
-def train_features(df: pd.DataFrame, data_cfg: DataConfig, path: str | Path) -> Features:
+def encode_train(df: pd.DataFrame, data_cfg: DataConfig, path: str | Path) -> Features:
     """Validate and encode the training rows' metadata; the category levels come from these rows."""
     num_cols, cat_cols = feature_columns(data_cfg)
     _require(df, num_cols + cat_cols, path, "training table")
@@ -102,7 +102,7 @@ def train_features(df: pd.DataFrame, data_cfg: DataConfig, path: str | Path) -> 
     return Features(num_cols, cat_cols, numeric, codes, levels)
 
 
-def test_features(df: pd.DataFrame, data_cfg: DataConfig, levels: dict[str, list[str]], path) -> Features:
+def encode_test(df: pd.DataFrame, data_cfg: DataConfig, levels: dict[str, list[str]], path) -> Features:
     """Validate and encode the test rows' metadata with the training table's ``levels``; an unseen value is refused."""
     if not data_cfg.test_csv:
         raise CompError(
@@ -135,7 +135,7 @@ def read_train_features(data_cfg: DataConfig, df: pd.DataFrame | None = None) ->
     path = data_cfg.train_csv if data_cfg.layout is None else "data.layout rows"
     if df is None:
         df = read_csv(data_cfg.train_csv, "train CSV")
-    return train_features(df, data_cfg, path)
+    return encode_train(df, data_cfg, path)
 
 
 def read_test_features(data_cfg: DataConfig, levels: dict[str, list[str]]) -> tuple[pd.DataFrame, Features]:
@@ -143,9 +143,9 @@ def read_test_features(data_cfg: DataConfig, levels: dict[str, list[str]]) -> tu
     from comp.data._csv import read_csv
 
     if not data_cfg.test_csv:
-        return pd.DataFrame(), test_features(pd.DataFrame(), data_cfg, levels, "")
+        return pd.DataFrame(), encode_test(pd.DataFrame(), data_cfg, levels, "")
     df = read_csv(data_cfg.test_csv, "test CSV").reset_index(drop=True)
-    return df, test_features(df, data_cfg, levels, data_cfg.test_csv)
+    return df, encode_test(df, data_cfg, levels, data_cfg.test_csv)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,21 @@ def load_train_table(data_cfg: DataConfig, check_images: bool = True, *, task: s
     return TrainTable(df, read.classes, read.values, groups, paths, task=task, features=feats)
 
 
+def train_metadata(data_cfg: DataConfig) -> tuple[pd.DataFrame, np.ndarray | None, Features | None]:
+    """The training rows (without reading their targets or images), their groups and ``data.features``: what a
+    stack reads beside the members' predictions."""
+    df, _, where = _train_rows(data_cfg, False)
+    group_col = data_cfg.group_column or (
+        "group" if data_cfg.layout is not None and data_cfg.layout.get("group") else None
+    )
+    groups = None
+    if group_col:
+        source = data_cfg.train_csv if data_cfg.layout is None else "data.layout rows"
+        require_columns(df, [group_col], source, "data.group_column")
+        groups = df[group_col].astype(str).to_numpy()
+    return df, groups, read_train_features(data_cfg, df) if data_cfg.features else None
+
+
 def train_paths(data_cfg: DataConfig, check_images: bool = True) -> list[Path]:
     """The training rows' image paths, without reading their targets (whatever the task)."""
     return _train_rows(data_cfg, check_images)[1]

@@ -344,7 +344,10 @@ def task_methods(task: Task) -> list[str]:
     those whose optional library is not installed (named on its own, such a method says how to install it)."""
     from importlib.util import find_spec
 
-    return [m for m in METHODS if m in task.blend_methods and (METHODS[m].requires is None or find_spec(METHODS[m].requires))]
+    def installed(m: Method) -> bool:
+        return m.requires is None or find_spec(m.requires) is not None
+
+    return [m for m in METHODS if m in task.blend_methods and installed(METHODS[m])]
 
 
 def _equal(P: np.ndarray) -> np.ndarray:

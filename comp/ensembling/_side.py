@@ -50,7 +50,9 @@ def group_relative(values: np.ndarray, groups: np.ndarray, blocks: np.ndarray) -
     return dev, rank
 
 
-def design(P: np.ndarray, side: Side | None, columns: list[str] | None = None) -> tuple[np.ndarray, list[str], list[int]]:
+def design(
+    P: np.ndarray, side: Side | None, columns: list[str] | None = None
+) -> tuple[np.ndarray, list[str], list[int]]:
     """The stacker's feature matrix for n rows: every member's prediction of every output column, the metadata,
     and with groups, the group-relative features of the members' mean prediction of each column and of each
     numeric metadata column. Returns (X, names, categorical indices)."""
@@ -80,26 +82,31 @@ def blend_side(config: Config, data: Aligned) -> tuple[Side, Side | None, list[s
     table and the test table (validated: columns present, numbers numeric, categories seen in training), the
     groups of ``data.group_column``. Returns (oof side, test side or None, notes)."""
     from comp.data._features import read_test_features
-    from comp.data._table import load_train_table
+    from comp.data._table import train_metadata
 
-    dcfg, notes = config.data, []
-    if not dcfg.features and not dcfg.group_column:  # nothing beside the predictions: no table to read
-        test = None if data.test_ids is None else Side(np.zeros((len(data.test_ids), 0)), [], [], None, np.full(len(data.test_ids), -1))
+    dcfg, notes = config.data, list[str]()
+    if (
+        not dcfg.features and not dcfg.group_column and not (dcfg.layout or {}).get("group")
+    ):  # nothing beside the predictions: no table to read
+        test = (
+            None
+            if data.test_ids is None
+            else Side(np.zeros((len(data.test_ids), 0)), [], [], None, np.full(len(data.test_ids), -1))
+        )
         return Side(np.zeros((len(data.ids), 0)), [], [], None, np.asarray(data.folds)), test, notes
-    table = load_train_table(dcfg, check_images=False, task=config.task)
+    df, all_groups, feats = train_metadata(dcfg)
     id_col = dcfg.id_column
-    where = pd.Index(table.df[id_col].astype(str)).get_indexer(pd.Index(data.ids).astype(str))
+    where = pd.Index(df[id_col].astype(str)).get_indexer(pd.Index(data.ids).astype(str))
     if (where < 0).any():
         first = data.ids[int(np.flatnonzero(where < 0)[0])]
         raise CompError(
             f"OOF id {first!r} is not in the training table {dcfg.train_csv}; the stack reads its metadata there "
             "(blend members trained on this competition's table)"
         )
-    feats = table.features
     X = feats.matrix()[where] if feats is not None else np.zeros((len(where), 0))
     names = feats.names if feats is not None else []
     cats = [len(feats.numeric_names) + j for j in range(len(feats.categorical_names))] if feats is not None else []
-    groups = None if table.groups is None else np.asarray(table.groups)[where]
+    groups = None if all_groups is None else all_groups[where]
     oof = Side(X, names, cats, groups, np.asarray(data.folds))
     if data.test_ids is None:
         return oof, None, notes
