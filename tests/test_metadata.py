@@ -325,3 +325,17 @@ def test_pseudo_and_submit_read_a_gbdt_blend(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again.csv"), pd.read_csv(tmp_path / "sub.csv"))
     pseudo = pseudo_label(result.run_dir, out=tmp_path / "pseudo.csv", threshold=0.01)
     assert pseudo.rows == 20
+
+
+def test_no_metadata_stacks_the_predictions_only(tmp_path):
+    toy = Toy("classification", n=150)
+    dirs = members_with_tests(tmp_path, "r1", toy)
+    set_data(dirs[0], write_table(tmp_path, toy))
+    with_meta = run_ensemble(dirs, method="gbdt", name="meta")
+    res = CliRunner().invoke(main, ["ensemble", *map(str, dirs), "--method", "gbdt", "--name", "bare", "--no-metadata"])
+    assert res.exit_code == 0, res.output
+    bare = pd.read_csv(tmp_path / "bare" / "models" / "bare" / "oof.csv")[toy.columns].to_numpy()
+    meta = pd.read_csv(with_meta.model_dir / "oof.csv")[toy.columns].to_numpy()
+    assert not np.allclose(bare, meta)
+    plain = run_ensemble(dirs, method="gbdt", name="plain", metadata=False)
+    np.testing.assert_allclose(pd.read_csv(plain.model_dir / "oof.csv")[toy.columns].to_numpy(), bare)

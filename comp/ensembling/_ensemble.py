@@ -212,13 +212,15 @@ def run_ensemble(
     out=None,
     tta: bool = False,
     submit: bool = True,
+    metadata: bool = True,
 ) -> BlendResult:
     """Blend model folders, score the blend with nested CV, save it as a run folder and (``submit``) a submission.
 
     Members share one task (their runs' ``task:``); ``method`` must be one of its blend methods. A metric with
     a fitted decision (F-metric thresholds, QWK cut-points) is scored with the decision refitted without each
     fold like the blend itself; the decision fitted on the whole honest blend OOF is saved and applied to the
-    submission."""
+    submission. A method that reads metadata (gbdt) takes ``data.features`` and the groups from the first
+    member's run config and the test table; ``metadata=False`` gives it the members' predictions only."""
     get_method(method)  # an unknown name lists the valid ones before any file is read
     members = _members(model_dirs, tta)
     data, first = align(members), members[0]
@@ -228,7 +230,7 @@ def run_ensemble(
     name, run_root = _blend_name(name, method, bias, members)
     side, test_side = None, None
     if blend.side:  # metadata, groups: read and validated (test table included) before anything is fitted
-        side, test_side, side_notes = blend_side(first.config, data)
+        side, test_side, side_notes = blend_side(first.config, data, metadata=metadata)
         data.notes.extend(side_notes)
     final, b = fit_blend(blend, data.oof, data.y, scorer, bias, side)
     in_sample = final.apply(data.oof, side)
@@ -283,6 +285,7 @@ def compare_blends(
     name: str | None = None,
     out=None,
     tta: bool = False,
+    metadata: bool = True,
 ) -> CompareResult:
     """Run several blend methods (default: every one that fits the members' task) on the same members, each saved as
     blend-<method>; the submission comes from the one with the best honest (nested) CV. Choosing among a
@@ -303,7 +306,10 @@ def compare_blends(
     if out is not None:  # refused before any blend is written, not after all of them
         blends = [_blend_name(None, m, bias, members)[1] for m in methods]
         _check_submission(Path(out).resolve(), members[0].config, [*blends, *(m.run for m in members)])
-    results = [run_ensemble(model_dirs, method=m, metric=metric, bias=bias, tta=tta, submit=False) for m in methods]
+    results = [
+        run_ensemble(model_dirs, method=m, metric=metric, bias=bias, tta=tta, submit=False, metadata=metadata)
+        for m in methods
+    ]
     better = get_metric(results[0].metric, results[0].task).better
     best = results[0]
     for r in results[1:]:

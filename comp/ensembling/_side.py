@@ -77,22 +77,19 @@ def design(
     return np.concatenate(parts, axis=1), names, categorical
 
 
-def blend_side(config: Config, data: Aligned) -> tuple[Side, Side | None, list[str]]:
+def blend_side(config: Config, data: Aligned, *, metadata: bool = True) -> tuple[Side, Side | None, list[str]]:
     """The OOF rows' and test rows' side inputs from the first member's config: ``data.features`` of the training
     table and the test table (validated: columns present, numbers numeric, categories seen in training), the
-    groups of ``data.group_column``. Returns (oof side, test side or None, notes)."""
+    groups of ``data.group_column`` (``metadata`` false: none of them, the rows' folds only). Returns (oof side,
+    test side or None, notes)."""
     from comp.data._features import read_test_features
     from comp.data._table import train_metadata
 
     dcfg, notes = config.data, list[str]()
-    if (
-        not dcfg.features and not dcfg.group_column and not (dcfg.layout or {}).get("group")
-    ):  # nothing beside the predictions: no table to read
-        test = (
-            None
-            if data.test_ids is None
-            else Side(np.zeros((len(data.test_ids), 0)), [], [], None, np.full(len(data.test_ids), -1))
-        )
+    has_groups = bool(dcfg.group_column or (dcfg.layout or {}).get("group"))
+    if not metadata or not (dcfg.features or has_groups):  # nothing beside the predictions: no table to read
+        n_test = None if data.test_ids is None else len(data.test_ids)
+        test = None if n_test is None else Side(np.zeros((n_test, 0)), [], [], None, np.full(n_test, -1))
         return Side(np.zeros((len(data.ids), 0)), [], [], None, np.asarray(data.folds)), test, notes
     df, all_groups, feats = train_metadata(dcfg)
     id_col = dcfg.id_column
