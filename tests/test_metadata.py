@@ -3,6 +3,7 @@ OOF predictions + metadata + group-relative features on every task, and its leak
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,9 @@ def test_gbdt_stack_learns_from_metadata_on_every_task(tmp_path, task):
     metric = get_metric(stacked.metric, task)
     assert metric.better(stacked.cv, plain.cv) and all(metric.better(stacked.cv, m.cv) for m in stacked.members)
     assert stacked.cv_in_sample != stacked.cv and stacked.weights is None
+    saved = json.loads((stacked.model_dir / "metrics.json").read_text())
+    assert saved["method"] == "gbdt" and saved["metadata"] == ["hint", "noise", "site", "groups"]
+    assert plain.metadata == []
     test = pd.read_csv(stacked.model_dir / "test.csv", dtype={ID: str})
     assert test[ID].tolist() == [f"t{i:02d}" for i in range(20)]
     cols = test[toy.columns].to_numpy()

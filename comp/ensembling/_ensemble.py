@@ -82,6 +82,7 @@ class BlendResult:
     task: str = "classification"
     decision: Decision | None = None  # thresholds or cut-points fitted on the honest blend OOF (the submission's)
     per_column: dict[str, float] | None = None  # the honest blend's score per label or target
+    metadata: list[str] | None = None  # a stack's inputs beside the predictions: data.features (+ "groups")
 
     def rows(self) -> list[dict]:
         """Every member, then the blend (in-sample and nested CV)."""
@@ -270,6 +271,7 @@ def run_ensemble(
         task=task.name,
         decision=decision,
         per_column=None if per_column is None else dict(zip(data.classes, per_column)),
+        metadata=None if side is None else [*side.names, *(["groups"] if side.groups is not None else [])],
     )
     result.submission = _write_run(run_root, data, first, honest, test, result, pending)
     record_submission(run_root, result.submission, models=[name], kind="ensemble")
@@ -369,6 +371,8 @@ def _write_run(
             extra["per_column"] = result.per_column
         if result.attribute_f1:
             extra["attribute_f1"] = result.attribute_f1
+        if result.metadata is not None:
+            extra["metadata"] = result.metadata
         run.write_metrics(
             name,
             Metrics(
