@@ -4,11 +4,12 @@ should is the data stage's check (``comp/data/_features.py``), which reads the t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from comp.errors import ConfigError, closest
 
 if TYPE_CHECKING:
+    from comp.config._records import Config
     from comp.config._sections import DataConfig
 
 
@@ -47,3 +48,43 @@ def check_features(data: DataConfig) -> None:
                     f"config key 'data.features' lists {name!r}, which is {key}; a feature must be a column "
                     "the test table also holds and that is neither the id, a target, the group nor a weight"
                 )
+
+
+TOWER_KEYS = {"hidden": 64, "dropout": 0.1}
+
+
+def tower_options(raw: dict[str, Any]) -> dict[str, Any]:
+    """A ``models[i].metadata`` mapping with its defaults filled in (already checked by :func:`check_towers`)."""
+    return {**TOWER_KEYS, **raw}
+
+
+def check_towers(cfg: Config) -> None:
+    """``models[i].metadata``: known keys, a positive width, a dropout in [0, 1), and data.features to read."""
+    for i, m in enumerate(cfg.models):
+        raw = m.metadata
+        if raw is None:
+            continue
+        key = f"models[{i}].metadata"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping like {{hidden: 64, dropout: 0.1}}, got {raw!r}")
+        for name in raw:
+            if name not in TOWER_KEYS:
+                raise ConfigError(
+                    f"unknown config key '{key}.{name}'{closest(str(name), list(TOWER_KEYS))}; "
+                    f"the tower takes {', '.join(TOWER_KEYS)}"
+                )
+        hidden, dropout = raw.get("hidden", TOWER_KEYS["hidden"]), raw.get("dropout", TOWER_KEYS["dropout"])
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ConfigError(f"config key '{key}.hidden' must be an integer >= 1, got {hidden!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+            raise ConfigError(f"config key '{key}.dropout' must be a number in [0, 1), got {dropout!r}")
+        if not cfg.data.features:
+            raise ConfigError(
+                f"config key '{key}' adds a metadata tower but data.features is not set; list the metadata "
+                f"columns in data.features or drop {key}"
+            )
+        if m.heads == "attributes":
+            raise ConfigError(
+                f"config key '{key}' cannot be combined with models[{i}].heads: attributes; use heads: single "
+                "for the tower model (or a second model entry without metadata)"
+            )

@@ -272,6 +272,8 @@ class ModelConfig:
     image_size: int | list[int] = 224
     in_chans: int = _f(3, ge=1)
     heads: Literal["single", "attributes"] = "single"  # attributes: one head per attribute of data.labels
+    # a metadata tower over data.features: {hidden: 64, dropout: 0.1} (comp/config/_features.py checks it)
+    metadata: dict[str, Any] | None = None
     train: dict[str, Any] = field(default_factory=dict)  # train.* keys set on this entry (flat in YAML)
 
     @property
@@ -292,5 +294,7 @@ class ModelConfig:
         out.update(pretrained=self.pretrained, image_size=copy.deepcopy(self.image_size), in_chans=self.in_chans)
         if self.heads != "single":  # only when set, so configs saved before the key existed still match
             out["heads"] = self.heads
+        if self.metadata is not None:
+            out["metadata"] = copy.deepcopy(self.metadata)
         out.update(copy.deepcopy(self.train))
         return out

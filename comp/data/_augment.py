@@ -278,6 +278,26 @@ class BatchMixer:
         fn = {"elem": mix._mix_elem, "pair": mix._mix_pair}.get(mix.mode, mix._mix_batch)
         return fn(x)
 
+    def with_meta(
+        self, x: torch.Tensor, y: torch.Tensor, meta: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like calling the mixer, and the batch's metadata rows (encoded: standardised values, missing flags,
+        one-hot categories) mixed with the images' own weights: the soft target is ``lam`` of one row and
+        ``1 - lam`` of the other, so the tower sees the same blend the target describes (keeping the first
+        row's metadata would let the tower predict the first row's label against a target that is partly the
+        second's)."""
+        if not self.mixes(x, epoch):
+            x, y = self(x, y, epoch)
+            return x, y, meta
+        lam = self.draw(x)
+        if y.is_floating_point():
+            if self.smoothing:
+                y = y * (1.0 - self.smoothing) + self.smoothing / 2.0
+            y = y * lam + y.flip(0) * (1.0 - lam)
+        else:
+            y = mixup_target(y, self.num_classes, lam=lam, smoothing=self.smoothing)
+        return x, y, meta * lam + meta.flip(0) * (1.0 - lam)
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if y.is_floating_point():
             if self.smoothing:

@@ -197,6 +197,29 @@ class FeatureScaler:
             out[:, j] = np.where(np.isin(col, known), col + 1, 0)
         return out
 
+    @property
+    def n_inputs(self) -> int:
+        """Columns of the raw matrix (:meth:`Features.matrix`) this scaler reads: numeric, then category codes."""
+        return len(self.mean) + len(self.cardinalities)
+
+    @property
+    def encoded_width(self) -> int:
+        """Columns of :meth:`encode`: standardised values, missing indicators, one-hot categories."""
+        return self.width + sum(self.cardinalities)
+
+    def one_hot(self, feats: Features) -> np.ndarray:
+        """(n, sum of cardinalities) float32: each categorical column one-hot over its shifted codes (0 missing).
+        One-hot rather than integer codes so CutMix/MixUp can mix rows linearly: a linear layer over it is an
+        embedding lookup, and mixing the one-hot rows is mixing the embeddings."""
+        codes = self.categorical(feats)
+        parts = [np.eye(card, dtype=np.float32)[codes[:, j]] for j, card in enumerate(self.cardinalities)]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((len(codes), 0), np.float32)
+
+    def encode(self, feats: Features) -> np.ndarray:
+        """(n, :attr:`encoded_width`) float32: what the metadata tower reads (the ONNX graph does the same from
+        the raw matrix; see comp.training._tower)."""
+        return np.concatenate([self.numeric(feats), self.one_hot(feats)], axis=1)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "mean": self.mean.tolist(),

@@ -267,15 +267,17 @@ def load_test_table(data_cfg: DataConfig, check_images: bool = True) -> tuple[pd
 
 
 class ImageDataset:
-    """(image, target) pairs: reads each file as RGB and applies an albumentations pipeline.
+    """(image, target) pairs (with ``meta``: (image, metadata row, target)): reads each file as RGB and applies an albumentations pipeline.
 
     ``targets``: class indices (n,) give an int per row (-1 without targets), a float matrix (n, K) gives a
     float32 vector per row (multi-hot labels, regression values). ``reader`` maps a path to an RGB uint8
     array; the decoded-image cache plugs in here.
     """
 
-    def __init__(self, paths, targets=None, transform=None, reader=None):
+    def __init__(self, paths, targets=None, transform=None, reader=None, meta=None):
         self.paths = [Path(p) for p in paths]
+        # metadata rows (n, F) float32 for a metadata tower: items become (image, meta row, target)
+        self.meta = None if meta is None else np.asarray(meta, np.float32)
         if targets is None:
             self.targets = None
         else:
@@ -292,7 +294,7 @@ class ImageDataset:
         if self.transform is not None:
             img = self.transform(image=img)["image"]
         if self.targets is None:
-            return img, -1
-        if self.targets.ndim == 2:
-            return img, self.targets[i]
-        return img, int(self.targets[i])
+            target = -1
+        else:
+            target = self.targets[i] if self.targets.ndim == 2 else int(self.targets[i])
+        return (img, target) if self.meta is None else (img, self.meta[i], target)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from comp.config import Config
     from comp.run import Checkpoint, RunDir
 
-Runner = Callable[[np.ndarray], np.ndarray]
+# images (and, for a metadata tower, its raw metadata rows as a second argument) -> predictions
+Runner = Callable[..., np.ndarray]
 
 
 class Engine(ABC):

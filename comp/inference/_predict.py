@@ -42,6 +42,7 @@ from comp.submission._format import make_submission, validate_submission
 from comp.submission._record import record_submission
 from comp.tasks import Decision, Metric, nested_score
 from comp.training._engine import resolve_device
+from comp.training._tower import test_metadata, train_metadata
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +98,23 @@ def run_views(
     desc: str = "",
     task: str = "classification",
     reader=None,
+    meta: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(plain, merged-TTA) predictions, each (runners, N, C), decoding every image once for all runners
-    (``reader`` maps a path to an RGB uint8 array: images in memory plug in here)."""
+    (``reader`` maps a path to an RGB uint8 array: images in memory plug in here; ``meta``: a metadata
+    tower's raw metadata rows, one per path, passed beside every view)."""
     loader: DataLoader = DataLoader(
-        ImageDataset(paths, transform=transform, reader=reader),  # type: ignore[arg-type]
+        ImageDataset(paths, transform=transform, reader=reader, meta=meta),  # type: ignore[arg-type]
         batch_size=batch_size,
         num_workers=num_workers,
     )
     plain: list[list[np.ndarray]] = [[] for _ in runners]
     merged: list[list[np.ndarray]] = [[] for _ in runners]
-    for x, _ in track(loader, desc, enabled=bool(desc)):
+    for batch in track(loader, desc, enabled=bool(desc)):
+        x, extra = batch[0], ((batch[1].numpy(),) if meta is not None else ())
         xs = [v.float().numpy() for v in views(x.float(), tta)]
         for i, run in enumerate(runners):
-            probs = np.stack([run(v) for v in xs])
+            probs = np.stack([run(v, *extra) for v in xs])
             plain[i].append(probs[0])
             merged[i].append(merge_probs(probs, merge, task))
     return np.stack([np.concatenate(p) for p in plain]), np.stack([np.concatenate(m) for m in merged])
@@ -130,6 +134,7 @@ def model_outputs(
     desc: str = "",
     task: str = "classification",
     reader=None,
+    meta: np.ndarray | None = None,
 ) -> tuple[np.ndarray, bool]:
     """One model's predictions of ``paths``: each fold with its TTA views merged, then the mean of the folds
     (the engine's fused runner where it offers one). Returns them and whether the fused runner ran."""
@@ -149,6 +154,7 @@ def model_outputs(
         desc,
         task,
         reader,
+        meta,
     )
     return merged.mean(0), fused is not None
 
@@ -189,7 +195,8 @@ def oof_tta(
     fold_of = run.read_folds(id_col).reindex(table.df[id_col]).to_numpy()
     if pd.isna(fold_of).any():
         raise CompError(f"{run.folds} lacks some ids of {data.train_csv}; the training table changed since train-folds")
-    classes = folds[0].ckpt.meta.classes
+    classes, tower = folds[0].ckpt.meta.classes, folds[0].ckpt.meta.tower
+    raw = train_metadata(data, tower, table.df) if tower else None
     plain = np.full((len(table.df), len(classes)), np.nan)
     merged = plain.copy()
     for f in folds:
@@ -204,6 +211,7 @@ def oof_tta(
             data.num_workers,
             f"{model_id} oof fold {f.fold}" if progress else "",
             cfg.task,
+            meta=None if raw is None else raw[idx],
         )
         plain[idx], merged[idx] = p[0], m[0]
     done = ~np.isnan(merged[:, 0])
@@ -375,6 +383,7 @@ def predict_run(
                 num_workers=data.num_workers,
                 desc=f"{mid} test" if progress else "",
                 task=cfg.task,
+                meta=test_metadata(data, ck.tower) if ck.tower else None,
             )
             test_pred = Predictions(
                 test_df[data.id_column].to_numpy(dtype=object), list(classes), probs, id_column=data.id_column

@@ -83,6 +83,12 @@ class Predictor:
     def predict_proba(self, x: Images, *, progress: bool = False) -> pd.DataFrame:
         """One row per image: its id, then one column per class (probabilities), label or target, in the task's
         units: the members' weighted mean of their fold means, as ``comp predict`` writes ``test.csv``."""
+        towers = [m.model_id for m in self.members if m.folds[0].ckpt.meta.tower]
+        if towers:
+            raise CompError(
+                f"model '{towers[0]}' has a metadata tower, which needs each image's data.features row; predict it "
+                "with comp predict (or predict_run), which reads them from data.test_csv"
+            )
         ids, paths, reader = self._inputs(x)
         total = sum(m.weight for m in self.members)
         out = np.zeros((len(paths), len(self.classes)))

@@ -29,7 +29,7 @@ class TorchOptions:
 
 class TorchRunner:
     """A PyTorch fold model with its checkpoint's output head (the one its ONNX graph ends in): float32 NCHW
-    batch in, predictions in the task's units out (optionally torch.compile'd)."""
+    batch (and a metadata tower's raw metadata rows) in, predictions in the task's units out (optionally torch.compile'd)."""
 
     def __init__(
         self, model: torch.nn.Module, device: torch.device, compile: str = "none", output: OutputSpec | None = None
@@ -39,8 +39,10 @@ class TorchRunner:
             self.model = torch.compile(self.model, mode=compile)  # type: ignore[assignment]
 
     @torch.no_grad()
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)).cpu().numpy()
+    def __call__(self, x: np.ndarray, meta: np.ndarray | None = None) -> np.ndarray:
+        inputs = [x] if meta is None else [x, meta]
+        tensors = [torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(self.device) for v in inputs]
+        return self.model(*tensors).cpu().numpy()
 
 
 @ENGINES.register("torch")

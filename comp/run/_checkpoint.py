@@ -45,6 +45,8 @@ class CheckpointMeta:
     heads: dict[str, Any] | None = None  # multi-head models: what rebuilds the heads (comp.training._heads)
     task: str = "classification"  # a checkpoint written before tasks existed is a classifier
     output: dict[str, Any] | None = None  # comp.training._outputs.OutputSpec; None: softmax
+    # a metadata tower: its width, the feature columns and levels, and the fold's scaler (comp.training._tower)
+    tower: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -54,8 +56,9 @@ class CheckpointMeta:
         """Plain values only (``weights_only``-loadable); ``heads`` only when set, as checkpoints always had."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "_"}
         out["image_size"] = list(self.image_size)
-        if out["heads"] is None:
-            del out["heads"]
+        for key in ("heads", "tower"):  # only when set, as checkpoints always had
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod

@@ -75,6 +75,27 @@ def to_device(x: torch.Tensor, sc: StepConfig) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last if sc.channels_last else torch.contiguous_format)
 
 
+def unpack(batch, sc: StepConfig) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """A loader's (images, target) or (images, metadata rows, target) batch: images on the device as
+    :func:`to_device` puts them, metadata there in float32 (None without a metadata tower)."""
+    if len(batch) == 3:
+        x, meta, y = batch
+        return to_device(x, sc), meta.to(sc.device, non_blocking=True).float(), y
+    x, y = batch
+    return to_device(x, sc), None, y
+
+
+def model_inputs(batch, sc: StepConfig) -> tuple[torch.Tensor, ...]:
+    """What the model is called with for a loader's batch: (images,) or (images, metadata rows)."""
+    x, meta, _ = unpack(batch, sc)
+    return (x,) if meta is None else (x, meta)
+
+
+def forward(model: nn.Module, x: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+    """The model's outputs: images only, or images and their encoded metadata (a metadata tower)."""
+    return model(x) if meta is None else model(x, meta)
+
+
 def train_one_epoch(
     model: nn.Module, loader, optimizer, loss_fn, mixer, epoch: int, sc: StepConfig, step0: int = 0
 ) -> dict:
@@ -93,14 +114,18 @@ def train_one_epoch(
     total, n_seen, steps, micro = 0.0, 0, 0, 0
     t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    for x, y in loader:
+    for batch in loader:
         first = micro - micro % accum
         group = min(accum, n_micro - first)  # micro-batches in this optimizer step
         last = micro - first == group - 1
-        x, y = to_device(x, sc), y.to(sc.device, non_blocking=True)
-        x, soft = mixer(x, y, epoch)
+        x, meta, y = unpack(batch, sc)
+        y = y.to(sc.device, non_blocking=True)
+        if meta is None:
+            x, soft = mixer(x, y, epoch)
+        else:
+            x, soft, meta = mixer.with_meta(x, y, meta, epoch)
         with autocast(sc.device, sc.amp_dtype):
-            logits = model(x)
+            logits = forward(model, x, meta)
         loss = loss_fn(logits.float(), soft)
         loss_value = loss.item()  # the one host sync of the step: the finiteness check and the running mean share it
         if not math.isfinite(loss_value):
@@ -150,9 +175,10 @@ def predict_probs(model: nn.Module, loader, sc: StepConfig, head: nn.Module | No
     sigmoid labels, regression values in the target's units), softmax rows without one."""
     model.eval()
     out = []
-    for x, _ in loader:
+    for batch in loader:
+        x, meta, _ = unpack(batch, sc)
         with autocast(sc.device, sc.amp_dtype):
-            logits = model(to_device(x, sc))
+            logits = forward(model, x, meta)
         z = logits.float()
         out.append((head(z) if head is not None else torch.softmax(z, dim=1)).cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)

@@ -26,7 +26,7 @@ from comp.metrics import get_metric
 from comp.run import CheckpointMeta, torch_save
 from comp.training._assemble import write_fold
 from comp.training._context import FoldContext
-from comp.training._engine import StepConfig, predict_probs, resolve_amp, resolve_device, to_device, train_one_epoch
+from comp.training._engine import StepConfig, model_inputs, predict_probs, resolve_amp, resolve_device, train_one_epoch
 from comp.training._heads import attribute_loss
 from comp.training._loaders import epoch_batches, epoch_weights, image_reader, make_loader
 from comp.training._losses import build_loss
@@ -37,6 +37,7 @@ from comp.training._results import EpochEvent, FoldResult
 from comp.training._seeding import derive_seed, seed_everything
 from comp.training._soft import TrainingPart, training_part
 from comp.training._swa import SWA
+from comp.training._tower import fold_metadata, tower_description
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,13 @@ class FoldTrainer:
         self.seed = derive_seed(cfg.seed, ctx.model_id, ctx.fold)
         self.num_classes = len(ctx.table.classes)
         seed_everything(self.seed)
-        self.model = create_model(entry, self.num_classes, self.tcfg, scheme=ctx.table.scheme)
+        train_idx = np.flatnonzero(ctx.folds != ctx.fold)
+        self.valid_idx = np.flatnonzero(ctx.folds == ctx.fold)
+        # a metadata tower's scaling: fitted on this fold's training part only, every row encoded with it
+        self.feature_scaler, meta = fold_metadata(entry, ctx.table.features, train_idx)
+        self.model = create_model(
+            entry, self.num_classes, self.tcfg, scheme=ctx.table.scheme, scaler=self.feature_scaler
+        )
         if cfg.task == "regression":
             zero_head(self.model)  # start at the training part's mean (scaled targets are centred)
         if self.tcfg.sync_bn and self.dist.enabled:
@@ -72,8 +79,6 @@ class FoldTrainer:
         # the loaders yield HWC uint8 arrays, normalised on the device (4x fewer bytes through workers and to the GPU)
         train_tf, valid_u8 = pipelines(cfg.augment, self.hw, self.mean, self.std, normalize=False)
         self.normalize = DeviceNormalize(self.mean, self.std, self.device, self.tcfg.channels_last)
-        train_idx = np.flatnonzero(ctx.folds != ctx.fold)
-        self.valid_idx = np.flatnonzero(ctx.folds == ctx.fold)
         table = ctx.table
         # what turns outputs into predictions; regression's target scaling is fitted on the training part only
         self.output = output_spec(cfg.task, cfg.loss.name or "", table.train_targets[train_idx])
@@ -82,7 +87,7 @@ class FoldTrainer:
             table.train_targets if table.train_targets.ndim == 1 else self.output.to_model(table.train_targets)
         )
         reader = image_reader(cfg.data, self.hw, table.paths, ctx.run.root)
-        self.valid_ds = ImageDataset(table.paths, table.targets, valid_u8, reader=reader)
+        self.valid_ds = ImageDataset(table.paths, table.targets, valid_u8, reader=reader, meta=meta)
         heads = entry.heads == "attributes"  # attribute heads smooth their own targets (loss.attributes)
         loss = (
             attribute_loss(cfg.loss, table, train_idx)
@@ -92,7 +97,7 @@ class FoldTrainer:
         if ctx.soft is None:
             # models fit the training labels (data.labels' train_bins); validation scores the competition's
             part = TrainingPart(
-                ImageDataset(table.paths, fit_targets, train_tf, reader=reader),
+                ImageDataset(table.paths, fit_targets, train_tf, reader=reader, meta=meta),
                 train_idx,
                 BatchMixer(cfg.augment.mixup, self.num_classes, 0.0 if heads else cfg.loss.label_smoothing),
                 loss,
@@ -257,7 +262,7 @@ class FoldTrainer:
         bar.close()
         if swa is not None and swa.active(epoch):  # average this epoch's weights; their BatchNorm statistics anew
             swa.update(self.model)
-            swa.update_bn(self._rows_loader(self.labelled_idx), lambda x: to_device(x, sc))
+            swa.update_bn(self._rows_loader(self.labelled_idx), lambda batch: model_inputs(batch, sc))
         loss, images_per_s = self.dist.epoch_stats(stats["loss"], stats["images_per_s"])
         probs = self.evaluate()
         score = self.metric(self.ctx.table.targets[self.valid_idx], probs)
@@ -379,6 +384,7 @@ class FoldTrainer:
             heads=heads_description(model),
             task=ctx.cfg.task,
             output=self.output.to_dict(),
+            tower=tower_description(model, ctx.table.features),
         )
         result = write_fold(ctx, model, meta, state, self.valid_idx)
         self._notify(epoch=state["epoch"], score=state["best_score"], fold_done=True)

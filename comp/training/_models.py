@@ -10,10 +10,13 @@ import timm
 from torch import nn
 
 from comp.config import ModelConfig, TrainConfig
+from comp.config._features import tower_options
 from comp.data._attributes import Scheme
+from comp.data._features import FeatureScaler
 from comp.errors import CompError, closest
 from comp.run._checkpoint import Checkpoint, load_checkpoint
 from comp.training._heads import AttributeHeads, attribute_heads, from_description
+from comp.training._tower import MetadataTower, tower_from_description
 from comp.training._weights import MAKE_FOLDER, check_local_weights
 
 
@@ -25,12 +28,25 @@ def check_model_name(name: str) -> None:
 
 
 def create_model(
-    entry: ModelConfig, num_classes: int, train_cfg: TrainConfig | None = None, *, scheme: Scheme | None = None
+    entry: ModelConfig,
+    num_classes: int,
+    train_cfg: TrainConfig | None = None,
+    *,
+    scheme: Scheme | None = None,
+    scaler: FeatureScaler | None = None,
 ) -> nn.Module:
     """Create the timm model of a config entry; ``pretrained`` is true (timm's source) or a local weights file.
 
-    An entry with ``heads: attributes`` gets a headless backbone and one head per attribute of ``scheme``.
+    An entry with ``heads: attributes`` gets a headless backbone and one head per attribute of ``scheme``; one
+    with ``metadata`` a headless backbone, a metadata tower over ``scaler``'s encoding and one classifier.
     """
+    if entry.metadata is not None:
+        if scaler is None:
+            raise CompError(f"model '{entry.model_id}' has a metadata tower but the data has no data.features; set them")
+        backbone = _timm_model(entry, num_classes, train_cfg)  # same start as the entry without tower (see below)
+        backbone.reset_classifier(0)  # type: ignore[operator]
+        opts = tower_options(entry.metadata)
+        return MetadataTower(backbone, num_classes, scaler, int(opts["hidden"]), float(opts["dropout"]))
     if entry.heads == "attributes":
         if scheme is None:
             raise CompError(f"model '{entry.model_id}' has heads: attributes but the data has no data.labels; set them")
@@ -84,6 +100,8 @@ def normalization(model: nn.Module, in_chans: int = 3) -> tuple[list[float], lis
 
 def head_parameters(model: nn.Module) -> set[int]:
     """ids of the classifier's parameters (what trains during a frozen-backbone warm-up)."""
+    if isinstance(model, MetadataTower):  # the tower is as new as the classifier: it trains in the warm-up too
+        return {id(p) for m in model.warmup_modules() for p in m.parameters()}
     head = model.get_classifier() if hasattr(model, "get_classifier") else None  # type: ignore[operator]
     if not isinstance(head, nn.Module):
         raise CompError(f"{type(model).__name__} exposes no classifier; set train.freeze_epochs=0")
@@ -119,10 +137,12 @@ def model_from_checkpoint(ckpt: Checkpoint | str | Path) -> tuple[nn.Module, Che
     if not isinstance(name, str) or ":" in name or not timm.is_model(name.split(".")[0]):
         # a hub or local-dir name would make timm fetch or read code and weights from elsewhere
         raise CompError(f"{where}: model_name {name!r} is not a timm architecture; retrain that fold with comp")
-    num_classes = 0 if meta.heads else meta.num_classes
+    num_classes = 0 if meta.heads or meta.tower else meta.num_classes
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=meta.in_chans)
     if meta.heads:
         model = from_description(model, meta.heads)
+    if meta.tower:
+        model = tower_from_description(model, meta.num_classes, meta.tower)
     try:
         model.load_state_dict(ckpt.state_dict)
     except (RuntimeError, KeyError, TypeError) as exc:

@@ -109,5 +109,6 @@ class Predictor(nn.Module):
         self.model = model
         self.head = OutputHead(spec)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.model(x))
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (and, for a metadata tower, the raw metadata matrix: NaN where missing) -> predictions."""
+        return self.head(self.model(x) if meta is None else self.model.forward_raw(x, meta))

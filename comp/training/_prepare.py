@@ -13,6 +13,7 @@ import torch
 
 from comp.config import Config
 from comp.data._augment import pipelines, to_dict, try_pipelines, valid_pipeline
+from comp.data._features import FeatureScaler
 from comp.data._folds import assign_folds
 from comp.data._table import TrainTable
 from comp.errors import CompError, arg, closest
@@ -118,15 +119,19 @@ def preflight(cfg: Config, table: TrainTable) -> None:
             f"config key 'loss.class_weights' must list {k} numbers (one per class: "
             f"{', '.join(table.classes[:6])}{'...' if k > 6 else ''}), got {len(cfg.loss.class_weights)}"
         )
+    # a tower's shape only (each fold fits its own scaler on its training part)
+    scaler = FeatureScaler.fit(table.features) if table.features is not None else None
     for i, entry in enumerate(cfg.models):
         tcfg = cfg.train_for(entry)
         if entry.pretrained is True:
             check_hub_weights(entry.name)  # fetched, or found in the cache offline, before anything is written
         if isinstance(entry.pretrained, str):
-            model = create_model(entry, k, tcfg, scheme=table.scheme)  # loads and checks the local weights file
+            model = create_model(entry, k, tcfg, scheme=table.scheme, scaler=scaler)  # loads and checks the local weights file
         else:
             with torch.device("meta"):  # architecture and arguments only: no memory, no download
-                model = create_model(dataclasses.replace(entry, pretrained=False), k, tcfg, scheme=table.scheme)
+                model = create_model(
+                    dataclasses.replace(entry, pretrained=False), k, tcfg, scheme=table.scheme, scaler=scaler
+                )
         if tcfg.freeze_epochs:
             from comp.training._models import head_parameters
 
@@ -207,6 +212,13 @@ def set_up_run(
             disk_cache_dir(cfg.data, run.root)
         fold_ids, new_folds = plan_folds(cfg, run, table)
         soft = load_training_targets(cfg, table, fold_ids, run)  # pseudo rows and teacher, checked before writing
+        towers = [m.model_id for m in cfg.models if m.metadata is not None]
+        if soft is not None and towers:
+            raise CompError(
+                f"model '{towers[0]}' has a metadata tower, which cannot train on pseudo labels or a teacher's "
+                "targets yet (their rows have no training-table metadata); drop models[].metadata or the pseudo/"
+                "distill source"
+            )
         prepare_run(cfg, run)
         check_and_record(soft, run, trained_anything(run))
         if new_folds:

@@ -56,8 +56,8 @@ class SWA:
 
     @torch.no_grad()
     def update_bn(self, loader, prepare) -> None:
-        """Recompute BatchNorm running statistics of the averaged weights over ``loader`` (``prepare`` moves and
-        normalises a batch): a cumulative average, as ``torch.optim.swa_utils.update_bn`` does."""
+        """Recompute BatchNorm running statistics of the averaged weights over ``loader`` (``prepare`` turns a batch
+        into the model's inputs, moved and normalised): a cumulative average, as ``torch.optim.swa_utils.update_bn`` does."""
         norms = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not norms:
             return
@@ -68,8 +68,8 @@ class SWA:
             m.momentum = None
         was_training = self.module.training
         self.module.train()
-        for x, _ in loader:
-            self.module(prepare(x))
+        for batch in loader:
+            self.module(*prepare(batch))
         for m in norms:
             m.momentum = momenta[m]
         self.module.train(was_training)

@@ -1,0 +1,129 @@
+"""The metadata tower (models[].metadata): config shape, the fold's scaler fitted on its training part only,
+training and prediction on every task, ONNX export with two inputs, torch == onnxruntime, and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from comp.cli import main
+from comp.config import load_config
+from comp.data._features import FeatureScaler, encode_train
+from comp.errors import ConfigError
+from comp.run import RunDir, load_checkpoint
+from comp.training._tower import MetadataScaling, raw_matrix
+from tests.conftest import tiny_config, write_competition, write_config
+
+TOWER = {"hidden": 8, "dropout": 0.0}
+
+
+def add_metadata(root: Path, id_column: str = "id") -> None:
+    """A numeric column ``age`` (one cell empty) and a categorical ``site`` in train.csv and a test.csv of the
+    sample's ids."""
+    train = pd.read_csv(root / "train.csv", keep_default_na=False)
+    rng = np.random.default_rng(0)
+    age = rng.normal(50, 10, len(train)).round(1).astype(str)
+    age[1] = ""
+    train["age"] = age
+    train["site"] = np.array(["arm", "leg", "head"])[np.arange(len(train)) % 3]
+    train.to_csv(root / "train.csv", index=False)
+    sample = pd.read_csv(root / "sample_submission.csv")
+    test = pd.DataFrame({id_column: sample[id_column]})
+    test["age"] = rng.normal(50, 10, len(test)).round(1)
+    test["site"] = np.array(["leg", "", "arm"])[np.arange(len(test)) % 3]
+    test.to_csv(root / "test.csv", index=False)
+
+
+def tower_config(root: Path, cfg: dict | None = None, **overrides) -> dict:
+    cfg = cfg or tiny_config(root)
+    cfg["data"].update(features=["age", "site"], categorical=["site"], test_csv="test.csv")
+    cfg["models"][0]["metadata"] = dict(TOWER)
+    cfg["augment"]["mixup"] = {"mixup_alpha": 0.4, "prob": 1.0}
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+# ---------------------------------------------------------------- config and scaling
+
+
+@pytest.mark.parametrize(
+    "entry, data, message",
+    [
+        ({"metadata": {"hidden": 8}}, {}, r"models\[0\].metadata' adds a metadata tower but data.features is not set"),
+        ({"metadata": {"width": 8}}, {"features": ["age"]}, r"unknown config key 'models\[0\].metadata.width'"),
+        ({"metadata": {"hidden": 0}}, {"features": ["age"]}, r"metadata.hidden' must be an integer >= 1"),
+        ({"metadata": {"dropout": 1.0}}, {"features": ["age"]}, r"metadata.dropout' must be a number in \[0, 1\)"),
+        ({"metadata": 64}, {"features": ["age"]}, r"models\[0\].metadata' must be a mapping"),
+    ],
+)
+def test_tower_keys_are_checked_for_shape(entry, data, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config({"data": data, "models": [{"name": "resnet18", **entry}]})
+
+
+def test_tower_refuses_attribute_heads():
+    raw = {
+        "data": {"features": ["age"], "labels": {"attributes": {"a": {"values": ["x", "y"]}}}},
+        "models": [{"name": "resnet18", "heads": "attributes", "metadata": {}}],
+    }
+    with pytest.raises(ConfigError, match="cannot be combined with models\\[0\\].heads: attributes"):
+        load_config(raw)
+
+
+def test_torch_scaling_matches_the_numpy_encoding():
+    data = load_config({"data": {"features": ["age", "w", "site"], "categorical": ["site"]}}).data
+    df = pd.DataFrame(
+        {"age": ["1", "", "5", "7", "2"], "w": ["0", "1", "1", "", "3"], "site": ["a", "b", "", "c", "a"]}
+    )
+    feats = encode_train(df, data, "train.csv")
+    scaler = FeatureScaler.fit(feats.take(np.array([0, 1, 2])))  # 'c' unseen by this part: counts as missing
+    want = scaler.encode(feats)
+    got = MetadataScaling(scaler)(torch.from_numpy(raw_matrix(feats))).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert want.shape == (5, 2 * 2 + 4) and want[3, 4:].tolist() == [1, 0, 0, 0]
+
+
+# ---------------------------------------------------------------- training and prediction
+
+
+def train(tmp_path: Path, cfg: dict, root: Path) -> Path:
+    path = write_config(root, cfg)
+    run = tmp_path / "run"
+    res = invoke("train-folds", "--config", str(path), "--run-dir", str(run))
+    assert res.exit_code == 0, res.output
+    return run
+
+
+@pytest.fixture(scope="module")
+def tower_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("tower")
+    root = write_competition(tmp / "comp")
+    add_metadata(root)
+    return train(tmp, tower_config(root), root)
+
+
+def test_a_fold_scaler_never_sees_its_validation_rows(tmp_path, tower_run):
+    """Changing only fold 0's validation rows' metadata leaves fold 0's stored statistics as they were."""
+    rd = RunDir(tower_run)
+    stored = load_checkpoint(rd.fold_checkpoints("eff")[0]).meta.tower
+    assert stored is not None
+    folds = rd.read_folds("id")
+    cfg = load_config(rd.load_config())
+    train_df = pd.read_csv(cfg.data.train_csv, keep_default_na=False)
+    part = train_df["id"].map(folds) != 0
+    feats = encode_train(train_df, cfg.data, cfg.data.train_csv)
+    want = FeatureScaler.fit(feats.take(np.flatnonzero(part.to_numpy())))
+    np.testing.assert_allclose(stored["scaler"]["mean"], want.mean)
+    np.testing.assert_allclose(stored["scaler"]["std"], want.std)
+    everything = FeatureScaler.fit(feats)
+    assert not np.allclose(everything.mean, want.mean)  # the validation rows would have moved it
