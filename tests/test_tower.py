@@ -127,3 +127,41 @@ def test_a_fold_scaler_never_sees_its_validation_rows(tmp_path, tower_run):
     np.testing.assert_allclose(stored["scaler"]["std"], want.std)
     everything = FeatureScaler.fit(feats)
     assert not np.allclose(everything.mean, want.mean)  # the validation rows would have moved it
+
+
+def _predict(run: Path, engine: str, out: Path, *extra: str) -> pd.DataFrame:
+    res = invoke("predict", str(run), "--engine", engine, "--out", str(out), "--quiet", *extra)
+    assert res.exit_code == 0, res.output
+    return pd.read_csv(RunDir(run).test_pred("eff"))
+
+
+def test_tower_exports_two_input_graphs_and_predicts_alike_with_torch_and_onnx(tmp_path, tower_run):
+    res = invoke("export", str(tower_run), "--fuse", "--tta", "hflip", "--quiet")
+    assert res.exit_code == 0, res.output
+    import onnx
+
+    rd = RunDir(tower_run)
+    for path in [rd.onnx("eff", 0), rd.fused("eff")]:
+        names = [i.name for i in onnx.load(str(path)).graph.input]
+        assert names == ["input", "meta"], names
+    torch_pred = _predict(tower_run, "torch", tmp_path / "a.csv", "--oof")
+    onnx_pred = _predict(tower_run, "onnx", tmp_path / "b.csv")  # per-fold graphs
+    cols = [c for c in torch_pred.columns if c != "id"]
+    np.testing.assert_allclose(onnx_pred[cols].to_numpy(), torch_pred[cols].to_numpy(), atol=1e-4)
+    fused = _predict(tower_run, "onnx", tmp_path / "c.csv", "--tta", "hflip")  # fused.onnx, built for hflip
+    tta = _predict(tower_run, "torch", tmp_path / "d.csv", "--tta", "hflip")
+    np.testing.assert_allclose(fused[cols].to_numpy(), tta[cols].to_numpy(), atol=1e-4)
+    assert len(torch_pred) == len(pd.read_csv(tower_run.parent / "comp" / "test.csv"))
+
+
+def test_the_metadata_changes_the_prediction(tmp_path, tower_run):
+    """The tower is wired in: the same images with other metadata rows predict otherwise."""
+    from comp.inference._torch_engine import TorchRunner
+    from comp.training._models import model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(RunDir(tower_run).fold_checkpoints("eff")[0])
+    run = TorchRunner(model, torch.device("cpu"), output=None)
+    x = np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    meta = np.array([[40.0, 0.0], [80.0, 2.0], [np.nan, np.nan], [55.0, 1.0]], np.float32)
+    a, b = run(x, meta), run(x, meta[::-1].copy())
+    assert np.isfinite(a).all() and not np.allclose(a, b)

@@ -33,6 +33,11 @@ def image_size(meta: CheckpointMeta) -> tuple[int, int]:
 
 def check_preprocessing(meta: CheckpointMeta, where: Path) -> None:
     """Fail unless the checkpoint's eval transform is what predict.py reproduces: Resize (INTER_LINEAR), Normalize."""
+    if meta.tower:
+        raise CompError(
+            f"{where}: a metadata tower model cannot be bundled yet (predict.py reads images, not the test "
+            "table); predict it with comp predict, or bundle models without models[].metadata"
+        )
     steps = meta.eval_transform.get("transform", {}).get("transforms", [])
     names = [str(s.get("__class_fullname__", "?")).rsplit(".", 1)[-1] for s in steps]
     fix = (

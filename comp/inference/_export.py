@@ -43,6 +43,7 @@ from comp.run import (
 from comp.tasks import get_task
 from comp.training._models import model_from_checkpoint
 from comp.training._outputs import OutputSpec, Predictor
+from comp.training._tower import test_metadata, train_metadata
 
 read_metadata = read_graph_metadata
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ PARITY_IMAGES = 16
 # the output keeps its name "probs" whatever the task (graphs and bundles of earlier versions read it so);
 # it holds probabilities, or target values in their units for regression
 INPUT, OUTPUT = "input", "probs"
+META = "meta"  # a metadata tower's second input: raw (N, features) float32, NaN where missing
 # nodes of a Predictor's output head, by the module path the exporter names them with: Predictor.head,
 # FusedModel.folds.<k>.head (head_<n> for the n-th TTA view), the bundle's column reordering
 # (inner.folds.<k>.head); a timm model's own head is model.head and never matches
@@ -80,9 +82,10 @@ class FusedModel(nn.Module):
         self.folds = nn.ModuleList(folds)
         self.tta, self.merge, self.task = list(tta), check_merge(merge, task), task
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         xs = [x] + [TTA_OPS[n](x) for n in self.tta]
-        per_fold = [merge_torch([m(v) for v in xs], self.merge, self.task) for m in self.folds]
+        extra = () if meta is None else (meta,)  # TTA views change the image only
+        per_fold = [merge_torch([m(v, *extra) for v in xs], self.merge, self.task) for m in self.folds]
         return torch.stack(per_fold).mean(0)
 
 
@@ -133,20 +136,28 @@ def metadata(meta: CheckpointMeta, **extra) -> dict[str, str]:
 
 
 def export_graph(
-    module: nn.Module, example: torch.Tensor, path: Path, opset: int, meta: dict[str, str], fp16: bool
+    module: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    path: Path,
+    opset: int,
+    meta: dict[str, str],
+    fp16: bool,
 ) -> None:
-    """Trace ``module`` to ONNX at ``path`` (dynamic batch), optionally convert to fp16, attach metadata."""
+    """Trace ``module`` to ONNX at ``path`` (dynamic batch), optionally convert to fp16, attach metadata.
+    ``example``: images, or (images, raw metadata rows) for a metadata tower (inputs ``input`` and ``meta``)."""
+    example = example if isinstance(example, tuple) else (example,)
+    names = [INPUT, META][: len(example)]
     module.eval()  # the exporter restores the wrapper's mode afterwards, so it must already be eval
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter warns that it is legacy; it needs no onnxscript
         torch.onnx.export(
             module,
-            (example,),
+            example,
             str(path),
             dynamo=False,
-            input_names=[INPUT],
+            input_names=names,
             output_names=[OUTPUT],
-            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT: {0: "batch"}},
             opset_version=opset,
         )
     model = onnx.load(str(path))
@@ -257,31 +268,38 @@ def cpu_session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def parity_batch(cfg: Config, meta: CheckpointMeta, run: RunDir, n: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
-    """Up to ``n`` preprocessed validation images of the checkpoint's fold (test images when those are gone)."""
+def parity_batch(
+    cfg: Config, meta: CheckpointMeta, run: RunDir, n: int = PARITY_IMAGES
+) -> tuple[tuple[torch.Tensor, ...], str]:
+    """Up to ``n`` preprocessed validation images of the checkpoint's fold (test images when those are gone),
+    as the graph's inputs: (images,), or (images, raw metadata rows) for a metadata tower."""
     transform = from_dict(meta.eval_transform)
     data = cfg.data
-    paths, source = [], ""
+    paths, source, rows = [], "", None
     try:
         table = load_train_table(data, task=cfg.task)
         fold_of = run.read_folds(data.id_column).reindex(table.df[data.id_column]).to_numpy()
-        paths = [p for p, f in zip(table.paths, fold_of) if f == meta.fold][:n]
+        idx = np.flatnonzero(fold_of == meta.fold)[:n]
+        paths = [table.paths[i] for i in idx]
+        rows = train_metadata(data, meta.tower, table.df)[idx] if meta.tower else None
         source = f"fold {meta.fold} validation images"
     except (CompError, OSError, KeyError):
         paths = []
     if not paths:
         try:
             paths, source = load_test_table(data)[1][:n], "test images"
+            rows = test_metadata(data, meta.tower)[:n] if meta.tower else None
         except CompError as exc:
             raise CompError(f"no images to check ONNX parity on (train and test both unusable: {exc})") from None
     ds = ImageDataset(paths, transform=transform)
-    return torch.stack([ds[i][0] for i in range(len(ds))]).float(), source
+    images = torch.stack([ds[i][0] for i in range(len(ds))]).float()
+    return ((images,) if rows is None else (images, torch.from_numpy(rows))), source
 
 
 def write_checked(
     module: nn.Module,
     reference: np.ndarray,
-    batch: torch.Tensor,
+    batch: tuple[torch.Tensor, ...],
     path: Path,
     opset: int,
     meta: dict[str, str],
@@ -294,8 +312,8 @@ def write_checked(
     found: list[Parity] = []
 
     def write(tmp: Path) -> None:
-        export_graph(module, batch[:1], tmp, opset, meta, fp16)
-        got = cpu_session(tmp).run([OUTPUT], {INPUT: batch.numpy()})[0]
+        export_graph(module, tuple(b[:1] for b in batch), tmp, opset, meta, fp16)
+        got = cpu_session(tmp).run([OUTPUT], dict(zip([INPUT, META], (b.numpy() for b in batch))))[0]
         found.append(Parity.of(got, reference, relative))
         if not found[0].checked <= TOLERANCE[precision]:
             what = "relative to its values (|diff| / (1 + |value|))" if relative else "by"
@@ -308,10 +326,10 @@ def write_checked(
     return found[0]
 
 
-def _torch_probs(module: nn.Module, batch: torch.Tensor) -> np.ndarray:
-    """The module's predictions on ``batch`` in float64 (the parity reference)."""
+def _torch_probs(module: nn.Module, batch: tuple[torch.Tensor, ...]) -> np.ndarray:
+    """The module's predictions on ``batch`` (its inputs) in float64 (the parity reference)."""
     with torch.no_grad():
-        return module.eval()(batch).double().numpy()
+        return module.eval()(*batch).double().numpy()
 
 
 def export_model(
@@ -360,13 +378,13 @@ def export_model(
             fp16,
             relative,
         )
-        log.info(f"{out}: onnx against torch, {parity.describe()} on {len(batch)} {source} ({precision})")
-        files.append({"file": out.name, "fold": fold, **parity.report(), "images": len(batch), "checked_on": source})
+        log.info(f"{out}: onnx against torch, {parity.describe()} on {len(batch[0])} {source} ({precision})")
+        files.append({"file": out.name, "fold": fold, **parity.report(), "images": len(batch[0]), "checked_on": source})
         digests[str(fold)] = file_sha256(path)
         modules.append(module)
         batches.append(batch)
     if fuse:
-        batch = torch.cat(batches)[:PARITY_IMAGES]
+        batch = tuple(torch.cat(parts)[:PARITY_IMAGES] for parts in zip(*batches))
         fused = FusedModel(modules, tta, tta_merge, cfg.task)
         out = run.fused(model_id)
         folds = [f["fold"] for f in files]
@@ -381,7 +399,7 @@ def export_model(
             relative,
         )
         log.info(
-            f"{out}: onnx against the mean of torch folds, {parity.describe()} on {len(batch)} images "
+            f"{out}: onnx against the mean of torch folds, {parity.describe()} on {len(batch[0])} images "
             f"({precision}, tta {tta or 'none'})"
         )
         files.append(
@@ -391,7 +409,7 @@ def export_model(
                 "tta": tta,
                 "tta_merge": tta_merge,
                 **parity.report(),
-                "images": len(batch),
+                "images": len(batch[0]),
             }
         )
     elif (stale := run.fused(model_id)).is_file():

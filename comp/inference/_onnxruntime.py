@@ -16,7 +16,7 @@ import torch
 from comp.config import Config
 from comp.errors import CompError
 from comp.inference._engines import ENGINES, Engine, Runner
-from comp.inference._export import INPUT, OUTPUT, export_model
+from comp.inference._export import INPUT, META, OUTPUT, export_model
 from comp.run import Checkpoint, RunDir, file_sha256, read_graph_metadata
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -132,11 +132,20 @@ class OrtRunner:
         self.cuda = "CUDAExecutionProvider" in self.session.get_providers()
         self.graph = self.cuda and self.options.cuda_graph and self.provider == "CUDAExecutionProvider"
         self._bound: tuple | None = None
-        shape = self.session.get_inputs()[0].shape
-        self(np.zeros((1, *shape[1:]), np.float32))  # warm-up: first run allocates and picks kernels
+        inputs = self.session.get_inputs()
+        self.tower = len(inputs) > 1  # a metadata tower's graph: images and raw metadata rows
+        warm = [np.zeros((1, *i.shape[1:]), np.float32) for i in inputs]
+        self(*warm)  # warm-up: first run allocates and picks kernels
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, meta: np.ndarray | None = None) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.tower != (meta is not None):
+            raise CompError(
+                "this ONNX graph takes images and metadata rows" if self.tower else "this ONNX graph takes images only"
+            )
+        if meta is not None:  # a second input: no CUDA-graph replay (its buffers are bound for the image alone)
+            feeds = {INPUT: x, META: np.ascontiguousarray(meta, dtype=np.float32)}
+            return self.session.run([OUTPUT], feeds)[0]
         if self.graph:
             return fixed_batches(x, self.options.batch_size, self._run_graph)
         if self.cuda:
@@ -171,10 +180,10 @@ class _Lazy:
     def __init__(self, make):
         self.make, self.runner = make, None
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, *meta: np.ndarray) -> np.ndarray:
         if self.runner is None:
             self.runner = self.make()
-        return self.runner(x)
+        return self.runner(x, *meta)
 
 
 def graph_matches(onnx_path: Path, digests: dict[str, str], task: str = "classification") -> bool:
