@@ -165,3 +165,93 @@ def test_the_metadata_changes_the_prediction(tmp_path, tower_run):
     meta = np.array([[40.0, 0.0], [80.0, 2.0], [np.nan, np.nan], [55.0, 1.0]], np.float32)
     a, b = run(x, meta), run(x, meta[::-1].copy())
     assert np.isfinite(a).all() and not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression", "ordinal"])
+def test_tower_trains_and_predicts_on_every_task(tmp_path, kind):
+    from tests.conftest import task_config, write_task_competition
+
+    root = write_task_competition(tmp_path / "comp", kind, n_groups=8, n_test=4)
+    add_metadata(root)
+    run = train(tmp_path, tower_config(root, task_config(root, kind)), root)
+    ckpt = load_checkpoint(RunDir(run).fold_checkpoints("eff")[1])
+    assert ckpt.meta.tower is not None and ckpt.meta.tower["categorical"] == ["site"]
+    torch_pred = _predict(run, "torch", tmp_path / "a.csv")
+    onnx_pred = _predict(run, "onnx", tmp_path / "b.csv")
+    cols = [c for c in torch_pred.columns if c != "id"]
+    assert np.isfinite(torch_pred[cols].to_numpy()).all()
+    np.testing.assert_allclose(onnx_pred[cols].to_numpy(), torch_pred[cols].to_numpy(), atol=1e-4, rtol=1e-4)
+    assert (tmp_path / "a.csv").is_file()
+
+
+def test_tower_run_resumes_a_partly_trained_fold(tmp_path):
+    root = write_competition(tmp_path / "comp", n_groups=6)
+    add_metadata(root)
+    cfg = tower_config(root)
+    cfg["train"]["epochs"] = 2
+    path = write_config(root, cfg)
+    run = tmp_path / "run"
+    from comp.training import _fold
+
+    calls = {"n": 0}
+    real = _fold.FoldTrainer.run_epoch
+
+    def stop_after_first(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first fold's second epoch: as if the process were killed
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_fold.FoldTrainer, "run_epoch", stop_after_first)
+        res = invoke("train-folds", "--config", str(path), "--run-dir", str(run))
+    assert res.exit_code != 0 and RunDir(run).state("eff", 0).is_file()
+    res = invoke("train-folds", "--config", str(path), "--run-dir", str(run), "--resume")
+    assert res.exit_code == 0, res.output
+    meta = load_checkpoint(RunDir(run).fold_checkpoints("eff")[0]).meta
+    assert meta.tower is not None and len(RunDir(run).fold_checkpoints("eff")) == 2
+
+
+def test_scaler_statistics_ignore_the_validation_rows():
+    """Changing only the validation rows' metadata leaves a fold's scaler (and so its stored stats) unchanged."""
+    from comp.config import ModelConfig
+    from comp.training._tower import fold_metadata
+
+    data = load_config({"data": {"features": ["age", "site"], "categorical": ["site"]}}).data
+    df = pd.DataFrame({"age": ["1", "2", "3", "4", "5", "6"], "site": ["a", "b", "a", "b", "c", "c"]})
+    entry = ModelConfig("resnet18", metadata={})
+    train_idx = np.array([0, 1, 2, 3])
+    before, _ = fold_metadata(entry, encode_train(df, data, "train.csv"), train_idx)
+    df.loc[[4, 5], "age"] = ["1000", "-50"]
+    after, encoded = fold_metadata(entry, encode_train(df, data, "train.csv"), train_idx)
+    assert before is not None and after is not None and encoded is not None
+    assert before.to_dict() == after.to_dict()
+    assert after.seen == [[0, 1]]  # 'c' appears only in validation rows: encoded as missing there
+    assert encoded[4, 2:].tolist() == [1, 0, 0, 0]
+
+
+def test_a_tower_without_features_is_refused_on_the_command_line(tmp_path):
+    root = write_competition(tmp_path / "comp")
+    cfg = tiny_config(root)
+    cfg["models"][0]["metadata"] = {"hidden": 8}
+    res = invoke("train-folds", "--config", str(write_config(root, cfg)), "--run-dir", str(tmp_path / "run"))
+    assert res.exit_code == 2 and "data.features is not set" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_bundle_refuses_a_tower_model_with_the_reason(tmp_path, tower_run):
+    res = invoke("bundle", str(tower_run), "--out", str(tmp_path / "b"))
+    assert res.exit_code == 2 and "metadata tower model cannot be bundled yet" in res.output, res.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_predict_refuses_a_test_table_without_the_features(tmp_path, tower_run):
+    cfg_test = tower_run.parent / "comp" / "test.csv"
+    saved = cfg_test.read_text()
+    try:
+        pd.read_csv(cfg_test).drop(columns=["age"]).to_csv(cfg_test, index=False)
+        res = invoke("predict", str(tower_run), "--engine", "torch", "--out", str(tmp_path / "s.csv"), "--quiet")
+    finally:
+        cfg_test.write_text(saved)
+    assert res.exit_code == 2 and "column 'age' of data.features not found in the test table" in res.output
+    assert not (tmp_path / "s.csv").exists()

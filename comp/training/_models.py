@@ -42,7 +42,9 @@ def create_model(
     """
     if entry.metadata is not None:
         if scaler is None:
-            raise CompError(f"model '{entry.model_id}' has a metadata tower but the data has no data.features; set them")
+            raise CompError(
+                f"model '{entry.model_id}' has a metadata tower but the data has no data.features; set them"
+            )
         backbone = _timm_model(entry, num_classes, train_cfg)  # same start as the entry without tower (see below)
         backbone.reset_classifier(0)  # type: ignore[operator]
         opts = tower_options(entry.metadata)

@@ -14,7 +14,7 @@ always in the competition's units.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -111,4 +111,6 @@ class Predictor(nn.Module):
 
     def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Images (and, for a metadata tower, the raw metadata matrix: NaN where missing) -> predictions."""
-        return self.head(self.model(x) if meta is None else self.model.forward_raw(x, meta))
+        if meta is None:
+            return self.head(self.model(x))
+        return self.head(cast(Any, self.model).forward_raw(x, meta))

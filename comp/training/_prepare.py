@@ -126,7 +126,9 @@ def preflight(cfg: Config, table: TrainTable) -> None:
         if entry.pretrained is True:
             check_hub_weights(entry.name)  # fetched, or found in the cache offline, before anything is written
         if isinstance(entry.pretrained, str):
-            model = create_model(entry, k, tcfg, scheme=table.scheme, scaler=scaler)  # loads and checks the local weights file
+            model = create_model(
+                entry, k, tcfg, scheme=table.scheme, scaler=scaler
+            )  # loads and checks the local weights file
         else:
             with torch.device("meta"):  # architecture and arguments only: no memory, no download
                 model = create_model(

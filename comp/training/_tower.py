@@ -45,7 +45,8 @@ class MetadataScaling(nn.Module):
         raw = raw.float()
         x = raw[:, : self.n_numeric]
         missing = torch.isnan(x)
-        z = (torch.where(missing, self.mean.expand_as(x), x) - self.mean) / self.std
+        mean, std = cast(torch.Tensor, self.mean), cast(torch.Tensor, self.std)
+        z = (torch.where(missing, mean.expand_as(x), x) - mean) / std
         parts = [z, missing.float()]
         for j, card in enumerate(self.cards):
             code = raw[:, self.n_numeric + j : self.n_numeric + j + 1]  # (n, 1), NaN when missing
