@@ -10,7 +10,9 @@ The competition is real Fashion-MNIST garments (Debian's dataset-fashion-mnist) 
 
 Held-out rows come from the official test split with a table drawn by the same rule; their labels never
 reach comp. Rows: each image-only member (two small timm backbones, 4-fold), their hill-climb blend, the gbdt
-stack over the members' predictions only (``--no-metadata``), and over predictions + metadata + group features.
+stack over the members' predictions only (``--no-metadata``), and over predictions + metadata + group features;
+then the same backbones each with a metadata tower (``models[].metadata``), their hill-climb blend, and both
+routes at once: the gbdt stack + metadata over the tower members.
 Columns: honest CV (nested for blends), held-out accuracy, their gap, wall time of the step.
 
     python -m benchmarks.bench_metadata            # the README run
@@ -88,8 +90,9 @@ def make_competition(out: Path, n_train: int, n_test: int, seed: int = 0) -> Pat
     return out
 
 
-def config(epochs: int, folds: int) -> dict:
-    return {
+def config(epochs: int, folds: int, tower: dict | None = None) -> dict:
+    """The benchmark's config; ``tower``: every model gets that metadata tower (``models[].metadata``)."""
+    cfg = {
         "seed": 7,
         "metric": "accuracy",
         "data": {
@@ -113,6 +116,10 @@ def config(epochs: int, folds: int) -> dict:
             {"name": "test_convnext", "id": "convnext", "image_size": 32, "lr": 0.002},
         ],
     }
+    if tower is not None:
+        for m in cfg["models"]:
+            m["metadata"] = dict(tower)
+    return cfg
 
 
 def held_out(data_dir: Path, run_dir: Path, model_id: str) -> float:
@@ -122,36 +129,50 @@ def held_out(data_dir: Path, run_dir: Path, model_id: str) -> float:
     return get_metric("accuracy", "classification")(y, test.probs)
 
 
+TOWER = {"hidden": 32, "dropout": 0.1}
+
+
+def _members(data: Path, runs: Path, args, kind: str) -> tuple[list[Path], list[dict]]:
+    """Train (or resume) and predict one run of both backbones: image-only, or each with a metadata tower."""
+    cfg = load_config(config(args.epochs, args.folds, TOWER if kind == "tower" else None), base_dir=data.resolve())
+    run_dir = runs / kind
+    t0 = time.perf_counter()
+    train_folds(cfg, run_dir, resume=True, progress=False)
+    predict_run(run_dir, out=runs / f"{kind}.csv", progress=False)
+    train_s = time.perf_counter() - t0
+    rd = artifacts.RunDir(run_dir)
+    rows = []
+    for m in cfg.models:
+        cv = rd.read_metrics(m.model_id).cv
+        what = "images" if kind == "images" else "images + metadata tower"
+        rows.append(
+            {"route": f"member {m.model_id} ({what})", "cv": cv, "held_out": held_out(data, run_dir, m.model_id)}
+        )
+    rows[0]["seconds"] = train_s
+    return [rd.model_dir(m.model_id) for m in cfg.models], rows
+
+
 def run(args) -> list[dict]:
     data = make_competition(args.root / "data", args.train, args.test)
     runs = args.root / "runs"
     if args.fresh and runs.exists():
         shutil.rmtree(runs)
     runs.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(config(args.epochs, args.folds), base_dir=data.resolve())
-    run_dir = runs / "images"
-    t0 = time.perf_counter()
-    train_folds(cfg, run_dir, resume=True, progress=False)
-    predict_run(run_dir, out=runs / "images.csv", progress=False)
-    train_s = time.perf_counter() - t0
-    rd = artifacts.RunDir(run_dir)
-    members = [rd.model_dir(m.model_id) for m in cfg.models]
-    rows = []
-    for m in cfg.models:
-        cv = rd.read_metrics(m.model_id).cv
-        rows.append(
-            {"route": f"member {m.model_id} (images)", "cv": cv, "held_out": held_out(data, run_dir, m.model_id)}
-        )
-    rows[0]["seconds"] = train_s
+    members, rows = _members(data, runs, args, "images")
+    towers, tower_rows = _members(data, runs, args, "tower")
     blends = (
-        ("hill-climb blend (images)", "hill_climb", True),
-        ("gbdt stack, predictions only", "gbdt", False),
-        ("gbdt stack + metadata + group features", "gbdt", True),
+        ("hill-climb blend (images)", "hill_climb", True, members),
+        ("gbdt stack, predictions only", "gbdt", False, members),
+        ("gbdt stack + metadata + group features", "gbdt", True, members),
+        ("hill-climb blend (tower members)", "hill_climb", True, towers),
+        ("both: gbdt stack + metadata over tower members", "gbdt", True, towers),
     )
-    for label, method, metadata in blends:
-        name = f"{method}-{'meta' if metadata and method == 'gbdt' else 'images'}"
+    for i, (label, method, metadata, inputs) in enumerate(blends):
+        if i == 3:
+            rows.extend(tower_rows)
+        name = f"{method}-{'meta' if metadata and method == 'gbdt' else 'images'}{'-tower' if inputs is towers else ''}"
         t0 = time.perf_counter()
-        result = run_ensemble(members, method=method, name=name, metadata=metadata, out=runs / f"{name}.csv")
+        result = run_ensemble(inputs, method=method, name=name, metadata=metadata, out=runs / f"{name}.csv")
         rows.append(
             {
                 "route": label,
@@ -185,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.epochs} epochs; accuracy (higher is better)")  # fmt: skip
     print(format_table(rows, ["route", "cv", "held_out", "gap", "seconds"]))
     base = next(r for r in rows if r["route"].startswith("hill-climb"))
-    best = rows[-1]
-    print(f"gbdt + metadata vs image-only blend: held-out {best['held_out'] - base['held_out']:+.4f}")
+    for route in ("gbdt stack + metadata", "hill-climb blend (tower", "both"):
+        r = next(r for r in rows if r["route"].startswith(route))
+        print(f"{r['route']} vs image-only blend: held-out {r['held_out'] - base['held_out']:+.4f}")
     return 0
 
 

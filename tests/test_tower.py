@@ -255,3 +255,9 @@ def test_predict_refuses_a_test_table_without_the_features(tmp_path, tower_run):
         cfg_test.write_text(saved)
     assert res.exit_code == 2 and "column 'age' of data.features not found in the test table" in res.output
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_explain_writes_its_report_without_grad_cam_for_a_tower(tmp_path, tower_run):
+    res = invoke("explain", str(tower_run), "--top", "2", "--out", str(tmp_path / "ex"))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ex" / "mislabeled.csv").is_file()

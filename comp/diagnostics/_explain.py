@@ -9,6 +9,7 @@ checkpoint (the model that never trained on it), one per class, label or target 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from comp.diagnostics._gradcam import cam_layer, gradcam, overlay
 from comp.diagnostics._mistakes import ANALYSES, Mistakes, confusion, mislabel_ranking, per_class_scores
 from comp.errors import CompError
 from comp.metrics import get_metric
-from comp.run import FileSet, RunDir, check_report_folder, data_inputs, image_trees, run_files
+from comp.run import FileSet, RunDir, check_report_folder, data_inputs, image_trees, load_checkpoint, run_files
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ExplainResult",
@@ -211,6 +214,12 @@ def explain_run(
     missing = [i for i in targets if i not in fold_of]
     if missing:
         raise CompError(f"--gradcam-ids: id {missing[0]!r} is not in {run.oof(model_id)}")
+    if targets and load_checkpoint(run.checkpoint(model_id, fold_of[targets[0]])).meta.tower:
+        # Grad-CAM runs the image alone; a tower model's output needs the row's metadata too
+        log.warning(
+            "%s has a metadata tower: the report has no Grad-CAM maps (the other figures are written)", model_id
+        )
+        targets = []
     table = load_train_table(cfg.data, check_images=False, task=cfg.task)
     path_of = dict(zip(table.df[id_col].astype(str), table.paths))
     classes = pred.classes
