@@ -268,7 +268,13 @@ def cpu_session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def parity_batch(
+def parity_batch(cfg: Config, meta: CheckpointMeta, run: RunDir, n: int = PARITY_IMAGES) -> tuple[torch.Tensor, str]:
+    """Up to ``n`` preprocessed validation images of the checkpoint's fold (test images when those are gone)."""
+    inputs, source = parity_inputs(cfg, meta, run, n)
+    return inputs[0], source
+
+
+def parity_inputs(
     cfg: Config, meta: CheckpointMeta, run: RunDir, n: int = PARITY_IMAGES
 ) -> tuple[tuple[torch.Tensor, ...], str]:
     """Up to ``n`` preprocessed validation images of the checkpoint's fold (test images when those are gone),
@@ -358,7 +364,7 @@ def export_model(
     for fold, path in by_fold.items():
         model, ckpt = model_from_checkpoint(path)
         meta = ckpt.meta
-        batch, source = parity_batch(cfg, meta, run)
+        batch, source = parity_inputs(cfg, meta, run)
         module = predictor(model, meta)
         out = run.onnx(model_id, fold)
         parity = write_checked(
