@@ -261,3 +261,18 @@ def test_explain_writes_its_report_without_grad_cam_for_a_tower(tmp_path, tower_
     res = invoke("explain", str(tower_run), "--top", "2", "--out", str(tmp_path / "ex"))
     assert res.exit_code == 0, res.output
     assert (tmp_path / "ex" / "mislabeled.csv").is_file()
+
+
+def test_the_frozen_warm_up_trains_the_tower_with_the_classifier():
+    from comp.config import ModelConfig
+    from comp.training._models import create_model, head_parameters, set_backbone_frozen
+
+    data = load_config({"data": {"features": ["age", "site"], "categorical": ["site"]}}).data
+    feats = encode_train(pd.DataFrame({"age": ["1", "2"], "site": ["a", "b"]}), data, "train.csv")
+    entry = ModelConfig("test_efficientnet", metadata=dict(TOWER), image_size=32)
+    model = create_model(entry, 3, scaler=FeatureScaler.fit(feats))
+    set_backbone_frozen(model, True)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == head_parameters(model)
+    assert {id(p) for p in model.tower.parameters()} <= trainable  # type: ignore[union-attr]
+    assert not any(p.requires_grad for p in model.backbone.parameters())  # type: ignore[union-attr]

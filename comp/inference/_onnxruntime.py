@@ -6,6 +6,7 @@ check). Provider choice and options (TensorRT, CUDA, CPU), I/O binding and CUDA-
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,8 @@ class OrtRunner:
             ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]) if len(available) > 1 else None
         )
         shape = tuple(probe.get_inputs()[0].shape) if probe is not None else ()
+        if probe is not None and len(probe.get_inputs()) > 1:  # a tower graph: the TensorRT profile names one input
+            self.options = dataclasses.replace(self.options, tensorrt=False)
         if self.options.cache_dir is not None and "TensorrtExecutionProvider" in available:
             self.options.cache_dir.mkdir(parents=True, exist_ok=True)
         chain, errors = provider_chain(available, self.options, shape), []
