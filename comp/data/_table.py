@@ -20,6 +20,7 @@ from comp.data._attributes import Scheme, Targets, class_names, parse_labels
 from comp.data._attributes import targets as attribute_targets
 from comp.data._csv import check_ids, read_csv, require_columns
 from comp.data._layout import files_from_ids, inside, read_layout
+from comp.data._sample_weights import read_weights
 from comp.data._targets import read_targets
 from comp.errors import CompError
 
@@ -46,6 +47,7 @@ class TrainTable:
     scheme: Scheme | None = None
     attributes: Targets | None = None
     task: str = "classification"
+    weights: np.ndarray | None = None  # data.weight_column: one weight >= 0 per row (None: every row weighs 1)
 
     def __post_init__(self) -> None:
         if self.train_targets is None:
@@ -73,13 +75,16 @@ def load_train_table(data_cfg: DataConfig, check_images: bool = True, *, task: s
             i = int(np.flatnonzero(df[group_col].isna().to_numpy())[0])
             raise CompError(f"{where(i)}: empty group in column '{group_col}'; fill it or unset data.group_column")
     groups = df[group_col].to_numpy() if group_col else None
+    weights = read_weights(df, data_cfg.weight_column, source, where) if data_cfg.weight_column else None
     if data_cfg.labels is not None:
         scheme = parse_labels(data_cfg.labels, columns=df.columns, key="data.labels")
         found = attribute_targets(df, scheme)
         classes = class_names(scheme)
-        return TrainTable(df, classes, found.score_codes, groups, paths, found.train_codes, scheme, found)
+        return TrainTable(
+            df, classes, found.score_codes, groups, paths, found.train_codes, scheme, found, weights=weights
+        )
     read = read_targets(task, df, data_cfg, source, where)
-    return TrainTable(df, read.classes, read.values, groups, paths, task=task)
+    return TrainTable(df, read.classes, read.values, groups, paths, task=task, weights=weights)
 
 
 def train_paths(data_cfg: DataConfig, check_images: bool = True) -> list[Path]:
@@ -251,10 +256,11 @@ class ImageDataset:
 
     ``targets``: class indices (n,) give an int per row (-1 without targets), a float matrix (n, K) gives a
     float32 vector per row (multi-hot labels, regression values). ``reader`` maps a path to an RGB uint8
-    array; the decoded-image cache plugs in here.
+    array; the decoded-image cache plugs in here. With ``weights`` (one per path), each item is
+    (image, target, weight): the sample weights of ``data.weight_column``.
     """
 
-    def __init__(self, paths, targets=None, transform=None, reader=None):
+    def __init__(self, paths, targets=None, transform=None, reader=None, weights=None):
         self.paths = [Path(p) for p in paths]
         if targets is None:
             self.targets = None
@@ -263,6 +269,7 @@ class ImageDataset:
             self.targets = arr.astype(np.float32) if arr.ndim == 2 else arr.astype(np.int64)
         self.transform = transform
         self.reader = reader or load_image
+        self.weights = None if weights is None else np.asarray(weights, np.float32)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -271,8 +278,7 @@ class ImageDataset:
         img = self.reader(self.paths[i])
         if self.transform is not None:
             img = self.transform(image=img)["image"]
-        if self.targets is None:
-            return img, -1
-        if self.targets.ndim == 2:
-            return img, self.targets[i]
-        return img, int(self.targets[i])
+        target = -1 if self.targets is None else self.targets[i] if self.targets.ndim == 2 else int(self.targets[i])
+        if self.weights is not None:
+            return img, target, self.weights[i]
+        return img, target
