@@ -9,6 +9,7 @@ tensor conversion are always appended, so checkpoints carry the whole eval trans
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -278,35 +279,54 @@ class BatchMixer:
         fn = {"elem": mix._mix_elem, "pair": mix._mix_pair}.get(mix.mode, mix._mix_batch)
         return fn(x)
 
-    def with_meta(
-        self, x: torch.Tensor, y: torch.Tensor, meta: torch.Tensor, epoch: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Like calling the mixer, and the batch's metadata rows (encoded: standardised values, missing flags,
-        one-hot categories) mixed with the images' own weights: the soft target is ``lam`` of one row and
-        ``1 - lam`` of the other, so the tower sees the same blend the target describes (keeping the first
-        row's metadata would let the tower predict the first row's label against a target that is partly the
-        second's)."""
-        if not self.mixes(x, epoch):
-            x, y = self(x, y, epoch)
-            return x, y, meta
-        lam = self.draw(x)
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, _ = self.mix(x, y, epoch)
+        return x, y
+
+    def mix(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(images, soft targets, sample weights): as ``__call__``, and a mixed row's weight is
+        ``lam * w_a + (1 - lam) * w_b``, the same draw as its image and targets (None stays None)."""
+        x, y, weight, _ = self.mix_draw(x, y, epoch, weight)
+        return x, y, weight
+
+    def mix_meta(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int, weight: torch.Tensor | None, meta: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """As :meth:`mix`, and the batch's metadata rows (encoded: standardised values, missing flags, one-hot
+        categories) mixed with the images' own weights. The soft target is ``lam`` of one row and ``1 - lam``
+        of the other, so the tower sees the blend the target describes; keeping the first row's metadata
+        would let the tower predict the first row's label against a target that is partly the second's."""
+        x, y, weight, lam = self.mix_draw(x, y, epoch, weight)
+        if not _unmixed(lam):
+            meta = meta * lam + meta.flip(0) * (1.0 - lam)  # lam: a float, or (B, 1) per row
+        return x, y, weight, meta
+
+    def mix_draw(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
+        """:meth:`mix` and its draw ``lam`` (1.0 when the batch is not mixed)."""
+        lam: Any = 1.0
+        if self.mixes(x, epoch):
+            lam = self.draw(x)  # timm's Mixup.__call__ is this draw followed by mixup_target
         if y.is_floating_point():
             if self.smoothing:
                 y = y * (1.0 - self.smoothing) + self.smoothing / 2.0
-            y = y * lam + y.flip(0) * (1.0 - lam)
+            if not _unmixed(lam):
+                y = y * lam + y.flip(0) * (1.0 - lam)
         else:
             y = mixup_target(y, self.num_classes, lam=lam, smoothing=self.smoothing)
-        return x, y, meta * lam + meta.flip(0) * (1.0 - lam)
+        return x, y, mix_weights(weight, lam), lam
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if y.is_floating_point():
-            if self.smoothing:
-                y = y * (1.0 - self.smoothing) + self.smoothing / 2.0
-            if self.mixes(x, epoch):
-                lam = self.draw(x)
-                y = y * lam + y.flip(0) * (1.0 - lam)
-            return x, y
-        if self.mixes(x, epoch):
-            assert self.mixup is not None
-            return self.mixup(x, y)
-        return x, mixup_target(y, self.num_classes, lam=1.0, smoothing=self.smoothing)
+
+def _unmixed(lam: Any) -> bool:
+    return isinstance(lam, float) and lam == 1.0
+
+
+def mix_weights(weight: torch.Tensor | None, lam: Any) -> torch.Tensor | None:
+    """Sample weights of a batch mixed with ``lam`` (a float, or (B, 1) per row) against its flipped self."""
+    if weight is None or _unmixed(lam):
+        return weight
+    lam_t = torch.as_tensor(lam, dtype=weight.dtype, device=weight.device).reshape(-1)
+    return weight * lam_t + weight.flip(0) * (1.0 - lam_t)

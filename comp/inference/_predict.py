@@ -111,7 +111,7 @@ def run_views(
     plain: list[list[np.ndarray]] = [[] for _ in runners]
     merged: list[list[np.ndarray]] = [[] for _ in runners]
     for batch in track(loader, desc, enabled=bool(desc)):
-        x, extra = batch[0], ((batch[1].numpy(),) if meta is not None else ())
+        x, extra = batch[0], ((batch[-1].numpy(),) if meta is not None else ())
         xs = [v.float().numpy() for v in views(x.float(), tta)]
         for i, run in enumerate(runners):
             probs = np.stack([run(v, *extra) for v in xs])

@@ -75,19 +75,22 @@ def to_device(x: torch.Tensor, sc: StepConfig) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last if sc.channels_last else torch.contiguous_format)
 
 
-def unpack(batch, sc: StepConfig) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """A loader's (images, target) or (images, metadata rows, target) batch: images on the device as
-    :func:`to_device` puts them, metadata there in float32 (None without a metadata tower)."""
-    if len(batch) == 3:
-        x, meta, y = batch
-        return to_device(x, sc), meta.to(sc.device, non_blocking=True).float(), y
-    x, y = batch
-    return to_device(x, sc), None, y
+def unpack(batch, sc: StepConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """A loader's batch (images, target[, sample weights][, metadata rows]) as (images on the device as
+    :func:`to_device` puts them, target, weights on the device or None, float32 metadata rows on the device or
+    None). Weights are one number per row (B,), metadata rows a matrix (B, F): their shapes tell them apart."""
+    x, y, w, meta = batch[0], batch[1], None, None
+    for extra in batch[2:]:
+        if extra.ndim == 1:
+            w = extra.to(sc.device, non_blocking=True)
+        else:
+            meta = extra.to(sc.device, non_blocking=True).float()
+    return to_device(x, sc), y, w, meta
 
 
 def model_inputs(batch, sc: StepConfig) -> tuple[torch.Tensor, ...]:
     """What the model is called with for a loader's batch: (images,) or (images, metadata rows)."""
-    x, meta, _ = unpack(batch, sc)
+    x, _, _, meta = unpack(batch, sc)
     return (x,) if meta is None else (x, meta)
 
 
@@ -105,7 +108,8 @@ def train_one_epoch(
     divided by the number of micro-batches in its group (the last group of an epoch may be shorter), the
     gradient is clipped once on the accumulated sum, and the optimizer, scheduler and EMA step once per group.
     Under DDP the gradient all-reduce runs on the group's last micro-batch only (``no_sync`` before it).
-    ``sc.max_steps`` counts optimizer steps."""
+    ``sc.max_steps`` counts optimizer steps. A loader that yields (x, y, w) trains on sample weights: the
+    mixer mixes them with the images (``mixer.mix``) and the loss takes them as its third argument."""
     model.train()
     accum = max(1, sc.accum_steps)
     n_micro = len(loader)
@@ -118,15 +122,17 @@ def train_one_epoch(
         first = micro - micro % accum
         group = min(accum, n_micro - first)  # micro-batches in this optimizer step
         last = micro - first == group - 1
-        x, meta, y = unpack(batch, sc)
+        x, y, w, meta = unpack(batch, sc)
         y = y.to(sc.device, non_blocking=True)
-        if meta is None:
-            x, soft = mixer(x, y, epoch)
+        if meta is not None:  # a metadata tower (never with pseudo rows or a teacher: refused at set-up)
+            x, soft, w, meta = mixer.mix_meta(x, y, epoch, w, meta)
+        elif w is not None:  # sample weights (data.weight_column), mixed with the images
+            x, soft, w = mixer.mix(x, y, epoch, w)
         else:
-            x, soft, meta = mixer.with_meta(x, y, meta, epoch)
+            x, soft = mixer(x, y, epoch)
         with autocast(sc.device, sc.amp_dtype):
             logits = forward(model, x, meta)
-        loss = loss_fn(logits.float(), soft)
+        loss = loss_fn(logits.float(), soft) if w is None else loss_fn(logits.float(), soft, w)
         loss_value = loss.item()  # the one host sync of the step: the finiteness check and the running mean share it
         if not math.isfinite(loss_value):
             raise FloatingPointError(
@@ -176,7 +182,7 @@ def predict_probs(model: nn.Module, loader, sc: StepConfig, head: nn.Module | No
     model.eval()
     out = []
     for batch in loader:
-        x, meta, _ = unpack(batch, sc)
+        x, _, _, meta = unpack(batch, sc)
         with autocast(sc.device, sc.amp_dtype):
             logits = forward(model, x, meta)
         z = logits.float()
