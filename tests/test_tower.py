@@ -276,3 +276,16 @@ def test_the_frozen_warm_up_trains_the_tower_with_the_classifier():
     assert trainable == head_parameters(model)
     assert {id(p) for p in model.tower.parameters()} <= trainable  # type: ignore[union-attr]
     assert not any(p.requires_grad for p in model.backbone.parameters())  # type: ignore[union-attr]
+
+
+def test_tower_trains_with_sample_weights(tmp_path):
+    """Sample weights and metadata rows travel in one batch (image, target, weight, metadata) and mix together."""
+    root = write_competition(tmp_path / "comp", n_groups=6)
+    add_metadata(root)
+    df = pd.read_csv(root / "train.csv", keep_default_na=False)
+    df["w"] = np.where(np.arange(len(df)) % 2, 1.0, 2.0)
+    df.to_csv(root / "train.csv", index=False)
+    cfg = tower_config(root)
+    cfg["data"]["weight_column"] = "w"
+    run = train(tmp_path, cfg, root)
+    assert load_checkpoint(RunDir(run).fold_checkpoints("eff")[0]).meta.tower is not None
