@@ -61,10 +61,7 @@ def test_overwrite_refused_by_a_later_check_keeps_the_old_run(comp_dir, tmp_path
     missing = cfg.replace(**{"loss.distill.teacher": str(tmp_path / "no-such-run")})
     with pytest.raises(CompError, match="no-such-run"):
         train_folds(missing, run, exist_ok="overwrite", progress=False)
-    assert _contents(run) == before
-    res = train_folds(cfg.replace(**{"folds.seed": 1}), run, folds=[0], exist_ok="overwrite", progress=False)
-    assert res.models["eff"].folds[0].skipped is False  # a config that passes does start it again
-    assert RunDir(run).load_config().folds.seed == 1 and not RunDir(run).oof("eff").is_file()
+    assert _contents(run) == before  # (a config that passes does start it again: the test above)
 
 
 def test_the_cli_names_its_flags(comp_dir, tmp_path):
