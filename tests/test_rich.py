@@ -81,3 +81,15 @@ def test_eda_returns_its_plots_as_figures(kind, tmp_path):
         assert (tmp_path / "eda" / f"{name}.png").is_file()
     html = res._repr_html_()
     assert html.count("data:image/png;base64,") == len(res.figures) and f'alt="{target_plot}"' in html
+
+
+def test_read_folds_is_a_frame_of_ids_and_folds(trained_run):
+    run = RunDir(trained_run)
+    folds = run.read_folds()
+    train = pd.read_csv(run.load_config().data.train_csv, dtype=str)
+    assert list(folds.columns) == ["id", "fold"] and folds["id"].tolist() == train["id"].tolist()
+    assert folds["fold"].dtype == "int64" and sorted(folds["fold"].unique()) == [0, 1]
+    oof = run.read_oof("eff").frame().set_index("id")
+    assert (oof.loc[folds["id"], "fold"].to_numpy() == folds["fold"].to_numpy()).all()
+    by_id = run.fold_of()  # the lookup by id the stages use
+    assert by_id.loc[folds["id"]].tolist() == folds["fold"].tolist()

@@ -264,7 +264,7 @@ def parity_batch(cfg: Config, meta: CheckpointMeta, run: RunDir, n: int = PARITY
     paths, source = [], ""
     try:
         table = load_train_table(data, task=cfg.task)
-        fold_of = run.read_folds(data.id_column).reindex(table.df[data.id_column]).to_numpy()
+        fold_of = run.fold_of(data.id_column).reindex(table.df[data.id_column]).to_numpy()
         paths = [p for p, f in zip(table.paths, fold_of) if f == meta.fold][:n]
         source = f"fold {meta.fold} validation images"
     except (CompError, OSError, KeyError):

@@ -76,7 +76,7 @@ def plan_folds(cfg: Config, run: RunDir, table: TrainTable, *, fresh: bool = Fal
     ids = table.df[id_col].to_numpy()
     if run.folds.is_file() and not fresh:
         try:
-            saved = run.read_folds(id_col)
+            saved = run.fold_of(id_col)
         except CompError:
             saved = None
         fits = saved is not None and len(saved) == len(ids) and set(saved.index) == set(ids)
