@@ -17,9 +17,10 @@ from comp.errors import CompError
     default="hill_climb",
     type=CommaList(allow_all=True),
     metavar="NAME[,NAME...]|all",
-    help="Blend method(s): mean, weighted, rank, geometric, hill_climb, stacking; several (or all) "
+    help="Blend method(s): mean, weighted, rank, geometric, hill_climb, stacking, gbdt; several (or all) "
     "are compared and the submission comes from the best honest CV. The members' task decides which fit: "
-    "geometric is for classification only, rank is not for regression.",
+    "geometric is for classification only, rank is not for regression. gbdt: LightGBM over the members' "
+    "predictions, data.features and group-relative features (pip install 'comp[gbdt]').",
 )
 @click.option(
     "--bias/--no-bias",
@@ -39,7 +40,12 @@ from comp.errors import CompError
     help="Submission CSV; default submissions/<name>.csv when test predictions exist.",
 )
 @click.option("--tta", is_flag=True, help="Use oof_tta.csv where a member has one.")
-def ensemble(model_dirs, method, bias, metric, name, out, tta):
+@click.option(
+    "--no-metadata",
+    is_flag=True,
+    help="gbdt: stack the members' predictions only, without data.features and group-relative features.",
+)
+def ensemble(model_dirs, method, bias, metric, name, out, tta, no_metadata):
     """Blend model folders (RUN/models/<id>) and score the blend with nested CV over their folds.
 
     Example: comp ensemble runs/demo/models/byobnet runs/demo/models/effnet --method hill_climb --bias
@@ -59,13 +65,21 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta):
             name=name,
             out=out,
             tta=tta,
+            metadata=not no_metadata,
         )
         result = compared.best
         click.echo(compared.text())
         click.echo(f"best honest CV: {result.method} (best of {len(compared.results)} methods, so slightly optimistic)")
     else:
         result = run_ensemble(
-            list(model_dirs), method=methods[0], metric=metric, bias=bias, name=name, out=out, tta=tta
+            list(model_dirs),
+            method=methods[0],
+            metric=metric,
+            bias=bias,
+            name=name,
+            out=out,
+            tta=tta,
+            metadata=not no_metadata,
         )
     click.echo(
         f"metric: {result.metric} ({result.direction}); cv = nested CV, cv_in_sample = fitted and scored on all OOF"

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from comp.config._features import check_features
 from comp.config._keys import set_key
 from comp.config._labels import parse_labels
 from comp.config._layout import parse_layout
@@ -299,6 +300,7 @@ def _check_config(cfg: Config) -> None:
         raise ConfigError("config key 'data.classes' lists a class twice; each class once")
     _check_task(cfg)
     _check_labels(cfg)
+    check_features(cfg.data)
 
 
 def _check_task(cfg: Config) -> None:

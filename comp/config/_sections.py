@@ -41,6 +41,10 @@ class DataConfig:
     root: str | None = None  # base folder of layout paths; default: the config file's folder
 
     extra_train: str | None = None  # pseudo-labelled test rows (comp pseudo): training part of every fold only
+    # tabular metadata beside the images: columns of train_csv and of the test table (data.test_csv); numeric
+    # unless listed in ``categorical``. Used by a model's ``metadata`` tower and the gbdt blend method.
+    features: list[str] | None = None
+    categorical: list[str] | None = None
 
     PATH_KEYS: typing.ClassVar = (
         "train_csv",

@@ -19,6 +19,7 @@ from comp._files import file_problem
 from comp.data._attributes import Scheme, Targets, class_names, parse_labels
 from comp.data._attributes import targets as attribute_targets
 from comp.data._csv import check_ids, read_csv, require_columns
+from comp.data._features import Features, read_train_features
 from comp.data._layout import files_from_ids, inside, read_layout
 from comp.data._targets import read_targets
 from comp.errors import CompError
@@ -46,6 +47,7 @@ class TrainTable:
     scheme: Scheme | None = None
     attributes: Targets | None = None
     task: str = "classification"
+    features: Features | None = None  # data.features of every row, validated (None: the config names none)
 
     def __post_init__(self) -> None:
         if self.train_targets is None:
@@ -73,13 +75,31 @@ def load_train_table(data_cfg: DataConfig, check_images: bool = True, *, task: s
             i = int(np.flatnonzero(df[group_col].isna().to_numpy())[0])
             raise CompError(f"{where(i)}: empty group in column '{group_col}'; fill it or unset data.group_column")
     groups = df[group_col].to_numpy() if group_col else None
+    feats = read_train_features(data_cfg, df) if data_cfg.features else None
     if data_cfg.labels is not None:
         scheme = parse_labels(data_cfg.labels, columns=df.columns, key="data.labels")
         found = attribute_targets(df, scheme)
         classes = class_names(scheme)
-        return TrainTable(df, classes, found.score_codes, groups, paths, found.train_codes, scheme, found)
+        return TrainTable(
+            df, classes, found.score_codes, groups, paths, found.train_codes, scheme, found, features=feats
+        )
     read = read_targets(task, df, data_cfg, source, where)
-    return TrainTable(df, read.classes, read.values, groups, paths, task=task)
+    return TrainTable(df, read.classes, read.values, groups, paths, task=task, features=feats)
+
+
+def train_metadata(data_cfg: DataConfig) -> tuple[pd.DataFrame, np.ndarray | None, Features | None]:
+    """The training rows (without reading their targets or images), their groups and ``data.features``: what a
+    stack reads beside the members' predictions."""
+    df, _, where = _train_rows(data_cfg, False)
+    group_col = data_cfg.group_column or (
+        "group" if data_cfg.layout is not None and data_cfg.layout.get("group") else None
+    )
+    groups = None
+    if group_col:
+        source = data_cfg.train_csv if data_cfg.layout is None else "data.layout rows"
+        require_columns(df, [group_col], source, "data.group_column")
+        groups = df[group_col].astype(str).to_numpy()
+    return df, groups, read_train_features(data_cfg, df) if data_cfg.features else None
 
 
 def train_paths(data_cfg: DataConfig, check_images: bool = True) -> list[Path]:

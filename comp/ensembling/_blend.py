@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from comp._registry import Registry
+from comp.ensembling._side import Side
 from comp.ensembling._task_stack import fit_label_stack, fit_ridge_stack
 from comp.errors import CompError
 from comp.metrics import Metric
@@ -277,10 +278,16 @@ STACKERS: dict[str, Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np
 
 @dataclass(frozen=True)
 class Blender:
-    """A blend ready to apply: member predictions (M, n, C) -> blended predictions (n, C)."""
+    """A blend ready to apply: member predictions (M, n, C) -> blended predictions (n, C). A method that reads
+    per-row inputs beside the predictions (metadata, groups: :class:`Side`) sets ``predict_side`` instead."""
 
     predict: Callable[[np.ndarray], np.ndarray]
     weights: np.ndarray | None = None
+    predict_side: Callable[[np.ndarray, Side | None], np.ndarray] | None = None
+
+    def apply(self, Q: np.ndarray, side: Side | None = None) -> np.ndarray:
+        """Blend ``Q`` (M, n, C); ``side`` holds the same n rows' inputs for a method that reads them."""
+        return self.predict(Q) if self.predict_side is None else self.predict_side(Q, side)
 
 
 @dataclass(frozen=True)
@@ -288,19 +295,21 @@ class Method:
     """A registered blend method."""
 
     name: str
-    fit: Callable[[np.ndarray, np.ndarray, Metric], Blender]
+    fit: Callable[..., Blender]  # fit(P, y, metric) or, with ``side``, fit(P, y, metric, side=...)
     fitted: bool  # True: fit looks at the targets, so its score needs nested CV
     weighted_mean: bool = False  # True: the blend is sum_m w_m * P_m with the Blender's weights (a bundle can carry it)
+    side: bool = False  # True: fit and predict also read per-row inputs (metadata, groups, folds)
+    requires: str | None = None  # an optional library it imports (pip extra), left out of --method all without it
 
 
 METHODS: Registry[Method] = Registry("blend method")
 
 
-def register(name: str, fitted: bool, weighted_mean: bool = False):
+def register(name: str, fitted: bool, weighted_mean: bool = False, side: bool = False, requires: str | None = None):
     """Decorator: add ``fit(P, y, metric) -> Blender`` to the blend registry under ``name``."""
 
     def deco(fn):
-        METHODS.add(name, Method(name, fn, fitted, weighted_mean))
+        METHODS.add(name, Method(name, fn, fitted, weighted_mean, side, requires))
         return fn
 
     return deco
@@ -319,12 +328,26 @@ def check_method(name: str, task: Task) -> Method:
             f"blend method '{name}' does not fit task {task.name}; methods that fit {task.name}: "
             f"{', '.join(m for m in METHODS if m in task.blend_methods)}"
         )
+    if method.requires is not None:
+        from importlib.util import find_spec
+
+        if find_spec(method.requires) is None:
+            raise CompError(
+                f"blend method '{name}' needs {method.requires}: pip install 'comp[{name}]' (or pip install "
+                f"{method.requires})"
+            )
     return method
 
 
 def task_methods(task: Task) -> list[str]:
-    """The registered blend methods that fit ``task``, in registry order (what ``--method all`` runs)."""
-    return [m for m in METHODS if m in task.blend_methods]
+    """The registered blend methods that fit ``task``, in registry order (what ``--method all`` runs), less
+    those whose optional library is not installed (named on its own, such a method says how to install it)."""
+    from importlib.util import find_spec
+
+    def installed(m: Method) -> bool:
+        return m.requires is None or find_spec(m.requires) is not None
+
+    return [m for m in METHODS if m in task.blend_methods and installed(METHODS[m])]
 
 
 def _equal(P: np.ndarray) -> np.ndarray:
@@ -366,21 +389,31 @@ def _stacking(P, y, metric):
 
 
 def fit_blend(
-    method: Method, P: np.ndarray, y: np.ndarray, metric: Metric, bias: bool
+    method: Method, P: np.ndarray, y: np.ndarray, metric: Metric, bias: bool, side: Side | None = None
 ) -> tuple[Blender, np.ndarray | None]:
-    """Fit a method (and optional per-class biases on its output) on OOF rows."""
-    blender = method.fit(P, y, metric)
+    """Fit a method (and optional per-class biases on its output) on OOF rows (``side``: their per-row inputs)."""
+    blender = method.fit(P, y, metric, side=side) if method.side else method.fit(P, y, metric)
     if not bias:
         return blender, None
-    b = fit_bias(blender.predict(P), y, metric)
-    return Blender(lambda Q: apply_bias(blender.predict(Q), b), blender.weights), b
+    b = fit_bias(blender.apply(P, side), y, metric)
+    return Blender(
+        lambda Q: apply_bias(blender.predict(Q), b),
+        blender.weights,
+        None if blender.predict_side is None else lambda Q, S: apply_bias(blender.apply(Q, S), b),
+    ), b
 
 
 def nested_oof(
-    method: Method, P: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, bias: bool
+    method: Method,
+    P: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    metric: Metric,
+    bias: bool,
+    side: Side | None = None,
 ) -> np.ndarray:
     """Out-of-fold blend: for each fold, fit on the other folds' OOF rows and predict this fold's rows."""
-    return nested_blend(method, P, y, folds, metric, bias).pred
+    return nested_blend(method, P, y, folds, metric, bias, side).pred
 
 
 @dataclass(frozen=True)
@@ -393,20 +426,28 @@ class NestedBlend:
 
 
 def nested_blend(
-    method: Method, P: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, bias: bool
+    method: Method,
+    P: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    metric: Metric,
+    bias: bool,
+    side: Side | None = None,
 ) -> NestedBlend:
     """Out-of-fold blend and decisions: for each fold, fit the blend (and the metric's decision, on the blend's
-    predictions of those rows) on the other folds' OOF rows; predict this fold's rows."""
+    predictions of those rows) on the other folds' OOF rows; predict this fold's rows. ``side``: the rows'
+    per-row inputs, split with them."""
     if len(np.unique(folds)) < 2:
         raise CompError("nested CV needs at least two folds in oof.csv; retrain with folds.n_splits >= 2")
     out = np.empty(P.shape[1:])
     decisions: dict[int, Decision] = {}
     for k in np.unique(folds):
         train = folds != k
-        blender, _ = fit_blend(method, P[:, train], y[train], metric, bias)
-        out[~train] = blender.predict(P[:, ~train])
+        part, held = (None, None) if side is None else (side.take(train), side.take(~train))
+        blender, _ = fit_blend(method, P[:, train], y[train], metric, bias, part)
+        out[~train] = blender.apply(P[:, ~train], held)
         if metric.fitted:
-            decision = metric.decide(y[train], blender.predict(P[:, train]))
+            decision = metric.decide(y[train], blender.apply(P[:, train], part))
             assert decision is not None
             decisions[int(k)] = decision
     return NestedBlend(out, decisions)

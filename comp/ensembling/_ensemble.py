@@ -29,7 +29,9 @@ from comp.ensembling._blend import (
     nested_scores,
     task_methods,
 )
+from comp.ensembling._gbdt import fit_gbdt  # noqa: F401 - registers the gbdt method
 from comp.ensembling._members import Aligned, Member, align, load_member
+from comp.ensembling._side import blend_side
 from comp.errors import CompError
 from comp.metrics import get_metric
 from comp.run import (
@@ -80,6 +82,7 @@ class BlendResult(Rendered):
     task: str = "classification"
     decision: Decision | None = None  # thresholds or cut-points fitted on the honest blend OOF (the submission's)
     per_column: dict[str, float] | None = None  # the honest blend's score per label or target
+    metadata: list[str] | None = None  # a stack's inputs beside the predictions: data.features (+ "groups")
 
     def rows(self) -> list[dict]:
         """Every member, then the blend (in-sample and nested CV)."""
@@ -216,13 +219,15 @@ def run_ensemble(
     out=None,
     tta: bool = False,
     submit: bool = True,
+    metadata: bool = True,
 ) -> BlendResult:
     """Blend model folders, score the blend with nested CV, save it as a run folder and (``submit``) a submission.
 
     Members share one task (their runs' ``task:``); ``method`` must be one of its blend methods. A metric with
     a fitted decision (F-metric thresholds, QWK cut-points) is scored with the decision refitted without each
     fold like the blend itself; the decision fitted on the whole honest blend OOF is saved and applied to the
-    submission."""
+    submission. A method that reads metadata (gbdt) takes ``data.features`` and the groups from the first
+    member's run config and the test table; ``metadata=False`` gives it the members' predictions only."""
     get_method(method)  # an unknown name lists the valid ones before any file is read
     members = _members(model_dirs, tta)
     data, first = align(members), members[0]
@@ -230,17 +235,21 @@ def run_ensemble(
     scorer = get_metric(metric or first.config.metric, task.name)
     scorer.check_columns(data.classes)
     name, run_root = _blend_name(name, method, bias, members)
-    final, b = fit_blend(blend, data.oof, data.y, scorer, bias)
-    in_sample = final.predict(data.oof)
+    side, test_side = None, None
+    if blend.side:  # metadata, groups: read and validated (test table included) before anything is fitted
+        side, test_side, side_notes = blend_side(first.config, data, metadata=metadata)
+        data.notes.extend(side_notes)
+    final, b = fit_blend(blend, data.oof, data.y, scorer, bias, side)
+    in_sample = final.apply(data.oof, side)
     if blend.fitted or bias:
-        nested = nested_blend(blend, data.oof, data.y, data.folds, scorer, bias)
+        nested = nested_blend(blend, data.oof, data.y, data.folds, scorer, bias, side)
     else:  # nothing fitted on the rows: the blend is honest as it is; only a decision needs refitting per fold
         nested = NestedBlend(in_sample, nested_decisions(scorer, data.y, in_sample, data.folds))
     honest = nested.pred
     cv, fold_scores = nested_scores(scorer, data.y, honest, data.folds, nested.decisions)
     decision = scorer.decide(data.y, honest)  # what the submission applies: fitted on every honest OOF row
     per_column = scorer.columns(data.y, honest, decision)
-    test = final.predict(data.test) if data.test is not None else None
+    test = final.apply(data.test, test_side) if data.test is not None else None
     pending, note = _prepare_submission(data, test, first, name, out, decision) if submit else (None, "")
     if pending is not None:
         _check_submission(pending.path, first.config, [run_root, *(m.run for m in members)])
@@ -268,6 +277,7 @@ def run_ensemble(
         task=task.name,
         decision=decision,
         per_column=None if per_column is None else dict(zip(data.classes, per_column)),
+        metadata=None if side is None else [*side.names, *(["groups"] if side.groups is not None else [])],
     )
     result.submission = _write_run(run_root, data, first, honest, test, result, pending)
     record_submission(run_root, result.submission, models=[name], kind="ensemble")
@@ -283,6 +293,7 @@ def compare_blends(
     name: str | None = None,
     out=None,
     tta: bool = False,
+    metadata: bool = True,
 ) -> CompareResult:
     """Run several blend methods (default: every one that fits the members' task) on the same members, each saved as
     blend-<method>; the submission comes from the one with the best honest (nested) CV. Choosing among a
@@ -303,7 +314,10 @@ def compare_blends(
     if out is not None:  # refused before any blend is written, not after all of them
         blends = [_blend_name(None, m, bias, members)[1] for m in methods]
         _check_submission(Path(out).resolve(), members[0].config, [*blends, *(m.run for m in members)])
-    results = [run_ensemble(model_dirs, method=m, metric=metric, bias=bias, tta=tta, submit=False) for m in methods]
+    results = [
+        run_ensemble(model_dirs, method=m, metric=metric, bias=bias, tta=tta, submit=False, metadata=metadata)
+        for m in methods
+    ]
     better = get_metric(results[0].metric, results[0].task).better
     best = results[0]
     for r in results[1:]:
@@ -363,6 +377,8 @@ def _write_run(
             extra["per_column"] = result.per_column
         if result.attribute_f1:
             extra["attribute_f1"] = result.attribute_f1
+        if result.metadata is not None:
+            extra["metadata"] = result.metadata
         run.write_metrics(
             name,
             Metrics(

@@ -61,6 +61,13 @@ def blend_source(run: RunDir, name: str, blend: dict[str, Any], path: Path) -> S
             f"bundle the same blend made without --bias"
         )
     spec = METHODS.get(method)
+    if spec.side:
+        raise CompError(
+            f"blend {name} uses method {method!r}, a stack that reads the test table's metadata beside the members' "
+            "predictions; predict.py runs ONNX graphs and weighted means only. Submit the blend's own submission "
+            f"(comp ensemble wrote it from its test.csv), or bundle a blend made with "
+            f"{', '.join(n for n in METHODS if METHODS[n].weighted_mean)}"
+        )
     if not spec.weighted_mean or weights is None:
         able = ", ".join(n for n in METHODS if METHODS[n].weighted_mean)
         raise CompError(

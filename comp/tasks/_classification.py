@@ -88,7 +88,7 @@ CLASSIFICATION = Task(
     default_metric="macro_f1",
     default_loss="ce",
     merges=("mean", "geometric", "median"),
-    blend_methods=("mean", "weighted", "rank", "geometric", "hill_climb", "stacking"),
+    blend_methods=("mean", "weighted", "rank", "geometric", "hill_climb", "stacking", "gbdt"),
     normalise=renormalise,
     doc="one class per image: data.label_column (or data.labels' attributes)",
 )

@@ -84,7 +84,7 @@ MULTILABEL = Task(
     default_metric="mean_auc",
     default_loss="bce",
     merges=("mean", "median"),
-    blend_methods=("mean", "weighted", "rank", "hill_climb", "stacking"),
+    blend_methods=("mean", "weighted", "rank", "hill_climb", "stacking", "gbdt"),
     normalise=clip_probabilities,
     doc="a set of labels per image: space-separated tags in data.label_column or 0/1 columns data.label_columns",
 )

@@ -97,7 +97,7 @@ REGRESSION = Task(
     default_metric="rmse",
     default_loss="mse",
     merges=("mean", "median"),
-    blend_methods=("mean", "weighted", "hill_climb", "stacking"),  # ranks are not in the target's units
+    blend_methods=("mean", "weighted", "hill_climb", "stacking", "gbdt"),  # ranks are not in the target's units
     normalise=as_values,
     doc="one number per target: data.label_column (numeric) or data.label_columns",
 )

@@ -145,6 +145,10 @@ def preflight(cfg: Config, table: TrainTable) -> None:
                 f"use serialisable albumentations transforms (models[{i}])"
             ) from None
         build_loss(cfg.loss, table.targets, k, cfg.task)
+    if table.features is not None and cfg.data.test_csv:  # the test table's metadata, before anything is trained
+        from comp.data._features import read_test_features
+
+        read_test_features(cfg.data, table.features.levels)
     check_images(table.paths, cfg.data.train_csv)
     first = load_image(table.paths[0])  # every transform runs once on a real image: errors that need a run
     for entry in cfg.models:

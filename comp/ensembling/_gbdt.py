@@ -1,0 +1,129 @@
+"""The ``gbdt`` blend method: LightGBM over the members' OOF predictions, the metadata and group-relative features.
+
+One model per fit, by task: a multiclass booster (classification), one binary booster per label (multilabel:
+labels are scored one by one, and a label's booster cannot borrow another's rows), one regression booster per
+target. Each is fitted on the rows it is given only: early stopping holds out one of those rows' own blocks
+(folds) -- never a row the nested CV is about to score -- picks the number of rounds on the booster's own loss
+(multi-class log-loss, binary log-loss, squared error), then the booster is refitted on every given row with
+that many rounds. Small trees and strong regularisation: OOF tables are a few thousand rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from comp.ensembling._blend import Blender, register
+from comp.ensembling._side import Side, design
+from comp.errors import CompError
+from comp.metrics import Metric
+
+PARAMS: dict[str, Any] = {
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "max_depth": 5,
+    "min_data_in_leaf": 20,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "cat_smooth": 10.0,
+    "min_data_per_group": 10,
+    "verbose": -1,
+    "seed": 0,
+    "deterministic": True,
+    "force_row_wise": True,
+    "num_threads": 1,  # OOF tables are small: threads cost more than they save, and blends run beside training
+}
+MAX_ROUNDS = 2000
+PATIENCE = 50
+
+
+def _lightgbm():
+    try:
+        import lightgbm
+    except ImportError:
+        raise CompError(
+            "blend method gbdt needs LightGBM: pip install 'comp[gbdt]' (or pip install lightgbm)"
+        ) from None
+    return lightgbm
+
+
+def _holdout(side: Side | None, n: int) -> np.ndarray:
+    """Rows of the fitted part that early stopping holds out: its last block (fold) when it has several, else a
+    seeded fifth of its rows."""
+    if side is not None and len(np.unique(side.blocks)) >= 2:
+        return side.blocks == np.max(side.blocks)
+    rng = np.random.default_rng(0)
+    out = np.zeros(n, dtype=bool)
+    out[rng.permutation(n)[: max(1, n // 5)]] = True
+    return out
+
+
+@dataclass(frozen=True)
+class _Booster:
+    """A LightGBM model (or a constant where the fitted rows hold one value) and its number of rounds."""
+
+    model: Any
+    rounds: int
+    constant: np.ndarray | None = None
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        if self.constant is not None:
+            return np.tile(self.constant, (len(X), 1))
+        out = np.asarray(self.model.predict(X, num_iteration=self.rounds), np.float64)
+        return out.reshape(len(X), -1)
+
+
+def _fit_one(X: np.ndarray, y: np.ndarray, params: dict[str, Any], cats: list[int], held: np.ndarray) -> _Booster:
+    lgb = _lightgbm()
+    fit_rows = ~held
+    stop = lgb.early_stopping(PATIENCE, verbose=False)
+    kw = {"categorical_feature": cats, "free_raw_data": False}
+    train = lgb.Dataset(X[fit_rows], y[fit_rows], **kw)
+    valid = lgb.Dataset(X[held], y[held], reference=train, **kw)
+    probe = lgb.train(params, train, MAX_ROUNDS, valid_sets=[valid], callbacks=[stop])
+    rounds = max(1, int(probe.best_iteration or probe.current_iteration()))
+    model = lgb.train(params, lgb.Dataset(X, y, **kw), rounds)
+    return _Booster(model, rounds)
+
+
+def fit_gbdt(P: np.ndarray, y: np.ndarray, task: str, side: Side | None = None, columns: list[str] | None = None):
+    """Fit the stack on member predictions ``P`` (M, n, C), targets ``y`` and the rows' ``side`` inputs; returns
+    ``predict(Q, side) -> (n, C)``."""
+    X, _, cats = design(P, side, columns)
+    held = _holdout(side, len(X))
+    C = P.shape[2]
+    boosters: list[_Booster] = []
+    if task == "classification":
+        y = np.asarray(y, np.int64)
+        params = {**PARAMS, "objective": "multiclass", "num_class": C}
+        boosters.append(_fit_one(X, y, params, cats, held))
+    else:
+        Y = np.asarray(y, np.float64).reshape(len(X), -1)
+        objective = "binary" if task == "multilabel" else "regression"
+        for t in range(Y.shape[1]):
+            target = Y[:, t]
+            if np.all(target == target[0]) or (task == "multilabel" and len(np.unique(target[~held])) < 2):
+                boosters.append(_Booster(None, 0, np.array([float(target.mean())])))
+                continue
+            boosters.append(_fit_one(X, target, {**PARAMS, "objective": objective}, cats, held))
+
+    def predict(Q: np.ndarray, q_side: Side | None) -> np.ndarray:
+        if (q_side is None) != (side is None):
+            raise ValueError("the gbdt stack predicts with the same kind of side inputs it was fitted with")
+        Xq, _, _ = design(Q, q_side, columns)
+        out = np.concatenate([b.predict(Xq) for b in boosters], axis=1)
+        if task == "classification":
+            return out / out.sum(axis=1, keepdims=True)
+        return out
+
+    return predict, [b.rounds for b in boosters]
+
+
+@register("gbdt", fitted=True, side=True, requires="lightgbm")
+def _gbdt(P, y, metric: Metric, side: Side | None = None) -> Blender:
+    predict, _ = fit_gbdt(P, y, metric.task, side)
+    return Blender(lambda Q: predict(Q, None), None, predict)
