@@ -13,6 +13,7 @@ Usage: python benchmarks/bench_train.py [--model test_byobnet] [--epochs 3] [--b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def comp_epoch(model, opt, x, y, bs, gen, n_classes, scheduler_steps):
 
     loader = DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True, generator=gen)
     sched = CosineLRScheduler(opt, t_initial=scheduler_steps, t_in_epochs=False)
-    loss_fn = build_loss(Config().loss, y.numpy(), n_classes)
+    loss_fn = build_loss(dataclasses.replace(Config().loss, name="ce"), y.numpy(), n_classes)  # the task default
     mixer = BatchMixer(Config().augment.mixup, n_classes, 0.0)
     bar = tqdm(total=len(loader), disable=False, leave=False, file=open("/dev/null", "w"))  # noqa: SIM115
     sc = StepConfig(device=torch.device("cpu"), scheduler=sched, progress=bar)

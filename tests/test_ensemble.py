@@ -265,7 +265,8 @@ def test_wrong_model_folder_arguments(tmp_path, data, which, message):
 
 def test_stacking_learns_which_member_to_trust_per_class():
     """Member 0 knows classes 0-1, member 1 knows 2-3: per-class trust beats any single weight per member."""
-    from comp.ensembling._blend import fit_stack, nested_oof
+    from comp.ensembling._blend import nested_oof
+    from comp.ensembling._task_stack import fit_stack
 
     rng = np.random.default_rng(0)
     n, c = 900, 4

@@ -57,7 +57,11 @@ def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge, quiet):
     help="[default: config predict.engine]",
 )
 @click.option(
-    "--tta", default=None, type=CommaList(), metavar="hflip,vflip", help="TTA views [default: config predict.tta]."
+    "--tta",
+    default=None,
+    type=CommaList(),
+    metavar="hflip,vflip",
+    help="TTA views: hflip, vflip, shift, scale:F, five_crop[:F] [default: config predict.tta].",
 )
 @click.option("--tta-merge", type=click.Choice(MERGES), default=None, help="[default: config predict.tta_merge]")
 @set_option

@@ -9,6 +9,7 @@ tensor conversion are always appended, so checkpoints carry the whole eval trans
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -279,14 +280,34 @@ class BatchMixer:
         return fn(x)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, _ = self.mix(x, y, epoch)
+        return x, y
+
+    def mix(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(images, soft targets, sample weights): as ``__call__``, and a mixed row's weight is
+        ``lam * w_a + (1 - lam) * w_b``, the same draw as its image and targets (None stays None)."""
+        lam: Any = 1.0
+        if self.mixes(x, epoch):
+            lam = self.draw(x)  # timm's Mixup.__call__ is this draw followed by mixup_target
         if y.is_floating_point():
             if self.smoothing:
                 y = y * (1.0 - self.smoothing) + self.smoothing / 2.0
-            if self.mixes(x, epoch):
-                lam = self.draw(x)
+            if not _unmixed(lam):
                 y = y * lam + y.flip(0) * (1.0 - lam)
-            return x, y
-        if self.mixes(x, epoch):
-            assert self.mixup is not None
-            return self.mixup(x, y)
-        return x, mixup_target(y, self.num_classes, lam=1.0, smoothing=self.smoothing)
+        else:
+            y = mixup_target(y, self.num_classes, lam=lam, smoothing=self.smoothing)
+        return x, y, mix_weights(weight, lam)
+
+
+def _unmixed(lam: Any) -> bool:
+    return isinstance(lam, float) and lam == 1.0
+
+
+def mix_weights(weight: torch.Tensor | None, lam: Any) -> torch.Tensor | None:
+    """Sample weights of a batch mixed with ``lam`` (a float, or (B, 1) per row) against its flipped self."""
+    if weight is None or _unmixed(lam):
+        return weight
+    lam_t = torch.as_tensor(lam, dtype=weight.dtype, device=weight.device).reshape(-1)
+    return weight * lam_t + weight.flip(0) * (1.0 - lam_t)

@@ -21,6 +21,7 @@ from comp.data._attributes import targets as attribute_targets
 from comp.data._csv import check_ids, read_csv, require_columns
 from comp.data._features import Features, read_train_features
 from comp.data._layout import files_from_ids, inside, read_layout
+from comp.data._sample_weights import read_weights
 from comp.data._targets import read_targets
 from comp.errors import CompError
 
@@ -48,6 +49,7 @@ class TrainTable:
     attributes: Targets | None = None
     task: str = "classification"
     features: Features | None = None  # data.features of every row, validated (None: the config names none)
+    weights: np.ndarray | None = None  # data.weight_column: one weight >= 0 per row (None: every row weighs 1)
 
     def __post_init__(self) -> None:
         if self.train_targets is None:
@@ -76,15 +78,25 @@ def load_train_table(data_cfg: DataConfig, check_images: bool = True, *, task: s
             raise CompError(f"{where(i)}: empty group in column '{group_col}'; fill it or unset data.group_column")
     groups = df[group_col].to_numpy() if group_col else None
     feats = read_train_features(data_cfg, df) if data_cfg.features else None
+    weights = read_weights(df, data_cfg.weight_column, source, where) if data_cfg.weight_column else None
     if data_cfg.labels is not None:
         scheme = parse_labels(data_cfg.labels, columns=df.columns, key="data.labels")
         found = attribute_targets(df, scheme)
         classes = class_names(scheme)
         return TrainTable(
-            df, classes, found.score_codes, groups, paths, found.train_codes, scheme, found, features=feats
+            df,
+            classes,
+            found.score_codes,
+            groups,
+            paths,
+            found.train_codes,
+            scheme,
+            found,
+            features=feats,
+            weights=weights,
         )
     read = read_targets(task, df, data_cfg, source, where)
-    return TrainTable(df, read.classes, read.values, groups, paths, task=task, features=feats)
+    return TrainTable(df, read.classes, read.values, groups, paths, task=task, features=feats, weights=weights)
 
 
 def train_metadata(data_cfg: DataConfig) -> tuple[pd.DataFrame, np.ndarray | None, Features | None]:
@@ -271,10 +283,11 @@ class ImageDataset:
 
     ``targets``: class indices (n,) give an int per row (-1 without targets), a float matrix (n, K) gives a
     float32 vector per row (multi-hot labels, regression values). ``reader`` maps a path to an RGB uint8
-    array; the decoded-image cache plugs in here.
+    array; the decoded-image cache plugs in here. With ``weights`` (one per path), each item is
+    (image, target, weight): the sample weights of ``data.weight_column``.
     """
 
-    def __init__(self, paths, targets=None, transform=None, reader=None):
+    def __init__(self, paths, targets=None, transform=None, reader=None, weights=None):
         self.paths = [Path(p) for p in paths]
         if targets is None:
             self.targets = None
@@ -283,6 +296,7 @@ class ImageDataset:
             self.targets = arr.astype(np.float32) if arr.ndim == 2 else arr.astype(np.int64)
         self.transform = transform
         self.reader = reader or load_image
+        self.weights = None if weights is None else np.asarray(weights, np.float32)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -291,8 +305,7 @@ class ImageDataset:
         img = self.reader(self.paths[i])
         if self.transform is not None:
             img = self.transform(image=img)["image"]
-        if self.targets is None:
-            return img, -1
-        if self.targets.ndim == 2:
-            return img, self.targets[i]
-        return img, int(self.targets[i])
+        target = -1 if self.targets is None else self.targets[i] if self.targets.ndim == 2 else int(self.targets[i])
+        if self.weights is not None:
+            return img, target, self.weights[i]
+        return img, target

@@ -1,4 +1,7 @@
-"""Stackers for multi-label and regression members: plain numpy (and scipy's L-BFGS), fitted on OOF rows.
+"""Stackers per task: plain numpy (and scipy's L-BFGS), fitted on OOF rows.
+
+- ``fit_stack`` (single-label classification): a weighted geometric mean with a temperature, per-class offsets
+  and per-class member trust (``Stacker``).
 
 - ``fit_label_stack``: per label, ``logit p = sum_m (a[m] + d[m, l]) * logit P[m, :, l] + b[l]``: a weighted
   mean of the members' logits with a temperature (``a``), per-label offsets (``b``) and per-label member trust
@@ -9,12 +12,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from comp.errors import CompError
+
 EPS = 1e-6
 L2 = 1e-3
+STACK_EPS = 1e-6  # floor for stacking features: log(1e-12) outliers would dominate the regression
+STACK_L2 = 1e-3  # penalty on the stacker's per-class member trust (see Stacker)
 
 
 def _logit(P: np.ndarray) -> np.ndarray:
@@ -95,3 +103,72 @@ def fit_ridge_stack(P: np.ndarray, y: np.ndarray, alpha: float = 1e-2) -> RidgeS
         w[:, t] = np.linalg.solve(A, rhs)
         b[t] = ym - xm @ w[:, t]
     return RidgeStacker(w, b)
+
+
+def stack_features(P: np.ndarray) -> np.ndarray:
+    """Members' clipped log-probabilities, (M, n, C)."""
+    return np.log(np.clip(P, STACK_EPS, 1.0))
+
+
+@dataclass(frozen=True)
+class Stacker:
+    """``logits[n, c] = sum_m (a[m] + d[m, c]) * log P[m, n, c] + b[c]``, softmaxed.
+
+    A weighted geometric mean with a temperature (``a``), per-class offsets (``b``) and per-class
+    member trust (``d``, pulled towards zero by the L2 penalty). M + C + M*C parameters instead of a
+    free multinomial regression's (M*C + 1) * C: on a few thousand OOF rows the free one memorises
+    (in-sample 0.985, nested 0.888 on the digits demo) where this one cannot.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    d: np.ndarray
+
+    def logits(self, L: np.ndarray) -> np.ndarray:
+        return np.einsum("mnc,mc->nc", L, self.a[:, None] + self.d) + self.b
+
+    def predict(self, P: np.ndarray) -> np.ndarray:
+        z = self.logits(stack_features(P))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_stack(P: np.ndarray, y: np.ndarray, l2: float = STACK_L2) -> Stacker:
+    """Fit a ``Stacker`` by L-BFGS on the mean cross-entropy + ``l2 * |d|^2`` (+ a tiny ridge on a, b)."""
+    from scipy.optimize import minimize  # scipy comes with scikit-learn; imported here: it costs ~0.3 s
+
+    if len(np.unique(y)) < 2:
+        raise CompError("stacking needs at least two classes among the rows it is fitted on; use --method mean")
+    L = stack_features(P)
+    M, n, C = L.shape
+    onehot = np.zeros((n, C))
+    onehot[np.arange(n), y] = 1.0
+    ridge = 1e-6
+
+    def unpack(theta):
+        return theta[:M], theta[M : M + C], theta[M + C :].reshape(M, C)
+
+    def loss_grad(theta):
+        a, b, d = unpack(theta)
+        z = np.einsum("mnc,mc->nc", L, a[:, None] + d) + b
+        z -= z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        G = (np.exp(logp) - onehot) / n  # d loss / d logits
+        gd = np.einsum("nc,mnc->mc", G, L)
+        loss = -(onehot * logp).sum() / n + l2 * (d**2).sum() + ridge * ((a**2).sum() + (b**2).sum())
+        grad = np.concatenate(
+            [gd.sum(axis=1) + 2 * ridge * a, G.sum(axis=0) + 2 * ridge * b, (gd + 2 * l2 * d).ravel()]
+        )
+        return loss, grad
+
+    theta0 = np.concatenate([np.full(M, 1.0 / M), np.zeros(C), np.zeros(M * C)])  # start at the geometric mean
+    res = minimize(loss_grad, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    return Stacker(*unpack(res.x))
+
+
+STACKERS: dict[str, Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    # task -> fit(P, y) -> predict: the multinomial stacker, one per label, a ridge per target
+    "classification": lambda P, y: fit_stack(P, y).predict,
+    "multilabel": lambda P, y: fit_label_stack(P, y).predict,
+    "regression": lambda P, y: fit_ridge_stack(P, y).predict,
+}

@@ -28,7 +28,7 @@ from comp.config import Config
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table
 from comp.errors import CompError
-from comp.inference._tta import TTA_OPS, check_merge, merge_torch, parse_tta
+from comp.inference._tta import check_merge, merge_torch, parse_tta, views
 from comp.run import (
     CheckpointMeta,
     RunDir,
@@ -81,7 +81,7 @@ class FusedModel(nn.Module):
         self.tta, self.merge, self.task = list(tta), check_merge(merge, task), task
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xs = [x] + [TTA_OPS[n](x) for n in self.tta]
+        xs = views(x, self.tta)
         per_fold = [merge_torch([m(v) for v in xs], self.merge, self.task) for m in self.folds]
         return torch.stack(per_fold).mean(0)
 

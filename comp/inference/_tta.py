@@ -1,5 +1,11 @@
 """Test-time augmentation: a registry of views (NCHW float batch -> batch) and merging their predictions.
 
+Besides the fixed views of ``TTA_OPS``, two families take a number after a colon (``TTA_FAMILIES``):
+``scale:F`` zooms by F (resize, then centre-crop or zero-pad back to the model's size: the graph keeps one
+input size, which every backbone accepts, where running at another size would not suit ViTs), and
+``five_crop:F`` (``five_crop`` = 0.875) gives five views, the four corner crops and the centre crop of
+F x the size, each resized back to the model's size. Every view is merged with the others by the merge.
+
 Views are torch ops so the same code runs before the torch or onnxruntime engine and inside a fused ONNX
 graph. Merging is plain numpy on predictions in the task's units (probabilities, never logits; target
 values), so every engine shares it; ``merge_torch`` is the same arithmetic inside a fused graph.
@@ -69,6 +75,80 @@ for _f in (0.9, 1.1):
     TTA_OPS.add(f"scale{_f}", rescale(_f))
 
 
+def crop(frac: float, corner: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A view that crops ``frac`` of the height and width at ``corner`` (tl, tr, bl, br, c) and resizes the
+    crop back to the input size (bilinear, as ``rescale``)."""
+
+    def op(x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[2]), int(x.shape[3])
+        ch, cw = max(1, round(h * frac)), max(1, round(w * frac))
+        top = {"t": 0, "b": h - ch, "c": (h - ch) // 2}[corner[0]]
+        left = {"l": 0, "r": w - cw, "c": (w - cw) // 2}[corner[-1]]
+        part = x[:, :, top : top + ch, left : left + cw]
+        return F.interpolate(part, size=(h, w), mode="bilinear", align_corners=False)
+
+    op.__doc__ = f"Crop {frac} of the size at {corner}, resized back."
+    return op
+
+
+def _scale_views(factor: float) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    return [rescale(factor)]
+
+
+def _five_crop_views(frac: float) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    return [crop(frac, c) for c in ("tl", "tr", "bl", "br", "c")]
+
+
+# family -> (views of a number, default number or None, (low, high) bounds, what the number is)
+TTA_FAMILIES: dict[
+    str, tuple[Callable[[float], list[Callable[[torch.Tensor], torch.Tensor]]], float | None, tuple[float, float], str]
+] = {
+    "scale": (_scale_views, None, (0.5, 2.0), "the zoom factor (e.g. scale:0.9)"),
+    "five_crop": (_five_crop_views, 0.875, (0.5, 0.99), "the crop's share of the size (e.g. five_crop:0.875)"),
+}
+
+
+def _family(name: str) -> tuple[str, float] | None:
+    """(family, number) of a parametrised view name, None for a fixed one; a CompError for a bad number."""
+    fam, sep, arg = name.partition(":")
+    if fam not in TTA_FAMILIES or (not sep and TTA_FAMILIES[fam][1] is None):
+        return None
+    make, default, (lo, hi), what = TTA_FAMILIES[fam]
+    if not sep:
+        assert default is not None
+        return fam, default
+    try:
+        value = float(arg)
+    except ValueError:
+        value = float("nan")
+    if not lo <= value <= hi:
+        raise CompError(f"TTA view '{name}': the number after '{fam}:' is {what}, between {lo} and {hi}")
+    return fam, value
+
+
+def canonical_view(name: str) -> str:
+    """The view's name as graphs and files record it (``five_crop`` -> ``five_crop:0.875``); unknown names list
+    the fixed views and the families."""
+    fam = _family(name)
+    if fam is not None:
+        return f"{fam[0]}:{fam[1]:g}"
+    if name not in TTA_OPS:
+        families = ", ".join(f"{f}:N" for f in TTA_FAMILIES)
+        try:
+            TTA_OPS.check(name, "TTA view")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (or a family: {families})") from None
+    return name
+
+
+def view_ops(name: str) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The view functions a (canonical or not) view name stands for: one, or five for ``five_crop``."""
+    fam = _family(name)
+    if fam is None:
+        return [TTA_OPS[name]]
+    return TTA_FAMILIES[fam[0]][0](fam[1])
+
+
 @TTA_OPS.register("shift")
 def shift(x: torch.Tensor) -> torch.Tensor:
     """Translate right and down by 1/16 of the size (at least one pixel), padding with zeros."""
@@ -82,8 +162,7 @@ def parse_tta(spec: str | Iterable[str] | None) -> list[str]:
     if spec is None:
         return []
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if str(s).strip()]
-    for name in names:
-        TTA_OPS.check(name)
+    names = [canonical_view(name) for name in names]
     if len(set(names)) != len(names):
         raise CompError(f"TTA view listed twice in {','.join(names)}; list each once")
     return names
@@ -93,7 +172,7 @@ def check_config(cfg: Config) -> None:
     """Refuse unknown view names in ``predict.tta`` (the whole option is checked again by parse_tta at predict)
     and a ``predict.tta_merge`` that does not fit the config's task."""
     for name in cfg.predict.tta:
-        TTA_OPS.check(name, "TTA view")
+        canonical_view(name)
     check_merge(cfg.predict.tta_merge, cfg.task)
 
 
@@ -111,8 +190,8 @@ def check_merge(method: str, task: str = "classification") -> str:
 
 
 def views(x: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
-    """The original batch followed by each named view of it."""
-    return [x] + [TTA_OPS[n](x) for n in names]
+    """The original batch followed by each named view of it (five for ``five_crop``)."""
+    return [x] + [op(x) for n in names for op in view_ops(n)]
 
 
 def merge_probs(probs: np.ndarray, method: str = "mean", task: str = "classification") -> np.ndarray:

@@ -5,6 +5,7 @@ from comp.tasks._base import TASKS, Decision, Metric, Task, nested_score
 from comp.tasks._classification import CLASSIFICATION
 from comp.tasks._multilabel import MULTILABEL
 from comp.tasks._regression import REGRESSION
+from comp.tasks._weighted import has_weighted, weighted_score
 
 __all__ = [
     "CLASSIFICATION",
@@ -15,7 +16,9 @@ __all__ = [
     "Metric",
     "Task",
     "get_task",
+    "has_weighted",
     "nested_score",
+    "weighted_score",
 ]
 
 

@@ -14,7 +14,7 @@ from comp.data._attributes import attribute_f1
 from comp.data._table import TrainTable
 from comp.metrics import get_metric
 from comp.run import CheckpointMeta, Metrics, Predictions, RunDir, make_checkpoint, torch_save, write_csv
-from comp.tasks import Metric, nested_score
+from comp.tasks import Metric, nested_score, weighted_score
 from comp.training._distributed import Dist
 from comp.training._results import FoldResult, ModelResult
 from comp.training._targets import TrainingTargets
@@ -58,6 +58,20 @@ def score_oof(
     return cv, fold_scores, extra
 
 
+def weighted_oof(
+    metric: Metric, y: np.ndarray, pred: np.ndarray, folds: np.ndarray, n_splits: int, weights: np.ndarray
+) -> dict[str, Any]:
+    """``cv_weighted`` and ``fold_scores_weighted``: the OOF score with every row counting its
+    ``data.weight_column`` weight (for competitions whose metric weights rows); nothing for a metric without
+    a weighted form. The plain CV stays the one that picks epochs and ranks runs."""
+    cv = weighted_score(metric, y, pred, weights)
+    if cv is None:
+        log.info("metric %s has no row-weighted form; metrics.json records the plain CV only", metric.name)
+        return {}
+    per_fold = [weighted_score(metric, y[folds == k], pred[folds == k], weights[folds == k]) for k in range(n_splits)]
+    return {"cv_weighted": cv, "fold_scores_weighted": per_fold}
+
+
 def assemble_model(
     cfg: Config, run: RunDir, model_id: str, table: TrainTable, extra: dict[str, Any] | None = None
 ) -> Metrics | None:
@@ -80,6 +94,9 @@ def assemble_model(
     metric = get_metric(cfg.metric, cfg.task)
     assert oof.folds is not None
     cv, fold_scores, scored = score_oof(metric, table.targets, oof.probs, oof.folds, n, list(table.classes))
+    if table.weights is not None:
+        scored.update(weighted_oof(metric, table.targets, oof.probs, oof.folds, n, table.weights))
+        scored["weight_column"] = cfg.data.weight_column
     result = Metrics(
         metric.name,
         metric.greater_is_better,

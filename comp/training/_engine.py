@@ -84,7 +84,8 @@ def train_one_epoch(
     divided by the number of micro-batches in its group (the last group of an epoch may be shorter), the
     gradient is clipped once on the accumulated sum, and the optimizer, scheduler and EMA step once per group.
     Under DDP the gradient all-reduce runs on the group's last micro-batch only (``no_sync`` before it).
-    ``sc.max_steps`` counts optimizer steps."""
+    ``sc.max_steps`` counts optimizer steps. A loader that yields (x, y, w) trains on sample weights: the
+    mixer mixes them with the images (``mixer.mix``) and the loss takes them as its third argument."""
     model.train()
     accum = max(1, sc.accum_steps)
     n_micro = len(loader)
@@ -93,15 +94,22 @@ def train_one_epoch(
     total, n_seen, steps, micro = 0.0, 0, 0, 0
     t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    for x, y in loader:
+    for batch in loader:
+        x, y = batch[0], batch[1]
         first = micro - micro % accum
         group = min(accum, n_micro - first)  # micro-batches in this optimizer step
         last = micro - first == group - 1
         x, y = to_device(x, sc), y.to(sc.device, non_blocking=True)
-        x, soft = mixer(x, y, epoch)
-        with autocast(sc.device, sc.amp_dtype):
-            logits = model(x)
-        loss = loss_fn(logits.float(), soft)
+        if len(batch) > 2:  # sample weights (data.weight_column), mixed with the images
+            x, soft, w = mixer.mix(x, y, epoch, batch[2].to(sc.device, non_blocking=True))
+            with autocast(sc.device, sc.amp_dtype):
+                logits = model(x)
+            loss = loss_fn(logits.float(), soft, w)
+        else:
+            x, soft = mixer(x, y, epoch)
+            with autocast(sc.device, sc.amp_dtype):
+                logits = model(x)
+            loss = loss_fn(logits.float(), soft)
         loss_value = loss.item()  # the one host sync of the step: the finiteness check and the running mean share it
         if not math.isfinite(loss_value):
             raise FloatingPointError(
@@ -150,7 +158,8 @@ def predict_probs(model: nn.Module, loader, sc: StepConfig, head: nn.Module | No
     sigmoid labels, regression values in the target's units), softmax rows without one."""
     model.eval()
     out = []
-    for x, _ in loader:
+    for batch in loader:
+        x = batch[0]
         with autocast(sc.device, sc.amp_dtype):
             logits = model(to_device(x, sc))
         z = logits.float()

@@ -20,6 +20,7 @@ from timm.utils import ModelEmaV3
 from comp._progress import Progress, release_slot
 from comp.config import size_schedule
 from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
+from comp.data._sample_weights import by_position, training_weights
 from comp.data._table import ImageDataset
 from comp.errors import CompError, arg
 from comp.metrics import get_metric
@@ -89,10 +90,14 @@ class FoldTrainer:
             if heads
             else build_loss(cfg.loss, table.train_targets[train_idx], self.num_classes, cfg.task)
         ).to(self.device)
+        n_extra = 0 if ctx.soft is None else ctx.soft.n_extra
+        # data.weight_column: the training part's weights (pseudo rows weigh 1), scaled to mean 1 over the part
+        self.weights = None if table.weights is None else training_weights(table.weights[train_idx], n_extra)
         if ctx.soft is None:
             # models fit the training labels (data.labels' train_bins); validation scores the competition's
+            row_w = None if self.weights is None else by_position(self.weights, train_idx, len(table.paths))
             part = TrainingPart(
-                ImageDataset(table.paths, fit_targets, train_tf, reader=reader),
+                ImageDataset(table.paths, fit_targets, train_tf, reader=reader, weights=row_w),
                 train_idx,
                 BatchMixer(cfg.augment.mixup, self.num_classes, 0.0 if heads else cfg.loss.label_smoothing),
                 loss,
@@ -110,6 +115,7 @@ class FoldTrainer:
                 loss=loss,
                 device=self.device,
                 output=self.output,
+                weights=self.weights,
             )
         self.train_ds, self.train_idx, self.mixer, self.loss_fn = part.dataset, part.indices, part.mixer, part.loss
         self.labelled_idx = train_idx

@@ -139,7 +139,9 @@ class AttributeLoss(nn.Module):
             member[torch.arange(scheme.n_classes), torch.as_tensor(scheme.combos[:, j])] = True
             self.register_buffer(f"member_{j}", member)  # (N, k): class c has value i
 
-    def parts(self, log_probs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def parts(
+        self, log_probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Each attribute's (unweighted) loss."""
         out = {}
         for j, name in enumerate(self.names):
@@ -150,11 +152,13 @@ class AttributeLoss(nn.Module):
             eps = self.smoothing[name]
             if eps:
                 soft = soft * (1 - eps) + eps / soft.shape[1]
-            out[name] = self.losses[name](log_marginal, soft)
+            out[name] = self.losses[name](log_marginal, soft, weight)
         return out
 
-    def forward(self, log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        parts = self.parts(log_probs, target)
+    def forward(
+        self, log_probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        parts = self.parts(log_probs, target, weight)
         return sum((self.weights[n] * parts[n] for n in self.names), torch.zeros((), device=log_probs.device))
 
 

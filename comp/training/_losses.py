@@ -1,5 +1,11 @@
 """Loss registry. Every loss takes logits (N, C) and soft targets (N, C), so label smoothing and
-CutMix/MixUp need nothing special; class weights scale each class's share of the target."""
+CutMix/MixUp need nothing special; class weights scale each class's share of the target.
+
+Every loss also takes optional sample weights (N,) (``data.weight_column``, scaled to mean 1 over the fold's
+training part by ``comp.data._sample_weights.training_weights``) and then reduces ``mean(w * row loss)``
+instead of ``mean(row loss)``: linear in the rows, so a weight of 0 equals dropping the row, 2 equals
+duplicating it, and gradient accumulation and DDP need nothing special. With class weights the reduction is
+the one it always was (normalised by the batch's weighted target mass), each row's share times its weight."""
 
 from __future__ import annotations
 
@@ -26,31 +32,43 @@ class _Weighted(nn.Module):
         self.register_buffer("class_weights", class_weights if class_weights is not None else None)
         self.gamma = gamma
 
-    def _reduce(self, per_class: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _reduce(
+        self, per_class: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.class_weights is None:
-            return per_class.sum(1).mean()
+            return row_mean(per_class.sum(1), weight)
         w = torch.as_tensor(self.class_weights).to(per_class.dtype)
         # normalise by the batch's effective weight so the loss scale does not depend on the weights' scale
-        return (per_class * w).sum() / (target * w).sum().clamp_min(1e-12)
+        num, den = (per_class * w).sum(1), (target * w).sum(1)
+        if weight is not None:
+            num, den = num * weight, den * weight
+        return num.sum() / den.sum().clamp_min(1e-12)
+
+
+def row_mean(per_row: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """``mean(per_row)``, or ``mean(weight * per_row)`` with sample weights."""
+    if weight is None:
+        return per_row.mean()
+    return (per_row * weight.to(per_row.dtype)).mean()
 
 
 @LOSSES.register("ce")
 class SoftCrossEntropy(_Weighted):
     """Cross-entropy against soft targets."""
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         logp = F.log_softmax(logits.float(), dim=1)
-        return self._reduce(-target * logp, target)
+        return self._reduce(-target * logp, target, weight)
 
 
 @LOSSES.register("focal")
 class SoftFocal(_Weighted):
     """Focal loss (Lin et al. 2017) against soft targets: down-weights easy, confident examples."""
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         logp = F.log_softmax(logits.float(), dim=1)
         p = logp.exp()
-        return self._reduce(-target * (1 - p).pow(self.gamma) * logp, target)
+        return self._reduce(-target * (1 - p).pow(self.gamma) * logp, target, weight)
 
 
 def class_weights(spec, targets: np.ndarray, num_classes: int) -> torch.Tensor | None:
@@ -110,20 +128,22 @@ ML_LOSSES: Registry[type[_LabelLoss]] = Registry("multilabel loss")
 class LabelBCE(_LabelLoss):
     """Binary cross-entropy per label (mean over labels and rows); ``loss.pos_weight`` weighs positives."""
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.get_buffer("pos_weight"))
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        pw = self.get_buffer("pos_weight")
+        cells = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pw, reduction="none")
+        return row_mean(cells.mean(1), weight)
 
 
 @ML_LOSSES.register("focal_bce")
 class LabelFocal(_LabelLoss):
     """Sigmoid focal loss (Lin et al. 2017): each label's BCE times (1 - p_t)^gamma (``loss.focal_gamma``)."""
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         z = logits.float()
         ce = F.binary_cross_entropy_with_logits(z, target, reduction="none")
         p = torch.sigmoid(z)
         p_t = p * target + (1 - p) * (1 - target)
-        return (ce * (1 - p_t).pow(self.gamma) * self._weight(target)).mean()
+        return row_mean((ce * (1 - p_t).pow(self.gamma) * self._weight(target)).mean(1), weight)
 
 
 @ML_LOSSES.register("asl")
@@ -131,7 +151,7 @@ class AsymmetricLoss(_LabelLoss):
     """Asymmetric loss (Ben-Baruch et al. 2021): negatives focused by ``loss.asl_gamma_neg`` and shifted by
     ``loss.asl_clip`` (easy negatives count for nothing), positives by ``loss.asl_gamma_pos``."""
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         p = torch.sigmoid(logits.float())
         p_neg = (1 - p + self.clip).clamp(max=1.0) if self.clip > 0 else 1 - p
         eps = 1e-8
@@ -142,7 +162,7 @@ class AsymmetricLoss(_LabelLoss):
             p_t = p * target + p_neg * (1 - target)
             gamma = self.gamma_pos * target + self.gamma_neg * (1 - target)
             loss = loss * (1 - p_t).pow(gamma)
-        return -loss.mean()
+        return -row_mean(loss.mean(1), weight)
 
 
 # ---------------------------------------------------------------- regression: targets (N, T), scaled
@@ -161,24 +181,24 @@ REG_LOSSES: Registry[type[_ValueLoss]] = Registry("regression loss")
 class ValueMSE(_ValueLoss):
     """Mean squared error on the standardised target."""
 
-    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(out.float(), target)
+    def forward(self, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return row_mean(F.mse_loss(out.float(), target, reduction="none").mean(1), weight)
 
 
 @REG_LOSSES.register("huber")
 class ValueHuber(_ValueLoss):
     """Huber (smooth L1) loss on the standardised target; ``loss.huber_delta`` in standard deviations."""
 
-    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.huber_loss(out.float(), target, delta=self.delta)
+    def forward(self, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return row_mean(F.huber_loss(out.float(), target, delta=self.delta, reduction="none").mean(1), weight)
 
 
 @REG_LOSSES.register("bce")
 class ValueBCE(_ValueLoss):
     """Binary cross-entropy against the target min-max scaled into [0, 1] (the output then ends in a sigmoid)."""
 
-    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(out.float(), target)
+    def forward(self, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return row_mean(F.binary_cross_entropy_with_logits(out.float(), target, reduction="none").mean(1), weight)
 
 
 TASK_LOSSES: dict[str, Registry] = {"classification": LOSSES, "multilabel": ML_LOSSES, "regression": REG_LOSSES}

@@ -14,6 +14,7 @@ import torch
 from comp.config import Config
 from comp.data._augment import pipelines, to_dict, try_pipelines, valid_pipeline
 from comp.data._folds import assign_folds
+from comp.data._sample_weights import check_fold_weights
 from comp.data._table import TrainTable
 from comp.errors import CompError, arg, closest
 from comp.metrics import check_config as check_metric
@@ -210,6 +211,8 @@ def set_up_run(
 
             disk_cache_dir(cfg.data, run.root)
         fold_ids, new_folds = plan_folds(cfg, run, table, fresh=fresh)
+        if table.weights is not None and cfg.data.weight_column:
+            check_fold_weights(table.weights, fold_ids, cfg.data.weight_column)
         soft = load_training_targets(cfg, table, fold_ids, run)  # pseudo rows and teacher, checked before writing
         if fresh:  # every check above passed: only now does the old run go (a live fold lock still stops it)
             gone = clear_run(run.root)

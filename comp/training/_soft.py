@@ -30,8 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from comp.config import MixupConfig
-from comp.data._augment import BatchMixer
+from comp.data._augment import BatchMixer, mix_weights
+from comp.data._sample_weights import by_position
 from comp.data._table import ImageDataset
+from comp.training._losses import row_mean
 from comp.training._outputs import OutputSpec
 
 if TYPE_CHECKING:
@@ -92,7 +94,9 @@ class SoftMixer(BatchMixer):
         self.teacher = None if self.teacher is None else self.teacher.to(device)
         return self
 
-    def __call__(self, x: torch.Tensor, rows: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix(
+        self, x: torch.Tensor, rows: torch.Tensor, epoch: int, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rows = rows.to(self.labels.device)
         y = self.labels[rows] * (1.0 - self.smoothing) + self.smoothing / self.smooth_to
         t = None if self.teacher is None else self.teacher[rows]
@@ -100,12 +104,13 @@ class SoftMixer(BatchMixer):
             lam: Any = self.draw(x)
             y = y * lam + y.flip(0) * (1.0 - lam)
             t = None if t is None else t * lam + t.flip(0) * (1.0 - lam)
-        return x, y if t is None else torch.cat([y, t], 1)
+            weight = mix_weights(weight, lam)
+        return x, y if t is None else torch.cat([y, t], 1), weight
 
 
 def _class_kl(logits: torch.Tensor, teacher: torch.Tensor, t: float, squash: bool) -> torch.Tensor:
     logq = F.log_softmax(logits.float() / t, dim=1)
-    return (teacher * (teacher.clamp_min(1e-12).log() - logq)).sum(1).mean()
+    return (teacher * (teacher.clamp_min(1e-12).log() - logq)).sum(1)
 
 
 def _label_kl(logits: torch.Tensor, teacher: torch.Tensor, t: float, squash: bool) -> torch.Tensor:
@@ -113,15 +118,15 @@ def _label_kl(logits: torch.Tensor, teacher: torch.Tensor, t: float, squash: boo
     bce = F.binary_cross_entropy_with_logits(logits.float() / t, teacher, reduction="none")
     p = teacher.clamp(1e-12, 1 - 1e-12)
     entropy = -(p * p.log() + (1 - p) * (1 - p).log())
-    return (bce - entropy).mean()
+    return (bce - entropy).mean(1)
 
 
 def _value_mse(out: torch.Tensor, teacher: torch.Tensor, t: float, squash: bool) -> torch.Tensor:
     z = torch.sigmoid(out.float()) if squash else out.float()
-    return F.mse_loss(z, teacher)
+    return F.mse_loss(z, teacher, reduction="none").mean(1)
 
 
-_TERMS = {  # task -> (soft term, whether it is scaled by T^2)
+_TERMS = {  # task -> (soft term per row, whether it is scaled by T^2)
     "classification": (_class_kl, True),
     "multilabel": (_label_kl, True),
     "regression": (_value_mse, False),
@@ -151,12 +156,12 @@ class DistillLoss(nn.Module):
         self.base, self.num_classes, self.alpha, self.temperature = base, num_classes, alpha, temperature
         self.task, self.squash = task, squash
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         c = self.num_classes
         labels, teacher = target[:, :c], target[:, c:]
-        hard = self.base(logits, labels)
+        hard = self.base(logits, labels) if weight is None else self.base(logits, labels, weight)
         term, scaled = _TERMS[self.task]
-        soft = term(logits, teacher, self.temperature, self.squash)
+        soft = row_mean(term(logits, teacher, self.temperature, self.squash), weight)
         if not scaled:
             return (1.0 - self.alpha) * hard + self.alpha * soft
         return (1.0 - self.alpha) * hard + self.alpha * self.temperature**2 * soft
@@ -185,12 +190,15 @@ def training_part(
     loss: nn.Module,
     device: torch.device,
     output: OutputSpec | None = None,
+    weights: np.ndarray | None = None,
 ) -> TrainingPart:
     """The fold's labelled training rows ``train_idx`` (of ``paths``, with integer ``labels`` or a target
-    matrix in the target's units) plus every pseudo-labelled row, targets looked up by row; ``loss`` (the base
-    loss) is wrapped for distillation when there is a teacher. ``output`` is the fold's output head: matrix
-    targets (labelled, pseudo and teacher rows alike) go through its ``to_model``, the regression scaling
-    fitted on the labelled training part. The validation rows stay the trainer's own."""
+        matrix in the target's units) plus every pseudo-labelled row, targets looked up by row; ``loss`` (the base
+        loss) is wrapped for distillation when there is a teacher. ``output`` is the fold's output head: matrix
+        targets (labelled, pseudo and teacher rows alike) go through its ``to_model``, the regression scaling
+        fitted on the labelled training part. The validation rows stay the trainer's own. ``weights``: the sample
+    weights of the training part (``training_weights``: the labelled rows ``train_idx`` in order, then the
+    pseudo rows)."""
     n, k = len(paths), len(targets.classes)
     spec = output if output is not None else OutputSpec()
     extra = targets.extra
@@ -207,7 +215,8 @@ def training_part(
         rows = spec.to_model(rows)  # regression: scaled as the network is trained; identity for labels
         if spec.activation == "sigmoid":  # a pseudo value beyond the training part's range: the sigmoid's end
             rows = np.clip(rows, 0.0, 1.0)
-    ds = ImageDataset(all_paths, np.arange(len(all_paths)), transform, reader=reader)
+    row_w = None if weights is None else by_position(weights, train_idx, len(all_paths))
+    ds = ImageDataset(all_paths, np.arange(len(all_paths)), transform, reader=reader, weights=row_w)
     idx = np.concatenate([train_idx, n + np.arange(targets.n_extra)]).astype(np.int64)
     teacher = None
     if targets.teacher is not None:
