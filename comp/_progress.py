@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 log = logging.getLogger("comp")
 T = TypeVar("T")
 _PLAIN_INTERVAL: float | None = None  # set in worker processes: bars of several processes on one terminal garble
+_SLOTS: dict[str, Any] = {}  # notebook widget bars by slot ("eff fold 0"), reused epoch after epoch
 
 
 def plain_lines(interval: float) -> None:
@@ -133,18 +134,53 @@ class EpochBoard:
             self.summary.update(html)
 
 
+def _slot_bar(slot: str, total: int | None, desc: str) -> Any:
+    """The notebook widget bar of ``slot``, made (and displayed) the first time, reset for every later epoch: one
+    widget per fold that stays on screen, instead of one display message per epoch's bar."""
+    bar = _SLOTS.get(slot)
+    if bar is None:
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        bar = _SLOTS[slot] = notebook_tqdm(total=total, desc=desc, leave=True)
+    else:
+        bar.reset(total=total)
+        bar.set_description(desc, refresh=True)
+    return bar
+
+
+def release_slot(slot: str) -> None:
+    """Close the notebook bar of ``slot`` (a fold that ended or failed); it stays on screen as it last was."""
+    bar = _SLOTS.pop(slot, None)
+    if bar is not None:
+        bar.close()
+
+
 class Progress:
-    """``update``/``set_postfix``/``close`` like tqdm, whatever the output is."""
+    """``update``/``set_postfix``/``close`` like tqdm, whatever the output is.
+
+    ``slot`` names a bar that successive loops share in a notebook (a fold's epochs): its widget is reused, and
+    ``release_slot`` closes it."""
 
     def __init__(
-        self, total: int | None, desc: str, *, enabled: bool = True, interval: float = 30.0, leave: bool = False
+        self,
+        total: int | None,
+        desc: str,
+        *,
+        enabled: bool = True,
+        interval: float = 30.0,
+        leave: bool = False,
+        slot: str | None = None,
     ):
         self.total, self.desc, self.n = total, desc, 0
         self.interval, self.postfix = _PLAIN_INTERVAL or interval, ""
         self.bar: Any = None
         self.enabled = enabled
+        self.slot = None
         self._last = time.monotonic()
         if enabled and _live():
+            if _in_notebook() and slot is not None:
+                self.bar, self.slot = _slot_bar(slot, total, desc), slot
+                return
             if _in_notebook():
                 from tqdm.auto import tqdm
             else:
@@ -166,8 +202,10 @@ class Progress:
             self.bar.set_postfix(**values)
 
     def close(self) -> None:
-        if self.bar is not None:
+        if self.bar is not None and self.slot is None:
             self.bar.close()
+        elif self.bar is not None:
+            self.bar.refresh()  # the slot's widget stays for the next loop; show where this one ended
 
     def __enter__(self) -> Progress:
         return self

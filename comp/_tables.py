@@ -124,4 +124,19 @@ class Rendered:
         body = (
             df.to_html(index=False, na_rep="-", float_format=fmt, border=0) if len(df) else f"<i>{self.empty_text}</i>"
         )
+        figures = getattr(self, "figures", None) or {}  # diagnostics' plots, shown under the table
+        body += "".join(figure_html(fig, name) for name, fig in figures.items())
         return f"<div><b>{html.escape(self.title())}</b>{body}</div>"
+
+
+def figure_html(fig: Any, title: str = "") -> str:
+    """A matplotlib Figure as an inline PNG ``<img>`` (drawn by Agg through ``savefig``, so the caller's backend
+    and pyplot's figure list are never involved)."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=72, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    alt = html.escape(title)
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'

@@ -54,6 +54,16 @@ SCRIPT = textwrap.dedent(
         pred = comp.predict(root / "run", tta=["hflip"], out=root / "sub.csv", progress=False)
         assert pred.submission == root / "sub.csv" and len(pred.test("eff")) == 8
 
+        eda = comp.eda(cfg, root / "eda")                  # figures come back; the report's files are written too
+        from matplotlib.figure import Figure
+        assert set(eda.figures) == {Path(p).stem for p in eda.plots} >= {"class_counts", "group_sizes"}
+        assert all(isinstance(f, Figure) and f.axes for f in eda.figures.values())
+        assert eda._repr_html_().count("data:image/png;base64,") == len(eda.plots)
+        assert all((root / "eda" / p).is_file() for p in eda.plots)
+        ex = comp.explain(root / "run", model_id="eff", top=2, out_dir=root / "explain")
+        assert {"confusion", "mistakes", "gradcam"} <= set(ex.figures) and all(f.axes for f in ex.figures.values())
+        assert ex._repr_html_().count("<img") == len(ex.figures) and (root / "explain" / "confusion.png").is_file()
+
         blend = comp.blend([run.model_dir("eff"), run.model_dir("byob")], method="mean", out=root / "blend.csv")
         assert blend.submission is not None and blend.submission.is_file()
         tuned = comp.tune(cfg, root / "tune", n_trials=2, pruner="none", folds=[0])
@@ -68,6 +78,8 @@ SCRIPT = textwrap.dedent(
 
     assert out.getvalue() == "", out.getvalue()              # the library prints nothing
     assert matplotlib.get_backend() == "pdf", matplotlib.get_backend()
+    if "matplotlib.pyplot" in sys.modules:                  # (optuna's plots for tune go through pyplot)
+        assert sys.modules["matplotlib.pyplot"].get_fignums() == []   # no figure left in pyplot's list
     assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
     assert logging.getLogger().handlers == root_handlers

@@ -35,6 +35,35 @@ def test_exist_ok_resume_overwrite_error(comp_dir, tmp_path):
     assert res.models["eff"].folds[0].skipped
 
 
+def _contents(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_refused_by_a_later_check_keeps_the_old_run(comp_dir, tmp_path):
+    """exist_ok='overwrite' deletes the old run only after every check passed: a config refused in the fold
+    plan or while reading its teacher leaves every old file byte for byte."""
+    import shutil
+
+    run = tmp_path / "run"
+    cfg = load_config(write_config(comp_dir, tiny_config(comp_dir)))
+    train_folds(cfg, run, progress=False)
+    teacher = tmp_path / "teacher"
+    shutil.copytree(run, teacher)
+    before = _contents(run)
+    too_many = cfg.replace(**{"folds.n_splits": 20})  # 12 groups: refused when the folds are planned
+    with pytest.raises(CompError, match="only 12 groups"):
+        train_folds(too_many, run, exist_ok="overwrite", progress=False)
+    assert _contents(run) == before
+    other_folds = cfg.replace(**{"folds.seed": 1, "loss.distill.teacher": str(teacher)})
+    with pytest.raises(CompError, match="teacher fold .* but in student fold"):
+        train_folds(other_folds, run, exist_ok="overwrite", progress=False)
+    assert _contents(run) == before
+    missing = cfg.replace(**{"loss.distill.teacher": str(tmp_path / "no-such-run")})
+    with pytest.raises(CompError, match="no-such-run"):
+        train_folds(missing, run, exist_ok="overwrite", progress=False)
+    assert _contents(run) == before  # (a config that passes does start it again: the test above)
+
+
 def test_the_cli_names_its_flags(comp_dir, tmp_path):
     run = tmp_path / "run"
     train_folds(load_config(write_config(comp_dir, tiny_config(comp_dir))), run, folds=[0], progress=False)

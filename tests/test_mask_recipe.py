@@ -78,7 +78,7 @@ def test_train_folds_scores_the_contest_labels_and_each_attribute(contest, train
     }
     # the heads' probabilities factorise into the attributes (an 18-way head's need not)
     np.testing.assert_allclose(compose_probs(marginals(oof.probs, LABELS), LABELS), oof.probs, atol=1e-5)
-    folds = run.read_folds("ImageID")
+    folds = run.fold_of("ImageID")
     person = folds.index.str.split("/").str[0]
     assert (folds.groupby(person).nunique() == 1).all()  # a person never straddles folds
 

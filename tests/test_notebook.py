@@ -67,6 +67,15 @@ def test_the_readme_notebook_runs(tmp_path, monkeypatch):
         assert len(cell.outputs) <= 30, (i, len(cell.outputs), cell.outputs[:5])
         text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
         assert len(text) < 20_000 and "INFO:comp" not in text, (i, text[:2000])
+    try:
+        import ipywidgets  # noqa: F401
+
+        widgets = True
+    except ImportError:
+        widgets = False
+    for i, n_bars in ((1, 2), (2, 2)):  # training cells: one progress widget per fold (2), not one per epoch
+        views = [o for o in nb.cells[i].outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert len(views) == (n_bars if widgets else 0), (i, len(views))
     html = [i for i, c in enumerate(nb.cells) if any("text/html" in o.get("data", {}) for o in c.outputs)]
     assert {0, 1, 2, 3, 5, 7} <= set(html), html  # Config, TrainResult, history, RunDir, TuneResult, Predictor
     for i in RAISES:

@@ -145,3 +145,32 @@ def test_embed_and_model(runs):
         p.model(5)
     with pytest.raises(CompError, match="cannot predict int"):
         p.predict(3)
+
+
+@pytest.mark.parametrize("kind", ["classification", "multilabel"])
+def test_onnx_engine_equals_comp_predict_after_export(runs, kind, tmp_path, caplog):
+    """After ``comp export --fuse``, the predictor's onnx engine runs the fused graph as ``comp predict --engine
+    onnx`` does: the same probabilities (test.csv) and the same submission, from files and from images in memory."""
+    run = tmp_path / "run"
+    shutil.copytree(runs(kind), run)  # the shared run stays as the other tests expect it
+    test_dir = runs(kind).parent / "comp" / "test"
+    res = CliRunner().invoke(main, ["export", str(run), "--fuse", "--tta", "hflip", "--quiet"])
+    assert res.exit_code == 0, res.output
+    sub_csv = tmp_path / "sub.csv"
+    res = CliRunner().invoke(
+        main, ["predict", str(run), "--engine", "onnx", "--tta", "hflip", "--out", str(sub_csv), "--quiet"]
+    )
+    assert res.exit_code == 0, res.output
+    with caplog.at_level("INFO", logger="comp"):
+        p = comp.load_predictor(run, engine="onnx", tta="hflip")
+        proba = p.predict_proba(test_dir).set_index("id")
+    assert "fused.onnx" in caplog.text  # the graph export wrote, not the per-fold ones
+    want = _test_csv(run, RunDir(run).model_ids())
+    np.testing.assert_allclose(proba.loc[want.index, list(want.columns)].to_numpy(), want.to_numpy(), atol=1e-6)
+    sub = pd.read_csv(sub_csv, keep_default_na=False).set_index("id")
+    got = p.predict(test_dir).set_index("id").loc[sub.index]
+    column = "label" if kind == "classification" else "tags"
+    assert got[column].astype(str).tolist() == sub[sub.columns[0]].astype(str).tolist()
+    files = sorted(test_dir.glob("*.png"))[:3]
+    in_memory = p.predict_proba([Image.open(f) for f in files]).drop(columns="id").to_numpy()
+    np.testing.assert_allclose(in_memory, proba.loc[[f.stem for f in files], p.classes].to_numpy(), atol=1e-6)

@@ -451,7 +451,7 @@ def test_a_student_on_pseudo_rows_and_a_teacher_through_the_cli(comp_dir, config
         assert set(part["id"]) <= train_ids and (part["fold"] == k).all()
         seen += list(part["id"])
     assert sorted(seen) == sorted(train_ids)
-    assert set(run.read_oof("eff").ids) == train_ids and set(run.read_folds().index) == train_ids
+    assert set(run.read_oof("eff").ids) == train_ids and set(run.read_folds()["id"]) == train_ids
     # the pseudo rows' images (from the test folder) were read for training in both folds, never to validate
     trained_on = [stem for folder, stem, grad in reads if folder == "test" and grad]
     assert set(trained_on) == pseudo_ids and len(trained_on) == 2 * len(pseudo_ids)

@@ -109,7 +109,7 @@ def test_every_task_trains_and_writes_its_oof_metrics_and_checkpoint(tmp_path, k
 
 def test_multilabel_learns_and_folds_keep_groups(tmp_path):
     cfg, result, run = _train(tmp_path, "multilabel", 30, train__epochs=5, train__lr=0.02, folds__n_splits=3)
-    folds = run.read_folds()
+    folds = run.fold_of()
     table = pd.read_csv(run.root.parent / "multilabel" / "train.csv", dtype=str).set_index("id")
     check_no_leak(folds.to_numpy(), table.loc[folds.index, "person"].to_numpy())
     assert result.models["eff"].cv > 0.8  # mean AUC: a bright channel is easy to see

@@ -89,7 +89,7 @@ def test_resume_equals_uninterrupted(comp_dir, tmp_path, monkeypatch):
     assert (tmp_path / "killed/models/eff/fold0.state.pt").is_file()
     assert not (tmp_path / "killed/models/eff/oof.csv").exists()
     cfg = load_config(write_config(comp_dir, tiny_config(comp_dir, **kw)))
-    with pytest.raises(CompError, match="pass --resume"):
+    with pytest.raises(CompError, match="pass resume=True"):
         train_folds(cfg, tmp_path / "killed", progress=False)
     train_folds(cfg, tmp_path / "killed", resume=True, progress=False)
     a = pd.read_csv(tmp_path / "full/models/eff/oof.csv")

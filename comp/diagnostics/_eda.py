@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -23,6 +24,7 @@ from comp.config import Config
 from comp.data._table import TrainTable, load_image, load_test_table, load_train_table
 from comp.diagnostics._eda_targets import (
     TARGET_VIEWS,
+    Plot,
     attribute_counts,
     attribute_lines,
     attribute_plot,
@@ -32,6 +34,9 @@ from comp.diagnostics._eda_targets import (
 )
 from comp.errors import CompError
 from comp.run import check_report_folder, data_inputs, image_trees, write_csv, write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -46,6 +51,7 @@ class EdaResult(Rendered):
     unreadable: pd.DataFrame  # path, error
     gray: int  # grayscale images stored as RGB
     plots: list[str]  # PNG file names beside eda.html
+    figures: dict[str, Figure] = field(default_factory=dict)  # the same plots by name ("class_counts"), drawn
 
     def text(self) -> str:
         return "\n".join(self.summary)
@@ -120,10 +126,10 @@ def scan(paths) -> dict:
 
 def _plots(
     out: Path, labels: pd.Series, classes, groups, info: pd.DataFrame, table: TrainTable | None = None
-) -> list[tuple[str, str]]:
+) -> list[Plot]:
     from matplotlib.figure import Figure
 
-    made = []
+    made: list[Plot] = []
     parts = labels.astype(str).str.split("_")
     nparts = parts.map(len)
     if table is not None and table.scheme is not None:  # the attributes are declared: no guessing from names
@@ -139,14 +145,14 @@ def _plots(
         ax.set_yticks(range(joint.shape[0]), joint.index)
         fig.colorbar(im, ax=ax)
         ax.set_title("joint label distribution (first part vs rest)")
-        made.append(("joint label distribution", save_plot(fig, out / "label_joint.png").name))
+        made.append(save_plot(fig, out / "label_joint.png", "joint label distribution"))
     if groups is not None:
         sizes = pd.Series(groups).value_counts()
         fig = Figure(figsize=(4, 3))
         ax = fig.subplots()
         ax.hist(sizes.to_numpy(), bins=min(30, max(1, sizes.nunique())))
         ax.set_title("images per group")
-        made.append(("group sizes", save_plot(fig, out / "group_sizes.png").name))
+        made.append(save_plot(fig, out / "group_sizes.png", "group sizes"))
     ok = info[info["ok"]]
     if len(ok):
         fig = Figure(figsize=(8, 3))
@@ -157,12 +163,13 @@ def _plots(
         axes[0].set_title("image sizes")
         axes[1].hist((ok["width"] / ok["height"]).to_numpy(), bins=30)
         axes[1].set_title("aspect ratio (w/h)")
-        made.append(("image sizes and aspect ratios", save_plot(fig, out / "image_sizes.png").name))
+        made.append(save_plot(fig, out / "image_sizes.png", "image sizes and aspect ratios"))
     return made
 
 
 def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
-    """Write the report (eda.html, plots, duplicates.csv, ...) into ``out_dir``."""
+    """Write the report (eda.html, plots, duplicates.csv, ...) into ``out_dir``; the result also holds the plots
+    as matplotlib Figures (``result.figures``), which a notebook shows inline with the summary."""
     if not 0 <= threshold <= 64:
         raise CompError("--threshold is a Hamming distance between 0 and 64")
     out = Path(out_dir)
@@ -289,7 +296,7 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
         + [f"<li><pre>{esc(s)}</pre></li>" if "\n" in s else f"<li>{esc(s)}</li>" for s in summary]
         + ["</ul>"]
     )
-    for title, name in plots:
+    for title, name, _ in plots:
         body.append(f'<h2>{esc(title)}</h2><img src="{esc(name)}" alt="{esc(title)}">')
     body.append("<h2>per-class RGB mean/std (0-255)</h2>" + colors.to_html(index=False, float_format="%.1f"))
     body.append("<h2>targets</h2>" + count_table.to_html(index=False, float_format="%.4g"))
@@ -305,4 +312,5 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
         + "</body></html>\n"
     )
     html_path = write_text(out / "eda.html", page)
-    return EdaResult(summary, html_path, dups, bad, n_gray, [name for _, name in plots])
+    figures = {Path(name).stem: fig for _, name, fig in plots}
+    return EdaResult(summary, html_path, dups, bad, n_gray, [name for _, name, _ in plots], figures=figures)

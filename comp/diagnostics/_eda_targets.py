@@ -5,17 +5,24 @@ counts and their joint distribution."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from comp.data._table import TrainTable
-from comp.run import save_figure, write_csv
+from comp.run import atomic_write, write_csv
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+Plot = tuple[str, str, "Figure"]  # (title, PNG file name beside eda.html, the figure the API returns)
 
 
-def save_plot(fig, path: Path) -> Path:
-    save_figure(path, fig)
-    return path
+def save_plot(fig: Figure, path: Path, title: str) -> Plot:
+    """Write ``fig`` as ``path`` (PNG) and keep it: the API hands the figure back, drawn, for a notebook."""
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
+    return title, path.name, fig
 
 
 def attribute_counts(table: TrainTable) -> tuple[dict[str, pd.Series], pd.DataFrame]:
@@ -60,7 +67,7 @@ def attribute_lines(table: TrainTable) -> list[str]:
     return lines
 
 
-def attribute_plot(out: Path, table: TrainTable) -> list[tuple[str, str]]:
+def attribute_plot(out: Path, table: TrainTable) -> list[Plot]:
     from matplotlib.figure import Figure
 
     counts, joint = attribute_counts(table)
@@ -80,7 +87,7 @@ def attribute_plot(out: Path, table: TrainTable) -> list[tuple[str, str]]:
     ax.set_yticks(range(joint.shape[0]), joint.index)
     fig.colorbar(im, ax=ax)
     ax.set_title("joint distribution")
-    return [("attributes: counts and joint distribution", save_plot(fig, out / "attributes.png").name)]
+    return [save_plot(fig, out / "attributes.png", "attributes: counts and joint distribution")]
 
 
 # ---------------------------------------------------------------- the targets, per task
@@ -111,7 +118,7 @@ def colour_groups(table: TrainTable) -> list[tuple[str, np.ndarray]]:
     return [(f"{name} quartile {k + 1}", q == k) for k in range(4)]
 
 
-def class_view(out: Path, table: TrainTable) -> tuple[list[str], list[tuple[str, str]], pd.DataFrame]:
+def class_view(out: Path, table: TrainTable) -> tuple[list[str], list[Plot], pd.DataFrame]:
     from matplotlib.figure import Figure
 
     counts = pd.Series(np.bincount(table.targets, minlength=len(table.classes)), index=table.classes)
@@ -126,7 +133,7 @@ def class_view(out: Path, table: TrainTable) -> tuple[list[str], list[tuple[str,
     )
     return (
         [line],
-        [("class counts", save_plot(fig, out / "class_counts.png").name)],
+        [save_plot(fig, out / "class_counts.png", "class counts")],
         pd.DataFrame({"class": counts.index, "images": counts.to_numpy()}),
     )
 
@@ -137,7 +144,7 @@ def label_cooccurrence(table: TrainTable) -> pd.DataFrame:
     return pd.DataFrame(Y.T @ Y, index=table.classes, columns=table.classes)
 
 
-def multilabel_view(out: Path, table: TrainTable) -> tuple[list[str], list[tuple[str, str]], pd.DataFrame]:
+def multilabel_view(out: Path, table: TrainTable) -> tuple[list[str], list[Plot], pd.DataFrame]:
     from matplotlib.figure import Figure
 
     Y = table.targets > 0.5
@@ -164,10 +171,10 @@ def multilabel_view(out: Path, table: TrainTable) -> tuple[list[str], list[tuple
     a2.set_yticks(range(len(co)), co.index)
     a2.set_title("P(column label | row label)")
     fig.colorbar(im, ax=a2)
-    return lines, [("label frequency and co-occurrence", save_plot(fig, out / "labels.png").name)], freq
+    return lines, [save_plot(fig, out / "labels.png", "label frequency and co-occurrence")], freq
 
 
-def regression_view(out: Path, table: TrainTable) -> tuple[list[str], list[tuple[str, str]], pd.DataFrame]:
+def regression_view(out: Path, table: TrainTable) -> tuple[list[str], list[Plot], pd.DataFrame]:
     from matplotlib.figure import Figure
 
     y = table.targets
@@ -196,7 +203,7 @@ def regression_view(out: Path, table: TrainTable) -> tuple[list[str], list[tuple
         axes[-1].boxplot([frame.loc[frame["g"] == g, "y"].to_numpy() for g in top])
         axes[-1].set_xticks(range(1, len(top) + 1), list(top), rotation=90, fontsize=6)
         axes[-1].set_title(f"{table.classes[0]} by group (largest 30)")
-    return lines, [("target distribution (and by group)", save_plot(fig, out / "targets.png").name)], pd.DataFrame(rows)
+    return lines, [save_plot(fig, out / "targets.png", "target distribution (and by group)")], pd.DataFrame(rows)
 
 
 TARGET_VIEWS = {"classification": class_view, "multilabel": multilabel_view, "regression": regression_view}

@@ -10,8 +10,9 @@ checkpoint (the model that never trained on it), one per class, label or target 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -25,6 +26,9 @@ from comp.metrics import get_metric
 from comp.run import FileSet, RunDir, check_report_folder, data_inputs, image_trees, load_checkpoint, run_files
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ExplainResult",
@@ -49,6 +53,8 @@ class ExplainResult(Rendered):
     confusion: np.ndarray | None  # counts[label, predicted] (classification)
     cams: dict[str, np.ndarray]  # id -> Grad-CAM map at the image's size (the first output it explains)
     mistakes: int  # OOF rows counted as wrong (argmax, thresholded label set; regression: every row)
+    # the report's plots by name (confusion or roc or residuals, mistakes, gradcam), drawn, as matplotlib Figures
+    figures: dict[str, Figure] = field(default_factory=dict)
 
     def title(self) -> str:
         return f"ExplainResult: {self.model_id}, {self.mistakes} OOF mistakes, report in {self.out}"
@@ -57,7 +63,7 @@ class ExplainResult(Rendered):
         return self.scores.reset_index(drop=True)
 
 
-def _grid(files: FileSet, path: Path, items: list[tuple[np.ndarray, str]], cols: int = 4) -> Path:
+def _grid(files: FileSet, path: Path, items: list[tuple[np.ndarray, str]], cols: int = 4) -> Figure:
     from matplotlib.figure import Figure
 
     rows = max(1, -(-len(items) // cols))
@@ -69,10 +75,10 @@ def _grid(files: FileSet, path: Path, items: list[tuple[np.ndarray, str]], cols:
         ax.imshow(img)
         ax.set_title(title, fontsize=8)
     files.add(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
-    return path
+    return fig
 
 
-def _confusion_png(files: FileSet, path: Path, cm: np.ndarray, classes: list[str]) -> Path:
+def _confusion_png(files: FileSet, path: Path, cm: np.ndarray, classes: list[str]) -> Figure:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(4, 0.5 * len(classes)), max(3.5, 0.45 * len(classes))))
@@ -94,10 +100,10 @@ def _confusion_png(files: FileSet, path: Path, cm: np.ndarray, classes: list[str
                 color="white" if cm[i, j] > cm.max() / 2 else "black",
             )
     files.add(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
-    return path
+    return fig
 
 
-def _roc_png(files: FileSet, path: Path, Y: np.ndarray, P: np.ndarray, labels: list[str]) -> Path:
+def _roc_png(files: FileSet, path: Path, Y: np.ndarray, P: np.ndarray, labels: list[str]) -> Figure:
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -115,10 +121,10 @@ def _roc_png(files: FileSet, path: Path, Y: np.ndarray, P: np.ndarray, labels: l
     ax.set_title("OOF ROC per label (AUC)")
     ax.legend(fontsize=6, loc="lower right")
     files.add(path, lambda p: fig.savefig(p, format="png", dpi=90, bbox_inches="tight"))
-    return path
+    return fig
 
 
-def _residuals_png(files: FileSet, path: Path, y: np.ndarray, p: np.ndarray, names: list[str]) -> Path:
+def _residuals_png(files: FileSet, path: Path, y: np.ndarray, p: np.ndarray, names: list[str]) -> Figure:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 3.2 * len(names)))
@@ -135,7 +141,7 @@ def _residuals_png(files: FileSet, path: Path, y: np.ndarray, p: np.ndarray, nam
         b.set_xlabel(f"{name} (target)")
         b.set_ylabel("residual")
     files.add(path, lambda p_: fig.savefig(p_, format="png", dpi=90, bbox_inches="tight"))
-    return path
+    return fig
 
 
 def best_model(run: RunDir, ids: list[str]) -> str:
@@ -168,7 +174,7 @@ def _check_out(out: Path, run: RunDir, model_id: str, cfg) -> None:
     check_report_folder(out, reads=reads, trees=image_trees(cfg.data))
 
 
-def _figures(files: FileSet, out: Path, task: str, found: Mistakes, pred) -> None:
+def _figures(files: FileSet, out: Path, task: str, found: Mistakes, pred) -> dict[str, Figure]:
     """The task's own picture of its errors."""
     if found.confusion is not None:
         classes = pred.classes
@@ -176,18 +182,18 @@ def _figures(files: FileSet, out: Path, task: str, found: Mistakes, pred) -> Non
             out / "confusion.csv",
             pd.DataFrame(found.confusion, index=classes, columns=classes).rename_axis("label").reset_index(),
         )
-        _confusion_png(files, out / "confusion.png", found.confusion, classes)
-    elif task == "multilabel":
-        _roc_png(files, out / "roc.png", np.asarray(pred.targets), pred.probs, pred.classes)
-    else:
-        y, p, names = found.extra["residuals"]
-        _residuals_png(files, out / "residuals.png", y, p, names)
+        return {"confusion": _confusion_png(files, out / "confusion.png", found.confusion, classes)}
+    if task == "multilabel":
+        return {"roc": _roc_png(files, out / "roc.png", np.asarray(pred.targets), pred.probs, pred.classes)}
+    y, p, names = found.extra["residuals"]
+    return {"residuals": _residuals_png(files, out / "residuals.png", y, p, names)}
 
 
 def explain_run(
     run_dir, model_id: str | None = None, top: int = 12, gradcam_ids: list[str] | None = None, out_dir=None
 ) -> ExplainResult:
-    """Write the explain report for ``model_id`` (default: the best-CV model) into ``out_dir``."""
+    """Write the explain report for ``model_id`` (default: the best-CV model) into ``out_dir``; the result also
+    holds its plots as matplotlib Figures (``result.figures``), which a notebook shows inline with the scores."""
     from comp.data._augment import from_dict
     from comp.data._table import load_image, load_train_table
     from comp.training._models import model_from_checkpoint
@@ -226,7 +232,7 @@ def explain_run(
 
     # the report's files are staged and committed together: a failure half-way leaves the previous report whole
     with FileSet(out) as files:
-        _figures(files, out, cfg.task, found, pred)
+        figures = _figures(files, out, cfg.task, found, pred)
         files.csv(out / "per_class.csv", found.scores)
         files.csv(out / "mislabeled.csv", ranked)
         items = []
@@ -237,7 +243,7 @@ def explain_run(
             except (CompError, KeyError):
                 continue
         if items:
-            _grid(files, out / "mistakes.png", items)
+            figures["mistakes"] = _grid(files, out / "mistakes.png", items)
         cams: dict[str, np.ndarray] = {}
         cam_items: list[tuple[np.ndarray, str]] = []
         models: dict[int, tuple] = {}
@@ -256,5 +262,5 @@ def explain_run(
                 cams.setdefault(rid, cam)
                 cam_items.append((overlay(img, cam), f"fold {fold} CAM for {classes[k]}"))
         if cam_items:
-            _grid(files, out / "gradcam.png", cam_items)
-    return ExplainResult(out, model_id, found.scores, ranked, found.confusion, cams, len(found.wrong))
+            figures["gradcam"] = _grid(files, out / "gradcam.png", cam_items)
+    return ExplainResult(out, model_id, found.scores, ranked, found.confusion, cams, len(found.wrong), figures=figures)

@@ -284,7 +284,7 @@ def parity_inputs(
     paths, source, rows = [], "", None
     try:
         table = load_train_table(data, task=cfg.task)
-        fold_of = run.read_folds(data.id_column).reindex(table.df[data.id_column]).to_numpy()
+        fold_of = run.fold_of(data.id_column).reindex(table.df[data.id_column]).to_numpy()
         idx = np.flatnonzero(fold_of == meta.fold)[:n]
         paths = [table.paths[i] for i in idx]
         rows = train_metadata(data, meta.tower, table.df)[idx] if meta.tower else None

@@ -192,7 +192,7 @@ def oof_tta(
     data = cfg.data
     table = load_train_table(data, task=cfg.task)
     id_col = data.id_column
-    fold_of = run.read_folds(id_col).reindex(table.df[id_col]).to_numpy()
+    fold_of = run.fold_of(id_col).reindex(table.df[id_col]).to_numpy()
     if pd.isna(fold_of).any():
         raise CompError(f"{run.folds} lacks some ids of {data.train_csv}; the training table changed since train-folds")
     classes, tower = folds[0].ckpt.meta.classes, folds[0].ckpt.meta.tower

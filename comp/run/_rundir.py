@@ -234,8 +234,15 @@ class RunDir:
         return write_text(self.config, dump(cfg))
 
     # -- folds ---------------------------------------------------------------------
-    def read_folds(self, id_column: str | None = None) -> pd.Series:
-        """``folds.csv`` as a Series: id (string) -> fold (int)."""
+    def read_folds(self, id_column: str | None = None) -> pd.DataFrame:
+        """``folds.csv`` as a DataFrame: the id column and ``fold`` (int), one row per training row, in its order.
+
+        ``run.read_folds().groupby("fold").size()`` counts each fold's rows; ``fold_of`` looks folds up by id."""
+        ids = self.fold_of(id_column)
+        return pd.DataFrame({id_column or self.id_column(): ids.index.to_numpy(dtype=object), "fold": ids.to_numpy()})
+
+    def fold_of(self, id_column: str | None = None) -> pd.Series:
+        """``folds.csv`` as a Series: id (string) -> fold (int), e.g. ``run.fold_of().reindex(ids)``."""
         id_column = id_column or self.id_column()
         if not self.folds.is_file():
             raise RunFolderError(f"{self.folds} not found; run `comp train-folds` first (it assigns the folds)")

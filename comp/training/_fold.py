@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
-from comp._progress import Progress
+from comp._progress import Progress, release_slot
 from comp.config import size_schedule
 from comp.data._augment import BatchMixer, DeviceNormalize, pipelines, to_dict, valid_pipeline
 from comp.data._sample_weights import by_position, training_weights
@@ -235,6 +235,7 @@ class FoldTrainer:
             self.steps_per_epoch,
             f"{self.ctx.model_id} fold {self.ctx.fold} epoch {epoch + 1}/{self.tcfg.epochs}",
             enabled=self.ctx.progress and self.dist.is_main,
+            slot=self._slot,  # in a notebook: one widget per fold, reset every epoch
         )
         sc = StepConfig(
             device=self.device,
@@ -307,8 +308,18 @@ class FoldTrainer:
         )
         return self.dist.gather_rows(predict_probs(model, loader, sc, self.head))
 
+    @property
+    def _slot(self) -> str:
+        return f"{self.ctx.model_id} fold {self.ctx.fold}"
+
     def fit(self) -> FoldResult:
         """Train the remaining epochs (after a resume) and return the fold summary."""
+        try:
+            return self._fit()
+        finally:
+            release_slot(self._slot)  # the fold's notebook bar (if any) stays on screen, closed
+
+    def _fit(self) -> FoldResult:
         patience = self.tcfg.early_stopping
         for epoch in range(self.state["epoch"] + 1, self.tcfg.epochs):
             row = self.run_epoch(epoch)

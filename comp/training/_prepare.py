@@ -70,14 +70,15 @@ def prepare_run(cfg: Config, run: RunDir) -> None:
     run.save_config(cfg)
 
 
-def plan_folds(cfg: Config, run: RunDir, table: TrainTable) -> tuple[np.ndarray, bool]:
+def plan_folds(cfg: Config, run: RunDir, table: TrainTable, *, fresh: bool = False) -> tuple[np.ndarray, bool]:
     """(fold of every training row, whether folds.csv must be written): the saved assignment when it fits,
-    else a new one. Computed before anything is written, so an impossible split is refused first."""
+    else a new one (always a new one when ``fresh``: the run folder is about to be started again). Computed
+    before anything is written, so an impossible split is refused first."""
     id_col = cfg.data.id_column
     ids = table.df[id_col].to_numpy()
-    if run.folds.is_file():
+    if run.folds.is_file() and not fresh:
         try:
-            saved = run.read_folds(id_col)
+            saved = run.fold_of(id_col)
         except CompError:
             saved = None
         fits = saved is not None and len(saved) == len(ids) and set(saved.index) == set(ids)
@@ -174,26 +175,29 @@ def check_exist_ok(exist_ok: str) -> str:
     return exist_ok
 
 
-def start_over(cfg: Config, run: RunDir, exist_ok: str) -> None:
+def start_over(cfg: Config, run: RunDir, exist_ok: str) -> bool:
     """What an existing run folder becomes: continued (``resume``: a changed config is refused later), emptied
-    of comp's own files (``overwrite``: a user's files there stay), or refused (``error``)."""
+    of comp's own files (``overwrite``: a user's files there stay), or refused (``error``).
+
+    Returns whether the folder must be emptied; nothing is deleted here. The caller clears it (``clear_run``)
+    only after every other check has passed, so a command refused for bad input keeps the old run intact."""
     if not run.root.is_dir() or not (run.config.is_file() or run.models_root.is_dir()):
-        return
+        return False
     if exist_ok == "error":
         raise CompError(
             f"run folder {run.root} already exists; pass another {arg('run_dir', '--run-dir')}, or "
             f"{arg('exist_ok=' + repr('resume'), '--exist-ok resume')} to continue it, or "
             f"{arg('exist_ok=' + repr('overwrite'), '--exist-ok overwrite')} to start it again"
         )
-    if exist_ok == "overwrite":
-        for what, path in [*data_inputs(cfg.data), ("the teacher loss.distill.teacher", _teacher(cfg))]:
-            if path and Path(path).resolve().is_relative_to(run.root.resolve()):
-                raise CompError(
-                    f"{arg('exist_ok=' + repr('overwrite'), '--exist-ok overwrite')} would start {run.root} again, "
-                    f"which holds {what} ({path}) this run reads; pass another {arg('run_dir', '--run-dir')}"
-                )
-        gone = clear_run(run.root)
-        log.info("%s: started again (deleted %d files and folders comp had written there)", run.root, len(gone))
+    if exist_ok != "overwrite":
+        return False
+    for what, path in [*data_inputs(cfg.data), ("the teacher loss.distill.teacher", _teacher(cfg))]:
+        if path and Path(path).resolve().is_relative_to(run.root.resolve()):
+            raise CompError(
+                f"{arg('exist_ok=' + repr('overwrite'), '--exist-ok overwrite')} would start {run.root} again, "
+                f"which holds {what} ({path}) this run reads; pass another {arg('run_dir', '--run-dir')}"
+            )
+    return True
 
 
 def _teacher(cfg: Config) -> str | None:
@@ -208,12 +212,12 @@ def set_up_run(
     writes the config, ``sources.json`` and ``folds.csv``; the other ranks read what it wrote."""
     if dist.is_main:
         preflight(cfg, table)  # everything checkable is checked before the first write
-        start_over(cfg, run, exist_ok)
+        fresh = start_over(cfg, run, exist_ok)
         if cfg.data.cache == "disk":  # an unwritable data.cache_dir fails here, before the run folder is written
             from comp.data._cache import disk_cache_dir
 
             disk_cache_dir(cfg.data, run.root)
-        fold_ids, new_folds = plan_folds(cfg, run, table)
+        fold_ids, new_folds = plan_folds(cfg, run, table, fresh=fresh)
         if table.weights is not None and cfg.data.weight_column:
             check_fold_weights(table.weights, fold_ids, cfg.data.weight_column)
         soft = load_training_targets(cfg, table, fold_ids, run)  # pseudo rows and teacher, checked before writing
@@ -224,6 +228,9 @@ def set_up_run(
                 "targets yet (their rows have no training-table metadata); drop models[].metadata or the pseudo/"
                 "distill source"
             )
+        if fresh:  # every check above passed: only now does the old run go (a live fold lock still stops it)
+            gone = clear_run(run.root)
+            log.info("%s: started again (deleted %d files and folders comp had written there)", run.root, len(gone))
         prepare_run(cfg, run)
         check_and_record(soft, run, trained_anything(run))
         if new_folds:
