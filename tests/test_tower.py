@@ -117,7 +117,7 @@ def test_a_fold_scaler_never_sees_its_validation_rows(tmp_path, tower_run):
     rd = RunDir(tower_run)
     stored = load_checkpoint(rd.fold_checkpoints("eff")[0]).meta.tower
     assert stored is not None
-    folds = rd.read_folds("id")
+    folds = rd.fold_of("id")
     cfg = load_config(rd.load_config())
     train_df = pd.read_csv(cfg.data.train_csv, keep_default_na=False)
     part = train_df["id"].map(folds) != 0
