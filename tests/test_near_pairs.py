@@ -37,7 +37,7 @@ def _adversarial(rng: np.random.Generator, n: int, threshold: int) -> np.ndarray
     return out[rng.permutation(len(out))]
 
 
-@pytest.mark.parametrize("threshold", [0, 1, 3, 5, 8, 12, 13])
+@pytest.mark.parametrize("threshold", [0, 2, 5, 9, 13])
 def test_banded_pairs_equal_the_exhaustive_scan(threshold):
     rng = np.random.default_rng(threshold)
     a = _adversarial(rng, 2000, threshold)

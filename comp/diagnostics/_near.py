@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-CHUNK = 1 << 21  # candidate pairs compared per vectorised step: ~50 MB of temporaries
+CHUNK = 1 << 20  # candidate pairs compared per vectorised step: ~60 MB of temporaries
 MAX_BANDED = 12  # above this threshold the bands are too narrow to prune: compare every pair
 
 
@@ -92,37 +92,27 @@ def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 
 def _shared(ka: np.ndarray, kb: np.ndarray, same: bool):
-    """Yield (ia, ib) index arrays, at most ~CHUNK pairs at a time, of every pair with ka[ia] == kb[ib]
-    (``same``: ka is kb, and only ia < ib)."""
+    """Yield (ia, ib) index arrays, about CHUNK pairs at a time, of every pair with ka[ia] == kb[ib]
+    (``same``: ka is kb, and only ia < ib, each pair once)."""
     oa, ua, sa, ca = _runs(ka)
-    if same:
-        ob, sb, cb = oa, sa, ca
-        keep = ca > 1
-        sa, ca, sb, cb = sa[keep], ca[keep], sb[keep], cb[keep]
-    else:
-        ob, ub, sb_all, cb_all = _runs(kb)
-        common, pa, pb = np.intersect1d(ua, ub, assume_unique=True, return_indices=True)
-        sa, ca, sb, cb = sa[pa], ca[pa], sb_all[pb], cb_all[pb]
-    # a key's pairs are ca * cb; a key with more than CHUNK of them is split by rows of a
-    rows = np.maximum(1, CHUNK // np.maximum(cb, 1))
-    pieces = -(-ca // rows)
-    key = np.repeat(np.arange(len(ca)), pieces)
-    first = (np.arange(len(key)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * rows[key]
-    n_rows = np.minimum(rows[key], ca[key] - first)
-    work = n_rows * cb[key]
-    group = (np.cumsum(work) - work) // CHUNK  # consecutive pieces, about CHUNK pairs per group
-    edges = np.r_[0, np.flatnonzero(np.diff(group)) + 1, len(work)]
+    n = len(ka)
+    run_of = np.repeat(np.arange(len(ca)), ca)  # each row of a, in sorted order: the run of its key
+    if same:  # a row's partners: the rows after it in its own run
+        ob = oa
+        start = np.arange(n) + 1
+        count = ca[run_of] - 1 - (np.arange(n) - sa[run_of])
+    else:  # a row's partners: the whole run of its key in b, if b has that key
+        ob, ub, sb, cb = _runs(kb)
+        at = np.minimum(np.searchsorted(ub, ua), max(len(ub) - 1, 0))
+        hit = (ub[at] == ua) if len(ub) else np.zeros(len(ua), dtype=bool)
+        start = np.where(hit, sb[at], 0)[run_of]
+        count = np.where(hit, cb[at], 0)[run_of]
+    rows = np.flatnonzero(count > 0)
+    start, count = start[rows], count[rows]
+    group = (np.cumsum(count) - count) // CHUNK  # consecutive rows, about CHUNK pairs per group
+    edges = np.r_[0, np.flatnonzero(np.diff(group)) + 1, len(rows)]
     for lo, hi in zip(edges[:-1], edges[1:]):
-        k, f, w = key[lo:hi], first[lo:hi], work[lo:hi]
-        total = int(w.sum())
-        if total == 0:
-            continue
-        piece = np.repeat(np.arange(len(w)), w)
-        off = np.arange(total) - np.repeat(np.cumsum(w) - w, w)
-        width = cb[k][piece]
-        ra = f[piece] + off // width  # row within the key's run of a
-        rb = off % width  # row within the key's run of b
-        if same:
-            keep = ra < rb
-            ra, rb, piece = ra[keep], rb[keep], piece[keep]
-        yield oa[sa[k][piece] + ra], ob[sb[k][piece] + rb]
+        c = count[lo:hi]
+        rep = np.repeat(np.arange(lo, hi), c)
+        off = np.arange(len(rep)) - np.repeat(np.cumsum(c) - c, c)
+        yield oa[rows[rep]], ob[start[rep] + off]
