@@ -393,7 +393,14 @@ class NestedBlend:
 
 
 def nested_blend(
-    method: Method, P: np.ndarray, y: np.ndarray, folds: np.ndarray, metric: Metric, bias: bool
+    method: Method,
+    P: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    metric: Metric,
+    bias: bool,
+    *,
+    on_fold: Callable[[], None] | None = None,
 ) -> NestedBlend:
     """Out-of-fold blend and decisions: for each fold, fit the blend (and the metric's decision, on the blend's
     predictions of those rows) on the other folds' OOF rows; predict this fold's rows."""
@@ -409,6 +416,8 @@ def nested_blend(
             decision = metric.decide(y[train], blender.predict(P[:, train]))
             assert decision is not None
             decisions[int(k)] = decision
+        if on_fold is not None:
+            on_fold()
     return NestedBlend(out, decisions)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from comp._progress import Progress
 from comp._tables import format_table
 from comp.config import Config
 from comp.data._attributes import attribute_f1
@@ -224,12 +225,14 @@ def run_ensemble(
     scorer = get_metric(metric or first.config.metric, task.name)
     scorer.check_columns(data.classes)
     name, run_root = _blend_name(name, method, bias, members)
-    final, b = fit_blend(blend, data.oof, data.y, scorer, bias)
-    in_sample = final.predict(data.oof)
-    if blend.fitted or bias:
-        nested = nested_blend(blend, data.oof, data.y, data.folds, scorer, bias)
-    else:  # nothing fitted on the rows: the blend is honest as it is; only a decision needs refitting per fold
-        nested = NestedBlend(in_sample, nested_decisions(scorer, data.y, in_sample, data.folds))
+    with Progress(1 + len(np.unique(data.folds)), f"blend {method} (all rows, then each fold)") as bar:
+        final, b = fit_blend(blend, data.oof, data.y, scorer, bias)
+        bar.update()
+        in_sample = final.predict(data.oof)
+        if blend.fitted or bias:
+            nested = nested_blend(blend, data.oof, data.y, data.folds, scorer, bias, on_fold=bar.update)
+        else:  # nothing fitted on the rows: the blend is honest as it is; only a decision needs refitting per fold
+            nested = NestedBlend(in_sample, nested_decisions(scorer, data.y, in_sample, data.folds))
     honest = nested.pred
     cv, fold_scores = nested_scores(scorer, data.y, honest, data.folds, nested.decisions)
     decision = scorer.decide(data.y, honest)  # what the submission applies: fitted on every honest OOF row
