@@ -17,6 +17,11 @@ from PIL import Image
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# subprocesses (the `comp` script, `python -c`) import the source tree under test, not whichever checkout the
+# editable install happens to point at
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
+
 N_CLASSES = 3
 
 

@@ -12,9 +12,13 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 
 
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
 def _pip(*args: str) -> subprocess.CompletedProcess:
+    # without PYTHONPATH: pip would take the source tree on it for comp already installed in the venv
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=CLEAN_ENV)
 
 
 def test_wheel_builds_and_installs_without_the_network(tmp_path):
@@ -44,9 +48,10 @@ def test_wheel_builds_and_installs_without_the_network(tmp_path):
     python = venv / "bin" / "python"
     res = _pip("--python", str(python), "install", "--no-index", "--no-deps", "--find-links", str(wheels), "comp")
     assert res.returncode == 0, res.stderr
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     code = "import comp; print(comp.__version__); print(comp.__file__)"
-    res = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    res = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, env=CLEAN_ENV, cwd=tmp_path, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     version, where = res.stdout.split()
     assert version != "0+unknown" and Path(where).is_relative_to(venv)

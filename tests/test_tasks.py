@@ -122,6 +122,20 @@ def test_regression_learns_something(tmp_path):
     assert result.models["eff"].cv > 0.0  # better than predicting the mean
 
 
+def test_a_regression_target_named_target_trains_and_reads_back(tmp_path):
+    # "target" is the commonest name of a regression column; comp writes the truth as target:target beside it
+    root = write_task_competition(tmp_path / "regression", "regression", n_groups=8)
+    df = pd.read_csv(root / "train.csv", dtype=str).rename(columns={"score": "target"})
+    df.to_csv(root / "train.csv", index=False)
+    raw = task_config(root, "regression", train__epochs=1)
+    raw["data"]["label_column"] = "target"
+    cfg = load_config(write_config(root, raw))
+    train_folds(cfg, tmp_path / "run", progress=False)
+    oof = RunDir(tmp_path / "run").read_oof("eff")
+    assert oof.classes == ["target"] and oof.matrix_targets
+    assert np.allclose(oof.targets[:, 0], df.set_index("id").loc[oof.ids, "target"].astype(float))
+
+
 @pytest.mark.parametrize(
     "kind, rows, over, needle",
     [

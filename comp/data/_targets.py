@@ -45,10 +45,12 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(np.asarray(mask))[0])
 
 
-def check_names(names: list[str], id_col: str, source: str | Path, what: str) -> None:
-    """Output column names that would clash with a column comp writes are refused."""
+def check_names(names: list[str], id_col: str, source: str | Path, what: str, *, matrix: bool = False) -> None:
+    """Output column names that would clash with a column comp writes are refused. Matrix targets (multilabel,
+    regression) are written as ``target:<name>``, so an output may be called ``target`` there."""
+    reserved = ("fold",) if matrix else RESERVED_COLUMNS
     for name in names:
-        if name in RESERVED_COLUMNS or name == id_col or name.startswith(TARGET_PREFIX):
+        if name in reserved or name == id_col or name.startswith(TARGET_PREFIX):
             raise CompError(f"{source}: {what} name {name!r} clashes with a column comp writes; rename it")
 
 
@@ -158,7 +160,7 @@ def multilabel(df: pd.DataFrame, data: DataConfig, source: str | Path, where: Wh
             f"{source}: task multilabel needs two or more labels, found {len(labels)} ({', '.join(labels)}); "
             "for one yes/no label use task: classification with two classes"
         )
-    check_names(labels, data.id_column, source, "label")
+    check_names(labels, data.id_column, source, "label", matrix=True)
     return Targets(labels, Y.astype(np.float32))
 
 
@@ -175,7 +177,7 @@ def regression(df: pd.DataFrame, data: DataConfig, source: str | Path, where: Wh
         raw = df[cols[c]].iloc[r]
         what = "is empty" if pd.isna(raw) else f"holds {raw!r}, not a number"
         raise CompError(f"{where(r)}: target column '{cols[c]}' {what}; regression targets are finite numbers")
-    check_names(cols, data.id_column, source, "target")
+    check_names(cols, data.id_column, source, "target", matrix=True)
     return Targets(cols, values.astype(np.float32))
 
 

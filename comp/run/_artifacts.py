@@ -86,7 +86,7 @@ def parse_predictions(df: pd.DataFrame, path: Path, id_column: str, *, oof: bool
     """Check a probability table read as strings and type it; every problem names the file and line."""
     hint = "regenerate it with comp train-folds" if oof else "regenerate it with comp predict"
     target_cols = [str(c) for c in df.columns if str(c).startswith(TARGET_PREFIX)]
-    matrix = bool(target_cols) and "target" not in df.columns
+    matrix = bool(target_cols)  # class names never start with "target:" (refused when read), so this is exact
     required = [id_column, *(("fold",) if matrix else OOF_COLUMNS)] if oof else [id_column]
     for col in required:
         if col not in df.columns:
