@@ -9,7 +9,8 @@ Stages, each timed alone in this process:
   table csv / table layout   load_train_table from train.csv + image_dir (images checked) / from a data.layout
   folds cls|ml|reg           assign_folds with groups: StratifiedGroupKFold, multilabel groups, regression bins
   oof cls|ml|reg             score_oof (nested CV for QWK/F-beta) + writing oof.csv and metrics.json
-  merge folds+tta            predict's merging of 5 folds x 2 TTA views (merge_probs, mean and geometric)
+  merge folds+tta            merge_probs of 5 folds x 2 TTA views of the test rows (mean and geometric)
+  predict folds+tta          predict's loop: test images decoded once, 5 fold runners x 2 views, merged per batch
   blend <method>             run_ensemble over the three models: member loading, nested CV, the blend run written
   pseudo cls|ml|reg          pseudo_label from a model's test.csv
   ledger                     rebuild of runs.csv and submissions.csv over the run folders
@@ -236,6 +237,27 @@ def epoch_data_path(cfg) -> None:
         opt.step()
 
 
+def predict_views(paths: list[Path]) -> np.ndarray:
+    """predict's loop over the test images: every fold's runner on both TTA views of each batch, merged and
+    averaged over folds as ``predict_run`` does (the runners are linear maps in numpy: no model is timed)."""
+    from comp.data._augment import eval_pipeline
+    from comp.inference._predict import run_views
+
+    def runner(seed: int):
+        w = np.random.default_rng(seed).normal(size=(3 * 16 * 16, len(CLASSES))).astype(np.float32)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            z = x.reshape(len(x), -1) @ w
+            e = np.exp(z - z.max(1, keepdims=True))
+            return e / e.sum(1, keepdims=True)
+
+        return run
+
+    tf = eval_pipeline((16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    _, merged = run_views([runner(k) for k in range(FOLDS)], paths, tf, ["hflip"], "mean", 256, runner_mean=True)
+    return merged[0]
+
+
 def stages(root: Path, runs: Path, comp: dict) -> dict:
     from comp.data._folds import assign_folds
     from comp.data._table import load_test_table, load_train_table
@@ -274,6 +296,8 @@ def stages(root: Path, runs: Path, comp: dict) -> dict:
         out[f"oof {k}"] = oof
     views = np.random.default_rng(0).dirichlet(np.ones(len(CLASSES)), size=(FOLDS * 2, n_test))
     out["merge folds+tta"] = lambda: [merge_probs(views, m) for m in ("mean", "geometric")]
+    _, test_paths = load_test_table(cfgs["cls"].data, check_images=False)
+    out["predict folds+tta"] = lambda: predict_views(test_paths)
     members = [run["cls"].model_dir(m) for m in MODELS]
     for method in ("mean", "weighted", "rank", "geometric", "hill_climb", "stacking"):
         out[f"blend {method}"] = lambda method=method: run_ensemble(
@@ -301,7 +325,6 @@ def stages(root: Path, runs: Path, comp: dict) -> dict:
         write_submission(df, runs / "submission.csv", root / "sample_submission.csv", CLASSES, "id")
 
     out["submission"] = submission
-    _, test_paths = load_test_table(cfgs["cls"].data, check_images=False)
     hashes = np.array(
         [r["dhash"] for r in scan(list(tables["cls"].paths) + list(test_paths), progress=False)["rows"]],
         dtype=np.uint64,
