@@ -6,7 +6,7 @@ stages that do not read pixels get a run folder of three models' precomputed OOF
 (classification, multilabel, regression scored by QWK, a metric with a fitted decision).
 
 Stages, each timed alone in this process:
-  table csv / table layout   load_train_table from train.csv + image_dir (images checked) / from a data.layout
+  table rows / csv / layout  load_train_table from train.csv: the rows / with the image checks / from a data.layout
   folds cls|ml|reg           assign_folds with groups: StratifiedGroupKFold, multilabel groups, regression bins
   oof cls|ml|reg             score_oof (nested CV for QWK/F-beta) + writing oof.csv and metrics.json
   merge folds+tta            merge_probs of 5 folds x 2 TTA views of the test rows (mean and geometric)
@@ -15,7 +15,7 @@ Stages, each timed alone in this process:
   pseudo cls|ml|reg          pseudo_label from a model's test.csv
   ledger                     rebuild of runs.csv and submissions.csv over the run folders
   submission                 make_submission + write_submission (validated against sample_submission.csv)
-  near_pairs / eda           the near-duplicate index on the train+test dHashes alone / run_eda, every check
+  near_pairs / eda           the near-duplicate index on the train and test dHashes / run_eda, every check
   epoch data path            one epoch of comp's training DataLoader (decode, augment, batch) into a tiny model
 
 Peak MB is the growth of the process's resident memory during the stage (its high-water mark, reset before each
@@ -23,7 +23,10 @@ stage through /proc/self/clear_refs, after returning freed memory with malloc_tr
 and Python objects alike. ``growth`` is the exponent k in time ~ n^k between consecutive sizes (1: linear; n log
 n from 10k to 100k reads about 1.2); small stages are dominated by fixed costs and read low.
 
-Usage: python benchmarks/bench_scale_rows.py [--sizes 10000,100000[,500000]] [--stages blend,eda,...] [--keep DIR]
+Sizes above ``--pixels-max`` (100k) get no image files: the stages that read them are left out there, and the
+near-duplicate index runs on the dHashes of the same synthetic images computed in memory.
+
+Usage: python benchmarks/bench_scale_rows.py [--sizes 10000,100000[,500000]] [--pixels-max N] [--stages blend,eda,...]
 """
 
 from __future__ import annotations
@@ -83,25 +86,29 @@ def measure(fn) -> tuple[float, float]:
 
 
 # -- the synthetic competition ----------------------------------------------------------------------------------
-def write_images(folder: Path, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n distinct 16x16 PNGs named <index>.png; 1% are near copies of an earlier image. Returns the copied rows."""
+def write_images(folder: Path, n: int, rng: np.random.Generator, files: bool = True) -> np.ndarray:
+    """n distinct 16x16 images, 1% near copies of an earlier one, written as <index>.png unless ``files`` is
+    off (only their dHashes are used then); returns the dHashes."""
+    from comp.diagnostics._eda import dhash
+
     folder.mkdir(parents=True)
     pixels = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
     copies = rng.choice(np.arange(n // 2, n), n // 100, replace=False)
     pixels[copies] = np.clip(
         pixels[copies - n // 2].astype(np.int16) + rng.integers(-3, 4, (len(copies), 16, 16, 3)), 0, 255
     )
-    for i in range(n):
+    for i in range(n if files else 0):
         ok, buf = cv2.imencode(".png", pixels[i])
         (folder / f"{i}.png").write_bytes(buf.tobytes())
-    return copies
+    return np.array([dhash(im) for im in pixels], dtype=np.uint64)
 
 
-def write_competition(root: Path, n: int, seed: int = 0) -> dict:
+def write_competition(root: Path, n: int, seed: int = 0, *, files: bool = True) -> dict:
     rng = np.random.default_rng(seed)
     n_test = n // 5
-    write_images(root / "train", n, rng)
-    write_images(root / "test", n_test, rng)
+    hashes = np.concatenate(
+        [write_images(root / "train", n, rng, files), write_images(root / "test", n_test, rng, files)]
+    )
     ids = np.arange(n).astype(str)
     y = rng.integers(0, len(CLASSES), n)
     tags = rng.random((n, len(TAGS))) < 0.25
@@ -119,7 +126,7 @@ def write_competition(root: Path, n: int, seed: int = 0) -> dict:
     test_ids = np.arange(n_test).astype(str)
     sample = pd.DataFrame({"id": test_ids, "label": CLASSES[0]})
     sample.to_csv(root / "sample_submission.csv", index=False)
-    return {"train": train, "test_ids": test_ids}
+    return {"train": train, "test_ids": test_ids, "hashes": hashes}
 
 
 def config_dict(root: Path, key: str, *, layout: bool = False) -> dict:
@@ -258,10 +265,13 @@ def predict_views(paths: list[Path]) -> np.ndarray:
     return merged[0]
 
 
+PIXELS = ("table csv", "table layout", "predict folds+tta", "eda", "epoch data path")  # stages that read files
+
+
 def stages(root: Path, runs: Path, comp: dict) -> dict:
     from comp.data._folds import assign_folds
     from comp.data._table import load_test_table, load_train_table
-    from comp.diagnostics._eda import run_eda, scan
+    from comp.diagnostics._eda import run_eda
     from comp.diagnostics._near import near_pairs
     from comp.ensembling import run_ensemble
     from comp.inference._tta import merge_probs
@@ -277,6 +287,7 @@ def stages(root: Path, runs: Path, comp: dict) -> dict:
     run = {k: write_run(runs, root, k, comp, folds["cls"]) for k in TASKS}
     n_test = len(comp["test_ids"])
     out: dict = {}
+    out["table rows"] = lambda: load_train_table(cfgs["cls"].data, check_images=False, task="classification")
     out["table csv"] = lambda: load_train_table(cfgs["cls"].data, check_images=True, task="classification")
     layout = load(root, "cls", layout=True)
     out["table layout"] = lambda: load_train_table(layout.data, check_images=False, task="classification")
@@ -325,10 +336,7 @@ def stages(root: Path, runs: Path, comp: dict) -> dict:
         write_submission(df, runs / "submission.csv", root / "sample_submission.csv", CLASSES, "id")
 
     out["submission"] = submission
-    hashes = np.array(
-        [r["dhash"] for r in scan(list(tables["cls"].paths) + list(test_paths), progress=False)["rows"]],
-        dtype=np.uint64,
-    )
+    hashes = comp["hashes"]
     n = len(tables["cls"].paths)
     out["near_pairs"] = lambda: (
         near_pairs(hashes[:n], hashes[:n], 5, same=True),
@@ -350,6 +358,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000", help="training rows per synthetic competition (500000: ~30 min)")
     ap.add_argument("--stages", default="", help="comma-separated stage names (prefixes) to run; all by default")
     ap.add_argument("--keep", type=Path, default=None, help="keep the competitions under this folder")
+    ap.add_argument(
+        "--pixels-max",
+        type=int,
+        default=100_000,
+        help="above this many rows no image files: only stages that read none",
+    )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -359,12 +373,13 @@ def main() -> None:
         for n in sizes:
             root = base / f"n{n}"
             t0 = time.perf_counter()
-            comp = write_competition(root, n)
+            files = n <= args.pixels_max
+            comp = write_competition(root, n, files=files)
             print(f"n={n}: competition written in {time.perf_counter() - t0:.0f} s", flush=True)
             runs = root / "runs"
             runs.mkdir()
             for name, fn in stages(root, runs, comp).items():
-                if wanted and not any(name.startswith(w) for w in wanted):
+                if (wanted and not any(name.startswith(w) for w in wanted)) or (name in PIXELS and not files):
                     continue
                 sec, mb = measure(fn)
                 results.setdefault(name, {})[n] = (sec, mb)
@@ -378,9 +393,9 @@ def main() -> None:
     for name, by_n in results.items():
         row: dict = {"stage": name}
         for n in sizes:
-            sec, mb = by_n.get(n, (float("nan"), float("nan")))
-            row[f"s @{n // 1000}k"] = f"{sec:.2f}"
-            row[f"MB @{n // 1000}k"] = f"{mb:.0f}"
+            sec, mb = by_n.get(n, (None, None))
+            row[f"s @{n // 1000}k"] = "-" if sec is None else f"{sec:.2f}"
+            row[f"MB @{n // 1000}k"] = "-" if mb is None else f"{mb:.0f}"
         for a, b in zip(sizes[:-1], sizes[1:]):
             if a in by_n and b in by_n:
                 row[f"growth {a // 1000}k-{b // 1000}k"] = growth(by_n[a][0], by_n[b][0], a, b)

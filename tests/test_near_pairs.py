@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from comp.diagnostics import _near
-from comp.diagnostics._near import band_masks, exhaustive_pairs, near_pairs
+from comp.diagnostics._near import band_masks, exhaustive_pairs, near_pairs, plan
 
 
 def _flip(h: np.ndarray, bits) -> np.ndarray:
@@ -31,7 +31,17 @@ def _adversarial(rng: np.random.Generator, n: int, threshold: int) -> np.ndarray
             skip = rng.integers(len(masks))  # spread: one flipped bit in every band but one
             spread = [int(rng.integers(lo, hi)) for b, (lo, hi) in enumerate(zip(lows, edges)) if b != skip][:d]
             edge = sorted({*lows[1:], *[e - 1 for e in edges]})[:d]  # bits at band boundaries
-            extra += [_flip(h, spread), _flip(h, edge), _flip(h, rng.choice(64, size=min(d, 64), replace=False))]
+            wide = [
+                (int(m).bit_length() - bin(int(m)).count("1"), int(m).bit_length())
+                for m in band_masks(threshold, plan(threshold, 10**6, 10**6)[0])
+            ]
+            probe = [int(rng.integers(lo, hi)) for lo, hi in (wide * (d + 1))[:d]]  # round robin over the probed bands
+            extra += [
+                _flip(h, spread),
+                _flip(h, edge),
+                _flip(h, probe),
+                _flip(h, rng.choice(64, size=min(d, 64), replace=False)),
+            ]
     extra.append(np.repeat(base[:1], 60))
     out = np.concatenate([base, *extra])
     return out[rng.permutation(len(out))]
@@ -81,3 +91,20 @@ def test_empty_inputs_give_no_pairs():
     h = np.array([1, 2, 3], dtype=np.uint64)
     assert near_pairs(h[:0], h, 5, same=False).shape == (0, 3)
     assert near_pairs(h[:1], h[:1], 5, same=True).shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "bands"),
+    [(5, 3), (3, 4), *(pytest.param(t, m, marks=pytest.mark.slow) for t, m in ((5, 2), (4, 2), (8, 3)))],
+)
+def test_wide_bands_probed_within_a_radius_find_the_same_pairs(monkeypatch, threshold, bands):
+    """The plan a large set gets (few wide bands, each probed with every key a bit or two away), forced on a
+    small one, against the exhaustive scan."""
+    monkeypatch.setattr(_near, "plan", lambda t, n_a, n_b: (bands, t // bands))
+    rng = np.random.default_rng(bands)
+    a = _adversarial(rng, 1500, threshold)
+    b = np.concatenate([a[rng.choice(len(a), 300, replace=False)], _adversarial(rng, 200, threshold)])
+    for x, y, same in ((a, a, True), (a, b, False)):
+        ref = exhaustive_pairs(x, y, threshold, same)
+        assert (ref[:, 2] == threshold).any()
+        np.testing.assert_array_equal(near_pairs(x, y, threshold, same), ref[np.lexsort((ref[:, 1], ref[:, 0]))])

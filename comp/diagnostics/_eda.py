@@ -30,7 +30,7 @@ from comp.diagnostics._eda_targets import (
     row_labels,
     save_plot,
 )
-from comp.diagnostics._near import band_masks, near_pairs
+from comp.diagnostics._near import near_pairs, plan
 from comp.errors import CompError
 from comp.run import check_report_folder, data_inputs, image_trees, write_csv, write_text
 
@@ -171,7 +171,8 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5, *, progress: bool = True) 
     groups = table.groups
     train_sha = np.array([r.get("sha1", "") for r in train["rows"]], dtype=object)
     test_sha = np.array([r.get("sha1", "") for r in test["rows"]], dtype=object)
-    with Progress(2 * len(band_masks(threshold)), "near duplicates (bands)", enabled=progress) as bar:
+    bands = plan(threshold, len(tr_hash), len(tr_hash))[0] + plan(threshold, len(tr_hash), len(te_hash))[0]
+    with Progress(bands, "near duplicates (bands)", enabled=progress) as bar:
         within = near_pairs(tr_hash, tr_hash, threshold, same=True, progress=bar)
         across = near_pairs(tr_hash, te_hash, threshold, same=False, progress=bar)
     ia, ib = tr_idx[within[:, 0]], tr_idx[within[:, 1]]
