@@ -36,3 +36,20 @@ def test_thin_class_warns_and_too_few_groups_fail():
         assign_folds(targets, groups, 4, 0)
     with pytest.raises(CompError, match="only 2 groups"):
         assign_folds(np.array([0, 1, 0, 1]), np.array(["a", "a", "b", "b"]), 3, 0)
+
+
+def test_group_folds_are_sklearns_and_every_group_is_counted():
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from comp.data._folds import _GroupKFold
+
+    rng = np.random.default_rng(4)
+    y, g = rng.integers(0, 4, 600), rng.integers(0, 150, 600)
+    ref = np.full(len(y), -1)
+    for k, (_, valid) in enumerate(StratifiedGroupKFold(5, shuffle=True, random_state=3).split(y, y, g)):
+        ref[valid] = k
+    np.testing.assert_array_equal(assign_folds(y, g, 5, 3), ref)
+    splitter, placed = _GroupKFold(5, shuffle=True, random_state=3), []
+    splitter.tick = lambda: placed.append(1)
+    list(splitter.split(y, y, g))
+    assert len(placed) == len(np.unique(g))

@@ -417,3 +417,40 @@ def test_predict_uses_a_matching_fused_graph_only(run_dir, tmp_path, monkeypatch
         .fused
         is False
     )
+
+
+@pytest.mark.parametrize("task", ["classification", "multilabel"])
+def test_fold_mean_taken_per_batch_equals_the_mean_of_every_folds_predictions(tmp_path, task):
+    """predict averages the folds batch by batch instead of holding every fold's predictions of every row."""
+    import cv2
+
+    from comp.data._augment import eval_pipeline
+    from comp.inference._predict import run_views
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(37):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 255, (12, 12, 3), dtype=np.uint8))
+
+    def runner(seed):
+        w = np.random.default_rng(seed).normal(size=(3 * 8 * 8, 4)).astype(np.float32)
+
+        def run(x):
+            z = x.reshape(len(x), -1) @ w
+            if task == "multilabel":
+                return 1 / (1 + np.exp(-z))
+            e = np.exp(z - z.max(1, keepdims=True))
+            return e / e.sum(1, keepdims=True)
+
+        return run
+
+    runners = [runner(s) for s in range(3)]
+    tf = eval_pipeline((8, 8), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    args = (runners, paths, tf, ["hflip"], "mean", 10)
+    plain, merged = run_views(*args, task=task)
+    mplain, mmerged = run_views(*args, task=task, runner_mean=True)
+    assert plain.shape == (3, 37, 4) and mmerged.shape == (1, 37, 4)
+    np.testing.assert_array_equal(mmerged[0], merged.mean(0))
+    np.testing.assert_array_equal(mplain[0], plain.mean(0))
+    assert not np.allclose(merged[0], merged[1])  # the folds differ: a mean over them is a real test

@@ -102,3 +102,52 @@ def test_locate_and_model_with(tmp_path):
         locate(tmp_path)
     with pytest.raises(RunFolderError, match="not found"):
         locate(tmp_path / "nope")
+
+
+def _text_read(path, id_column="id", oof=True):
+    """The reference: every cell read as text, then parsed (what the run folder did before the numeric reader)."""
+    from comp.run import read_table
+    from comp.run._artifacts import parse_predictions
+
+    return parse_predictions(read_table(path, "OOF file"), path, id_column, oof=oof)
+
+
+@pytest.mark.parametrize("matrix", [False, True])
+def test_prediction_tables_read_as_numbers_equal_the_text_reader_bit_for_bit(tmp_path, matrix):
+    import numpy as np
+
+    from comp.run import Predictions
+
+    rng = np.random.default_rng(0)
+    n, classes = 300, ["NA", "b", "1e3"]  # class names that look like missing values or numbers stay names
+    probs = rng.dirichlet(np.ones(3), n) * 10.0 ** rng.integers(-300, 300, (n, 1))
+    probs[0] = [1e-320, 5e-324, 1.7976931348623157e308]  # subnormals and the largest double
+    ids = np.array(["NA", "nan", "007", *(f"r{i}" for i in range(n - 3))], dtype=object)
+    targets = rng.random((n, 3)) if matrix else np.array(classes, dtype=object)[rng.integers(0, 3, n)]
+    run = RunDir(tmp_path / "run")
+    run.model_dir("m").mkdir(parents=True)
+    run.write_oof("m", Predictions(ids, classes, probs, rng.integers(0, 5, n), targets, "id"))
+    got, ref = run.read_oof("m", id_column="id"), _text_read(run.oof("m"))
+    from comp.run._io import read_numeric_table
+
+    assert read_numeric_table(run.oof("m"), "OOF file", ("id", "fold", "target"))["b"].dtype == np.float64
+    assert got.probs.tobytes() == ref.probs.tobytes() and got.probs.tobytes() == probs.tobytes()
+    assert list(got.ids) == list(ref.ids) == list(ids) and got.classes == classes
+    np.testing.assert_array_equal(got.folds, ref.folds)
+    if matrix:
+        assert np.asarray(got.targets).tobytes() == np.asarray(ref.targets).tobytes()
+    else:
+        assert list(got.targets) == list(ref.targets)
+
+
+@pytest.mark.parametrize("cell", ["abc", "nan", "inf", "", "1,5"])
+def test_a_bad_prediction_cell_gets_the_text_readers_message(tmp_path, cell):
+    run = RunDir(tmp_path / "run")
+    run.model_dir("m").mkdir(parents=True)
+    lines = ["id,fold,target,a,b", "x,0,a,0.5,0.5", f'y,1,b,0.25,"{cell}"', "z,0,a,0.1,0.9"]
+    run.oof("m").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RunFolderError) as text:
+        _text_read(run.oof("m"))
+    with pytest.raises(RunFolderError) as numeric:
+        run.read_oof("m", id_column="id")
+    assert str(numeric.value) == str(text.value) and "line 3" in str(numeric.value)

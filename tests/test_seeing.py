@@ -250,7 +250,8 @@ def test_eda_cli(comp_dir, config_file, tmp_path):
 
 
 def test_eda_joint_labels_and_dhash(tmp_path):
-    from comp.diagnostics._eda import dhash, hamming, run_eda
+    from comp.diagnostics._eda import dhash, run_eda
+    from comp.diagnostics._near import hamming
     from tests.conftest import write_competition
 
     root = write_competition(tmp_path / "c")
@@ -371,7 +372,7 @@ def test_gradcam_channels_last_features():
 
 
 def test_hamming_matches_bit_count():
-    from comp.diagnostics._eda import hamming
+    from comp.diagnostics._near import hamming
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 2**63, 50, dtype=np.uint64)

@@ -174,3 +174,78 @@ def test_ridge_stack_recovers_weights_and_offset():
     stack = fit_ridge_stack(P, y, alpha=1e-6)
     assert rmse(y, stack.predict(P)) < rmse(y, P.mean(0)) * 0.5
     assert stack.w[0, 0] > 0.8
+
+
+def _reference_thresholds(Y, P, beta, average, rounds=3):
+    """The plain coordinate ascent: every candidate threshold of a label scored by applying it to every row."""
+    from comp.tasks._decisions import THRESHOLD_GRID as grid
+
+    Y, P = np.asarray(Y, bool), np.asarray(P, np.float64)
+    order = np.argsort(np.abs(grid - 0.5), kind="stable")
+    t = np.full(Y.shape[1], 0.5)
+    for _ in range(rounds):
+        changed = False
+        for j in range(Y.shape[1]):
+            scores = []
+            for g in grid:
+                trial = t.copy()
+                trial[j] = g
+                scores.append(fbeta_multilabel(Y, apply_thresholds(P, trial), beta, average))
+            score = np.array(scores)
+            best = order[np.argmax(score[order])]
+            now = int(np.argmin(np.abs(grid - t[j])))
+            if score[best] > score[now] + 1e-12:
+                t[j], changed = grid[best], True
+        if not changed:
+            break
+    return t
+
+
+@pytest.mark.parametrize("average", ["samples", "micro", "macro"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_binned_threshold_search_equals_scoring_every_candidate(average, seed):
+    rng = np.random.default_rng(seed)
+    n, L = 120 + 90 * seed, 2 + seed
+    Y = rng.random((n, L)) < rng.random(L) * 0.6
+    P = np.clip(0.3 * Y + rng.random((n, L)) * 0.6, 0, 1)
+    if seed == 1:
+        P = np.round(P, 2)  # predictions exactly on grid points: on at that threshold, off above it
+    for beta in (1.0, 2.0):
+        np.testing.assert_array_equal(
+            fit_thresholds(Y, P, beta=beta, average=average), _reference_thresholds(Y, P, beta, average)
+        )
+
+
+def _reference_cutpoints(y, p, rounds=4, grid=40):
+    """The plain coordinate search: every candidate cut scored by grading every row again."""
+    grades = np.unique(y)
+    cuts = (grades[:-1] + grades[1:]) / 2.0
+    best = quadratic_kappa(y, apply_cutpoints(p, cuts, grades), grades)
+    lo_all, hi_all = min(p.min(), grades[0]) - 1.0, max(p.max(), grades[-1]) + 1.0
+    for _ in range(rounds):
+        moved = False
+        for j in range(len(cuts)):
+            lo = cuts[j - 1] if j > 0 else lo_all
+            hi = cuts[j + 1] if j + 1 < len(cuts) else hi_all
+            for c in np.linspace(lo, hi, grid + 2)[1:-1]:
+                trial = cuts.copy()
+                trial[j] = c
+                score = quadratic_kappa(y, apply_cutpoints(p, trial, grades), grades)
+                if score > best + 1e-12:
+                    best, cuts, moved = score, trial, True
+        if not moved:
+            break
+    return cuts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cutpoints_from_sorted_counts_equal_grading_every_row(seed):
+    rng = np.random.default_rng(seed)
+    k = 2 + seed
+    y = rng.integers(0, k, 400).astype(float) * (2.5 if seed % 2 else 1.0)
+    p = y * rng.uniform(0.3, 1.2) + rng.normal(0, 0.8, 400)
+    if seed % 3 == 0:
+        p = np.round(p, 1)  # many predictions equal, some exactly on a candidate cut
+    cuts, grades = fit_cutpoints(y, p)
+    np.testing.assert_array_equal(cuts, _reference_cutpoints(y, p))
+    np.testing.assert_array_equal(grades, np.unique(y))

@@ -73,17 +73,18 @@ def bench_data_cmd(config_path, overrides, workers, batch_sizes, batches, caches
     help="Report folder [default: runs/eda-<config stem>].",
 )
 @click.option("--threshold", default=5, type=int, help="Near-duplicate dHash Hamming distance (of 64 bits).")
-def eda_cmd(config_path, overrides, out_dir, threshold):
+@quiet_option
+def eda_cmd(config_path, overrides, out_dir, threshold, quiet):
     """Class/group balance, image sizes, channels, colour, unreadable files and duplicate/leak check as HTML.
 
     Example: comp eda --config configs/demo.yaml --out runs/eda-demo
     """
     from comp.diagnostics import run_eda
 
-    setup_logging(False)
+    setup_logging(quiet)
     cfg = load(config_path, overrides)
     out_dir = out_dir or Path("runs") / f"eda-{config_path.stem}"
-    result = run_eda(cfg, out_dir, threshold)
+    result = run_eda(cfg, out_dir, threshold, progress=not quiet)
     click.echo(result.text())
     click.echo(f"report: {result.html}")
 

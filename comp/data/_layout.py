@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from comp._files import file_problem
+from comp._progress import track
 from comp.config._layout import IMAGE_EXTENSIONS, OUTPUT_COLUMNS, LayoutSpec, parse_layout
 from comp.data._csv import check_ids, read_csv, require_columns
 from comp.errors import CompError, closest
@@ -66,7 +67,7 @@ def read_layout(
     lay = spec if isinstance(spec, LayoutSpec) else parse_layout(spec, root=root, key=key)
     base = Path(root).resolve()
     folders = _csv_folders(lay, base) if lay.csv is not None else _glob_folders(lay, base)
-    rows = [row for folder in folders for row in _folder_rows(lay, folder, base)]
+    rows = [row for folder in track(folders, "reading the layout") for row in _folder_rows(lay, folder, base)]
     if not rows:
         raise CompError(f"config key '{lay.key}' found no images; check folder, files and fields there")
     df = pd.DataFrame(rows)

@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from comp._files import file_problem
+from comp._progress import track
 from comp.data._attributes import Scheme, Targets, class_names, parse_labels
 from comp.data._attributes import targets as attribute_targets
 from comp.data._csv import check_ids, read_csv, require_columns
@@ -207,7 +208,7 @@ def check_images(paths: list[Path], csv_path, *, threads: int = 8) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        problems = list(pool.map(check_image, paths))
+        problems = list(track(pool.map(check_image, paths), "checking images", total=len(paths)))
     for i, why in enumerate(problems):
         if why is not None:
             raise CompError(

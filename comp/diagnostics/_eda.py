@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from comp._files import file_problem
+from comp._progress import Progress, track
 from comp._tables import Rendered
 from comp.config import Config
 from comp.data._table import TrainTable, load_image, load_test_table, load_train_table
@@ -32,13 +33,12 @@ from comp.diagnostics._eda_targets import (
     row_labels,
     save_plot,
 )
+from comp.diagnostics._near import near_pairs, plan
 from comp.errors import CompError
 from comp.run import check_report_folder, data_inputs, image_trees, write_csv, write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 @dataclass(repr=False)
@@ -71,30 +71,12 @@ def dhash(img: np.ndarray) -> np.uint64:
     return np.uint64(int("".join("1" if b else "0" for b in bits), 2))
 
 
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances between two uint64 hash vectors -> (len(a), len(b))."""
-    x = np.bitwise_xor(a[:, None], b[None, :])
-    if hasattr(np, "bitwise_count"):  # numpy >= 2: a hardware popcount, ~10x the lookup table below
-        return np.bitwise_count(x).astype(np.int64)
-    return POPCOUNT[x.view(np.uint8)].reshape(len(a), len(b), 8).sum(-1)
+def scan(paths, *, desc: str = "", progress: bool = True) -> dict:
+    """Per-file facts: bytes hash, size, dHash, gray-as-RGB, channel sums; unreadable files listed.
 
-
-def near_pairs(a: np.ndarray, b: np.ndarray, threshold: int, same: bool, chunk: int = 512):
-    """(i, j, distance) with distance <= threshold; ``same`` keeps only i < j (a and b are one set)."""
-    out = []
-    for s in range(0, len(a), chunk):
-        d = hamming(a[s : s + chunk], b)
-        ii, jj = np.nonzero(d <= threshold)
-        for i, j in zip(ii + s, jj):
-            if not same or i < j:
-                out.append((int(i), int(j), int(d[i - s, j])))
-    return out
-
-
-def scan(paths) -> dict:
-    """Per-file facts: bytes hash, size, dHash, gray-as-RGB, channel sums; unreadable files listed."""
+    ``desc``: a progress bar with that title (none when empty or ``progress`` is off)."""
     rows, bad = [], []
-    for p in paths:
+    for p in track(paths, desc, enabled=progress and bool(desc)):
         p = Path(p)
         rec = {"path": p, "ok": False}
         problem = file_problem(p)  # read_bytes would block on a FIFO and never end on /dev/zero
@@ -167,9 +149,10 @@ def _plots(
     return made
 
 
-def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
+def run_eda(cfg: Config, out_dir, threshold: int = 5, *, progress: bool = True) -> EdaResult:
     """Write the report (eda.html, plots, duplicates.csv, ...) into ``out_dir``; the result also holds the plots
-    as matplotlib Figures (``result.figures``), which a notebook shows inline with the summary."""
+    as matplotlib Figures (``result.figures``), which a notebook shows inline with the summary; ``progress``
+    shows bars."""
     if not 0 <= threshold <= 64:
         raise CompError("--threshold is a Hamming distance between 0 and 64")
     out = Path(out_dir)
@@ -179,14 +162,17 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
     id_col = data.id_column
     ids = table.df[id_col].astype(str).to_numpy()
     labels = row_labels(table)  # class name, tags, or the target values, as text
-    train = scan(table.paths)
+    train = scan(table.paths, desc="eda: train images", progress=progress)
     info = pd.DataFrame([{k: r.get(k) for k in ("ok", "height", "width", "gray", "sha1")} for r in train["rows"]])
     test_ids: np.ndarray = np.array([], dtype=str)
     test: dict[str, list] = {"rows": [], "bad": []}
     if data.test_csv or data.sample_submission:
         try:
             tdf, tpaths = load_test_table(data, check_images=False)
-            test_ids, test = tdf[id_col].astype(str).to_numpy(), scan(tpaths)
+            test_ids, test = (
+                tdf[id_col].astype(str).to_numpy(),
+                scan(tpaths, desc="eda: test images", progress=progress),
+            )
         except CompError:
             pass  # no test set described: train-only report
 
@@ -198,60 +184,66 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5) -> EdaResult:
     tr_idx, tr_hash = hashes(train["rows"])
     te_idx, te_hash = hashes(test["rows"])
     groups = table.groups
-    dup_rows = []
-    for i, j, d in near_pairs(tr_hash, tr_hash, threshold, same=True):
-        a, b = train["rows"][tr_idx[i]], train["rows"][tr_idx[j]]
-        ga = None if groups is None else str(groups[tr_idx[i]])
-        gb = None if groups is None else str(groups[tr_idx[j]])
-        dup_rows.append(
-            {
-                "set": "train",
-                "id_a": ids[tr_idx[i]],
-                "id_b": ids[tr_idx[j]],
-                "kind": "exact" if a["sha1"] == b["sha1"] else "near",
-                "distance": d,
-                "label_a": labels.iloc[tr_idx[i]],
-                "label_b": labels.iloc[tr_idx[j]],
-                "group_a": ga,
-                "group_b": gb,
-                "leak": groups is not None and ga != gb,
-            }
-        )
-    for i, j, d in near_pairs(tr_hash, te_hash, threshold, same=False):
-        a, b = train["rows"][tr_idx[i]], test["rows"][te_idx[j]]
-        dup_rows.append(
-            {
-                "set": "train-test",
-                "id_a": ids[tr_idx[i]],
-                "id_b": test_ids[te_idx[j]],
-                "kind": "exact" if a["sha1"] == b["sha1"] else "near",
-                "distance": d,
-                "label_a": labels.iloc[tr_idx[i]],
-                "label_b": None,
-                "group_a": None if groups is None else str(groups[tr_idx[i]]),
-                "group_b": None,
-                "leak": False,
-            }
-        )
+    train_sha = np.array([r.get("sha1", "") for r in train["rows"]], dtype=object)
+    test_sha = np.array([r.get("sha1", "") for r in test["rows"]], dtype=object)
+    bands = plan(threshold, len(tr_hash), len(tr_hash))[0] + plan(threshold, len(tr_hash), len(te_hash))[0]
+    with Progress(bands, "near duplicates (bands)", enabled=progress) as bar:
+        within = near_pairs(tr_hash, tr_hash, threshold, same=True, progress=bar)
+        across = near_pairs(tr_hash, te_hash, threshold, same=False, progress=bar)
+    ia, ib = tr_idx[within[:, 0]], tr_idx[within[:, 1]]
+    ga = None if groups is None else np.asarray(groups)[ia].astype(str)
+    gb = None if groups is None else np.asarray(groups)[ib].astype(str)
+    train_dups = pd.DataFrame(
+        {
+            "set": "train",
+            "id_a": ids[ia],
+            "id_b": ids[ib],
+            "kind": np.where(train_sha[ia] == train_sha[ib], "exact", "near"),
+            "distance": within[:, 2],
+            "label_a": labels.to_numpy()[ia],
+            "label_b": labels.to_numpy()[ib],
+            "group_a": ga,
+            "group_b": gb,
+            "leak": ga != gb if groups is not None else False,
+        }
+    )
+    ja, jb = tr_idx[across[:, 0]], te_idx[across[:, 1]]
+    test_dups = pd.DataFrame(
+        {
+            "set": "train-test",
+            "id_a": ids[ja],
+            "id_b": test_ids[jb],
+            "kind": np.where(train_sha[ja] == test_sha[jb], "exact", "near"),
+            "distance": across[:, 2],
+            "label_a": labels.to_numpy()[ja],
+            "label_b": None,
+            "group_a": None if groups is None else np.asarray(groups)[ja].astype(str),
+            "group_b": None,
+            "leak": False,
+        }
+    )
     cols = ["set", "id_a", "id_b", "kind", "distance", "label_a", "label_b", "group_a", "group_b", "leak"]
-    dups = pd.DataFrame(dup_rows, columns=cols)
+    dups = pd.concat([train_dups[cols], test_dups[cols]], ignore_index=True)
     write_csv(out / "duplicates.csv", dups)
 
     # colour statistics per class (multilabel: per label; regression: per quartile of the first target)
     color_rows = []
+    ok_rows = np.array([r["ok"] for r in train["rows"]], dtype=bool)
+    zero = np.zeros(3)
+    n_px = np.array([r["n"] if r["ok"] else 0 for r in train["rows"]], dtype=np.float64)
+    px_sum = np.array([r["sum"] if r["ok"] else zero for r in train["rows"]]).reshape(-1, 3)
+    px_sq = np.array([r["sumsq"] if r["ok"] else zero for r in train["rows"]]).reshape(-1, 3)
     for c, member in colour_groups(table):
-        rs = [r for r, m in zip(train["rows"], member) if m and r["ok"]]
-        if not rs:
+        sel = member & ok_rows
+        if not sel.any():
             continue
-        n = sum(r["n"] for r in rs)
-        s = sum(r["sum"] for r in rs)
-        sq = sum(r["sumsq"] for r in rs)
-        mean = s / n
-        std = np.sqrt(np.maximum(sq / n - mean**2, 0))
+        n = n_px[sel].sum()
+        mean = px_sum[sel].sum(0) / n
+        std = np.sqrt(np.maximum(px_sq[sel].sum(0) / n - mean**2, 0))
         color_rows.append(
             {
                 "class": c,
-                "images": len(rs),
+                "images": int(sel.sum()),
                 **{f"mean_{ch}": mean[k] for k, ch in enumerate("RGB")},
                 **{f"std_{ch}": std[k] for k, ch in enumerate("RGB")},
             }

@@ -362,6 +362,8 @@ def nested_blend(
     metric: Metric,
     bias: bool,
     side: Side | None = None,
+    *,
+    on_fold: Callable[[], None] | None = None,
 ) -> NestedBlend:
     """Out-of-fold blend and decisions: for each fold, fit the blend (and the metric's decision, on the blend's
     predictions of those rows) on the other folds' OOF rows; predict this fold's rows. ``side``: the rows'
@@ -379,6 +381,8 @@ def nested_blend(
             decision = metric.decide(y[train], blender.apply(P[:, train], part))
             assert decision is not None
             decisions[int(k)] = decision
+        if on_fold is not None:
+            on_fold()
     return NestedBlend(out, decisions)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from comp._progress import Progress
 from comp._tables import Rendered, table_frame
 from comp.config import Config
 from comp.data._attributes import attribute_f1
@@ -239,12 +240,14 @@ def run_ensemble(
     if blend.side:  # metadata, groups: read and validated (test table included) before anything is fitted
         side, test_side, side_notes = blend_side(first.config, data, metadata=metadata)
         data.notes.extend(side_notes)
-    final, b = fit_blend(blend, data.oof, data.y, scorer, bias, side)
-    in_sample = final.apply(data.oof, side)
-    if blend.fitted or bias:
-        nested = nested_blend(blend, data.oof, data.y, data.folds, scorer, bias, side)
-    else:  # nothing fitted on the rows: the blend is honest as it is; only a decision needs refitting per fold
-        nested = NestedBlend(in_sample, nested_decisions(scorer, data.y, in_sample, data.folds))
+    with Progress(1 + len(np.unique(data.folds)), f"blend {method} (all rows, then each fold)") as bar:
+        final, b = fit_blend(blend, data.oof, data.y, scorer, bias, side)
+        bar.update()
+        in_sample = final.apply(data.oof, side)
+        if blend.fitted or bias:
+            nested = nested_blend(blend, data.oof, data.y, data.folds, scorer, bias, side, on_fold=bar.update)
+        else:  # nothing fitted on the rows: the blend is honest as it is; only a decision needs refitting per fold
+            nested = NestedBlend(in_sample, nested_decisions(scorer, data.y, in_sample, data.folds))
     honest = nested.pred
     cv, fold_scores = nested_scores(scorer, data.y, honest, data.folds, nested.decisions)
     decision = scorer.decide(data.y, honest)  # what the submission applies: fitted on every honest OOF row

@@ -99,24 +99,36 @@ def run_views(
     task: str = "classification",
     reader=None,
     meta: np.ndarray | None = None,
+    *,
+    runner_mean: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(plain, merged-TTA) predictions, each (runners, N, C), decoding every image once for all runners
     (``reader`` maps a path to an RGB uint8 array: images in memory plug in here; ``meta``: a metadata
-    tower's raw metadata rows, one per path, passed beside every view)."""
+    tower's raw metadata rows, one per path, passed beside every view).
+
+    ``runner_mean``: each (1, N, C), the mean over runners (the folds' average) taken batch by batch, the same
+    numbers as ``.mean(0)`` of the full arrays without holding every fold's predictions of every row."""
     loader: DataLoader = DataLoader(
         ImageDataset(paths, transform=transform, reader=reader, meta=meta),  # type: ignore[arg-type]
         batch_size=batch_size,
         num_workers=num_workers,
     )
-    plain: list[list[np.ndarray]] = [[] for _ in runners]
-    merged: list[list[np.ndarray]] = [[] for _ in runners]
+    slots = 1 if runner_mean else len(runners)
+    plain: list[list[np.ndarray]] = [[] for _ in range(slots)]
+    merged: list[list[np.ndarray]] = [[] for _ in range(slots)]
     for batch in track(loader, desc, enabled=bool(desc)):
         x, extra = batch[0], ((batch[-1].numpy(),) if meta is not None else ())
         xs = [v.float().numpy() for v in views(x.float(), tta)]
-        for i, run in enumerate(runners):
+        batch_plain, batch_merged = [], []
+        for run in runners:
             probs = np.stack([run(v, *extra) for v in xs])
-            plain[i].append(probs[0])
-            merged[i].append(merge_probs(probs, merge, task))
+            batch_plain.append(probs[0])
+            batch_merged.append(merge_probs(probs, merge, task))
+        if runner_mean:  # a mean over axis 0 is elementwise: per batch it equals the whole array's
+            batch_plain, batch_merged = [np.stack(batch_plain).mean(0)], [np.stack(batch_merged).mean(0)]
+        for i in range(slots):
+            plain[i].append(batch_plain[i])
+            merged[i].append(batch_merged[i])
     return np.stack([np.concatenate(p) for p in plain]), np.stack([np.concatenate(m) for m in merged])
 
 
@@ -155,8 +167,9 @@ def model_outputs(
         task,
         reader,
         meta,
+        runner_mean=True,
     )
-    return merged.mean(0), fused is not None
+    return merged[0], fused is not None
 
 
 def _check_sample(data, test_ids: pd.Series) -> Path | None:

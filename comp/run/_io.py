@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from comp._files import file_mode, file_problem, write_error
@@ -154,6 +155,27 @@ def read_table(path: str | Path, what: str, *, allow_empty: bool = False) -> pd.
     if df.empty and not allow_empty:
         raise DataError(f"{what} {path} has a header but no rows; add data rows")
     return df
+
+
+def read_numeric_table(path: str | Path, what: str, text_columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read a table whose columns other than ``text_columns`` hold numbers, parsed as float64 while reading.
+
+    Values equal :func:`read_table`'s after ``pd.to_numeric`` (the same parser, checked bit for bit by a test)
+    at a fraction of the memory and time: 100k rows of 10 probabilities hold 1M Python strings as text. A table
+    with anything but finite numbers there is read again as text, so its error names the line and the cell."""
+    path = Path(path)
+    if file_problem(path) is None:
+        try:
+            header = pd.read_csv(path, nrows=0, dtype=str).columns
+            dtypes = {c: (str if c in text_columns else np.float64) for c in header}
+            if not header.duplicated().any():
+                df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+                numbers = df[[c for c in header if c not in text_columns]].to_numpy(np.float64)
+                if len(df) and np.isfinite(numbers).all():
+                    return df
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError):
+            pass  # read as text below: its message says what is wrong and where
+    return read_table(path, what)
 
 
 def _writer_gone(host: str, pid: str, mtime: float, other_host_after_s: float) -> bool:

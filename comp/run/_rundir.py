@@ -32,7 +32,7 @@ from comp.config import Config, build_config, dump, read_yaml
 from comp.errors import CompError, RunFolderError
 from comp.run._artifacts import Metrics, Predictions, parse_predictions
 from comp.run._checkpoint import Checkpoint, load_checkpoint
-from comp.run._io import clean_temporaries, read_json, read_table, write_csv, write_json, write_text
+from comp.run._io import clean_temporaries, read_json, read_numeric_table, read_table, write_csv, write_json, write_text
 from comp.run._journal import FileSet, recover
 
 
@@ -280,7 +280,8 @@ class RunDir:
                 f"{what} {path} not found; "
                 + ("finish `comp train-folds` for that model first" if oof else "run `comp predict` first")
             )
-        return parse_predictions(read_table(path, what), path, id_column, oof=oof)
+        text = (id_column, "fold", "target")  # every other column of a prediction table is a number
+        return parse_predictions(read_numeric_table(path, what, text), path, id_column, oof=oof)
 
     def id_column(self) -> str:
         """The id column named by the run's saved config."""
