@@ -28,7 +28,14 @@ def plain_lines(interval: float) -> None:
 
 
 def _in_notebook() -> bool:
-    return "ipykernel" in sys.modules
+    """Inside a Jupyter kernel: IPython's running shell has one. A process that merely imported ipykernel (a test
+    run, a library that probes for it) is not a notebook."""
+    if "ipykernel" not in sys.modules:
+        return False
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if callable(get) else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _widgets() -> bool:
@@ -114,9 +121,10 @@ class EpochBoard:
             }
         )
         html = HTML(f"<b>{ev.model_id} fold {ev.fold}</b>" + pd.DataFrame(rows).to_html(index=False, border=0))
-        if key in self.handles:
-            self.handles[key].update(html)
-        else:
+        handle = self.handles.get(key)
+        if handle is not None:
+            handle.update(html)
+        else:  # display() hands back None where nothing can update in place; a later epoch displays anew
             self.handles[key] = self.display(html, display_id=True)
 
     def _summarise(self) -> None:

@@ -53,6 +53,9 @@ def notebook(monkeypatch):
     kernel = types.ModuleType("ipykernel")
     kernel.version_info = (7, 0, 0)  # type: ignore[attr-defined]  # ipywidgets asks; no comm shim needed
     monkeypatch.setitem(sys.modules, "ipykernel", kernel)
+    import IPython
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: types.SimpleNamespace(kernel=object()))  # a running kernel
     monkeypatch.setattr(_progress, "_PLAIN_INTERVAL", None)
     rec = Recorder()
     monkeypatch.setattr(IPython.display, "display", rec)  # EpochBoard's tables
@@ -99,3 +102,16 @@ def test_a_failed_fold_releases_its_bar(notebook, comp_dir, tmp_path, monkeypatc
         train_folds(cfg, tmp_path / "run", folds=[0])
     bars = [objs[0] for kind, objs in notebook.calls if kind == "display" and not hasattr(objs[0], "data")]
     assert len(bars) == 1 and bars[0].children[1].bar_style == "danger"  # left showing where it stopped
+
+
+def test_a_process_that_imported_ipykernel_is_not_a_notebook(monkeypatch):
+    """A test run or a library may import ipykernel; only a running kernel's shell makes comp display widgets."""
+    import IPython
+
+    from comp import _progress
+
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
+    assert not _progress._in_notebook()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: types.SimpleNamespace(kernel=object()))
+    assert _progress._in_notebook()

@@ -114,7 +114,7 @@ def test_swa_batchnorm_statistics_are_those_of_the_averaged_weights():
     swa.update(model)
     torch.testing.assert_close(swa.module[0].weight, w0 + 0.5)  # the mean of the two epochs' weights
     batches = [(torch.randn(8, 3, 6, 6), None) for _ in range(3)]
-    swa.update_bn(batches, lambda x: x)
+    swa.update_bn(batches, lambda batch: (batch[0],))  # prepare: a batch -> the model's inputs
     with torch.no_grad():
         feats = torch.cat([swa.module[0](x) for x, _ in batches])
     torch.testing.assert_close(swa.module[1].running_mean, feats.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
