@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from comp.errors import ConfigError, closest
 
 if TYPE_CHECKING:
-    from comp.config._records import Config
-    from comp.config._sections import DataConfig
+    from collections.abc import Sequence
+
+    from comp.config._sections import DataConfig, ModelConfig
 
 
 def check_features(data: DataConfig) -> None:
@@ -58,9 +59,9 @@ def tower_options(raw: dict[str, Any]) -> dict[str, Any]:
     return {**TOWER_KEYS, **raw}
 
 
-def check_towers(cfg: Config) -> None:
+def check_towers(models: Sequence[ModelConfig], data: DataConfig) -> None:
     """``models[i].metadata``: known keys, a positive width, a dropout in [0, 1), and data.features to read."""
-    for i, m in enumerate(cfg.models):
+    for i, m in enumerate(models):
         raw = m.metadata
         if raw is None:
             continue
@@ -78,7 +79,7 @@ def check_towers(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}.hidden' must be an integer >= 1, got {hidden!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
             raise ConfigError(f"config key '{key}.dropout' must be a number in [0, 1), got {dropout!r}")
-        if not cfg.data.features:
+        if not data.features:
             raise ConfigError(
                 f"config key '{key}' adds a metadata tower but data.features is not set; list the metadata "
                 f"columns in data.features or drop {key}"

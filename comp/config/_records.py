@@ -301,7 +301,7 @@ def _check_config(cfg: Config) -> None:
     _check_task(cfg)
     _check_labels(cfg)
     check_features(cfg.data)
-    check_towers(cfg)
+    check_towers(cfg.models, cfg.data)
 
 
 def _check_task(cfg: Config) -> None:
