@@ -63,6 +63,13 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def fashion_sample(rng: np.random.Generator, src: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fashion-MNIST ``src`` split ("train" or "t10k"): its images, labels and ``n`` sorted random row indices."""
+    images = _idx(FMNIST_DIR / f"{src}-images-idx3-ubyte.gz")
+    labels = _idx(FMNIST_DIR / f"{src}-labels-idx1-ubyte.gz")
+    return images, labels, np.sort(rng.choice(len(labels), size=n, replace=False))
+
+
 def make_fashion_competition(out: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
     """A seeded Fashion-MNIST subset as a competition folder: train/, test/ PNGs (28x28 grayscale, as they
     are), train.csv (id, label), sample_submission.csv, and test_labels.csv kept aside for scoring."""
@@ -70,9 +77,7 @@ def make_fashion_competition(out: Path, n_train: int, n_test: int, seed: int = 0
         return out
     rng = np.random.default_rng(seed)
     for split, src, n in (("train", "train", n_train), ("test", "t10k", n_test)):
-        images = _idx(FMNIST_DIR / f"{src}-images-idx3-ubyte.gz")
-        labels = _idx(FMNIST_DIR / f"{src}-labels-idx1-ubyte.gz")
-        pick = np.sort(rng.choice(len(labels), size=n, replace=False))
+        images, labels, pick = fashion_sample(rng, src, n)
         (out / split).mkdir(parents=True, exist_ok=True)
         rows = []
         for i in pick:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from benchmarks.bench_ensemble import FMNIST_CLASSES, FMNIST_DIR, _idx
+from benchmarks.bench_ensemble import FMNIST_CLASSES, FMNIST_DIR, fashion_sample
 from comp import run as artifacts
 from comp._tables import format_table
 from comp.config import load_config
@@ -71,9 +71,7 @@ def make_competition(out: Path, n_train: int, n_test: int, seed: int = 0) -> Pat
         return out
     rng = np.random.default_rng(seed)
     for split, src, n in (("train", "train", n_train), ("test", "t10k", n_test)):
-        images = _idx(FMNIST_DIR / f"{src}-images-idx3-ubyte.gz")
-        labels = _idx(FMNIST_DIR / f"{src}-labels-idx1-ubyte.gz")
-        pick = np.sort(rng.choice(len(labels), size=n, replace=False))
+        images, labels, pick = fashion_sample(rng, src, n)
         (out / split).mkdir(parents=True, exist_ok=True)
         ids = [f"{split[:2]}{i:05d}" for i in pick]
         for rid, i in zip(ids, pick):
