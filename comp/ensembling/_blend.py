@@ -213,6 +213,7 @@ class Blender:
     predict: Callable[[np.ndarray], np.ndarray]
     weights: np.ndarray | None = None
     predict_side: Callable[[np.ndarray, Side | None], np.ndarray] | None = None
+    saved: list[dict] | None = None  # a stack's boosters as files describe them (gbdt: ``saved_boosters``)
 
     def apply(self, Q: np.ndarray, side: Side | None = None) -> np.ndarray:
         """Blend ``Q`` (M, n, C); ``side`` holds the same n rows' inputs for a method that reads them."""

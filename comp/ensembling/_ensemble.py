@@ -30,7 +30,7 @@ from comp.ensembling._blend import (
     nested_scores,
     task_methods,
 )
-from comp.ensembling._gbdt import fit_gbdt  # noqa: F401 - registers the gbdt method
+from comp.ensembling._gbdt import stack_spec  # importing it registers the gbdt method
 from comp.ensembling._members import Aligned, Member, align, load_member
 from comp.ensembling._side import blend_side
 from comp.errors import CompError
@@ -282,7 +282,11 @@ def run_ensemble(
         per_column=None if per_column is None else dict(zip(data.classes, per_column)),
         metadata=None if side is None else [*side.names, *(["groups"] if side.groups is not None else [])],
     )
-    result.submission = _write_run(run_root, data, first, honest, test, result, pending)
+    stack = None
+    if final.saved is not None:  # a stack's boosters, saved so a bundle can run them without comp
+        spec = stack_spec(task.name, len(members), test_side or side, first.config.data.group_column)
+        stack = ({**spec, "classes": list(data.classes)}, final.saved)
+    result.submission = _write_run(run_root, data, first, honest, test, result, pending, stack)
     record_submission(run_root, result.submission, models=[name], kind="ensemble")
     return result
 
@@ -354,6 +358,7 @@ def _write_run(
     test,
     result: BlendResult,
     pending: PendingSubmission | None,
+    stack: tuple[dict, list[dict]] | None = None,
 ) -> Path | None:
     """Save the blend as ``run_root/models/<name>`` (oof, test, metrics) plus the run's config.yaml and folds.csv,
     and the submission, all committed as one set: a killed blend never leaves new tables beside old metrics.
@@ -403,6 +408,12 @@ def _write_run(
         else:
             files.csv(run.folds, pd.DataFrame({first.id_column: data.ids, "fold": data.folds}))
         submission = files.csv(pending.path, pending.df) if pending is not None else None
+        if stack is not None:
+            run.write_stack(name, *stack, into=files)
+    written = run.read_stack(name) if stack is not None else None
+    run.clear_stack(
+        name, keep=("stack.json", *(b["file"] for b in written["boosters"] if "file" in b)) if written else ()
+    )
     if test is None:
         run.test_pred(name).unlink(missing_ok=True)  # a stale test.csv from an earlier blend of this name would lie
     return submission

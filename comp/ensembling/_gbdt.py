@@ -76,6 +76,12 @@ class _Booster:
         out = np.asarray(self.model.predict(X, num_iteration=self.rounds), np.float64)
         return out.reshape(len(X), -1)
 
+    def saved(self) -> dict[str, Any]:
+        """What a blend folder keeps of it: LightGBM's text model (``text``) or the constant, and the rounds."""
+        if self.constant is not None:
+            return {"constant": [float(v) for v in self.constant], "rounds": 0}
+        return {"text": self.model.model_to_string(num_iteration=self.rounds), "rounds": self.rounds}
+
 
 def _fit_one(X: np.ndarray, y: np.ndarray, params: dict[str, Any], cats: list[int], held: np.ndarray) -> _Booster:
     lgb = _lightgbm()
@@ -120,10 +126,30 @@ def fit_gbdt(P: np.ndarray, y: np.ndarray, task: str, side: Side | None = None, 
             return out / out.sum(axis=1, keepdims=True)
         return out
 
-    return predict, [b.rounds for b in boosters]
+    return predict, boosters
 
 
 @register("gbdt", fitted=True, side=True, requires="lightgbm")
 def _gbdt(P, y, metric: Metric, side: Side | None = None) -> Blender:
-    predict, _ = fit_gbdt(P, y, metric.task, side)
-    return Blender(lambda Q: predict(Q, None), None, predict)
+    predict, boosters = fit_gbdt(P, y, metric.task, side)
+    return Blender(lambda Q: predict(Q, None), None, predict, saved=[b.saved() for b in boosters])
+
+
+def stack_spec(task: str, n_members: int, side: Side | None, group_column: str | None) -> dict[str, Any]:
+    """What a reader of the saved boosters needs to rebuild their input (``_side.design``) from the members'
+    predictions and the test table: the metadata columns with their training levels, and the group column."""
+    features = None
+    if side is not None and side.names:
+        cats = [side.names[j] for j in side.categorical]
+        numeric = [n for j, n in enumerate(side.names) if j not in side.categorical]
+        levels = side.levels or {}
+        features = {"numeric": numeric, "categorical": cats, "levels": {c: list(levels[c]) for c in cats}}
+    grouped = side is not None and side.groups is not None
+    return {
+        "method": "gbdt",
+        "task": task,
+        "members": n_members,
+        "features": features,
+        "group_column": group_column if grouped else None,
+        "normalise": task == "classification",
+    }

@@ -33,10 +33,11 @@ class Side:
     categorical: list[int]  # indices of X's categorical columns
     groups: np.ndarray | None
     blocks: np.ndarray
+    levels: dict[str, list[str]] | None = None  # each categorical column's training values, in code order
 
     def take(self, rows: np.ndarray) -> Side:
         groups = None if self.groups is None else self.groups[rows]
-        return Side(self.X[rows], self.names, self.categorical, groups, self.blocks[rows])
+        return Side(self.X[rows], self.names, self.categorical, groups, self.blocks[rows], self.levels)
 
 
 def group_relative(values: np.ndarray, groups: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +105,8 @@ def blend_side(config: Config, data: Aligned, *, metadata: bool = True) -> tuple
     names = feats.names if feats is not None else []
     cats = [len(feats.numeric_names) + j for j in range(len(feats.categorical_names))] if feats is not None else []
     groups = None if all_groups is None else all_groups[where]
-    oof = Side(X, names, cats, groups, np.asarray(data.folds))
+    levels = feats.levels if feats is not None else None
+    oof = Side(X, names, cats, groups, np.asarray(data.folds), levels)
     if data.test_ids is None:
         return oof, None, notes
     if feats is not None:
@@ -129,12 +131,12 @@ def blend_side(config: Config, data: Aligned, *, metadata: bool = True) -> tuple
             test_groups = df[group_col].astype(str).to_numpy()[at]
         else:
             groups = None  # group features must exist for test rows too, or the stack cannot use them
-            oof = Side(X, names, cats, None, oof.blocks)
+            oof = Side(X, names, cats, None, oof.blocks, levels)
             notes.append(
                 f"no group-relative features: the test table {dcfg.test_csv or dcfg.sample_submission} has no "
                 f"'{group_col}' column"
             )
-    return oof, Side(X_test, names, cats, test_groups, np.full(len(at), -1)), notes
+    return oof, Side(X_test, names, cats, test_groups, np.full(len(at), -1), levels), notes
 
 
 def _test_table(config: Config) -> pd.DataFrame:

@@ -14,6 +14,8 @@ RUN/
   models/<model_id>/oof_tta.csv    OOF with test-time augmentation (comp predict --oof)
   models/<model_id>/fold<k>.onnx   ONNX graph of a fold checkpoint; fused.onnx: every fold (and TTA view) in one
   models/<model_id>/export.json    what comp export wrote and its parity figures
+  models/<blend>/stack.json        a GBDT blend's inputs (metadata columns, levels, group column) and boosters
+  models/<blend>/booster<i>.txt    its fitted LightGBM boosters as LightGBM text models
   .trt_cache/                      TensorRT engine and timing caches (GPU predict)
   cache/                           data.cache=disk slabs, only when the images and $TMPDIR are read-only
   sources.json                     the pseudo-labelled rows and teacher the run trained on (file hashes)
@@ -34,6 +36,8 @@ from comp.run._artifacts import Metrics, Predictions, parse_predictions
 from comp.run._checkpoint import Checkpoint, load_checkpoint
 from comp.run._io import clean_temporaries, read_json, read_numeric_table, read_table, write_csv, write_json, write_text
 from comp.run._journal import FileSet, recover
+
+STACK_FORMAT = "comp.stack/1"
 
 
 class RunDir:
@@ -322,6 +326,41 @@ class RunDir:
         if into is not None:
             return into.json(self.metrics(model_id), metrics.to_json())
         return write_json(self.metrics(model_id), metrics.to_json())
+
+    # -- a GBDT blend's boosters (comp ensemble --method gbdt) ---------------------------
+    def stack(self, model_id: str) -> Path:
+        return self.model_dir(model_id) / "stack.json"
+
+    def write_stack(self, model_id: str, spec: dict[str, Any], boosters: list[dict], *, into: FileSet) -> Path:
+        """Stage a stack's boosters (each ``{"text": LightGBM model, "rounds"}`` -> ``booster<i>.txt``, or
+        ``{"constant": [...]}`` kept in place) and ``stack.json`` listing them ``into`` the blend's set of files."""
+        entries = []
+        for i, b in enumerate(boosters):
+            if "text" in b:
+                into.text(self.model_dir(model_id) / f"booster{i}.txt", b["text"])
+                entries.append({"file": f"booster{i}.txt", "rounds": b["rounds"]})
+            else:
+                entries.append({"constant": list(b["constant"]), "rounds": 0})
+        return into.json(self.stack(model_id), {"format": STACK_FORMAT, **spec, "boosters": entries})
+
+    def read_stack(self, model_id: str) -> dict[str, Any] | None:
+        """``stack.json`` (None when the blend saved no boosters); each booster file it lists must be there."""
+        path = self.stack(model_id)
+        if not path.is_file():
+            return None
+        obj = read_json(path, "stack file")
+        if not isinstance(obj, dict) or obj.get("format") != STACK_FORMAT or not isinstance(obj.get("boosters"), list):
+            raise RunFolderError(f"{path} is not a comp stack file; re-run comp ensemble --method gbdt")
+        for b in obj["boosters"]:
+            if "file" in b and not (self.model_dir(model_id) / b["file"]).is_file():
+                raise RunFolderError(f"{path} lists {b['file']}, which is missing; re-run comp ensemble --method gbdt")
+        return obj
+
+    def clear_stack(self, model_id: str, keep: tuple[str, ...] = ()) -> None:
+        """Delete stack files an earlier blend of this name left that the current one did not write."""
+        for p in [self.stack(model_id), *self.model_dir(model_id).glob("booster*.txt")]:
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
 
     def read_checkpoint(self, model_id: str, fold: int) -> Checkpoint:
         return load_checkpoint(self.checkpoint(model_id, fold))
