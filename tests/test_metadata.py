@@ -301,16 +301,49 @@ def test_gbdt_without_lightgbm_says_how_to_install_it(tmp_path, monkeypatch):
         check_method("gbdt", task)
 
 
-def test_bundle_refuses_a_gbdt_blend_with_the_reason(tmp_path):
+def test_the_bundle_computes_the_stacks_features_as_comp_does():
+    """predict.py's numpy design (no pandas) equals comp's on test rows: ties, NaN, an all-NaN group, categories."""
+    from comp.inference import bundle_predict as bp
+
+    rng = np.random.default_rng(0)
+    n = 40
+    P = rng.random((2, n, 3)).round(1)  # rounded: ties within groups
+    X = np.stack([rng.normal(size=n).round(1), rng.normal(size=n), rng.integers(0, 3, n).astype(float)], axis=1)
+    X[[1, 7, 8], 0] = np.nan
+    groups = np.array([f"g{i % 6}" for i in range(n)])
+    groups[[5, 11]] = "alone"
+    X[[5, 11], 1] = np.nan  # a group whose column is all missing
+    side = Side(X, ["a", "b", "site"], [2], groups, np.full(n, -1))
+    want, _, _ = design(P, side)
+    np.testing.assert_allclose(bp.stack_design(P, X, 2, groups), want, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.isnan(bp.stack_design(P, X, 2, groups)), np.isnan(want))
+    np.testing.assert_array_equal(bp.stack_design(P, X, 2, None), design(P, Side(X, [], [2], None, side.blocks))[0])
+
+
+def test_a_gbdt_blend_saves_its_boosters_and_a_later_blend_of_the_name_clears_them(tmp_path):
     from comp.inference import bundle_run
 
-    toy = Toy("classification", n=90)
+    toy = Toy("regression", n=90)
     dirs = members_with_tests(tmp_path, "r1", toy)
     set_data(dirs[0], write_table(tmp_path, toy))
-    result = run_ensemble(dirs, method="gbdt")
-    with pytest.raises(CompError, match="uses method 'gbdt', a stack that reads the test table's metadata"):
+    result = run_ensemble(dirs, method="gbdt", name="b")
+    saved = json.loads((result.model_dir / "stack.json").read_text())
+    assert saved["format"] == "comp.stack/1" and saved["members"] == 2 and saved["group_column"] == "person"
+    assert saved["features"] == {
+        "numeric": ["hint", "noise"],
+        "categorical": ["site"],
+        "levels": {"site": ["arm", "head", "leg"]},
+    }
+    import lightgbm
+
+    booster = lightgbm.Booster(model_file=str(result.model_dir / saved["boosters"][0]["file"]))
+    assert booster.current_iteration() == saved["boosters"][0]["rounds"] >= 1
+    (result.model_dir / "stack.json").unlink()  # a blend made before boosters were saved
+    with pytest.raises(CompError, match="holds no saved boosters \\(stack.json\\); re-run comp ensemble --method gbdt"):
         bundle_run(result.model_dir, out=tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
+    run_ensemble(dirs, method="mean", name="b")
+    assert not list(result.model_dir.glob("booster*.txt")) and not (result.model_dir / "stack.json").exists()
 
 
 def test_pseudo_and_submit_read_a_gbdt_blend(tmp_path):

@@ -3,6 +3,8 @@ training and prediction on every task, ONNX export with two inputs, torch == onn
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from click.testing import CliRunner
 from comp.cli import main
 from comp.config import load_config
 from comp.data._features import FeatureScaler, encode_train
-from comp.errors import ConfigError
+from comp.errors import CompError, ConfigError
 from comp.run import RunDir, load_checkpoint
 from comp.training._tower import MetadataScaling, raw_matrix
 from tests.conftest import tiny_config, write_competition, write_config
@@ -167,17 +169,36 @@ def test_the_metadata_changes_the_prediction(tmp_path, tower_run):
     assert np.isfinite(a).all() and not np.allclose(a, b)
 
 
-@pytest.mark.parametrize("kind", ["multilabel", "regression", "ordinal"])
-def test_tower_trains_and_predicts_on_every_task(tmp_path, kind):
+@pytest.fixture(scope="module")
+def task_runs(tmp_path_factory, tower_run):
+    """``get(kind)``: a tower run of that task kind and the text of its ``test.csv`` as ``comp predict --engine
+    onnx`` writes it, both made once on first use (classification: ``tower_run``)."""
     from tests.conftest import task_config, write_task_competition
 
-    root = write_task_competition(tmp_path / "comp", kind, n_groups=8, n_test=4)
-    add_metadata(root)
-    run = train(tmp_path, tower_config(root, task_config(root, kind)), root)
+    runs: dict[str, tuple[Path, str]] = {}
+
+    def get(kind: str) -> tuple[Path, str]:
+        if kind not in runs:
+            run = tower_run
+            if kind != "classification":
+                tmp = tmp_path_factory.mktemp(kind)
+                root = write_task_competition(tmp / "comp", kind, n_groups=8, n_test=4)
+                add_metadata(root)
+                run = train(tmp, tower_config(root, task_config(root, kind)), root)
+            _predict(run, "onnx", run.parent / "onnx-submission.csv")
+            runs[kind] = run, RunDir(run).test_pred("eff").read_text()
+        return runs[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "regression", "ordinal"])
+def test_tower_trains_and_predicts_on_every_task(tmp_path, task_runs, kind):
+    run, onnx_text = task_runs(kind)
     ckpt = load_checkpoint(RunDir(run).fold_checkpoints("eff")[1])
     assert ckpt.meta.tower is not None and ckpt.meta.tower["categorical"] == ["site"]
     torch_pred = _predict(run, "torch", tmp_path / "a.csv")
-    onnx_pred = _predict(run, "onnx", tmp_path / "b.csv")
+    onnx_pred = pd.read_csv(io.StringIO(onnx_text))
     cols = [c for c in torch_pred.columns if c != "id"]
     assert np.isfinite(torch_pred[cols].to_numpy()).all()
     np.testing.assert_allclose(onnx_pred[cols].to_numpy(), torch_pred[cols].to_numpy(), atol=1e-4, rtol=1e-4)
@@ -239,12 +260,6 @@ def test_a_tower_without_features_is_refused_on_the_command_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_bundle_refuses_a_tower_model_with_the_reason(tmp_path, tower_run):
-    res = invoke("bundle", str(tower_run), "--out", str(tmp_path / "b"))
-    assert res.exit_code == 2 and "metadata tower model cannot be bundled yet" in res.output, res.output
-    assert not (tmp_path / "b").exists()
-
-
 def test_predict_refuses_a_test_table_without_the_features(tmp_path, tower_run):
     cfg_test = tower_run.parent / "comp" / "test.csv"
     saved = cfg_test.read_text()
@@ -289,3 +304,82 @@ def test_tower_trains_with_sample_weights(tmp_path):
     cfg["data"]["weight_column"] = "w"
     run = train(tmp_path, cfg, root)
     assert load_checkpoint(RunDir(run).fold_checkpoints("eff")[0]).meta.tower is not None
+
+
+# ---------------------------------------------------------------- bundles and the in-memory predictor
+
+
+def _script(bundle: Path, comp_dir: Path, out: Path, *extra: str) -> pd.DataFrame:
+    """Run the bundle's predict.py (in this process) on the competition's test set; its --probs table by id."""
+    from comp.inference import bundle_predict as bp
+
+    argv = ["--images", str(comp_dir / "test"), "--sample", str(comp_dir / "sample_submission.csv")]
+    rc = bp.main([*argv, "--bundle", str(bundle), "--out", str(out), "--probs", str(out.with_suffix(".p")), *extra])
+    assert rc == 0
+    return pd.read_csv(out.with_suffix(".p"), dtype={"id": str}).set_index("id")
+
+
+@pytest.mark.parametrize("kind", ["classification", "multilabel", "regression"])
+def test_bundles_of_a_tower_and_of_its_gbdt_stack_predict_what_comp_does(tmp_path, task_runs, kind):
+    """One bundle per task, of a GBDT stack over the tower run: predict.py with its stack reproduces the blend's
+    test.csv; without the stack (the tower's graph alone) it reproduces comp predict's (onnx engine)."""
+    from comp.ensembling import run_ensemble
+
+    run, onnx_text = task_runs(kind)
+    RunDir(run).test_pred("eff").write_text(onnx_text)  # as comp predict --engine onnx wrote it (no TTA)
+    want = pd.read_csv(io.StringIO(onnx_text), dtype={"id": str}).set_index("id")
+    comp_dir = run.parent / "comp"
+    test = pd.read_csv(comp_dir / "test.csv", dtype=str, keep_default_na=False)
+    test["person"] = [f"q{i // 2}" for i in range(len(test))]  # the stack's group-relative features
+    test.to_csv(comp_dir / "test.csv", index=False)
+    table = ["--table", str(comp_dir / "test.csv")]
+
+    blend = run_ensemble([RunDir(run).model_dir("eff")], method="gbdt", name="stack")
+    saved = json.loads((blend.model_dir / "stack.json").read_text())
+    assert saved["features"]["levels"]["site"] == ["arm", "head", "leg"] and saved["group_column"] == "person"
+    assert all((blend.model_dir / b["file"]).is_file() for b in saved["boosters"] if "file" in b)
+    res = invoke("bundle", str(blend.model_dir), "--out", str(tmp_path / "gbdt"))
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "gbdt" / "manifest.json").read_text())
+    assert manifest["format"] == "comp.bundle/3" and manifest["graphs"][0]["metadata"]["categorical"] == ["site"]
+    assert "lightgbm" in manifest["requires"] and "--table" in res.output
+    stacked = pd.read_csv(blend.model_dir / "test.csv", dtype={"id": str}).set_index("id")
+    got = _script(tmp_path / "gbdt", comp_dir, tmp_path / "g.csv", *table)
+    np.testing.assert_allclose(got.loc[stacked.index].to_numpy(), stacked.to_numpy(), rtol=1e-5, atol=1e-6)
+
+    del manifest["stack"]  # the tower's fused graph alone: comp predict's numbers
+    (tmp_path / "gbdt" / "manifest.json").write_text(json.dumps(manifest))
+    got = _script(tmp_path / "gbdt", comp_dir, tmp_path / "t.csv", *table)
+    np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_tower_run_bundles_and_predicts_in_memory_like_comp_predict(tmp_path, task_runs, capsys):
+    from comp import load_predictor
+
+    run, onnx_text = task_runs("classification")
+    RunDir(run).test_pred("eff").write_text(onnx_text)
+    want = pd.read_csv(io.StringIO(onnx_text), dtype={"id": str}).set_index("id")
+    comp_dir = run.parent / "comp"
+    res = invoke("bundle", str(run), "--out", str(tmp_path / "b"))
+    assert res.exit_code == 0, res.output
+    from comp.inference import bundle_predict as bp
+
+    argv = ["--images", str(comp_dir / "test"), "--sample", str(comp_dir / "sample_submission.csv")]
+    assert bp.main([*argv, "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "pass --table with the competition's test CSV" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+    got = _script(tmp_path / "b", comp_dir, tmp_path / "t.csv", "--table", str(comp_dir / "test.csv"))
+    np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-5, atol=1e-5)
+
+    p = load_predictor(run, engine="onnx")
+    test = pd.read_csv(comp_dir / "test.csv", dtype=str, keep_default_na=False)
+    with pytest.raises(CompError, match="has a metadata tower, which reads each image's data.features"):
+        p.predict_proba(comp_dir / "test" / "t00.png")
+    with pytest.raises(CompError, match="metadata has no column 'age'"):
+        p.predict_proba(test[["id"]], metadata=test[["site"]])
+    with pytest.raises(CompError, match="metadata has 2 rows for 8 images"):
+        p.predict_proba(test[["id"]], metadata=test[["age", "site"]][:2])
+    mem = p.predict_proba(test[["id", "age", "site"]]).set_index("id")  # the DataFrame holds the features
+    np.testing.assert_allclose(mem.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-5, atol=1e-5)
+    labels = p.predict(test[["id"]], metadata=test[["site", "age"]])
+    assert labels["label"].tolist() == want.idxmax(axis=1).tolist()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -44,13 +43,17 @@ from comp.inference._bundle_checks import (
     compare_with_test,
     cv2_resize,
     image_size,
+    normal_modes,
     parity_images,
+    publish,
     submission_spec,
 )
 from comp.inference._bundle_source import Member, Source, resolve_source, same_images
+from comp.inference._bundle_tables import check_stack, stack_block, tower_entry, tower_rows
 from comp.inference._export import (
     INPUT,
     MAX_OPSET,
+    META,
     MIN_OPSET,
     OUTPUT,
     TOLERANCE,
@@ -99,9 +102,11 @@ class BundleResult(Rendered):
 
     def command(self) -> str:
         """The notebook's command line (the input paths are placeholders)."""
+        table = self.manifest.get("test_table") or ("test.csv" if self.manifest["format"] == bp.TABLE_FORMAT else "")
         return (
             f"python {self.out.name}/predict.py --images /kaggle/input/<competition>/test "
             "--sample /kaggle/input/<competition>/sample_submission.csv --out submission.csv"
+            + (f" --table /kaggle/input/<competition>/{table}" if table else "")
         )
 
 
@@ -113,8 +118,8 @@ class _Columns(nn.Module):
         self.inner = inner
         self.register_buffer("order", torch.tensor(order, dtype=torch.long))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x).index_select(1, self.order)
+    def forward(self, x: torch.Tensor, *meta: torch.Tensor) -> torch.Tensor:
+        return self.inner(x, *meta).index_select(1, self.order)
 
 
 # ---------------------------------------------------------------- one graph
@@ -183,11 +188,13 @@ def _build_graph(
         fused = _Columns(fused, [own.index(c) for c in classes])
     fused.eval()
     paths, ids, checked_on = images
+    raw = tower_rows(m.cfg.data, first.tower, ids, len(paths), plan.file) if first.tower else None
+    extra = () if raw is None else (torch.from_numpy(raw),)
     with torch.no_grad():
         comp_batch = torch.stack(
             [x for x, _ in ImageDataset(paths, transform=from_dict(first.eval_transform))]  # type: ignore[attr-defined]
         )
-        reference = fused(comp_batch.float()).double().numpy()
+        reference = fused(comp_batch.float(), *extra).double().numpy()
     precision, tol = ("fp16", TOLERANCE["fp16"]) if fp16 else ("fp32", TOLERANCE["fp32"])
     size = image_size(first)
     folds = [int(RunDir.fold_number(p) or 0) for p in plan.paths]
@@ -200,9 +207,11 @@ def _build_graph(
         tta_merge=plan.merge,
         checkpoints=digests,
     )
-    export_graph(fused, comp_batch[:1].float(), folder / plan.file, opset, meta, fp16)
-    x = bundle_inputs(paths, size, first.mean, first.std, resize)
-    got = cpu_session(folder / plan.file).run([OUTPUT], {INPUT: x})[0].astype(np.float64)
+    export_graph(fused, (comp_batch[:1].float(), *(e[:1] for e in extra)), folder / plan.file, opset, meta, fp16)
+    feeds = {INPUT: bundle_inputs(paths, size, first.mean, first.std, resize)}
+    if raw is not None:
+        feeds[META] = raw
+    got = cpu_session(folder / plan.file).run([OUTPUT], feeds)[0].astype(np.float64)
     relative = relative_parity(task)
     parity = Parity.of(got, reference, relative)
     if not parity.checked <= tol:
@@ -241,6 +250,7 @@ def _build_graph(
         "std": [float(v) for v in first.std],
         "input": INPUT,
         "output": OUTPUT,
+        **({"metadata": tower_entry(first.tower)} if first.tower else {}),
         # informational: predict.py reads only the keys above
         "model": m.name,
         "model_name": first.model_name,
@@ -279,27 +289,6 @@ def _decision(src: Source, plans: list[_Plan], classes: list[str]) -> Decision |
     run = plans[0].member.run
     mids = [p.member.model_id for p in plans]
     return fitted_decision(run, mids, metric, classes, id_column=src.data.id_column)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to ``out``; an earlier bundle there is moved aside first, then deleted."""
-    if out.is_dir() and any(out.iterdir()):
-        check_out(out)  # still an earlier bundle, not something written there meanwhile
-        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, aside / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(tmp, out)  # over an empty folder too
-
-
-def _normal_modes(folder: Path) -> None:
-    """mkdtemp's folder is private (0700); give the bundle the modes a fresh folder and files would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for p in folder.iterdir():
-        p.chmod((0o777 if p.name == "predict.py" else 0o666) & ~umask)
 
 
 def bundle_run(
@@ -356,7 +345,10 @@ def bundle_run(
             entry, got = _build_graph(plan, tmp, classes, images, resize, fp16, opset)
             entries.append(entry)
             rows.append(entry["weight"] * got)
-        if src.blend is not None and src.blend_name is not None:
+        stack, stack_files = None, list[str]()
+        if src.stack is not None and src.blend is not None and src.blend_name is not None:
+            stack, stack_files = stack_block(src.blend, src.blend_name, src.stack, tmp)
+        elif src.blend is not None and src.blend_name is not None:
             blended = np.sum(rows, axis=0) / sum(e["weight"] for e in entries)
             compare_with_test(
                 blended,
@@ -370,26 +362,34 @@ def bundle_run(
                 "re-run comp ensemble (or pass the --tta comp predict used)",
                 relative_parity(src.task),
             )
+        tables = stack is not None or any("metadata" in e for e in entries)
         manifest = {
-            "format": bp.FORMAT,
+            "format": bp.TABLE_FORMAT if tables else bp.FORMAT,
             "task": src.task,
             "classes": classes,
             "graphs": entries,
+            **({"stack": stack} if stack is not None else {}),
+            **({"test_table": Path(src.data.test_csv).name} if tables and src.data.test_csv else {}),
+            "requires": ["onnxruntime", "numpy", "Pillow", *(["lightgbm"] if stack is not None else [])],
             **spec,
             "resize_fingerprint": fingerprint,
             "source": {"kind": src.kind, "path": str(src.path.resolve()), **src.info},
             "comp_version": __version__,
             # what comp wrote here: the only files a rebuild into this folder may delete
-            "files": ["manifest.json", "predict.py", *(e["file"] for e in entries)],
+            "files": ["manifest.json", "predict.py", *(e["file"] for e in entries), *stack_files],
         }
         write_json(tmp / "manifest.json", manifest)
         shutil.copyfile(Path(bp.__file__), tmp / "predict.py")
+        if stack is not None and src.blend is not None and src.blend_name is not None:
+            members = [(p.member.run, p.member.model_id) for p in plans]
+            diff = check_stack(tmp, src.blend, src.blend_name, members, src.data, classes)
+            log.info("bundle: the GBDT stack reproduces %s's test.csv (max diff %.1e)", src.blend_name, diff)
         if (out / KAGGLE_METADATA).is_file():
             shutil.copyfile(out / KAGGLE_METADATA, tmp / KAGGLE_METADATA)
         # predict.py's own validation of what it will read: a BundleError here is a bug in comp
         bp.load_manifest(tmp)
-        _normal_modes(tmp)
-        _publish(tmp, out)
+        normal_modes(tmp)
+        publish(tmp, out)
     except (OSError, RuntimeError) as exc:  # a full disk or unwritable folder while the graphs are written
         elsewhere = isinstance(exc, OSError) and exc.filename and not str(exc.filename).startswith(str(tmp))
         found = None if elsewhere else write_error(out, exc)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import string
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +36,6 @@ def image_size(meta: CheckpointMeta) -> tuple[int, int]:
 
 def check_preprocessing(meta: CheckpointMeta, where: Path) -> None:
     """Fail unless the checkpoint's eval transform is what predict.py reproduces: Resize (INTER_LINEAR), Normalize."""
-    if meta.tower:
-        raise CompError(
-            f"{where}: a metadata tower model cannot be bundled yet (predict.py reads images, not the test "
-            "table); predict it with comp predict, or bundle models without models[].metadata"
-        )
     steps = meta.eval_transform.get("transform", {}).get("transforms", [])
     names = [str(s.get("__class_fullname__", "?")).rsplit(".", 1)[-1] for s in steps]
     fix = (
@@ -154,6 +152,27 @@ def check_out(out: Path) -> None:
             f"--out {out} is an earlier bundle but also holds {extra[0]}, which comp did not write there and a "
             "rebuild would delete; move it out or choose another --out"
         )
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to ``out``; an earlier bundle there is moved aside first, then deleted."""
+    if out.is_dir() and any(out.iterdir()):
+        check_out(out)  # still an earlier bundle, not something written there meanwhile
+        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, aside / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, out)  # over an empty folder too
+
+
+def normal_modes(folder: Path) -> None:
+    """mkdtemp's folder is private (0700); give the bundle the modes a fresh folder and files would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for p in folder.iterdir():
+        p.chmod((0o777 if p.name == "predict.py" else 0o666) & ~umask)
 
 
 # ---------------------------------------------------------------- parity

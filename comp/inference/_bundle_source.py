@@ -2,7 +2,8 @@
 
 A blend is carried as its members' graphs and weights, so only blends that are a weighted mean of member
 predictions (and add no per-class bias) can be bundled, whatever the task: the mean of class or label
-probabilities, or of target values.
+probabilities, or of target values; or a GBDT stack whose boosters comp ensemble saved (``stack.json``), which
+predict.py runs with LightGBM over the graphs' predictions and the test table.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Source:
     info: dict[str, Any] = field(default_factory=dict)
     task: str = "classification"
     metric: str | None = None  # the metric whose decision (thresholds, cut-points) the submission applies
+    stack: dict[str, Any] | None = None  # a GBDT blend's stack.json; its members are the graphs, in order
 
 
 def blend_source(run: RunDir, name: str, blend: dict[str, Any], path: Path) -> Source:
@@ -61,14 +63,15 @@ def blend_source(run: RunDir, name: str, blend: dict[str, Any], path: Path) -> S
             f"bundle the same blend made without --bias"
         )
     spec = METHODS.get(method)
-    if spec.side:
+    stack = run.read_stack(name) if spec.side else None
+    if spec.side and stack is None:
         raise CompError(
-            f"blend {name} uses method {method!r}, a stack that reads the test table's metadata beside the members' "
-            "predictions; predict.py runs ONNX graphs and weighted means only. Submit the blend's own submission "
-            f"(comp ensemble wrote it from its test.csv), or bundle a blend made with "
-            f"{', '.join(n for n in METHODS if METHODS[n].weighted_mean)}"
+            f"blend {name} uses method {method!r} but its folder holds no saved boosters ({run.stack(name).name}); "
+            "re-run comp ensemble --method gbdt with this comp, then bundle it"
         )
-    if not spec.weighted_mean or weights is None:
+    if stack is not None:
+        weights = [1.0] * len(members)  # every member is an input of the stack, none is left out
+    elif not spec.weighted_mean or weights is None:
         able = ", ".join(n for n in METHODS if METHODS[n].weighted_mean)
         raise CompError(
             f"blend {name} uses method {method!r}, which is not a weighted mean of member probabilities; "
@@ -91,9 +94,9 @@ def blend_source(run: RunDir, name: str, blend: dict[str, Any], path: Path) -> S
             )
         out.append(Member(mrun, mpath.name, float(weight), mrun.load_config()))
     classes = run.read_oof(name, id_column=cfg.data.id_column).classes
-    info = {"method": method, "weights": weights}
+    info = {"method": method, "weights": None if stack is not None else weights}
     metric = run.read_metrics(name).metric
-    return Source("blend", path, out, cfg.data, classes, run, name, info, cfg.task, metric)
+    return Source("blend", path, out, cfg.data, classes, run, name, info, cfg.task, metric, stack)
 
 
 def resolve_source(source: str | Path, models: list[str] | None) -> Source:

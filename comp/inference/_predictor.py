@@ -31,6 +31,7 @@ from comp.metrics import get_metric
 from comp.run import RunDir
 from comp.submission._format import decisions
 from comp.tasks import Decision
+from comp.training._tower import frame_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -80,16 +81,15 @@ class Predictor:
         return head + rows.to_html(index=False)
 
     # -- predictions ------------------------------------------------------------------
-    def predict_proba(self, x: Images, *, progress: bool = False) -> pd.DataFrame:
+    def predict_proba(self, x: Images, *, metadata: pd.DataFrame | None = None, progress: bool = False) -> pd.DataFrame:
         """One row per image: its id, then one column per class (probabilities), label or target, in the task's
-        units: the members' weighted mean of their fold means, as ``comp predict`` writes ``test.csv``."""
-        towers = [m.model_id for m in self.members if m.folds[0].ckpt.meta.tower]
-        if towers:
-            raise CompError(
-                f"model '{towers[0]}' has a metadata tower, which needs each image's data.features row; predict it "
-                "with comp predict (or predict_run), which reads them from data.test_csv"
-            )
+        units: the members' weighted mean of their fold means, as ``comp predict`` writes ``test.csv``.
+
+        A metadata tower's model also reads each image's ``data.features``: ``metadata`` is a DataFrame with
+        those columns, one row per image in the images' order (``x`` itself when it is a DataFrame holding them)."""
         ids, paths, reader = self._inputs(x)
+        if metadata is None and isinstance(x, pd.DataFrame):
+            metadata = x
         total = sum(m.weight for m in self.members)
         out = np.zeros((len(paths), len(self.classes)))
         for m in self.members:
@@ -106,6 +106,7 @@ class Predictor:
                 desc=f"{m.model_id} predict" if progress else "",
                 task=self.task,
                 reader=reader,
+                meta=self._metadata(m, metadata, len(paths)),
             )
             order = [list(map(str, m.folds[0].ckpt.meta.classes)).index(c) for c in self.classes]
             out += m.weight / total * probs[:, order]
@@ -113,10 +114,11 @@ class Predictor:
         frame.insert(0, self.id_column, ids)
         return frame
 
-    def predict(self, x: Images, *, progress: bool = False) -> pd.DataFrame:
+    def predict(self, x: Images, *, metadata: pd.DataFrame | None = None, progress: bool = False) -> pd.DataFrame:
         """One row per image: its id and what the submission states for it: the class (``label``), the labels at
-        the metric's fitted thresholds (``tags``), or each target's value (QWK grade at fitted cut-points)."""
-        proba = self.predict_proba(x, progress=progress)
+        the metric's fitted thresholds (``tags``), or each target's value (QWK grade at fitted cut-points).
+        ``metadata``: each image's ``data.features`` row, for a metadata tower (see ``predict_proba``)."""
+        proba = self.predict_proba(x, metadata=metadata, progress=progress)
         out = decisions(proba[self.classes].to_numpy(), self.classes, task=self.task, decision=self.decision)
         out.insert(0, self.id_column, proba[self.id_column].to_numpy())
         return out
@@ -154,6 +156,25 @@ class Predictor:
         m = self.members[member]
         net, _ = model_from_checkpoint(self._fold(m, fold).ckpt)
         return net.to(resolve_device(m.cfg.device)).eval()
+
+    @staticmethod
+    def _metadata(m: _Member, df: pd.DataFrame | None, n: int) -> np.ndarray | None:
+        """A tower member's raw metadata rows of the ``n`` images, from ``df`` (None for a model without one)."""
+        tower = m.folds[0].ckpt.meta.tower
+        if not tower:
+            return None
+        cols = [*tower["numeric"], *tower["categorical"]]
+        fix = f"pass metadata=DataFrame with columns {', '.join(cols)}, one row per image in the images' order"
+        if df is None:
+            raise CompError(f"model '{m.model_id}' has a metadata tower, which reads each image's data.features; {fix}")
+        if not isinstance(df, pd.DataFrame):
+            raise CompError(f"metadata must be a pandas DataFrame, got {type(df).__name__}; {fix}")
+        absent = [c for c in cols if c not in df.columns]
+        if absent:
+            raise CompError(f"metadata has no column '{absent[0]}' (model '{m.model_id}' reads it); {fix}")
+        if len(df) != n:
+            raise CompError(f"metadata has {len(df)} rows for {n} images; {fix}")
+        return frame_metadata(df[cols], m.cfg.data, tower, "metadata")
 
     @staticmethod
     def _fold(m: _Member, fold: int | None) -> Fold:
@@ -270,6 +291,11 @@ def load_predictor(
         p.predict_proba(pil_image)           # id, one probability per class
     """
     src = resolve_source(path, models)
+    if src.stack is not None:
+        raise CompError(
+            f"blend {src.blend_name} is a GBDT stack over its members' predictions of a whole test table; read its "
+            "test.csv, or bundle it (comp bundle) and run the bundle's predict.py with --table"
+        )
     if not src.members:
         raise CompError(f"blend {src.blend_name} gives every member weight 0; nothing to predict with")
     over = [f"device={device}"] if device is not None else []

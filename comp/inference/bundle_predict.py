@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Offline predictor shipped inside a comp bundle as ``predict.py``: images + sample CSV -> submission CSV.
 
-Needs only ``onnxruntime`` (or ``onnxruntime-gpu``), ``numpy`` and ``Pillow``; ``opencv-python(-headless)``
+Needs only ``onnxruntime`` (or ``onnxruntime-gpu``), ``numpy`` and ``Pillow`` (and ``lightgbm`` for a GBDT stack); ``opencv-python(-headless)``
 is used for resizing when present and only when it reproduces the training resize (see below). It reads
 the image folder and the bundle folder and writes nothing beside them.
 
 Usage::
 
     python predict.py --images DIR --sample sample_submission.csv --out submission.csv
-        [--bundle DIR (default: this file's folder)] [--batch-size 32] [--threads N]
+        [--table test.csv] [--bundle DIR (default: this file's folder)] [--batch-size 32] [--threads N]
         [--provider cpu|cuda|auto] [--quiet] [--probs probs.csv]
 
 Errors the user can fix (bad manifest, missing graph or image, unreadable image, a sample that does not
@@ -51,6 +51,15 @@ manifest.json (``"format": "comp.bundle/2"``), in the bundle folder::
       },
       "resize_fingerprint": "9f2c..."              # optional: resize_fingerprint(cv2.resize) at build time
     }
+
+A bundle that reads the test table (``--table``, its rows matched to the sample's ids) is ``comp.bundle/3``,
+the same schema plus, per graph of a metadata-tower model, ``"metadata": {"input": "meta", "numeric": [...],
+"categorical": [...], "levels": {column: [training values in code order]}}`` (the graph's second input: float32
+rows of numeric values, NaN where missing, then category codes), and for a GBDT blend ``"stack": {"method":
+"gbdt", "members": <graphs>, "features": <columns as above> or null, "group_column": name or null, "boosters":
+[{"file": "stack-booster0.txt"} or {"constant": [v]}]}``: the graphs' predictions are then not averaged but fed,
+with the metadata and the group-relative features, to the LightGBM boosters (``pip install lightgbm``), whose
+outputs are concatenated (and scaled to sum to one for classification).
 
 A ``comp.bundle/1`` manifest (classification only, before tasks) is read too: no ``task``, kinds
 ``"label"`` and ``"code"`` for names and codes, no ``decision``. The submission is rendered exactly as comp's
@@ -96,7 +105,8 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 FORMAT = "comp.bundle/2"
-READABLE_FORMATS = ("comp.bundle/1", FORMAT)
+TABLE_FORMAT = "comp.bundle/3"  # a bundle that reads the test table: older predict.py must refuse it, not ignore it
+READABLE_FORMATS = ("comp.bundle/1", FORMAT, TABLE_FORMAT)
 TASK_KINDS = {  # the submission kinds each task renders (comp.submission's make_submission)
     "classification": ("proba", "names", "codes"),
     "multilabel": ("proba", "tags"),
@@ -322,6 +332,31 @@ class Graph:
     std: tuple[float, float, float]
     input: str
     output: str
+    meta: Columns | None = None  # a metadata tower's second input: the raw metadata rows of the test table
+    meta_input: str = "meta"
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Metadata columns of the test table: numeric ones, then categorical ones coded over their training levels."""
+
+    numeric: list[str]
+    categorical: list[str]
+    levels: dict[str, list[str]]
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A GBDT stack over the graphs' predictions (one member each, in graph order), metadata and groups."""
+
+    columns: Columns | None
+    group_column: str | None
+    boosters: list[tuple[str | None, list[float] | None]]  # (LightGBM text file, None) or (None, a constant)
+    normalise: bool  # classification: the multiclass booster's rows scaled to sum to one
 
 
 @dataclass(frozen=True)
@@ -342,6 +377,18 @@ class Manifest:
     thresholds: np.ndarray | None = None  # tags: per label
     cutpoints: np.ndarray | None = None  # values: grades[i] between cut i-1 and cut i
     grades: np.ndarray | None = None
+    stack: Stack | None = None
+
+    @property
+    def table_columns(self) -> list[str]:
+        """The test table's columns this bundle reads (none: it needs no --table)."""
+        cols = [c for g in self.graphs if g.meta for c in g.meta.names]
+        if self.stack is not None:
+            cols += [
+                *(self.stack.columns.names if self.stack.columns else []),
+                *filter(None, [self.stack.group_column]),
+            ]
+        return list(dict.fromkeys(cols))
 
 
 def _is_number(v: Any) -> bool:
@@ -402,7 +449,14 @@ def _parse_graph(g: Any, i: int, bundle: Path) -> Graph:
         lambda v: _numbers(2, True)(v) and all(isinstance(x, int) for x in v),
         "[height, width] in pixels",
     )
+    meta = None
+    if "metadata" in g:
+        meta = _parse_columns(
+            _get(g, "metadata", where, lambda v: isinstance(v, dict), "an object"), f"{where}.metadata"
+        )
     return Graph(
+        meta=meta,
+        meta_input=_get(g.get("metadata") or {}, "input", f"{where}.metadata", _nonempty_str, "an input name", "meta"),
         file=file,
         weight=float(_get(g, "weight", where, lambda v: _is_number(v) and v > 0, "a positive number")),
         size=(int(size[0]), int(size[1])),
@@ -411,6 +465,41 @@ def _parse_graph(g: Any, i: int, bundle: Path) -> Graph:
         input=_get(g, "input", where, _nonempty_str, "the graph's input name"),
         output=_get(g, "output", where, _nonempty_str, "the graph's output name"),
     )
+
+
+def _parse_columns(d: dict, where: str) -> Columns:
+    """``numeric``, ``categorical`` (column names) and ``levels`` (each categorical column's training values)."""
+    names = lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v)  # noqa: E731
+    numeric = _get(d, "numeric", where, names, "a list of column names")
+    cats = _get(d, "categorical", where, names, "a list of column names")
+    levels = _get(d, "levels", where, lambda v: isinstance(v, dict) and all(names(v.get(c)) for c in cats), "levels")
+    return Columns(list(numeric), list(cats), {c: list(levels[c]) for c in cats})
+
+
+def _parse_stack(d: Any, bundle: Path, n_graphs: int, task: str) -> Stack:
+    """The ``stack`` block: its metadata columns, group column and boosters (files inside the bundle)."""
+    if not isinstance(d, dict):
+        raise _bad("stack", "an object", d)
+    _get(d, "method", "stack", lambda v: v == "gbdt", '"gbdt"')
+    _get(d, "members", "stack", lambda v: v == n_graphs, f"{n_graphs} (one member per graph)")
+    feats = _get(d, "features", "stack", lambda v: v is None or isinstance(v, dict), "an object or null", None)
+    group = _get(d, "group_column", "stack", lambda v: v is None or _nonempty_str(v), "a column name or null", None)
+    raw = _get(d, "boosters", "stack", lambda v: isinstance(v, list) and bool(v), "a non-empty list")
+    boosters: list[tuple[str | None, list[float] | None]] = []
+    for i, b in enumerate(raw):
+        where = f"stack.boosters[{i}]"
+        if isinstance(b, dict) and "constant" in b:
+            boosters.append((None, [float(v) for v in _get(b, "constant", where, _numbers(1), "[a number]")]))
+            continue
+        file = _get(b if isinstance(b, dict) else {}, "file", where, _nonempty_str, "a booster file in the bundle")
+        problem = file_problem(bundle / file)
+        if problem or not (bundle / file).resolve().is_relative_to(bundle.resolve()):
+            raise BundleError(
+                f"booster {bundle / file} (manifest.json {where}) {problem or 'leaves the bundle'}; rebuild the bundle"
+            )
+        boosters.append((file, None))
+    columns = None if feats is None else _parse_columns(feats, "stack.features")
+    return Stack(columns, group, boosters, task == "classification")
 
 
 def _parse_submission(
@@ -492,7 +581,7 @@ def load_manifest(bundle: Path) -> Manifest:
             f"manifest.json format is {json.dumps(fmt)}, this predict.py reads "
             f"{' and '.join(map(json.dumps, READABLE_FORMATS))}; use the predict.py of the same bundle"
         )
-    v1 = fmt != FORMAT
+    v1 = fmt == "comp.bundle/1"
     task = "classification"
     if not v1:
         task = _get(data, "task", "", lambda v: v in TASK_KINDS, " or ".join(map(json.dumps, TASK_KINDS)))
@@ -507,6 +596,9 @@ def load_manifest(bundle: Path) -> Manifest:
     kind, columns, target, codes = _parse_submission(data.get("submission"), classes, id_column, task, v1)
     thresholds, cutpoints, grades = (None, None, None) if v1 else _parse_decision(data["submission"], kind, classes)
     fingerprint = _get(data, "resize_fingerprint", "", _nonempty_str, "a sha256 hex string", None)
+    stack = None if data.get("stack") is None else _parse_stack(data["stack"], bundle, len(graphs), task)
+    if (stack is not None or any(g.meta for g in graphs)) and fmt != TABLE_FORMAT:
+        raise _bad("format", json.dumps(TABLE_FORMAT) + " for a bundle that reads the test table", fmt)
     return Manifest(
         classes,
         graphs,
@@ -522,6 +614,7 @@ def load_manifest(bundle: Path) -> Manifest:
         thresholds,
         cutpoints,
         grades,
+        stack,
     )
 
 
@@ -539,13 +632,12 @@ class Sample:
     lines: list[int]
 
 
-def read_sample(path: Path) -> Sample:
-    """Every cell as the exact string in the file (no NA guessing); blank lines are skipped."""
+def _read_csv(path: Path, what: str, fix: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """(header, rows, line numbers): every cell as the exact string in the file (no NA guessing), blank lines
+    skipped, as comp reads a competition CSV."""
     problem = file_problem(path)
     if problem:
-        raise BundleError(
-            f"sample submission {path} {problem}; pass --sample with the competition's sample_submission.csv"
-        )
+        raise BundleError(f"{what} {path} {problem}; {fix}")
     header: list[str] | None = None
     rows, lines = [], []
     try:
@@ -564,12 +656,16 @@ def read_sample(path: Path) -> Sample:
                     rows.append(row)
                     lines.append(reader.line_num)
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise BundleError(
-            f"{path} is not a readable UTF-8 CSV ({exc}); pass the competition's sample_submission.csv"
-        ) from None
+        raise BundleError(f"{path} is not a readable UTF-8 CSV ({exc}); {fix}") from None
     if header is None or not rows:
         raise BundleError(f"{path} has no data rows; it needs a header and one row per test image")
-    return Sample(path, header, rows, lines)
+    return header, rows, lines
+
+
+def read_sample(path: Path) -> Sample:
+    """Every cell as the exact string in the file (no NA guessing); blank lines are skipped."""
+    fix = "pass --sample with the competition's sample_submission.csv"
+    return Sample(path, *_read_csv(path, "sample submission", fix))
 
 
 def check_sample(sample: Sample, m: Manifest) -> None:
@@ -631,6 +727,151 @@ def _relative_path(m: Manifest, record: dict[str, str], row_id: str, where: Path
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the test table: metadata rows and groups, for metadata-tower graphs and GBDT stacks (comp.data._features)
+
+NA_TEXT = ("nan", "na", "null", "none")  # text that means missing in a numeric column, as comp reads it
+
+
+@dataclass(frozen=True)
+class Table:
+    """The test table's cells of the columns the bundle reads, one row per sample row (matched by id)."""
+
+    path: Path
+    cells: dict[str, list[str]]
+    lines: list[int]  # each row's line in the table
+
+
+def read_table(path: Path | None, sample: Sample, m: Manifest) -> Table | None:
+    """The test table's rows of the sample's ids (None when the bundle reads no table)."""
+    needed = m.table_columns
+    if not needed:
+        return None
+    if path is None:
+        raise BundleError(
+            f"this bundle reads {', '.join(needed)} from the test table; pass --table with the competition's "
+            "test CSV (the data.test_csv comp predict read)"
+        )
+    header, rows, lines = _read_csv(path, "test table", "pass --table with the competition's test CSV")
+    missing = [c for c in [m.id_column, *needed] if c not in header]
+    if missing:
+        raise BundleError(f"test table {path} has no column {missing[0]!r} (its columns: {', '.join(header)})")
+    col = header.index(m.id_column)
+    where: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        if where.setdefault(row[col], i) != i:
+            raise BundleError(f"{path} line {lines[i]}: duplicate id {row[col]!r}; ids must be unique")
+    at = []
+    for row, line in zip(sample.rows, sample.lines):
+        sid = row[sample.header.index(m.id_column)]
+        if sid not in where:
+            raise BundleError(f"{sample.path} line {line}: id {sid!r} is not in the test table {path}; pass its table")
+        at.append(where[sid])
+    cells = {c: [rows[i][header.index(c)] for i in at] for c in needed}
+    return Table(path, cells, [lines[i] for i in at])
+
+
+def _number(text: str, table: Table, column: str, i: int) -> float:
+    t = text.strip()
+    if not t or t.lower() in NA_TEXT:
+        return math.nan
+    try:
+        value = float(t) if "_" not in t else math.nan  # pandas reads no digit separators
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise BundleError(f"{table.path} line {table.lines[i]}: column {column!r} holds {text!r}, not a finite number")
+    return value
+
+
+def metadata_matrix(table: Table, cols: Columns) -> np.ndarray:
+    """(rows, F) float64: numeric values (NaN missing), then each categorical column's code over its training
+    levels (NaN missing): comp's ``Features.matrix()``. A value training never had is refused by name."""
+    out = np.full((len(table.lines), len(cols.names)), np.nan)
+    for j, name in enumerate(cols.numeric):
+        out[:, j] = [_number(t, table, name, i) for i, t in enumerate(table.cells[name])]
+    for j, name in enumerate(cols.categorical, start=len(cols.numeric)):
+        code = {v: k for k, v in enumerate(cols.levels[name])}
+        for i, text in enumerate(table.cells[name]):
+            v = text.strip()
+            if v and v not in code:
+                raise BundleError(
+                    f"{table.path} line {table.lines[i]}: column {name!r} holds {v!r}, a value the training table "
+                    "never has; map it to a known value or leave the cell empty (missing)"
+                )
+            out[i, j] = code[v] if v else math.nan
+    return out
+
+
+def _average_ranks(v: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank (pandas' ``rank(method="average")``)."""
+    order = np.argsort(v, kind="mergesort")
+    s = v[order]
+    start = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
+    end = np.r_[start[1:], len(v)]
+    ranks = np.empty(len(v))
+    for a, b in zip(start, end):
+        ranks[order[a:b]] = (a + b + 1) / 2
+    return ranks
+
+
+def group_relative(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's deviation from its group's mean and its rank in the group as a fraction in (0, 1]; NaN
+    stays NaN and is skipped (comp.ensembling._side.group_relative on test rows, in numpy)."""
+    dev, rank = np.full(values.shape, np.nan), np.full(values.shape, np.nan)
+    _, inverse = np.unique(groups, return_inverse=True)
+    for g in range(int(inverse.max()) + 1 if len(inverse) else 0):
+        rows = np.flatnonzero(inverse == g)
+        v = values[rows]
+        for j in range(v.shape[1]):
+            ok = ~np.isnan(v[:, j])
+            if ok.any():
+                dev[rows, j] = v[:, j] - v[ok, j].mean()
+                rank[rows[ok], j] = _average_ranks(v[ok, j]) / ok.sum()
+    return dev, rank
+
+
+def stack_design(P: np.ndarray, X: np.ndarray, n_numeric: int, groups: np.ndarray | None) -> np.ndarray:
+    """The stack's feature matrix (comp.ensembling._side.design): every member's prediction of every column, the
+    metadata, then with groups the deviation and rank of the members' mean prediction and the numeric metadata."""
+    M, n, C = P.shape
+    parts = [P.transpose(1, 0, 2).reshape(n, M * C), X]
+    if groups is not None:
+        dev, rank = group_relative(np.concatenate([P.mean(axis=0), X[:, :n_numeric]], axis=1), groups)
+        parts += [dev, rank]
+    return np.concatenate(parts, axis=1)
+
+
+def run_stack(bundle: Path, stack: Stack, P: np.ndarray, table: Table | None) -> np.ndarray:
+    """The GBDT stack's predictions (n, C) of the members' predictions ``P`` (M, n, C) and the table's rows."""
+    try:
+        import lightgbm
+    except ImportError:
+        raise BundleError("this bundle's GBDT stack needs LightGBM; pip install lightgbm") from None
+    n = P.shape[1]
+    X, n_numeric = np.zeros((n, 0)), 0
+    if stack.columns is not None and table is not None:
+        X, n_numeric = metadata_matrix(table, stack.columns), len(stack.columns.numeric)
+    groups = None
+    if stack.group_column is not None and table is not None:
+        groups = np.array([c or "nan" for c in table.cells[stack.group_column]])  # comp: an empty group is 'nan'
+    design = stack_design(P, X, n_numeric, groups)
+    out = []
+    for file, constant in stack.boosters:
+        if constant is not None:
+            out.append(np.tile(np.asarray(constant, np.float64), (n, 1)))
+            continue
+        try:
+            booster = lightgbm.Booster(model_file=str(bundle / str(file)))
+        except Exception as exc:  # noqa: BLE001 - LightGBM raises its own error types
+            raise BundleError(
+                f"booster {bundle / str(file)} cannot be loaded ({_first_line(exc)}); rebuild the bundle"
+            ) from None
+        out.append(np.asarray(booster.predict(design), np.float64).reshape(n, -1))
+    probs = np.concatenate(out, axis=1)
+    return probs / probs.sum(axis=1, keepdims=True) if stack.normalise else probs
+
+
+# ---------------------------------------------------------------------------------------------------------
 # onnxruntime
 
 
@@ -654,8 +895,12 @@ class Runner:
             raise BundleError(
                 f"graph {g.file} has no output {g.output!r} (it has {', '.join(outputs)}); fix its output in manifest.json"
             )
-        if len(inputs) > 1:
-            raise BundleError(f"graph {g.file} takes {len(inputs)} inputs; a bundle graph takes one image batch")
+        want_inputs = {g.input, g.meta_input} if g.meta else {g.input}
+        if set(inputs) != want_inputs:
+            what = "an image batch and metadata rows" if g.meta else "one image batch"
+            raise BundleError(
+                f"graph {g.file} takes inputs {', '.join(inputs)}; manifest.json says {what}; rebuild the bundle"
+            )
         shape = list(inputs[g.input].shape)
         want = [3, g.size[0], g.size[1]]
         if len(shape) != 4 or any(isinstance(s, int) and s != w for s, w in zip(shape[1:], want)):
@@ -667,9 +912,12 @@ class Runner:
             )
         return (shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None), dtype
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, meta: np.ndarray | None = None) -> np.ndarray:
         step = self.fixed_batch or len(x)
-        parts = [self._run(x[i : i + step], step) for i in range(0, len(x), step)]
+        parts = [
+            self._run(x[i : i + step], step, None if meta is None else meta[i : i + step])
+            for i in range(0, len(x), step)
+        ]
         probs = np.concatenate(parts)[: len(x)]
         if probs.shape != (len(x), self.n_classes):
             raise BundleError(
@@ -677,12 +925,15 @@ class Runner:
             )
         return probs.astype(np.float64)
 
-    def _run(self, x: np.ndarray, step: int) -> np.ndarray:
+    def _run(self, x: np.ndarray, step: int, meta: np.ndarray | None) -> np.ndarray:
         # a graph with a fixed batch size: pad the last chunk with copies of its first image
         if len(x) < step:
             x = np.concatenate([x, np.repeat(x[:1], step - len(x), axis=0)])
+            meta = None if meta is None else np.concatenate([meta, np.repeat(meta[:1], step - len(meta), axis=0)])
         try:
             feed: dict[str, np.ndarray] = {self.graph.input: x.astype(self.dtype, copy=False)}
+            if meta is not None:  # raw rows, float32 whatever the graph's precision: scaling happens inside
+                feed[self.graph.meta_input] = np.ascontiguousarray(meta, dtype=np.float32)
             return np.asarray(self.session.run([self.graph.output], feed)[0])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise BundleError(
@@ -839,13 +1090,17 @@ def predict(
     runners: list[Runner],
     resize: Resize,
     args: argparse.Namespace,
+    table: Table | None = None,
+    metas: list[np.ndarray | None] | None = None,
 ) -> np.ndarray:
-    """Weighted blend of every graph's predictions, (rows, classes) float64, in the sample's row order."""
+    """Every graph's predictions blended, (rows, classes) float64, in the sample's row order: their weighted
+    mean, or the manifest's GBDT stack over them (``table``: the test table's rows, for metadata and groups)."""
     sizes = sorted({g.size for g in m.graphs})
     luts = {(g.mean, g.std): normalize_lut(g.mean, g.std) for g in m.graphs}
     workers = max(1, min(4, args.threads or os.cpu_count() or 1))
     jobs = list(zip(paths, sample.lines))
-    total = np.zeros((len(paths), len(m.classes)), dtype=np.float64)
+    outs = np.zeros((len(runners), len(paths), len(m.classes)), dtype=np.float64)
+    metas = metas or [None] * len(runners)  # per graph: its raw metadata rows (metadata_matrix), or None
     progress = Progress(len(paths), args.quiet)
     done = 0
 
@@ -855,17 +1110,22 @@ def predict(
     try:
         for batch in _batches(jobs, args.batch_size, work, workers):
             inputs: dict[tuple, np.ndarray] = {}  # graphs that share size and normalisation share the input
-            for r in runners:
-                g = r.graph
+            for i, r in enumerate(runners):
+                g, rows = r.graph, slice(done, done + len(batch))
                 key = (g.size, g.mean, g.std)
                 if key not in inputs:
                     inputs[key] = normalize_batch(np.stack([b[g.size] for b in batch]), luts[(g.mean, g.std)])
-                total[done : done + len(batch)] += g.weight * r(inputs[key])
+                meta = metas[i]
+                outs[i, rows] = r(inputs[key], None if meta is None else meta[rows])
             done += len(batch)
             progress.update(done)
     finally:
         progress.close()
-    probs = total / sum(g.weight for g in m.graphs)
+    if m.stack is not None:
+        probs = run_stack(args.bundle, m.stack, outs, table)
+    else:
+        weights = np.asarray([g.weight for g in m.graphs])
+        probs = np.tensordot(weights, outs, axes=1) / weights.sum()
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():
         raise BundleError(
@@ -941,6 +1201,8 @@ def check_outputs(args: argparse.Namespace, m: Manifest) -> None:
     reads = [("the --sample file", args.sample), ("the bundle's manifest.json", args.bundle / "manifest.json")]
     reads += [("the bundle's predict.py", args.bundle / "predict.py")]
     reads += [(f"the bundle's graph {g.file}", args.bundle / g.file) for g in m.graphs]
+    reads += [("the --table file", args.table)] if args.table is not None else []
+    reads += [(f"the bundle's booster {f}", args.bundle / f) for f, _ in (m.stack.boosters if m.stack else []) if f]
     outs = [("--out", args.out)] + ([("--probs", args.probs)] if args.probs is not None else [])
     for option, path in outs:
         for what, other in reads:
@@ -1001,6 +1263,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--sample", required=True, type=Path, help="the competition's sample_submission.csv")
     ap.add_argument("--out", required=True, type=Path, help="submission CSV to write")
     ap.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        help="the competition's test CSV with the metadata columns (when the bundle reads them)",
+    )
+    ap.add_argument(
         "--bundle",
         type=Path,
         default=Path(__file__).resolve().parent,
@@ -1027,6 +1295,10 @@ def run(args: argparse.Namespace) -> None:
     sample = read_sample(args.sample)
     check_sample(sample, m)
     paths = image_paths(sample, m, args.images)
+    table = read_table(args.table, sample, m)
+    metas = [None if g.meta is None or table is None else metadata_matrix(table, g.meta) for g in m.graphs]
+    if m.stack is not None and m.stack.columns is not None and table is not None:
+        metadata_matrix(table, m.stack.columns)  # refuse a bad cell before any graph runs
     for target in (args.out, args.probs):
         if target is not None:
             check_writable(target)
@@ -1040,7 +1312,7 @@ def run(args: argparse.Namespace) -> None:
             f"predict.py: {len(paths)} images, {len(runners)} graph(s) on {provider}; resize: {how}",
             file=sys.stderr,
         )
-    probs = predict(paths, sample, m, runners, resize, args)
+    probs = predict(paths, sample, m, runners, resize, args, table, metas)
     if args.probs is not None:  # the submission last: it is the file a notebook checks for
         col = sample.header.index(m.id_column)
         rows = [[row[col], *map(_cell, p)] for row, p in zip(sample.rows, probs)]

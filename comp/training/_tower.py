@@ -178,3 +178,12 @@ def train_metadata(data_cfg: DataConfig, desc: dict[str, Any], df: pd.DataFrame)
             "model was trained; retrain it (comp train-folds) on this table"
         )
     return raw_matrix(feats)
+
+
+def frame_metadata(df: pd.DataFrame, data_cfg: DataConfig, desc: dict[str, Any], what: str) -> np.ndarray:
+    """The raw metadata matrix of rows given in memory (``df``, one per image; ``what`` names it in messages),
+    encoded exactly as :func:`test_metadata` encodes the test table's rows."""
+    from comp.data._features import encode_test
+
+    cfg = dataclasses.replace(_tower_data(data_cfg, desc), test_csv=what)
+    return raw_matrix(encode_test(df.reset_index(drop=True), cfg, desc["levels"], what))
