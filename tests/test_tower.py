@@ -323,6 +323,7 @@ def _script(bundle: Path, comp_dir: Path, out: Path, *extra: str) -> pd.DataFram
 def test_bundles_of_a_tower_and_of_its_gbdt_stack_predict_what_comp_does(tmp_path, task_runs, kind):
     """One bundle per task, of a GBDT stack over the tower run: predict.py with its stack reproduces the blend's
     test.csv; without the stack (the tower's graph alone) it reproduces comp predict's (onnx engine)."""
+    from comp import load_predictor
     from comp.ensembling import run_ensemble
 
     run, onnx_text = task_runs(kind)
@@ -347,6 +348,9 @@ def test_bundles_of_a_tower_and_of_its_gbdt_stack_predict_what_comp_does(tmp_pat
     got = _script(tmp_path / "gbdt", comp_dir, tmp_path / "g.csv", *table)
     np.testing.assert_allclose(got.loc[stacked.index].to_numpy(), stacked.to_numpy(), rtol=1e-5, atol=1e-6)
 
+    with pytest.raises(CompError, match="is a GBDT stack over its members' predictions of a whole test table"):
+        load_predictor(blend.model_dir)
+
     del manifest["stack"]  # the tower's fused graph alone: comp predict's numbers
     (tmp_path / "gbdt" / "manifest.json").write_text(json.dumps(manifest))
     got = _script(tmp_path / "gbdt", comp_dir, tmp_path / "t.csv", *table)
@@ -367,12 +371,25 @@ def test_a_tower_run_bundles_and_predicts_in_memory_like_comp_predict(tmp_path, 
     argv = ["--images", str(comp_dir / "test"), "--sample", str(comp_dir / "sample_submission.csv")]
     assert bp.main([*argv, "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "x.csv")]) == 2
     assert "pass --table with the competition's test CSV" in capsys.readouterr().err
+    test = pd.read_csv(comp_dir / "test.csv", dtype=str, keep_default_na=False)
+    bad = {
+        "has no column 'site'": test.drop(columns=["site"]),
+        "line 3: column 'site' holds 'neck', a value the training table never has": test.assign(
+            site=["leg", "neck"] + test["site"][2:].tolist()
+        ),
+        "line 2: column 'age' holds 'old', not a finite number": test.assign(age=["old"] + test["age"][1:].tolist()),
+        "id 't07' is not in the test table": test[:-1],
+    }
+    for message, frame in bad.items():
+        frame.to_csv(tmp_path / "bad.csv", index=False)
+        argv_bad = [*argv, "--bundle", str(tmp_path / "b"), "--table", str(tmp_path / "bad.csv")]
+        assert bp.main([*argv_bad, "--out", str(tmp_path / "x.csv")]) == 2
+        assert message in capsys.readouterr().err, message
     assert not (tmp_path / "x.csv").exists()
     got = _script(tmp_path / "b", comp_dir, tmp_path / "t.csv", "--table", str(comp_dir / "test.csv"))
     np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-5, atol=1e-5)
 
     p = load_predictor(run, engine="onnx")
-    test = pd.read_csv(comp_dir / "test.csv", dtype=str, keep_default_na=False)
     with pytest.raises(CompError, match="has a metadata tower, which reads each image's data.features"):
         p.predict_proba(comp_dir / "test" / "t00.png")
     with pytest.raises(CompError, match="metadata has no column 'age'"):
