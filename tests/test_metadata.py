@@ -376,3 +376,53 @@ def test_no_metadata_stacks_the_predictions_only(tmp_path):
     assert not np.allclose(bare, meta)
     plain = run_ensemble(dirs, method="gbdt", name="plain", metadata=False)
     np.testing.assert_allclose(pd.read_csv(plain.model_dir / "oof.csv")[toy.columns].to_numpy(), bare)
+
+
+# ---------------------------------------------------------------- --gbdt-param
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["num_leaves"], "'num_leaves' is not KEY=VALUE"),
+        (["num_leave=4"], "not a parameter it sets; choose from .* \\(did you mean 'num_leaves'\\?\\)"),
+        (["num_leaves=1"], "num_leaves=1: num_leaves must be an integer >= 2"),
+        (["num_leaves=2.5"], "num_leaves must be an integer >= 2"),
+        (["learning_rate=inf"], "learning_rate must be a number > 0"),
+        (["bagging_fraction=1.5"], "bagging_fraction must be a number in \\(0, 1\\]"),
+        (["extra_trees=maybe"], "extra_trees must be true or false"),
+        (["objective=binary"], "objective: not a parameter it sets"),
+    ],
+)
+def test_gbdt_params_are_validated_with_the_fix(items, message):
+    from comp.ensembling._gbdt import parse_params
+
+    with pytest.raises(CompError, match=message):
+        parse_params(items)
+
+
+def test_gbdt_params_reach_the_boosters_and_are_recorded(tmp_path):
+    from comp.ensembling._gbdt import parse_params
+
+    assert parse_params(["max_depth=-1", "extra_trees=TRUE", "lambda_l1=0.5"]) == {
+        "max_depth": -1,
+        "extra_trees": True,
+        "lambda_l1": 0.5,
+    }
+    toy = Toy("classification", n=90)
+    dirs = members_with_tests(tmp_path, "r1", toy)
+    set_data(dirs[0], write_table(tmp_path, toy))
+    default = run_ensemble(dirs, method="gbdt", name="default")
+    args = ["ensemble", *map(str, dirs), "--method", "gbdt", "--name", "tuned"]
+    res = CliRunner().invoke(main, [*args, "--gbdt-param", "num_leaves=2", "--gbdt-param", "learning_rate=0.3"])
+    assert res.exit_code == 0, res.output
+    tuned = default.model_dir.parent.parent.parent / "tuned" / "models" / "tuned"
+    assert json.loads((tuned / "metrics.json").read_text())["gbdt_params"] == {"num_leaves": 2, "learning_rate": 0.3}
+    stack = json.loads((tuned / "stack.json").read_text())
+    assert stack["params"]["num_leaves"] == 2 and stack["params"]["lambda_l2"] == 1.0  # the rest: the defaults
+    assert "[num_leaves: 2]" in (tuned / stack["boosters"][0]["file"]).read_text()
+    a, b = (pd.read_csv(d / "test.csv").drop(columns=[ID]).to_numpy() for d in (default.model_dir, tuned))
+    assert not np.allclose(a, b)
+    res = CliRunner().invoke(main, ["ensemble", *map(str, dirs), "--method", "mean", "--gbdt-param", "num_leaves=2"])
+    assert res.exit_code == 2 and "--gbdt-param sets the LightGBM parameters of --method gbdt" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "blend-mean").exists()

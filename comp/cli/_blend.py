@@ -45,7 +45,15 @@ from comp.errors import CompError
     is_flag=True,
     help="gbdt: stack the members' predictions only, without data.features and group-relative features.",
 )
-def ensemble(model_dirs, method, bias, metric, name, out, tta, no_metadata):
+@click.option(
+    "--gbdt-param",
+    "gbdt_params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="gbdt: set a LightGBM parameter of the stack (repeatable), e.g. --gbdt-param num_leaves=31 "
+    "--gbdt-param learning_rate=0.02; see the README for the keys and their defaults.",
+)
+def ensemble(model_dirs, method, bias, metric, name, out, tta, no_metadata, gbdt_params):
     """Blend model folders (RUN/models/<id>) and score the blend with nested CV over their folds.
 
     Example: comp ensemble runs/demo/models/byobnet runs/demo/models/effnet --method hill_climb --bias
@@ -66,6 +74,7 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta, no_metadata):
             out=out,
             tta=tta,
             metadata=not no_metadata,
+            gbdt_params=list(gbdt_params),
         )
         result = compared.best
         click.echo(compared.text())
@@ -80,6 +89,7 @@ def ensemble(model_dirs, method, bias, metric, name, out, tta, no_metadata):
             out=out,
             tta=tta,
             metadata=not no_metadata,
+            gbdt_params=list(gbdt_params),
         )
     click.echo(
         f"metric: {result.metric} ({result.direction}); cv = nested CV, cv_in_sample = fitted and scored on all OOF"

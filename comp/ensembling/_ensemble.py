@@ -30,15 +30,13 @@ from comp.ensembling._blend import (
     nested_scores,
     task_methods,
 )
-from comp.ensembling._gbdt import stack_spec  # importing it registers the gbdt method
+from comp.ensembling._folder import blend_name, write_blend
+from comp.ensembling._gbdt import parse_params, stack_spec, with_params  # importing it registers gbdt
 from comp.ensembling._members import Aligned, Member, align, load_member
 from comp.ensembling._side import blend_side
 from comp.errors import CompError
 from comp.metrics import get_metric
 from comp.run import (
-    FileSet,
-    Metrics,
-    Predictions,
     RunDir,
     check_output,
     data_inputs,
@@ -84,6 +82,7 @@ class BlendResult(Rendered):
     decision: Decision | None = None  # thresholds or cut-points fitted on the honest blend OOF (the submission's)
     per_column: dict[str, float] | None = None  # the honest blend's score per label or target
     metadata: list[str] | None = None  # a stack's inputs beside the predictions: data.features (+ "groups")
+    gbdt_params: dict | None = None  # --gbdt-param: the LightGBM parameters set over the stack's defaults
 
     def rows(self) -> list[dict]:
         """Every member, then the blend (in-sample and nested CV)."""
@@ -154,44 +153,6 @@ def _prepare_submission(
     return PendingSubmission(df, path.resolve(), sample), ""
 
 
-def _blend_name(name: str | None, method: str, bias: bool, members: list[Member]) -> tuple[str, Path]:
-    """The blend's name and run folder (beside the first member's run), refusing to overwrite a member or any
-    folder that is not an earlier blend of that name."""
-    name = name or f"blend-{method}{'-bias' if bias else ''}"  # with and without --bias never overwrite each other
-    if "/" in name or "\\" in name or name in (".", ".."):
-        raise CompError(f"--name must be a plain folder name, got {name!r}")
-    run_root = members[0].run.parent / name
-    if any(m.run == run_root for m in members):
-        raise CompError(f"--name {name} would overwrite the run folder {run_root} of a member; choose another --name")
-    _check_blend_folder(run_root, name)
-    return name, run_root
-
-
-def _check_blend_folder(root: Path, name: str) -> None:
-    """``root`` must be new, empty, or an earlier blend named ``name``: its config.yaml and folds.csv are replaced,
-    which in a training run would no longer match its checkpoints."""
-    if root.exists() and not root.is_dir():
-        raise CompError(f"--name {name}: {root} is a file; choose another --name")
-    if not root.is_dir() or not any(root.iterdir()):
-        return
-    run = RunDir(root)
-    folders = run.model_folders()
-    if any(run.checkpoints(m) for m in folders):
-        raise CompError(
-            f"--name {name} would overwrite {root}, a training run (its config.yaml and folds.csv belong to its "
-            "checkpoints); choose another --name"
-        )
-    blend = run.config.is_file() and folders in ([], [name])
-    if blend and run.metrics(name).is_file():
-        blend = run.blend_info(name) is not None
-    if not blend:
-        held = sorted(p.name for p in root.iterdir())
-        raise CompError(
-            f"--name {name}: {root} exists and is not an earlier blend named {name} (it holds {', '.join(held[:3])}); "
-            "choose another --name"
-        )
-
-
 def _check_submission(path: Path, config: Config, runs: list[Path]) -> None:
     """The submission never replaces a competition file, nor a file of the members' runs or the blend's own."""
     reads, trees = data_inputs(config.data), image_trees(config.data)
@@ -221,6 +182,7 @@ def run_ensemble(
     tta: bool = False,
     submit: bool = True,
     metadata: bool = True,
+    gbdt_params: list[str] | dict | None = None,
 ) -> BlendResult:
     """Blend model folders, score the blend with nested CV, save it as a run folder and (``submit``) a submission.
 
@@ -228,14 +190,17 @@ def run_ensemble(
     a fitted decision (F-metric thresholds, QWK cut-points) is scored with the decision refitted without each
     fold like the blend itself; the decision fitted on the whole honest blend OOF is saved and applied to the
     submission. A method that reads metadata (gbdt) takes ``data.features`` and the groups from the first
-    member's run config and the test table; ``metadata=False`` gives it the members' predictions only."""
-    get_method(method)  # an unknown name lists the valid ones before any file is read
+    member's run config and the test table; ``metadata=False`` gives it the members' predictions only, and
+    ``gbdt_params`` (``["num_leaves=31", ...]`` or a dict) sets its LightGBM parameters."""
+    params = parse_params(gbdt_params)
+    with_params(get_method(method), params)  # an unknown method, or params for another one: before any read
     members = _members(model_dirs, tta)
     data, first = align(members), members[0]
     task, blend = _task_checks(members, method, bias)
+    blend = with_params(blend, params)
     scorer = get_metric(metric or first.config.metric, task.name)
     scorer.check_columns(data.classes)
-    name, run_root = _blend_name(name, method, bias, members)
+    name, run_root = blend_name(name, method, bias, members)
     side, test_side = None, None
     if blend.side:  # metadata, groups: read and validated (test table included) before anything is fitted
         side, test_side, side_notes = blend_side(first.config, data, metadata=metadata)
@@ -281,12 +246,13 @@ def run_ensemble(
         decision=decision,
         per_column=None if per_column is None else dict(zip(data.classes, per_column)),
         metadata=None if side is None else [*side.names, *(["groups"] if side.groups is not None else [])],
+        gbdt_params=params or None,
     )
     stack = None
     if final.saved is not None:  # a stack's boosters, saved so a bundle can run them without comp
-        spec = stack_spec(task.name, len(members), test_side or side, first.config.data.group_column)
+        spec = stack_spec(task.name, len(members), test_side or side, first.config.data.group_column, params)
         stack = ({**spec, "classes": list(data.classes)}, final.saved)
-    result.submission = _write_run(run_root, data, first, honest, test, result, pending, stack)
+    result.submission = write_blend(run_root, data, first, honest, test, result, pending, stack)
     record_submission(run_root, result.submission, models=[name], kind="ensemble")
     return result
 
@@ -301,6 +267,7 @@ def compare_blends(
     out=None,
     tta: bool = False,
     metadata: bool = True,
+    gbdt_params: list[str] | dict | None = None,
 ) -> CompareResult:
     """Run several blend methods (default: every one that fits the members' task) on the same members, each saved as
     blend-<method>; the submission comes from the one with the best honest (nested) CV. Choosing among a
@@ -318,11 +285,25 @@ def compare_blends(
     methods = task_methods(task) if methods is None else methods  # all: every method that fits the task
     for m in methods:
         _task_checks(members, m, bias)  # a method that does not fit, or --bias, is refused before any blend
+    params = parse_params(gbdt_params)
+    if params and "gbdt" not in methods:
+        raise CompError(
+            f"--gbdt-param sets the LightGBM parameters of --method gbdt; the methods are {', '.join(methods)}"
+        )
     if out is not None:  # refused before any blend is written, not after all of them
-        blends = [_blend_name(None, m, bias, members)[1] for m in methods]
+        blends = [blend_name(None, m, bias, members)[1] for m in methods]
         _check_submission(Path(out).resolve(), members[0].config, [*blends, *(m.run for m in members)])
     results = [
-        run_ensemble(model_dirs, method=m, metric=metric, bias=bias, tta=tta, submit=False, metadata=metadata)
+        run_ensemble(
+            model_dirs,
+            method=m,
+            metric=metric,
+            bias=bias,
+            tta=tta,
+            submit=False,
+            metadata=metadata,
+            gbdt_params=params if m == "gbdt" else None,
+        )
         for m in methods
     ]
     better = get_metric(results[0].metric, results[0].task).better
@@ -348,75 +329,6 @@ def submit_blend(model_dir, out=None) -> Path | None:
     _check_submission(pending.path, blend.config, [blend.run, *(Path(m).parent.parent for m in listed)])
     written = write_submission(pending.df, pending.path, pending.sample, data.classes, blend.id_column, task=data.task)
     return record_submission(blend.run, written, models=[blend.path.name], kind="ensemble")
-
-
-def _write_run(
-    run_root: Path,
-    data: Aligned,
-    first: Member,
-    honest,
-    test,
-    result: BlendResult,
-    pending: PendingSubmission | None,
-    stack: tuple[dict, list[dict]] | None = None,
-) -> Path | None:
-    """Save the blend as ``run_root/models/<name>`` (oof, test, metrics) plus the run's config.yaml and folds.csv,
-    and the submission, all committed as one set: a killed blend never leaves new tables beside old metrics.
-    Returns the submission's path, if one was written."""
-    run, name = RunDir(run_root), result.name
-    labels = data.target_labels()
-    source = RunDir(first.run)
-    with FileSet(run_root) as files:
-        run.write_oof(
-            name, Predictions(data.ids, data.classes, honest, data.folds, labels, first.id_column), into=files
-        )
-        if test is not None and data.test_ids is not None:
-            run.write_test(name, Predictions(data.test_ids, data.classes, test, id_column=first.id_column), into=files)
-        extra = {
-            "task": result.task,
-            "cv_in_sample": result.cv_in_sample,
-            "method": result.method,
-            "weights": result.weights,
-            "bias": result.bias,
-        }
-        if result.decision is not None:
-            extra["decision"] = result.decision
-        if result.per_column is not None:
-            extra["per_column"] = result.per_column
-        if result.attribute_f1:
-            extra["attribute_f1"] = result.attribute_f1
-        if result.metadata is not None:
-            extra["metadata"] = result.metadata
-        run.write_metrics(
-            name,
-            Metrics(
-                result.metric,
-                get_metric(result.metric, result.task).greater_is_better,
-                result.cv,
-                result.folds,
-                extra={
-                    **extra,
-                    "members": [str(m.path) for m in result.members],
-                    "member_cv": [m.cv for m in result.members],
-                },
-            ),
-            into=files,
-        )
-        files.text(run.config, source.config.read_text())
-        if source.folds.is_file():
-            files.text(run.folds, source.folds.read_text())
-        else:
-            files.csv(run.folds, pd.DataFrame({first.id_column: data.ids, "fold": data.folds}))
-        submission = files.csv(pending.path, pending.df) if pending is not None else None
-        if stack is not None:
-            run.write_stack(name, *stack, into=files)
-    written = run.read_stack(name) if stack is not None else None
-    run.clear_stack(
-        name, keep=("stack.json", *(b["file"] for b in written["boosters"] if "file" in b)) if written else ()
-    )
-    if test is None:
-        run.test_pred(name).unlink(missing_ok=True)  # a stale test.csv from an earlier blend of this name would lie
-    return submission
 
 
 def _attribute_f1(config: Config, data: Aligned, probs: np.ndarray) -> dict[str, float] | None:

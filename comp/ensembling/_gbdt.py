@@ -10,14 +10,18 @@ that many rounds. Small trees and strong regularisation: OOF tables are a few th
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from comp.ensembling._blend import Blender, register
+from comp.ensembling._blend import Blender, Method, register
 from comp.ensembling._side import Side, design
-from comp.errors import CompError
+from comp.errors import CompError, closest
 from comp.metrics import Metric
 
 PARAMS: dict[str, Any] = {
@@ -39,6 +43,71 @@ PARAMS: dict[str, Any] = {
 }
 MAX_ROUNDS = 2000
 PATIENCE = 50
+# what ``comp ensemble --gbdt-param KEY=VALUE`` may set: LightGBM's name -> (type, check, what it must be)
+TUNABLE: dict[str, tuple[type, Callable[[Any], bool], str]] = {
+    "learning_rate": (float, lambda v: v > 0, "a number > 0"),
+    "num_leaves": (int, lambda v: v >= 2, "an integer >= 2"),
+    "max_depth": (int, lambda v: v == -1 or v >= 1, "-1 (no limit) or an integer >= 1"),
+    "min_data_in_leaf": (int, lambda v: v >= 1, "an integer >= 1"),
+    "min_sum_hessian_in_leaf": (float, lambda v: v >= 0, "a number >= 0"),
+    "feature_fraction": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "bagging_fraction": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "bagging_freq": (int, lambda v: v >= 0, "an integer >= 0 (0: no bagging)"),
+    "lambda_l1": (float, lambda v: v >= 0, "a number >= 0"),
+    "lambda_l2": (float, lambda v: v >= 0, "a number >= 0"),
+    "cat_smooth": (float, lambda v: v >= 0, "a number >= 0"),
+    "min_data_per_group": (int, lambda v: v >= 1, "an integer >= 1"),
+    "extra_trees": (bool, lambda v: True, "true or false"),
+    "seed": (int, lambda v: True, "an integer"),
+    "num_threads": (int, lambda v: v >= 1, "an integer >= 1"),
+}
+
+
+def _value(kind: type, text: str) -> Any:
+    if kind is bool:
+        return {"true": True, "false": False, "1": True, "0": False}[text.strip().lower()]
+    value = kind(text)
+    if kind is float and not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def parse_params(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides of the stack's LightGBM parameters (``PARAMS``), each key one of ``TUNABLE`` and
+    its value checked; a dict's values are checked the same way. Empty for none."""
+    pairs: list[tuple[str, str]] = []
+    for item in [] if items is None else (list(items.items()) if isinstance(items, dict) else list(items)):
+        if isinstance(item, tuple):
+            pairs.append((str(item[0]), str(item[1])))
+        elif "=" not in item:
+            raise CompError(f"--gbdt-param {item!r} is not KEY=VALUE; e.g. --gbdt-param num_leaves=31")
+        else:
+            key, _, text = item.partition("=")
+            pairs.append((key.strip(), text.strip()))
+    out: dict[str, Any] = {}
+    for key, text in pairs:
+        if key not in TUNABLE:
+            raise CompError(
+                f"--gbdt-param {key}: not a parameter it sets; choose from {', '.join(TUNABLE)}{closest(key, TUNABLE)}"
+            )
+        kind, check, want = TUNABLE[key]
+        try:
+            value = _value(kind, text)
+        except (ValueError, KeyError):
+            raise CompError(f"--gbdt-param {key}={text}: {key} must be {want}") from None
+        if not check(value):
+            raise CompError(f"--gbdt-param {key}={text}: {key} must be {want}")
+        out[key] = value
+    return out
+
+
+def with_params(method: Method, params: dict[str, Any]) -> Method:
+    """``method`` fitting its boosters with ``params`` over ``PARAMS`` (refused for a method other than gbdt)."""
+    if not params:
+        return method
+    if method.name != "gbdt":
+        raise CompError(f"--gbdt-param sets the LightGBM parameters of --method gbdt; this blend uses {method.name}")
+    return dataclasses.replace(method, fit=functools.partial(method.fit, params=params))
 
 
 def _lightgbm():
@@ -96,17 +165,24 @@ def _fit_one(X: np.ndarray, y: np.ndarray, params: dict[str, Any], cats: list[in
     return _Booster(model, rounds)
 
 
-def fit_gbdt(P: np.ndarray, y: np.ndarray, task: str, side: Side | None = None, columns: list[str] | None = None):
-    """Fit the stack on member predictions ``P`` (M, n, C), targets ``y`` and the rows' ``side`` inputs; returns
-    ``predict(Q, side) -> (n, C)``."""
+def fit_gbdt(
+    P: np.ndarray,
+    y: np.ndarray,
+    task: str,
+    side: Side | None = None,
+    columns: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+):
+    """Fit the stack on member predictions ``P`` (M, n, C), targets ``y`` and the rows' ``side`` inputs (LightGBM
+    ``PARAMS`` with ``params`` over them); returns ``predict(Q, side) -> (n, C)`` and the boosters."""
+    base = {**PARAMS, **(params or {})}
     X, _, cats = design(P, side, columns)
     held = _holdout(side, len(X))
     C = P.shape[2]
     boosters: list[_Booster] = []
     if task == "classification":
         y = np.asarray(y, np.int64)
-        params = {**PARAMS, "objective": "multiclass", "num_class": C}
-        boosters.append(_fit_one(X, y, params, cats, held))
+        boosters.append(_fit_one(X, y, {**base, "objective": "multiclass", "num_class": C}, cats, held))
     else:
         Y = np.asarray(y, np.float64).reshape(len(X), -1)
         objective = "binary" if task == "multilabel" else "regression"
@@ -115,7 +191,7 @@ def fit_gbdt(P: np.ndarray, y: np.ndarray, task: str, side: Side | None = None, 
             if np.all(target == target[0]) or (task == "multilabel" and len(np.unique(target[~held])) < 2):
                 boosters.append(_Booster(None, 0, np.array([float(target.mean())])))
                 continue
-            boosters.append(_fit_one(X, target, {**PARAMS, "objective": objective}, cats, held))
+            boosters.append(_fit_one(X, target, {**base, "objective": objective}, cats, held))
 
     def predict(Q: np.ndarray, q_side: Side | None) -> np.ndarray:
         if (q_side is None) != (side is None):
@@ -130,12 +206,14 @@ def fit_gbdt(P: np.ndarray, y: np.ndarray, task: str, side: Side | None = None, 
 
 
 @register("gbdt", fitted=True, side=True, requires="lightgbm")
-def _gbdt(P, y, metric: Metric, side: Side | None = None) -> Blender:
-    predict, boosters = fit_gbdt(P, y, metric.task, side)
+def _gbdt(P, y, metric: Metric, side: Side | None = None, params: dict[str, Any] | None = None) -> Blender:
+    predict, boosters = fit_gbdt(P, y, metric.task, side, params=params)
     return Blender(lambda Q: predict(Q, None), None, predict, saved=[b.saved() for b in boosters])
 
 
-def stack_spec(task: str, n_members: int, side: Side | None, group_column: str | None) -> dict[str, Any]:
+def stack_spec(
+    task: str, n_members: int, side: Side | None, group_column: str | None, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What a reader of the saved boosters needs to rebuild their input (``_side.design``) from the members'
     predictions and the test table: the metadata columns with their training levels, and the group column."""
     features = None
@@ -152,4 +230,5 @@ def stack_spec(task: str, n_members: int, side: Side | None, group_column: str |
         "features": features,
         "group_column": group_column if grouped else None,
         "normalise": task == "classification",
+        "params": {**PARAMS, **(params or {})},  # informational: what the boosters were fitted with
     }
