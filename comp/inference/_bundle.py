@@ -3,7 +3,8 @@
 The folder holds one fused ONNX graph per model (all its folds and TTA views inside, ending in the task's
 output), ``manifest.json`` (schema ``comp.bundle/2``, documented in ``bundle_predict.py``: the task, the
 submission's kind and the decision it applies, as ``make_submission`` renders it) and ``predict.py``, a copy
-of ``comp/inference/bundle_predict.py`` that needs only onnxruntime, numpy and Pillow.
+of ``comp/inference/bundle_predict.py`` that needs only onnxruntime, numpy and Pillow. A bundle that reads the
+test table (a metadata tower's second input, a gbdt blend's boosters: ``_bundle_tables``) is ``comp.bundle/3``.
 
 Before anything is written, each graph is run on up to 16 test images read the way predict.py reads them
 (Pillow, its resize, its normalisation) and must match comp's own pipeline (PyTorch after albumentations)
