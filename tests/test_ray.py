@@ -225,3 +225,21 @@ def test_missing_ray_is_one_line(competition, tmp_path, monkeypatch):
         'error: --ray needs Ray, which is not installed here: pip install "comp[ray]"'
     ]
     assert not out.exists()
+
+
+def test_a_cluster_that_cannot_be_reached_is_one_line(monkeypatch):
+    import types
+
+    from comp.training._ray import ray_session
+
+    def refuse(address=None, **kw):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+
+    fake = types.ModuleType("ray")
+    fake.__dict__.update(is_initialized=lambda: False, init=refuse)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(
+        CompError, match=r"^--ray auto: cannot connect to a Ray cluster \(Could not find any .*ray start --head"
+    ):
+        with ray_session("auto"):
+            pass
