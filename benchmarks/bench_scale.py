@@ -5,6 +5,9 @@ Measured side by side in one run on the digits demo competition (the same folds 
   1x1 thread    one process, one thread: the reference the fold workers must equal bit for bit
   2x1 workers   fold-parallel: ``train_folds(devices=["cpu", "cpu"])``, two worker processes, one thread each
   2x1 DDP       ``comp train-folds --ddp 2``: two gloo ranks, one thread each, training every fold together
+  2x1 Ray       ``train_folds(ray=True, ray_cpus=1)`` on a local Ray cluster of 2 CPUs: one task per fold, one
+                thread each, artifacts shipped back to the driver as bytes (the cluster's start is timed apart:
+                a cluster normally runs already)
 
 ``wall_s`` is the whole call (worker and rank start-up included); ``epoch_s`` is the median epoch time
 (training + validation, from each fold's history) after the first epoch. ``same as 1x1``: every fold checkpoint
@@ -15,7 +18,7 @@ split over two ranks, so its results are a different (equally valid) run.
 The load average is printed before and after: on a shared machine, other processes competing for the cores
 hurt multi-threaded runs far more than single-threaded ones, so compare ratios only from quiet runs.
 
-Usage: python benchmarks/bench_scale.py [--model resnet18] [--size 64] [--groups 150] [--epochs 3] [--folds 0,1]
+Usage: python benchmarks/bench_scale.py [--model resnet18] [--size 64] [--groups 150] [--epochs 3] [--folds 0,1] [--no-ray]
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--folds", default="0,1")
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray row (needs pip install 'comp[ray]')")
     args = ap.parse_args()
     folds = [int(k) for k in args.folds.split(",")]
     load_before = os.getloadavg()[0]
@@ -105,7 +109,7 @@ def main() -> None:
         data = make_digits_competition(work / "digits", n_train_groups=args.groups, size=args.size)
         cfg_path = write_config(data, args)
         cfg = load_config(cfg_path)
-        runs = {name: work / name for name in ("1x2", "1x1", "workers", "ddp")}
+        runs = {name: work / name for name in ("1x2", "1x1", "workers", "ddp", "ray")}
         wall = {
             "1x2": in_process(cfg, runs["1x2"], folds, 2),
             "1x1": in_process(cfg, runs["1x1"], folds, 1),
@@ -122,14 +126,38 @@ def main() -> None:
         wall["ddp"] = time.perf_counter() - t0
         if rc:
             raise SystemExit(f"--ddp 2 failed with exit code {rc}")
+        ray_start = None
+        if not args.no_ray:
+            os.environ.pop("OMP_NUM_THREADS", None)
+            import ray
+
+            for attempt in range(3):  # on a busy box the local node may miss Ray's fixed 30 s to register
+                t0 = time.perf_counter()
+                try:
+                    ray.init(num_cpus=2, include_dashboard=False)
+                    break
+                except Exception as exc:  # noqa: BLE001 - Ray raises a plain Exception for a slow start
+                    ray.shutdown()
+                    if attempt == 2 or "timed out during startup" not in str(exc):
+                        raise
+            ray_start = time.perf_counter() - t0
+            try:
+                t0 = time.perf_counter()
+                train_folds(cfg, runs["ray"], folds=folds, ray=True, ray_cpus=1, progress=False)
+                wall["ray"] = time.perf_counter() - t0
+            finally:
+                ray.shutdown()
         base = oof(runs["1x2"], folds)
         rows = []
-        for name, label, procs in (
+        variants = [
             ("1x2", "1x2 threads", "1 x 2"),
             ("1x1", "1x1 thread", "1 x 1"),
             ("workers", "2x1 workers (fold-parallel)", "2 x 1"),
             ("ddp", "2x1 DDP gloo", "2 x 1"),
-        ):
+        ]
+        if ray_start is not None:
+            variants.append(("ray", "2x1 Ray tasks", "2 x 1"))
+        for name, label, procs in variants:
             e = epoch_s(runs[name], folds)
             same = (
                 "-"
@@ -165,6 +193,13 @@ def main() -> None:
         f"bit-identical to one process with one thread: {w['same as 1x1']}"
     )
     print(f"DDP, 2 ranks x 1 thread vs 1 process x 2 threads: x{rows[3]['epoch vs 1x2']:.2f} per epoch")
+    if ray_start is not None:
+        r = rows[4]
+        print(
+            f"Ray, 2 tasks x 1 thread vs 2 local workers x 1 thread: x{wall['workers'] / wall['ray']:.2f} wall time "
+            f"({wall['ray'] - wall['workers']:+.1f} s), x{w['epoch_s'] / r['epoch_s']:.2f} per epoch; the local "
+            f"cluster's start, apart: {ray_start:.1f} s; bit-identical to one process with one thread: {r['same as 1x1']}"
+        )
 
 
 if __name__ == "__main__":

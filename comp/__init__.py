@@ -7,6 +7,7 @@ The pipeline, one function per stage, each reading and writing one run folder::
     cfg = comp.demo_config(comp.write_demo_data("data/demo"))  # or comp.load_config("exp.yaml"), a dict, sections
     result = comp.train_folds(cfg, "runs/exp")          # folds.csv, checkpoints, oof.csv, metrics.json
     comp.train_folds(cfg, "runs/exp", devices="all")    # the same, one worker process per GPU
+    comp.train_folds(cfg, "runs/exp", ray="auto")       # or one task per fold on a Ray cluster
     result.oof("byobnet")                                # the OOF probabilities as a DataFrame
     comp.predict("runs/exp", tta=["hflip"])              # test.csv per model and a validated submission
     p = comp.load_predictor("runs/exp")                  # the same numbers on any images

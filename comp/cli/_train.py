@@ -21,6 +21,24 @@ from comp.cli._base import (
 from comp.config import TuneConfig
 from comp.errors import CompError
 
+ray_option = click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on a Ray cluster: auto (the running one), host:6379, ray://host:10001; bare: RAY_ADDRESS or a "
+    "fresh cluster on this box.",
+)
+ray_cpus_option = click.option(
+    "--ray-cpus",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="CPUs (torch threads) per Ray task [default: the cluster's CPUs per GPU, or shared among the tasks].",
+)
+
 
 @main.command("train-folds")
 @config_option
@@ -58,8 +76,12 @@ from comp.errors import CompError
     metavar="KIND=TARGET",
     help="Log to a tracker: tensorboard=DIR, mlflow=URI or wandb=PROJECT (repeatable; config key track.*).",
 )
+@ray_option
+@ray_cpus_option
 @quiet_option
-def train_folds_cmd(config_path, overrides, run_dir, folds, resume, exist_ok, devices, ddp, tracks, quiet):
+def train_folds_cmd(
+    config_path, overrides, run_dir, folds, resume, exist_ok, devices, ddp, tracks, ray_address, ray_cpus, quiet
+):
     """Stratified-group k-fold training of every model in the config; writes checkpoints, OOF and metrics.
 
     Example: comp train-folds --config configs/demo.yaml --set train.epochs=2 --folds 0,1 --run-dir runs/demo-2ep --devices cpu,cpu
@@ -75,16 +97,29 @@ def train_folds_cmd(config_path, overrides, run_dir, folds, resume, exist_ok, de
     if ddp is not None:
         from comp.training import launch_ddp
 
-        if devices is not None:
-            raise CompError("--ddp and --devices are two ways to use several devices; pass one of them")
+        if devices is not None or ray_address is not None:
+            raise CompError(
+                f"--ddp and {'--devices' if devices is not None else '--ray'} are two ways to use several devices; "
+                "pass one of them"
+            )
         _check_ddp_gpus(cfg.device, ddp)
         argv = ["train-folds", "--config", str(config_path), "--run-dir", str(run_dir)]
         argv += [a for o in overrides for a in ("--set", o)]
         argv += ["--folds", ",".join(map(str, folds))] if folds is not None else []
         argv += ["--resume"] * resume + ["--quiet"] * quiet + ["--exist-ok", exist_ok]
         sys.exit(launch_ddp(ddp, argv))
+    if ray_cpus is not None and ray_address is None:
+        raise CompError("--ray-cpus sizes the tasks of --ray; pass --ray too, or leave --ray-cpus out")
     result = train_folds(
-        cfg, run_dir, folds=folds, resume=resume, exist_ok=exist_ok, progress=not quiet, devices=devices
+        cfg,
+        run_dir,
+        folds=folds,
+        resume=resume,
+        exist_ok=exist_ok,
+        progress=not quiet,
+        devices=devices,
+        ray=ray_address,
+        ray_cpus=ray_cpus,
     )
     if rank == 0:
         click.echo(result.text())
@@ -161,6 +196,8 @@ def _check_ddp_gpus(device: str, nproc: int) -> None:
     metavar="SECONDS",
     help="Workers beat this often; a trial whose worker is silent for twice that is failed and run again.",
 )
+@ray_option
+@ray_cpus_option
 @quiet_option
 def tune_cmd(
     config_path,
@@ -176,6 +213,8 @@ def tune_cmd(
     keep_trials,
     devices,
     heartbeat,
+    ray_address,
+    ray_cpus,
     quiet,
 ):
     """Optuna search over the config's tune.space with fold-aware pruning; resumable and shareable studies.
@@ -200,6 +239,8 @@ def tune_cmd(
         keep_trials=keep_trials,
         devices=devices,
         heartbeat=heartbeat,
+        ray=ray_address,
+        ray_cpus=ray_cpus,
     )
     click.echo(result.text())
     click.echo("trials: " + ", ".join(f"{k.lower()} {v}" for k, v in result.states.items()))

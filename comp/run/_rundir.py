@@ -23,6 +23,7 @@ RUN/
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +366,27 @@ class RunDir:
     def read_checkpoint(self, model_id: str, fold: int) -> Checkpoint:
         return load_checkpoint(self.checkpoint(model_id, fold))
 
+    def fold_files(self, model_id: str, fold: int) -> list[Path]:
+        """What a finished fold leaves in its model folder: history, OOF part and checkpoint (last: its presence
+        says the fold is done)."""
+        return [self.history(model_id, fold), self.oof_part(model_id, fold), self.checkpoint(model_id, fold)]
+
+    def commit_fold_files(self, model_id: str, fold: int, files: dict[str, bytes]) -> list[Path]:
+        """Commit a fold trained elsewhere (a Ray task on another box): the bytes of its ``fold_files`` by name,
+        written as one set, then its resumable state dropped, as a fold finished here leaves them."""
+        wanted = {p.name: p for p in self.fold_files(model_id, fold)}
+        if set(files) != set(wanted):
+            raise RunFolderError(
+                f"{model_id} fold {fold}: a remote fold sent {sorted(files)}, expected {sorted(wanted)}; "
+                "the worker runs another version of comp than this driver"
+            )
+        self.model_dir(model_id).mkdir(parents=True, exist_ok=True)
+        with FileSet(self.model_dir(model_id)) as staged:
+            for name, path in wanted.items():  # renamed in this order: the checkpoint last
+                staged.add(path, _bytes_writer(files[name]))
+        self.state(model_id, fold).unlink(missing_ok=True)
+        return list(wanted.values())
+
     # -- what the run learned from besides its labels (data.extra_train, loss.distill) ------------
     def read_sources(self) -> dict[str, Any] | None:
         """``sources.json``: the pseudo-labelled rows and teacher the trained folds used (None when absent)."""
@@ -377,6 +399,10 @@ class RunDir:
 
     def write_sources(self, record: dict[str, Any]) -> Path:
         return write_json(self.sources, record)
+
+
+def _bytes_writer(data: bytes) -> Callable[[Path], int]:
+    return lambda tmp: tmp.write_bytes(data)
 
 
 def _write(path: Path, df: pd.DataFrame, into: FileSet | None) -> Path:

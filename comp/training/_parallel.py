@@ -107,18 +107,10 @@ class _PipeHandler(logging.Handler):
             self.handleError(record)
 
 
-def _child(
-    target: Callable[[Any, str, Send], None], payload: Any, conn: Connection, device: str, threads: int, level: int
-) -> None:
-    import torch
-
+def relay_logging(send: Send, level: int) -> None:
+    """In a worker: comp's log lines and warnings go to ``send`` as ("log", level, logger, text) for the parent
+    to re-emit, and progress becomes plain lines every PROGRESS_INTERVAL seconds (live bars would garble)."""
     from comp._progress import plain_lines
-
-    lock = threading.Lock()  # Connection.send is not thread-safe (Optuna's heartbeat thread also logs)
-
-    def send(msg: tuple) -> None:
-        with lock:
-            conn.send(msg)
 
     handler = _PipeHandler(send)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -129,6 +121,20 @@ def _child(
         logger.propagate = False
     logging.captureWarnings(True)
     plain_lines(PROGRESS_INTERVAL)
+
+
+def _child(
+    target: Callable[[Any, str, Send], None], payload: Any, conn: Connection, device: str, threads: int, level: int
+) -> None:
+    import torch
+
+    lock = threading.Lock()  # Connection.send is not thread-safe (Optuna's heartbeat thread also logs)
+
+    def send(msg: tuple) -> None:
+        with lock:
+            conn.send(msg)
+
+    relay_logging(send, level)
     torch.set_num_threads(threads)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))

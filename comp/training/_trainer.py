@@ -13,12 +13,14 @@ Three ways to use more than one device, all through the same fold loop:
 - ``devices=[...]``: one worker process per device, each taking the next unfinished (model, fold) through
   the fold locks (``_parallel``);
 - under ``torchrun``: every rank trains each fold together with DistributedDataParallel (``_distributed``);
-- several boxes sharing the run folder, with ``folds=`` or ``devices=`` on each: the same locks.
+- several boxes sharing the run folder, with ``folds=`` or ``devices=`` on each: the same locks;
+- ``ray=``: one Ray task per (model, fold) on a cluster, no shared folder needed (``_ray_folds``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from comp._progress import EpochBoard
@@ -31,6 +33,8 @@ from comp.training._assemble import model_results
 from comp.training._distributed import Dist, rank_device, session
 from comp.training._parallel import WorkerExit, raise_failures, resolve_devices
 from comp.training._prepare import check_exist_ok, set_up_run
+from comp.training._ray import ray_session, task_shape
+from comp.training._ray_folds import train_on_ray
 from comp.training._results import EpochEvent, TrainResult  # comp.tuning imports EpochEvent from here
 from comp.training._schedule import train_here, train_on_workers
 from comp.training._seeding import set_deterministic
@@ -57,6 +61,8 @@ def train_folds(
     progress: bool = True,
     on_epoch: Callable[[EpochEvent], None] | None = None,
     devices: str | Sequence[str | int] | None = None,
+    ray: str | bool | None = None,
+    ray_cpus: int | None = None,
 ) -> TrainResult:
     """Train every model entry of ``cfg`` on the chosen folds (all by default) into ``run_dir``.
 
@@ -69,6 +75,13 @@ def train_folds(
     as in a single process with the same threads per process. A worker that dies leaves its fold resumable, the
     others go on, and the call then raises ``WorkerError``. ``on_epoch`` is called here as workers report.
 
+    ``ray`` (``"auto"``, ``"host:6379"``, ``"ray://host:10001"``; ``True`` for RAY_ADDRESS or a fresh cluster on
+    this box; an open ``ray.init`` session is used as it is) runs every unfinished (model, fold) as a Ray task
+    with ``ray_cpus`` CPUs (torch threads) and, when the cluster has GPUs, one GPU each. Tasks need no shared
+    filesystem: the driver ships each its inputs and commits the files it sends back; the images must be
+    readable at the same paths on every node. A task whose process or node dies is run again by Ray; a fold
+    gives the same result as in a local process with the same threads on the same device type.
+
     Under ``torchrun`` (WORLD_SIZE > 1) every process calls this, and each fold trains with
     DistributedDataParallel across them: rank 0 writes the artifacts and every rank returns the same result.
 
@@ -79,12 +92,19 @@ def train_folds(
     Example::
 
         result = comp.train_folds(cfg, "runs/exp", devices="all")   # one worker per GPU
+        result = comp.train_folds(cfg, "runs/exp", ray="auto")      # one Ray task per fold on a running cluster
         result = comp.train_folds(cfg.replace(**{"train.lr": 3e-4}), "runs/exp", exist_ok="overwrite")
     """
     dist = Dist.from_env()
     device_list = resolve_devices(devices) if devices is not None else None
     if dist.enabled and device_list is not None:
         raise CompError("--devices cannot be combined with torchrun / --ddp (each rank already has its GPU); use one")
+    use_ray = ray is not None and ray is not False
+    if use_ray and (dist.enabled or device_list is not None):
+        raise CompError(
+            f"{arg('ray=', '--ray')} places folds on a Ray cluster; it cannot be combined with "
+            f"{'torchrun / --ddp' if dist.enabled else arg('devices=', '--devices')}; use one"
+        )
     device = rank_device(cfg.device, dist) if dist.enabled else (device_list[0] if device_list else None)
     if dist.enabled and any(cfg.train_for(e).sync_bn for e in cfg.models) and device == "cpu":
         raise CompError(
@@ -111,12 +131,31 @@ def train_folds(
     fold_list = list(folds) if folds is not None else list(range(n))
     exits: list[WorkerExit] = []
     while_training: Callable[[WorkerExit], str] | None = None
-    with session(dist, device or "cpu"):
+    ray_failures: Callable[[], None] | None = None
+    with session(dist, device or "cpu"), ExitStack() as stack:
+        shape = None
+        if use_ray:  # connected and sized before the first write: a wrong address or --ray-cpus leaves nothing
+            cluster = stack.enter_context(ray_session(ray))
+            shape = task_shape(cluster, cfg, ray_cpus, len(cfg.models) * len(fold_list))
         fold_ids, soft = set_up_run(
             cfg, run, table, dist, exist_ok
         )  # everything checkable is checked before the first write
         set_deterministic(cfg)
-        if device_list is not None and len(device_list) > 1:
+        if shape is not None:
+            done, ray_failures = train_on_ray(
+                cluster,
+                shape,
+                cfg,
+                run,
+                table,
+                fold_ids,
+                fold_list,
+                resume=resume,
+                progress=progress,
+                on_epoch=on_epoch,
+                soft=soft,
+            )
+        elif device_list is not None and len(device_list) > 1:
             done, exits, while_training = train_on_workers(
                 cfg, run, fold_list, device_list, resume=resume, progress=progress, on_epoch=on_epoch
             )
@@ -135,6 +174,8 @@ def train_folds(
                 soft=soft,
             )
         models = model_results(cfg, run, table, done, soft, dist)
+    if ray_failures is not None:
+        ray_failures()
     raise_failures(
         exits,
         while_training or (lambda ex: ""),

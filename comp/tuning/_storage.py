@@ -58,6 +58,18 @@ def make_storage(url: str | None, out_dir: Path, heartbeat: int = 60):
             ) from None
 
 
+def shared_url(url: str | None, out_dir: Path) -> str:
+    """The storage URL as every worker must open it wherever it runs: the default SQLite file and relative
+    ``sqlite:``/``journal:`` paths made absolute (so a task on this box finds the driver's file)."""
+    if url is None:
+        return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    if url.startswith("journal:"):
+        return "journal:" + str(Path(url[len("journal:") :]).expanduser().resolve())
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return f"sqlite:///{Path(url[len('sqlite:///') :]).resolve()}"
+    return url
+
+
 def check_storage_url(url: str) -> None:
     """Refuse a --storage value that cannot work, before anything connects to it."""
     if url.startswith("journal:"):

@@ -8,10 +8,12 @@ import os
 import shutil
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -26,6 +28,9 @@ from comp.tasks import nested_score
 from comp.tuning._optuna import fail_and_retry, fail_stale, record_heartbeat, retry_history
 from comp.tuning._pruning import FoldReporter
 from comp.tuning._space import apply_params, suggest
+
+if TYPE_CHECKING:
+    from comp.tuning._study import Plan
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
 log = logging.getLogger(__name__)
@@ -198,3 +203,52 @@ def reap(study, trials: list[FrozenTrial]) -> None:
             continue
         if fail_and_retry(study, t):  # False: another worker failed it first
             log.warning("trial %d: its worker (pid %s on this box) is gone; the trial is queued again", t.number, pid)
+
+
+def work(plan: Plan, study, storage, device: str | None = None) -> None:
+    """Run trials until the study holds n_trials; then stay while other workers' trials run, so that the retry
+    of one whose worker dies still finds a worker."""
+    t0 = time.monotonic()
+    waiting = False
+    while plan.timeout is None or time.monotonic() - t0 < plan.timeout:
+        reap(study, study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        if counted(trials) < plan.n_trials:
+            run_one(
+                study,
+                plan.base,
+                plan.space,
+                plan.out_dir,
+                plan.folds,
+                plan.pruner,
+                plan.n_trials,
+                plan.keep_trials,
+                storage=storage,
+                heartbeat=plan.heartbeat,
+                device=device,
+            )
+            continue
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        if not running:
+            return
+        if not waiting:
+            log.info(
+                "the study holds %d trials; waiting for trial%s %s of other workers to end (one whose worker dies "
+                "is run again here)",
+                plan.n_trials,
+                "s" if len(running) > 1 else "",
+                ", ".join(map(str, running)),
+            )
+            waiting = True
+        time.sleep(min(plan.heartbeat, 2.0))
+
+
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's per-trial INFO lines off while comp tunes, and the caller's verbosity restored afterwards."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)

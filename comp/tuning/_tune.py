@@ -8,68 +8,28 @@ journal file to share one study between workers), so a killed study resumes with
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
-
-import optuna
-from optuna.trial import TrialState
 
 from comp.config import Config, build_config
 from comp.errors import CompError, ConfigError
 from comp.metrics import get_metric
 from comp.tuning._outputs import TuneResult, write_outputs
 from comp.tuning._space import parse_space
+from comp.tuning._storage import shared_url
 from comp.tuning._study import Plan, open_study
-from comp.tuning._trials import counted, reap, run_one
+from comp.tuning._trials import counted, quiet_optuna, work
 
 log = logging.getLogger(__name__)
 
 
-def _work(plan: Plan, study, storage, device: str | None = None) -> None:
-    """Run trials until the study holds n_trials; then stay while other workers' trials run, so that the retry
-    of one whose worker dies still finds a worker."""
-    t0 = time.monotonic()
-    waiting = False
-    while plan.timeout is None or time.monotonic() - t0 < plan.timeout:
-        reap(study, study.get_trials(deepcopy=False))
-        trials = study.get_trials(deepcopy=False)
-        if counted(trials) < plan.n_trials:
-            run_one(
-                study,
-                plan.base,
-                plan.space,
-                plan.out_dir,
-                plan.folds,
-                plan.pruner,
-                plan.n_trials,
-                plan.keep_trials,
-                storage=storage,
-                heartbeat=plan.heartbeat,
-                device=device,
-            )
-            continue
-        running = [t.number for t in trials if t.state == TrialState.RUNNING]
-        if not running:
-            return
-        if not waiting:
-            log.info(
-                "the study holds %d trials; waiting for trial%s %s of other workers to end (one whose worker dies "
-                "is run again here)",
-                plan.n_trials,
-                "s" if len(running) > 1 else "",
-                ", ".join(map(str, running)),
-            )
-            waiting = True
-        time.sleep(min(plan.heartbeat, 2.0))
-
-
 def _tune_worker(plan: Plan, device: str, send: Callable[[tuple], None]) -> None:
     """A device worker of ``tune(devices=...)``: one process, one device, the shared study."""
-    with _quiet_optuna():
+    with quiet_optuna():
         study, storage = open_study(plan, shared=True)
-        _work(plan, study, storage, device)
+        work(plan, study, storage, device)
 
 
 def tune(
@@ -87,6 +47,8 @@ def tune(
     keep_trials: bool = False,
     devices: str | list[str | int] | None = None,
     heartbeat: int = 60,
+    ray: str | bool | None = None,
+    ray_cpus: int | None = None,
 ) -> TuneResult:
     """Run (or resume) a study until it holds ``n_trials`` trials; write the best config, trials.csv and plots.
 
@@ -94,6 +56,11 @@ def tune(
     Workers record a heartbeat every ``heartbeat`` seconds; the trial of a worker silent for twice that is
     failed and run again by another worker (at once when the dead worker was on this box), so a killed worker
     never leaves a trial counted forever. Workers on other boxes share the study through ``storage``.
+
+    ``ray`` (an address, ``"auto"``, or ``True``; see ``train_folds``) runs the workers as Ray tasks with
+    ``ray_cpus`` CPUs and, on a cluster with GPUs, one GPU each, as many as the cluster runs at once (at most
+    ``n_trials``); their trial folders come back into ``out_dir``. Across boxes the storage must be a database
+    server (``postgresql://...``): a SQLite or journal file serves a one-box cluster only.
     """
     out_dir = Path(out_dir)
     space = parse_space(cfg)
@@ -113,6 +80,9 @@ def tune(
     if Dist.from_env().enabled:
         raise CompError("comp tune does not run under torchrun / --ddp; use --devices for one worker per GPU")
     device_list = resolve_devices(devices) if devices is not None else None
+    use_ray = ray is not None and ray is not False
+    if use_ray and device_list is not None:
+        raise CompError("--ray and --devices are two ways to run several tuning workers; pass one of them")
     n_trials = n_trials or block.n_trials or 20
     pruner = pruner or block.pruner or "median"
     folds = folds if folds is not None else block.folds or list(range(cfg.folds.n_splits))
@@ -144,28 +114,32 @@ def tune(
         heartbeat,
         cfg.seed if seed is None else seed,
     )
-    with _quiet_optuna():
-        study, store = open_study(plan, shared=storage is not None)  # creates the study before any worker races to
-        if device_list is not None and len(device_list) > 1:
+    with quiet_optuna(), ExitStack() as stack:
+        shape = None
+        if use_ray:  # connected and sized before the first write
+            from comp.training._ray import ray_session, task_shape
+
+            cluster = stack.enter_context(ray_session(ray))
+            shape = task_shape(cluster, cfg, ray_cpus, n_trials)
+            plan = replace(plan, storage=shared_url(storage, out_dir))
+        shared = storage is not None or use_ray
+        study, store = open_study(plan, shared=shared)  # creates the study before any worker races to
+        fix = "the study keeps its finished trials; run the same command to go on"
+        if shape is not None:
+            from comp.training._ray import raise_failed
+            from comp.tuning._ray import tune_on_ray
+
+            failed = tune_on_ray(cluster, shape, plan)
+            raise_failed(failed, fix)
+            if counted(study.get_trials(deepcopy=False)) < n_trials:
+                raise CompError(f"the study holds fewer than {n_trials} trials after the Ray tasks ended; {fix}")
+        elif device_list is not None and len(device_list) > 1:
             exits = run_workers(_tune_worker, [plan] * len(device_list), device_list)
             for ex in exits:
                 if not ex.ok and ex.error is None:
                     log.warning("[%s] %s; another worker ran its trial again", ex.name, ex.describe())
             if any(e.error is not None for e in exits) or counted(study.get_trials(deepcopy=False)) < n_trials:
-                raise_failures(
-                    exits, lambda ex: "", "the study keeps its finished trials; run the same command to go on"
-                )
+                raise_failures(exits, lambda ex: "", fix)
         else:
-            _work(plan, study, store, device_list[0] if device_list else None)
+            work(plan, study, store, device_list[0] if device_list else None)
         return write_outputs(study, cfg, space, out_dir)
-
-
-@contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    """Optuna's per-trial INFO lines off while comp tunes, and the caller's verbosity restored afterwards."""
-    before = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(before)
