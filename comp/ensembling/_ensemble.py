@@ -9,14 +9,11 @@ submission. Every task blends: the members' task decides which methods fit and h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from comp._progress import Progress
-from comp._tables import Rendered, table_frame
 from comp.config import Config
 from comp.data._attributes import attribute_f1
 from comp.ensembling._blend import (
@@ -33,6 +30,7 @@ from comp.ensembling._blend import (
 from comp.ensembling._folder import blend_name, write_blend
 from comp.ensembling._gbdt import parse_params, stack_spec, with_params  # importing it registers gbdt
 from comp.ensembling._members import Aligned, Member, align, load_member
+from comp.ensembling._result import BlendResult, CompareResult, MemberScore, PendingSubmission
 from comp.ensembling._side import blend_side
 from comp.errors import CompError
 from comp.metrics import get_metric
@@ -49,71 +47,6 @@ from comp.submission._record import record_submission
 from comp.tasks import Decision, get_task, nested_score
 
 
-@dataclass
-class MemberScore:
-    """One member of a blend: its model folder, its own OOF score and its weight (None: not a weighted mean)."""
-
-    name: str  # <run>/<model_id>
-    path: Path
-    cv: float
-    weight: float | None
-
-
-@dataclass(repr=False)
-class BlendResult(Rendered):
-    """A saved blend: honest (nested) and in-sample CV, its members, and its run folder and submission."""
-
-    name: str
-    method: str
-    metric: str
-    direction: str  # "maximize" or "minimize"
-    cv: float  # nested CV: every OOF row scored by a blend fitted without its fold
-    cv_in_sample: float  # fitted and scored on all OOF rows
-    folds: list[float]  # the nested CV per fold
-    members: list[MemberScore]
-    weights: list[float] | None
-    bias: dict[str, float] | None  # per-class log-probability offsets (--bias)
-    notes: list[str]
-    attribute_f1: dict[str, float] | None  # OOF macro F1 per attribute, when the classes are attributes
-    run_dir: Path
-    model_dir: Path
-    submission: Path | None = None
-    task: str = "classification"
-    decision: Decision | None = None  # thresholds or cut-points fitted on the honest blend OOF (the submission's)
-    per_column: dict[str, float] | None = None  # the honest blend's score per label or target
-    metadata: list[str] | None = None  # a stack's inputs beside the predictions: data.features (+ "groups")
-    gbdt_params: dict | None = None  # --gbdt-param: the LightGBM parameters set over the stack's defaults
-
-    def rows(self) -> list[dict]:
-        """Every member, then the blend (in-sample and nested CV)."""
-        rows = [{"model": m.name, "weight": m.weight, "cv": m.cv, "cv_in_sample": None} for m in self.members]
-        rows.append({"model": f"{self.name} (blend)", "weight": None, "cv": self.cv, "cv_in_sample": self.cv_in_sample})
-        return rows
-
-    def title(self) -> str:
-        return f"BlendResult: {self.name} ({self.method}), {self.metric} nested CV {self.cv:.4f}, in {self.run_dir}"
-
-    def table(self) -> pd.DataFrame:
-        return table_frame(self.rows(), ["model", "weight", "cv", "cv_in_sample"])
-
-
-@dataclass(repr=False)
-class CompareResult(Rendered):
-    """Several blend methods on the same members; the submission came from ``best`` (the best nested CV)."""
-
-    results: list[BlendResult]
-    best: BlendResult
-
-    def title(self) -> str:
-        return f"CompareResult: best {self.best.method} (nested CV {self.best.cv:.4f})"
-
-    def table(self) -> pd.DataFrame:
-        rows = [
-            {"method": r.method, "cv": r.cv, "cv_in_sample": r.cv_in_sample, "blend": r.model_dir} for r in self.results
-        ]
-        return table_frame(rows)
-
-
 def _members(model_dirs, tta: bool) -> list[Member]:
     if not model_dirs:
         raise CompError("no model folders given; pass one or more RUN/models/<id>")
@@ -123,15 +56,6 @@ def _members(model_dirs, tta: bool) -> list[Member]:
             raise CompError(f"model folder {d} is listed twice; list each member once (fitted methods weight them)")
         seen.add(Path(d).resolve())
     return [load_member(d, tta) for d in model_dirs]
-
-
-@dataclass
-class PendingSubmission:
-    """A validated submission frame waiting to be written once the blend folder is saved."""
-
-    df: pd.DataFrame
-    path: Path
-    sample: str
 
 
 def _prepare_submission(

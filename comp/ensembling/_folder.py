@@ -13,8 +13,8 @@ from comp.metrics import get_metric
 from comp.run import FileSet, Metrics, Predictions, RunDir
 
 if TYPE_CHECKING:
-    from comp.ensembling._ensemble import BlendResult, PendingSubmission
     from comp.ensembling._members import Aligned, Member
+    from comp.ensembling._result import BlendResult, PendingSubmission
 
 
 def blend_name(name: str | None, method: str, bias: bool, members: list[Member]) -> tuple[str, Path]:
