@@ -231,7 +231,9 @@ def run_ensemble(
     member's run config and the test table; ``metadata=False`` gives it the members' predictions only."""
     get_method(method)  # an unknown name lists the valid ones before any file is read
     members = _members(model_dirs, tta)
-    data, first = align(members), members[0]
+    data = align(members)
+    members = [m.released() for m in members]  # their rows now live, aligned, in data: hold them once
+    first = members[0]
     task, blend = _task_checks(members, method, bias)
     scorer = get_metric(metric or first.config.metric, task.name)
     scorer.check_columns(data.classes)
@@ -317,6 +319,7 @@ def compare_blends(
     if out is not None:  # refused before any blend is written, not after all of them
         blends = [_blend_name(None, m, bias, members)[1] for m in methods]
         _check_submission(Path(out).resolve(), members[0].config, [*blends, *(m.run for m in members)])
+    del members  # each blend reads its members again; these were for the checks above
     results = [
         run_ensemble(model_dirs, method=m, metric=metric, bias=bias, tta=tta, submit=False, metadata=metadata)
         for m in methods
