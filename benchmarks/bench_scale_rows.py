@@ -8,6 +8,7 @@ stages that do not read pixels get a run folder of three models' precomputed OOF
 Stages, each timed alone in this process:
   table rows / csv / layout  load_train_table from train.csv: the rows / with the image checks / from a data.layout
   folds cls|ml|reg           assign_folds with groups: StratifiedGroupKFold, multilabel groups, regression bins
+  folds cls sklearn          sklearn's own StratifiedGroupKFold on the same rows (the same folds, checked)
   oof cls|ml|reg             score_oof (nested CV for QWK/F-beta) + writing oof.csv and metrics.json
   merge folds+tta            merge_probs of 5 folds x 2 TTA views of the test rows (mean and geometric)
   predict folds+tta          predict's loop: test images decoded once, 5 fold runners x 2 views, merged per batch
@@ -265,6 +266,16 @@ def predict_views(paths: list[Path]) -> np.ndarray:
     return merged[0]
 
 
+def sklearn_folds(y: np.ndarray, groups: np.ndarray, ours: np.ndarray) -> None:
+    """sklearn's own StratifiedGroupKFold on the rows ``folds cls`` splits, beside it: the folds must be the same."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    ref = np.full(len(y), -1)
+    for k, (_, valid) in enumerate(StratifiedGroupKFold(FOLDS, shuffle=True, random_state=0).split(y, y, groups)):
+        ref[valid] = k
+    assert np.array_equal(ref, ours), "assign_folds must place every group where sklearn does"
+
+
 PIXELS = ("table csv", "table layout", "predict folds+tta", "eda", "epoch data path")  # stages that read files
 
 
@@ -293,6 +304,7 @@ def stages(root: Path, runs: Path, comp: dict) -> dict:
     out["table layout"] = lambda: load_train_table(layout.data, check_images=False, task="classification")
     for k in TASKS:
         out[f"folds {k}"] = lambda k=k: assign_folds(tables[k].targets, tables[k].groups, FOLDS, 0, task=TASKS[k])
+    out["folds cls sklearn"] = lambda: sklearn_folds(tables["cls"].targets, tables["cls"].groups, folds["cls"])
     for k in TASKS:
 
         def oof(k=k):
