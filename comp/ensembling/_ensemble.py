@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from comp._progress import Progress
+from comp._progress import Progress, track
 from comp._tables import Rendered, table_frame
 from comp.config import Config
 from comp.data._attributes import attribute_f1
@@ -123,7 +123,7 @@ def _members(model_dirs, tta: bool) -> list[Member]:
         if Path(d).resolve() in seen:
             raise CompError(f"model folder {d} is listed twice; list each member once (fitted methods weight them)")
         seen.add(Path(d).resolve())
-    return [load_member(d, tta) for d in model_dirs]
+    return [load_member(d, tta) for d in track(model_dirs, "reading blend members (OOF and test tables)")]
 
 
 @dataclass
