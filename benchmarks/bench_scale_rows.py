@@ -8,6 +8,7 @@ stages that do not read pixels get a run folder of three models' precomputed OOF
 Stages, each timed alone in this process:
   table rows / csv / layout  load_train_table from train.csv: the rows / with the image checks / from a data.layout
   folds cls|ml|reg           assign_folds with groups: StratifiedGroupKFold, multilabel groups, regression bins
+  folds cls sklearn          sklearn's own StratifiedGroupKFold on the same rows (the same folds, checked)
   oof cls|ml|reg             score_oof (nested CV for QWK/F-beta) + writing oof.csv and metrics.json
   merge folds+tta            merge_probs of 5 folds x 2 TTA views of the test rows (mean and geometric)
   predict folds+tta          predict's loop: test images decoded once, 5 fold runners x 2 views, merged per batch
@@ -20,8 +21,10 @@ Stages, each timed alone in this process:
 
 Peak MB is the growth of the process's resident memory during the stage (its high-water mark, reset before each
 stage through /proc/self/clear_refs, after returning freed memory with malloc_trim), so it counts numpy, pandas
-and Python objects alike. ``growth`` is the exponent k in time ~ n^k between consecutive sizes (1: linear; n log
-n from 10k to 100k reads about 1.2); small stages are dominated by fixed costs and read low.
+and Python objects alike. ``cpu s`` is the CPU time of this process (all its threads) during the stage: on a box
+shared with other work the wall seconds swell with the load, the CPU seconds much less. ``growth`` is the
+exponent k in CPU time ~ n^k between consecutive sizes (1: linear; n log n from 10k to 100k reads about 1.1);
+small stages are dominated by fixed costs and read low.
 
 Sizes above ``--pixels-max`` (100k) get no image files: the stages that read them are left out there, and the
 near-duplicate index runs on the dHashes of the same synthetic images computed in memory.
@@ -73,16 +76,16 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-def measure(fn) -> tuple[float, float]:
-    """(seconds, peak MB above the resident memory at the start) of ``fn()``."""
+def measure(fn) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of this process, peak MB above the resident memory at the start) of ``fn()``."""
     if _libc is not None:
         _libc.malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
     before = _status_kb("VmRSS")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    seconds = time.perf_counter() - t0
-    return seconds, max(0, _status_kb("VmHWM") - before) / 1024
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return seconds, cpu, max(0, _status_kb("VmHWM") - before) / 1024
 
 
 # -- the synthetic competition ----------------------------------------------------------------------------------
@@ -265,6 +268,16 @@ def predict_views(paths: list[Path]) -> np.ndarray:
     return merged[0]
 
 
+def sklearn_folds(y: np.ndarray, groups: np.ndarray, ours: np.ndarray) -> None:
+    """sklearn's own StratifiedGroupKFold on the rows ``folds cls`` splits, beside it: the folds must be the same."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    ref = np.full(len(y), -1)
+    for k, (_, valid) in enumerate(StratifiedGroupKFold(FOLDS, shuffle=True, random_state=0).split(y, y, groups)):
+        ref[valid] = k
+    assert np.array_equal(ref, ours), "assign_folds must place every group where sklearn does"
+
+
 PIXELS = ("table csv", "table layout", "predict folds+tta", "eda", "epoch data path")  # stages that read files
 
 
@@ -293,6 +306,7 @@ def stages(root: Path, runs: Path, comp: dict) -> dict:
     out["table layout"] = lambda: load_train_table(layout.data, check_images=False, task="classification")
     for k in TASKS:
         out[f"folds {k}"] = lambda k=k: assign_folds(tables[k].targets, tables[k].groups, FOLDS, 0, task=TASKS[k])
+    out["folds cls sklearn"] = lambda: sklearn_folds(tables["cls"].targets, tables["cls"].groups, folds["cls"])
     for k in TASKS:
 
         def oof(k=k):
@@ -368,7 +382,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
     base = Path(tempfile.mkdtemp(prefix="bench_scale_rows_", dir=args.keep))
-    results: dict[str, dict[int, tuple[float, float]]] = {}
+    results: dict[str, dict[int, tuple[float, float, float]]] = {}
+    load = [os.getloadavg()[0]]
     try:
         for n in sizes:
             root = base / f"n{n}"
@@ -381,9 +396,10 @@ def main() -> None:
             for name, fn in stages(root, runs, comp).items():
                 if (wanted and not any(name.startswith(w) for w in wanted)) or (name in PIXELS and not files):
                     continue
-                sec, mb = measure(fn)
-                results.setdefault(name, {})[n] = (sec, mb)
-                print(f"  {name:22s} {sec:8.2f} s {mb:8.0f} MB", flush=True)
+                sec, cpu, mb = measure(fn)
+                results.setdefault(name, {})[n] = (sec, cpu, mb)
+                load.append(os.getloadavg()[0])
+                print(f"  {name:22s} {sec:8.2f} s {cpu:8.2f} cpu s {mb:8.0f} MB  load {load[-1]:.1f}", flush=True)
             if args.keep is None:
                 shutil.rmtree(root, ignore_errors=True)
     finally:
@@ -393,14 +409,16 @@ def main() -> None:
     for name, by_n in results.items():
         row: dict = {"stage": name}
         for n in sizes:
-            sec, mb = by_n.get(n, (None, None))
+            sec, cpu, mb = by_n.get(n, (None, None, None))
             row[f"s @{n // 1000}k"] = "-" if sec is None else f"{sec:.2f}"
+            row[f"cpu s @{n // 1000}k"] = "-" if cpu is None else f"{cpu:.2f}"
             row[f"MB @{n // 1000}k"] = "-" if mb is None else f"{mb:.0f}"
         for a, b in zip(sizes[:-1], sizes[1:]):
             if a in by_n and b in by_n:
-                row[f"growth {a // 1000}k-{b // 1000}k"] = growth(by_n[a][0], by_n[b][0], a, b)
+                row[f"growth {a // 1000}k-{b // 1000}k"] = growth(by_n[a][1], by_n[b][1], a, b)
         rows.append(row)
-    print(f"\ncpu cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
+    print(f"load average (1 min) at each stage's end: {min(load):.1f} to {max(load):.1f}")
+    print(f"\ncpu cores: {os.cpu_count()}, load average now: {os.getloadavg()[0]:.1f}")
     print(format_table(rows))
 
 

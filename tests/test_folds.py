@@ -38,18 +38,33 @@ def test_thin_class_warns_and_too_few_groups_fail():
         assign_folds(np.array([0, 1, 0, 1]), np.array(["a", "a", "b", "b"]), 3, 0)
 
 
-def test_group_folds_are_sklearns_and_every_group_is_counted():
+def _sklearn_folds(y, g, k, seed):
     from sklearn.model_selection import StratifiedGroupKFold
 
+    ref = np.full(len(y), -1)
+    for f, (_, valid) in enumerate(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(y, y, g)):
+        ref[valid] = f
+    return ref
+
+
+@pytest.mark.parametrize(
+    ("n", "classes", "n_groups", "k", "skew"),
+    [
+        (600, 4, 150, 5, False),  # groups of about four
+        (400, 3, 400, 5, False),  # one row per group: many exact ties between folds
+        (900, 23, 200, 7, True),  # many classes (the mean over classes sums in blocks), skewed
+        (300, 2, 60, 3, True),
+    ],
+)
+def test_group_folds_are_sklearns_and_every_group_is_counted(n, classes, n_groups, k, skew):
     from comp.data._folds import _GroupKFold
 
-    rng = np.random.default_rng(4)
-    y, g = rng.integers(0, 4, 600), rng.integers(0, 150, 600)
-    ref = np.full(len(y), -1)
-    for k, (_, valid) in enumerate(StratifiedGroupKFold(5, shuffle=True, random_state=3).split(y, y, g)):
-        ref[valid] = k
-    np.testing.assert_array_equal(assign_folds(y, g, 5, 3), ref)
-    splitter, placed = _GroupKFold(5, shuffle=True, random_state=3), []
+    rng = np.random.default_rng(n + classes)
+    p = np.linspace(1, 8, classes) if skew else np.ones(classes)
+    y, g = rng.choice(classes, n, p=p / p.sum()), rng.integers(0, n_groups, n)
+    for seed in (0, 3):
+        np.testing.assert_array_equal(assign_folds(y, g, k, seed), _sklearn_folds(y, g, k, seed))
+    splitter, placed = _GroupKFold(k, shuffle=True, random_state=3), []
     splitter.tick = lambda: placed.append(1)
     list(splitter.split(y, y, g))
     assert len(placed) == len(np.unique(g))

@@ -151,3 +151,30 @@ def test_a_bad_prediction_cell_gets_the_text_readers_message(tmp_path, cell):
     with pytest.raises(RunFolderError) as numeric:
         run.read_oof("m", id_column="id")
     assert str(numeric.value) == str(text.value) and "line 3" in str(numeric.value)
+
+
+def test_a_long_csv_is_written_in_chunks_with_the_same_bytes(tmp_path, monkeypatch, caplog):
+    """Past CSV_BAR_ROWS rows a table is written chunk by chunk behind a bar: byte for byte what one to_csv wrote
+    (header once, quoting, NaN as empty), and the bar's lines name the file."""
+    import logging
+
+    import numpy as np
+    import pandas as pd
+
+    from comp import _progress
+    from comp.run import _io
+
+    monkeypatch.setattr(_io, "CSV_BAR_ROWS", 10)
+    monkeypatch.setattr(_io, "CSV_CHUNK", 7)
+    monkeypatch.setattr(_progress, "_PLAIN_INTERVAL", 1e-9)  # every update is a log line
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {"id": [f"r{i}" for i in range(23)], "label": np.array(['a,"b"', "c", ""])[rng.integers(0, 3, 23)]}
+    )
+    df["p"] = rng.random(23)
+    df.loc[4, "p"] = np.nan
+    with caplog.at_level(logging.INFO, logger="comp"):
+        _io.write_csv(tmp_path / "long.csv", df)
+    df.to_csv(tmp_path / "once.csv", index=False)
+    assert (tmp_path / "long.csv").read_bytes() == (tmp_path / "once.csv").read_bytes()
+    assert "writing long.csv (rows): 23/23" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
@@ -77,14 +78,34 @@ def _warn_thin_classes(targets, groups, n_splits) -> None:
 
 
 class _GroupKFold(StratifiedGroupKFold):
-    """sklearn's StratifiedGroupKFold, unchanged, counting the groups it places (a minute at 500k rows).
+    """sklearn's StratifiedGroupKFold with its per-group step done for all folds at once, and a count of the
+    groups placed (the bar).
 
-    It places one group per call of its ``_find_best_fold``; the count is all this adds, so the folds are
-    sklearn's. Should a later sklearn rename that method, the folds stay the same and only the bar stops."""
+    sklearn places one group per call of ``_find_best_fold``, trying the folds one at a time: about a dozen
+    small numpy calls per fold and group, 2.5 minutes for 125k groups. Here the five trials are one (k, k, C)
+    array: the same sums in the same order, so the same bits, and the same choice (lowest spread; within
+    ``np.isclose`` of it, fewest rows; then the first), so the folds are sklearn's (a test compares them on
+    inputs with ties). Should a later sklearn rename that method, the folds stay sklearn's and only the speed
+    and the bar go."""
 
     tick: Callable[[], object] | None = None
 
-    def _find_best_fold(self, *args, **kwargs):
+    def _find_best_fold(self, y_counts_per_fold, y_cnt, group_y_counts):
         if self.tick is not None:
             self.tick()
-        return super()._find_best_fold(*args, **kwargs)
+        k = len(y_counts_per_fold)
+        trial = np.repeat(y_counts_per_fold[None], k, axis=0)  # trial[i]: the folds with the group in fold i
+        trial[np.arange(k), np.arange(k)] += group_y_counts
+        evals = np.std(trial / y_cnt.reshape(1, -1), axis=1).mean(axis=1).tolist()
+        samples = y_counts_per_fold.sum(axis=1).tolist()
+        best_fold, min_eval, min_samples = None, math.inf, math.inf
+        for i in range(k):
+            fold_eval = evals[i]
+            if fold_eval < min_eval or (_isclose(fold_eval, min_eval) and samples[i] < min_samples):
+                best_fold, min_eval, min_samples = i, fold_eval, samples[i]
+        return best_fold
+
+
+def _isclose(a: float, b: float) -> bool:
+    """``np.isclose(a, b)`` of two floats (its default tolerances), without a numpy call."""
+    return (abs(a - b) <= 1e-08 + 1e-05 * abs(b) and math.isfinite(b)) or a == b

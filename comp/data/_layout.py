@@ -130,8 +130,14 @@ def inside(folder: Path, rel: str) -> Path | None:
     """``folder / rel`` with '.' and '..' folded away, or None when that leaves ``folder`` (an absolute ``rel``,
     or '..' past its top). Decided on the names, not on where symlinks point: an image folder made of links
     into a shared pool is the user's own layout, while a CSV cell cannot reach out of the folder it names."""
-    path = Path(os.path.normpath(folder / rel))
-    return path if path.is_relative_to(folder) else None
+    top = os.path.normpath(os.fspath(folder))
+    path = os.path.normpath(os.path.join(top, rel))  # on strings: pathlib took ~60 us a row (30 s at 500k rows)
+    if top == ".":
+        within = not os.path.isabs(path) and path != ".." and not path.startswith(".." + os.sep)
+    else:
+        within = path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+        within = within and path.startswith("//") == top.startswith("//")  # POSIX: '//' is a root of its own
+    return Path(path) if within else None
 
 
 def _csv_folders(lay: LayoutSpec, base: Path) -> Iterator[_Folder]:

@@ -152,7 +152,7 @@ def image_paths(df: pd.DataFrame, image_dir, data_cfg: DataConfig, csv_path, che
     template = data_cfg.path_template
     id_col = data_cfg.id_column
     out = []
-    records = df.to_dict("records")
+    records = df.to_dict("records") if template else ({id_col: v} for v in df[id_col].tolist())
     for i, rec in enumerate(records):
         try:
             rel = template.format(**rec) if template else f"{rec[id_col]}{data_cfg.image_ext}"

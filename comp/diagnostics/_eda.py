@@ -64,46 +64,67 @@ class EdaResult(Rendered):
 
 
 def dhash(img: np.ndarray) -> np.uint64:
-    """64-bit difference hash: grayscale, resize to 9x8, bit = left pixel brighter than its right neighbour."""
+    """64-bit difference hash: grayscale, resize to 9x8, bit = left pixel brighter than its right neighbour
+    (the first pixel pair is the highest bit)."""
     gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
     small = cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
     bits = (small[:, :-1] > small[:, 1:]).ravel()
-    return np.uint64(int("".join("1" if b else "0" for b in bits), 2))
+    return np.uint64(int.from_bytes(np.packbits(bits).tobytes(), "big"))
 
 
-def scan(paths, *, desc: str = "", progress: bool = True) -> dict:
+@dataclass
+class Scanned:
+    """Per-file facts as columns, one entry per path (at 500k images a dict per file held ~3 kB each): whether
+    it was read (``ok``; the other columns are 0 / "" where not), its size, dHash, gray-as-RGB, pixel count
+    and per-channel sums and sums of squares, the SHA-1 of its bytes; ``bad``: the unreadable ones."""
+
+    ok: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    dhash: np.ndarray
+    gray: np.ndarray
+    n: np.ndarray
+    sum: np.ndarray  # (n, 3)
+    sumsq: np.ndarray  # (n, 3)
+    sha1: np.ndarray  # object: hex digests
+    bad: list[dict]
+
+    @classmethod
+    def empty(cls, n: int) -> Scanned:
+        ints = [np.zeros(n, dtype=np.int64) for _ in range(3)]
+        return cls(
+            np.zeros(n, dtype=bool), ints[0], ints[1], np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=bool),
+            ints[2], np.zeros((n, 3)), np.zeros((n, 3)), np.full(n, "", dtype=object), [],
+        )  # fmt: skip
+
+    def info(self) -> pd.DataFrame:
+        return pd.DataFrame({"ok": self.ok, "height": self.height, "width": self.width, "gray": self.gray})
+
+
+def scan(paths, *, desc: str = "", progress: bool = True) -> Scanned:
     """Per-file facts: bytes hash, size, dHash, gray-as-RGB, channel sums; unreadable files listed.
 
     ``desc``: a progress bar with that title (none when empty or ``progress`` is off)."""
-    rows, bad = [], []
-    for p in track(paths, desc, enabled=progress and bool(desc)):
+    paths = list(paths)
+    out = Scanned.empty(len(paths))
+    for i, p in enumerate(track(paths, desc, enabled=progress and bool(desc))):
         p = Path(p)
-        rec = {"path": p, "ok": False}
         problem = file_problem(p)  # read_bytes would block on a FIFO and never end on /dev/zero
         if problem:
-            bad.append({"path": str(p), "error": f"{p} {problem}"})
-            rows.append(rec)
+            out.bad.append({"path": str(p), "error": f"{p} {problem}"})
             continue
         try:
-            rec["sha1"] = hashlib.sha1(p.read_bytes()).hexdigest()
+            sha1 = hashlib.sha1(p.read_bytes()).hexdigest()
             img = load_image(p)
         except (CompError, OSError) as exc:
-            bad.append({"path": str(p), "error": str(exc)})
-            rows.append(rec)
+            out.bad.append({"path": str(p), "error": str(exc)})
             continue
         px = img.reshape(-1, 3).astype(np.float64)
-        rec.update(
-            ok=True,
-            height=img.shape[0],
-            width=img.shape[1],
-            dhash=dhash(img),
-            gray=bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()),
-            n=len(px),
-            sum=px.sum(0),
-            sumsq=(px**2).sum(0),
-        )
-        rows.append(rec)
-    return {"rows": rows, "bad": bad}
+        out.ok[i], out.sha1[i], out.height[i], out.width[i] = True, sha1, img.shape[0], img.shape[1]
+        out.dhash[i] = dhash(img)
+        out.gray[i] = bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
+        out.n[i], out.sum[i], out.sumsq[i] = len(px), px.sum(0), (px**2).sum(0)
+    return out
 
 
 def _plots(
@@ -163,9 +184,9 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5, *, progress: bool = True) 
     ids = table.df[id_col].astype(str).to_numpy()
     labels = row_labels(table)  # class name, tags, or the target values, as text
     train = scan(table.paths, desc="eda: train images", progress=progress)
-    info = pd.DataFrame([{k: r.get(k) for k in ("ok", "height", "width", "gray", "sha1")} for r in train["rows"]])
+    info = train.info()
     test_ids: np.ndarray = np.array([], dtype=str)
-    test: dict[str, list] = {"rows": [], "bad": []}
+    test = Scanned.empty(0)
     if data.test_csv or data.sample_submission:
         try:
             tdf, tpaths = load_test_table(data, check_images=False)
@@ -177,15 +198,10 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5, *, progress: bool = True) 
             pass  # no test set described: train-only report
 
     # duplicates
-    def hashes(rows):
-        keep = [i for i, r in enumerate(rows) if r["ok"]]
-        return np.array(keep, dtype=np.int64), np.array([rows[i]["dhash"] for i in keep], dtype=np.uint64)
-
-    tr_idx, tr_hash = hashes(train["rows"])
-    te_idx, te_hash = hashes(test["rows"])
+    tr_idx, te_idx = np.flatnonzero(train.ok), np.flatnonzero(test.ok)
+    tr_hash, te_hash = train.dhash[tr_idx], test.dhash[te_idx]
     groups = table.groups
-    train_sha = np.array([r.get("sha1", "") for r in train["rows"]], dtype=object)
-    test_sha = np.array([r.get("sha1", "") for r in test["rows"]], dtype=object)
+    train_sha, test_sha = train.sha1, test.sha1
     bands = plan(threshold, len(tr_hash), len(tr_hash))[0] + plan(threshold, len(tr_hash), len(te_hash))[0]
     with Progress(bands, "near duplicates (bands)", enabled=progress) as bar:
         within = near_pairs(tr_hash, tr_hash, threshold, same=True, progress=bar)
@@ -228,11 +244,7 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5, *, progress: bool = True) 
 
     # colour statistics per class (multilabel: per label; regression: per quartile of the first target)
     color_rows = []
-    ok_rows = np.array([r["ok"] for r in train["rows"]], dtype=bool)
-    zero = np.zeros(3)
-    n_px = np.array([r["n"] if r["ok"] else 0 for r in train["rows"]], dtype=np.float64)
-    px_sum = np.array([r["sum"] if r["ok"] else zero for r in train["rows"]]).reshape(-1, 3)
-    px_sq = np.array([r["sumsq"] if r["ok"] else zero for r in train["rows"]]).reshape(-1, 3)
+    ok_rows, n_px, px_sum, px_sq = train.ok, train.n.astype(np.float64), train.sum, train.sumsq
     for c, member in colour_groups(table):
         sel = member & ok_rows
         if not sel.any():
@@ -250,7 +262,7 @@ def run_eda(cfg: Config, out_dir, threshold: int = 5, *, progress: bool = True) 
         )
     colors = pd.DataFrame(color_rows)
     write_csv(out / "class_colour.csv", colors)
-    bad = pd.DataFrame(train["bad"] + test["bad"], columns=["path", "error"])
+    bad = pd.DataFrame(train.bad + test.bad, columns=["path", "error"])
     if len(bad):
         write_csv(out / "unreadable.csv", bad)
 

@@ -103,11 +103,11 @@ def near_pairs(a: np.ndarray, b: np.ndarray, threshold: int, same: bool, progres
     out = []
     for k, mask in enumerate(masks):
         earlier = masks[:k]
+        kb = b & mask
+        b_runs = _runs(kb)  # b's band sorted once, probed by every flip
         for f, flip in enumerate(_flips(mask, radius)):
             # the empty flip within one set pairs each bucket with itself; any other is a probe of b by a
-            pairs = (
-                _shared(a & mask, b & mask, True) if same and f == 0 else _shared((a & mask) ^ flip, b & mask, False)
-            )
+            pairs = _shared(a & mask, kb, True) if same and f == 0 else _shared((a & mask) ^ flip, kb, False, b_runs)
             for ia, ib in pairs:
                 if same and f:
                     keep = ia < ib  # the pair (j, i) is found by the same flip from j

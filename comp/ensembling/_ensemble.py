@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from comp._progress import Progress
+from comp._progress import Progress, track
 from comp.config import Config
 from comp.data._attributes import attribute_f1
 from comp.ensembling._blend import (
@@ -55,7 +55,7 @@ def _members(model_dirs, tta: bool) -> list[Member]:
         if Path(d).resolve() in seen:
             raise CompError(f"model folder {d} is listed twice; list each member once (fitted methods weight them)")
         seen.add(Path(d).resolve())
-    return [load_member(d, tta) for d in model_dirs]
+    return [load_member(d, tta) for d in track(model_dirs, "reading blend members (OOF and test tables)")]
 
 
 def _prepare_submission(
@@ -119,7 +119,9 @@ def run_ensemble(
     params = parse_params(gbdt_params)
     with_params(get_method(method), params)  # an unknown method, or params for another one: before any read
     members = _members(model_dirs, tta)
-    data, first = align(members), members[0]
+    data = align(members)
+    members = [m.released() for m in members]  # their rows now live, aligned, in data: hold them once
+    first = members[0]
     task, blend = _task_checks(members, method, bias)
     blend = with_params(blend, params)
     scorer = get_metric(metric or first.config.metric, task.name)
@@ -217,6 +219,7 @@ def compare_blends(
     if out is not None:  # refused before any blend is written, not after all of them
         blends = [blend_name(None, m, bias, members)[1] for m in methods]
         _check_submission(Path(out).resolve(), members[0].config, [*blends, *(m.run for m in members)])
+    del members  # each blend reads its members again; these were for the checks above
     results = [
         run_ensemble(
             model_dirs,

@@ -7,7 +7,7 @@ names; their order may differ), or a fixable error. Targets are class names (cla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,12 @@ class Member:
     @property
     def task(self) -> str:
         return self.config.task
+
+    def released(self) -> Member:
+        """This member without its rows (ids, folds, targets, predictions): what a blend keeps of it once they are
+        aligned (at 500k rows three members hold some 300 MB of them, ids and class names as Python strings)."""
+        empty = np.empty((0, len(self.classes)))
+        return replace(self, frame=self.frame.iloc[:0].copy(), oof=empty, test_ids=None, test=None, targets=None)
 
 
 def load_member(model_dir: str | Path, tta: bool = False) -> Member:
@@ -133,9 +139,16 @@ def align(members: list[Member]) -> Aligned:
     first's."""
     ref = members[0]
     ids = pd.Index(ref.frame["id"])
-    P, T, notes = [], [], []
+    n, width = len(ids), len(ref.classes)
+    # filled in place, one member at a time: no list of copies beside the stack
+    P = np.empty((len(members), n, width), dtype=np.result_type(*(m.oof for m in members)))
+    T = None
+    if ref.test is not None and ref.test_ids is not None:
+        dtype = np.result_type(*(m.test for m in members if m.test is not None))
+        T = np.empty((len(members), len(ref.test_ids), width), dtype=dtype)
+    has_test, notes = T is not None, []
     what = _WHAT.get(ref.task, "output columns")
-    for m in members:
+    for i, m in enumerate(members):
         if m.task != ref.task:
             raise CompError(
                 f"model {m.name} is a {m.task} model but model {ref.name} is {ref.task}; blend models of one "
@@ -161,29 +174,38 @@ def align(members: list[Member]) -> Aligned:
                 )
         if m.targets is not None and ref.targets is not None:
             _same_targets(m, ref, m.targets[pd.Index(m.frame["id"]).get_indexer(ids)][:, cols], ids)
-        P.append(m.oof[pd.Index(m.frame["id"]).get_indexer(ids)][:, cols])
-        if m.test is not None and ref.test is not None:
+        _take(m.oof, pd.Index(m.frame["id"]).get_indexer(ids), cols, P[i])
+        if m.test is not None and T is not None:
             assert m.test_ids is not None and ref.test_ids is not None
             _same_ids(ref.test_ids, m.test_ids, ref.name, m.name, "test.csv rows")
-            T.append(m.test[m.test_ids.get_indexer(ref.test_ids)][:, cols])
+            _take(m.test, m.test_ids.get_indexer(ref.test_ids), cols, T[i])
         elif m.test is None:
+            has_test = False
             notes.append(f"{m.path / 'test.csv'} not found: no test predictions for the blend (run comp predict first)")
     if ref.targets is not None:
         y = ref.targets
     else:
         y = pd.Index(ref.classes).get_indexer(ref.frame["target"])
-    has_test = len(T) == len(members)
     return Aligned(
         ids.to_numpy(),
         ref.frame["fold"].to_numpy(),
         y,
         list(ref.classes),
-        np.stack(P),
+        P,
         ref.test_ids.to_numpy() if has_test and ref.test_ids is not None else None,
-        np.stack(T) if has_test else None,
+        T if has_test else None,
         notes,
         ref.task,
     )
+
+
+def _take(x: np.ndarray, rows: np.ndarray, cols: list[int], out: np.ndarray) -> None:
+    """``out[:] = x[rows][:, cols]``, without the intermediate copy when the columns are already in order."""
+    assert len(rows) == 0 or rows.min() >= 0, "every row was checked to be present"
+    if cols == list(range(x.shape[1])):
+        np.take(x, rows, axis=0, out=out, mode="clip")  # "raise" would buffer a copy of out
+    else:
+        out[:] = x[rows][:, cols]
 
 
 def _same_targets(m: Member, ref: Member, mine: np.ndarray, ids: pd.Index) -> None:

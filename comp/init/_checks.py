@@ -29,24 +29,23 @@ def look(table: TrainTable, n_splits: int, *, seed: int = 0, sample: int = SAMPL
     n = len(table.paths)
     idx = np.sort(rng.choice(n, size=min(n, sample), replace=False))
     found = scan([table.paths[i] for i in idx])
-    rows = found["rows"]
     out = Look(sampled=len(idx))
-    ok = [r for r in rows if r["ok"]]
-    out.heights = [int(r["height"]) for r in ok]
-    out.widths = [int(r["width"]) for r in ok]
+    ok = np.flatnonzero(found.ok)
+    out.heights = [int(h) for h in found.height[ok]]
+    out.widths = [int(w) for w in found.width[ok]]
     of = f"of {len(idx)} sampled" if len(idx) < n else f"of {n}"
-    if found["bad"]:
+    if found.bad:
         out.warnings.append(
-            f"{len(found['bad'])} {of} images are unreadable (first: {found['bad'][0]['path']}); comp eda lists them"
+            f"{len(found.bad)} {of} images are unreadable (first: {found.bad[0]['path']}); comp eda lists them"
         )
-    gray = sum(bool(r["gray"]) for r in ok)
-    if ok and gray >= 0.9 * len(ok):
+    gray = int(found.gray[ok].sum())
+    if len(ok) and gray >= 0.9 * len(ok):
         out.warnings.append(
             f"{gray} {of} images are grayscale stored as RGB; --set models.0.in_chans=1 trains on one channel"
         )
     if table.groups is not None and len(ok) > 1:
-        keep = [i for i, r in zip(idx, rows) if r["ok"]]
-        hashes = np.array([r["dhash"] for r in ok], dtype=np.uint64)
+        keep = idx[ok]
+        hashes = found.dhash[ok]
         leaks = [
             (a, b)
             for a, b, _ in near_pairs(hashes, hashes, 3, same=True)

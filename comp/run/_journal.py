@@ -78,7 +78,7 @@ class FileSet:
         return path
 
     def csv(self, path: str | Path, df: pd.DataFrame) -> Path:
-        return self.add(path, lambda p: df.to_csv(p, index=False))
+        return self.add(path, lambda p: _io.to_csv(df, p, Path(path).name))
 
     def json(self, path: str | Path, obj: Any) -> Path:
         return self.add(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
