@@ -24,6 +24,7 @@ from comp.config import load_config
 from comp.errors import CompError, ConfigError
 from comp.inference import _export as E
 from comp.inference import bundle_run, predict_run
+from comp.inference._fp16 import HEAD_NODE
 from comp.inference._tta import MERGES, TTA_OPS, check_config, merge_probs, merge_torch
 from comp.metrics import get_metric
 from comp.run import Metrics, Predictions, RunDir, load_checkpoint, make_checkpoint
@@ -155,7 +156,7 @@ def test_fp16_regression_graph_keeps_its_head_in_float32(run_of):
     assert all(f["max_rel_diff"] <= 1e-2 for f in report["files"])
     graph = onnx.load(str(RunDir(run_dir).onnx("eff", 0))).graph
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)  # the backbone is half
-    head = [n for n in graph.node if E.HEAD_NODE.match(n.name)]
+    head = [n for n in graph.node if HEAD_NODE.match(n.name)]
     assert {n.op_type for n in head} >= {"Mul", "Add"}
     inits = {i.name: i.data_type for i in graph.initializer}
     assert all(inits[i] == onnx.TensorProto.FLOAT for n in head for i in n.input if i in inits)
