@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +163,19 @@ def float_nodes(model: onnx.ModelProto, names: list[str]) -> list[str]:
     return [nodes[i].name for i in sorted(keep)]
 
 
+def nan_overrides(model: onnx.ModelProto, names: list[str]) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Fixed quantization parameters for the tensors of the metadata input's own branch (kept in float, never
+    quantized): onnxruntime computes parameters for every calibrated tensor, and a range over rows holding NaN
+    is NaN, which it refuses ("scale issue")."""
+    if len(names) < 2:
+        return {}
+    nodes = list(model.graph.node)
+    only_meta = _downstream(nodes, names[1]) - _downstream(nodes, names[0])
+    tensors = {names[1], *(o for i in only_meta for o in nodes[i].output)}
+    fixed = {"scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}
+    return {t: [dict(fixed)] for t in sorted(tensors)}
+
+
 def _downstream(nodes: list[onnx.NodeProto], source: str) -> set[int]:
     seen, values = set(), {source}
     for i, n in enumerate(nodes):
@@ -218,18 +232,20 @@ def quantize(
         for i, n in enumerate(model.graph.node):
             n.name = n.name or f"{n.op_type}_{i}"  # nodes_to_exclude names nodes
         onnx.save(model, str(pre))
-        quantize_static(
-            str(pre),
-            str(dst),
-            _Reader(calib, names),  # the reader protocol, not the base class
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=calibrate[method],
-            nodes_to_exclude=float_nodes(model, names) if keep_float else [],
-            extra_options={"CalibTensorRangeSymmetric": False},
-        )
+        with warnings.catch_warnings():  # numpy's all-NaN warnings over the metadata branch's calibration
+            warnings.simplefilter("ignore", RuntimeWarning)
+            quantize_static(
+                str(pre),
+                str(dst),
+                _Reader(calib, names),  # the reader protocol, not the base class
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calibrate[method],
+                nodes_to_exclude=float_nodes(model, names) if keep_float else [],
+                extra_options={"TensorQuantOverrides": nan_overrides(model, names)},
+            )
     out, source = onnx.load(str(dst)), onnx.load(str(src), load_external_data=False)
     del out.metadata_props[:]
     for p in source.metadata_props:
