@@ -172,7 +172,7 @@ def nan_overrides(model: onnx.ModelProto, names: list[str]) -> dict[str, list[di
     nodes = list(model.graph.node)
     only_meta = _downstream(nodes, names[1]) - _downstream(nodes, names[0])
     tensors = {names[1], *(o for i in only_meta for o in nodes[i].output)}
-    fixed = {"scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}
+    fixed: dict[str, np.ndarray] = {"scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}
     return {t: [dict(fixed)] for t in sorted(tensors)}
 
 
