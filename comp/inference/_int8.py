@@ -1,18 +1,21 @@
 """int8 graphs: onnxruntime's static quantization of exported float graphs, calibrated on training images and
 checked against the float graph on held-out rows before anything is written.
 
-The choices below were measured (``benchmarks/bench_int8.py``, a CPU with avx512_vnni, 2 threads):
+The choices below were measured (``benchmarks/bench_int8.py --methods`` and the probe of the issue that asked
+for this, a CPU with avx512_vnni, 2 threads; the README has the table):
 
 - QDQ format, int8 weights per output channel, uint8 activations: onnxruntime's u8s8 kernels are the ones
-  VNNI speeds up (int8 activations ran at 0.93x float32);
-- onnxruntime's quantization pre-processing first (shape inference and graph optimisation, which folds batch
-  norms into convolutions): the same quantization without it ran at 0.57x float32;
-- MinMax calibration: Entropy and Percentile cost minutes of histograms per graph and scored no better on
-  held-out rows (see the benchmark's ``--methods``);
+  VNNI speeds up (int8 activations ran at 0.16x the uint8 graph here, 0.93x float32 in the probe);
+- onnxruntime's quantization pre-processing first (graph optimisation, which folds batch norms into
+  convolutions): the probe measured 0.57x float32 without it on resnet18 (a loaded mobilenetv3 run here
+  showed no difference either way);
+- MinMax calibration: Entropy and Percentile took 3x longer to calibrate and gave the same held-out metric
+  and largest probability difference;
 - kept in float32: the last weight layer (the classifier) and everything after it (the output head, the TTA
   merge, the fold mean), so outputs keep float resolution (a uint8 softmax has 1/255 steps; a regression
-  head scales to the target's units), at negligible cost; and a metadata tower's own branch before it joins
-  the images, whose raw rows hold NaN where a value is missing, which no calibrated range represents.
+  head scales to the target's units): quantizing them too was no faster and moved probabilities more (0.016
+  against 0.011); and a metadata tower's own branch before it joins the images, whose raw rows hold NaN where
+  a value is missing, which no calibrated range represents.
 """
 
 from __future__ import annotations
