@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -139,6 +140,10 @@ TASK_KINDS = {  # kind -> (task, config overrides)
 }
 
 
+# the tags competition is scored by F2 at per-label thresholds fitted on OOF: its submission applies them
+METRIC = {"multilabel": "f2"}
+
+
 def task_config(root: Path, kind: str, **overrides) -> dict:
     """``tiny_config`` for a ``write_task_competition`` folder of ``kind``."""
     task, extra = TASK_KINDS[kind]
@@ -259,3 +264,36 @@ def ort_python(tmp_path_factory) -> Path:
 def clean_env() -> dict[str, str]:
     """The environment without PYTHONPATH: the venv must not see this source tree."""
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+@pytest.fixture(scope="session")
+def task_runs(tmp_path_factory):
+    """``get(kind)``: a trained run of that kind, built on first use and shared by the session (read-only: a
+    test that writes into it takes ``run_of``'s copy)."""
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        from comp.config import load_config
+        from comp.training._trainer import train_folds
+
+        if kind not in cache:
+            root = write_task_competition(tmp_path_factory.mktemp(kind) / "comp", kind)
+            over = {"metric": METRIC[kind]} if kind in METRIC else {}
+            cfg = load_config(write_config(root, task_config(root, kind, **over)))
+            train_folds(cfg, root.parent / "run", progress=False)
+            cache[kind] = root.parent / "run"
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture
+def run_of(task_runs, tmp_path):
+    """``copy(kind)``: a private copy of the trained run of that kind that a test may write into."""
+
+    def copy(kind: str) -> Path:
+        dst = tmp_path / f"run-{kind}"
+        shutil.copytree(task_runs(kind), dst)
+        return dst
+
+    return copy

@@ -43,7 +43,7 @@ def test_engine_runners_return_probabilities_per_row(name, trained_run, tmp_path
 
 def test_unknown_engine_lists_the_registered_ones(trained_run, tmp_path):
     shutil.copytree(trained_run, tmp_path / "run")
-    with pytest.raises(CompError, match="unknown inference engine 'trt'; choose from onnx, torch"):
+    with pytest.raises(CompError, match="unknown inference engine 'trt'; choose from onnx, int8, torch"):
         comp.predict(tmp_path / "run", engine="trt", out=tmp_path / "s.csv", progress=False)
     assert not (tmp_path / "s.csv").exists()
 

@@ -1,14 +1,14 @@
 """Every task through export, predict, TTA, the fused graph and comp bundle: multi-label (tags and wide
 columns), regression (one and several targets) and ordinal targets.
 
-One tiny trained run per kind (2 folds, 1 epoch, 32 px) is built once for the module and copied per test.
+One tiny trained run per kind (2 folds, 1 epoch, 32 px, conftest's ``task_runs``) is built once for the session
+and copied per test.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,50 +24,19 @@ from comp.config import load_config
 from comp.errors import CompError, ConfigError
 from comp.inference import _export as E
 from comp.inference import bundle_run, predict_run
+from comp.inference._fp16 import HEAD_NODE
 from comp.inference._tta import MERGES, TTA_OPS, check_config, merge_probs, merge_torch
 from comp.metrics import get_metric
 from comp.run import Metrics, Predictions, RunDir, load_checkpoint, make_checkpoint
 from comp.submission import check_file, make_submission, validate_submission
 from comp.tasks import TASKS, nested_score
-from comp.training import train_folds
 from comp.training._models import model_from_checkpoint
 from comp.training._outputs import OutputSpec
-from tests.conftest import TASK_KINDS, snapshot, task_config, write_config, write_task_competition
+from tests.conftest import TASK_KINDS, snapshot
 from tests.test_bundle import _predict_in_venv
 
 KINDS = list(TASK_KINDS)
-# the tags competition is scored by F2 at per-label thresholds fitted on OOF: its submission applies them
-METRIC = {"multilabel": "f2"}
 TTA = ["hflip", "vflip"]  # three views, so the median differs from the mean
-
-
-@pytest.fixture(scope="module")
-def task_runs(tmp_path_factory):
-    """``get(kind)``: a trained run of that kind, built on first use."""
-    cache: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in cache:
-            root = write_task_competition(tmp_path_factory.mktemp(kind) / "comp", kind)
-            over = {"metric": METRIC[kind]} if kind in METRIC else {}
-            cfg = load_config(write_config(root, task_config(root, kind, **over)))
-            train_folds(cfg, root.parent / "run", progress=False)
-            cache[kind] = root.parent / "run"
-        return cache[kind]
-
-    return get
-
-
-@pytest.fixture
-def run_of(task_runs, tmp_path):
-    """``copy(kind)``: a private copy of the trained run of that kind that a test may write into."""
-
-    def copy(kind: str) -> Path:
-        dst = tmp_path / f"run-{kind}"
-        shutil.copytree(task_runs(kind), dst)
-        return dst
-
-    return copy
 
 
 def _batch(run_dir: Path, n: int = 6) -> torch.Tensor:
@@ -187,7 +156,7 @@ def test_fp16_regression_graph_keeps_its_head_in_float32(run_of):
     assert all(f["max_rel_diff"] <= 1e-2 for f in report["files"])
     graph = onnx.load(str(RunDir(run_dir).onnx("eff", 0))).graph
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)  # the backbone is half
-    head = [n for n in graph.node if E.HEAD_NODE.match(n.name)]
+    head = [n for n in graph.node if HEAD_NODE.match(n.name)]
     assert {n.op_type for n in head} >= {"Mul", "Add"}
     inits = {i.name: i.data_type for i in graph.initializer}
     assert all(inits[i] == onnx.TensorProto.FLOAT for n in head for i in n.input if i in inits)

@@ -156,6 +156,26 @@ def test_tower_exports_two_input_graphs_and_predicts_alike_with_torch_and_onnx(t
     assert len(torch_pred) == len(pd.read_csv(tower_run.parent / "comp" / "test.csv"))
 
 
+def test_tower_graphs_quantize_to_int8_with_both_inputs(tmp_path, tower_run):
+    """comp export --int8 calibrates a two-input graph on images and metadata rows (NaN where missing) and the
+    int8 engine feeds both."""
+    import shutil
+
+    import onnx
+
+    run = shutil.copytree(tower_run, tmp_path / "run")
+    res = invoke("export", str(run), "--int8", "--calib", "16", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("int8.onnx: accuracy") == 2
+    path = RunDir(run).onnx("eff", 0, int8=True)
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["input", "meta"]
+    int8 = _predict(run, "int8", tmp_path / "a.csv")
+    ref = _predict(run, "torch", tmp_path / "b.csv")
+    cols = [c for c in ref.columns if c != "id"]
+    assert np.isfinite(int8[cols].to_numpy()).all()
+    assert np.abs(int8[cols].to_numpy() - ref[cols].to_numpy()).max() < 0.1
+
+
 def test_the_metadata_changes_the_prediction(tmp_path, tower_run):
     """The tower is wired in: the same images with other metadata rows predict otherwise."""
     from comp.inference._torch_engine import TorchRunner

@@ -31,8 +31,19 @@ MERGES = literal_choices(PredictConfig, "tta_merge")
     "--tta", default=None, type=CommaList(), metavar="hflip,...", help="TTA views inside fused.onnx (only with --fuse)."
 )
 @click.option("--tta-merge", default="mean", type=click.Choice(MERGES), help="How fused.onnx merges views.")
+@click.option(
+    "--int8", is_flag=True, help="Also write each graph quantized to int8 (*.int8.onnx), checked on held-out rows."
+)
+@click.option("--calib", default=256, show_default=True, type=int, help="--int8: training images to calibrate on.")
+@click.option(
+    "--max-drop",
+    default=0.005,
+    show_default=True,
+    type=float,
+    help="--int8: refuse when the metric on held-out rows drops by more than this.",
+)
 @quiet_option
-def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge, quiet):
+def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge, int8, calib, max_drop, quiet):
     """Export every fold checkpoint to ONNX (probabilities out), checked against PyTorch before it is kept.
 
     Example: comp export runs/demo --fuse --tta hflip
@@ -41,9 +52,23 @@ def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge, quiet):
 
     setup_logging(quiet)
     reports = export_run(
-        run_dir, models=list(model_ids) or None, fp16=fp16, fuse=fuse, opset=opset, tta=tta or [], tta_merge=tta_merge
+        run_dir,
+        models=list(model_ids) or None,
+        fp16=fp16,
+        fuse=fuse,
+        opset=opset,
+        tta=tta or [],
+        tta_merge=tta_merge,
+        int8=int8,
+        calib=calib,
+        max_drop=max_drop,
     )
-    for mid in reports:
+    for mid, report in reports.items():
+        for f in report.get("int8", {}).get("files", []):
+            click.echo(
+                f"{mid}/{f['file']}: {f['metric']} {f['float_score']:.4f} float32 -> {f['int8_score']:.4f} int8 "
+                f"(drop {f['drop']:+.4f}), max |diff| {f['max_abs_diff']:.2e} on {f['rows']} {f['checked_on']}"
+            )
         click.echo(f"export report: {Path(run_dir) / 'models' / mid / 'export.json'}")
 
 
@@ -148,8 +173,17 @@ def predict_cmd(
 )
 @click.option("--fp16", is_flag=True, help="Convert the graphs to float16 (inputs and outputs stay float32).")
 @click.option("--opset", default=17, type=int, help="ONNX opset version.")
+@click.option("--int8", is_flag=True, help="Ship each graph quantized to int8, checked on held-out training rows.")
+@click.option("--calib", default=256, show_default=True, type=int, help="--int8: training images to calibrate on.")
+@click.option(
+    "--max-drop",
+    default=0.005,
+    show_default=True,
+    type=float,
+    help="--int8: refuse when the metric on held-out rows drops by more than this.",
+)
 @quiet_option
-def bundle_cmd(source, out, model_ids, tta, tta_merge, fp16, opset, quiet):
+def bundle_cmd(source, out, model_ids, tta, tta_merge, fp16, opset, int8, calib, max_drop, quiet):
     """Write an offline inference bundle of a run, model or blend: fused ONNX graphs, manifest.json, predict.py.
 
     predict.py needs only onnxruntime, numpy and Pillow (a Kaggle notebook without internet).
@@ -160,7 +194,16 @@ def bundle_cmd(source, out, model_ids, tta, tta_merge, fp16, opset, quiet):
 
     setup_logging(quiet)
     result = bundle_run(
-        source, out=out, models=list(model_ids) or None, tta=tta, tta_merge=tta_merge, fp16=fp16, opset=opset
+        source,
+        out=out,
+        models=list(model_ids) or None,
+        tta=tta,
+        tta_merge=tta_merge,
+        fp16=fp16,
+        opset=opset,
+        int8=int8,
+        calib=calib,
+        max_drop=max_drop,
     )
     click.echo(result.text())
     click.echo(f"bundle: {result.out}")

@@ -228,7 +228,7 @@ class HeadLoss:
 class PredictConfig:
     tta: list[str] = _f([])
     tta_merge: Literal["mean", "geometric", "median"] = "mean"
-    engine: Literal["onnx", "torch"] = "onnx"
+    engine: Literal["onnx", "int8", "torch"] = "onnx"
     batch_size: int = _f(64, ge=1)
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"  # torch engine: torch.compile
     tensorrt: bool = True  # onnx engine on a GPU: try TensorRT first (engine/timing caches under RUN/.trt_cache)

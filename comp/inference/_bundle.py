@@ -66,6 +66,7 @@ from comp.inference._export import (
     predictor,
     relative_parity,
 )
+from comp.inference._int8 import Int8Options, note_speed, write_int8
 from comp.inference._predict import fitted_decision
 from comp.inference._tta import check_merge, parse_tta
 from comp.metrics import get_metric
@@ -176,8 +177,11 @@ def _build_graph(
     resize: bp.Resize,
     fp16: bool,
     opset: int,
+    int8: Int8Options | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Export the member's fused graph into ``folder`` and check it; returns its manifest entry and parity rows."""
+    """Export the member's fused graph into ``folder`` and check it (with ``int8``, then quantize it and check
+    that against the float graph on held-out rows, shipping the int8 graph alone); returns its manifest entry
+    and the float graph's parity rows."""
     m, first = plan.member, plan.ckpts[0].meta
     own = [str(c) for c in first.classes]
     if sorted(own) != sorted(classes):
@@ -264,6 +268,24 @@ def _build_graph(
         "checked_on": checked_on,
         "checkpoints": digests,
     }
+    if int8 is not None:
+        name = plan.file.removesuffix(".onnx") + ".int8.onnx"
+        check = write_int8(
+            folder / plan.file,
+            folder / name,
+            cfg=m.cfg,
+            run=m.run,
+            meta=first,
+            fold=None,
+            options=int8,
+            names=[INPUT],
+            output=OUTPUT,
+            label=f"{m.name}: {name}",
+            columns=[classes.index(c) for c in own],
+        )
+        log.info("bundle: %s against its float32 graph, %s", name, check.describe())
+        (folder / plan.file).unlink()  # the float graph was the reference; the bundle ships the int8 one
+        entry.update(file=name, precision="int8", int8=check.report())
     return entry, got
 
 
@@ -301,15 +323,25 @@ def bundle_run(
     tta_merge: str | None = None,
     fp16: bool = False,
     opset: int = 17,
+    int8: bool = False,
+    calib: int = Int8Options.calib,
+    max_drop: float = Int8Options.max_drop,
 ) -> BundleResult:
     """Write an offline inference bundle (fused ONNX graphs, manifest.json, predict.py) of a run or blend to ``out``.
 
     ``tta``/``tta_merge`` default to each model's config (``predict.tta``), as for ``comp predict``; a model's
-    ``test.csv``, where present, must be reproduced by its graph. Example::
+    ``test.csv``, where present, must be reproduced by its graph. ``int8``: ship each graph quantized to int8
+    (calibrated on ``calib`` training images of its run, refused when its metric on held-out rows drops by more
+    than ``max_drop`` from the float graph's). Example::
 
         comp.bundle("runs/demo", out="bundle")   # then: python bundle/predict.py --images ... --sample ... --out ...
     """
     out = Path(out)
+    options = Int8Options(calib=calib, max_drop=max_drop) if int8 else None
+    if int8 and fp16:
+        raise CompError("--int8 quantizes the float32 graphs; drop --fp16")
+    if options is not None:
+        note_speed()
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise CompError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
     tta_list = None if tta is None else parse_tta(tta)
@@ -343,7 +375,7 @@ def bundle_run(
     try:
         entries, rows = [], []
         for plan in plans:
-            entry, got = _build_graph(plan, tmp, classes, images, resize, fp16, opset)
+            entry, got = _build_graph(plan, tmp, classes, images, resize, fp16, opset, options)
             entries.append(entry)
             rows.append(entry["weight"] * got)
         stack, stack_files = None, list[str]()

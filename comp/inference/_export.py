@@ -13,7 +13,6 @@ tolerance is never written.
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,9 +27,12 @@ from comp.config import Config
 from comp.data._augment import from_dict
 from comp.data._table import ImageDataset, load_test_table, load_train_table
 from comp.errors import CompError
+from comp.inference._fp16 import to_fp16
+from comp.inference._int8 import Int8Check, Int8Options, note_speed, write_int8
 from comp.inference._tta import check_merge, merge_torch, parse_tta, views
 from comp.run import (
     CheckpointMeta,
+    FileSet,
     RunDir,
     atomic_write,
     check_output,
@@ -38,7 +40,6 @@ from comp.run import (
     file_sha256,
     graph_metadata,
     read_graph_metadata,
-    write_json,
 )
 from comp.tasks import get_task
 from comp.training._models import model_from_checkpoint
@@ -54,10 +55,6 @@ PARITY_IMAGES = 16
 # it holds probabilities, or target values in their units for regression
 INPUT, OUTPUT = "input", "probs"
 META = "meta"  # a metadata tower's second input: raw (N, features) float32, NaN where missing
-# nodes of a Predictor's output head, by the module path the exporter names them with: Predictor.head,
-# FusedModel.folds.<k>.head (head_<n> for the n-th TTA view), the bundle's column reordering
-# (inner.folds.<k>.head); a timm model's own head is model.head and never matches
-HEAD_NODE = re.compile(r"^/(?:inner/)?(?:folds\.\d+/)?head(?:_\d+)?/[^/]+$")
 
 
 def predictor(model: nn.Module, meta: CheckpointMeta) -> Predictor:
@@ -168,98 +165,6 @@ def export_graph(
     onnx.save(model, str(path))
 
 
-# Nodes kept in float32 in an fp16 graph: reductions, exponentials and normalisations lose the most precision
-# in half (softmax over logits, layer norms' mean/variance, the fused graph's geometric TTA merge).
-FP32_OPS = (
-    "Softmax",
-    "LogSoftmax",
-    "ReduceMean",
-    "ReduceSum",
-    "ReduceMax",
-    "Pow",
-    "Sqrt",
-    "Exp",
-    "Log",
-    "LayerNormalization",
-    "Erf",
-)
-
-
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """float16 weights and activations with float32 inputs/outputs and the sensitive nodes in float32
-    (onnxconverter-common's converter, the maintained one). A graph whose heads scale to a target's units keeps
-    them and everything after them (TTA merge, fold mean) in float32: float16 has three significant digits and
-    nothing above 65504, which values such as prices exceed."""
-    from onnxconverter_common import float16
-
-    tail = _value_tail(model)
-    half = float16.convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
-        node_block_list=tail,
-    )
-    return _float32_outputs(_no_float16_between(half, set(tail)))
-
-
-def _value_tail(model: onnx.ModelProto) -> list[str]:
-    """Names of the output heads' nodes and of every node downstream of them, when a head scales its outputs
-    (regression); empty for probability heads (softmax, sigmoid), which float16 keeps well enough."""
-    nodes = list(model.graph.node)  # an exported graph lists its nodes in topological order
-    heads = [n for n in nodes if HEAD_NODE.match(n.name)]
-    if not any(n.op_type in ("Mul", "Add") for n in heads):
-        return []
-    tainted: set[str] = set()
-    tail = []
-    for n in nodes:
-        if HEAD_NODE.match(n.name) or any(i in tainted for i in n.input):
-            tainted.update(n.output)
-            tail.append(n)
-    # and the constants they read: the exporter shares equal initializers between folds through Identity nodes,
-    # which must stay float32 for their float32 readers
-    consts = {i.name for i in model.graph.initializer}
-    read = {i for n in tail for i in n.input}
-    feeders = [n for n in nodes if all(i in consts for i in n.input) and read.intersection(n.output)]
-    return [n.name for n in feeders + tail if n.name]
-
-
-def _no_float16_between(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelProto:
-    """The converter casts the outputs of float32 nodes it kept to float16 and back before the next kept node
-    (where an output has several readers, as the TTA median's minimum and maximum); such a round trip turns
-    values above 65504 into inf. Each of its casts after a ``kept`` node becomes a float32 one."""
-    if not kept:
-        return model
-    producer = {o: n for n in model.graph.node for o in n.output}
-    widened: set[str] = set()
-    for n in model.graph.node:
-        before = producer.get(n.input[0]) if n.op_type == "Cast" and n.input else None
-        if before is None or before.name not in kept:
-            continue
-        for a in n.attribute:
-            if a.name == "to" and a.i == onnx.TensorProto.FLOAT16:
-                a.i = onnx.TensorProto.FLOAT
-                widened.update(n.output)
-    for info in [*model.graph.value_info, *model.graph.output]:
-        if info.name in widened:
-            info.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    return model
-
-
-def _float32_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The converter can leave a graph output in float16 when its producer is in the block list; cast it back,
-    so every graph, fp16 or not, returns float32 predictions."""
-    for out in model.graph.output:
-        if out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16:
-            continue
-        inner = f"{out.name}_fp16"
-        for node in model.graph.node:
-            node.output[:] = [inner if o == out.name else o for o in node.output]
-            node.input[:] = [inner if i == out.name else i for i in node.input]
-        model.graph.node.append(onnx.helper.make_node("Cast", [inner], [out.name], to=onnx.TensorProto.FLOAT))
-        out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    return model
-
-
 def cpu_session(path: Path):
     import onnxruntime as ort
 
@@ -311,13 +216,18 @@ def write_checked(
     meta: dict[str, str],
     fp16: bool,
     relative: bool = False,
-) -> Parity:
+    *,
+    into: FileSet | None = None,
+) -> tuple[Parity, Path]:
     """Export to a temporary file, compare with ``reference`` on ``batch`` (relative to the values for a
-    regression graph, see :class:`Parity`), and rename into place only on pass."""
+    regression graph, see :class:`Parity`), and rename into place only on pass (or, ``into`` a set of files,
+    at its commit). Returns the parity and where the graph is now (the staged temporary, within a set)."""
     precision = "fp16" if fp16 else "fp32"
     found: list[Parity] = []
+    where: list[Path] = []
 
     def write(tmp: Path) -> None:
+        where.append(tmp)
         export_graph(module, tuple(b[:1] for b in batch), tmp, opset, meta, fp16)
         got = cpu_session(tmp).run([OUTPUT], dict(zip([INPUT, META], (b.numpy() for b in batch))))[0]
         found.append(Parity.of(got, reference, relative))
@@ -328,8 +238,11 @@ def write_checked(
                 f"{TOLERANCE[precision]:.0e}; nothing written (try another --opset, or drop --fp16)"
             )
 
-    atomic_write(path, write)
-    return found[0]
+    if into is None:
+        atomic_write(path, write)
+        return found[0], path
+    into.add(path, write)
+    return found[0], where[0]
 
 
 def _torch_probs(module: nn.Module, batch: tuple[torch.Tensor, ...]) -> np.ndarray:
@@ -348,88 +261,121 @@ def export_model(
     opset: int = 17,
     tta: list[str] | None = None,
     tta_merge: str = "mean",
+    int8: Int8Options | None = None,
 ) -> dict:
-    """Export every fold of one model (and optionally the fused graph); write and return ``export.json``."""
+    """Export every fold of one model (and optionally the fused graph, and with ``int8`` each graph's int8
+    twin, checked on held-out rows); write and return ``export.json``. Every graph and the report are committed
+    together: a refused graph leaves the folder as it was."""
     by_fold = run.fold_checkpoints(model_id)
     if not by_fold:
         raise CompError(f"{run.model_dir(model_id)} has no fold checkpoints; run `comp train-folds` first")
+    if int8 is not None and fp16:
+        raise CompError("--int8 quantizes the float32 graphs; drop --fp16")
     tta = parse_tta(tta)
     reads = [*((f"the fold {k} checkpoint", p) for k, p in by_fold.items()), *data_inputs(cfg.data)]
-    for out in [*(run.onnx(model_id, k) for k in by_fold), run.fused(model_id), run.export_report(model_id)]:
+    outs = [run.onnx(model_id, k, int8=q) for k in by_fold for q in (False, True)]
+    for out in [*outs, run.fused(model_id), run.fused(model_id, int8=True), run.export_report(model_id)]:
         check_output(out, reads, label="export's output", fix="remove that link and export again")
     check_merge(tta_merge, cfg.task)
     relative = relative_parity(cfg.task)
     precision = "fp16" if fp16 else "fp32"
-    files, modules, batches, digests = [], [], [], {}
-    for fold, path in by_fold.items():
-        model, ckpt = model_from_checkpoint(path)
-        meta = ckpt.meta
-        batch, source = parity_inputs(cfg, meta, run)
-        module = predictor(model, meta)
-        out = run.onnx(model_id, fold)
-        parity = write_checked(
-            module,
-            _torch_probs(module, batch),
-            batch,
-            out,
-            opset,
-            metadata(
-                meta,
-                fold=fold,
-                precision=precision,
-                tta=[],
-                tta_merge="mean",
-                checkpoints={str(fold): file_sha256(path)},
-            ),
-            fp16,
-            relative,
-        )
-        log.info(f"{out}: onnx against torch, {parity.describe()} on {len(batch[0])} {source} ({precision})")
-        files.append({"file": out.name, "fold": fold, **parity.report(), "images": len(batch[0]), "checked_on": source})
-        digests[str(fold)] = file_sha256(path)
-        modules.append(module)
-        batches.append(batch)
-    if fuse:
-        batch = tuple(torch.cat(parts)[:PARITY_IMAGES] for parts in zip(*batches))
-        fused = FusedModel(modules, tta, tta_merge, cfg.task)
-        out = run.fused(model_id)
-        folds = [f["fold"] for f in files]
-        parity = write_checked(
-            fused,
-            _torch_probs(fused, batch),
-            batch,
-            out,
-            opset,
-            metadata(meta, folds=folds, precision=precision, tta=tta, tta_merge=tta_merge, checkpoints=digests),
-            fp16,
-            relative,
-        )
-        log.info(
-            f"{out}: onnx against the mean of torch folds, {parity.describe()} on {len(batch[0])} images "
-            f"({precision}, tta {tta or 'none'})"
-        )
-        files.append(
-            {
-                "file": out.name,
-                "folds": folds,
-                "tta": tta,
-                "tta_merge": tta_merge,
-                **parity.report(),
-                "images": len(batch[0]),
-            }
-        )
-    elif (stale := run.fused(model_id)).is_file():
-        stale.unlink()  # built from the previous graphs: predict must not pick it up
-        log.info(f"{stale}: removed (built from the previous export; pass --fuse to rebuild it)")
-    report = {
-        "model_id": model_id,
-        "task": cfg.task,
-        "precision": precision,
-        "opset": opset,
-        "tolerance": TOLERANCE[precision],
-        "files": files,
-    }
-    write_json(run.export_report(model_id), report)
+    files, modules, batches, digests, quantized = [], [], [], {}, []
+    staged = FileSet(run.model_dir(model_id))
+
+    def quantize(graph: Path, out: Path, meta: CheckpointMeta, fold: int | None) -> None:
+        if int8 is None:
+            return
+        checks: list[Int8Check] = []
+        names = [INPUT, META]
+        args = dict(cfg=cfg, run=run, meta=meta, fold=fold, options=int8, names=names, output=OUTPUT, label=out.name)
+        staged.add(out, lambda tmp: checks.append(write_int8(graph, tmp, **args)))  # type: ignore[arg-type]
+        log.info(f"{out}: int8 against float32, {checks[0].describe()}")
+        quantized.append({"file": out.name, **({} if fold is None else {"fold": fold}), **checks[0].report()})
+
+    try:
+        for fold, path in by_fold.items():
+            model, ckpt = model_from_checkpoint(path)
+            meta = ckpt.meta
+            batch, source = parity_inputs(cfg, meta, run)
+            module = predictor(model, meta)
+            out = run.onnx(model_id, fold)
+            parity, graph = write_checked(
+                module,
+                _torch_probs(module, batch),
+                batch,
+                out,
+                opset,
+                metadata(
+                    meta,
+                    fold=fold,
+                    precision=precision,
+                    tta=[],
+                    tta_merge="mean",
+                    checkpoints={str(fold): file_sha256(path)},
+                ),
+                fp16,
+                relative,
+                into=staged,
+            )
+            log.info(f"{out}: onnx against torch, {parity.describe()} on {len(batch[0])} {source} ({precision})")
+            files.append(
+                {"file": out.name, "fold": fold, **parity.report(), "images": len(batch[0]), "checked_on": source}
+            )
+            quantize(graph, run.onnx(model_id, fold, int8=True), meta, fold)
+            digests[str(fold)] = file_sha256(path)
+            modules.append(module)
+            batches.append(batch)
+        if fuse:
+            batch = tuple(torch.cat(parts)[:PARITY_IMAGES] for parts in zip(*batches))
+            fused = FusedModel(modules, tta, tta_merge, cfg.task)
+            out = run.fused(model_id)
+            folds = [f["fold"] for f in files]
+            parity, graph = write_checked(
+                fused,
+                _torch_probs(fused, batch),
+                batch,
+                out,
+                opset,
+                metadata(meta, folds=folds, precision=precision, tta=tta, tta_merge=tta_merge, checkpoints=digests),
+                fp16,
+                relative,
+                into=staged,
+            )
+            log.info(
+                f"{out}: onnx against the mean of torch folds, {parity.describe()} on {len(batch[0])} images "
+                f"({precision}, tta {tta or 'none'})"
+            )
+            files.append(
+                {
+                    "file": out.name,
+                    "folds": folds,
+                    "tta": tta,
+                    "tta_merge": tta_merge,
+                    **parity.report(),
+                    "images": len(batch[0]),
+                }
+            )
+            quantize(graph, run.fused(model_id, int8=True), meta, None)
+        report = {
+            "model_id": model_id,
+            "task": cfg.task,
+            "precision": precision,
+            "opset": opset,
+            "tolerance": TOLERANCE[precision],
+            "files": files,
+        }
+        if int8 is not None:
+            report["int8"] = {"calib": int8.calib, "max_drop": int8.max_drop, "method": int8.method, "files": quantized}
+        staged.json(run.export_report(model_id), report)
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()
+    stale = [p for p in (*outs, run.fused(model_id), run.fused(model_id, int8=True)) if p.is_file()]
+    for p in stale:
+        if p.name not in {f["file"] for f in [*files, *quantized]}:
+            p.unlink()  # built from the previous graphs: predict must not pick it up
+            log.info(f"{p}: removed (built by the previous export; export with the same --fuse/--int8 to rebuild it)")
     return report
 
 
@@ -456,11 +402,19 @@ def export_run(
     opset: int = 17,
     tta: list[str] | None = None,
     tta_merge: str = "mean",
+    int8: bool = False,
+    calib: int = Int8Options.calib,
+    max_drop: float = Int8Options.max_drop,
 ) -> dict[str, dict]:
     """Export the chosen models of a run folder (all by default); returns {model_id: export report}.
 
     ``tta`` views go inside the fused graph, so they need ``fuse=True`` (per-fold graphs take TTA at predict time).
+    ``int8``: also write each graph quantized to int8 (``fold<k>.int8.onnx``, ``fused.int8.onnx``), calibrated
+    on ``calib`` training images and refused when the metric on held-out rows drops by more than ``max_drop``.
     """
+    options = Int8Options(calib=calib, max_drop=max_drop) if int8 else None
+    if int8 and fp16:
+        raise CompError("--int8 quantizes the float32 graphs; drop --fp16")
     if tta and not fuse:
         raise CompError("--tta only applies to the fused graph; add --fuse (per-fold graphs take TTA at predict time)")
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -472,7 +426,11 @@ def export_run(
     mids = select_models(run, models)
     cfg = run.load_config()
     check_merge(tta_merge, cfg.task)  # geometric renormalises class rows: refused for other tasks, before any write
+    if options is not None:
+        note_speed()
     return {
-        mid: export_model(run, mid, cfg, fp16=fp16, fuse=fuse, opset=opset, tta=tta or [], tta_merge=tta_merge)
+        mid: export_model(
+            run, mid, cfg, fp16=fp16, fuse=fuse, opset=opset, tta=tta or [], tta_merge=tta_merge, int8=options
+        )
         for mid in mids
     }

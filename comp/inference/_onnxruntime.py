@@ -18,6 +18,7 @@ from comp.config import Config
 from comp.errors import CompError
 from comp.inference._engines import ENGINES, Engine, Runner
 from comp.inference._export import INPUT, META, OUTPUT, export_model
+from comp.inference._int8 import Int8Options, note_speed
 from comp.run import Checkpoint, RunDir, file_sha256, read_graph_metadata
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -205,10 +206,12 @@ def graph_matches(onnx_path: Path, digests: dict[str, str], task: str = "classif
     return meta.get("checkpoints") == digests and meta.get("task", "classification") == task
 
 
-def usable_fused(run: RunDir, model_id: str, folds: list[int], tta: list[str], merge: str) -> Path | None:
-    """``fused.onnx`` when it was built from exactly these checkpoints (by their sha256) with the requested
-    TTA views and merge; otherwise None and the per-fold graphs are used."""
-    path = run.fused(model_id)
+def usable_fused(
+    run: RunDir, model_id: str, folds: list[int], tta: list[str], merge: str, *, int8: bool = False
+) -> Path | None:
+    """``fused.onnx`` (``fused.int8.onnx``) when it was built from exactly these checkpoints (by their sha256)
+    with the requested TTA views and merge; otherwise None and the per-fold graphs are used."""
+    path = run.fused(model_id, int8=int8)
     digests = {str(k): file_sha256(c) for k, c in run.fold_checkpoints(model_id).items()}
     if not path.is_file() or not graph_matches(path, digests, run.load_config().task):
         return None
@@ -225,6 +228,8 @@ def usable_fused(run: RunDir, model_id: str, folds: list[int], tta: list[str], m
 class OnnxEngine(Engine):
     """Per-fold graphs (exported on demand), or ``fused.onnx`` when it was built for exactly this request."""
 
+    int8 = False
+
     def __init__(self, options: OrtOptions):
         self.options = options
 
@@ -234,20 +239,37 @@ class OnnxEngine(Engine):
 
     def prepare(self, run: RunDir, model_id: str, cfg: Config) -> None:
         by_fold = run.fold_checkpoints(model_id)
-        task = cfg.task
-        if any(not graph_matches(run.onnx(model_id, k), {str(k): file_sha256(p)}, task) for k, p in by_fold.items()):
+        task, q = cfg.task, self.int8
+        if any(
+            not graph_matches(run.onnx(model_id, k, int8=q), {str(k): file_sha256(p)}, task) for k, p in by_fold.items()
+        ):
             log.info(
-                "%s: no ONNX graphs exported from these checkpoints; exporting them now (same as `comp export`)",
+                "%s: no %sONNX graphs exported from these checkpoints; exporting them now (same as `comp export%s`)",
                 model_id,
+                "int8 " if q else "",
+                " --int8" if q else "",
             )
-            export_model(run, model_id, cfg)
+            export_model(run, model_id, cfg, int8=Int8Options() if q else None)
 
     def runner(self, run: RunDir, model_id: str, fold: int, ckpt: Checkpoint) -> Runner:
-        return _Lazy(lambda: OrtRunner(run.onnx(model_id, fold), options=self.options))
+        return _Lazy(lambda: OrtRunner(run.onnx(model_id, fold, int8=self.int8), options=self.options))
 
     def fused(self, run: RunDir, model_id: str, folds: list[int], tta: list[str], merge: str) -> Runner | None:
-        path = usable_fused(run, model_id, folds, tta, merge)
+        path = usable_fused(run, model_id, folds, tta, merge, int8=self.int8)
         if path is None:
             return None
         log.info("%s: using %s (folds %s, tta %s)", model_id, path, folds, ",".join(tta) or "none")
         return OrtRunner(path, options=self.options)
+
+
+@ENGINES.register("int8")
+class Int8Engine(OnnxEngine):
+    """The int8 graphs of ``comp export --int8`` (``fold<k>.int8.onnx``, ``fused.int8.onnx`` when built for
+    this request), exported and checked on demand like the float ones; onnxruntime runs them on the CPU."""
+
+    int8 = True
+
+    @classmethod
+    def from_config(cls, cfg: Config, run: RunDir, *, batch_size: int) -> Int8Engine:
+        note_speed(accelerated=providers()[0] != "CPUExecutionProvider")
+        return cls(OrtOptions.from_config(cfg, run, batch_size))

@@ -334,6 +334,7 @@ class Graph:
     output: str
     meta: Columns | None = None  # a metadata tower's second input: the raw metadata rows of the test table
     meta_input: str = "meta"
+    precision: str = "fp32"  # informational: "int8" graphs get a note where they may not be faster
 
 
 @dataclass(frozen=True)
@@ -464,6 +465,7 @@ def _parse_graph(g: Any, i: int, bundle: Path) -> Graph:
         std=_rgb(_get(g, "std", where, _numbers(3, True), "3 positive numbers (RGB, 0..1 scale)")),
         input=_get(g, "input", where, _nonempty_str, "the graph's input name"),
         output=_get(g, "output", where, _nonempty_str, "the graph's output name"),
+        precision=str(g.get("precision", "fp32")),
     )
 
 
@@ -1018,6 +1020,24 @@ def _open_cpu(ort: Any, path: Path, threads: int | None) -> Any:
         ) from None
 
 
+def int8_note(graphs: list[Graph], provider: str, cpuinfo: str | None = None) -> str | None:
+    """Why int8 graphs may not be faster here (a GPU runs them, or the CPU has no int8 dot-product
+    instructions: avx512_vnni, avx_vnni, Arm asimddp), or None."""
+    if not any(g.precision == "int8" for g in graphs):
+        return None
+    if CUDA in provider:
+        return "the int8 graphs run on CUDA, where they may not be faster than float32"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = {w for line in cpuinfo.splitlines() if line.lower().startswith(("flags", "features")) for w in line.split()}
+    if flags.intersection({"avx512_vnni", "avx_vnni", "asimddp"}):
+        return None
+    return "this CPU has no int8 dot-product instructions (VNNI); the int8 graphs may not be faster than float32"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # prediction loop
 
@@ -1307,6 +1327,9 @@ def run(args: argparse.Namespace) -> None:
     if warning and not args.quiet:
         print(f"warning: {warning}", file=sys.stderr)
     runners, provider = open_runners(args.bundle, m, args.provider, args.threads)
+    slow = int8_note(m.graphs, provider)
+    if slow and not args.quiet:
+        print(f"note: {slow}", file=sys.stderr)
     if not args.quiet:
         print(
             f"predict.py: {len(paths)} images, {len(runners)} graph(s) on {provider}; resize: {how}",

@@ -107,7 +107,7 @@ _RUN_ROOT = re.compile(
     r"config\.yaml|folds\.csv|sources\.json|models|cache|\.trt_cache|\.(commit|witness)-.*\.json|\..*\.tmp"
 )
 _MODEL_FILE = re.compile(
-    r"fold\d+\.(pt|state\.pt|lock|oof\.csv|history\.csv|onnx)|fused\.onnx|oof(_tta)?\.csv|test\.csv|metrics\.json"
+    r"fold\d+\.(pt|state\.pt|lock|oof\.csv|history\.csv|onnx|int8\.onnx)|fused(\.int8)?\.onnx|oof(_tta)?\.csv|test\.csv|metrics\.json"
     r"|export\.json|explain|\.fold\d+\.lock\..*|\.(commit|witness)-.*\.json|\..*\.tmp"
 )
 

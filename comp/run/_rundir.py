@@ -13,7 +13,8 @@ RUN/
   models/<model_id>/test.csv       id, one probability column per class (comp predict)
   models/<model_id>/oof_tta.csv    OOF with test-time augmentation (comp predict --oof)
   models/<model_id>/fold<k>.onnx   ONNX graph of a fold checkpoint; fused.onnx: every fold (and TTA view) in one
-  models/<model_id>/export.json    what comp export wrote and its parity figures
+  models/<model_id>/fold<k>.int8.onnx, fused.int8.onnx   the same graphs quantized to int8 (comp export --int8)
+  models/<model_id>/export.json    what comp export wrote, its parity figures and the int8 graphs' metric check
   models/<blend>/stack.json        a GBDT blend's inputs (metadata columns, levels, group column) and boosters
   models/<blend>/booster<i>.txt    its fitted LightGBM boosters as LightGBM text models
   .trt_cache/                      TensorRT engine and timing caches (GPU predict)
@@ -133,11 +134,11 @@ class RunDir:
     def test_pred(self, model_id: str) -> Path:
         return self.model_dir(model_id) / "test.csv"
 
-    def onnx(self, model_id: str, fold: int) -> Path:
-        return self.model_dir(model_id) / f"fold{fold}.onnx"
+    def onnx(self, model_id: str, fold: int, *, int8: bool = False) -> Path:
+        return self.model_dir(model_id) / f"fold{fold}{'.int8' if int8 else ''}.onnx"
 
-    def fused(self, model_id: str) -> Path:
-        return self.model_dir(model_id) / "fused.onnx"
+    def fused(self, model_id: str, *, int8: bool = False) -> Path:
+        return self.model_dir(model_id) / f"fused{'.int8' if int8 else ''}.onnx"
 
     def export_report(self, model_id: str) -> Path:
         return self.model_dir(model_id) / "export.json"
