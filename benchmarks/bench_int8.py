@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.bench_ensemble import FMNIST_CLASSES, make_fashion_competition
+from benchmarks.bench_ensemble import make_fashion_competition
 from comp._tables import format_table
 from comp.config import load_config
 from comp.data._augment import from_dict
@@ -86,11 +86,12 @@ def predict_all(fn, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([fn(x[s : s + batch]) for s in range(0, len(x), batch)])
 
 
-def test_rows(cfg, data: Path, transform) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out test images through the model's eval transform, and their true class indices."""
+def test_rows(cfg, data: Path, transform, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out test images through the model's eval transform, and their true class indices in the
+    model's output order (``classes``, the checkpoint's: comp's order, not the dataset's)."""
     table, paths = load_test_table(cfg.data)
     truth = pd.read_csv(data / "test_labels.csv").set_index("id").loc[table["id"].tolist(), "label"]
-    y = np.array([FMNIST_CLASSES.index(v) for v in truth])
+    y = np.array([classes.index(str(v)) for v in truth])
     ds = ImageDataset(paths, transform=transform)
     return np.stack([ds[i][0].numpy() for i in range(len(ds))]).astype(np.float32), y
 
@@ -154,7 +155,7 @@ def main() -> None:
     rows = []
     for mid in reports:
         folds = [load_checkpoint(p) for p in run.checkpoints(mid)]
-        x, y = test_rows(cfg, data, from_dict(folds[0].meta.eval_transform))
+        x, y = test_rows(cfg, data, from_dict(folds[0].meta.eval_transform), folds[0].meta.classes)
         batch = x[: args.batch]
         cpu = torch.device("cpu")
         eager = [
@@ -191,7 +192,8 @@ def main() -> None:
     print(table(rows, ["model", "graph", "engine", "img/s", "x eager", "macro F1", "max |dp| vs fp32"]))
     if args.methods:
         mid = next(iter(reports))
-        x, y = test_rows(cfg, data, from_dict(load_checkpoint(run.checkpoint(mid, 0)).meta.eval_transform))
+        meta0 = load_checkpoint(run.checkpoint(mid, 0)).meta
+        x, y = test_rows(cfg, data, from_dict(meta0.eval_transform), meta0.classes)
         with tempfile.TemporaryDirectory() as tmp:
             methods_table(cfg, run, mid, Path(tmp), x, y, args.batch, min_time)
         print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
