@@ -199,9 +199,10 @@ def test_engines_agree_with_tta(run_dir, tmp_path):
             progress=False,
         )
         out[engine] = pd.read_csv(run.test_pred("eff"))
-    for engine in ENGINES:  # every engine against eager PyTorch
+    for engine in ENGINES:  # every engine against eager PyTorch; int8 rounds weights and activations
         assert list(out[engine]["id"]) == list(out["torch"]["id"])
-        np.testing.assert_allclose(out[engine].iloc[:, 1:].to_numpy(), out["torch"].iloc[:, 1:].to_numpy(), atol=1e-4)
+        got, ref = out[engine].iloc[:, 1:].to_numpy(), out["torch"].iloc[:, 1:].to_numpy()
+        np.testing.assert_allclose(got, ref, atol=0.05 if engine == "int8" else 1e-4)
     plain = predict_run(run_dir, models=["eff"], engine="onnx", tta=[], out=tmp_path / "plain.csv", progress=False)
     assert plain.tta == []
     assert not np.allclose(pd.read_csv(run.test_pred("eff")).iloc[:, 1:].to_numpy(), out["onnx"].iloc[:, 1:].to_numpy())
