@@ -297,3 +297,12 @@ def run_of(task_runs, tmp_path):
         return dst
 
     return copy
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the full command runs two workers on the machine's cores: one torch thread each (and in the commands they
+    # start) instead of two threads each fighting over them; 1.65x less wall time on the 2-core CI machine
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

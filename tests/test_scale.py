@@ -167,10 +167,12 @@ def test_a_killed_worker_leaves_its_fold_resumable(competition, one_thread_run):
 # ---------------------------------------------------------------- DDP (gloo, two CPU processes)
 
 
-def _ddp_config(competition: Path) -> Path:
+def _ddp_config(competition: Path, epochs: int = 2) -> Path:
     # batch 4 per rank over 9 rows per rank: every epoch has several steps and a short last batch
-    cfg = tiny_config(competition, device="cpu", train__epochs=2, train__batch_size=4, train__max_steps_per_epoch=3)
-    return write_config(competition, cfg, "ddp.yaml")
+    cfg = tiny_config(
+        competition, device="cpu", train__epochs=epochs, train__batch_size=4, train__max_steps_per_epoch=3
+    )
+    return write_config(competition, cfg, f"ddp{epochs}.yaml")
 
 
 def _check_exact_oof(run: Path, competition: Path) -> None:
@@ -234,7 +236,8 @@ def _torchrun(cfg: Path, run: Path, *extra: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_ddp_resumed_equals_uninterrupted(competition):
     """torchrun killed after an epoch, then --resume: the same checkpoint and OOF as a run never interrupted."""
-    cfg = _ddp_config(competition)
+    # four epochs: the kill lands after the first one, well before the run could finish on a busy machine
+    cfg = _ddp_config(competition, epochs=4)
     full, cut = competition.parent / "ddp-full", competition.parent / "ddp-cut"
     proc = _torchrun(cfg, full)
     assert proc.wait(timeout=300) == 0, proc.communicate()[0]
