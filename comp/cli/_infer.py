@@ -18,6 +18,21 @@ from comp.cli._base import (
 )
 from comp.config import PredictConfig
 
+
+def int8_check_options(f):
+    """--calib and --max-drop: how export and bundle calibrate an int8 graph and how much metric it may cost."""
+    f = click.option(
+        "--max-drop",
+        default=0.005,
+        show_default=True,
+        type=float,
+        help="--int8: refuse when the metric on held-out rows drops by more than this.",
+    )(f)
+    return click.option(
+        "--calib", default=256, show_default=True, type=int, help="--int8: training images to calibrate on."
+    )(f)
+
+
 MERGES = literal_choices(PredictConfig, "tta_merge")
 
 
@@ -34,14 +49,7 @@ MERGES = literal_choices(PredictConfig, "tta_merge")
 @click.option(
     "--int8", is_flag=True, help="Also write each graph quantized to int8 (*.int8.onnx), checked on held-out rows."
 )
-@click.option("--calib", default=256, show_default=True, type=int, help="--int8: training images to calibrate on.")
-@click.option(
-    "--max-drop",
-    default=0.005,
-    show_default=True,
-    type=float,
-    help="--int8: refuse when the metric on held-out rows drops by more than this.",
-)
+@int8_check_options
 @quiet_option
 def export_cmd(run_dir, model_ids, fp16, fuse, opset, tta, tta_merge, int8, calib, max_drop, quiet):
     """Export every fold checkpoint to ONNX (probabilities out), checked against PyTorch before it is kept.
@@ -174,14 +182,7 @@ def predict_cmd(
 @click.option("--fp16", is_flag=True, help="Convert the graphs to float16 (inputs and outputs stay float32).")
 @click.option("--opset", default=17, type=int, help="ONNX opset version.")
 @click.option("--int8", is_flag=True, help="Ship each graph quantized to int8, checked on held-out training rows.")
-@click.option("--calib", default=256, show_default=True, type=int, help="--int8: training images to calibrate on.")
-@click.option(
-    "--max-drop",
-    default=0.005,
-    show_default=True,
-    type=float,
-    help="--int8: refuse when the metric on held-out rows drops by more than this.",
-)
+@int8_check_options
 @quiet_option
 def bundle_cmd(source, out, model_ids, tta, tta_merge, fp16, opset, int8, calib, max_drop, quiet):
     """Write an offline inference bundle of a run, model or blend: fused ONNX graphs, manifest.json, predict.py.
